@@ -1,0 +1,144 @@
+"""Errors as Claude Code understands them: the Anthropic error envelope and its status table.
+
+Claude Code decides what to do from the HTTP status (retry 429/5xx, give up on 4xx) and
+shows `error.message`, so every failure, ours or an upstream's, ends as a `ProxyError`
+carrying a status, an Anthropic error type and a readable message.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+_MAX_MESSAGE = 1000
+
+
+def errorTypeForStatus(status: int) -> str:
+    """The Anthropic error type that goes with an HTTP status."""
+    if status in _TYPE_BY_STATUS:
+        return _TYPE_BY_STATUS[status]
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
+
+
+class ProxyError(Exception):
+    """A failure answered to the client as an Anthropic error with an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errorType: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errorType = errorType or errorTypeForStatus(status)
+        self.headers: Mapping[str, str] = headers or {}
+
+    def __repr__(self) -> str:
+        return f"ProxyError({self.status}, {self.errorType}, {self.message!r})"
+
+
+def invalidRequest(message: str) -> ProxyError:
+    """A 400 for a request the client got wrong."""
+    return ProxyError(400, message, "invalid_request_error")
+
+
+def errorBody(errorType: str, message: str, requestId: str | None = None) -> dict[str, Any]:
+    """The Anthropic error envelope."""
+    body: dict[str, Any] = {"type": "error", "error": {"type": errorType, "message": message}}
+    if requestId is not None:
+        body["request_id"] = requestId
+    return body
+
+
+def upstreamError(
+    upstream: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> ProxyError:
+    """Translate an upstream's non-2xx answer, keeping its status and its own words.
+
+    `retry-after` is passed on so that Claude Code's backoff follows the gateway's.
+    """
+    passOn = {}
+    if headers:
+        retryAfter = headers.get("retry-after")
+        if retryAfter and _RETRY_AFTER.fullmatch(retryAfter.strip()):
+            passOn["retry-after"] = retryAfter.strip()
+    message = extractMessage(body) or f"HTTP {status} with an empty body"
+    if status < 400 or status > 599:
+        status = 502
+    return ProxyError(status, f"{upstream}: {message}", headers=passOn)
+
+
+_RETRY_AFTER = re.compile(r"\d{1,6}(\.\d+)?|[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} [\d:]{8} GMT")
+_TAG = re.compile(r"<[^>]*>")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SPACE = re.compile(r"\s+")
+
+
+def extractMessage(body: bytes) -> str:
+    """Find the human-readable message in an error body of any shape.
+
+    Real gateways send `{"error": {"message": …}}`, `{"error": "…"}`, top-level
+    `message` or `detail`, a JSON array (Gemini), plain text, or an HTML page from a
+    load balancer; the message is always one readable line.
+    """
+    text = body.decode("utf-8", "replace").strip()
+    if not text:
+        return ""
+    try:
+        found = _messageFromJSON(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        found = None
+    if found is None:
+        found = _messageFromText(text)
+    found = _SPACE.sub(" ", found).strip()
+    if len(found) > _MAX_MESSAGE:
+        found = found[:_MAX_MESSAGE] + "…"
+    return found
+
+
+def _messageFromJSON(value: Any, depth: int = 0) -> str | None:
+    if depth > 4:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return _messageFromJSON(value[0], depth + 1) if value else None
+    if not isinstance(value, dict):
+        return None
+    for key in ("error", "message", "detail", "msg", "error_message"):
+        if key in value and value[key] not in (None, "", {}, []):
+            inner = _messageFromJSON(value[key], depth + 1)
+            if inner:
+                return inner
+    if value:
+        return orjson.dumps(value).decode()
+    return None
+
+
+def _messageFromText(text: str) -> str:
+    if "<" in text and ">" in text:
+        title = _TITLE.search(text)
+        if title:
+            return html.unescape(_TAG.sub("", title.group(1)))
+        return html.unescape(_TAG.sub(" ", text))
+    return text

@@ -1,0 +1,59 @@
+"""The client side of a stream: SSE frames written as they come, pings in silence.
+
+Once the first frame is out, the HTTP status is spent: every later failure must be
+an `event: error` frame written here, never an exception reaching twisted.web
+(which would splice an HTML error page into the stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.web.iweb import IRequest
+
+from ccproxy.errors import ProxyError
+from ccproxy.sse import encodeEvent
+
+PING = encodeEvent({"type": "ping"})
+
+
+def startStream(request: IRequest) -> None:
+    """Commit to a 200 event stream (headers go out with the first write)."""
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-cache")
+    request.setHeader(b"x-accel-buffering", b"no")
+
+
+class EventWriter:
+    """Writes Anthropic events to one client, and a ping after each `pingInterval`
+    seconds in which nothing was written, so idle timers on the way never fire."""
+
+    def __init__(self, request: IRequest, clock: IReactorTime, pingInterval: float) -> None:
+        self._request = request
+        self._clock = clock
+        self._interval = pingInterval
+        self._timer: IDelayedCall = clock.callLater(pingInterval, self._ping)
+
+    def write(self, events: Iterable[dict[str, Any]]) -> None:
+        frames = b"".join(encodeEvent(e) for e in events)
+        if not frames:
+            return
+        self._request.write(frames)
+        if self._timer.active():
+            self._timer.reset(self._interval)
+
+    def writeError(self, error: ProxyError) -> None:
+        """End a started stream with an error Claude Code reads (and retries on)."""
+        errorType = "overloaded_error" if error.errorType == "overloaded_error" else "api_error"
+        self.write([{"type": "error", "error": {"type": errorType, "message": error.message}}])
+
+    def stop(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+
+    def _ping(self) -> None:
+        self._request.write(PING)
+        self._timer = self._clock.callLater(self._interval, self._ping)

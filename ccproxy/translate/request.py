@@ -1,0 +1,425 @@
+"""Anthropic Messages request -> OpenAI chat/completions request.
+
+One pass over the client's body that validates as it translates: a wrong type
+anywhere is the client's 400 naming the field (`messages.3.content.0.text: must be
+a string`), never a crash and never a body the upstream has to reject.
+
+What Claude Code sends that OpenAI cannot take is reshaped or dropped here:
+system blocks and mid-list `role: "system"` messages become one leading system
+message; `tool_result` blocks become `tool` messages right after the call that
+asked for them, in call order; fields with no OpenAI meaning (`top_k`, `thinking`,
+`cache_control`, `context_management`, …) are never forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ccproxy.errors import invalidRequest
+from ccproxy.profile import Profile
+
+# OpenAI accepts at most this many stop sequences; more is a 400 there.
+MAX_STOP_SEQUENCES = 4
+
+_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+_NO_RESULT = "No result was returned for this tool call."
+
+
+def toOpenAI(body: Any, *, model: str, profile: Profile, defaultMaxTokens: int) -> dict[str, Any]:
+    """Translate a Messages request body (already JSON-decoded) for an OpenAI upstream.
+
+    `model` is the upstream's model name, chosen by the router.
+    """
+    if not isinstance(body, dict):
+        raise invalidRequest("the request body must be a JSON object")
+    _require(body, "model", str, "a string")
+    messages = _require(body, "messages", list, "a list of messages")
+    if not messages:
+        raise invalidRequest("messages: must hold at least one message")
+
+    writer = _MessageWriter()
+    writer.system.extend(_systemTexts(body.get("system"), "system"))
+    for i, message in enumerate(messages):
+        writer.add(message, f"messages.{i}")
+    out: dict[str, Any] = {"model": model, "messages": writer.finish()}
+
+    maxTokens = body.get("max_tokens")
+    if maxTokens is None:
+        maxTokens = defaultMaxTokens
+    elif not _isInt(maxTokens) or maxTokens < 1:
+        raise invalidRequest("max_tokens: must be a positive integer")
+    if profile.maxTokens is not None:
+        maxTokens = min(maxTokens, profile.maxTokens)
+    out[profile.maxTokensParam] = maxTokens
+
+    stop = _stopSequences(body.get("stop_sequences"))
+    if stop:
+        out["stop"] = stop[:MAX_STOP_SEQUENCES]
+    for key in ("temperature", "top_p"):
+        value = body.get(key)
+        if value is not None:
+            if not _isNumber(value):
+                raise invalidRequest(f"{key}: must be a number")
+            out[key] = value
+    user = _metadataUser(body.get("metadata"))
+    if user:
+        out["user"] = user
+
+    tools = _tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        _toolChoice(body.get("tool_choice"), out)
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalidRequest("stream: must be true or false")
+    out["stream"] = stream
+    if stream and profile.streamUsage:
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+def stopSequences(body: dict[str, Any]) -> list[str]:
+    """The client's stop sequences, for telling `stop_sequence` from `end_turn`."""
+    return _stopSequences(body.get("stop_sequences"))
+
+
+class _MessageWriter:
+    """Builds the OpenAI message list, keeping tool messages next to their calls."""
+
+    def __init__(self) -> None:
+        self.system: list[str] = []
+        self.out: list[dict[str, Any]] = []
+        self._openCalls: list[str] = []
+        """Ids of the tool calls the last assistant message made, in call order."""
+
+    def add(self, message: Any, path: str) -> None:
+        if not isinstance(message, dict):
+            raise invalidRequest(f"{path}: must be an object with role and content")
+        role = message.get("role")
+        content = message.get("content")
+        if not isinstance(content, str | list):
+            raise invalidRequest(f"{path}.content: must be a string or a list of blocks")
+        if role == "system":
+            # Claude Code sends one after the first user turn; many chat templates
+            # reject a system message that is not first, so it joins the leading one.
+            self.system.extend(_systemTexts(content, f"{path}.content"))
+        elif role == "assistant":
+            self._closeCalls({})
+            self._assistant(content, path)
+        elif role == "user":
+            self._user(content, path)
+        else:
+            raise invalidRequest(f"{path}.role: must be 'user' or 'assistant'")
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self.system:
+            self.out.insert(0, {"role": "system", "content": "\n\n".join(self.system)})
+        return self.out
+
+    def _assistant(self, content: str | list[Any], path: str) -> None:
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        if isinstance(content, str):
+            texts.append(content)
+        else:
+            for j, block in enumerate(content):
+                where = f"{path}.content.{j}"
+                kind = _blockType(block, where)
+                if kind == "text":
+                    texts.append(_blockText(block, where))
+                elif kind == "tool_use":
+                    calls.append(_toolCall(block, where))
+                # thinking, redacted_thinking, server tool blocks: nothing OpenAI can take
+        text = "\n\n".join(t for t in texts if t.strip())
+        if not text and not calls:
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = calls
+        self.out.append(message)
+        self._openCalls = [c["id"] for c in calls]
+
+    def _user(self, content: str | list[Any], path: str) -> None:
+        if isinstance(content, str):
+            self._closeCalls({})
+            if content.strip():
+                self.out.append({"role": "user", "content": content})
+            return
+        results: dict[str, str] = {}
+        parts: list[dict[str, Any]] = []
+        resultParts: list[dict[str, Any]] = []
+        for j, block in enumerate(content):
+            where = f"{path}.content.{j}"
+            kind = _blockType(block, where)
+            if kind == "tool_result":
+                callId, text = _toolResult(block, where, resultParts)
+                if callId in self._openCalls and callId not in results:
+                    results[callId] = text
+                else:
+                    # No call of the previous turn has this id: OpenAI would reject a
+                    # tool message here, so the result reaches the model as text.
+                    parts.append(_textPart(f"[tool result {callId}]\n{text}"))
+            else:
+                part = _contentPart(kind, block, where)
+                if part is not None:
+                    parts.append(part)
+        self._closeCalls(results)
+        # Images from tool results follow the tool messages (a tool message takes
+        # only text), ahead of the user's own words.
+        self._userMessage(resultParts + parts)
+
+    def _closeCalls(self, results: dict[str, str]) -> None:
+        """Answer every open call, in call order; a missing result gets a placeholder
+        because OpenAI rejects a tool call left without its tool message."""
+        for callId in self._openCalls:
+            self.out.append(
+                {"role": "tool", "tool_call_id": callId, "content": results.get(callId, _NO_RESULT)}
+            )
+        self._openCalls = []
+
+    def _userMessage(self, parts: list[dict[str, Any]]) -> None:
+        parts = [p for p in parts if p["type"] != "text" or p["text"].strip()]
+        if not parts:
+            return
+        if all(p["type"] == "text" for p in parts):
+            self.out.append({"role": "user", "content": "\n\n".join(p["text"] for p in parts)})
+        else:
+            self.out.append({"role": "user", "content": parts})
+
+
+def _contentPart(kind: str, block: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """A user content block as an OpenAI content part (None: nothing to send)."""
+    if kind == "text":
+        return _textPart(_blockText(block, path))
+    if kind == "image":
+        return _imagePart(block, path)
+    if kind == "document":
+        return _documentPart(block, path)
+    return None
+
+
+def _textPart(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def _imagePart(block: dict[str, Any], path: str) -> dict[str, Any]:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise invalidRequest(f"{path}.source: must be an object")
+    kind = source.get("type")
+    if kind == "base64":
+        mediaType = _require(source, "media_type", str, "a string", f"{path}.source")
+        data = _require(source, "data", str, "a string", f"{path}.source")
+        url = f"data:{mediaType};base64,{data}"
+    elif kind == "url":
+        url = _require(source, "url", str, "a string", f"{path}.source")
+    else:
+        raise invalidRequest(f"{path}.source.type: must be 'base64' or 'url'")
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _documentPart(block: dict[str, Any], path: str) -> dict[str, Any] | None:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise invalidRequest(f"{path}.source: must be an object")
+    kind = source.get("type")
+    title = block.get("title") if isinstance(block.get("title"), str) else None
+    if kind == "base64":
+        mediaType = _require(source, "media_type", str, "a string", f"{path}.source")
+        data = _require(source, "data", str, "a string", f"{path}.source")
+        filename = title or "document.pdf"
+        return {
+            "type": "file",
+            "file": {"filename": filename, "file_data": f"data:{mediaType};base64,{data}"},
+        }
+    if kind == "text":
+        data = _require(source, "data", str, "a string", f"{path}.source")
+        return _textPart(f"{title}\n\n{data}" if title else data)
+    if kind == "content":
+        inner = source.get("content")
+        if isinstance(inner, str):
+            return _textPart(inner)
+        if isinstance(inner, list):
+            texts = [
+                _blockText(b, f"{path}.source.content.{k}")
+                for k, b in enumerate(inner)
+                if isinstance(b, dict) and b.get("type") == "text"
+            ]
+            return _textPart("\n\n".join(texts))
+        raise invalidRequest(f"{path}.source.content: must be a string or a list of blocks")
+    if kind == "url":
+        url = _require(source, "url", str, "a string", f"{path}.source")
+        return _textPart(f"[document: {url}]")
+    raise invalidRequest(f"{path}.source.type: must be 'base64', 'text', 'content' or 'url'")
+
+
+def _toolCall(block: dict[str, Any], path: str) -> dict[str, Any]:
+    callId = _require(block, "id", str, "a string", path)
+    name = _require(block, "name", str, "a string", path)
+    arguments = block.get("input", {})
+    if not isinstance(arguments, dict):
+        raise invalidRequest(f"{path}.input: must be an object")
+    return {
+        "id": callId,
+        "type": "function",
+        "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
+    }
+
+
+def _toolResult(block: dict[str, Any], path: str, images: list[dict[str, Any]]) -> tuple[str, str]:
+    """A tool_result's call id and text; its images go to `images`."""
+    callId = _require(block, "tool_use_id", str, "a string", path)
+    content = block.get("content")
+    texts: list[str] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for k, inner in enumerate(content):
+            where = f"{path}.content.{k}"
+            kind = _blockType(inner, where)
+            if kind == "text":
+                texts.append(_blockText(inner, where))
+            elif kind == "image":
+                images.append(_imagePart(inner, where))
+                texts.append("[image attached below]")
+            elif kind == "document":
+                part = _documentPart(inner, where)
+                if part is not None and part["type"] == "text":
+                    texts.append(part["text"])
+                elif part is not None:
+                    images.append(part)
+                    texts.append("[document attached below]")
+    elif content is not None:
+        raise invalidRequest(f"{path}.content: must be a string or a list of blocks")
+    isError = block.get("is_error")
+    if isError is not None and not isinstance(isError, bool):
+        raise invalidRequest(f"{path}.is_error: must be true or false")
+    text = "\n\n".join(t for t in texts if t)
+    if isError:
+        text = f"Error: {text}" if text else "Error"
+    return callId, text
+
+
+def _systemTexts(system: Any, path: str) -> list[str]:
+    if system is None:
+        return []
+    if isinstance(system, str):
+        return [system] if system.strip() else []
+    if not isinstance(system, list):
+        raise invalidRequest(f"{path}: must be a string or a list of text blocks")
+    texts = []
+    for i, block in enumerate(system):
+        where = f"{path}.{i}"
+        kind = _blockType(block, where)
+        if kind != "text":
+            raise invalidRequest(f"{where}.type: system blocks must be text")
+        text = _blockText(block, where)
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise invalidRequest("tools: must be a list")
+    out = []
+    for i, tool in enumerate(tools):
+        path = f"tools.{i}"
+        if not isinstance(tool, dict):
+            raise invalidRequest(f"{path}: must be an object")
+        kind = tool.get("type")
+        if kind is not None and kind != "custom":
+            # A server tool (web search, code execution, …) runs at Anthropic; an
+            # OpenAI upstream has no such function, so it is not offered.
+            continue
+        name = _require(tool, "name", str, "a string", path)
+        schema = tool.get("input_schema")
+        if schema is None:
+            schema = {"type": "object", "properties": {}}
+        elif not isinstance(schema, dict):
+            raise invalidRequest(f"{path}.input_schema: must be an object")
+        function: dict[str, Any] = {"name": name}
+        description = tool.get("description")
+        if isinstance(description, str) and description:
+            function["description"] = description
+        function["parameters"] = schema
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _toolChoice(choice: Any, out: dict[str, Any]) -> None:
+    if choice is None:
+        return
+    if not isinstance(choice, dict):
+        raise invalidRequest("tool_choice: must be an object")
+    kind = choice.get("type")
+    if kind in _TOOL_CHOICES:
+        out["tool_choice"] = _TOOL_CHOICES[kind]
+    elif kind == "tool":
+        name = _require(choice, "name", str, "a string", "tool_choice")
+        out["tool_choice"] = {"type": "function", "function": {"name": name}}
+    else:
+        raise invalidRequest("tool_choice.type: must be 'auto', 'any', 'tool' or 'none'")
+    disable = choice.get("disable_parallel_tool_use")
+    if disable is not None and not isinstance(disable, bool):
+        raise invalidRequest("tool_choice.disable_parallel_tool_use: must be true or false")
+    if disable and kind != "none":
+        out["parallel_tool_calls"] = False
+
+
+def _stopSequences(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise invalidRequest("stop_sequences: must be a list of strings")
+    return [s for s in value if s]
+
+
+def _metadataUser(metadata: Any) -> str | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise invalidRequest("metadata: must be an object")
+    user = metadata.get("user_id")
+    if user is not None and not isinstance(user, str):
+        raise invalidRequest("metadata.user_id: must be a string")
+    return user
+
+
+def _blockType(block: Any, path: str) -> str:
+    if not isinstance(block, dict):
+        raise invalidRequest(f"{path}: must be an object with a type")
+    kind = block.get("type")
+    if not isinstance(kind, str):
+        raise invalidRequest(f"{path}.type: must be a string")
+    return kind
+
+
+def _blockText(block: dict[str, Any], path: str) -> str:
+    return _require(block, "text", str, "a string", path)
+
+
+def _require(
+    container: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, path: str = ""
+) -> Any:
+    value = container.get(key)
+    if not isinstance(value, kind):
+        where = f"{path}.{key}" if path else key
+        problem = f"is required ({what})" if value is None else f"must be {what}"
+        raise invalidRequest(f"{where}: {problem}")
+    return value
+
+
+def _isInt(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _isNumber(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

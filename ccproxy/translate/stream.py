@@ -1,0 +1,370 @@
+"""OpenAI stream chunks -> Anthropic stream events: a state machine over dicts.
+
+Claude Code needs a strict grammar: `message_start`, then per block
+`content_block_start`, deltas of the block's own type, `content_block_stop` (one
+block open at a time, indices 0, 1, 2, …), then `message_delta` with the stop reason
+and usage, then `message_stop`. Upstreams send tool calls in every shape
+(`../shared/upstream-quirks.md`): index missing or always 0, ids once or on every
+fragment, arguments whole, in pieces, as objects, or interleaved between parallel
+calls. This module turns all of them into that grammar, streaming each fragment
+as soon as it can be placed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ccproxy.errors import ProxyError, extractMessage
+from ccproxy.translate.response import (
+    anthropicUsage,
+    argumentsText,
+    contentText,
+    stopReasonFor,
+    syntheticToolId,
+)
+
+Event = dict[str, Any]
+
+
+class _Call:
+    """One tool call being assembled from fragments."""
+
+    __slots__ = ("arguments", "block", "closed", "id", "name", "sent")
+
+    def __init__(self, callId: str) -> None:
+        self.id = callId
+        self.name: str | None = None
+        self.arguments = ""
+        self.sent = 0
+        """How much of `arguments` has gone out as input_json_delta."""
+        self.block: int | None = None
+        self.closed = False
+
+    def add(self, fragment: str) -> None:
+        if not fragment or self.closed:
+            return
+        if self.arguments and fragment.startswith(self.arguments):
+            # A cumulative snapshot (the whole text so far, not a piece of it).
+            self.arguments = fragment
+        else:
+            self.arguments += fragment
+
+    def complete(self) -> bool:
+        """Whether the arguments so far are a whole JSON value (the call is done)."""
+        if not self.arguments.strip():
+            return False
+        try:
+            orjson.loads(self.arguments)
+        except orjson.JSONDecodeError:
+            return False
+        return True
+
+
+class StreamTranslator:
+    """Feeds on decoded OpenAI chunks, returns the Anthropic events each one makes."""
+
+    def __init__(self, messageId: str, model: str, stopSequences: Sequence[str] = ()) -> None:
+        self.messageId = messageId
+        self.model = model
+        self.stopSequences = tuple(stopSequences)
+        self.finishReason: str | None = None
+        self.matchedStop: Any = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self._blocks = 0
+        self._open: str | None = None
+        """Kind of the open block: "text", "thinking", or "tool_use"."""
+        self._calls: list[_Call] = []
+        self._byIndex: dict[int, _Call] = {}
+        self._byId: dict[str, _Call] = {}
+        self._liveCall: _Call | None = None
+        self._textTail = ""
+
+    # -- input ------------------------------------------------------------------
+
+    def start(self) -> list[Event]:
+        """The `message_start` event, sent as soon as the upstream answered 2xx."""
+        return [
+            {
+                "type": "message_start",
+                "message": {
+                    "id": self.messageId,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {
+                        "input_tokens": 0,
+                        "output_tokens": 0,
+                        "cache_creation_input_tokens": 0,
+                        "cache_read_input_tokens": 0,
+                    },
+                },
+            }
+        ]
+
+    def feed(self, chunk: Any) -> list[Event]:
+        """Events for one decoded `data:` payload. Raises `ProxyError` for an error
+        chunk, which the caller turns into an `event: error`."""
+        if not isinstance(chunk, dict):
+            raise ProxyError(502, "the upstream sent a stream chunk that is not an object")
+        if chunk.get("error") and not chunk.get("choices"):
+            raise streamError(chunk)
+        events: list[Event] = []
+        choices = chunk.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            choice = {}
+        usage = chunk.get("usage") or choice.get("usage") or _groqUsage(chunk)
+        if isinstance(usage, dict):
+            self.usage = usage
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        text = contentText(delta.get("content"))
+        if text:
+            self._text(text, events)
+        calls = delta.get("tool_calls")
+        if isinstance(calls, dict):
+            calls = [calls]
+        if isinstance(calls, list):
+            for position, fragment in enumerate(calls):
+                if isinstance(fragment, dict):
+                    self._toolFragment(fragment, position, len(calls), events)
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str) and finish:
+            if finish == "error":
+                raise ProxyError(502, "the upstream ended its answer with an error", "api_error")
+            self.finishReason = finish
+            if choice.get("matched_stop") is not None:
+                self.matchedStop = choice.get("matched_stop")
+        return events
+
+    def finish(self, sawDone: bool = True) -> list[Event]:
+        """The closing events once the upstream's stream ended.
+
+        A stream that ends with neither a finish reason nor `[DONE]` was cut short:
+        that is an error, not a clean stop, so Claude Code retries instead of
+        taking half an answer for a whole one.
+        """
+        if self.finishReason is None and not sawDone:
+            raise ProxyError(
+                502, "the upstream ended the stream before finishing its answer", "api_error"
+            )
+        events: list[Event] = []
+        self._flushCalls(events)
+        self._close(events)
+        stopReason, stopSequence = stopReasonFor(
+            self.finishReason,
+            bool(self._calls),
+            self._textTail,
+            self.stopSequences,
+            self.matchedStop,
+        )
+        self.done = True
+        events.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stopReason, "stop_sequence": stopSequence},
+                "usage": anthropicUsage(self.usage),
+            }
+        )
+        events.append({"type": "message_stop"})
+        return events
+
+    # -- blocks -----------------------------------------------------------------
+
+    def _openBlock(self, kind: str, block: dict[str, Any], events: list[Event]) -> int:
+        self._close(events)
+        index = self._blocks
+        self._blocks += 1
+        self._open = kind
+        events.append({"type": "content_block_start", "index": index, "content_block": block})
+        return index
+
+    def _close(self, events: list[Event]) -> None:
+        if self._open is None:
+            return
+        events.append({"type": "content_block_stop", "index": self._blocks - 1})
+        if self._open == "tool_use" and self._liveCall is not None:
+            self._liveCall.closed = True
+            self._liveCall = None
+        self._open = None
+
+    def _text(self, text: str, events: list[Event]) -> None:
+        if self._open != "text":
+            self._flushCalls(events)
+            self._openBlock("text", {"type": "text", "text": ""}, events)
+        events.append(
+            {
+                "type": "content_block_delta",
+                "index": self._blocks - 1,
+                "delta": {"type": "text_delta", "text": text},
+            }
+        )
+        if self.stopSequences:
+            self._textTail = (self._textTail + text)[-256:]
+
+    # -- tool calls ---------------------------------------------------------------
+
+    def _toolFragment(
+        self, fragment: dict[str, Any], position: int, count: int, events: list[Event]
+    ) -> None:
+        function = fragment.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        call = self._callFor(fragment, function, position, count)
+        name = function.get("name")
+        if isinstance(name, str) and name and not call.name:
+            call.name = name  # a repeated name is the same name, never concatenated
+        call.add(argumentsText(function.get("arguments")))
+        self._advance(events)
+
+    def _callFor(
+        self, fragment: dict[str, Any], function: dict[str, Any], position: int, count: int
+    ) -> _Call:
+        """Which call a fragment continues, or a new one: a new id is always a new
+        call (servers that send index 0 for every call); without an id, the index
+        decides; without either, the position in a many-call delta, or the last call."""
+        callId = fragment.get("id")
+        index = fragment.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = position if count > 1 else None
+        if isinstance(callId, str) and callId:
+            call = self._byId.get(callId)
+            if call is None:
+                call = self._newCall(callId)
+        elif index is not None and index in self._byIndex:
+            call = self._byIndex[index]
+        elif index is None and self._calls and not self._startsAnother(function):
+            call = self._calls[-1]
+        else:
+            call = self._newCall(None)
+        if index is not None:
+            self._byIndex[index] = call
+        return call
+
+    def _startsAnother(self, function: dict[str, Any]) -> bool:
+        """Without id or index, a named fragment after a finished call is a new call
+        (Gemini sends each call whole in its own delta)."""
+        last = self._calls[-1]
+        return bool(function.get("name")) and last.complete()
+
+    def _newCall(self, callId: str | None) -> _Call:
+        call = _Call(callId or syntheticToolId(self.messageId, len(self._calls)))
+        self._calls.append(call)
+        self._byId[call.id] = call
+        return call
+
+    def _advance(self, events: list[Event]) -> None:
+        """Stream what can be placed: the live call's new arguments; and when it is
+        complete and a later call is waiting, close it and go live with the next.
+        Later calls' fragments wait (parallel calls interleave by index, but only
+        one block may be open)."""
+        while True:
+            live = self._liveCall
+            if live is None:
+                waiting = self._nextCall()
+                if waiting is None or waiting.name is None:
+                    return
+                self._startCall(waiting, events)
+                continue
+            self._sendArguments(live, events)
+            later = self._nextCall()
+            if later is None or not live.complete():
+                return
+            self._close(events)
+
+    def _nextCall(self) -> _Call | None:
+        for call in self._calls:
+            if call.block is None:
+                return call
+        return None
+
+    def _startCall(self, call: _Call, events: list[Event]) -> None:
+        call.block = self._openBlock(
+            "tool_use",
+            {"type": "tool_use", "id": call.id, "name": call.name or "", "input": {}},
+            events,
+        )
+        self._liveCall = call
+
+    def _sendArguments(self, call: _Call, events: list[Event]) -> None:
+        if call.sent < len(call.arguments):
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": call.block,
+                    "delta": {
+                        "type": "input_json_delta",
+                        "partial_json": call.arguments[call.sent :],
+                    },
+                }
+            )
+            call.sent = len(call.arguments)
+
+    def _flushCalls(self, events: list[Event]) -> None:
+        """Place every call still waiting, in order (the answer is ending, or text
+        follows the calls)."""
+        while True:
+            if self._liveCall is not None:
+                self._sendArguments(self._liveCall, events)
+                self._close(events)
+            waiting = self._nextCall()
+            if waiting is None:
+                return
+            self._startCall(waiting, events)
+
+
+def streamError(chunk: dict[str, Any]) -> ProxyError:
+    """An error the upstream sent inside the stream, as a ProxyError for `event: error`."""
+    error = chunk.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    status = code if isinstance(code, int) and 400 <= code <= 599 else 502
+    message = extractMessage(orjson.dumps(chunk)) or "the upstream sent an error"
+    errorType = "overloaded_error" if status in (429, 503, 529) else "api_error"
+    return ProxyError(status, message, errorType)
+
+
+def _groqUsage(chunk: dict[str, Any]) -> Any:
+    extra = chunk.get("x_groq")
+    return extra.get("usage") if isinstance(extra, dict) else None
+
+
+def eventsForMessage(message: dict[str, Any]) -> list[Event]:
+    """A whole Anthropic message as a stream, for upstreams that answer a stream
+    request with one JSON completion."""
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    events: list[Event] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "tool_use":
+            opening = {**block, "input": {}}
+            delta = {
+                "type": "input_json_delta",
+                "partial_json": orjson.dumps(block["input"]).decode(),
+            }
+        else:
+            opening = {"type": "text", "text": ""}
+            delta = {"type": "text_delta", "text": block["text"]}
+        events.append({"type": "content_block_start", "index": index, "content_block": opening})
+        events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        events.append({"type": "content_block_stop", "index": index})
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": message["stop_reason"],
+                "stop_sequence": message["stop_sequence"],
+            },
+            "usage": message["usage"],
+        }
+    )
+    events.append({"type": "message_stop"})
+    return events

@@ -1,0 +1,248 @@
+"""Talking to an upstream gateway: one POST, its headers, its body, its failures.
+
+Every wait here is bounded by the upstream's `timeout` (silence before the headers,
+or between body chunks) on the injected clock, and every Deferred can be cancelled:
+a client that goes away aborts the upstream connection, so nobody pays for tokens
+that no one reads. Failures come out as `ProxyError`s naming the upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
+
+from attrs import define
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseNeverReceived
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from ccproxy import __version__
+from ccproxy.config import Upstream
+from ccproxy.errors import ProxyError
+
+USER_AGENT = f"ccproxy/{__version__}"
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_ERROR_BYTES = 64 * 1024
+
+
+class HTTPClient(Protocol):
+    """What we need of treq's `HTTPClient` (and of `treq.testing.StubTreq`)."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[IResponse]: ...
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory, written at once.
+
+    treq's default producer for bytes goes through the global Cooperator; a JSON
+    body is small enough to hand over in one write.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@define
+class UpstreamClient:
+    """Sends translated requests to upstreams through one injected HTTP client."""
+
+    http: HTTPClient
+    clock: IReactorTime
+    maxResponseBytes: int = MAX_RESPONSE_BYTES
+    log: ClassVar[Logger] = Logger()
+
+    def headersFor(self, upstream: Upstream, callerKey: str | None) -> dict[str, str]:
+        """Only what the upstream needs: its auth and its configured headers. The
+        caller's key goes upstream only when the upstream has none of its own."""
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        key = upstream.apiKey or callerKey
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        headers.update(upstream.headers)
+        return headers
+
+    async def post(self, upstream: Upstream, body: bytes, callerKey: str | None) -> IResponse:
+        """POST `body`; return once the upstream's status and headers are in."""
+        requested = self.http.request(
+            "POST",
+            upstream.url,
+            data=body,
+            headers=self.headersFor(upstream, callerKey),
+            unbuffered=True,
+            allow_redirects=False,
+            reactor=self.clock,
+        )
+        timer = _Silence(self.clock, upstream.timeout, requested.cancel)
+        try:
+            return await requested
+        except CancelledError:
+            if timer.expired:
+                raise _timeout(upstream, "before answering") from None
+            raise
+        except ResponseNeverReceived as e:
+            if timer.expired:
+                raise _timeout(upstream, "before answering") from None
+            if any(r.check(CancelledError) for r in e.reasons):
+                # The client went away: not an upstream failure, nothing to report.
+                raise CancelledError() from None
+            raise _unreachable(upstream, _reasonText(e.reasons)) from None
+        except DNSLookupError:
+            raise _unreachable(upstream, f"cannot resolve {_host(upstream)}") from None
+        except ConnectError as e:
+            raise _unreachable(upstream, f"cannot connect to {_host(upstream)}: {e}") from None
+        except Exception as e:
+            raise _unreachable(upstream, str(e) or type(e).__name__) from None
+        finally:
+            timer.cancel()
+
+    async def readBody(
+        self,
+        upstream: Upstream,
+        response: IResponse,
+        limit: int | None = None,
+        truncate: bool = False,
+    ) -> bytes:
+        """The whole body, within `limit` bytes and the silence timeout.
+
+        `truncate` keeps the first `limit` bytes of a longer body (for error
+        bodies, whose first words are enough) instead of failing.
+        """
+        limit = self.maxResponseBytes if limit is None else limit
+        if response.length is not UNKNOWN_LENGTH and response.length > limit and not truncate:
+            response.deliverBody(_Discard())
+            raise _tooLarge(upstream, limit)
+        collector = _BodyCollector(upstream, limit, truncate)
+        timer = _Silence(self.clock, upstream.timeout, collector.expire)
+        collector.onData = timer.reset
+        response.deliverBody(collector)
+        try:
+            return await collector.finished
+        finally:
+            timer.cancel()
+
+
+class _Silence:
+    """Calls `expire` after `seconds` without a `reset`: the silence timeout."""
+
+    def __init__(self, clock: IReactorTime, seconds: float, expire: Any) -> None:
+        self.expired = False
+        self._seconds = seconds
+        self._expire = expire
+        self._call: IDelayedCall = clock.callLater(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.expired = True
+        self._expire()
+
+    def reset(self) -> None:
+        if self._call.active():
+            self._call.reset(self._seconds)
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+class _BodyCollector(TwistedProtocol):
+    """Collects a response body; cancelling it aborts the upstream connection."""
+
+    def __init__(self, upstream: Upstream, limit: int, truncate: bool) -> None:
+        self._upstream = upstream
+        self._limit = limit
+        self._truncate = truncate
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.onData: Any = lambda: None
+        self.finished: Deferred[bytes] = Deferred(lambda d: self._abort())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self.onData()
+        room = self._limit - self._size
+        self._size += len(data)
+        if len(data) <= room:
+            self._parts.append(data)
+            return
+        if self._truncate:
+            self._parts.append(data[:room])
+            self.finished.callback(b"".join(self._parts))
+        else:
+            self.finished.errback(_tooLarge(self._upstream, self._limit))
+        self._abort()
+
+    def expire(self) -> None:
+        if not self.finished.called:
+            self.finished.errback(_timeout(self._upstream, "in the middle of its answer"))
+        self._abort()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self._parts))
+        else:
+            self.finished.errback(
+                _unreachable(self._upstream, "the connection was lost in the middle of its answer")
+            )
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+class _Discard(TwistedProtocol):
+    """Takes a body nobody will read and closes its connection at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def _timeout(upstream: Upstream, when: str) -> ProxyError:
+    return ProxyError(
+        504, f"{upstream.name}: no data for {upstream.timeout:g} s {when} (timeout)", "api_error"
+    )
+
+
+def _unreachable(upstream: Upstream, cause: str) -> ProxyError:
+    return ProxyError(502, f"{upstream.name}: {cause}", "api_error")
+
+
+def _tooLarge(upstream: Upstream, limit: int) -> ProxyError:
+    return ProxyError(
+        502, f"{upstream.name}: the answer is larger than the {limit}-byte limit", "api_error"
+    )
+
+
+def _host(upstream: Upstream) -> str:
+    return urlsplit(upstream.url).netloc
+
+
+def _reasonText(reasons: list[Failure]) -> str:
+    for reason in reasons:
+        text = reason.getErrorMessage()
+        if text:
+            return f"the connection failed before an answer ({text})"
+    return "the connection failed before an answer"

@@ -1,0 +1,175 @@
+"""A scripted OpenAI-compatible upstream for tests: it answers what a test queues
+and records what it received, including whether its client hung up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from attrs import define, field
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+
+Reply = Callable[[IRequest, "FakeOpenAI"], Any]
+
+
+@define
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@define
+class FakeOpenAI:
+    """Answers POST …/chat/completions with the next queued reply."""
+
+    clock: IReactorTime | None = None
+    replies: list[Reply] = field(factory=list)
+    received: list[Received] = field(factory=list)
+    disconnected: int = 0
+    finished: int = 0
+
+    router = Klein()
+
+    def resource(self) -> Any:
+        return self.router.resource()
+
+    def queue(self, *replies: Reply) -> FakeOpenAI:
+        self.replies.extend(replies)
+        return self
+
+    @router.route("/", branch=True, methods=["POST", "GET"])
+    def anything(self, request: IRequest) -> Any:
+        raw = request.content.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw
+        self.received.append(
+            Received(
+                path=request.uri.decode(),
+                headers={
+                    k.decode().lower(): v[-1].decode()
+                    for k, v in request.requestHeaders.getAllRawHeaders()
+                },
+                body=body,
+            )
+        )
+        request.notifyFinish().addCallbacks(self._finished, self._disconnected)
+        reply = self.replies.pop(0) if self.replies else jsonReply(completion("hello"))
+        return reply(request, self)
+
+    def _finished(self, _: object) -> None:
+        self.finished += 1
+
+    def _disconnected(self, _: object) -> None:
+        self.disconnected += 1
+
+    @property
+    def last(self) -> Any:
+        return self.received[-1].body
+
+
+def completion(
+    text: str | None = None,
+    toolCalls: Sequence[dict[str, Any]] = (),
+    finish: str | None = "stop",
+    usage: dict[str, Any] | None = None,
+    **message: Any,
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "assistant", "content": text, **message}
+    if toolCalls:
+        msg["tool_calls"] = list(toolCalls)
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "up-model",
+        "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
+        "usage": usage
+        if usage is not None
+        else {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+
+
+def toolCall(name: str, arguments: Any, callId: str | None = "call_1") -> dict[str, Any]:
+    call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if callId is not None:
+        call["id"] = callId
+    return call
+
+
+def jsonReply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    def reply(request: IRequest, fake: FakeOpenAI) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        for k, v in (headers or {}).items():
+            request.setHeader(k.encode(), v.encode())
+        return body if isinstance(body, bytes) else orjson.dumps(body)
+
+    return reply
+
+
+def rawReply(body: bytes, status: int = 200, contentType: str = "text/plain") -> Reply:
+    def reply(request: IRequest, fake: FakeOpenAI) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", contentType.encode())
+        return body
+
+    return reply
+
+
+def stallReply() -> Reply:
+    """Never answers: the proxy's timeout or its client's disconnect must end it."""
+
+    def reply(request: IRequest, fake: FakeOpenAI) -> Any:
+        return Deferred()
+
+    return reply
+
+
+def sseReply(
+    events: Sequence[Any],
+    delay: float = 0.0,
+    done: bool = True,
+    status: int = 200,
+    close: bool = True,
+) -> Reply:
+    """Streams `events` (dicts become `data: {json}` frames; bytes go as they are),
+    one every `delay` seconds on the fake's clock, then `data: [DONE]`."""
+
+    def reply(request: IRequest, fake: FakeOpenAI) -> Any:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"text/event-stream")
+        frames = [
+            e if isinstance(e, bytes) else b"data: " + orjson.dumps(e) + b"\n\n" for e in events
+        ]
+        if done:
+            frames.append(b"data: [DONE]\n\n")
+        if delay == 0 or fake.clock is None:
+            for frame in frames:
+                request.write(frame)
+            if close:
+                request.finish()
+            return NOT_DONE_YET
+        state = {"gone": False}
+        request.notifyFinish().addErrback(lambda _: state.update(gone=True))
+
+        def send(i: int) -> None:
+            if state["gone"]:
+                return
+            if i < len(frames):
+                request.write(frames[i])
+                fake.clock.callLater(delay, send, i + 1)
+            elif close:
+                request.finish()
+
+        fake.clock.callLater(delay, send, 0)
+        return NOT_DONE_YET
+
+    return reply

@@ -1,0 +1,117 @@
+"""In-memory harness: the proxy app between two StubTreqs, driven by a Clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from attrs import define
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from ccproxy.app import ProxyApp
+from ccproxy.config import Config
+from ccproxy.upstream import UpstreamClient
+from tests.fakes import FakeOpenAI
+
+BASE_CONFIG = """
+upstreams:
+  up:
+    url: http://upstream.test/v1
+    api_key: sk-upstream-secret
+    timeout: 30
+  other:
+    url: http://other.test/v1/chat/completions
+models:
+  claude-haiku-*: other/small-model
+  claude-*: up/big-model
+  passthrough: up
+"""
+
+
+def resultOf(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has already fired (raises its failure)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+@define
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@define
+class Harness:
+    """A proxy app wired to a fake upstream, both in memory, on one Clock."""
+
+    app: ProxyApp
+    upstream: FakeOpenAI
+    client: StubTreq
+    upstreamTreq: StubTreq
+    clock: Clock
+
+    @classmethod
+    def build(cls, configText: str = BASE_CONFIG, env: dict[str, str] | None = None) -> Harness:
+        clock = Clock()
+        upstream = FakeOpenAI(clock=clock)
+        upstreamTreq = StubTreq(upstream.resource())
+        config = Config.fromYAML(configText, env or {})
+        app = ProxyApp(config=config, upstreams=UpstreamClient(upstreamTreq, clock), clock=clock)
+        return cls(app, upstream, StubTreq(app.resource()), upstreamTreq, clock)
+
+    def flush(self) -> None:
+        for _ in range(3):
+            self.upstreamTreq.flush()
+            self.client.flush()
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Deferred[Reply]:
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else orjson.dumps(body)
+        d = self.client.request(
+            method, "http://proxy.test" + path, data=data, headers=headers or {}
+        )
+
+        async def collect(response: Any) -> Reply:
+            raw = await self.client.content(response)
+            return Reply(
+                response.code,
+                {
+                    k.decode().lower(): v[-1].decode()
+                    for k, v in response.headers.getAllRawHeaders()
+                },
+                raw,
+            )
+
+        return d.addCallback(lambda r: Deferred.fromCoroutine(collect(r)))
+
+    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Reply:
+        d = self.request(method, path, body, **kw)
+        self.flush()
+        return resultOf(d)
+
+    def post(self, body: Any, path: str = "/v1/messages", **kw: Any) -> Reply:
+        return self.call("POST", path, body, **kw)
+
+
+def message(text: str = "hi", **extra: Any) -> dict[str, Any]:
+    """A minimal Messages request."""
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
