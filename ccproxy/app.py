@@ -274,7 +274,8 @@ class ProxyApp:
             record.fail(record.status, e.errorType, e.message)
         finally:
             writer.stop()
-            request.unregisterProducer()
+            if request.channel is not None:  # None once the client has gone
+                request.unregisterProducer()
             if translator.usage is not None:
                 record.countUsage(anthropicUsage(translator.usage))
         return None
@@ -340,15 +341,14 @@ def errorInBody(upstream: str, raw: bytes, data: dict[str, Any]) -> ProxyError:
     return upstreamError(upstream, status, raw)
 
 
-def _startRequest(request: IRequest, makeId: Callable[[], str]) -> str:
+def _startRequest(request: IRequest, makeId: Callable[[], str] = newId) -> str:
+    """The request's id, made on first use and sent as the `request-id` header."""
+    value = request.responseHeaders.getRawHeaders(b"request-id")
+    if value:
+        return value[0].decode()
     requestId = f"req_{makeId()}"
     request.setHeader(b"request-id", requestId.encode())
     return requestId
-
-
-def _requestId(request: IRequest) -> str | None:
-    value = request.responseHeaders.getRawHeaders(b"request-id")
-    return value[0].decode() if value else None
 
 
 def _errorResponse(request: IRequest, error: ProxyError) -> bytes:
@@ -357,7 +357,7 @@ def _errorResponse(request: IRequest, error: ProxyError) -> bytes:
         request.setHeader(name.encode(), value.encode())
     if error.status in (429, 529, 503) or error.status >= 500:
         request.setHeader(b"x-should-retry", b"true")
-    return _json(request, errorBody(error.errorType, error.message, _requestId(request)))
+    return _json(request, errorBody(error.errorType, error.message, _startRequest(request)))
 
 
 def _json(request: IRequest, value: Any) -> bytes:

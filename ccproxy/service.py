@@ -59,6 +59,10 @@ class ProxyService(MultiService):
         http_service.setName("http")
         http_service.setServiceParent(self)
 
+    def listeningPort(self) -> Deferred[Any]:
+        """The bound port, once listening (its `getHost().port` when listening on 0)."""
+        return self.getServiceNamed("http")._waitingForPort  # type: ignore[attr-defined,no-any-return]
+
     def startService(self) -> None:
         super().startService()
         config = self.app.config

@@ -40,8 +40,9 @@ class Options(usage.Options):
         try:
             serverFromString(None, config.listen)
         except (ValueError, TypeError, KeyError) as e:
+            where = "--listen" if self["listen"] else f"{path}: listen"
             problem = f"not a valid endpoint {config.listen!r} ({e})"
-            raise SystemExit(f"ccproxy: listen: {problem}") from None
+            raise SystemExit(f"ccproxy: {where}: {problem}") from None
         self["loaded"] = config
 
 

@@ -12,7 +12,6 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
-from twisted.web.server import NOT_DONE_YET
 
 Reply = Callable[[IRequest, "FakeOpenAI"], Any]
 
@@ -141,7 +140,8 @@ def sseReply(
     close: bool = True,
 ) -> Reply:
     """Streams `events` (dicts become `data: {json}` frames; bytes go as they are),
-    one every `delay` seconds on the fake's clock, then `data: [DONE]`."""
+    then `data: [DONE]`. With a `delay`, the headers go at once and each frame
+    `delay` seconds after the one before, on the fake's clock."""
 
     def reply(request: IRequest, fake: FakeOpenAI) -> Any:
         request.setResponseCode(status)
@@ -151,25 +151,28 @@ def sseReply(
         ]
         if done:
             frames.append(b"data: [DONE]\n\n")
+        # Klein finishes the response when the returned Deferred fires.
+        finished: Deferred[None] = Deferred()
         if delay == 0 or fake.clock is None:
             for frame in frames:
                 request.write(frame)
             if close:
-                request.finish()
-            return NOT_DONE_YET
+                finished.callback(None)
+            return finished
         state = {"gone": False}
         request.notifyFinish().addErrback(lambda _: state.update(gone=True))
+        request.write(b": stream open\n\n")  # the status and headers go out now
 
         def send(i: int) -> None:
             if state["gone"]:
                 return
-            if i < len(frames):
-                request.write(frames[i])
+            request.write(frames[i])
+            if i + 1 < len(frames):
                 fake.clock.callLater(delay, send, i + 1)
             elif close:
-                request.finish()
+                finished.callback(None)
 
         fake.clock.callLater(delay, send, 0)
-        return NOT_DONE_YET
+        return finished
 
     return reply

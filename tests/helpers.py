@@ -41,6 +41,18 @@ def resultOf(d: Deferred[Any]) -> Any:
     return results[0]
 
 
+def fired(d: Deferred[Any]) -> bool:
+    """Whether a Deferred has a result yet (without consuming it)."""
+    seen: list[Any] = []
+
+    def look(result: Any) -> Any:
+        seen.append(True)
+        return result
+
+    d.addBoth(look)
+    return bool(seen)
+
+
 @define
 class Reply:
     status: int
@@ -115,3 +127,20 @@ def message(text: str = "hi", **extra: Any) -> dict[str, Any]:
         "messages": [{"role": "user", "content": text}],
         **extra,
     }
+
+
+def parseSSE(body: bytes) -> list[tuple[str, Any]]:
+    """A client's view of an SSE body: (event name, decoded data) per frame."""
+    frames = []
+    for block in body.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[len("event: ") :]
+            elif line.startswith("data: "):
+                data.append(line[len("data: ") :])
+        assert name is not None, f"frame without an event line: {block!r}"
+        frames.append((name, orjson.loads("\n".join(data))))
+    return frames

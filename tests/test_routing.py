@@ -1,0 +1,61 @@
+"""Model routing: exact names first, then globs in file order."""
+
+from __future__ import annotations
+
+import pytest
+
+from ccproxy.errors import ProxyError
+from ccproxy.routing import ModelRouter, Route, Target
+
+ROUTER = ModelRouter.fromRoutes(
+    [
+        Route("claude-*", (Target("corp", "gpt-4.1"),)),
+        Route("claude-haiku-*", (Target("local", "qwen"),)),  # after a wider glob: never used
+        Route("claude-haiku-5-5", (Target("local", "exact"),)),  # exact wins over earlier globs
+        Route("gpt-?", (Target("corp"),)),
+        Route("my-gateway/gpt-4o", (Target("corp", "gpt-4o"),)),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "upstream", "upstreamModel"),
+    [
+        ("claude-haiku-5-5", "local", "exact"),
+        ("claude-haiku-4-5", "corp", "gpt-4.1"),
+        ("claude-opus-5-5", "corp", "gpt-4.1"),
+        ("gpt-5", "corp", "gpt-5"),
+        ("my-gateway/gpt-4o", "corp", "gpt-4o"),
+    ],
+)
+def test_resolve(model: str, upstream: str, upstreamModel: str) -> None:
+    target = ROUTER.resolve(model).targets[0]
+    assert (target.upstream, target.modelFor(model)) == (upstream, upstreamModel)
+
+
+@pytest.mark.parametrize("model", ["gpt-44", "CLAUDE-opus", "", "llama"])
+def test_unmatched_model_is_404_naming_it(model: str) -> None:
+    assert ROUTER.find(model) is None
+    with pytest.raises(ProxyError) as raised:
+        ROUTER.resolve(model)
+    assert raised.value.status == 404
+    assert raised.value.errorType == "not_found_error"
+    assert repr(model) in raised.value.message
+
+
+def test_exact_names_are_the_non_globs_in_order() -> None:
+    assert ROUTER.exactNames() == ["claude-haiku-5-5", "my-gateway/gpt-4o"]
+
+
+@pytest.mark.parametrize(
+    ("text", "upstream", "model"),
+    [
+        ("corp/gpt-4.1", "corp", "gpt-4.1"),
+        ("local/qwen2.5-coder:7b", "local", "qwen2.5-coder:7b"),
+        ("corp", "corp", None),
+        ("gw/org/model", "gw", "org/model"),
+    ],
+)
+def test_target_splits_at_first_slash(text: str, upstream: str, model: str | None) -> None:
+    assert Target.parse(text) == Target(upstream, model)
+    assert str(Target.parse(text)) == text

@@ -1,0 +1,84 @@
+"""The twistd plugin: options, config validation before start, the service tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+
+from ccproxy.service import ProxyService
+from ccproxy.tap import Options, makeService
+
+GOOD = """
+upstreams:
+  up: {url: "http://127.0.0.1:9/v1"}
+models:
+  "*": up
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "ccproxy.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_plugin_is_discoverable() -> None:
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+    assert "ccproxy" in makers
+    assert makers["ccproxy"].options is Options
+
+
+def test_options_load_and_validate_the_config(tmp_path: Path) -> None:
+    options = Options()
+    options.parseOptions(["--config", write(tmp_path, GOOD)])
+    assert options["loaded"].listen == "tcp:8000:interface=127.0.0.1"
+    assert set(options["loaded"].upstreams) == {"up"}
+
+
+def test_listen_overrides_the_config(tmp_path: Path) -> None:
+    options = Options()
+    options.parseOptions(["-c", write(tmp_path, GOOD), "--listen", "tcp:0:interface=127.0.0.1"])
+    assert options["loaded"].listen == "tcp:0:interface=127.0.0.1"
+
+
+def test_config_is_required() -> None:
+    with pytest.raises(UsageError, match="--config"):
+        Options().parseOptions([])
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            GOOD.replace("http://127.0.0.1:9/v1", "gopher://x"),
+            "upstreams.up.url: not an http(s) URL",
+        ),
+        (GOOD + "listen: 'tcpx:80'\n", "listen: not a valid endpoint"),
+        (GOOD.replace('"*": up', '"*": nowhere'), "models.*: unknown upstream 'nowhere'"),
+    ],
+)
+def test_a_bad_config_stops_the_start_with_one_line(tmp_path: Path, text: str, line: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(["--config", path])
+    message = str(raised.value.code)
+    assert line in message
+    assert path in message
+    assert "\n" not in message
+    assert "Traceback" not in message
+
+
+def test_make_service_builds_the_tree(tmp_path: Path) -> None:
+    options = Options()
+    options.parseOptions(
+        ["--config", write(tmp_path, GOOD), "--listen", "tcp:0:interface=127.0.0.1"]
+    )
+    service = makeService(options)
+    assert isinstance(service, ProxyService)
+    assert service.getServiceNamed("http") is not None
+    assert service.app.config is options["loaded"]
+    assert service.pool.persistent is True
