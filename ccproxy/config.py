@@ -10,15 +10,25 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 from attrs import field, frozen
 
-from ccproxy.profile import MAX_TOKENS_PARAMS, Profile
+from ccproxy.profile import Profile, parseProfile
 from ccproxy.routing import ModelRouter, Route, Target
+from ccproxy.schema import (
+    ConfigError,
+    Node,
+    expandVariables,
+    headerMap,
+    join,
+    positiveInt,
+    positiveNumber,
+    string,
+)
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 DEFAULT_TIMEOUT = 600.0
@@ -27,20 +37,9 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_PING_INTERVAL = 10.0
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _COMPLETIONS = "/chat/completions"
 
 T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """A configuration problem, said in one line that names the key."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}" if path else problem)
-        self.path = path
-        self.problem = problem
 
 
 @frozen
@@ -116,102 +115,11 @@ class Config:
     ) -> Config:
         """Validate an already-parsed document (`${VAR}` still unexpanded)."""
         env = os.environ if environ is None else environ
-        return _parseConfig(_Node(expandVariables(data, env, ""), ""), source)
-
-
-def expandVariables(value: Any, environ: Mapping[str, str], path: str) -> Any:
-    """Expand `${VAR}` and `${VAR:-default}` in every string of a YAML tree."""
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(path, f"environment variable {name} is not set")
-
-        return _VAR.sub(substitute, value)
-    if isinstance(value, dict):
-        return {k: expandVariables(v, environ, _join(path, str(k))) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expandVariables(v, environ, _join(path, str(i))) for i, v in enumerate(value)]
-    return value
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-class _Node:
-    """A mapping in the YAML tree, read key by key with typed, path-naming checks."""
-
-    def __init__(self, value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            raise (
-                ConfigError(path, "must be a mapping")
-                if path
-                else ConfigError("", "the config file must be a YAML mapping")
-            )
-        for key in value:
-            if not isinstance(key, str):
-                raise ConfigError(_join(path, str(key)), "keys must be strings")
-        self.value: dict[str, Any] = value
-        self.path = path
-        self._seen: set[str] = set()
-
-    def at(self, key: str) -> str:
-        return _join(self.path, key)
-
-    def get(self, key: str, kind: Callable[[Any, str], T], default: T) -> T:
-        self._seen.add(key)
-        if key not in self.value or self.value[key] is None:
-            return default
-        return kind(self.value[key], self.at(key))
-
-    def require(self, key: str, kind: Callable[[Any, str], T]) -> T:
-        self._seen.add(key)
-        if key not in self.value or self.value[key] is None:
-            raise ConfigError(self.at(key), "is required")
-        return kind(self.value[key], self.at(key))
-
-    def node(self, key: str) -> _Node:
-        self._seen.add(key)
-        return _Node(self.value.get(key) or {}, self.at(key))
-
-    def finish(self) -> None:
-        """Refuse unknown keys: a typo must not silently mean a default."""
-        for key in self.value:
-            if key not in self._seen:
-                raise ConfigError(self.at(key), "unknown key")
-
-
-def _string(value: Any, path: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ConfigError(path, "must be a string")
-    return str(value)
-
-
-def _boolean(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(path, "must be true or false")
-    return value
-
-
-def _positiveInt(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(path, "must be a positive whole number")
-    return value
-
-
-def _positiveNumber(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(path, "must be a positive number (seconds)")
-    return float(value)
+        return _parseConfig(Node(expandVariables(data, env, ""), ""), source)
 
 
 def _chatCompletionsURL(value: Any, path: str) -> str:
-    url = _string(value, path).strip()
+    url = string(value, path).strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, "not an http(s) URL")
@@ -222,36 +130,16 @@ def _chatCompletionsURL(value: Any, path: str) -> str:
     return base + query
 
 
-def _headers(value: Any, path: str) -> dict[str, str]:
-    node = _Node(value, path)
-    headers = {}
-    for name in node.value:
-        if not _HEADER_NAME.fullmatch(name):
-            raise ConfigError(node.at(name), "not a valid HTTP header name")
-        text = node.require(name, _string)
-        if "\r" in text or "\n" in text:
-            raise ConfigError(node.at(name), "header values cannot hold line breaks")
-        headers[name] = text
-    return headers
-
-
-def _parseUpstream(name: str, node: _Node) -> Upstream:
+def _parseUpstream(name: str, node: Node) -> Upstream:
     if not _NAME.fullmatch(name):
         raise ConfigError(node.path, "upstream names may hold only A-Z a-z 0-9 _ -")
-    maxTokensParam = node.get("max_tokens_param", _string, "max_completion_tokens")
-    if maxTokensParam not in MAX_TOKENS_PARAMS:
-        raise ConfigError(node.at("max_tokens_param"), f"must be one of {MAX_TOKENS_PARAMS}")
     upstream = Upstream(
         name=name,
         url=node.require("url", _chatCompletionsURL),
-        apiKey=node.get("api_key", _string, "") or None,
-        timeout=node.get("timeout", _positiveNumber, DEFAULT_TIMEOUT),
-        headers=node.get("headers", _headers, {}),
-        profile=Profile(
-            maxTokens=node.get("max_tokens", _positiveInt, None),
-            maxTokensParam=maxTokensParam,
-            streamUsage=node.get("stream_usage", _boolean, True),
-        ),
+        apiKey=node.get("api_key", string, "") or None,
+        timeout=node.get("timeout", positiveNumber, DEFAULT_TIMEOUT),
+        headers=node.get("headers", headerMap, {}),
+        profile=parseProfile(node),
     )
     node.finish()
     return upstream
@@ -262,8 +150,8 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
         raise ConfigError(path, "must be a list of {name, key}")
     clients: list[Client] = []
     for i, item in enumerate(value):
-        node = _Node(item, _join(path, str(i)))
-        client = Client(name=node.require("name", _string), key=node.require("key", _string))
+        node = Node(item, join(path, str(i)))
+        client = Client(name=node.require("name", string), key=node.require("key", string))
         node.finish()
         if not client.key:
             raise ConfigError(node.at("key"), "is empty (is its environment variable set?)")
@@ -275,7 +163,7 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
     return tuple(clients)
 
 
-def _parseRoutes(node: _Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, ...]:
+def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, ...]:
     routes = []
     for pattern in node.value:
         path = node.at(pattern)
@@ -292,8 +180,8 @@ def _parseRoutes(node: _Node, upstreams: Mapping[str, Upstream]) -> tuple[Route,
     return tuple(routes)
 
 
-def _parseConfig(root: _Node, source: str | None) -> Config:
-    listen = root.get("listen", _string, DEFAULT_LISTEN)
+def _parseConfig(root: Node, source: str | None) -> Config:
+    listen = root.get("listen", string, DEFAULT_LISTEN)
     clients = root.get("clients", _parseClients, ())
     upstreamsNode = root.node("upstreams")
     if not upstreamsNode.value:
@@ -310,9 +198,9 @@ def _parseConfig(root: _Node, source: str | None) -> Config:
         router=ModelRouter.fromRoutes(routes),
         listen=listen,
         clients=clients,
-        defaultMaxTokens=root.get("default_max_tokens", _positiveInt, DEFAULT_MAX_TOKENS),
-        maxBodyBytes=root.get("max_body_bytes", _positiveInt, DEFAULT_MAX_BODY_BYTES),
-        pingInterval=root.get("ping_interval", _positiveNumber, DEFAULT_PING_INTERVAL),
+        defaultMaxTokens=root.get("default_max_tokens", positiveInt, DEFAULT_MAX_TOKENS),
+        maxBodyBytes=root.get("max_body_bytes", positiveInt, DEFAULT_MAX_BODY_BYTES),
+        pingInterval=root.get("ping_interval", positiveNumber, DEFAULT_PING_INTERVAL),
         source=source,
     )
     root.finish()

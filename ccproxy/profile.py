@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from ccproxy.schema import ConfigError, Node, boolean, positiveInt, string
+
 MAX_TOKENS_PARAMS = ("max_completion_tokens", "max_tokens")
 
 
@@ -23,3 +25,15 @@ class Profile:
 
     streamUsage: bool = True
     """Ask for `stream_options.include_usage` on streams (some servers reject it)."""
+
+
+def parseProfile(node: Node) -> Profile:
+    """The translation knobs of one `upstreams.NAME` mapping."""
+    maxTokensParam = node.get("max_tokens_param", string, "max_completion_tokens")
+    if maxTokensParam not in MAX_TOKENS_PARAMS:
+        raise ConfigError(node.at("max_tokens_param"), f"must be one of {MAX_TOKENS_PARAMS}")
+    return Profile(
+        maxTokens=node.get("max_tokens", positiveInt, None),
+        maxTokensParam=maxTokensParam,
+        streamUsage=node.get("stream_usage", boolean, True),
+    )
