@@ -130,7 +130,7 @@ def _messageFromJSON(value: Any, depth: int = 0) -> str | None:
             inner = _messageFromJSON(value[key], depth + 1)
             if inner:
                 return inner
-    if value:
+    if value and depth == 0:  # an unknown shape: better its JSON than nothing
         return orjson.dumps(value).decode()
     return None
 

@@ -117,6 +117,9 @@ class _MessageWriter:
             raise invalidRequest(f"{path}.role: must be 'user' or 'assistant'")
 
     def finish(self) -> list[dict[str, Any]]:
+        self._closeCalls({})  # calls the last assistant turn left open
+        if not self.out:
+            raise invalidRequest("messages: nothing to send once empty text blocks are dropped")
         if self.system:
             self.out.insert(0, {"role": "system", "content": "\n\n".join(self.system)})
         return self.out

@@ -48,7 +48,7 @@ def fromOpenAI(
     if stopSequence is not None and text.endswith(stopSequence):
         text = text[: -len(stopSequence)]
     content: list[dict[str, Any]] = []
-    if text:
+    if text.strip():
         content.append({"type": "text", "text": text})
     content.extend(calls)
     return {

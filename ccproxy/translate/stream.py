@@ -82,6 +82,7 @@ class StreamTranslator:
         self._byId: dict[str, _Call] = {}
         self._liveCall: _Call | None = None
         self._textTail = ""
+        self._blank = ""
 
     # -- input ------------------------------------------------------------------
 
@@ -198,6 +199,11 @@ class StreamTranslator:
 
     def _text(self, text: str, events: list[Event]) -> None:
         if self._open != "text":
+            if not text.strip():
+                # Held back: a block of nothing but whitespace is no text block.
+                self._blank += text
+                return
+            text, self._blank = self._blank + text, ""
             self._flushCalls(events)
             self._openBlock("text", {"type": "text", "text": ""}, events)
         events.append(
