@@ -205,7 +205,12 @@ MESSAGE_CASES = [
     ),
     pytest.param(b"", "", id="empty"),
     pytest.param(b"  \n\t ", "", id="whitespace-only"),
-    pytest.param(j({"error": {"code": 400}}), '{"code":400}', id="error-without-message-kept"),
+    pytest.param(
+        j({"error": {"code": 400}}), '{"error":{"code":400}}', id="error-without-message-kept"
+    ),
+    pytest.param(
+        j({"error": {"message": ""}, "message": "outer"}), "outer", id="empty-inner-message-skipped"
+    ),
 ]
 
 
