@@ -1,0 +1,159 @@
+"""A scripted OpenAI-compatible upstream, run as a subprocess by test_claude_code.py.
+
+    python tests/scripted_upstream.py --port-file PATH --log PATH \\
+        [--file /abs/path/notes.txt] [--answer TEXT]
+
+It listens on 127.0.0.1 on a port the OS picks and writes that port to --port-file
+(atomically) once it is listening. Every request body is appended to --log as one
+JSON line (`{"path": …, "body": …}`). Answers to POST …/chat/completions:
+
+- a request holding a `role: "tool"` message: --answer as text;
+- otherwise, a request offering the `Read` tool (Claude Code's main loop): a call of
+  Read with `file_path` = --file, its arguments split into several fragments,
+  `finish_reason: "tool_calls"`;
+- anything else (titles, background work): a short plain text.
+
+Streamed requests get SSE chunks (with a usage chunk and `data: [DONE]`), others
+one JSON completion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from klein import Klein
+from twisted.internet import reactor
+from twisted.web.iweb import IRequest
+from twisted.web.server import Site
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.fakes import completion, jsonReply, sseReply, toolCall
+
+CALL_ID = "call_read_1"
+USAGE = {"prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132}
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "scripted-model",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+    }
+
+
+def usageChunk() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "scripted-model",
+        "choices": [],
+        "usage": USAGE,
+    }
+
+
+def fragments(text: str, parts: int) -> list[str]:
+    size = max(1, -(-len(text) // parts))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def toolCallChunks(arguments: str) -> list[dict[str, Any]]:
+    pieces = fragments(arguments, 4)
+    first = {
+        "index": 0,
+        "id": CALL_ID,
+        "type": "function",
+        "function": {"name": "Read", "arguments": ""},
+    }
+    events = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
+    events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
+    events += [chunk(finish="tool_calls"), usageChunk()]
+    return events
+
+
+def textChunks(text: str) -> list[dict[str, Any]]:
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": p}) for p in fragments(text, 3)]
+    events += [chunk(finish="stop"), usageChunk()]
+    return events
+
+
+def offersRead(body: dict[str, Any]) -> bool:
+    return any(
+        (t.get("function") or {}).get("name") == "Read"
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    )
+
+
+def hasToolMessage(body: dict[str, Any]) -> bool:
+    return any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or [])
+
+
+class ScriptedUpstream:
+    router = Klein()
+
+    def __init__(self, readPath: str, answer: str, log: Any) -> None:
+        self.readPath = readPath
+        self.answer = answer
+        self.log = log
+        # sseReply schedules its frames on `fake.clock`.
+        self.holder = SimpleNamespace(clock=reactor)
+
+    @router.route("/", branch=True, methods=["POST", "GET"])
+    def anything(self, request: IRequest) -> Any:
+        raw = request.content.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        self.log.write(orjson.dumps({"path": request.uri.decode(), "body": body}) + b"\n")
+        self.log.flush()
+        if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
+            return jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)(
+                request, self.holder
+            )
+        stream = bool(body.get("stream"))
+        if hasToolMessage(body):
+            text = self.answer
+        elif offersRead(body):
+            arguments = orjson.dumps({"file_path": self.readPath}).decode()
+            if stream:
+                return sseReply(toolCallChunks(arguments), delay=0.01)(request, self.holder)
+            return jsonReply(
+                completion(None, [toolCall("Read", arguments, CALL_ID)], finish="tool_calls")
+            )(request, self.holder)
+        else:
+            text = "Scripted reply."
+        if stream:
+            return sseReply(textChunks(text), delay=0.01)(request, self.holder)
+        return jsonReply(completion(text, usage=USAGE))(request, self.holder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port-file", required=True, type=Path)
+    parser.add_argument("--log", required=True, type=Path)
+    parser.add_argument("--file", default=str(Path("notes.txt").resolve()))
+    parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
+    args = parser.parse_args(argv)
+    with args.log.open("ab") as log:
+        app = ScriptedUpstream(args.file, args.answer, log)
+        port = reactor.listenTCP(0, Site(app.router.resource()), interface="127.0.0.1")
+        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
+        tmp.write_text(str(port.getHost().port))
+        os.replace(tmp, args.port_file)
+        reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""End to end with the real Claude Code: claude -p → ccproxy (twistd) → a scripted upstream.
+
+The scripted upstream (tests/scripted_upstream.py) first streams a call of the Read
+tool on a file of the workspace, its arguments in several fragments, then, once it
+gets the tool's result, a text answer. Claude Code must run the tool, send its
+result back, and print the text.
+
+Claude Code (npm @anthropic-ai/claude-code@2.1.330, ~360 MB) is installed once into
+$CCPROXY_TEST_CACHE/claude-code-2.1.330 (default ~/.cache/ccproxy-tests/…) and
+reused while its `claude --version` says 2.1.330. Skipped only where `npm` is not on
+PATH; a failing install fails the test. Select with `-m claude_code`, leave out with
+`-m "not claude_code"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+VERSION = "2.1.330"
+PACKAGE = f"@anthropic-ai/claude-code@{VERSION}"
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "The secret word is PERIWINKLE-4711."
+ANSWER = "The file says the secret word is PERIWINKLE-4711. SCRIPTED-END"
+MARKER = "SCRIPTED-END"
+CLIENT_KEY = "test-client-key"
+
+
+def cacheDir() -> Path:
+    base = os.environ.get("CCPROXY_TEST_CACHE")
+    if base:
+        root = Path(base)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "ccproxy-tests"
+    path = root / f"claude-code-{VERSION}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = Path(tempfile.gettempdir()) / f"ccproxy-tests-{os.getuid()}" / path.name
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def minimalEnv(home: Path, **extra: str) -> dict[str, str]:
+    """Like `env -i`: only what Claude Code needs, so no user setting leaks in."""
+    node = shutil.which("node")
+    dirs = [str(Path(node).parent)] if node else []
+    dirs += [d for d in ("/usr/local/bin", "/usr/bin", "/bin") if d not in dirs]
+    return {"PATH": os.pathsep.join(dirs), "HOME": str(home), "TERM": "dumb", **extra}
+
+
+def claudeVersion(claude: Path) -> str:
+    if not claude.exists():
+        return ""
+    with tempfile.TemporaryDirectory() as home:
+        try:
+            done = subprocess.run(
+                [str(claude), "--version"],
+                env=minimalEnv(Path(home)),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    return done.stdout.strip()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock, so parallel runs do not install into the same directory."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def installClaudeCode() -> Path:
+    """The `claude` of a cached install of PACKAGE, installing it when needed."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"npm is not on PATH: cannot install {PACKAGE} for the end-to-end test")
+    directory = cacheDir()
+    claude = directory / "node_modules" / ".bin" / "claude"
+    with locked(directory.parent / f"{directory.name}.lock"):
+        if VERSION in claudeVersion(claude):
+            return claude
+        shutil.rmtree(directory)
+        directory.mkdir()
+        (directory / "package.json").write_text(
+            '{"name": "ccproxy-claude-code", "private": true}\n'
+        )
+        # The postinstall copies the native binary from the optional dependency
+        # @anthropic-ai/claude-code-linux-x64: no --ignore-scripts, no --omit=optional.
+        command = [npm, "install", "--no-audit", "--no-fund", "--loglevel=warn", PACKAGE]
+        done = subprocess.run(
+            command,
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        version = claudeVersion(claude)
+        if done.returncode != 0 or VERSION not in version:
+            pytest.fail(
+                f"installing {PACKAGE} into {directory} failed (npm exit {done.returncode},"
+                f" `claude --version` said {version!r}):\n"
+                f"--- npm stdout\n{done.stdout}\n--- npm stderr\n{done.stderr}"
+            )
+    return claude
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def tail(path: Path, limit: int = 20000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"<{e}>"
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+class Processes:
+    """The scripted upstream and ccproxy, as subprocesses logging to files."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.files: list[IO[bytes]] = []
+        self.upstreamLog = tmp / "upstream-requests.jsonl"
+        self.upstreamOutput = tmp / "upstream-output.log"
+        self.proxyLog = tmp / "ccproxy.log"
+
+    def spawn(self, command: list[str], output: Path, **kwargs: Any) -> subprocess.Popen[Any]:
+        out = output.open("ab")
+        self.files.append(out)
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **kwargs
+        )
+        self.processes.append(process)
+        return process
+
+    def startUpstream(self, readPath: Path, answer: str) -> int:
+        portFile = self.tmp / "upstream.port"
+        process = self.spawn(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "scripted_upstream.py"),
+                "--port-file",
+                str(portFile),
+                "--log",
+                str(self.upstreamLog),
+                "--file",
+                str(readPath),
+                "--answer",
+                answer,
+            ],
+            self.upstreamOutput,
+        )
+        deadline = time.monotonic() + 20
+        while not portFile.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"scripted upstream did not start:\n{tail(self.upstreamOutput)}")
+            time.sleep(0.05)
+        return int(portFile.read_text())
+
+    def startProxy(self, upstreamPort: int) -> int:
+        twistd = Path(sys.executable).parent / "twistd"
+        launcher = (
+            [str(twistd)]
+            if twistd.exists()
+            else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        )
+        # The checkout first, so twistd finds the ccproxy plugin installed or not.
+        pythonpath = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
+        for attempt in range(2):  # a free port can be taken before ccproxy binds it
+            port = freePort()
+            config = self.tmp / "ccproxy.yaml"
+            config.write_text(
+                f"""
+listen: "tcp:{port}:interface=127.0.0.1"
+clients:
+  - name: claude-code-test
+    key: "{CLIENT_KEY}"
+upstreams:
+  scripted:
+    url: "http://127.0.0.1:{upstreamPort}/v1"
+    api_key: upstream-key
+    timeout: 60
+models:
+  "*": scripted/scripted-model
+"""
+            )
+            process = self.spawn(
+                [*launcher, "-n", "--pidfile=", "ccproxy", "--config", str(config)],
+                self.proxyLog,
+                cwd=self.tmp,
+                env=env,
+            )
+            deadline = time.monotonic() + 20
+            while process.poll() is None and time.monotonic() < deadline:
+                if answers(f"http://127.0.0.1:{port}/"):
+                    return port
+                time.sleep(0.1)
+            stop(process)
+            if attempt == 0 and "CannotListenError" in tail(self.proxyLog):
+                continue
+            break
+        pytest.fail(f"ccproxy did not start:\n{tail(self.proxyLog)}")
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+        for f in self.files:
+            f.close()
+
+    def received(self) -> list[dict[str, Any]]:
+        if not self.upstreamLog.exists():
+            return []
+        return [json.loads(line) for line in self.upstreamLog.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def runClaude(
+    claude: Path, workspace: Path, home: Path, port: int, prompt: str
+) -> tuple[int, str, str]:
+    env = minimalEnv(
+        home,
+        ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}",
+        ANTHROPIC_AUTH_TOKEN=CLIENT_KEY,
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        CLAUDE_CODE_MAX_RETRIES="1",
+    )
+    process = subprocess.Popen(
+        [str(claude), "-p", prompt, "--output-format", "json"],
+        cwd=workspace,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # so a timeout can end it with anything it started
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        stderr += "\n<killed after 180 s>"
+        return -9, stdout, stderr
+    return process.returncode, stdout, stderr
+
+
+def toolMessages(received: list[dict[str, Any]]) -> list[str]:
+    """The content of every role "tool" message the upstream got, as text."""
+    found = []
+    for record in received:
+        body = record["body"]
+        if not isinstance(body, dict):
+            continue
+        for message in body.get("messages") or []:
+            if message.get("role") != "tool":
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            found.append(str(content))
+    return found
+
+
+@pytest.mark.claude_code
+def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_path: Path) -> None:
+    claude = installClaudeCode()
+    workspace = tmp_path / "workspace"
+    home = tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    notes = workspace / "notes.txt"
+    notes.write_text(SECRET + "\n")
+
+    upstreamPort = processes.startUpstream(notes, ANSWER)
+    proxyPort = processes.startProxy(upstreamPort)
+    code, stdout, stderr = runClaude(
+        claude,
+        workspace,
+        home,
+        proxyPort,
+        "Read the file notes.txt and tell me the secret word.",
+    )
+    received = processes.received()
+
+    def explain(what: str) -> str:
+        requests = "\n".join(json.dumps(r)[:4000] for r in received)
+        return (
+            f"{what}\n--- claude exit code {code}\n--- claude stdout\n{stdout}\n"
+            f"--- claude stderr\n{stderr}\n--- ccproxy log\n{tail(processes.proxyLog)}\n"
+            f"--- upstream output\n{tail(processes.upstreamOutput)}\n"
+            f"--- upstream requests ({len(received)})\n{requests}"
+        )
+
+    assert code == 0, explain("claude exited with an error")
+    try:
+        result = json.loads(stdout)
+    except json.JSONDecodeError:
+        pytest.fail(explain("claude's stdout is not one JSON object"))
+    assert result.get("is_error") is False, explain("claude reports an error")
+    assert result.get("num_turns", 0) >= 2, explain("fewer than two turns")
+    assert MARKER in result.get("result", ""), explain("the final text is not the upstream's")
+    assert any(SECRET in content for content in toolMessages(received)), explain(
+        "the upstream never got the file's content in a tool message"
+    )
+    # The main loop was streamed all along: no silent fallback to non-streaming.
+    mainLoop = [
+        r["body"] for r in received if isinstance(r["body"], dict) and r["body"].get("tools")
+    ]
+    assert mainLoop and all(b.get("stream") is True for b in mainLoop), explain(
+        "Claude Code fell back to non-streaming requests"
+    )
