@@ -1,23 +1,44 @@
 """One access-log event per request, with named fields and never a secret.
 
-The record is filled in as the request goes (who, which route, what the upstream
-said, how long it took, how many tokens) and emitted once at the end, so a user's
-`request_id` from an error message finds the whole story in one log line.
+The record is filled in as the request goes (who, which route, each upstream
+attempt, how long it took, how many tokens) and written once at the end, so a
+user's `request_id` from an error message finds the whole story in one log line.
+The same fields feed the metrics and the per-client usage totals.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from attrs import define
+from attrs import define, field
 from twisted.logger import Logger
 
+from ccproxy.metrics import Metrics
+from ccproxy.usage import UsageBook
+
 _FORMAT = (
-    "{request_id} {client} {method} {path} {model} -> {target} "
+    "{request_id} {client} {method} {path} {model} -> {target}{stream_mark} "
     "{status} (upstream {upstream_status}) ttfb={ttfb_ms}ms total={duration_ms}ms "
     "tokens in={input_tokens} out={output_tokens} cached={cache_read_tokens}"
-    "{error_suffix}"
+    "{attempts_suffix}{error_suffix}"
 )
+
+
+@define
+class Attempt:
+    """One try at one upstream."""
+
+    upstream: str
+    status: int | None
+    errorType: str | None = None
+    note: str = ""
+
+    def __str__(self) -> str:
+        if self.note:
+            return f"{self.upstream}: {self.note}"
+        if self.errorType:
+            return f"{self.upstream}: {self.status} {self.errorType}"
+        return f"{self.upstream}: {self.status}"
 
 
 @define
@@ -30,6 +51,8 @@ class AccessRecord:
     started: float
     client: str | None = None
     model: str | None = None
+    routed: bool = False
+    """Whether `model` matched a route (only such names become metric labels)."""
     upstream: str | None = None
     upstreamModel: str | None = None
     stream: bool = False
@@ -41,8 +64,11 @@ class AccessRecord:
     cacheReadTokens: int = 0
     errorType: str | None = None
     errorMessage: str | None = None
-
-    log: ClassVar[Logger] = Logger(namespace="ccproxy.access")
+    attempts: list[Attempt] = field(factory=list)
+    expired: bool = False
+    """`max_duration` ran out (a timeout, not a client that left)."""
+    requestPayload: bytes | None = None
+    responsePayload: bytes | None = None
 
     def countUsage(self, usage: dict[str, Any]) -> None:
         self.inputTokens = usage.get("input_tokens", 0)
@@ -56,16 +82,19 @@ class AccessRecord:
 
     def fields(self, now: float) -> dict[str, Any]:
         """The event's named fields (also what JSON logs and metrics read)."""
+        attempts = [str(a) for a in self.attempts]
         return {
             "request_id": self.requestId,
             "client": self.client or "-",
             "method": self.method,
             "path": self.path,
             "model": self.model or "-",
+            "routed_model": self.model if self.routed and self.model else "-",
             "upstream": self.upstream,
             "upstream_model": self.upstreamModel,
             "target": f"{self.upstream}/{self.upstreamModel}" if self.upstream else "-",
             "stream": self.stream,
+            "stream_mark": " (stream)" if self.stream else "",
             "status": self.status,
             "upstream_status": self.upstreamStatus or "-",
             "ttfb_ms": _ms(self.firstByte, self.started),
@@ -78,14 +107,47 @@ class AccessRecord:
             "error_suffix": f" error={self.errorType}: {self.errorMessage}"
             if self.errorType
             else "",
+            "attempts": attempts,
+            "attempts_suffix": f" attempts=[{'; '.join(attempts)}]" if len(attempts) > 1 else "",
+            "failed_attempts": [(a.upstream, a.errorType) for a in self.attempts if a.errorType],
         }
 
-    def emit(self, now: float) -> None:
-        fields = self.fields(now)
-        if self.status >= 500:
+
+@define
+class AccessLog:
+    """Where finished requests go: the log, the metrics and the usage totals."""
+
+    metrics: Metrics
+    usage: UsageBook
+    log: ClassVar[Logger] = Logger(namespace="ccproxy.access")
+    payloadLog: ClassVar[Logger] = Logger(namespace="ccproxy.payload")
+
+    def write(self, record: AccessRecord, now: float, payloadMaxChars: int | None) -> None:
+        """Emit one request's event; `payloadMaxChars` set means payload logging is on."""
+        fields = record.fields(now)
+        if record.status >= 500:
             self.log.warn(_FORMAT, **fields)
         else:
             self.log.info(_FORMAT, **fields)
+        self.metrics.observe(fields)
+        if record.path == "/v1/messages":
+            self.usage.add(fields["client"], fields["routed_model"], fields)
+        if payloadMaxChars is not None and record.requestPayload is not None:
+            self.payloadLog.info(
+                "{request_id} request {request_body}\n{request_id} response {response_body}",
+                request_id=record.requestId,
+                request_body=_truncate(record.requestPayload, payloadMaxChars),
+                response_body=_truncate(record.responsePayload or b"", payloadMaxChars),
+                status=record.status,
+                stream=record.stream,
+            )
+
+
+def _truncate(payload: bytes, limit: int) -> str:
+    text = payload.decode("utf-8", "replace")
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit} more chars]"
 
 
 def _ms(end: float | None, start: float) -> int | str:

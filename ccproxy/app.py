@@ -2,7 +2,8 @@
 
 Handlers are `async def`; Klein cancels a handler's Deferred when its client goes
 away, and that cancellation reaches the upstream request it is waiting on. Every
-failure before the response starts is an Anthropic error envelope with its status.
+failure before the response starts is an Anthropic error envelope with its status;
+after a stream has started, it is an `event: error` frame.
 """
 
 from __future__ import annotations
@@ -16,30 +17,39 @@ from typing import Any, ClassVar
 import orjson
 from attrs import define, field
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ccproxy.accesslog import AccessRecord
+from ccproxy.accesslog import AccessLog, AccessRecord
 from ccproxy.config import Client, Config, Upstream, keyDigest
+from ccproxy.dispatch import Dispatcher, Sent
 from ccproxy.errors import ProxyError, errorBody, invalidRequest, upstreamError
+from ccproxy.limits import ClientLimits
+from ccproxy.metrics import Metrics
 from ccproxy.profile import Profile
+from ccproxy.routing import Target
 from ccproxy.sse import SSEParser, encodeEvent
 from ccproxy.streaming import EventWriter, startStream
 from ccproxy.translate.request import stopSequences, toOpenAI
 from ccproxy.translate.response import anthropicUsage, fromOpenAI
 from ccproxy.translate.stream import StreamTranslator, eventsForMessage
 from ccproxy.translate.tokens import estimateTokens
-from ccproxy.upstream import MAX_ERROR_BYTES, UpstreamClient
+from ccproxy.usage import UsageBook
 
 JSON = b"application/json"
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 def newId() -> str:
     return uuid.uuid4().hex[:24]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @define
@@ -48,16 +58,46 @@ class ProxyApp:
 
     config: Config
     """The current configuration; a reload swaps it, requests keep the one they began with."""
-    upstreams: UpstreamClient
+    dispatcher: Dispatcher
     clock: IReactorTime
+    metrics: Metrics = field(factory=Metrics)
     makeId: Callable[[], str] = newId
-    startedAt: str = field(factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    startedAt: str = field(factory=_now)
+    usage: UsageBook = field(init=False)
+    accessLog: AccessLog = field(init=False)
+    generation: int = 1
+    inFlight: int = 0
+    streamsInFlight: int = 0
+    clientLimits: dict[str, ClientLimits] = field(factory=dict)
+    _idle: list[Deferred[None]] = field(factory=list)
 
     router: ClassVar[Klein] = Klein()
     log: ClassVar[Logger] = Logger()
 
+    def __attrs_post_init__(self) -> None:
+        self.usage = UsageBook(self.startedAt)
+        self.accessLog = AccessLog(self.metrics, self.usage)
+        self.metrics.generation.set(self.generation)
+        self.metrics.watchBreakers(
+            lambda: [(name, b.state) for name, b in sorted(self.dispatcher.state.breakers.items())]
+        )
+
     def resource(self) -> Any:
         return self.router.resource()
+
+    def reconfigure(self, config: Config) -> None:
+        """Serve new requests from `config`; requests in flight keep their own."""
+        self.config = config
+        self.generation += 1
+        self.metrics.generation.set(self.generation)
+
+    def whenIdle(self) -> Deferred[None]:
+        """Fires once no request is in flight (for draining on shutdown)."""
+        if self.inFlight == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+        return waiter
 
     # -- service endpoints ---------------------------------------------------------
 
@@ -67,7 +107,34 @@ class ProxyApp:
 
     @router.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> bytes:
-        return _json(request, {"status": "ok", "upstreams": sorted(self.config.upstreams)})
+        breakers = self.dispatcher.state.breakers
+        return _json(
+            request,
+            {
+                "status": "ok",
+                "generation": self.generation,
+                "in_flight": self.inFlight,
+                "streams_in_flight": self.streamsInFlight,
+                "upstreams": {
+                    name: {"breaker": breakers[name].state if name in breakers else "closed"}
+                    for name in sorted(self.config.upstreams)
+                },
+            },
+        )
+
+    @router.route("/metrics", methods=["GET"])
+    def metricsPage(self, request: IRequest) -> bytes:
+        self.metrics.inFlight.set(self.inFlight)
+        self.metrics.streamsInFlight.set(self.streamsInFlight)
+        request.setHeader(b"content-type", METRICS_TYPE)
+        return self.metrics.render()
+
+    @router.route("/v1/usage", methods=["GET"])
+    def usageReport(self, request: IRequest) -> bytes:
+        client = self._authenticate(request, self.config)
+        if client is None or not client.admin:
+            raise ProxyError(403, "usage totals are for the admin's key only", "permission_error")
+        return _json(request, self.usage.report())
 
     # -- models -------------------------------------------------------------------
 
@@ -83,15 +150,13 @@ class ProxyApp:
         if before is not None and before in names:
             names = names[: names.index(before)]
             page = names[-limit:]
-            hasMore = len(names) > limit
         else:
             page = names[:limit]
-            hasMore = len(names) > limit
         return _json(
             request,
             {
                 "data": [self._modelInfo(name) for name in page],
-                "has_more": hasMore,
+                "has_more": len(names) > limit,
                 "first_id": page[0] if page else None,
                 "last_id": page[-1] if page else None,
             },
@@ -129,80 +194,130 @@ class ProxyApp:
     @router.route("/v1/messages", methods=["POST"])
     async def messages(self, request: IRequest) -> bytes | None:
         config = self.config
-        requestId = _startRequest(request, self.makeId)
         record = AccessRecord(
-            requestId=requestId,
+            requestId=_startRequest(request, self.makeId),
             method="POST",
             path="/v1/messages",
             started=self.clock.seconds(),
         )
+        self.inFlight += 1
+        work = Deferred.fromCoroutine(self._messages(request, config, record))
+        expiry = None
+        if config.maxDuration is not None:
+            expiry = self.clock.callLater(config.maxDuration, self._expire, work, record)
+        try:
+            return await work
+        finally:
+            if expiry is not None and expiry.active():
+                expiry.cancel()
+            self.inFlight -= 1
+            self.accessLog.write(
+                record,
+                self.clock.seconds(),
+                config.logPayloadMaxChars if config.logPayloads else None,
+            )
+            if self.inFlight == 0:
+                waiters, self._idle = self._idle, []
+                for waiter in waiters:
+                    waiter.callback(None)
+
+    def _expire(self, work: Deferred[Any], record: AccessRecord) -> None:
+        """`max_duration` is over: stop the request wherever it is."""
+        record.expired = True
+        work.cancel()
+
+    async def _messages(
+        self, request: IRequest, config: Config, record: AccessRecord
+    ) -> bytes | None:
+        limits: ClientLimits | None = None
         try:
             client = self._authenticate(request, config)
-            record.client = client.name if client else None
-            body = _readJSON(request, config)
+            if client is not None:
+                record.client = client.name
+                limits = self.clientLimits.setdefault(client.name, ClientLimits())
+                limits.admit(
+                    self.clock.seconds(),
+                    client.maxConcurrent,
+                    client.requestsPerMinute,
+                    client.name,
+                )
+            body = _readJSON(request, config, record)
             model = record.model = _modelName(body)
-            target = config.router.resolve(model).targets[0]
-            upstream = config.upstreams[target.upstream]
-            record.upstream, record.upstreamModel = upstream.name, target.modelFor(model)
-            translated = toOpenAI(
-                body,
-                model=record.upstreamModel,
-                profile=upstream.profile,
-                defaultMaxTokens=config.defaultMaxTokens,
+            route = config.router.resolve(model)
+            record.routed = True
+
+            def build(upstream: Upstream, target: Target) -> bytes:
+                translated = toOpenAI(
+                    body,
+                    model=target.modelFor(model),
+                    profile=upstream.profile,
+                    defaultMaxTokens=config.defaultMaxTokens,
+                )
+                record.stream = translated["stream"]
+                return orjson.dumps(translated)
+
+            sent = await self.dispatcher.send(
+                config,
+                route.targets,
+                build,
+                _callerKey(request),
+                _deadline(request, record.started, config),
+                record.attempts,
             )
-            record.stream = translated["stream"]
-            response = await self._send(request, record, translated, upstream)
+            record.firstByte = self.clock.seconds()
+            record.upstream = sent.upstream.name
+            record.upstreamModel = sent.target.modelFor(model)
+            record.upstreamStatus = sent.response.code
             if record.stream:
-                return await self._stream(request, record, body, response, upstream)
-            return await self._complete(request, record, body, response, upstream)
+                return await self._stream(request, config, record, body, sent)
+            return await self._complete(request, config, record, body, sent)
         except ProxyError as e:
             record.fail(e.status, e.errorType, e.message)
             return _errorResponse(request, e)
         except CancelledError:
+            if record.expired:
+                error = ProxyError(
+                    504, f"the request took longer than {config.maxDuration:g} s", "api_error"
+                )
+                record.fail(error.status, error.errorType, error.message)
+                return _errorResponse(request, error)
             record.fail(499, "cancelled", "the client went away")
             raise
         finally:
-            record.emit(self.clock.seconds())
-
-    async def _send(
-        self,
-        request: IRequest,
-        record: AccessRecord,
-        translated: dict[str, Any],
-        upstream: Upstream,
-    ) -> IResponse:
-        """POST upstream; a non-2xx answer becomes the client's error, with its status."""
-        response = await self.upstreams.post(
-            upstream, orjson.dumps(translated), _callerKey(request)
-        )
-        record.firstByte = self.clock.seconds()
-        record.upstreamStatus = response.code
-        if not 200 <= response.code < 300:
-            raw = await self.upstreams.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
-            raise upstreamError(upstream.name, response.code, raw, _headerMap(response))
-        return response
+            if limits is not None:
+                limits.done()
 
     async def _complete(
         self,
         request: IRequest,
+        config: Config,
         record: AccessRecord,
         body: dict[str, Any],
-        response: IResponse,
-        upstream: Upstream,
+        sent: Sent,
     ) -> bytes:
         """A non-streaming answer: one upstream body, one translated message."""
-        message = await self._readMessage(record, body, response, upstream)
+        ok: bool | None = None
+        try:
+            message = await self._readMessage(config, record, body, sent)
+            ok = True
+        except ProxyError:
+            ok = False
+            raise
+        finally:
+            sent.done(ok)
         record.status = 200
-        return _json(request, message)
+        answer = _json(request, message)
+        if config.logPayloads:
+            record.responsePayload = answer
+        return answer
 
     async def _readMessage(
-        self,
-        record: AccessRecord,
-        body: dict[str, Any],
-        response: IResponse,
-        upstream: Upstream,
+        self, config: Config, record: AccessRecord, body: dict[str, Any], sent: Sent
     ) -> dict[str, Any]:
-        raw = await self.upstreams.readBody(upstream, response)
+        upstream = sent.upstream
+        raw = await self.dispatcher.client.readBody(
+            upstream, sent.response, config.maxResponseBytes
+        )
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -223,32 +338,38 @@ class ProxyApp:
     async def _stream(
         self,
         request: IRequest,
+        config: Config,
         record: AccessRecord,
         body: dict[str, Any],
-        response: IResponse,
-        upstream: Upstream,
+        sent: Sent,
     ) -> None:
         """Relay the upstream's stream as Anthropic events, as they arrive.
 
-        Status and headers go out only now that the upstream has answered 2xx with a
-        stream; from here on a failure is an `event: error` frame, and no
-        `message_stop`, so Claude Code retries rather than trusting half an answer.
+        Status and headers go out only now that the upstream has answered 2xx; from
+        here on a failure is an `event: error` frame, and no `message_stop`, so
+        Claude Code retries rather than trusting half an answer.
         """
-        contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        contentType = sent.response.headers.getRawHeaders(b"content-type", [b""])[0]
         if b"event-stream" not in contentType:
             # A JSON body where a stream was asked for: an error (most servers fail
             # this way before streaming), or a server that ignores `stream: true`.
-            message = await self._readMessage(record, body, response, upstream)
+            message = await self._readMessage(config, record, body, sent)
             startStream(request)
-            request.write(b"".join(encodeEvent(e) for e in eventsForMessage(message)))
             record.status = 200
+            request.write(b"".join(encodeEvent(e) for e in eventsForMessage(message)))
             return None
+        upstream = sent.upstream
         translator = StreamTranslator(
             f"msg_{record.requestId}", record.model or "", stopSequences(body)
         )
         startStream(request)
         record.status = 200
-        writer = EventWriter(request, self.clock, self.config.pingInterval)
+        writer = EventWriter(
+            request,
+            self.clock,
+            config.pingInterval,
+            config.logPayloadMaxChars if config.logPayloads else 0,
+        )
         writer.write(translator.start())
 
         def onData(data: bytes) -> None:
@@ -262,22 +383,35 @@ class ProxyApp:
                 ) from None
             writer.write(translator.feed(chunk))
 
-        parser = SSEParser(onData, self.clock, upstream.timeout, upstream.name)
-        response.deliverBody(parser)
+        parser = SSEParser(onData, self.clock, upstream.timeout, upstream.name, config.maxLineBytes)
+        sent.response.deliverBody(parser)
         # A slow reader pauses the upstream instead of making us buffer its stream.
         request.registerProducer(parser.transport, True)
+        self.streamsInFlight += 1
+        ok: bool | None = None
         try:
             await parser.finished
             writer.write(translator.finish(parser.sawDone))
+            ok = True
         except ProxyError as e:
+            ok = False
             writer.writeError(e)
             record.fail(record.status, e.errorType, e.message)
+        except CancelledError:
+            if not record.expired:
+                raise
+            error = ProxyError(504, f"the request took longer than {config.maxDuration:g} s")
+            writer.writeError(error)
+            record.fail(record.status, "timeout", error.message)
         finally:
+            self.streamsInFlight -= 1
+            sent.done(ok)
             writer.stop()
             if request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
             if translator.usage is not None:
                 record.countUsage(anthropicUsage(translator.usage))
+            record.responsePayload = writer.copy
         return None
 
     # -- shared steps -------------------------------------------------------------
@@ -341,6 +475,21 @@ def errorInBody(upstream: str, raw: bytes, data: dict[str, Any]) -> ProxyError:
     return upstreamError(upstream, status, raw)
 
 
+def _deadline(request: IRequest, started: float, config: Config) -> float | None:
+    """When the client stops waiting: its `X-Stainless-Timeout` (Claude Code and the
+    SDKs send it), or `max_duration`, whichever is sooner. No retry starts past it."""
+    limits = []
+    header = request.getHeader(b"x-stainless-timeout")
+    if header:
+        try:
+            limits.append(float(header))
+        except ValueError:
+            pass
+    if config.maxDuration is not None:
+        limits.append(config.maxDuration)
+    return started + min(limits) if limits else None
+
+
 def _startRequest(request: IRequest, makeId: Callable[[], str] = newId) -> str:
     """The request's id, made on first use and sent as the `request-id` header."""
     value = request.responseHeaders.getRawHeaders(b"request-id")
@@ -355,7 +504,7 @@ def _errorResponse(request: IRequest, error: ProxyError) -> bytes:
     request.setResponseCode(error.status)
     for name, value in error.headers.items():
         request.setHeader(name.encode(), value.encode())
-    if error.status in (429, 529, 503) or error.status >= 500:
+    if error.status in (408, 429) or error.status >= 500:
         request.setHeader(b"x-should-retry", b"true")
     return _json(request, errorBody(error.errorType, error.message, _startRequest(request)))
 
@@ -367,12 +516,16 @@ def _json(request: IRequest, value: Any) -> bytes:
     return body
 
 
-def _readJSON(request: IRequest, config: Config) -> dict[str, Any]:
+def _readJSON(
+    request: IRequest, config: Config, record: AccessRecord | None = None
+) -> dict[str, Any]:
     if getattr(request, "bodyTooLarge", False):
         raise _bodyTooLarge(config)
     raw = request.content.read()
     if len(raw) > config.maxBodyBytes:
         raise _bodyTooLarge(config)
+    if record is not None and config.logPayloads:
+        record.requestPayload = raw
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -405,13 +558,6 @@ def _callerKey(request: IRequest) -> str | None:
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return None
-
-
-def _headerMap(response: Any) -> dict[str, str]:
-    return {
-        name.decode("latin-1").lower(): values[-1].decode("latin-1")
-        for name, values in response.headers.getAllRawHeaders()
-    }
 
 
 def _queryText(request: IRequest, name: bytes) -> str | None:

@@ -17,14 +17,17 @@ from urllib.parse import urlsplit
 import yaml
 from attrs import field, frozen
 
+from ccproxy.policy import Policy, parsePolicy
 from ccproxy.profile import Profile, parseProfile
 from ccproxy.routing import ModelRouter, Route, Target
 from ccproxy.schema import (
     ConfigError,
     Node,
+    boolean,
     expandVariables,
     headerMap,
     join,
+    nonNegativeNumber,
     positiveInt,
     positiveNumber,
     string,
@@ -35,6 +38,9 @@ DEFAULT_TIMEOUT = 600.0
 DEFAULT_MAX_TOKENS = 32000
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_PING_INTERVAL = 10.0
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# A single SSE line may hold a whole tool call (a file written by the Write tool).
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _COMPLETIONS = "/chat/completions"
@@ -48,6 +54,10 @@ class Client:
 
     name: str
     key: str = field(repr=False)
+    admin: bool = False
+    """May read `/v1/usage`."""
+    maxConcurrent: int | None = None
+    requestsPerMinute: int | None = None
     digest: bytes = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -71,6 +81,18 @@ class Upstream:
     timeout: float
     headers: Mapping[str, str] = field(factory=dict, repr=False)
     profile: Profile = field(factory=Profile)
+    policy: Policy = field(factory=Policy)
+
+
+@frozen
+class LogSettings:
+    """Where the daemon logs, and how its files rotate."""
+
+    file: str | None = None
+    """None: wherever twistd logs (its --logfile, twistd.log by default)."""
+    maxBytes: int = 10 * 1024 * 1024
+    keep: int = 5
+    format: str = "text"
 
 
 @frozen
@@ -84,6 +106,16 @@ class Config:
     defaultMaxTokens: int = DEFAULT_MAX_TOKENS
     maxBodyBytes: int = DEFAULT_MAX_BODY_BYTES
     pingInterval: float = DEFAULT_PING_INTERVAL
+    maxDuration: float | None = None
+    """Seconds a request may take in all, streams included (None: no limit)."""
+    shutdownGrace: float = 30.0
+    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    maxLineBytes: int = DEFAULT_MAX_LINE_BYTES
+    log: LogSettings = field(factory=LogSettings)
+    logPayloads: bool = False
+    logPayloadMaxChars: int = 1400
+    pretty: bool = False
+    allowOpen: bool = False
     source: str | None = None
 
     @classmethod
@@ -140,6 +172,7 @@ def _parseUpstream(name: str, node: Node) -> Upstream:
         timeout=node.get("timeout", positiveNumber, DEFAULT_TIMEOUT),
         headers=node.get("headers", headerMap, {}),
         profile=parseProfile(node),
+        policy=parsePolicy(node),
     )
     node.finish()
     return upstream
@@ -151,7 +184,13 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
     clients: list[Client] = []
     for i, item in enumerate(value):
         node = Node(item, join(path, str(i)))
-        client = Client(name=node.require("name", string), key=node.require("key", string))
+        client = Client(
+            name=node.require("name", string),
+            key=node.require("key", string),
+            admin=node.get("admin", boolean, False),
+            maxConcurrent=node.get("max_concurrent", positiveInt, None),
+            requestsPerMinute=node.get("requests_per_minute", positiveInt, None),
+        )
         node.finish()
         if not client.key:
             raise ConfigError(node.at("key"), "is empty (is its environment variable set?)")
@@ -168,16 +207,39 @@ def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, 
     for pattern in node.value:
         path = node.at(pattern)
         raw = node.value[pattern]
-        if not isinstance(raw, str) or not raw:
-            raise ConfigError(path, 'must be "UPSTREAM" or "UPSTREAM/MODEL"')
-        target = Target.parse(raw)
-        if target.upstream not in upstreams:
-            known = ", ".join(sorted(upstreams))
-            raise ConfigError(path, f"unknown upstream {target.upstream!r} (known: {known})")
-        if target.model == "":
-            raise ConfigError(path, "the model after the slash is empty")
-        routes.append(Route(pattern, (target,)))
+        items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            raise ConfigError(path, "the list of targets is empty")
+        targets = []
+        for i, item in enumerate(items):
+            where = join(path, str(i)) if isinstance(raw, list) else path
+            if not isinstance(item, str) or not item:
+                raise ConfigError(
+                    where, 'must be "UPSTREAM", "UPSTREAM/MODEL" or a list of those (failover)'
+                )
+            target = Target.parse(item)
+            if target.upstream not in upstreams:
+                known = ", ".join(sorted(upstreams))
+                raise ConfigError(where, f"unknown upstream {target.upstream!r} (known: {known})")
+            if target.model == "":
+                raise ConfigError(where, "the model after the slash is empty")
+            targets.append(target)
+        routes.append(Route(pattern, tuple(targets)))
     return tuple(routes)
+
+
+def _parseLog(value: Any, path: str) -> LogSettings:
+    node = Node(value, path)
+    settings = LogSettings(
+        file=node.get("file", string, None),
+        maxBytes=node.get("max_bytes", positiveInt, LogSettings.maxBytes),
+        keep=node.get("keep", positiveInt, LogSettings.keep),
+        format=node.get("format", string, "text"),
+    )
+    if settings.format not in ("text", "json"):
+        raise ConfigError(node.at("format"), "must be text or json")
+    node.finish()
+    return settings
 
 
 def _parseConfig(root: Node, source: str | None) -> Config:
@@ -201,6 +263,15 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         defaultMaxTokens=root.get("default_max_tokens", positiveInt, DEFAULT_MAX_TOKENS),
         maxBodyBytes=root.get("max_body_bytes", positiveInt, DEFAULT_MAX_BODY_BYTES),
         pingInterval=root.get("ping_interval", positiveNumber, DEFAULT_PING_INTERVAL),
+        maxDuration=root.get("max_duration", positiveNumber, None),
+        shutdownGrace=root.get("shutdown_grace", nonNegativeNumber, 30.0),
+        maxResponseBytes=root.get("max_response_bytes", positiveInt, DEFAULT_MAX_RESPONSE_BYTES),
+        maxLineBytes=root.get("max_line_bytes", positiveInt, DEFAULT_MAX_LINE_BYTES),
+        log=root.get("log", _parseLog, LogSettings()),
+        logPayloads=root.get("log_payloads", boolean, False),
+        logPayloadMaxChars=root.get("log_payload_max_chars", positiveInt, 1400),
+        pretty=root.get("pretty", boolean, False),
+        allowOpen=root.get("allow_open", boolean, False),
         source=source,
     )
     root.finish()

@@ -127,3 +127,15 @@ def headerMap(value: Any, path: str) -> dict[str, str]:
             raise ConfigError(node.at(name), "header values cannot hold line breaks")
         headers[name] = text
     return headers
+
+
+def nonNegativeInt(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(path, "must be a whole number, 0 or more")
+    return value
+
+
+def nonNegativeNumber(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(path, "must be a number of seconds, 0 or more")
+    return float(value)

@@ -1,7 +1,13 @@
-"""The daemon's service tree: the listening port, the upstream connection pool, the app."""
+"""The daemon's service tree: the listening port, the upstream connection pool, the app.
+
+Also what a long-running daemon needs from its service: SIGHUP reloads the config
+(a bad file is logged and the old config kept), and stopping drains, giving streams
+in flight `shutdown_grace` seconds to finish before the pool is closed.
+"""
 
 from __future__ import annotations
 
+import signal
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, ClassVar
 
@@ -10,21 +16,17 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent
 
 from ccproxy.app import ProxyApp
-from ccproxy.config import Config
+from ccproxy.config import Config, ConfigError, Upstream
+from ccproxy.dispatch import Dispatcher, Upstreams
+from ccproxy.pool import UpstreamPool
 from ccproxy.site import ProxySite
 from ccproxy.upstream import BytesProducer, UpstreamClient
 
 # Kept-alive connections per upstream host; enough for a team's concurrent sessions.
 POOL_SIZE_PER_HOST = 64
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per upstream connection."""
-
-    noisy = False
 
 
 class ProxyService(MultiService):
@@ -36,28 +38,38 @@ class ProxyService(MultiService):
 
     log: ClassVar[Logger] = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, configPath: str | None = None) -> None:
         super().__init__()
         self.reactor = reactor
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool._factory = _QuietClientFactory
-        self.pool.maxPersistentPerHost = POOL_SIZE_PER_HOST
-        self.pool.retryAutomatically = False
-        http = HTTPClient(
-            Agent(reactor, pool=self.pool),
-            # Upstream cookies (load-balancer stickiness, sessions) must not be
-            # shared between the many users whose requests go through this client.
-            cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
-            data_to_body_producer=BytesProducer,
+        self.configPath = configPath
+        self.pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
+        # Upstream cookies (load-balancer stickiness, sessions) must not be shared
+        # between the many users whose requests go through these clients.
+        self._cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        self._clients: dict[float, HTTPClient] = {}
+        client = UpstreamClient(self._clientFor(10.0), reactor, httpFor=self._httpFor)
+        self.app = ProxyApp(
+            config=config, dispatcher=Dispatcher(client, reactor, Upstreams(reactor)), clock=reactor
         )
-        self.app = ProxyApp(config=config, upstreams=UpstreamClient(http, reactor), clock=reactor)
         self.site = ProxySite(
             self.app.resource(), lambda: self.app.config.maxBodyBytes, reactor=reactor
         )
-        self.site.noisy = False
+        self._previousHUP: Any = None
         http_service = strports.service(config.listen, self.site, reactor=reactor)
         http_service.setName("http")
         http_service.setServiceParent(self)
+
+    def _clientFor(self, connectTimeout: float) -> HTTPClient:
+        if connectTimeout not in self._clients:
+            self._clients[connectTimeout] = HTTPClient(
+                Agent(self.reactor, connectTimeout=connectTimeout, pool=self.pool),
+                cookiejar=self._cookies,
+                data_to_body_producer=BytesProducer,
+            )
+        return self._clients[connectTimeout]
+
+    def _httpFor(self, upstream: Upstream) -> HTTPClient:
+        return self._clientFor(upstream.policy.connectTimeout)
 
     def listeningPort(self) -> Deferred[Any]:
         """The bound port, once listening (its `getHost().port` when listening on 0)."""
@@ -71,6 +83,13 @@ class ProxyService(MultiService):
             listen=config.listen,
             upstreams=", ".join(sorted(config.upstreams)),
         )
+        self._logRoutes(config)
+        if hasattr(signal, "SIGHUP"):
+            self._previousHUP = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
+            )
+
+    def _logRoutes(self, config: Config) -> None:
         for route in config.router.routes:
             self.log.info(
                 "route {pattern} -> {targets}",
@@ -78,8 +97,65 @@ class ProxyService(MultiService):
                 targets=", ".join(str(t) for t in route.targets),
             )
 
+    def reload(self) -> bool:
+        """Read the config file again; serve new requests from it if it is good.
+
+        A bad file, or one that changes `listen` (a restart is needed for that), is
+        logged and the running config is kept.
+        """
+        if self.configPath is None:
+            self.log.warn("reload asked, but the config came from the environment: nothing to read")
+            return False
+        try:
+            config = Config.fromPath(self.configPath)
+        except ConfigError as e:
+            self.log.error(
+                "reload refused, keeping the running config: {path}: {problem}",
+                path=self.configPath,
+                problem=str(e),
+            )
+            return False
+        if config.listen != self.app.config.listen:
+            self.log.error(
+                "reload refused, keeping the running config: listen changed from "
+                "{old} to {new}, which needs a restart",
+                old=self.app.config.listen,
+                new=config.listen,
+            )
+            return False
+        self.app.reconfigure(config)
+        self.log.info(
+            "config reloaded from {path} (generation {generation})",
+            path=self.configPath,
+            generation=self.app.generation,
+        )
+        self._logRoutes(config)
+        return True
+
     async def _stop(self) -> None:
-        await super().stopService()
+        if self._previousHUP is not None:
+            signal.signal(signal.SIGHUP, self._previousHUP)
+        await super().stopService()  # the port stops accepting
+        grace = self.app.config.shutdownGrace
+        if self.app.inFlight:
+            self.log.info(
+                "draining {count} requests in flight (up to {grace:g} s)",
+                count=self.app.inFlight,
+                grace=grace,
+            )
+            idle = self.app.whenIdle()
+            timer = self.reactor.callLater(grace, idle.cancel)
+            try:
+                await idle
+            except Exception:
+                self.log.warn(
+                    "{count} requests still in flight after {grace:g} s: stopping anyway",
+                    count=self.app.inFlight,
+                    grace=grace,
+                )
+            finally:
+                if timer.active():
+                    timer.cancel()
         await self.pool.closeCachedConnections()
 
     def stopService(self) -> Deferred[None]:

@@ -31,11 +31,21 @@ class EventWriter:
     """Writes Anthropic events to one client, and a ping after each `pingInterval`
     seconds in which nothing was written, so idle timers on the way never fire."""
 
-    def __init__(self, request: IRequest, clock: IReactorTime, pingInterval: float) -> None:
+    def __init__(
+        self, request: IRequest, clock: IReactorTime, pingInterval: float, capture: int = 0
+    ) -> None:
         self._request = request
         self._clock = clock
         self._interval = pingInterval
         self._timer: IDelayedCall = clock.callLater(pingInterval, self._ping)
+        self._capture = capture
+        self._captured = 0
+        self._copy: list[bytes] = []
+
+    @property
+    def copy(self) -> bytes | None:
+        """The first `capture` bytes written, for payload logging (None when off)."""
+        return b"".join(self._copy) if self._capture else None
 
     def write(self, events: Iterable[dict[str, Any]]) -> None:
         frames = b"".join(encodeEvent(e) for e in events)
@@ -44,6 +54,10 @@ class EventWriter:
         self._request.write(frames)
         if self._timer.active():
             self._timer.reset(self._interval)
+        if self._captured < self._capture:
+            piece = frames[: self._capture - self._captured]
+            self._copy.append(piece)
+            self._captured += len(piece)
 
     def writeError(self, error: ProxyError) -> None:
         """End a started stream with an error Claude Code reads (and retries on)."""

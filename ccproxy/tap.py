@@ -29,7 +29,7 @@ class Options(usage.Options):
         path = self["config"]
         if not path:
             raise usage.UsageError("--config PATH is required (see etc/ccproxy.yaml)")
-        path = os.path.abspath(path)  # twistd changes directory when it daemonizes
+        path = self["config"] = os.path.abspath(path)  # twistd chdirs when it daemonizes
         try:
             config = Config.fromPath(path)
         except ConfigError as e:
@@ -50,4 +50,4 @@ def makeService(options: Options) -> ProxyService:
     """Build the service tree; the one place that touches the global reactor."""
     from twisted.internet import reactor
 
-    return ProxyService(options["loaded"], reactor)
+    return ProxyService(options["loaded"], reactor, configPath=options["config"])

@@ -8,6 +8,7 @@ that no one reads. Failures come out as `ProxyError`s naming the upstream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
@@ -70,6 +71,8 @@ class UpstreamClient:
 
     http: HTTPClient
     clock: IReactorTime
+    httpFor: Callable[[Upstream], HTTPClient] | None = None
+    """When set, the client for each upstream (each has its own connect timeout)."""
     maxResponseBytes: int = MAX_RESPONSE_BYTES
     log: ClassVar[Logger] = Logger()
 
@@ -85,7 +88,8 @@ class UpstreamClient:
 
     async def post(self, upstream: Upstream, body: bytes, callerKey: str | None) -> IResponse:
         """POST `body`; return once the upstream's status and headers are in."""
-        requested = self.http.request(
+        http = self.http if self.httpFor is None else self.httpFor(upstream)
+        requested = http.request(
             "POST",
             upstream.url,
             data=body,
@@ -246,3 +250,11 @@ def _reasonText(reasons: list[Failure]) -> str:
         if text:
             return f"the connection failed before an answer ({text})"
     return "the connection failed before an answer"
+
+
+def responseHeaders(response: IResponse) -> dict[str, str]:
+    """A response's headers as a plain lower-case mapping (the last value wins)."""
+    return {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in response.headers.getAllRawHeaders()
+    }

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from ccproxy.app import ProxyApp
 from ccproxy.config import Config
+from ccproxy.dispatch import Dispatcher, Upstreams
 from ccproxy.upstream import UpstreamClient
 from tests.fakes import FakeOpenAI
 
@@ -22,6 +23,7 @@ upstreams:
     url: http://upstream.test/v1
     api_key: sk-upstream-secret
     timeout: 30
+    retries: 0
   other:
     url: http://other.test/v1/chat/completions
 models:
@@ -34,7 +36,12 @@ models:
 def resultOf(d: Deferred[Any]) -> Any:
     """The result of a Deferred that has already fired (raises its failure)."""
     results: list[Any] = []
-    d.addBoth(results.append)
+
+    def grab(result: Any) -> Any:
+        results.append(result)
+        return None if isinstance(result, Failure) else result  # a failure is consumed
+
+    d.addBoth(grab)
     assert results, "the Deferred has not fired"
     if isinstance(results[0], Failure):
         results[0].raiseException()
@@ -79,7 +86,12 @@ class Harness:
         upstream = FakeOpenAI(clock=clock)
         upstreamTreq = StubTreq(upstream.resource())
         config = Config.fromYAML(configText, env or {})
-        app = ProxyApp(config=config, upstreams=UpstreamClient(upstreamTreq, clock), clock=clock)
+        client = UpstreamClient(upstreamTreq, clock)
+        app = ProxyApp(
+            config=config,
+            dispatcher=Dispatcher(client, clock, Upstreams(clock), random=lambda: 0.5),
+            clock=clock,
+        )
         return cls(app, upstream, StubTreq(app.resource()), upstreamTreq, clock)
 
     def flush(self) -> None:

@@ -345,7 +345,7 @@ class _FailingHTTP:
     ],
 )
 def test_unreachable_upstream_is_502_naming_it(h: Harness, error: Exception, fragment: str) -> None:
-    h.app.upstreams = UpstreamClient(_FailingHTTP(error), h.clock)
+    h.app.dispatcher.client = UpstreamClient(_FailingHTTP(error), h.clock)
     assertError(h.post(message()), 502, "api_error", fragment)
 
 

@@ -111,7 +111,7 @@ class _OneResponseClient:
 def test_slow_reader_pauses_the_upstream() -> None:
     h = Harness.build()
     upstream = _StreamResponse()
-    h.app.upstreams = UpstreamClient(_OneResponseClient(upstream), h.clock)
+    h.app.dispatcher.client = UpstreamClient(_OneResponseClient(upstream), h.clock)
     _, transport = connect(h, message(stream=True))
     assert upstream.protocol is not None
     assert upstream.transport.producerState == "producing"

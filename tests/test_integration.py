@@ -234,10 +234,12 @@ async def test_sdk_count_tokens_and_models(running: tuple[str, FakeOpenAI], sdk:
 @pytest_twisted.ensureDeferred
 async def test_sdk_sees_anthropic_errors(running: tuple[str, FakeOpenAI], sdk: Any) -> None:
     base, upstream = running
-    upstream.queue(jsonReply({"error": {"message": "slow down"}}, 429, {"retry-after": "1"}))
+    slowDown = jsonReply({"error": {"message": "slow down"}}, 429, {"retry-after": "0"})
+    upstream.queue(slowDown, slowDown)  # the proxy retries once (retries: 1), then gives up
     client = sdk(base)
     with pytest.raises(anthropic.RateLimitError) as raised:
         await deferToThread(client.messages.create, **body())
     assert "fake: slow down" in str(raised.value)
+    assert len(upstream.received) == 2
     with pytest.raises(anthropic.NotFoundError):
         await deferToThread(client.messages.create, **body(model="gpt-4o"))

@@ -1,0 +1,103 @@
+"""Prometheus metrics, fed from the access log's fields.
+
+One registry per app (injected, so tests read their own). Several ccproxy processes
+behind one port are aggregated by the scraper summing their series, never by a
+home-made cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+_TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BREAKER_STATES = {"closed": 0, "open": 1, "half_open": 2}
+
+
+class Metrics:
+    """The proxy's series."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ccproxy_requests",
+            "Requests answered",
+            ["client", "model", "upstream", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ccproxy_request_duration_seconds",
+            "Time from request to the last byte",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "ccproxy_upstream_ttfb_seconds",
+            "Time until the upstream's headers",
+            ["upstream"],
+            buckets=_TTFB_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "ccproxy_tokens", "Tokens by kind", ["client", "upstream", "kind"], registry=r
+        )
+        self.upstreamErrors = Counter(
+            "ccproxy_upstream_errors", "Failed upstream attempts", ["upstream", "type"], registry=r
+        )
+        self.inFlight = Gauge("ccproxy_requests_in_flight", "Requests being served", registry=r)
+        self.streamsInFlight = Gauge(
+            "ccproxy_streams_in_flight", "Streams being relayed", registry=r
+        )
+        self.generation = Gauge(
+            "ccproxy_config_generation",
+            "Config generation (1 at start, +1 per reload)",
+            registry=r,
+        )
+
+    def watchBreakers(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """Export each upstream's breaker state (0 closed, 1 open, 2 half-open)."""
+        self.registry.register(_BreakerCollector(states))
+
+    def observe(self, fields: dict[str, Any]) -> None:
+        """Count one finished request from its access-log fields."""
+        upstream = fields["upstream"] or "-"
+        client = fields["client"]
+        self.requests.labels(client, fields["routed_model"], upstream, str(fields["status"])).inc()
+        if isinstance(fields["duration_ms"], int):
+            self.latency.labels(upstream).observe(fields["duration_ms"] / 1000)
+        if isinstance(fields["ttfb_ms"], int):
+            self.ttfb.labels(upstream).observe(fields["ttfb_ms"] / 1000)
+        for kind, key in (
+            ("input", "input_tokens"),
+            ("output", "output_tokens"),
+            ("cache_read", "cache_read_tokens"),
+        ):
+            if fields[key]:
+                self.tokens.labels(client, upstream, kind).inc(fields[key])
+        for name, errorType in fields["failed_attempts"]:
+            self.upstreamErrors.labels(name, errorType).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "ccproxy_upstream_breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            labels=["upstream"],
+        )
+        for name, state in self._states():
+            family.add_metric([name], _BREAKER_STATES[state])
+        yield family

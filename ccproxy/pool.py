@@ -1,0 +1,74 @@
+"""The upstream connection pool: persistent connections, and a replay when a
+kept-alive connection turns out to be dead.
+
+Gateways (llama-server among them) close idle kept-alive connections without
+saying so; the next request on such a connection fails before any answer. Twisted
+replays only idempotent requests in that case. Our POST bodies are in memory and
+nothing was answered, so the request is replayed once, at once, on a new connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """The pool's connection factory, without a log line per upstream connection."""
+
+    noisy = False
+
+
+class _ReplayOnStale:
+    """A cached connection that replays its request on a new connection if the old
+    one fails before any answer (and not because the client cancelled)."""
+
+    def __init__(self, connection: Any, newConnection: Callable[[], Deferred[Any]]) -> None:
+        self._connection = connection
+        self._newConnection = newConnection
+
+    def request(self, request: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._connection.request(request)
+
+        def failed(reason: Any) -> Any:
+            error = reason.value
+            if not isinstance(
+                error, RequestNotSent | RequestTransmissionFailed | ResponseNeverReceived
+            ):
+                return reason
+            if any(r.check(CancelledError) for r in getattr(error, "reasons", ())):
+                return reason
+            return self._newConnection().addCallback(lambda fresh: fresh.request(request))
+
+        return d.addErrback(failed)
+
+
+class UpstreamPool(HTTPConnectionPool):
+    """Persistent connections to the upstreams, replaying on a stale one."""
+
+    _factory = _QuietClientFactory
+    retryAutomatically = False  # our replay covers POST; Twisted's only GET and friends
+
+    def __init__(self, reactor: Any, maxPerHost: int) -> None:
+        super().__init__(reactor, persistent=True)
+        self.maxPersistentPerHost = maxPerHost
+
+    def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        connections = self._connections.get(key)
+        while connections:
+            connection = connections.pop(0)
+            self._timeouts.pop(connection).cancel()
+            if connection.state == "QUIESCENT":
+                return succeed(
+                    _ReplayOnStale(connection, lambda: self._newConnection(key, endpoint))
+                )
+        return self._newConnection(key, endpoint)
