@@ -8,13 +8,18 @@ The same fields feed the metrics and the per-client usage totals.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from attrs import define, field
 from twisted.logger import Logger
 
 from ccproxy.metrics import Metrics
 from ccproxy.usage import UsageBook
+
+# Module-level on purpose: a Logger that is a class attribute takes the class's
+# name as its namespace, and these namespaces are what log readers filter on.
+_accessLog = Logger(namespace="ccproxy.access")
+_payloadLog = Logger(namespace="ccproxy.payload")
 
 _FORMAT = (
     "{request_id} {client} {method} {path} {model} -> {target}{stream_mark} "
@@ -119,21 +124,19 @@ class AccessLog:
 
     metrics: Metrics
     usage: UsageBook
-    log: ClassVar[Logger] = Logger(namespace="ccproxy.access")
-    payloadLog: ClassVar[Logger] = Logger(namespace="ccproxy.payload")
 
     def write(self, record: AccessRecord, now: float, payloadMaxChars: int | None) -> None:
         """Emit one request's event; `payloadMaxChars` set means payload logging is on."""
         fields = record.fields(now)
         if record.status >= 500:
-            self.log.warn(_FORMAT, **fields)
+            _accessLog.warn(_FORMAT, **fields)
         else:
-            self.log.info(_FORMAT, **fields)
+            _accessLog.info(_FORMAT, **fields)
         self.metrics.observe(fields)
         if record.path == "/v1/messages":
             self.usage.add(fields["client"], fields["routed_model"], fields)
         if payloadMaxChars is not None and record.requestPayload is not None:
-            self.payloadLog.info(
+            _payloadLog.info(
                 "{request_id} request {request_body}\n{request_id} response {response_body}",
                 request_id=record.requestId,
                 request_body=_truncate(record.requestPayload, payloadMaxChars),

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from attrs import field, frozen
+from attrs import evolve, field, frozen
+from twisted.internet.endpoints import serverFromString
 
 from ccproxy.policy import Policy, parsePolicy
 from ccproxy.profile import Profile, parseProfile
@@ -117,6 +118,8 @@ class Config:
     pretty: bool = False
     allowOpen: bool = False
     source: str | None = None
+    literalSecrets: tuple[str, ...] = ()
+    """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
 
     @classmethod
     def fromPath(cls, path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -147,7 +150,9 @@ class Config:
     ) -> Config:
         """Validate an already-parsed document (`${VAR}` still unexpanded)."""
         env = os.environ if environ is None else environ
-        return _parseConfig(Node(expandVariables(data, env, ""), ""), source)
+        config = _parseConfig(Node(expandVariables(data, env, ""), ""), source)
+        checkOpenListen(config)
+        return evolve(config, literalSecrets=tuple(literalSecrets(data)))
 
 
 def _chatCompletionsURL(value: Any, path: str) -> str:
@@ -238,12 +243,73 @@ def _parseLog(value: Any, path: str) -> LogSettings:
     )
     if settings.format not in ("text", "json"):
         raise ConfigError(node.at("format"), "must be text or json")
+    if settings.format == "json" and settings.file is None:
+        raise ConfigError(node.at("format"), "json needs log.file (twistd's own log is text)")
     node.finish()
+    if settings.file is not None:
+        # Absolute now: twistd changes directory when it daemonizes.
+        settings = evolve(settings, file=os.path.abspath(settings.file))
     return settings
 
 
+def endpoint(value: Any, path: str) -> str:
+    """A Twisted server endpoint description, checked by parsing it (no I/O)."""
+    listen = string(value, path)
+    try:
+        serverFromString(None, listen)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ConfigError(path, f"not a valid endpoint {listen!r} ({e})") from None
+    return listen
+
+
+def listenIsLocal(listen: str) -> bool:
+    """Whether an endpoint description only listens on loopback (or a unix socket)."""
+    kind, _, rest = listen.partition(":")
+    if kind in ("unix", "systemd"):
+        return True
+    for part in rest.split(":"):
+        name, _, value = part.partition("=")
+        if name == "interface":
+            value = value.replace("\\:", ":").strip("[]")
+            return value in ("localhost", "::1") or value.startswith("127.")
+    return False
+
+
+def checkOpenListen(config: Config) -> None:
+    """Refuse to serve the whole network without keys unless told to (`allow_open`)."""
+    if not config.clients and not config.allowOpen and not listenIsLocal(config.listen):
+        raise ConfigError(
+            "listen",
+            f"{config.listen!r} listens beyond loopback while no clients are set: "
+            "anyone who can reach it could use the gateways' keys. Set clients, or "
+            "allow_open: true if that is intended",
+        )
+
+
+def literalSecrets(data: Any) -> list[str]:
+    """Key paths whose secret is written in the file itself, not `${VAR}`."""
+    found = []
+    if not isinstance(data, dict):
+        return found
+    upstreams = data.get("upstreams")
+    if isinstance(upstreams, dict):
+        for name, upstream in upstreams.items():
+            if isinstance(upstream, dict) and _isLiteral(upstream.get("api_key")):
+                found.append(f"upstreams.{name}.api_key")
+    clients = data.get("clients")
+    if isinstance(clients, list):
+        for i, client in enumerate(clients):
+            if isinstance(client, dict) and _isLiteral(client.get("key")):
+                found.append(f"clients.{i}.key")
+    return found
+
+
+def _isLiteral(value: Any) -> bool:
+    return isinstance(value, str | int) and bool(str(value)) and "${" not in str(value)
+
+
 def _parseConfig(root: Node, source: str | None) -> Config:
-    listen = root.get("listen", string, DEFAULT_LISTEN)
+    listen = root.get("listen", endpoint, DEFAULT_LISTEN)
     clients = root.get("clients", _parseClients, ())
     upstreamsNode = root.node("upstreams")
     if not upstreamsNode.value:

@@ -7,20 +7,23 @@ in flight `shutdown_grace` seconds to finish before the pool is closed.
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.web.client import Agent
 
 from ccproxy.app import ProxyApp
 from ccproxy.config import Config, ConfigError, Upstream
 from ccproxy.dispatch import Dispatcher, Upstreams
+from ccproxy.logs import PrettyObserver, fileObserver, isTerminal, openLogFile, quietLevels
 from ccproxy.pool import UpstreamPool
 from ccproxy.site import ProxySite
 from ccproxy.upstream import BytesProducer, UpstreamClient
@@ -38,10 +41,22 @@ class ProxyService(MultiService):
 
     log: ClassVar[Logger] = Logger()
 
-    def __init__(self, config: Config, reactor: Any, configPath: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        configPath: str | None = None,
+        stdout: IO[str] | None = None,
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.configPath = configPath
+        self._stdout = stdout
+        # Opened here, before twistd daemonizes and starts logging, because twistd
+        # asks the application for its log observer at that point.
+        self.logFile = openLogFile(config.log) if config.log.file else None
+        self._signals: dict[int, Any] = {}
+        self._pretty: PrettyObserver | None = None
         self.pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
         # Upstream cookies (load-balancer stickiness, sessions) must not be shared
         # between the many users whose requests go through these clients.
@@ -54,7 +69,6 @@ class ProxyService(MultiService):
         self.site = ProxySite(
             self.app.resource(), lambda: self.app.config.maxBodyBytes, reactor=reactor
         )
-        self._previousHUP: Any = None
         http_service = strports.service(config.listen, self.site, reactor=reactor)
         http_service.setName("http")
         http_service.setServiceParent(self)
@@ -75,18 +89,52 @@ class ProxyService(MultiService):
         """The bound port, once listening (its `getHost().port` when listening on 0)."""
         return self.getServiceNamed("http")._waitingForPort  # type: ignore[attr-defined,no-any-return]
 
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.logFile is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(
+                ILogObserver, quietLevels(fileObserver(self.app.config.log, self.logFile))
+            )
+
     def startService(self) -> None:
         super().startService()
         config = self.app.config
+        self._onSignal("SIGHUP", self.reload)
+        if self.logFile is not None:
+            self._onSignal("SIGUSR1", self.logFile.rotate)
+        if config.pretty and self._stdout is not None and isTerminal(self._stdout):
+            self._pretty = PrettyObserver(self._stdout)
+            globalLogPublisher.addObserver(self._pretty)
+        self._warnAboutSecrets(config)
         self.log.info(
             "ccproxy serving on {listen} with upstreams {upstreams}",
             listen=config.listen,
             upstreams=", ".join(sorted(config.upstreams)),
         )
         self._logRoutes(config)
-        if hasattr(signal, "SIGHUP"):
-            self._previousHUP = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
+
+    def _onSignal(self, name: str, handler: Any) -> None:
+        """Run `handler` in the reactor when the signal comes (signal-safe, as
+        twistd's own SIGUSR1 rotation); the previous handler returns on stop."""
+        number = getattr(signal, name, None)
+        if number is not None:
+            self._signals[number] = signal.signal(
+                number, lambda *_: self.reactor.callFromThread(handler)
+            )
+
+    def _warnAboutSecrets(self, config: Config) -> None:
+        if not config.literalSecrets or config.source is None:
+            return
+        try:
+            mode = os.stat(config.source).st_mode
+        except OSError:
+            return
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            self.log.warn(
+                "{path} is readable by other users and holds keys written in it ({keys}): "
+                'use "${{VAR}}" and the environment, or chmod 600 it',
+                path=config.source,
+                keys=", ".join(config.literalSecrets),
             )
 
     def _logRoutes(self, config: Config) -> None:
@@ -130,11 +178,15 @@ class ProxyService(MultiService):
             generation=self.app.generation,
         )
         self._logRoutes(config)
+        self._warnAboutSecrets(config)
         return True
 
     async def _stop(self) -> None:
-        if self._previousHUP is not None:
-            signal.signal(signal.SIGHUP, self._previousHUP)
+        for number, previous in self._signals.items():
+            signal.signal(number, previous)
+        self._signals = {}
+        if self._pretty is not None:
+            globalLogPublisher.removeObserver(self._pretty)
         await super().stopService()  # the port stops accepting
         grace = self.app.config.shutdownGrace
         if self.app.inFlight:

@@ -7,12 +7,12 @@ bad file stops the start with one line naming the key and the problem.
 from __future__ import annotations
 
 import os
+import sys
 
 from attrs import evolve
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from ccproxy.config import Config, ConfigError
+from ccproxy.config import Config, ConfigError, checkOpenListen, endpoint
 from ccproxy.service import ProxyService
 
 
@@ -36,13 +36,11 @@ class Options(usage.Options):
             # One line naming the file, the key and the problem; no usage dump.
             raise SystemExit(f"ccproxy: {path}: {e}") from None
         if self["listen"]:
-            config = evolve(config, listen=self["listen"])
-        try:
-            serverFromString(None, config.listen)
-        except (ValueError, TypeError, KeyError) as e:
-            where = "--listen" if self["listen"] else f"{path}: listen"
-            problem = f"not a valid endpoint {config.listen!r} ({e})"
-            raise SystemExit(f"ccproxy: {where}: {problem}") from None
+            try:
+                config = evolve(config, listen=endpoint(self["listen"], "--listen"))
+                checkOpenListen(config)
+            except ConfigError as e:
+                raise SystemExit(f"ccproxy: --listen: {e.problem}") from None
         self["loaded"] = config
 
 
@@ -50,4 +48,4 @@ def makeService(options: Options) -> ProxyService:
     """Build the service tree; the one place that touches the global reactor."""
     from twisted.internet import reactor
 
-    return ProxyService(options["loaded"], reactor, configPath=options["config"])
+    return ProxyService(options["loaded"], reactor, configPath=options["config"], stdout=sys.stdout)

@@ -1,0 +1,920 @@
+"""`python -m ccproxy doctor`: why does my Claude Code not reach the proxy?
+
+Almost every failure is set-up on the user's side: `~/.claude/settings.json` silently
+overriding an export, a base URL with `/v1` on it, a key the proxy does not know, a
+model name no route serves. The checks are a pure core (settings, environment,
+config and probe results in, `Finding`s out) so they can be tested as tables; the
+shell around it only reads files, probes over HTTP and prints.
+
+Key values are never printed: at most their first 4 characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from attrs import field, frozen
+
+from ccproxy.config import Config, Upstream, keyDigest
+from ccproxy.schema import ConfigError
+
+OK = "ok"
+WARNING = "warning"
+PROBLEM = "problem"
+
+BASE_URL = "ANTHROPIC_BASE_URL"
+AUTH_TOKEN = "ANTHROPIC_AUTH_TOKEN"
+API_KEY = "ANTHROPIC_API_KEY"
+MODEL = "ANTHROPIC_MODEL"
+SMALL_FAST_MODEL = "ANTHROPIC_SMALL_FAST_MODEL"
+OPUS_MODEL = "ANTHROPIC_DEFAULT_OPUS_MODEL"
+SONNET_MODEL = "ANTHROPIC_DEFAULT_SONNET_MODEL"
+HAIKU_MODEL = "ANTHROPIC_DEFAULT_HAIKU_MODEL"
+MODEL_VARIABLES = (MODEL, SMALL_FAST_MODEL, OPUS_MODEL, SONNET_MODEL, HAIKU_MODEL)
+KEY_VARIABLES = (AUTH_TOKEN, API_KEY)
+HTTP_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
+VARIABLES = (
+    BASE_URL,
+    *KEY_VARIABLES,
+    *MODEL_VARIABLES,
+    *HTTP_PROXY_VARIABLES,
+    *NO_PROXY_VARIABLES,
+)
+"""The variables the doctor reads; Claude Code reads them from the shell and settings.json."""
+
+DEFAULT_MODELS = {
+    OPUS_MODEL: "claude-opus-5-5",
+    SONNET_MODEL: "claude-sonnet-5-5",
+    HAIKU_MODEL: "claude-haiku-5-5",
+}
+"""The names Claude Code sends for its aliases when the variable is unset."""
+
+DEFAULT_TIMEOUT = 5.0
+_SHOWN = frozenset((BASE_URL, *MODEL_VARIABLES, *NO_PROXY_VARIABLES))
+"""Variables whose values are not secrets and help the user when shown."""
+_LOOPBACK = {"localhost": "127.0.0.1"}
+_WILDCARDS = frozenset(("", "0.0.0.0", "::"))
+_COMPLETIONS = "/chat/completions"
+_MAX_BODY = 64 * 1024
+
+
+@frozen
+class Finding:
+    """One line of the diagnosis: a verdict, what was found, and how to fix it."""
+
+    level: str
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.level:<8} {self.what}" + (f"  -> fix: {self.fix}" if self.fix else "")
+
+
+@frozen
+class Setting:
+    """A variable as Claude Code will see it, and where it came from."""
+
+    value: str = field(repr=False)
+    source: str
+    """Where Claude Code takes it from: "settings.json" or "shell"."""
+
+
+@frozen
+class Origin:
+    """Scheme, host and port: what Claude Code's base URL and the proxy must agree on."""
+
+    scheme: str
+    host: str | None
+    """None: the proxy listens on every interface, so any host name of it will do."""
+    port: int
+
+    def url(self) -> str:
+        """The URL to reach it at from this machine (loopback for "every interface")."""
+        host = self.host or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def accepts(self, other: Origin) -> bool:
+        return (
+            self.scheme == other.scheme
+            and self.port == other.port
+            and (self.host is None or self.host == other.host)
+        )
+
+
+DEFAULT_ORIGIN = Origin("http", "127.0.0.1", 8000)
+DEFAULT_URL = DEFAULT_ORIGIN.url()
+
+
+@frozen
+class Request:
+    """One HTTP probe to make."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(factory=dict, repr=False)
+    body: bytes | None = field(default=None, repr=False)
+
+
+@frozen
+class Probe:
+    """What a probe got: a status, or (status None) why there was no HTTP answer."""
+
+    status: int | None
+    error: str = ""
+    body: bytes = field(default=b"", repr=False)
+
+
+Fetch = Callable[[Request], Probe]
+
+
+# -- showing values without leaking them ---------------------------------------------
+
+
+def mask(value: str) -> str:
+    """A key as it may be shown: enough to tell two keys apart, never enough to use."""
+    if not value:
+        return "empty"
+    if len(value) >= 12:
+        return value[:4] + "…"
+    return "set (hidden)"
+
+
+def show(name: str, value: str) -> str:
+    if name in _SHOWN:
+        return repr(displayURL(value) if name == BASE_URL else value)
+    return mask(value)
+
+
+def displayURL(url: str) -> str:
+    """A URL without user:password and query values, which may hold credentials."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(not a URL)"
+    if not parts.scheme or not parts.hostname:
+        return url if "@" not in url and "?" not in url else "(not a URL)"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host + (f":{port}" if port is not None else "")
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
+
+
+# -- settings.json and the environment -------------------------------------------------
+
+
+def defaultSettingsPath(environ: Mapping[str, str]) -> str:
+    """Where Claude Code reads the user's settings (CLAUDE_CONFIG_DIR moves ~/.claude)."""
+    directory = environ.get("CLAUDE_CONFIG_DIR") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".claude"
+    )
+    return os.path.join(directory, "settings.json")
+
+
+def settingsEnv(
+    document: Any, where: str = "settings.json"
+) -> tuple[dict[str, str], list[Finding]]:
+    """The `env` object of a parsed settings.json: the variables Claude Code sets from it."""
+    if document is None:
+        return {}, []
+    if not isinstance(document, dict):
+        return {}, [Finding(WARNING, f"{where} is not a JSON object", 'make it {"env": {…}}')]
+    env = document.get("env")
+    if env is None:
+        return {}, []
+    if not isinstance(env, dict):
+        return {}, [
+            Finding(WARNING, f'{where}: "env" is not an object', 'make it {"NAME": "value"}')
+        ]
+    values: dict[str, str] = {}
+    findings = []
+    for name, value in env.items():
+        if isinstance(value, str):
+            values[name] = value
+        elif name in VARIABLES:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"{where}: env.{name} is not a string; Claude Code may ignore it",
+                    "put the value in double quotes",
+                )
+            )
+    return values, findings
+
+
+def overrideFindings(
+    settings: Mapping[str, str], environ: Mapping[str, str], where: str = "settings.json"
+) -> list[Finding]:
+    """Variables the shell exports that settings.json silently replaces."""
+    findings = []
+    for name, value in settings.items():
+        shell = environ.get(name)
+        if shell is None or shell == value:
+            continue
+        if name in _SHOWN:
+            said = f"sets {show(name, value)} but your shell has {show(name, shell)}"
+        else:
+            said = f"sets another value ({mask(value)}) than your shell ({mask(shell)})"
+        findings.append(
+            Finding(
+                WARNING,
+                f"{name}: {where} {said}; Claude Code uses the settings.json value",
+                f'remove {name} from the "env" block of {where}, or set the value you want there',
+            )
+        )
+    return findings
+
+
+def effectiveEnvironment(
+    settings: Mapping[str, str], environ: Mapping[str, str]
+) -> dict[str, Setting]:
+    """The doctor's variables as Claude Code sees them: settings.json over the shell."""
+    env = {}
+    for name in VARIABLES:
+        if name in settings:
+            env[name] = Setting(settings[name], "settings.json")
+        elif name in environ:
+            env[name] = Setting(environ[name], "shell")
+    return env
+
+
+def _value(env: Mapping[str, Setting], name: str) -> str | None:
+    """A variable's value; empty counts as unset, as it does for Claude Code."""
+    setting = env.get(name)
+    if setting is None:
+        return None
+    return setting.value.strip() or None
+
+
+def _where(env: Mapping[str, Setting], name: str, settingsPath: str) -> str:
+    setting = env.get(name)
+    if setting is not None and setting.source == "settings.json":
+        return f'the "env" block of {settingsPath}'
+    return "your shell (e.g. ~/.bashrc)"
+
+
+# -- the base URL --------------------------------------------------------------------
+
+
+def originOf(url: str) -> Origin | None:
+    """The origin of an http(s) URL, or None when it is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    return Origin(
+        parts.scheme,
+        _LOOPBACK.get(host, host),
+        port if port is not None else (443 if parts.scheme == "https" else 80),
+    )
+
+
+def _splitEndpoint(description: str) -> list[str]:
+    """A Twisted endpoint description split at unescaped colons, escapes removed."""
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def originOfListen(listen: str) -> Origin | None:
+    """Where a `tcp:`/`tcp6:`/`ssl:` listen description can be reached; None for others."""
+    parts = _splitEndpoint(listen)
+    kind = parts[0].lower()
+    if kind.isdigit():  # the old "8000" form means tcp
+        kind, parts = "tcp", ["tcp", *parts]
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port = options.get("port") or (positional[0] if positional else "")
+    if not port.isdigit():
+        return None
+    interface = options.get("interface") or (positional[2] if len(positional) > 2 else "")
+    interface = interface.lower()
+    host = None if interface in _WILDCARDS else _LOOPBACK.get(interface, interface)
+    return Origin("https" if kind == "ssl" else "http", host, int(port))
+
+
+def baseUrlFindings(
+    env: Mapping[str, Setting], proxy: Origin | None, settingsPath: str = "settings.json"
+) -> list[Finding]:
+    """Is ANTHROPIC_BASE_URL set, a bare origin, and the proxy's?"""
+    url = _value(env, BASE_URL)
+    want = proxy.url() if proxy else DEFAULT_URL
+    if url is None:
+        return [
+            Finding(
+                PROBLEM,
+                f"{BASE_URL} is not set: Claude Code talks to api.anthropic.com, not to the proxy",
+                f"export {BASE_URL}={want}",
+            )
+        ]
+    where = _where(env, BASE_URL, settingsPath)
+    origin = originOf(url)
+    if origin is None:
+        return [
+            Finding(
+                PROBLEM,
+                f"{BASE_URL}={displayURL(url)!r} is not an http(s) URL",
+                f"set it to {want} in {where}",
+            )
+        ]
+    findings = []
+    parts = urlsplit(url.strip())
+    path = parts.path
+    bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    if path not in ("", "/"):
+        findings.append(
+            Finding(
+                PROBLEM,
+                f"{BASE_URL}={displayURL(url)!r} carries the path {path!r}: Claude Code appends"
+                f" /v1/messages itself, so it would call {path.rstrip('/')}/v1/messages",
+                f"set it to {displayURL(bare)} (no path) in {where}",
+            )
+        )
+    if proxy is not None and not proxy.accepts(origin):
+        findings.append(
+            Finding(
+                PROBLEM,
+                f"{BASE_URL}={displayURL(url)!r} does not point at the proxy, which is at {want}",
+                f"set it to {want} in {where}",
+            )
+        )
+    if not findings:
+        source = env[BASE_URL].source
+        findings.append(Finding(OK, f"{BASE_URL}={displayURL(url)!r} (from {source})"))
+    return findings
+
+
+def httpProxyFindings(env: Mapping[str, Setting]) -> list[Finding]:
+    """Claude Code honours HTTP(S)_PROXY: a corporate proxy must not get the proxy's requests."""
+    url = _value(env, BASE_URL)
+    host = urlsplit(url).hostname if url and originOf(url) else None
+    via = next(((n, v) for n in HTTP_PROXY_VARIABLES if (v := _value(env, n))), None)
+    if host is None or via is None:
+        return []
+    noProxy = next((v for n in NO_PROXY_VARIABLES if (v := _value(env, n))), "")
+    if urllib.request.proxy_bypass_environment(host, {"no": noProxy}):
+        return []
+    return [
+        Finding(
+            WARNING,
+            f"{via[0]}={displayURL(via[1])!r} is set and NO_PROXY does not cover {host}:"
+            " Claude Code may send its requests for the proxy through that HTTP proxy",
+            f"add {host} to NO_PROXY (e.g. export NO_PROXY=localhost,127.0.0.1)",
+        )
+    ]
+
+
+# -- keys -------------------------------------------------------------------------
+
+
+def callerKey(env: Mapping[str, Setting]) -> tuple[str, str] | None:
+    """The variable and key the proxy will check: x-api-key first, as the proxy reads it."""
+    for name in (API_KEY, AUTH_TOKEN):
+        value = _value(env, name)
+        if value is not None:
+            return name, value
+    return None
+
+
+def matchingClient(config: Config, key: str) -> str | None:
+    """The name of the client holding `key`, compared in constant time like the proxy."""
+    digest = keyDigest(key)
+    found = None
+    for client in config.clients:
+        if hmac.compare_digest(digest, client.digest):
+            found = client.name
+    return found
+
+
+def keyFindings(
+    env: Mapping[str, Setting], config: Config | None, settingsPath: str = "settings.json"
+) -> list[Finding]:
+    """Is there a key, and will the proxy take it?"""
+    caller = callerKey(env)
+    if caller is None:
+        return [
+            Finding(
+                PROBLEM,
+                f"no key: neither {AUTH_TOKEN} nor {API_KEY} is set, so Claude Code asks you to"
+                " log in to Anthropic instead of using the proxy",
+                f"export {AUTH_TOKEN}=<your proxy key>",
+            )
+        ]
+    findings = []
+    token, apiKey = _value(env, AUTH_TOKEN), _value(env, API_KEY)
+    if token and apiKey and token != apiKey:
+        findings.append(
+            Finding(
+                WARNING,
+                f"{AUTH_TOKEN} ({mask(token)}) and {API_KEY} ({mask(apiKey)}) are both set and"
+                f" differ: Claude Code sends both, the proxy checks {API_KEY} (x-api-key)",
+                "unset the one you do not mean",
+            )
+        )
+    name, key = caller
+    source = env[name].source
+    if config is None or not config.clients:
+        accepted = "" if config is None else "; the proxy takes any key (no clients: configured)"
+        findings.append(Finding(OK, f"key set: {name}={mask(key)} (from {source}){accepted}"))
+        return findings
+    client = matchingClient(config, key)
+    if client is None:
+        findings.append(
+            Finding(
+                PROBLEM,
+                f"{name} ({mask(key)}, from {source}) is none of the proxy's {len(config.clients)}"
+                " client keys: the proxy will answer 401",
+                f"set {name} to your key from the proxy's clients: list, in"
+                f" {_where(env, name, settingsPath)}",
+            )
+        )
+    else:
+        findings.append(
+            Finding(OK, f"key {name}={mask(key)} (from {source}) is client {client!r}'s")
+        )
+    return findings
+
+
+# -- models -----------------------------------------------------------------------
+
+
+@frozen
+class ModelCheck:
+    """A model name Claude Code will send, and which variable (or default) decides it."""
+
+    variable: str
+    name: str
+    isDefault: bool
+
+
+def modelChecks(env: Mapping[str, Setting]) -> list[ModelCheck]:
+    """The model names to check: every variable set, and the defaults of those unset."""
+    checks = []
+    for variable in MODEL_VARIABLES:
+        value = _value(env, variable)
+        if value is not None:
+            checks.append(ModelCheck(variable, value, False))
+        elif variable in DEFAULT_MODELS:
+            checks.append(ModelCheck(variable, DEFAULT_MODELS[variable], True))
+    return checks
+
+
+def configRoutes(config: Config, checks: Iterable[ModelCheck]) -> dict[str, str | None]:
+    """Each checked name's route in the config (`pattern -> targets`), None if unserved."""
+    served: dict[str, str | None] = {}
+    for check in checks:
+        route = config.router.find(check.name)
+        served[check.name] = (
+            None
+            if route is None
+            else f"{route.pattern!r} -> {', '.join(str(t) for t in route.targets)}"
+        )
+    return served
+
+
+def modelFindings(
+    env: Mapping[str, Setting], checks: Iterable[ModelCheck], served: Mapping[str, str | None]
+) -> list[Finding]:
+    """Findings for model names no route serves; `served` maps a name to its route, or None.
+
+    A name missing from `served` could not be checked and gives no finding.
+    """
+    findings = []
+    for check in checks:
+        if check.name not in served:
+            continue
+        route = served[check.name]
+        if check.isDefault:
+            said = f"{check.name} (what Claude Code sends while {check.variable} is unset)"
+        else:
+            said = f"{check.variable}={check.name!r}"
+        if route is not None:
+            findings.append(Finding(OK, f"model {said} is served: {route}"))
+            continue
+        level = PROBLEM
+        if check.isDefault and (check.variable != SONNET_MODEL or _value(env, MODEL)):
+            level = WARNING  # only the main model's default breaks every session
+        findings.append(
+            Finding(
+                level,
+                f"model {said}: no route of the proxy matches it; Claude Code will get 404"
+                ' ("issue with the selected model")',
+                f"set {check.variable} to a model the proxy serves, or add a route for"
+                f" {check.name!r} to models: in the config",
+            )
+        )
+    return findings
+
+
+# -- the proxy, over HTTP ------------------------------------------------------------
+
+
+def claudeHeaders(env: Mapping[str, Setting]) -> dict[str, str]:
+    """The auth headers Claude Code sends: the token as Bearer, the API key as x-api-key."""
+    headers = {"anthropic-version": "2023-06-01"}
+    token, apiKey = _value(env, AUTH_TOKEN), _value(env, API_KEY)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if apiKey:
+        headers["x-api-key"] = apiKey
+    return headers
+
+
+def proxyRootFindings(url: str, root: Probe) -> list[Finding]:
+    """Does anything answer at the proxy's URL, and is it ccproxy?"""
+    if root.status is None:
+        return [
+            Finding(
+                PROBLEM,
+                f"the proxy is not reachable at {url}: {root.error}",
+                "start it (twistd -n ccproxy --config …), or give its URL with --url",
+            )
+        ]
+    if root.status != 200:
+        return [
+            Finding(
+                PROBLEM,
+                f"GET {url}/ answered {root.status}, not 200: is that really ccproxy?",
+                "check the port, or give the proxy's URL with --url",
+            )
+        ]
+    try:
+        service = json.loads(root.body).get("service")
+    except (ValueError, AttributeError):
+        service = None
+    if service != "ccproxy":
+        return [
+            Finding(
+                WARNING,
+                f"{url} answers, but not as ccproxy does: another server may hold the port",
+                "check the port, or give the proxy's URL with --url",
+            )
+        ]
+    return [Finding(OK, f"the proxy answers at {url}")]
+
+
+def proxyKeyFindings(url: str, models: Probe, variable: str | None = AUTH_TOKEN) -> list[Finding]:
+    """What GET /v1/models with the user's own key (from `variable`) says about that key."""
+    if models.status == 401:
+        said = "rejects your key" if variable else "wants a key, and you have none"
+        return [
+            Finding(
+                PROBLEM,
+                f"the proxy at {url} {said} (401 on /v1/models)",
+                f"set {variable or AUTH_TOKEN} to the key the proxy's operator gave you",
+            )
+        ]
+    if models.status == 200:
+        return [Finding(OK, "the proxy accepts your key (GET /v1/models: 200)")]
+    said = models.error if models.status is None else f"answered {models.status}"
+    return [Finding(WARNING, f"GET {url}/v1/models {said}", "")]
+
+
+def servedByProxy(probes: Mapping[str, Probe]) -> dict[str, str | None]:
+    """Model names checked through GET /v1/models/{name}: 200 served, 404 not."""
+    served: dict[str, str | None] = {}
+    for name, probe in probes.items():
+        if probe.status == 200:
+            served[name] = "the proxy has a route for it"
+        elif probe.status == 404:
+            served[name] = None
+    return served
+
+
+# -- upstreams -------------------------------------------------------------------
+
+
+def modelsURL(upstream: Upstream) -> str:
+    """The gateway's GET /models URL: its chat/completions URL with that suffix replaced."""
+    base, question, query = upstream.url.partition("?")
+    if base.endswith(_COMPLETIONS):
+        base = base[: -len(_COMPLETIONS)]
+    return f"{base}/models{question}{query}"
+
+
+def upstreamHeaders(upstream: Upstream, key: str | None) -> dict[str, str]:
+    """What the proxy sends: configured headers, its own key or else the caller's."""
+    headers = {**upstream.headers, "Accept": "application/json"}
+    key = upstream.apiKey or key
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def upstreamModelsRequest(upstream: Upstream, key: str | None) -> Request:
+    return Request("GET", modelsURL(upstream), upstreamHeaders(upstream, key))
+
+
+def upstreamChatRequest(upstream: Upstream, key: str | None, model: str) -> Request:
+    """The smallest real request: one user word, one output token."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say ok."}],
+        upstream.profile.maxTokensParam: 1,
+    }
+    headers = {**upstreamHeaders(upstream, key), "Content-Type": "application/json"}
+    return Request("POST", upstream.url, headers, json.dumps(body).encode())
+
+
+def probeModel(config: Config, upstream: str, names: Iterable[str]) -> str | None:
+    """A model name the upstream should know: from a client name routed to it, else a route."""
+    for name in names:
+        route = config.router.find(name)
+        if route is not None and route.targets[0].upstream == upstream:
+            return route.targets[0].modelFor(name)
+    for route in config.router.routes:
+        for target in route.targets:
+            if target.upstream == upstream and (target.model or not route.isGlob):
+                return target.modelFor(route.pattern)
+    return None
+
+
+def _keyOrigin(upstream: Upstream) -> str:
+    if upstream.apiKey:
+        return f"its api_key from the config ({mask(upstream.apiKey)})"
+    return "your key, which the proxy forwards since the upstream has no api_key"
+
+
+def upstreamFindings(
+    upstream: Upstream, models: Probe, chat: Probe | None = None, model: str | None = None
+) -> list[Finding]:
+    """Reachability and key of one upstream, from GET /models and the optional chat probe."""
+    where = f"upstream {upstream.name!r} ({displayURL(upstream.url)})"
+    if models.status is None:
+        return [
+            Finding(
+                PROBLEM,
+                f"{where} is unreachable from here: {models.error}",
+                f"check upstreams.{upstream.name}.url, DNS and firewalls (the daemon's host may"
+                " see other networks than this one)",
+            )
+        ]
+    findings = [_upstreamStatus(upstream, where, "GET /models", models, isChat=False)]
+    if chat is not None:
+        findings.append(_upstreamStatus(upstream, where, f"chat with {model!r}", chat, isChat=True))
+    return findings
+
+
+def _upstreamStatus(
+    upstream: Upstream, where: str, what: str, probe: Probe, isChat: bool
+) -> Finding:
+    status = probe.status
+    if status is None:
+        return Finding(PROBLEM, f"{where}: {what} failed: {probe.error}", "")
+    if 200 <= status < 300:
+        return Finding(OK, f"{where} is reachable and accepts {_keyOrigin(upstream)} ({what})")
+    if status in (401, 403):
+        return Finding(
+            PROBLEM,
+            f"{where} rejects {_keyOrigin(upstream)} ({what}: {status})",
+            f"fix upstreams.{upstream.name}.api_key"
+            if upstream.apiKey
+            else f"use a key the gateway accepts, or set upstreams.{upstream.name}.api_key",
+        )
+    if status == 404 and not isChat:
+        return Finding(
+            WARNING,
+            f"{where} has no /models (404; many gateways lack it): reachable, key not checked",
+            "run with --probe-chat to check the key with one 1-token request",
+        )
+    if status == 404:
+        return Finding(
+            PROBLEM,
+            f"{where}: {what} answered 404: wrong url, or the model is unknown there",
+            f"check upstreams.{upstream.name}.url and the models: routes to it",
+        )
+    return Finding(WARNING, f"{where}: {what} answered {status}", "")
+
+
+# -- the whole diagnosis -------------------------------------------------------------
+
+
+def diagnose(
+    settingsDocument: Any,
+    environ: Mapping[str, str],
+    config: Config | None,
+    proxyURL: str | None,
+    fetch: Fetch,
+    probeChat: bool = False,
+    settingsPath: str = "settings.json",
+) -> list[Finding]:
+    """Every check, in the order a user should fix things; `fetch` does the HTTP."""
+    settings, findings = settingsEnv(settingsDocument, settingsPath)
+    findings += overrideFindings(settings, environ, settingsPath)
+    env = effectiveEnvironment(settings, environ)
+
+    proxy: Origin | None = None
+    if proxyURL is not None:
+        proxy = originOf(proxyURL)
+    elif config is not None:
+        proxy = originOfListen(config.listen)
+        if proxy is None:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"cannot tell the proxy's URL from listen {config.listen!r}",
+                    "give it with --url",
+                )
+            )
+    findings += baseUrlFindings(env, proxy, settingsPath)
+    target = proxy or originOf(_value(env, BASE_URL) or "") or DEFAULT_ORIGIN
+    findings += httpProxyFindings(env)
+    findings += keyFindings(env, config, settingsPath)
+
+    checks = modelChecks(env)
+    if config is not None:
+        findings += modelFindings(env, checks, configRoutes(config, checks))
+
+    url = target.url()
+    root = fetch(Request("GET", url + "/"))
+    findings += proxyRootFindings(url, root)
+    if root.status == 200:
+        headers = claudeHeaders(env)
+        models = fetch(Request("GET", url + "/v1/models", headers))
+        caller = callerKey(env)
+        findings += proxyKeyFindings(url, models, caller[0] if caller else None)
+        if config is None and models.status == 200:
+            probes = {
+                c.name: fetch(Request("GET", f"{url}/v1/models/{quote(c.name, safe='')}", headers))
+                for c in checks
+            }
+            findings += modelFindings(env, checks, servedByProxy(probes))
+
+    if config is not None:
+        caller = callerKey(env)
+        key = caller[1] if caller else None
+        for upstream in config.upstreams.values():
+            models = fetch(upstreamModelsRequest(upstream, key))
+            chat = model = None
+            if probeChat and models.status not in (None, 401, 403):  # else nothing to learn
+                model = probeModel(config, upstream.name, (c.name for c in checks))
+                if model is None:
+                    findings.append(
+                        Finding(WARNING, f"no model known for upstream {upstream.name!r} to try")
+                    )
+                else:
+                    chat = fetch(upstreamChatRequest(upstream, key, model))
+            findings += upstreamFindings(upstream, models, chat, model)
+    return findings
+
+
+def settingsWarnings(
+    settingsPath: str | os.PathLike[str], environ: Mapping[str, str]
+) -> list[Finding]:
+    """For the daemon's start-up log: where settings.json overrides its user's shell."""
+    path = os.fspath(settingsPath)
+    document, findings = readSettings(path)
+    settings, more = settingsEnv(document, path)
+    return [f for f in findings + more + overrideFindings(settings, environ, path) if f.level != OK]
+
+
+# -- the I/O shell ---------------------------------------------------------------
+
+
+def readSettings(path: str) -> tuple[Any, list[Finding]]:
+    """The parsed settings.json (None when absent), and why it could not be read."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None, [Finding(OK, f"no {path}: nothing overrides your shell")]
+    except OSError as e:
+        return None, [Finding(WARNING, f"cannot read {path} ({e.strerror})", "")]
+    try:
+        return json.loads(text), []
+    except ValueError as e:
+        where = f" (line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        return None, [
+            Finding(
+                WARNING,
+                f"{path} is not valid JSON{where}: Claude Code cannot use its settings",
+                "fix the JSON",
+            )
+        ]
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""No HTTP proxy: the probes must go where the daemon's own requests go."""
+
+
+def fetch(request: Request, timeout: float = DEFAULT_TIMEOUT) -> Probe:
+    """Make one probe; any failure to get an HTTP answer is a `Probe` with status None."""
+    raw = urllib.request.Request(
+        request.url, data=request.body, headers=dict(request.headers), method=request.method
+    )
+    try:
+        with _OPENER.open(raw, timeout=timeout) as response:
+            return Probe(response.status, body=response.read(_MAX_BODY))
+    except urllib.error.HTTPError as e:
+        with e:
+            return Probe(e.code, body=e.read(_MAX_BODY))
+    except urllib.error.URLError as e:
+        return Probe(None, str(e.reason))
+    except (OSError, ValueError) as e:
+        return Probe(None, str(e) or type(e).__name__)
+
+
+def addParser(subparsers: Any) -> None:
+    """The `doctor` subcommand's options."""
+    parser = subparsers.add_parser(
+        "doctor",
+        help="find out why Claude Code does not connect through the proxy",
+        description="Check ~/.claude/settings.json, the environment Claude Code will see, the"
+        " proxy and (with --config) the config's routes and upstreams. Exit code 0 when"
+        " nothing is a problem (warnings allowed).",
+    )
+    parser.add_argument("--config", metavar="PATH", help="the proxy's YAML config")
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        type=_proxyURL,
+        help="the proxy's URL (default: from --config's listen, else ANTHROPIC_BASE_URL,"
+        f" else {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="PATH",
+        help="Claude Code's settings (default ~/.claude/settings.json)",
+    )
+    parser.add_argument(
+        "--probe-chat",
+        action="store_true",
+        help="also send each upstream one chat request with max_tokens 1 (spends a few tokens)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"for each HTTP probe (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.set_defaults(run=run)
+
+
+def _proxyURL(text: str) -> str:
+    if originOf(text) is None:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
+    return text
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    """`python -m ccproxy doctor`: print the findings; 0 unless one is a problem."""
+    env = os.environ if environ is None else environ
+    findings: list[Finding] = []
+    config = None
+    if args.config:
+        try:
+            config = Config.fromPath(args.config, env)
+        except ConfigError as e:
+            findings.append(
+                Finding(
+                    PROBLEM,
+                    f"cannot load {args.config}: {e}; the checks that need it are skipped",
+                    "run the doctor with the environment the daemon has, or fix the config",
+                )
+            )
+    path = args.settings or defaultSettingsPath(env)
+    document, read = readSettings(path)
+    findings += read
+    findings += diagnose(
+        document,
+        env,
+        config,
+        args.url,
+        lambda request: fetch(request, args.timeout),
+        probeChat=args.probe_chat,
+        settingsPath=path,
+    )
+    for finding in findings:
+        print(finding.line())
+    problems = sum(f.level == PROBLEM for f in findings)
+    warnings = sum(f.level == WARNING for f in findings)
+    print(f"{problems} problem(s), {warnings} warning(s)")
+    return 1 if problems else 0

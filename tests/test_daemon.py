@@ -1,0 +1,167 @@
+"""The real daemon: `twistd ccproxy` daemonized with a pidfile, reloaded with SIGHUP,
+stopped with SIGTERM. Subprocesses on 127.0.0.1 only, every wait bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def waitFor(check: Callable[[], Any], what: str, seconds: float = 20) -> Any:
+    """Poll a subprocess's visible state (a readiness probe, not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    portFile, log = tmp_path / "upstream.port", tmp_path / "upstream.jsonl"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "scripted_upstream.py"),
+            "--port-file",
+            str(portFile),
+            "--log",
+            str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        port = waitFor(lambda: portFile.exists() and portFile.read_text().strip(), "upstream")
+        yield f"http://127.0.0.1:{port}/v1", log
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+CONFIG = """
+listen: "tcp:{port}:interface=127.0.0.1"
+upstreams:
+  up:
+    url: "{upstream}"
+    retries: 0
+models:
+  "*": up/{model}
+log:
+  file: {log}
+  max_bytes: 100000
+  keep: 3
+"""
+
+
+def test_daemon_pidfile_reload_and_stop(tmp_path: Path, upstream: tuple[str, Path]) -> None:
+    upstreamURL, upstreamLog = upstream
+    port = freePort()
+    config, pidfile, logfile = (
+        tmp_path / "ccproxy.yaml",
+        tmp_path / "ccproxy.pid",
+        tmp_path / "ccproxy.log",
+    )
+
+    def writeConfig(model: str) -> None:
+        config.write_text(CONFIG.format(port=port, upstream=upstreamURL, model=model, log=logfile))
+
+    writeConfig("model-one")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    twistd = Path(sys.executable).parent / "twistd"
+    started = subprocess.run(
+        [
+            str(twistd),
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(tmp_path / "twistd.log"),
+            "ccproxy",
+            "--config",
+            str(config),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert started.returncode == 0, started.stderr
+    pid = int(waitFor(lambda: pidfile.exists() and pidfile.read_text().strip(), "pidfile"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        waitFor(lambda: get(f"{base}/healthz")["status"] == "ok", "the daemon to answer")
+        body = {
+            "model": "claude-x",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        assert post(f"{base}/v1/messages", body)[0] == 200
+        writeConfig("model-two")
+        os.kill(pid, signal.SIGHUP)
+        waitFor(lambda: get(f"{base}/healthz")["generation"] == 2, "the reload")
+        assert post(f"{base}/v1/messages", body)[0] == 200
+        models = [
+            json.loads(line)["body"]["model"] for line in upstreamLog.read_text().splitlines()
+        ]
+        assert models == ["model-one", "model-two"]
+        os.kill(pid, signal.SIGTERM)
+        waitFor(lambda: not pidfile.exists(), "the pidfile to go")
+        waitFor(lambda: not _alive(pid), "the daemon to exit")
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    log = logfile.read_text()
+    assert "config reloaded" in log
+    assert "route * -> up/model-two" in log
+    assert log.count("POST /v1/messages claude-x") == 2
+    assert "Server Shut Down" in log or "Main loop terminated" in log
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours is gone for this purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False

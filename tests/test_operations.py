@@ -1,0 +1,349 @@
+"""Running it for a team: reload, drain, logs, redaction, metrics, usage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import (
+    LogLevel,
+    eventAsJSON,
+    eventsFromJSONLogFile,
+    formatEvent,
+    globalLogPublisher,
+)
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.server import Site
+
+from ccproxy.config import Config, LogSettings
+from ccproxy.logs import fileObserver, openLogFile
+from ccproxy.service import ProxyService
+from tests.fakes import FakeOpenAI, jsonReply, sseReply
+from tests.helpers import BASE_CONFIG, Harness, message, parseSSE, resultOf
+
+
+def capture() -> tuple[list[dict[str, Any]], Any]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    return events, lambda: globalLogPublisher.removeObserver(events.append)
+
+
+# -- reload ---------------------------------------------------------------------------
+
+
+def serviceFor(tmp_path: Path, text: str) -> tuple[ProxyService, Path]:
+    path = tmp_path / "ccproxy.yaml"
+    path.write_text(text)
+    return ProxyService(Config.fromPath(str(path)), reactor, configPath=str(path)), path
+
+
+RELOAD = """
+listen: "tcp:0:interface=127.0.0.1"
+upstreams:
+  a: {url: "http://a.test/v1"}
+  b: {url: "http://b.test/v1"}
+models:
+  claude-*: a/first
+"""
+
+
+def test_reload_good_file_swaps_config(tmp_path: Path) -> None:
+    service, path = serviceFor(tmp_path, RELOAD)
+    path.write_text(RELOAD.replace("claude-*: a/first", "claude-*: b/second"))
+    assert service.reload() is True
+    assert service.app.generation == 2
+    target = service.app.config.router.resolve("claude-x").targets[0]
+    assert (target.upstream, target.model) == ("b", "second")
+
+
+@pytest.mark.parametrize(
+    ("change", "logged"),
+    [
+        (lambda t: t.replace("a/first", "nowhere/x"), "unknown upstream 'nowhere'"),
+        (lambda t: t + "bogus: 1\n", "bogus: unknown key"),
+        (lambda t: t.replace("tcp:0:", "tcp:1:"), "listen changed"),
+        (lambda t: "upstreams: [", "not valid YAML"),
+    ],
+)
+def test_reload_bad_file_keeps_running_config(
+    tmp_path: Path, change: Any, logged: str, noLoggedFailures: list[dict[str, Any]]
+) -> None:
+    service, path = serviceFor(tmp_path, RELOAD)
+    before = service.app.config
+    path.write_text(change(RELOAD))
+    events, stop = capture()
+    try:
+        assert service.reload() is False
+    finally:
+        stop()
+    assert service.app.config is before
+    assert service.app.generation == 1
+    errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+    assert any(logged in line and "keeping the running config" in line for line in errors)
+    noLoggedFailures.clear()  # the refusal is logged as an error on purpose
+
+
+def test_request_in_flight_finishes_on_the_old_config() -> None:
+    h = Harness.build()
+    chunks = [{"choices": [{"index": 0, "delta": {"content": f"{i} "}}]} for i in range(3)]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    h.upstream.queue(sseReply(chunks, delay=1))
+    inFlight = h.request("POST", "/v1/messages", message(stream=True))
+    h.flush()
+    h.app.reconfigure(
+        Config.fromYAML(
+            BASE_CONFIG.replace("claude-*: up/big-model", "claude-*: other/new-model"), {}
+        )
+    )
+    assert h.call("GET", "/healthz").json()["generation"] == 2
+    for _ in range(6):
+        h.clock.advance(1)
+        h.flush()
+    frames = parseSSE(resultOf(inFlight).body)
+    assert frames[-1][0] == "message_stop"
+    assert h.upstream.received[0].headers["host"] == "upstream.test"
+    h.post(message())
+    assert h.upstream.received[-1].headers["host"] == "other.test"
+    assert h.upstream.received[-1].body["model"] == "new-model"
+
+
+# -- drain ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_drains_streams_in_flight() -> None:
+    upstream = FakeOpenAI(clock=reactor)
+    upstreamPort = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
+    config = Config.fromYAML(
+        f"""
+listen: "tcp:0:interface=127.0.0.1"
+upstreams:
+  fake: {{url: "http://127.0.0.1:{upstreamPort.getHost().port}/v1"}}
+models:
+  "*": fake
+shutdown_grace: 10
+""",
+        {},
+    )
+    chunks = [{"choices": [{"index": 0, "delta": {"content": f"{i} "}}]} for i in range(4)]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    upstream.queue(sseReply(chunks, delay=0.05))
+    service = ProxyService(config, reactor)
+    service.startService()
+    try:
+        port = (await service.listeningPort()).getHost().port
+        url = f"http://127.0.0.1:{port}/v1/messages"
+        response = await treq.post(url, data=orjson.dumps(message(stream=True)))
+        assert service.app.streamsInFlight == 1
+        stopped: Deferred[None] = service.stopService()
+        body = await response.content()
+        await stopped
+        assert parseSSE(body)[-1][0] == "message_stop"
+        fresh = HTTPConnectionPool(reactor, persistent=False)
+        with pytest.raises(ConnectionRefusedError):
+            await treq.get(f"http://127.0.0.1:{port}/", pool=fresh)
+    finally:
+        await upstreamPort.stopListening()
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+def test_log_file_rotates_by_size_and_keeps_a_bounded_number(tmp_path: Path) -> None:
+    settings = LogSettings(file=str(tmp_path / "ccproxy.log"), maxBytes=2000, keep=2)
+    logFile = openLogFile(settings)
+    observer = fileObserver(settings, logFile)
+    for i in range(200):
+        observer(
+            {
+                "log_format": "event {i} " + "x" * 50,
+                "i": i,
+                "log_time": 0.0,
+                "log_level": LogLevel.info,
+                "log_namespace": "t",
+            }
+        )
+    logFile.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ccproxy.log", "ccproxy.log.1", "ccproxy.log.2"]
+    assert all(p.stat().st_size <= 2100 for p in tmp_path.iterdir())
+    logFile = openLogFile(settings)
+    logFile.write("tail\n")
+    logFile.rotate()  # what SIGUSR1 does
+    logFile.close()
+    assert (tmp_path / "ccproxy.log.1").read_text().endswith("tail\n")
+    assert (tmp_path / "ccproxy.log").read_text() == ""
+
+
+def test_json_log_records_read_back_with_named_fields(tmp_path: Path) -> None:
+    settings = LogSettings(file=str(tmp_path / "ccproxy.json"), format="json")
+    logFile = openLogFile(settings)
+    observer = fileObserver(settings, logFile)
+    h = Harness.build()
+    events, stop = capture()
+    try:
+        h.post(message())
+    finally:
+        stop()
+    for event in events:
+        observer(event)
+    logFile.close()
+    with open(settings.file) as f:
+        records = list(eventsFromJSONLogFile(f))
+    access = [r for r in records if r.get("log_namespace") == "ccproxy.access"]
+    assert len(access) == 1
+    assert access[0]["status"] == 200
+    assert access[0]["model"] == "claude-sonnet-4-5"
+    assert access[0]["upstream"] == "up"
+    assert access[0]["request_id"].startswith("req_")
+
+
+SECRETS = {"ALICE": "alice-secret-7f3a", "CORP": "sk-corp-secret-91bd"}
+SECRET_CONFIG = """
+upstreams:
+  up:
+    url: http://upstream.test/v1
+    api_key: ${CORP}
+    retries: 0
+  fwd:
+    url: http://fwd.test/v1
+models:
+  claude-*: up/big
+  fwd-*: fwd
+clients:
+  - name: alice
+    key: ${ALICE}
+log_payloads: true
+"""
+
+
+def test_no_secret_reaches_a_log_line() -> None:
+    h = Harness.build(SECRET_CONFIG, SECRETS)
+    callerKey = "caller-token-5c2e"
+    events, stop = capture()
+    try:
+        h.post(message(), headers={"x-api-key": SECRETS["ALICE"]})
+        h.post(message(stream=True), headers={"authorization": f"Bearer {SECRETS['ALICE']}"})
+        h.post(message(model="fwd-x"), headers={"x-api-key": SECRETS["ALICE"]})
+        h.post(message(), headers={"x-api-key": callerKey})  # rejected: 401
+        h.upstream.queue(jsonReply({"error": {"message": "bad key"}}, 401))
+        h.post(message(), headers={"x-api-key": SECRETS["ALICE"]})
+    finally:
+        stop()
+    assert any(e.get("log_namespace") == "ccproxy.payload" for e in events)
+    assert any(e.get("log_namespace") == "ccproxy.access" for e in events)
+    everything = "\n".join(formatEvent(e) + eventAsJSON(e) for e in events)
+    for secret in [*SECRETS.values(), callerKey]:
+        assert secret not in everything
+    # The forwarded key did reach its upstream (and only there).
+    assert h.upstream.received[2].headers["authorization"] == f"Bearer {SECRETS['ALICE']}"
+
+
+def test_payloads_are_logged_truncated_only_when_asked() -> None:
+    h = Harness.build(BASE_CONFIG + "log_payloads: true\nlog_payload_max_chars: 50\n")
+    events, stop = capture()
+    try:
+        h.post(message("x" * 500))
+    finally:
+        stop()
+    payloads = [e for e in events if e.get("log_namespace") == "ccproxy.payload"]
+    assert len(payloads) == 1
+    assert payloads[0]["request_body"].endswith("more chars]")
+    assert len(payloads[0]["request_body"]) < 100
+    h = Harness.build()
+    events, stop = capture()
+    try:
+        h.post(message("x" * 500))
+    finally:
+        stop()
+    assert not [e for e in events if e.get("log_namespace") == "ccproxy.payload"]
+    assert not any("xxxxxxxxxx" in formatEvent(e) for e in events)
+
+
+def test_config_with_literal_keys_readable_by_others_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        RELOAD.replace(
+            'a: {url: "http://a.test/v1"}', 'a: {url: "http://a.test/v1", api_key: sk-literal}'
+        )
+    )
+    os.chmod(path, 0o644)
+    service = ProxyService(Config.fromPath(str(path)), reactor, configPath=str(path))
+    events, stop = capture()
+    try:
+        service._warnAboutSecrets(service.app.config)
+    finally:
+        stop()
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert any("upstreams.a.api_key" in w and "readable by other users" in w for w in warnings)
+    assert not any("sk-literal" in formatEvent(e) for e in events)
+    os.chmod(path, 0o600)
+    events, stop = capture()
+    try:
+        service._warnAboutSecrets(service.app.config)
+    finally:
+        stop()
+    assert not events
+
+
+# -- metrics and usage ---------------------------------------------------------------------
+
+USAGE_CONFIG = (
+    BASE_CONFIG
+    + """
+clients:
+  - {name: alice, key: alice-key}
+  - {name: root, key: root-key, admin: true}
+"""
+)
+
+
+def test_metrics_after_a_few_requests() -> None:
+    h = Harness.build(USAGE_CONFIG)
+    alice = {"x-api-key": "alice-key"}
+    h.post(message(), headers=alice)
+    h.post(message(), headers=alice)
+    h.upstream.queue(jsonReply({"error": {"message": "down"}}, 503))
+    h.post(message(), headers=alice)
+    text = h.call("GET", "/metrics").body.decode()
+    assert (
+        'ccproxy_requests_total{client="alice",model="claude-sonnet-4-5",'
+        'status="200",upstream="up"} 2.0'
+    ) in text
+    assert 'status="503"' in text
+    assert 'ccproxy_tokens_total{client="alice",kind="input",upstream="up"} 22.0' in text
+    assert 'ccproxy_tokens_total{client="alice",kind="output",upstream="up"} 14.0' in text
+    assert 'ccproxy_upstream_errors_total{type="overloaded_error",upstream="up"} 1.0' in text
+    assert 'ccproxy_request_duration_seconds_count{upstream="up"} 2.0' in text
+    assert "ccproxy_streams_in_flight 0.0" in text
+    assert "ccproxy_config_generation 1.0" in text
+
+
+def test_usage_totals_for_the_admin_only_and_across_reloads() -> None:
+    h = Harness.build(USAGE_CONFIG)
+    h.post(message(), headers={"x-api-key": "alice-key"})
+    h.app.reconfigure(Config.fromYAML(USAGE_CONFIG, {}))
+    h.post(message(model="claude-haiku-5-5"), headers={"x-api-key": "alice-key"})
+    assert h.call("GET", "/v1/usage", headers={"x-api-key": "alice-key"}).status == 403
+    assert h.call("GET", "/v1/usage").status == 401
+    report = h.call("GET", "/v1/usage", headers={"x-api-key": "root-key"}).json()
+    alice = report["clients"]["alice"]
+    assert alice["total"]["requests"] == 2
+    assert alice["total"]["input_tokens"] == 22
+    assert set(alice["models"]) == {"claude-sonnet-4-5", "claude-haiku-5-5"}
+    assert "root" not in report["clients"]
+
+
+def test_usage_needs_clients() -> None:
+    h = Harness.build()
+    assert h.call("GET", "/v1/usage").status == 403
