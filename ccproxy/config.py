@@ -264,15 +264,24 @@ def endpoint(value: Any, path: str) -> str:
 
 def listenIsLocal(listen: str) -> bool:
     """Whether an endpoint description only listens on loopback (or a unix socket)."""
-    kind, _, rest = listen.partition(":")
+    kind, *args = _UNESCAPED_COLON.split(listen)
     if kind in ("unix", "systemd"):
         return True
-    for part in rest.split(":"):
-        name, _, value = part.partition("=")
+    interface = None
+    positional = [a for a in args if "=" not in a]
+    if kind in ("tcp", "tcp6", "ssl") and len(positional) >= 3:
+        interface = positional[2]  # tcp:PORT:BACKLOG:INTERFACE
+    for arg in args:
+        name, _, value = arg.partition("=")
         if name == "interface":
-            value = value.replace("\\:", ":").strip("[]")
-            return value in ("localhost", "::1") or value.startswith("127.")
-    return False
+            interface = value
+    if interface is None:
+        return False
+    interface = interface.replace("\\:", ":").strip("[]")
+    return interface in ("localhost", "::1") or interface.startswith("127.")
+
+
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
 
 
 def checkOpenListen(config: Config) -> None:

@@ -414,10 +414,22 @@ def matchingClient(config: Config, key: str) -> str | None:
 
 
 def keyFindings(
-    env: Mapping[str, Setting], config: Config | None, settingsPath: str = "settings.json"
+    env: Mapping[str, Setting],
+    config: Config | None,
+    settingsPath: str = "settings.json",
+    keyHelper: bool = False,
 ) -> list[Finding]:
-    """Is there a key, and will the proxy take it?"""
+    """Is there a key, and will the proxy take it? `keyHelper`: settings.json's apiKeyHelper."""
     caller = callerKey(env)
+    helper = Finding(
+        WARNING,
+        f"{settingsPath} sets apiKeyHelper: Claude Code sends the key that script prints,"
+        " which the doctor does not run, so cannot check",
+        f"if Claude Code gets 401, compare the script's key with the proxy's, or set {AUTH_TOKEN}"
+        " instead",
+    )
+    if caller is None and keyHelper:
+        return [helper]
     if caller is None:
         return [
             Finding(
@@ -427,7 +439,7 @@ def keyFindings(
                 f"export {AUTH_TOKEN}=<your proxy key>",
             )
         ]
-    findings = []
+    findings = [helper] if keyHelper else []
     token, apiKey = _value(env, AUTH_TOKEN), _value(env, API_KEY)
     if token and apiKey and token != apiKey:
         findings.append(
@@ -620,11 +632,13 @@ def modelsURL(upstream: Upstream) -> str:
 
 
 def upstreamHeaders(upstream: Upstream, key: str | None) -> dict[str, str]:
-    """What the proxy sends: configured headers, its own key or else the caller's."""
-    headers = {**upstream.headers, "Accept": "application/json"}
+    """What the proxy sends: its own key or else the caller's, then the configured headers
+    (which win, as in the daemon: a gateway may want its key in a header of its own)."""
+    headers = {"Accept": "application/json"}
     key = upstream.apiKey or key
     if key:
         headers["Authorization"] = f"Bearer {key}"
+    headers.update(upstream.headers)
     return headers
 
 
@@ -746,7 +760,8 @@ def diagnose(
     findings += baseUrlFindings(env, proxy, settingsPath)
     target = proxy or originOf(_value(env, BASE_URL) or "") or DEFAULT_ORIGIN
     findings += httpProxyFindings(env)
-    findings += keyFindings(env, config, settingsPath)
+    keyHelper = isinstance(settingsDocument, dict) and bool(settingsDocument.get("apiKeyHelper"))
+    findings += keyFindings(env, config, settingsPath, keyHelper)
 
     checks = modelChecks(env)
     if config is not None:
@@ -807,6 +822,8 @@ def readSettings(path: str) -> tuple[Any, list[Finding]]:
         return None, [Finding(OK, f"no {path}: nothing overrides your shell")]
     except OSError as e:
         return None, [Finding(WARNING, f"cannot read {path} ({e.strerror})", "")]
+    if not text.strip():
+        return {}, []
     try:
         return json.loads(text), []
     except ValueError as e:
@@ -820,8 +837,15 @@ def readSettings(path: str) -> tuple[Any, list[Finding]]:
         ]
 
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-"""No HTTP proxy: the probes must go where the daemon's own requests go."""
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The daemon follows no redirect, so a probe must see the 3xx it would get."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects)
+"""No HTTP proxy and no redirects: the probes must get what the daemon's requests get."""
 
 
 def fetch(request: Request, timeout: float = DEFAULT_TIMEOUT) -> Probe:

@@ -10,7 +10,9 @@ the checks are the config's own; a problem is reported under the variable's name
 The `.env` file is read by a small parser rather than python-dotenv: the format is a
 few lines of `KEY=VALUE`, and a parser of ~60 lines costs less than a dependency to
 install everywhere the daemon runs. It follows python-dotenv's rules for what such
-files hold (see `parseDotenv`). Real environment variables win over the file.
+files hold (see `parseDotenv`), except that a malformed line is an error rather than
+skipped with a warning, and a quoted value cannot span lines. Real environment
+variables win over the file.
 """
 
 from __future__ import annotations
@@ -117,7 +119,11 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 @frozen
 class SeedSettings:
-    """The config, and the two seed settings the config has no key for yet."""
+    """The config, and the two log settings, kept beside it rather than in it.
+
+    They are config keys (`pretty`, `log_payload_max_chars`) only in newer configs;
+    returning them here keeps seed mode independent of that.
+    """
 
     config: Config
     pretty: bool
@@ -194,7 +200,7 @@ def _dotenvValue(raw: str, where: str) -> tuple[str, bool]:
 def readDotenv(path: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """A `.env` file's assignments; an absent file is none."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # an editor's BOM is no part of a key
             text = f.read()
     except FileNotFoundError:
         return {}
@@ -213,7 +219,7 @@ def seedEnvironment(environ: Mapping[str, str], dotenv: str | None) -> dict[str,
     fromFile = readDotenv(dotenv, environ) if dotenv is not None else {}
     merged = {}
     for name in VARIABLES:
-        value = fromFile.get(name, "").strip() or (environ.get(name) or "").strip()
+        value = (environ.get(name) or "").strip() or fromFile.get(name, "").strip()
         if value:
             merged[name] = value
     return merged

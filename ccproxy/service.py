@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+from collections.abc import Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import IO, Any, ClassVar
 
@@ -47,11 +48,13 @@ class ProxyService(MultiService):
         reactor: Any,
         configPath: str | None = None,
         stdout: IO[str] | None = None,
+        startupWarnings: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.configPath = configPath
         self._stdout = stdout
+        self._startupWarnings = tuple(startupWarnings)
         # Opened here, before twistd daemonizes and starts logging, because twistd
         # asks the application for its log observer at that point.
         self.logFile = openLogFile(config.log) if config.log.file else None
@@ -106,6 +109,8 @@ class ProxyService(MultiService):
             self._pretty = PrettyObserver(self._stdout)
             globalLogPublisher.addObserver(self._pretty)
         self._warnAboutSecrets(config)
+        for warning in self._startupWarnings:
+            self.log.warn("settings of the user running ccproxy: {warning}", warning=warning)
         self.log.info(
             "ccproxy serving on {listen} with upstreams {upstreams}",
             listen=config.listen,

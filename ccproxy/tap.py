@@ -13,28 +13,37 @@ from attrs import evolve
 from twisted.python import usage
 
 from ccproxy.config import Config, ConfigError, checkOpenListen, endpoint
+from ccproxy.doctor import defaultSettingsPath, settingsWarnings
+from ccproxy.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.service import ProxyService
 
 
 class Options(usage.Options):
     """Options of `twistd ccproxy`."""
 
-    synopsis = "--config PATH [--listen ENDPOINT]"
+    synopsis = "[--config PATH] [--listen ENDPOINT]"
     optParameters = [
-        ["config", "c", None, "Path of the YAML configuration file."],
+        [
+            "config",
+            "c",
+            None,
+            "Path of the YAML configuration file (without it: the environment, as the "
+            "original single-gateway proxy read it).",
+        ],
         ["listen", "l", None, "Twisted endpoint to listen on (overrides the config's listen)."],
     ]
 
     def postOptions(self) -> None:
         path = self["config"]
-        if not path:
-            raise usage.UsageError("--config PATH is required (see etc/ccproxy.yaml)")
-        path = self["config"] = os.path.abspath(path)  # twistd chdirs when it daemonizes
-        try:
-            config = Config.fromPath(path)
-        except ConfigError as e:
-            # One line naming the file, the key and the problem; no usage dump.
-            raise SystemExit(f"ccproxy: {path}: {e}") from None
+        if path:
+            path = self["config"] = os.path.abspath(path)  # twistd chdirs when daemonizing
+            try:
+                config = Config.fromPath(path)
+            except ConfigError as e:
+                # One line naming the file, the key and the problem; no usage dump.
+                raise SystemExit(f"ccproxy: {path}: {e}") from None
+        else:
+            config = _fromEnvironment()
         if self["listen"]:
             try:
                 config = evolve(config, listen=endpoint(self["listen"], "--listen"))
@@ -44,8 +53,28 @@ class Options(usage.Options):
         self["loaded"] = config
 
 
+def _fromEnvironment() -> Config:
+    """Seed-compatible mode: no --config, so the original single-gateway proxy's
+    environment variables (and a .env in the working directory) describe it."""
+    try:
+        seed = settingsFromEnvironment(os.environ, defaultDotenv())
+    except ConfigError as e:
+        raise SystemExit(f"ccproxy: no --config given, so the environment is read: {e}") from None
+    config = evolve(seed.config, pretty=seed.pretty)
+    if seed.logPayloadMaxChars:
+        config = evolve(config, logPayloadMaxChars=seed.logPayloadMaxChars)
+    return config
+
+
 def makeService(options: Options) -> ProxyService:
     """Build the service tree; the one place that touches the global reactor."""
     from twisted.internet import reactor
 
-    return ProxyService(options["loaded"], reactor, configPath=options["config"], stdout=sys.stdout)
+    warnings = [f.line() for f in settingsWarnings(defaultSettingsPath(os.environ), os.environ)]
+    return ProxyService(
+        options["loaded"],
+        reactor,
+        configPath=options["config"],
+        stdout=sys.stdout,
+        startupWarnings=warnings,
+    )

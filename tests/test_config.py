@@ -151,7 +151,10 @@ def test_secrets_never_in_repr() -> None:
         ),
         (MINIMAL + "  claude-*: nowhere/m\n", "models.claude-*: unknown upstream 'nowhere'"),
         (MINIMAL + "  x: corp/\n", "models.x: the model after the slash is empty"),
-        (MINIMAL + "  y: [corp, 2]\n", 'models.y.1: must be "UPSTREAM", "UPSTREAM/MODEL" or a list'),
+        (
+            MINIMAL + "  y: [corp, 2]\n",
+            'models.y.1: must be "UPSTREAM", "UPSTREAM/MODEL" or a list',
+        ),
         (MINIMAL + "  y: {a: b}\n", 'models.y: must be "UPSTREAM", "UPSTREAM/MODEL" or a list'),
         (MINIMAL + "  y: []\n", "models.y: the list of targets is empty"),
         (MINIMAL + "  y: [corp/a, gone/b]\n", "models.y.1: unknown upstream 'gone'"),

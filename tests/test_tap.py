@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
-from twisted.python.usage import UsageError
 
 from ccproxy.service import ProxyService
 from ccproxy.tap import Options, makeService
@@ -45,9 +44,27 @@ def test_listen_overrides_the_config(tmp_path: Path) -> None:
     assert options["loaded"].listen == "tcp:0:interface=127.0.0.1"
 
 
-def test_config_is_required() -> None:
-    with pytest.raises(UsageError, match="--config"):
+def test_without_config_the_environment_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("UPSTREAM_BASE_URL", "GATEWAY_API_KEY", "HOST", "PORT", "FORCE_UPSTREAM_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as raised:
         Options().parseOptions([])
+    assert "UPSTREAM_BASE_URL" in str(raised.value.code)
+    (tmp_path / ".env").write_text(
+        "UPSTREAM_BASE_URL=http://127.0.0.1:9/v1/chat/completions\nFORCE_UPSTREAM_MODEL=m1\n"
+        "PORT=8123\nPRETTY_LOGS=1\n"
+    )
+    options = Options()
+    options.parseOptions([])
+    config = options["loaded"]
+    assert config.listen == "tcp:8123:interface=127.0.0.1"
+    assert config.upstreams["default"].url == "http://127.0.0.1:9/v1/chat/completions"
+    assert config.router.resolve("claude-opus-5-5").targets[0].model == "m1"
+    assert config.pretty is True
+    assert options["config"] is None
 
 
 @pytest.mark.parametrize(
