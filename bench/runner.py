@@ -1,0 +1,348 @@
+"""The bench's run: start mock and ccproxy, drive each scenario direct and through
+ccproxy, and record what was measured in `Bench.results`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections import Counter
+from typing import Any
+
+from bench import client, corpus, payloads, procstat, validate
+from bench.procs import (
+    LISTEN_BACKLOG,
+    UPSTREAM_KEY,
+    Procs,
+    PySpy,
+    ccproxy_accepts_reuse_port,
+    cpu_list,
+    free_port,
+    http_get,
+    log,
+    pin_self,
+    proxy_config,
+    raise_nofile,
+    reuseport_sockets,
+    wait_http,
+)
+
+PROXY_MODEL = "claude-sonnet-4-5-20250929"
+DRIP_MODEL = "claude-drip-sonnet-4-5"  # routed to the dripping upstream
+CLIENT_KEY = "sk-ant-bench-0000000000000000"
+SCENARIOS = ("lat", "tput", "stream", "drip")
+_TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.a = args
+        self.procs = Procs()
+        self.workdir = args.workdir or tempfile.mkdtemp(prefix="ccproxy-bench-")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.results: dict[str, Any] = {"scenarios": {}, "notes": [], "args": vars(args)}
+        self.proxy_pids: list[int] = []
+        self.proxy_port = 0
+        self.mock_pid = 0
+        self.mock_port = 0
+        self.profiles: list[str] = []
+        self.skipped = ""
+        self.py_spy = ""
+        self.bodies: dict[tuple[bool, bool], list[bytes]] = {}
+
+    # ------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        a = self.a
+        self.nofile = raise_nofile()
+        if "drip" in a.scenarios and self.nofile < a.drip_streams + 200:
+            log(f"warning: fd limit {self.nofile} is low for {a.drip_streams} streams (ulimit -n)")
+        multi = a.processes > 1
+        self.proxy_cpus = "" if multi else cpu_list(a.proxy_cpus)
+        self.load_cpus = "" if multi else cpu_list(a.load_cpus)
+        pin_self(self.load_cpus)
+        if self.proxy_cpus and self.load_cpus:
+            how = "taskset" if shutil.which("taskset") else "sched_setaffinity"
+            note = (
+                f"ccproxy pinned to CPU {self.proxy_cpus}, mock and driver to CPU "
+                f"{self.load_cpus} ({how})"
+            )
+        else:
+            why = "several processes" if multi else "fewer than 2 CPUs, or pinning off"
+            note = f"no pinning ({why}; {os.cpu_count()} CPUs)"
+        self.results["notes"].append(note)
+        log(note)
+        self.mock_port = free_port()
+        mock_log = os.path.join(self.workdir, "mock.log")
+        cmd = [sys.executable, "-m", "bench.mock", "--port", str(self.mock_port)]
+        p = self.procs.start(cmd, self.load_cpus, self.nofile, mock_log)
+        wait_http(self.mock_port, "/__stats", p, mock_log, "the mock upstream")
+        self.mock_pid = p.pid
+        log(f"mock upstream on 127.0.0.1:{self.mock_port} (pid {p.pid})")
+        self.start_proxies()
+
+    def listen_mode(self) -> str:
+        """tcp (one process), reuse_port or systemd; '' when the runs must be skipped."""
+        a = self.a
+        if a.processes == 1 and a.multi_listen == "auto":
+            return "tcp"
+        if a.multi_listen == "systemd":
+            return "systemd"
+        ok, why = ccproxy_accepts_reuse_port(a.python)
+        if ok:
+            return "reuse_port"
+        if a.multi_listen == "reuse_port":
+            self.skipped = (
+                "SKIPPED the ccproxy runs: this ccproxy has no `reuse_port` config key yet "
+                f"(its config check says: {why or 'refused'}); see bench/README.md, "
+                "'Several processes'. `--multi-listen systemd` works without it."
+            )
+            log(self.skipped)
+            return ""
+        note = (
+            "ccproxy has no `reuse_port` key yet: its processes share the port through "
+            "SO_REUSEPORT sockets that the bench binds and hands over "
+            "(listen: systemd:domain=INET:index=0)"
+        )
+        self.results["notes"].append(note)
+        log(note)
+        return "systemd"
+
+    def start_proxies(self) -> None:
+        a = self.a
+        mode = self.listen_mode()
+        if not mode:
+            return
+        socks: list[socket.socket] = []
+        if mode == "systemd":
+            self.proxy_port, socks = reuseport_sockets(a.processes, a.backlog or LISTEN_BACKLOG)
+            listen = "systemd:domain=INET:index=0"
+        else:
+            self.proxy_port = free_port()
+            listen = f"tcp:{self.proxy_port}:interface=127.0.0.1"
+            if a.backlog:
+                listen += f":backlog={a.backlog}"
+        self.results["proxy"] = {"processes": a.processes, "listen_mode": mode, "listen": listen}
+        started = []
+        for i in range(a.processes):
+            cfg = proxy_config(
+                self.mock_port, listen, a.drip_rate, a.drip_seconds, mode == "reuse_port"
+            )
+            cfg_path = os.path.join(self.workdir, f"ccproxy-{i}.yaml")
+            with open(cfg_path, "w") as f:
+                json.dump(cfg, f, indent=1)  # JSON is YAML
+            logpath = os.path.join(self.workdir, f"ccproxy-{i}.log")
+            cmd = [a.python, "-c", _TWISTD, "-n", "--pidfile=", "--logfile", logpath]
+            cmd += ["ccproxy", "--config", cfg_path]
+            fd = socks[i].fileno() if socks else -1
+            p = self.procs.start(cmd, self.proxy_cpus, self.nofile, logpath + ".out", fd)
+            started.append((p, logpath + ".out"))
+        for s in socks:
+            s.close()  # the children hold them now
+        for p, out in started:
+            wait_http(self.proxy_port, "/healthz", p, out, "ccproxy")
+        for p, out in started:  # /healthz reached one; the others must be alive too
+            if p.poll() is not None:
+                raise SystemExit(f"bench: a ccproxy process exited ({p.returncode}); see {out}")
+        self.proxy_pids = [p.pid for p, _ in started]
+        log(
+            f"ccproxy x{a.processes} on 127.0.0.1:{self.proxy_port} ({mode}), "
+            f"pids {self.proxy_pids}"
+        )
+        if a.py_spy:
+            exe = shutil.which("py-spy") or os.path.join(os.path.dirname(a.python), "py-spy")
+            if os.access(exe, os.X_OK):
+                self.py_spy = exe
+            else:
+                log("--py-spy: py-spy not found (pip install py-spy); no profile")
+
+    # ------------------------------------------------------------ runs
+    def mock_stats(self) -> dict[str, Any]:
+        try:
+            return json.loads(http_get(self.mock_port, "/__stats")[1])
+        except (OSError, ValueError):
+            return {}
+
+    def target(self, direct: bool, stream: bool, drip: bool) -> client.Target:
+        a = self.a
+        model = DRIP_MODEL if drip else PROXY_MODEL
+        if direct:
+            prefix = f"/direct/drip/{a.drip_rate:g}/{a.drip_seconds:g}" if drip else "/direct"
+            path, port = prefix + "/v1/chat/completions", self.mock_port
+            headers = {
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "Authorization": f"Bearer {UPSTREAM_KEY}",
+            }
+        else:
+            path, port = "/v1/messages?beta=true", self.proxy_port
+            headers = dict(corpus.HEADERS)
+            headers.update({"X-Api-Key": CLIENT_KEY, "Authorization": f"Bearer {CLIENT_KEY}"})
+        if drip:
+            n_text = payloads.drip_text_deltas(a.drip_rate, a.drip_seconds)
+        else:
+            n_text = payloads.FAST_TEXT_DELTAS
+        expect = payloads.Expect(n_text, model="" if direct else model)
+        return client.Target(
+            "127.0.0.1",
+            port,
+            path,
+            headers,
+            self.bodies[(stream, drip)],
+            lambda: validate.make(direct, stream, expect),
+            stream,
+        )
+
+    async def measure(
+        self,
+        name: str,
+        direct: bool,
+        *,
+        stream: bool,
+        drip: bool,
+        concurrency: int,
+        total: int | None,
+        duration: float | None,
+        warmup: int,
+        ramp: float = 0.0,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        target = self.target(direct, stream, drip)
+        pids = [] if direct else self.proxy_pids
+        timeout = timeout or self.a.timeout
+        warm_problems: Counter[str] = Counter()
+        warm_failed = 0
+        if warmup:
+            res, _ = await client.run(target, min(concurrency, 8), total=warmup, timeout=timeout)
+            for r in res:
+                warm_problems.update(set(r.problems))
+                warm_failed += not r.ok
+        settled = await procstat.settle([*pids, self.mock_pid])
+        load_pids = [os.getpid(), self.mock_pid]
+        mock0 = self.mock_stats()
+        rss0 = procstat.rss_bytes(pids)
+        cpu0, mock_cpu0, me0 = (
+            procstat.cpu_seconds(pids),
+            procstat.cpu_seconds([self.mock_pid]),
+            procstat.self_cpu(),
+        )
+        wait0, load_wait0 = (
+            procstat.runqueue_wait_seconds(pids),
+            procstat.runqueue_wait_seconds(load_pids),
+        )
+        ovf0 = procstat.listen_overflows()
+        sampler = procstat.Sampler(pids, 0.1 if drip else 0.25)
+        sampler.start()
+        spy = None
+        if self.py_spy and not direct:
+            path = os.path.join(self.workdir, f"profile-{name}.txt")
+            spy = PySpy(self.py_spy, pids[0], path, self.load_cpus)
+            self.profiles.append(path)
+        results, elapsed = await client.run(
+            target, concurrency, total=total, duration=duration, timeout=timeout, ramp=ramp
+        )
+        await sampler.stop()
+        cpu1, mock_cpu1, me1 = (
+            procstat.cpu_seconds(pids),
+            procstat.cpu_seconds([self.mock_pid]),
+            procstat.self_cpu(),
+        )
+        wait1, load_wait1 = (
+            procstat.runqueue_wait_seconds(pids),
+            procstat.runqueue_wait_seconds(load_pids),
+        )
+        ovf1 = procstat.listen_overflows()
+        if spy is not None:
+            spy.stop()
+        mock1 = self.mock_stats()
+        out = client.summarize(results, elapsed)
+        n = max(1, len(results))
+        per_s = 1 / elapsed if elapsed else 0.0
+        out.update(
+            {
+                "concurrency": concurrency,
+                "stream": stream,
+                "settled": settled,
+                "warmup_requests": warmup,
+                "warmup_failed": warm_failed,
+                "warmup_problems": dict(warm_problems),
+                "driver_cpu_util": (me1 - me0) * per_s,
+                "mock_cpu_util": (mock_cpu1 - mock_cpu0) * per_s,
+                "mock_cpu_ms_per_req": (mock_cpu1 - mock_cpu0) * 1000 / n,
+                "load_runqueue_wait": (load_wait1 - load_wait0) * per_s,
+                "listen_overflows": ovf1 - ovf0 if ovf0 is not None and ovf1 is not None else None,
+            }
+        )
+        upstream = Counter(mock1.get("request_problems") or {})
+        upstream.subtract(mock0.get("request_problems") or {})
+        upstream_problems = {k: v for k, v in upstream.items() if v > 0}
+        if upstream_problems:
+            out["upstream_request_problems"] = upstream_problems
+        if pids:
+            out.update(
+                {
+                    "proxy_cpu_s": cpu1 - cpu0,
+                    "proxy_cpu_ms_per_req": (cpu1 - cpu0) * 1000 / n,
+                    "proxy_cpu_util": (cpu1 - cpu0) * per_s,
+                    "proxy_runqueue_wait": (wait1 - wait0) * per_s,
+                    "rss_before_mb": rss0 / 2**20,
+                    "rss_peak_mb": sampler.peak_rss / 2**20,
+                    "rss_after_mb": procstat.rss_bytes(pids) / 2**20,
+                    "fds_peak": sampler.peak_fds,
+                }
+            )
+        self._log_run(name, direct, out, elapsed, upstream_problems)
+        return out
+
+    def _log_run(
+        self, name: str, direct: bool, out: dict[str, Any], elapsed: float, upstream: dict[str, int]
+    ) -> None:
+        p50 = out["t_done_p50"]
+        msg = (
+            f"{name} {'direct' if direct else 'ccproxy'}: {out['ok']}/{out['requests']} valid "
+            f"in {elapsed:.1f}s ({out['ok_per_s'] or 0:.0f}/s), "
+            f"p50 {'-' if p50 is None else f'{p50 * 1000:.2f} ms'}"
+        )
+        if "proxy_cpu_ms_per_req" in out:
+            msg += f", CPU {out['proxy_cpu_ms_per_req']:.2f} ms/req"
+        msg += "; problems: " + (
+            ", ".join(f"{k}={v}" for k, v in out["problems"].items()) or "none"
+        )
+        if upstream:
+            msg += f"; upstream request problems: {upstream}"
+        log(msg)
+
+    async def run_scenarios(self) -> None:
+        a = self.a
+        self.bodies = {
+            (False, False): corpus.bodies(stream=False, model=PROXY_MODEL),
+            (True, False): corpus.bodies(stream=True, model=PROXY_MODEL),
+            (True, True): corpus.bodies(stream=True, model=DRIP_MODEL),
+        }
+        sizes = [len(b) for b in self.bodies[(False, False)]]
+        self.results["corpus_bytes"] = sizes
+        log(f"corpus: {len(sizes)} bodies of {min(sizes)}-{max(sizes)} bytes")
+        who = [] if a.no_direct else [True]
+        if self.proxy_pids:
+            who.append(False)
+        plans: dict[str, dict[str, Any]] = {
+            "lat": {"stream": False, "drip": False, "concurrency": 1, "total": a.lat_n,
+                    "duration": None, "warmup": 20 if a.quick else 50},
+            "tput": {"stream": False, "drip": False, "concurrency": a.tput_c, "total": None,
+                     "duration": a.tput_seconds, "warmup": 2 * a.tput_c},
+            "stream": {"stream": True, "drip": False, "concurrency": 1, "total": a.stream_n,
+                       "duration": None, "warmup": 10},
+            "drip": {"stream": True, "drip": True, "concurrency": a.drip_streams,
+                     "total": a.drip_streams, "duration": None, "warmup": 0,
+                     "ramp": a.drip_ramp, "timeout": a.drip_seconds * 4 + 30},
+        }  # fmt: skip
+        for name in SCENARIOS:
+            if name in a.scenarios:
+                res = {}
+                for direct in who:
+                    key = "direct" if direct else "ccproxy"
+                    res[key] = await self.measure(name, direct, **plans[name])
+                self.results["scenarios"][name] = res
