@@ -296,15 +296,7 @@ class ProxyApp:
         sent: Sent,
     ) -> bytes:
         """A non-streaming answer: one upstream body, one translated message."""
-        ok: bool | None = None
-        try:
-            message = await self._readMessage(config, record, body, sent)
-            ok = True
-        except ProxyError:
-            ok = False
-            raise
-        finally:
-            sent.done(ok)
+        message = await self._readMessage(config, record, body, sent)
         record.status = 200
         answer = _json(request, message)
         if config.logPayloads:
@@ -312,6 +304,21 @@ class ProxyApp:
         return answer
 
     async def _readMessage(
+        self, config: Config, record: AccessRecord, body: dict[str, Any], sent: Sent
+    ) -> dict[str, Any]:
+        """Read and translate a whole JSON answer; the upstream's part is then over."""
+        ok: bool | None = None
+        try:
+            message = await self._translateBody(config, record, body, sent)
+            ok = True
+        except ProxyError:
+            ok = False
+            raise
+        finally:
+            sent.done(ok)
+        return message
+
+    async def _translateBody(
         self, config: Config, record: AccessRecord, body: dict[str, Any], sent: Sent
     ) -> dict[str, Any]:
         upstream = sent.upstream
@@ -331,6 +338,7 @@ class ProxyApp:
             messageId=f"msg_{record.requestId}",
             model=record.model or "",
             stopSequences=stopSequences(body),
+            thinkTags=upstream.profile.thinkTags,
         )
         record.countUsage(message["usage"])
         return message
@@ -360,7 +368,10 @@ class ProxyApp:
             return None
         upstream = sent.upstream
         translator = StreamTranslator(
-            f"msg_{record.requestId}", record.model or "", stopSequences(body)
+            f"msg_{record.requestId}",
+            record.model or "",
+            stopSequences(body),
+            thinkTags=upstream.profile.thinkTags,
         )
         startStream(request)
         record.status = 200

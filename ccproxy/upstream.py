@@ -81,7 +81,9 @@ class UpstreamClient:
         caller's key goes upstream only when the upstream has none of its own."""
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         key = upstream.apiKey or callerKey
-        if key:
+        if key and upstream.profile.authHeader == "api-key":
+            headers["api-key"] = key  # Azure OpenAI's own header
+        elif key:
             headers["Authorization"] = f"Bearer {key}"
         headers.update(upstream.headers)
         return headers

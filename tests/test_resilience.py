@@ -379,3 +379,18 @@ def test_never_ending_sse_line_is_an_error_not_memory() -> None:
     assert b"event: error" in reply.body
     assert b"longer than 4096 bytes" in reply.body
     assert h.upstream.disconnected == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_answer_gives_its_slot_back(stream: bool) -> None:
+    text = CONFIG.format(retries=0).replace(
+        "    breaker_cooldown: 30\n", "    breaker_cooldown: 30\n    max_concurrent: 1\n"
+    )
+    h = Harness.build(text)
+    # A JSON completion (also what a stream request gets from servers that ignore
+    # stream: true), then a garbled one: each must free the upstream's only slot.
+    h.upstream.queue(OK, rawReply(b"{broken", 200, "application/json"), OK)
+    assert h.post(message(model="solo", stream=stream)).status == 200
+    assert h.post(message(model="solo", stream=stream)).status in (200, 502)
+    assert h.post(message(model="solo")).status == 200
+    assert h.app.dispatcher.state.slotsFor("main").active == 0

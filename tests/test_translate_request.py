@@ -1304,7 +1304,9 @@ def test_fixture_system_message_after_first_user_turn_merged() -> None:
     assert [m["role"] for m in messages] == ["system", "user"]
     inner = body["messages"][1]["content"]
     innerTexts = [inner] if isinstance(inner, str) else [b["text"] for b in inner]
-    systemTexts = [b["text"] for b in body["system"]] + innerTexts
+    # The billing block (first, changing on every request) is dropped by default.
+    assert body["system"][0]["text"].startswith("x-anthropic-billing-header")
+    systemTexts = [b["text"] for b in body["system"][1:]] + innerTexts
     assert messages[0]["content"] == "\n\n".join(systemTexts)
 
 

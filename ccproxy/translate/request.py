@@ -39,8 +39,8 @@ def toOpenAI(body: Any, *, model: str, profile: Profile, defaultMaxTokens: int) 
     if not messages:
         raise invalidRequest("messages: must hold at least one message")
 
-    writer = _MessageWriter()
-    writer.system.extend(_systemTexts(body.get("system"), "system"))
+    writer = _MessageWriter(profile)
+    writer.addSystem(body.get("system"), "system")
     for i, message in enumerate(messages):
         writer.add(message, f"messages.{i}")
     out: dict[str, Any] = {"model": model, "messages": writer.finish()}
@@ -62,15 +62,22 @@ def toOpenAI(body: Any, *, model: str, profile: Profile, defaultMaxTokens: int) 
         if value is not None:
             if not _isNumber(value):
                 raise invalidRequest(f"{key}: must be a number")
-            out[key] = value
+            if profile.sendTemperature:
+                out[key] = value
     user = _metadataUser(body.get("metadata"))
     if user:
         out["user"] = user
 
-    tools = _tools(body.get("tools"))
+    tools, serverTools = _tools(body.get("tools"))
     if tools:
         out["tools"] = tools
         _toolChoice(body.get("tool_choice"), out)
+    if any(kind.startswith("web_search") for kind in serverTools):
+        _webSearch(profile, out)
+    if profile.reasoning == "reasoning_effort":
+        effort = reasoningEffort(body.get("thinking"), body.get("output_config"))
+        if effort is not None:
+            out["reasoning_effort"] = effort
 
     stream = body.get("stream", False)
     if stream is None:
@@ -80,7 +87,51 @@ def toOpenAI(body: Any, *, model: str, profile: Profile, defaultMaxTokens: int) 
     out["stream"] = stream
     if stream and profile.streamUsage:
         out["stream_options"] = {"include_usage": True}
+    out.update(profile.extraBody)
     return out
+
+
+def reasoningEffort(thinking: Any, outputConfig: Any) -> str | None:
+    """OpenAI's `reasoning_effort` for Claude's thinking settings (None: send none).
+
+    The effort Claude Code asks for (`output_config.effort`) wins; else a thinking
+    budget maps by size; `disabled` sends nothing rather than a contradiction.
+    """
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "disabled":
+        return None
+    effort = outputConfig.get("effort") if isinstance(outputConfig, dict) else None
+    if isinstance(effort, str) and effort:
+        return _EFFORTS.get(effort, "medium")
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not _isInt(budget):
+            return "medium"
+        return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+    if kind == "adaptive":
+        return "medium"
+    return None
+
+
+_EFFORTS = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
+_BILLING_HEADER = "x-anthropic-billing-header"
+_NO_VISION = "[image omitted: this model cannot see images]"
+_NO_FILES = "[document omitted: this model cannot read attached files]"
+
+
+def _webSearch(profile: Profile, out: dict[str, Any]) -> None:
+    """Claude Code's web search, as the upstream's own search where it has one."""
+    if profile.webSearch == "openai":
+        out["web_search_options"] = {}
+    elif profile.webSearch == "openrouter":
+        out["plugins"] = [{"id": "web"}]
 
 
 def stopSequences(body: dict[str, Any]) -> list[str]:
@@ -91,8 +142,10 @@ def stopSequences(body: dict[str, Any]) -> list[str]:
 class _MessageWriter:
     """Builds the OpenAI message list, keeping tool messages next to their calls."""
 
-    def __init__(self) -> None:
-        self.system: list[str] = []
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.system: list[dict[str, Any]] = []
+        """System texts as text parts (with their cache_control when passed through)."""
         self.out: list[dict[str, Any]] = []
         self._openCalls: list[str] = []
         """Ids of the tool calls the last assistant message made, in call order."""
@@ -107,7 +160,7 @@ class _MessageWriter:
         if role == "system":
             # Claude Code sends one after the first user turn; many chat templates
             # reject a system message that is not first, so it joins the leading one.
-            self.system.extend(_systemTexts(content, f"{path}.content"))
+            self.addSystem(content, f"{path}.content")
         elif role == "assistant":
             self._closeCalls({})
             self._assistant(content, path)
@@ -116,16 +169,46 @@ class _MessageWriter:
         else:
             raise invalidRequest(f"{path}.role: must be 'user' or 'assistant'")
 
+    def addSystem(self, system: Any, path: str) -> None:
+        for part in _systemParts(system, path):
+            if part["text"].startswith(_BILLING_HEADER) and not self.profile.keepBillingHeader:
+                continue  # changes on every request: it would defeat prefix caching
+            self.system.append(part)
+
     def finish(self) -> list[dict[str, Any]]:
         self._closeCalls({})  # calls the last assistant turn left open
         if not self.out:
             raise invalidRequest("messages: nothing to send once empty text blocks are dropped")
         if self.system:
-            self.out.insert(0, {"role": "system", "content": "\n\n".join(self.system)})
+            self.out.insert(
+                0, {"role": self.profile.systemRole, "content": self._content(self.system)}
+            )
         return self.out
+
+    def _content(self, parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        """A message's content: one string when it is all text (the form every chat
+        template takes), parts when it holds more, or markers passed through."""
+        if all(p["type"] == "text" for p in parts) and not (
+            self.profile.cacheControl and any("cache_control" in p for p in parts)
+        ):
+            return "\n\n".join(p["text"] for p in parts)
+        if not self.profile.cacheControl:
+            parts = [{k: v for k, v in p.items() if k != "cache_control"} for p in parts]
+        return parts
+
+    def _part(self, part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+        """Apply the upstream's limits to a content part: no vision, no markers."""
+        if part["type"] == "image_url" and not self.profile.vision:
+            return _textPart(_NO_VISION)
+        if part["type"] == "file" and not self.profile.vision:
+            return _textPart(_NO_FILES)
+        if self.profile.cacheControl and isinstance(block.get("cache_control"), dict):
+            part = {**part, "cache_control": block["cache_control"]}
+        return part
 
     def _assistant(self, content: str | list[Any], path: str) -> None:
         texts: list[str] = []
+        thinking: list[str] = []
         calls: list[dict[str, Any]] = []
         if isinstance(content, str):
             texts.append(content)
@@ -137,13 +220,20 @@ class _MessageWriter:
                     texts.append(_blockText(block, where))
                 elif kind == "tool_use":
                     calls.append(_toolCall(block, where))
-                # thinking, redacted_thinking, server tool blocks: nothing OpenAI can take
+                elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                    thinking.append(block["thinking"])
+                # redacted_thinking and server tool blocks: nothing OpenAI can take
         text = "\n\n".join(t for t in texts if t.strip())
         if not text and not calls:
             return
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
             message["tool_calls"] = calls
+            if not text:
+                message["content"] = self.profile.assistantEmptyContent
+        if thinking and self.profile.reasoning == "deepseek":
+            # DeepSeek's thinking mode answers 400 unless its reasoning comes back.
+            message["reasoning_content"] = "".join(thinking)
         self.out.append(message)
         self._openCalls = [c["id"] for c in calls]
 
@@ -160,7 +250,7 @@ class _MessageWriter:
             where = f"{path}.content.{j}"
             kind = _blockType(block, where)
             if kind == "tool_result":
-                callId, text = _toolResult(block, where, resultParts)
+                callId, text = _toolResult(block, where, resultParts, self.profile.vision)
                 if callId in self._openCalls and callId not in results:
                     results[callId] = text
                 else:
@@ -170,7 +260,7 @@ class _MessageWriter:
             else:
                 part = _contentPart(kind, block, where)
                 if part is not None:
-                    parts.append(part)
+                    parts.append(self._part(part, block))
         self._closeCalls(results)
         # Images from tool results follow the tool messages (a tool message takes
         # only text), ahead of the user's own words.
@@ -187,12 +277,8 @@ class _MessageWriter:
 
     def _userMessage(self, parts: list[dict[str, Any]]) -> None:
         parts = [p for p in parts if p["type"] != "text" or p["text"].strip()]
-        if not parts:
-            return
-        if all(p["type"] == "text" for p in parts):
-            self.out.append({"role": "user", "content": "\n\n".join(p["text"] for p in parts)})
-        else:
-            self.out.append({"role": "user", "content": parts})
+        if parts:
+            self.out.append({"role": "user", "content": self._content(parts)})
 
 
 def _contentPart(kind: str, block: dict[str, Any], path: str) -> dict[str, Any] | None:
@@ -274,8 +360,11 @@ def _toolCall(block: dict[str, Any], path: str) -> dict[str, Any]:
     }
 
 
-def _toolResult(block: dict[str, Any], path: str, images: list[dict[str, Any]]) -> tuple[str, str]:
-    """A tool_result's call id and text; its images go to `images`."""
+def _toolResult(
+    block: dict[str, Any], path: str, images: list[dict[str, Any]], vision: bool = True
+) -> tuple[str, str]:
+    """A tool_result's call id and text; its images go to `images` (or, for an
+    upstream without vision, a placeholder goes in the text)."""
     callId = _require(block, "tool_use_id", str, "a string", path)
     content = block.get("content")
     texts: list[str] = []
@@ -288,15 +377,21 @@ def _toolResult(block: dict[str, Any], path: str, images: list[dict[str, Any]]) 
             if kind == "text":
                 texts.append(_blockText(inner, where))
             elif kind == "image":
-                images.append(_imagePart(inner, where))
-                texts.append("[image attached below]")
+                part = _imagePart(inner, where)
+                if vision:
+                    images.append(part)
+                    texts.append("[image attached below]")
+                else:
+                    texts.append(_NO_VISION)
             elif kind == "document":
                 part = _documentPart(inner, where)
                 if part is not None and part["type"] == "text":
                     texts.append(part["text"])
-                elif part is not None:
+                elif part is not None and vision:
                     images.append(part)
                     texts.append("[document attached below]")
+                elif part is not None:
+                    texts.append(_NO_FILES)
     elif content is not None:
         raise invalidRequest(f"{path}.content: must be a string or a list of blocks")
     isError = block.get("is_error")
@@ -308,14 +403,15 @@ def _toolResult(block: dict[str, Any], path: str, images: list[dict[str, Any]]) 
     return callId, text
 
 
-def _systemTexts(system: Any, path: str) -> list[str]:
+def _systemParts(system: Any, path: str) -> list[dict[str, Any]]:
+    """System text as text parts, keeping each block's cache_control."""
     if system is None:
         return []
     if isinstance(system, str):
-        return [system] if system.strip() else []
+        return [_textPart(system)] if system.strip() else []
     if not isinstance(system, list):
         raise invalidRequest(f"{path}: must be a string or a list of text blocks")
-    texts = []
+    parts = []
     for i, block in enumerate(system):
         where = f"{path}.{i}"
         kind = _blockType(block, where)
@@ -323,16 +419,21 @@ def _systemTexts(system: Any, path: str) -> list[str]:
             raise invalidRequest(f"{where}.type: system blocks must be text")
         text = _blockText(block, where)
         if text.strip():
-            texts.append(text)
-    return texts
+            part = _textPart(text)
+            if isinstance(block.get("cache_control"), dict):
+                part["cache_control"] = block["cache_control"]
+            parts.append(part)
+    return parts
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def _tools(tools: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Function tools, and the types of the server tools that were left out."""
     if tools is None:
-        return []
+        return [], []
     if not isinstance(tools, list):
         raise invalidRequest("tools: must be a list")
     out = []
+    serverTools: list[str] = []
     for i, tool in enumerate(tools):
         path = f"tools.{i}"
         if not isinstance(tool, dict):
@@ -341,6 +442,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         if kind is not None and kind != "custom":
             # A server tool (web search, code execution, …) runs at Anthropic; an
             # OpenAI upstream has no such function, so it is not offered.
+            serverTools.append(str(kind))
             continue
         name = _require(tool, "name", str, "a string", path)
         schema = tool.get("input_schema")
@@ -354,7 +456,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             function["description"] = description
         function["parameters"] = schema
         out.append({"type": "function", "function": function})
-    return out
+    return out, serverTools
 
 
 def _toolChoice(choice: Any, out: dict[str, Any]) -> None:

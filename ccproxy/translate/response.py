@@ -8,12 +8,13 @@ stream translator reuses it so both paths agree on every answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from ccproxy.errors import ProxyError
+from ccproxy.translate.thinking import reasoningText, splitThinkTags, thinkingBlock
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -27,19 +28,31 @@ _STOP_REASONS = {
 
 
 def fromOpenAI(
-    data: Any, *, messageId: str, model: str, stopSequences: Sequence[str] = ()
+    data: Any,
+    *,
+    messageId: str,
+    model: str,
+    stopSequences: Sequence[str] = (),
+    thinkTags: bool = False,
+    toolName: Callable[[str], str] = str,
 ) -> dict[str, Any]:
     """Translate a decoded non-streaming chat completion into an Anthropic message.
 
-    `model` is the name the client asked for, which Claude Code expects back.
+    `model` is the name the client asked for, which Claude Code expects back;
+    `thinkTags` reads `<think>…</think>` at the start of the text as reasoning;
+    `toolName` maps a (shortened) upstream tool name back to the client's.
     """
     choice = firstChoice(data)
     message = choice.get("message")
     if not isinstance(message, dict):
         message = {}
     text = contentText(message.get("content"))
+    reasoning = reasoningText(message)
+    if thinkTags:
+        tagged, text = splitThinkTags(text)
+        reasoning += tagged
     calls = [
-        toolUseBlock(call, toolCallId(call, messageId, i))
+        toolUseBlock(call, toolCallId(call, messageId, i), toolName)
         for i, call in enumerate(toolCallList(message.get("tool_calls")))
     ]
     stopReason, stopSequence = stopReasonFor(
@@ -48,6 +61,8 @@ def fromOpenAI(
     if stopSequence is not None and text.endswith(stopSequence):
         text = text[: -len(stopSequence)]
     content: list[dict[str, Any]] = []
+    if reasoning.strip():
+        content.append(thinkingBlock(reasoning))
     if text.strip():
         content.append({"type": "text", "text": text})
     content.extend(calls)
@@ -105,13 +120,15 @@ def syntheticToolId(messageId: str, position: int) -> str:
     return f"toolu_{messageId.removeprefix('msg_')}_{position}"
 
 
-def toolUseBlock(call: dict[str, Any], callId: str) -> dict[str, Any]:
+def toolUseBlock(
+    call: dict[str, Any], callId: str, toolName: Callable[[str], str] = str
+) -> dict[str, Any]:
     function = call["function"]
     name = function.get("name")
     return {
         "type": "tool_use",
         "id": callId,
-        "name": name if isinstance(name, str) else "",
+        "name": toolName(name) if isinstance(name, str) else "",
         "input": parseArguments(function.get("arguments")),
     }
 

@@ -12,7 +12,8 @@ as soon as it can be placed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from ccproxy.translate.response import (
     stopReasonFor,
     syntheticToolId,
 )
+from ccproxy.translate.thinking import ThinkTagSplitter, reasoningText, signatureFor
 
 Event = dict[str, Any]
 
@@ -63,13 +65,32 @@ class _Call:
         return True
 
 
+def _startsAnother(call: _Call, function: dict[str, Any]) -> bool:
+    """A named fragment with arguments of its own, after `call` is complete, is a
+    new call (and not a repeat of the same one)."""
+    if not function.get("name") or not call.complete():
+        return False
+    arguments = argumentsText(function.get("arguments"))
+    return bool(arguments.strip()) and arguments != call.arguments
+
+
 class StreamTranslator:
     """Feeds on decoded OpenAI chunks, returns the Anthropic events each one makes."""
 
-    def __init__(self, messageId: str, model: str, stopSequences: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        messageId: str,
+        model: str,
+        stopSequences: Sequence[str] = (),
+        thinkTags: bool = False,
+        toolName: Callable[[str], str] = str,
+    ) -> None:
         self.messageId = messageId
         self.model = model
         self.stopSequences = tuple(stopSequences)
+        self._tags = ThinkTagSplitter() if thinkTags else None
+        self._toolName = toolName
+        self._thinkingDigest: Any = None
         self.finishReason: str | None = None
         self.matchedStop: Any = None
         self.usage: dict[str, Any] | None = None
@@ -127,8 +148,13 @@ class StreamTranslator:
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        reasoning = reasoningText(delta)
+        if reasoning:
+            self._thinking(reasoning, events)
         text = contentText(delta.get("content"))
-        if text:
+        if text and self._tags is not None:
+            self._tagged(self._tags.feed(text), events)
+        elif text:
             self._text(text, events)
         calls = delta.get("tool_calls")
         if isinstance(calls, dict):
@@ -158,6 +184,8 @@ class StreamTranslator:
                 502, "the upstream ended the stream before finishing its answer", "api_error"
             )
         events: list[Event] = []
+        if self._tags is not None:
+            self._tagged(self._tags.finish(), events)
         self._flushCalls(events)
         self._close(events)
         stopReason, stopSequence = stopReasonFor(
@@ -191,11 +219,45 @@ class StreamTranslator:
     def _close(self, events: list[Event]) -> None:
         if self._open is None:
             return
+        if self._open == "thinking":
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": self._blocks - 1,
+                    "delta": {
+                        "type": "signature_delta",
+                        "signature": signatureFor(self._thinkingDigest),
+                    },
+                }
+            )
         events.append({"type": "content_block_stop", "index": self._blocks - 1})
         if self._open == "tool_use" and self._liveCall is not None:
             self._liveCall.closed = True
             self._liveCall = None
         self._open = None
+
+    def _thinking(self, text: str, events: list[Event]) -> None:
+        if self._open != "thinking":
+            self._flushCalls(events)
+            self._openBlock(
+                "thinking", {"type": "thinking", "thinking": "", "signature": ""}, events
+            )
+            self._thinkingDigest = hashlib.sha256()
+        self._thinkingDigest.update(text.encode())
+        events.append(
+            {
+                "type": "content_block_delta",
+                "index": self._blocks - 1,
+                "delta": {"type": "thinking_delta", "thinking": text},
+            }
+        )
+
+    def _tagged(self, pieces: list[tuple[str, str]], events: list[Event]) -> None:
+        for kind, piece in pieces:
+            if kind == "thinking":
+                self._thinking(piece, events)
+            else:
+                self._text(piece, events)
 
     def _text(self, text: str, events: list[Event]) -> None:
         if self._open != "text":
@@ -234,32 +296,30 @@ class StreamTranslator:
     def _callFor(
         self, fragment: dict[str, Any], function: dict[str, Any], position: int, count: int
     ) -> _Call:
-        """Which call a fragment continues, or a new one: a new id is always a new
-        call (servers that send index 0 for every call); without an id, the index
-        decides; without either, the position in a many-call delta, or the last call."""
+        """Which call a fragment continues, or a new one. A new id is always a new call
+        (servers that send index 0 for every call). Without an id, the index decides
+        (or, missing, the position in a many-call delta, or else the last call) —
+        unless the fragment brings a named call whole while that call is already
+        complete: Gemini and gateways before it send each call whole, without ids,
+        and with no index or always 0."""
         callId = fragment.get("id")
         index = fragment.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
             index = position if count > 1 else None
         if isinstance(callId, str) and callId:
-            call = self._byId.get(callId)
-            if call is None:
-                call = self._newCall(callId)
-        elif index is not None and index in self._byIndex:
-            call = self._byIndex[index]
-        elif index is None and self._calls and not self._startsAnother(function):
-            call = self._calls[-1]
+            call = self._byId.get(callId) or self._newCall(callId)
         else:
-            call = self._newCall(None)
+            if index is not None:
+                candidate = self._byIndex.get(index)
+            else:
+                candidate = self._calls[-1] if self._calls else None
+            if candidate is None or _startsAnother(candidate, function):
+                call = self._newCall(None)
+            else:
+                call = candidate
         if index is not None:
             self._byIndex[index] = call
         return call
-
-    def _startsAnother(self, function: dict[str, Any]) -> bool:
-        """Without id or index, a named fragment after a finished call is a new call
-        (Gemini sends each call whole in its own delta)."""
-        last = self._calls[-1]
-        return bool(function.get("name")) and last.complete()
 
     def _newCall(self, callId: str | None) -> _Call:
         call = _Call(callId or syntheticToolId(self.messageId, len(self._calls)))
@@ -295,7 +355,12 @@ class StreamTranslator:
     def _startCall(self, call: _Call, events: list[Event]) -> None:
         call.block = self._openBlock(
             "tool_use",
-            {"type": "tool_use", "id": call.id, "name": call.name or "", "input": {}},
+            {
+                "type": "tool_use",
+                "id": call.id,
+                "name": self._toolName(call.name or ""),
+                "input": {},
+            },
             events,
         )
         self._liveCall = call
@@ -352,15 +417,21 @@ def eventsForMessage(message: dict[str, Any]) -> list[Event]:
     for index, block in enumerate(message["content"]):
         if block["type"] == "tool_use":
             opening = {**block, "input": {}}
-            delta = {
-                "type": "input_json_delta",
-                "partial_json": orjson.dumps(block["input"]).decode(),
-            }
+            deltas = [
+                {"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()}
+            ]
+        elif block["type"] == "thinking":
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [
+                {"type": "thinking_delta", "thinking": block["thinking"]},
+                {"type": "signature_delta", "signature": block["signature"]},
+            ]
         else:
             opening = {"type": "text", "text": ""}
-            delta = {"type": "text_delta", "text": block["text"]}
+            deltas = [{"type": "text_delta", "text": block["text"]}]
         events.append({"type": "content_block_start", "index": index, "content_block": opening})
-        events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        for delta in deltas:
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
         events.append({"type": "content_block_stop", "index": index})
     events.append(
         {
