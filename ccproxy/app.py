@@ -12,6 +12,7 @@ import hmac
 import time
 import uuid
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any, ClassVar
 
 import orjson
@@ -19,6 +20,7 @@ from attrs import define, field
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -38,6 +40,7 @@ from ccproxy.translate.request import stopSequences, toOpenAI
 from ccproxy.translate.response import anthropicUsage, fromOpenAI
 from ccproxy.translate.stream import StreamTranslator, eventsForMessage
 from ccproxy.translate.tokens import estimateTokens
+from ccproxy.upstream import discardBody
 from ccproxy.usage import UsageBook
 
 JSON = b"application/json"
@@ -245,17 +248,10 @@ class ProxyApp:
             model = record.model = _modelName(body)
             route = config.router.resolve(model)
             record.routed = True
-
-            def build(upstream: Upstream, target: Target) -> bytes:
-                translated = toOpenAI(
-                    body,
-                    model=target.modelFor(model),
-                    profile=upstream.profile,
-                    defaultMaxTokens=config.defaultMaxTokens,
-                )
-                record.stream = translated["stream"]
-                return orjson.dumps(translated)
-
+            stops = stopSequences(body)
+            build = _builder(body, model, config, record)
+            # A 50 KB request is some 100 KB of objects: not kept for a long stream.
+            del body
             sent = await self.dispatcher.send(
                 config,
                 route.targets,
@@ -264,13 +260,14 @@ class ProxyApp:
                 _deadline(request, record.started, config),
                 record.attempts,
             )
+            del build
             record.firstByte = self.clock.seconds()
             record.upstream = sent.upstream.name
             record.upstreamModel = sent.target.modelFor(model)
             record.upstreamStatus = sent.response.code
             if record.stream:
-                return await self._stream(request, config, record, body, sent)
-            return await self._complete(request, config, record, body, sent)
+                return await self._stream(request, config, record, stops, sent)
+            return await self._complete(request, config, record, stops, sent)
         except ProxyError as e:
             record.fail(e.status, e.errorType, e.message)
             return _errorResponse(request, e)
@@ -292,11 +289,11 @@ class ProxyApp:
         request: IRequest,
         config: Config,
         record: AccessRecord,
-        body: dict[str, Any],
+        stops: list[str],
         sent: Sent,
     ) -> bytes:
         """A non-streaming answer: one upstream body, one translated message."""
-        message = await self._readMessage(config, record, body, sent)
+        message = await self._readMessage(config, record, stops, sent)
         record.status = 200
         answer = _json(request, message)
         if config.logPayloads:
@@ -304,12 +301,12 @@ class ProxyApp:
         return answer
 
     async def _readMessage(
-        self, config: Config, record: AccessRecord, body: dict[str, Any], sent: Sent
+        self, config: Config, record: AccessRecord, stops: list[str], sent: Sent
     ) -> dict[str, Any]:
         """Read and translate a whole JSON answer; the upstream's part is then over."""
         ok: bool | None = None
         try:
-            message = await self._translateBody(config, record, body, sent)
+            message = await self._translateBody(config, record, stops, sent)
             ok = True
         except ProxyError:
             ok = False
@@ -319,7 +316,7 @@ class ProxyApp:
         return message
 
     async def _translateBody(
-        self, config: Config, record: AccessRecord, body: dict[str, Any], sent: Sent
+        self, config: Config, record: AccessRecord, stops: list[str], sent: Sent
     ) -> dict[str, Any]:
         upstream = sent.upstream
         raw = await self.dispatcher.client.readBody(
@@ -337,7 +334,7 @@ class ProxyApp:
             data,
             messageId=f"msg_{record.requestId}",
             model=record.model or "",
-            stopSequences=stopSequences(body),
+            stopSequences=stops,
             thinkTags=upstream.profile.thinkTags,
         )
         record.countUsage(message["usage"])
@@ -348,7 +345,7 @@ class ProxyApp:
         request: IRequest,
         config: Config,
         record: AccessRecord,
-        body: dict[str, Any],
+        stops: list[str],
         sent: Sent,
     ) -> None:
         """Relay the upstream's stream as Anthropic events, as they arrive.
@@ -361,7 +358,7 @@ class ProxyApp:
         if b"event-stream" not in contentType:
             # A JSON body where a stream was asked for: an error (most servers fail
             # this way before streaming), or a server that ignores `stream: true`.
-            message = await self._readMessage(config, record, body, sent)
+            message = await self._readMessage(config, record, stops, sent)
             startStream(request)
             record.status = 200
             request.write(b"".join(encodeEvent(e) for e in eventsForMessage(message)))
@@ -370,7 +367,7 @@ class ProxyApp:
         translator = StreamTranslator(
             f"msg_{record.requestId}",
             record.model or "",
-            stopSequences(body),
+            stops,
             thinkTags=upstream.profile.thinkTags,
         )
         startStream(request)
@@ -395,12 +392,15 @@ class ProxyApp:
             writer.write(translator.feed(chunk))
 
         parser = SSEParser(onData, self.clock, upstream.timeout, upstream.name, config.maxLineBytes)
-        sent.response.deliverBody(parser)
-        # A slow reader pauses the upstream instead of making us buffer its stream.
-        request.registerProducer(parser.transport, True)
         self.streamsInFlight += 1
         ok: bool | None = None
+        reading = False
         try:
+            await headFirst(self.clock)
+            sent.response.deliverBody(parser)
+            reading = True
+            # A slow reader pauses the upstream instead of making us buffer its stream.
+            request.registerProducer(parser.transport, True)
             await parser.finished
             writer.write(translator.finish(parser.sawDone))
             ok = True
@@ -418,7 +418,9 @@ class ProxyApp:
             self.streamsInFlight -= 1
             sent.done(ok)
             writer.stop()
-            if request.channel is not None:  # None once the client has gone
+            if not reading:
+                discardBody(sent.response)  # never read: close the upstream connection
+            elif request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
             if translator.usage is not None:
                 record.countUsage(anthropicUsage(translator.usage))
@@ -474,6 +476,33 @@ class ProxyApp:
             return None
         self.log.failure("Unexpected error answering {path}", failure, path=request.path)
         return _errorResponse(request, ProxyError(500, "internal error in ccproxy", "api_error"))
+
+
+async def headFirst(clock: IReactorTime) -> None:
+    """Let the reactor send the status, headers and `message_start` before the body
+    is worked through: when a whole stream arrives in one read (a fast or bursty
+    upstream), translating it all first would hold back the client's first byte.
+    Two turns: the first timed call runs before the reactor's writes go out."""
+    await deferLater(clock, 0)
+    await deferLater(clock, 0)
+
+
+def _builder(
+    body: dict[str, Any], model: str, config: Config, record: AccessRecord
+) -> Callable[[Upstream, Target], bytes]:
+    """Makes the request body for each upstream tried (each has its own dialect)."""
+
+    def build(upstream: Upstream, target: Target) -> bytes:
+        translated = toOpenAI(
+            body,
+            model=target.modelFor(model),
+            profile=upstream.profile,
+            defaultMaxTokens=config.defaultMaxTokens,
+        )
+        record.stream = translated["stream"]
+        return orjson.dumps(translated)
+
+    return build
 
 
 def errorInBody(upstream: str, raw: bytes, data: dict[str, Any]) -> ProxyError:
@@ -533,6 +562,7 @@ def _readJSON(
     if getattr(request, "bodyTooLarge", False):
         raise _bodyTooLarge(config)
     raw = request.content.read()
+    request.content = BytesIO()  # read once: a long stream need not keep it
     if len(raw) > config.maxBodyBytes:
         raise _bodyTooLarge(config)
     if record is not None and config.logPayloads:

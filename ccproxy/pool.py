@@ -12,14 +12,28 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web._newclient import (
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseNeverReceived,
 )
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import (
+    URI,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -72,3 +86,29 @@ class UpstreamPool(HTTPConnectionPool):
                     _ReplayOnStale(connection, lambda: self._newConnection(key, endpoint))
                 )
         return self._newConnection(key, endpoint)
+
+
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """Endpoints for upstream URLs. An IP address is connected to directly:
+    Twisted's default would still send it through getaddrinfo in a thread, once per
+    new connection, which a burst of new streams queues up behind."""
+
+    def __init__(self, reactor: Any, connectTimeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = connectTimeout
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint
+        if isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        elif isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            creator = self._tls.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint

@@ -64,6 +64,11 @@ class BytesProducer:
     def stopProducing(self) -> None:
         pass
 
+    def release(self) -> None:
+        """Drop the body once an answer has begun: no replay can need it then, and a
+        long stream should not hold its request's 50 KB."""
+        self._body = b""
+
 
 @define
 class UpstreamClient:
@@ -102,7 +107,11 @@ class UpstreamClient:
         )
         timer = _Silence(self.clock, upstream.timeout, requested.cancel)
         try:
-            return await requested
+            response = await requested
+            producer = getattr(getattr(response, "request", None), "bodyProducer", None)
+            if isinstance(producer, BytesProducer):
+                producer.release()
+            return response
         except CancelledError:
             if timer.expired:
                 raise _timeout(upstream, "before answering") from None
@@ -137,7 +146,7 @@ class UpstreamClient:
         """
         limit = self.maxResponseBytes if limit is None else limit
         if response.length is not UNKNOWN_LENGTH and response.length > limit and not truncate:
-            response.deliverBody(_Discard())
+            discardBody(response)
             raise _tooLarge(upstream, limit)
         collector = _BodyCollector(upstream, limit, truncate)
         timer = _Silence(self.clock, upstream.timeout, collector.expire)
@@ -217,6 +226,11 @@ class _BodyCollector(TwistedProtocol):
     def _abort(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()
+
+
+def discardBody(response: IResponse) -> None:
+    """Close the connection of a response whose body nobody will read."""
+    response.deliverBody(_Discard())
 
 
 class _Discard(TwistedProtocol):

@@ -113,6 +113,10 @@ def test_slow_reader_pauses_the_upstream() -> None:
     upstream = _StreamResponse()
     h.app.dispatcher.client = UpstreamClient(_OneResponseClient(upstream), h.clock)
     _, transport = connect(h, message(stream=True))
+    assert b"message_start" in transport.value()  # the head goes out first,
+    assert upstream.protocol is None  # before the body is read
+    h.clock.advance(0)
+    h.clock.advance(0)
     assert upstream.protocol is not None
     assert upstream.transport.producerState == "producing"
     # The client's socket buffer is full: the transport tells its producer to pause.
@@ -133,3 +137,15 @@ def test_slow_reader_pauses_the_upstream() -> None:
     # Finished: the upstream transport is no longer the response's producer.
     transport.producer.pauseProducing()
     assert upstream.transport.producerState == "producing"
+
+
+def test_disconnect_before_the_body_is_read_closes_the_upstream() -> None:
+    h = Harness.build()
+    upstream = _StreamResponse()
+    h.app.dispatcher.client = UpstreamClient(_OneResponseClient(upstream), h.clock)
+    channel, transport = connect(h, message(stream=True))
+    assert b"message_start" in transport.value()
+    hangUp(channel)
+    assert upstream.transport.producerState == "stopped"
+    assert h.app.dispatcher.state.slotsFor("up").active == 0
+    assert h.clock.getDelayedCalls() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -91,3 +92,22 @@ models:
     finally:
         await service.stopService()
         await upstreamPort.stopListening()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        (b"http://127.0.0.1:8000/v1/chat/completions", "TCP4ClientEndpoint"),
+        (b"http://[::1]:8000/v1/chat/completions", "TCP6ClientEndpoint"),
+        (b"http://gateway.internal:8080/v1/chat/completions", "HostnameEndpoint"),
+        (b"https://llm.example.com/v1/chat/completions", "_WrapperEndpoint"),
+    ],
+)
+def test_ip_addresses_skip_the_resolver(url: bytes, kind: str) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.client import URI
+
+    from ccproxy.pool import UpstreamEndpoints
+
+    endpoint = UpstreamEndpoints(MemoryReactorClock(), 5).endpointForURI(URI.fromBytes(url))
+    assert type(endpoint).__name__ == kind

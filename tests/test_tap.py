@@ -99,3 +99,19 @@ def test_make_service_builds_the_tree(tmp_path: Path) -> None:
     assert service.getServiceNamed("http") is not None
     assert service.app.config is options["loaded"]
     assert service.pool.persistent is True
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("tcp:8000:interface=127.0.0.1", "tcp:8000:interface=127.0.0.1:backlog=1024"),
+        ("tcp:8000:backlog=10", "tcp:8000:backlog=10"),
+        ("tcp:8000:50:127.0.0.1", "tcp:8000:50:127.0.0.1"),
+        ("unix:/run/ccproxy.sock", "unix:/run/ccproxy.sock"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_listen_gets_a_deep_backlog(listen: str, expected: str) -> None:
+    from ccproxy.service import withBacklog
+
+    assert withBacklog(listen) == expected

@@ -1,0 +1,144 @@
+"""Tool names an OpenAI-compatible upstream accepts, reversibly.
+
+OpenAI wants function names matching `^[a-zA-Z0-9_-]{1,64}$`. Gemini also wants the
+first character to be a letter or an underscore. Claude Code's MCP tools break
+both rules: `mcp__<server>__<tool>` often runs past 64 characters, and a server name
+may hold dots, spaces or non-ASCII letters. A name that fails either rule would make
+the upstream reject the whole request.
+
+So a valid name (by both rules) is sent unchanged. Any other name is sent as a
+readable, sanitized stem plus `_` plus 8 hex digits of the SHA-256 of the original,
+at most 64 characters in all. The short name depends only on the original, so the
+tool list, the `tool_use` blocks in the history and the upstream's new calls agree
+from one request to the next without any stored state. Within one request, a short
+name that would clash with another tool's name is salted until it is unique. Names
+are taken in sorted order, so the result does not depend on the order they arrived
+in. `ToolNames.fromUpstream` turns the upstream's calls back into the client's names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+MAX_NAME_LENGTH = 64
+HASH_LENGTH = 8
+
+_VALID = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+_INVALID_RUN = re.compile(r"[^A-Za-z0-9_-]+")
+_START = re.compile(r"[A-Za-z_]")
+_STEM_LENGTH = MAX_NAME_LENGTH - 1 - HASH_LENGTH
+# A stem that is too long keeps this much of its start; the rest of the budget
+# goes to its end, where an MCP name has the tool's own name.
+_HEAD_LENGTH = 20
+
+
+def isValidName(name: str) -> bool:
+    """Whether both OpenAI and Gemini take `name` as a function name unchanged."""
+    return _VALID.fullmatch(name) is not None
+
+
+def shortName(name: str, salt: int = 0) -> str:
+    """The upstream name for a name that is not valid: a stem and a hash, <= 64 chars.
+
+    `salt` picks another hash for the same name, used only to resolve a clash.
+    """
+    data = name.encode("utf-8", "surrogatepass")
+    if salt:
+        data += b"\0" + str(salt).encode()
+    digest = hashlib.sha256(data).hexdigest()[:HASH_LENGTH]
+    return f"{_stem(name)}_{digest}"
+
+
+def _stem(name: str) -> str:
+    """A readable ASCII version of `name` that fits the budget before the hash."""
+    folded = unicodedata.normalize("NFKD", name)
+    folded = "".join(c for c in folded if not unicodedata.combining(c))  # é -> e
+    stem = _INVALID_RUN.sub("_", folded)
+    if stem.strip("_-") == "":
+        stem = "tool"
+    elif not _START.match(stem):
+        stem = "_" + stem  # Gemini: a name starts with a letter or an underscore
+    if len(stem) > _STEM_LENGTH:
+        tail = _STEM_LENGTH - _HEAD_LENGTH - 1
+        stem = f"{stem[:_HEAD_LENGTH]}_{stem[-tail:]}"
+    return stem
+
+
+@frozen
+class ToolNames:
+    """The names of one request's tools, both ways: client <-> upstream."""
+
+    _up: Mapping[str, str] = field(factory=dict)
+    _down: Mapping[str, str] = field(factory=dict)
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> ToolNames:
+        """The mapping for a set of client names (order and repeats do not matter)."""
+        unique = set(names)
+        up = {name: name for name in unique if isValidName(name)}
+        taken = set(up)
+        for name in sorted(unique - taken):
+            salt = 0
+            short = shortName(name)
+            while short in taken:
+                salt += 1
+                short = shortName(name, salt)
+            taken.add(short)
+            up[name] = short
+        return cls(up=up, down={short: name for name, short in up.items()})
+
+    @classmethod
+    def fromRequest(cls, body: Any) -> ToolNames:
+        """The mapping for a Messages request body: its tools, the tool_use blocks
+        in its history and its tool_choice. Parts that are not well-formed are
+        skipped, since the request translator reports those."""
+        return cls.of(_requestNames(body))
+
+    @property
+    def renamed(self) -> bool:
+        """Whether any name differs upstream (if not, nothing needs translating)."""
+        return any(name != short for name, short in self._up.items())
+
+    def toUpstream(self, name: str) -> str:
+        """The name to send upstream for a client name."""
+        short = self._up.get(name)
+        if short is not None:
+            return short
+        return name if isValidName(name) else shortName(name)
+
+    def fromUpstream(self, name: str) -> str:
+        """The client's name for a name the upstream used; unknown names unchanged."""
+        return self._down.get(name, name)
+
+
+def _requestNames(body: Any) -> Iterable[str]:
+    if not isinstance(body, dict):
+        return
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                yield tool["name"]
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(content, list):
+                continue
+            for block in content:
+                if (
+                    isinstance(block, dict)
+                    and block.get("type") == "tool_use"
+                    and isinstance(block.get("name"), str)
+                ):
+                    yield block["name"]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        if isinstance(choice.get("name"), str):
+            yield choice["name"]
