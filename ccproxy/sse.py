@@ -99,15 +99,9 @@ class SSEParser(LineOnlyReceiver):
         self._stopTimer()
         if self.finished.called:
             return
-        if self._buffer:  # a last line without its newline
-            line, self._buffer = self._buffer, b""
-            self.lineReceived(line)
-        self._dispatch()
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(None)
-        else:
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            # Cut off: a half line is not an event, and the cut is what to report.
+            self._buffer, self._lines = b"", []
             self.finished.errback(
                 ProxyError(
                     502,
@@ -115,6 +109,13 @@ class SSEParser(LineOnlyReceiver):
                     "api_error",
                 )
             )
+            return
+        if self._buffer:  # a last line without its newline
+            line, self._buffer = self._buffer, b""
+            self.lineReceived(line)
+        self._dispatch()
+        if not self.finished.called:
+            self.finished.callback(None)
 
     def fail(self, error: Exception) -> None:
         """End the stream with `error` and abort the upstream connection."""

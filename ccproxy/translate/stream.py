@@ -48,7 +48,11 @@ class _Call:
     def add(self, fragment: str) -> None:
         if not fragment or self.closed:
             return
-        if self.arguments and fragment.startswith(self.arguments):
+        if (
+            self.arguments
+            and fragment.startswith(self.arguments)
+            and not _isJSON(self.arguments + fragment)
+        ):
             # A cumulative snapshot (the whole text so far, not a piece of it).
             self.arguments = fragment
         else:
@@ -56,19 +60,26 @@ class _Call:
 
     def complete(self) -> bool:
         """Whether the arguments so far are a whole JSON value (the call is done)."""
-        if not self.arguments.strip():
-            return False
-        try:
-            orjson.loads(self.arguments)
-        except orjson.JSONDecodeError:
-            return False
-        return True
+        return bool(self.arguments.strip()) and _isJSON(self.arguments)
+
+
+def _isJSON(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _startsAnother(call: _Call, function: dict[str, Any]) -> bool:
     """A named fragment with arguments of its own, after `call` is complete, is a
     new call (and not a repeat of the same one)."""
-    if not function.get("name") or not call.complete():
+    name = function.get("name")
+    if not name:
+        return False
+    if call.name is not None and name != call.name:
+        return True  # a call's name never changes
+    if not call.complete():
         return False
     arguments = argumentsText(function.get("arguments"))
     return bool(arguments.strip()) and arguments != call.arguments
@@ -104,6 +115,7 @@ class StreamTranslator:
         self._liveCall: _Call | None = None
         self._textTail = ""
         self._blank = ""
+        self._blankThinking = ""
 
     # -- input ------------------------------------------------------------------
 
@@ -166,6 +178,8 @@ class StreamTranslator:
         finish = choice.get("finish_reason")
         if isinstance(finish, str) and finish:
             if finish == "error":
+                if chunk.get("error"):
+                    raise streamError(chunk)  # OpenRouter says why beside the finish
                 raise ProxyError(502, "the upstream ended its answer with an error", "api_error")
             self.finishReason = finish
             if choice.get("matched_stop") is not None:
@@ -238,6 +252,10 @@ class StreamTranslator:
 
     def _thinking(self, text: str, events: list[Event]) -> None:
         if self._open != "thinking":
+            if not text.strip():
+                self._blankThinking += text  # no block of nothing but whitespace
+                return
+            text, self._blankThinking = self._blankThinking + text, ""
             self._flushCalls(events)
             self._openBlock(
                 "thinking", {"type": "thinking", "thinking": "", "signature": ""}, events
@@ -305,7 +323,9 @@ class StreamTranslator:
         callId = fragment.get("id")
         index = fragment.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
-            index = position if count > 1 else None
+            # A named fragment in a many-call delta is told apart by its position;
+            # a nameless one continues the last call.
+            index = position if count > 1 and function.get("name") else None
         if isinstance(callId, str) and callId:
             call = self._byId.get(callId) or self._newCall(callId)
         else:
