@@ -36,6 +36,7 @@ from ccproxy.profile import Profile
 from ccproxy.routing import Target
 from ccproxy.sse import SSEParser, encodeEvent
 from ccproxy.streaming import EventWriter, startStream
+from ccproxy.translate.names import ToolNames
 from ccproxy.translate.request import stopSequences, toOpenAI
 from ccproxy.translate.response import anthropicUsage, fromOpenAI
 from ccproxy.translate.stream import StreamTranslator, eventsForMessage
@@ -249,7 +250,8 @@ class ProxyApp:
             route = config.router.resolve(model)
             record.routed = True
             stops = stopSequences(body)
-            build = _builder(body, model, config, record)
+            names = ToolNames.fromRequest(body)
+            build = _builder(body, model, config, record, names)
             # A 50 KB request is some 100 KB of objects: not kept for a long stream.
             del body
             sent = await self.dispatcher.send(
@@ -266,8 +268,8 @@ class ProxyApp:
             record.upstreamModel = sent.target.modelFor(model)
             record.upstreamStatus = sent.response.code
             if record.stream:
-                return await self._stream(request, config, record, stops, sent)
-            return await self._complete(request, config, record, stops, sent)
+                return await self._stream(request, config, record, stops, names, sent)
+            return await self._complete(request, config, record, stops, names, sent)
         except ProxyError as e:
             record.fail(e.status, e.errorType, e.message)
             return _errorResponse(request, e)
@@ -290,10 +292,11 @@ class ProxyApp:
         config: Config,
         record: AccessRecord,
         stops: list[str],
+        names: ToolNames,
         sent: Sent,
     ) -> bytes:
         """A non-streaming answer: one upstream body, one translated message."""
-        message = await self._readMessage(config, record, stops, sent)
+        message = await self._readMessage(config, record, stops, names, sent)
         record.status = 200
         answer = _json(request, message)
         if config.logPayloads:
@@ -301,12 +304,17 @@ class ProxyApp:
         return answer
 
     async def _readMessage(
-        self, config: Config, record: AccessRecord, stops: list[str], sent: Sent
+        self,
+        config: Config,
+        record: AccessRecord,
+        stops: list[str],
+        names: ToolNames,
+        sent: Sent,
     ) -> dict[str, Any]:
         """Read and translate a whole JSON answer; the upstream's part is then over."""
         ok: bool | None = None
         try:
-            message = await self._translateBody(config, record, stops, sent)
+            message = await self._translateBody(config, record, stops, names, sent)
             ok = True
         except ProxyError:
             ok = False
@@ -316,7 +324,12 @@ class ProxyApp:
         return message
 
     async def _translateBody(
-        self, config: Config, record: AccessRecord, stops: list[str], sent: Sent
+        self,
+        config: Config,
+        record: AccessRecord,
+        stops: list[str],
+        names: ToolNames,
+        sent: Sent,
     ) -> dict[str, Any]:
         upstream = sent.upstream
         raw = await self.dispatcher.client.readBody(
@@ -336,6 +349,7 @@ class ProxyApp:
             model=record.model or "",
             stopSequences=stops,
             thinkTags=upstream.profile.thinkTags,
+            toolName=names.fromUpstream,
         )
         record.countUsage(message["usage"])
         return message
@@ -346,6 +360,7 @@ class ProxyApp:
         config: Config,
         record: AccessRecord,
         stops: list[str],
+        names: ToolNames,
         sent: Sent,
     ) -> None:
         """Relay the upstream's stream as Anthropic events, as they arrive.
@@ -358,7 +373,7 @@ class ProxyApp:
         if b"event-stream" not in contentType:
             # A JSON body where a stream was asked for: an error (most servers fail
             # this way before streaming), or a server that ignores `stream: true`.
-            message = await self._readMessage(config, record, stops, sent)
+            message = await self._readMessage(config, record, stops, names, sent)
             startStream(request)
             record.status = 200
             request.write(b"".join(encodeEvent(e) for e in eventsForMessage(message)))
@@ -369,6 +384,7 @@ class ProxyApp:
             record.model or "",
             stops,
             thinkTags=upstream.profile.thinkTags,
+            toolName=names.fromUpstream,
         )
         startStream(request)
         record.status = 200
@@ -488,7 +504,7 @@ async def headFirst(clock: IReactorTime) -> None:
 
 
 def _builder(
-    body: dict[str, Any], model: str, config: Config, record: AccessRecord
+    body: dict[str, Any], model: str, config: Config, record: AccessRecord, names: ToolNames
 ) -> Callable[[Upstream, Target], bytes]:
     """Makes the request body for each upstream tried (each has its own dialect)."""
 
@@ -498,6 +514,7 @@ def _builder(
             model=target.modelFor(model),
             profile=upstream.profile,
             defaultMaxTokens=config.defaultMaxTokens,
+            names=names,
         )
         record.stream = translated["stream"]
         return orjson.dumps(translated)

@@ -342,3 +342,89 @@ def test_signature_is_ccprosys_own_and_stable() -> None:
 def test_whitespace_only_request_is_still_400() -> None:
     with pytest.raises(ProxyError):
         translate(body(user(text("  "))))
+
+
+# -- tool names and schemas through the app -------------------------------------------
+
+LONG = "mcp__company-knowledge-base__search_confluence_pages_by_label_and_space.v2"
+
+
+def test_long_tool_names_are_shortened_and_mapped_back() -> None:
+    from tests.fakes import completion, jsonReply, sseReply, toolCall
+    from tests.helpers import Harness, message, parseSSE
+
+    tools = [{"name": LONG, "input_schema": {"type": "object", "properties": {}}}]
+    history = [
+        {"role": "user", "content": "search"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": LONG, "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "none"}],
+        },
+    ]
+    h = Harness.build()
+    request = message(tools=tools, tool_choice={"type": "tool", "name": LONG})
+    request["messages"] = history
+    h.upstream.queue(jsonReply({}))
+    h.post(request)
+    sent = h.upstream.last
+    short = sent["tools"][0]["function"]["name"]
+    assert short != LONG and len(short) <= 64
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == short
+    assert sent["tool_choice"]["function"]["name"] == short
+    h.upstream.queue(jsonReply(completion(None, [toolCall(short, "{}", "c2")], "tool_calls")))
+    assert h.post(request).json()["content"][0]["name"] == LONG
+    h.upstream.queue(
+        sseReply(
+            [
+                {
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": 0,
+                                        "id": "c3",
+                                        "function": {"name": short, "arguments": "{}"},
+                                    }
+                                ]
+                            },
+                        }
+                    ]
+                },
+                {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+            ]
+        )
+    )
+    frames = parseSSE(h.post({**request, "stream": True}).body)
+    starts = [d for n, d in frames if n == "content_block_start"]
+    assert starts[0]["content_block"]["name"] == LONG
+
+
+def test_gemini_preset_reduces_tool_schemas() -> None:
+    from tests.helpers import BASE_CONFIG, Harness, message
+
+    h = Harness.build(
+        BASE_CONFIG.replace("    retries: 0\n", "    retries: 0\n    preset: gemini\n")
+    )
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "limit": {"type": "integer", "exclusiveMinimum": 0},
+            "mode": {"type": ["string", "null"]},
+        },
+        "required": ["limit"],
+    }
+    h.post(message(tools=[{"name": "Read", "input_schema": schema}]))
+    parameters = h.upstream.last["tools"][0]["function"]["parameters"]
+    dumped = repr(parameters)
+    for keyword in ("$schema", "additionalProperties", "exclusiveMinimum"):
+        assert keyword not in dumped
+    assert parameters["properties"]["mode"] == {"type": "string", "nullable": True}
+    assert h.upstream.last["max_tokens"] == 100

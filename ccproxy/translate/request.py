@@ -19,6 +19,8 @@ import orjson
 
 from ccproxy.errors import invalidRequest
 from ccproxy.profile import Profile
+from ccproxy.translate.names import ToolNames
+from ccproxy.translate.schema import geminiSchema
 
 # OpenAI accepts at most this many stop sequences; more is a 400 there.
 MAX_STOP_SEQUENCES = 4
@@ -27,10 +29,20 @@ _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _NO_RESULT = "No result was returned for this tool call."
 
 
-def toOpenAI(body: Any, *, model: str, profile: Profile, defaultMaxTokens: int) -> dict[str, Any]:
+def toOpenAI(
+    body: Any,
+    *,
+    model: str,
+    profile: Profile,
+    defaultMaxTokens: int,
+    names: ToolNames | None = None,
+) -> dict[str, Any]:
     """Translate a Messages request body (already JSON-decoded) for an OpenAI upstream.
 
-    `model` is the upstream's model name, chosen by the router.
+    `model` is the upstream's model name, chosen by the router; `names` maps tool
+    names the upstream would reject (over 64 characters, or outside
+    `[a-zA-Z0-9_-]`) to ones it takes, the same way in the tools, the history and
+    `tool_choice` (made from the body when not given).
     """
     if not isinstance(body, dict):
         raise invalidRequest("the request body must be a JSON object")
@@ -39,7 +51,9 @@ def toOpenAI(body: Any, *, model: str, profile: Profile, defaultMaxTokens: int) 
     if not messages:
         raise invalidRequest("messages: must hold at least one message")
 
-    writer = _MessageWriter(profile)
+    if names is None:
+        names = ToolNames.fromRequest(body)
+    writer = _MessageWriter(profile, names)
     writer.addSystem(body.get("system"), "system")
     for i, message in enumerate(messages):
         writer.add(message, f"messages.{i}")
@@ -68,10 +82,10 @@ def toOpenAI(body: Any, *, model: str, profile: Profile, defaultMaxTokens: int) 
     if user:
         out["user"] = user
 
-    tools, serverTools = _tools(body.get("tools"))
+    tools, serverTools = _tools(body.get("tools"), profile, names)
     if tools:
         out["tools"] = tools
-        _toolChoice(body.get("tool_choice"), out)
+        _toolChoice(body.get("tool_choice"), out, names)
     if any(kind.startswith("web_search") for kind in serverTools):
         _webSearch(profile, out)
     if profile.reasoning == "reasoning_effort":
@@ -142,8 +156,9 @@ def stopSequences(body: dict[str, Any]) -> list[str]:
 class _MessageWriter:
     """Builds the OpenAI message list, keeping tool messages next to their calls."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, names: ToolNames) -> None:
         self.profile = profile
+        self.names = names
         self.system: list[dict[str, Any]] = []
         """System texts as text parts (with their cache_control when passed through)."""
         self.out: list[dict[str, Any]] = []
@@ -219,7 +234,7 @@ class _MessageWriter:
                 if kind == "text":
                     texts.append(_blockText(block, where))
                 elif kind == "tool_use":
-                    calls.append(_toolCall(block, where))
+                    calls.append(_toolCall(block, where, self.names))
                 elif kind == "thinking" and isinstance(block.get("thinking"), str):
                     thinking.append(block["thinking"])
                 # redacted_thinking and server tool blocks: nothing OpenAI can take
@@ -347,9 +362,9 @@ def _documentPart(block: dict[str, Any], path: str) -> dict[str, Any] | None:
     raise invalidRequest(f"{path}.source.type: must be 'base64', 'text', 'content' or 'url'")
 
 
-def _toolCall(block: dict[str, Any], path: str) -> dict[str, Any]:
+def _toolCall(block: dict[str, Any], path: str, names: ToolNames) -> dict[str, Any]:
     callId = _require(block, "id", str, "a string", path)
-    name = _require(block, "name", str, "a string", path)
+    name = names.toUpstream(_require(block, "name", str, "a string", path))
     arguments = block.get("input", {})
     if not isinstance(arguments, dict):
         raise invalidRequest(f"{path}.input: must be an object")
@@ -426,7 +441,9 @@ def _systemParts(system: Any, path: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _tools(tools: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def _tools(
+    tools: Any, profile: Profile, names: ToolNames
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Function tools, and the types of the server tools that were left out."""
     if tools is None:
         return [], []
@@ -450,7 +467,9 @@ def _tools(tools: Any) -> tuple[list[dict[str, Any]], list[str]]:
             schema = {"type": "object", "properties": {}}
         elif not isinstance(schema, dict):
             raise invalidRequest(f"{path}.input_schema: must be an object")
-        function: dict[str, Any] = {"name": name}
+        if profile.schema == "gemini":
+            schema = geminiSchema(schema)
+        function: dict[str, Any] = {"name": names.toUpstream(name)}
         description = tool.get("description")
         if isinstance(description, str) and description:
             function["description"] = description
@@ -459,7 +478,7 @@ def _tools(tools: Any) -> tuple[list[dict[str, Any]], list[str]]:
     return out, serverTools
 
 
-def _toolChoice(choice: Any, out: dict[str, Any]) -> None:
+def _toolChoice(choice: Any, out: dict[str, Any], names: ToolNames) -> None:
     if choice is None:
         return
     if not isinstance(choice, dict):
@@ -468,7 +487,7 @@ def _toolChoice(choice: Any, out: dict[str, Any]) -> None:
     if kind in _TOOL_CHOICES:
         out["tool_choice"] = _TOOL_CHOICES[kind]
     elif kind == "tool":
-        name = _require(choice, "name", str, "a string", "tool_choice")
+        name = names.toUpstream(_require(choice, "name", str, "a string", "tool_choice"))
         out["tool_choice"] = {"type": "function", "function": {"name": name}}
     else:
         raise invalidRequest("tool_choice.type: must be 'auto', 'any', 'tool' or 'none'")

@@ -42,9 +42,12 @@ to what Gemini takes:
 - The root is always an object. A top-level `anyOf` of objects becomes one object
   with every branch's properties; only names all branches require stay required.
 
-The result is looser than the input, never stricter. That is safe because Claude
-Code checks tool input against its own, original schema: a loose schema costs at
-most one retried call, while one unknown keyword fails every request.
+Where the subset cannot say what the input says, the result is looser, with two
+exceptions: a value allowed to be anything becomes a string, and a reference that
+cannot be inlined becomes an object, because Gemini needs a type on every node.
+Either way, Claude Code checks tool input against its own original schema, so a
+schema that is off costs at most one retried call. One unknown keyword, by
+contrast, fails every request.
 """
 
 from __future__ import annotations
