@@ -18,6 +18,7 @@ import yaml
 from attrs import evolve, field, frozen
 from twisted.internet.endpoints import serverFromString
 
+from ccproxy.listen import reusePortProblem
 from ccproxy.policy import Policy, parsePolicy
 from ccproxy.profile import Profile, parseProfile
 from ccproxy.routing import ModelRouter, Route, Target
@@ -117,6 +118,8 @@ class Config:
     logPayloadMaxChars: int = 1400
     pretty: bool = False
     allowOpen: bool = False
+    reusePort: bool = False
+    """Bind with SO_REUSEPORT, so several processes can serve one port."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
@@ -347,7 +350,12 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         logPayloadMaxChars=root.get("log_payload_max_chars", positiveInt, 1400),
         pretty=root.get("pretty", boolean, False),
         allowOpen=root.get("allow_open", boolean, False),
+        reusePort=root.get("reuse_port", boolean, False),
         source=source,
     )
     root.finish()
+    if config.reusePort:
+        problem = reusePortProblem(config.listen)
+        if problem:
+            raise ConfigError("reuse_port", problem)
     return config

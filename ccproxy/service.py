@@ -15,7 +15,6 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import IO, Any, ClassVar
 
 from treq.client import HTTPClient
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
@@ -24,6 +23,7 @@ from twisted.web.client import Agent
 from ccproxy.app import ProxyApp
 from ccproxy.config import Config, ConfigError, Upstream
 from ccproxy.dispatch import Dispatcher, Upstreams
+from ccproxy.listen import listenService
 from ccproxy.logs import PrettyObserver, fileObserver, isTerminal, openLogFile, quietLevels
 from ccproxy.pool import UpstreamEndpoints, UpstreamPool
 from ccproxy.site import ProxySite
@@ -31,25 +31,6 @@ from ccproxy.upstream import BytesProducer, UpstreamClient
 
 # Kept-alive connections per upstream host; enough for a team's concurrent sessions.
 POOL_SIZE_PER_HOST = 64
-
-
-LISTEN_BACKLOG = 1024
-
-
-def withBacklog(listen: str) -> str:
-    """A TCP listen description with a deep accept queue unless it sets its own.
-
-    Twisted's default of 50 drops connections when a team's sessions reconnect at
-    once (a thousand new streams in a few seconds), and a dropped SYN costs the
-    client a second or more before it retries.
-    """
-    kind, _, rest = listen.partition(":")
-    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in rest:
-        return listen
-    positional = [a for a in rest.split(":") if "=" not in a]
-    if len(positional) > 1:  # tcp:PORT:BACKLOG[:INTERFACE]
-        return listen
-    return f"{listen}:backlog={LISTEN_BACKLOG}"
 
 
 class ProxyService(MultiService):
@@ -91,7 +72,7 @@ class ProxyService(MultiService):
         self.site = ProxySite(
             self.app.resource(), lambda: self.app.config.maxBodyBytes, reactor=reactor
         )
-        http_service = strports.service(withBacklog(config.listen), self.site, reactor=reactor)
+        http_service = listenService(config.listen, config.reusePort, self.site, reactor)
         http_service.setName("http")
         http_service.setServiceParent(self)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
@@ -112,6 +114,58 @@ def test_make_service_builds_the_tree(tmp_path: Path) -> None:
     ],
 )
 def test_listen_gets_a_deep_backlog(listen: str, expected: str) -> None:
-    from ccproxy.service import withBacklog
+    from ccproxy.listen import withBacklog
 
     assert withBacklog(listen) == expected
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        ("tcp:8000:interface=127.0.0.1", (8000, "127.0.0.1", 1024)),
+        ("tcp:8000", (8000, "", 1024)),
+        ("tcp6:8000:interface=\\:\\:1:backlog=64", (8000, "::1", 64)),
+        ("unix:/run/ccproxy.sock", None),
+        ("tcp:8000:50:127.0.0.1", None),
+    ],
+)
+def test_tcp_address_for_reuse_port(listen: str, address: Any) -> None:
+    from ccproxy.listen import tcpAddress
+
+    assert tcpAddress(listen) == address
+
+
+def test_reuse_port_needs_a_plain_tcp_listen(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "listen: unix:/tmp/ccproxy.sock\nreuse_port: true\n")
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(["--config", path])
+    assert "reuse_port: needs a plain tcp listen" in str(raised.value.code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_services_share_one_port_with_reuse_port(tmp_path: Path) -> None:
+    import socket
+
+    import treq
+    from twisted.internet import reactor
+
+    from ccproxy.config import Config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = Config.fromYAML(
+        GOOD + f'listen: "tcp:{port}:interface=127.0.0.1"\nreuse_port: true\n', {}
+    )
+    services = [ProxyService(config, reactor), ProxyService(config, reactor)]
+    for service in services:
+        service.startService()
+    try:
+        bound = [(await s.listeningPort()).getHost().port for s in services]
+        assert bound == [port, port]
+        response = await treq.get(f"http://127.0.0.1:{port}/healthz")
+        assert response.code == 200
+        await response.content()
+    finally:
+        for service in services:
+            await service.stopService()

@@ -1,0 +1,111 @@
+"""Where the daemon listens: a Twisted endpoint description, with a deep accept
+queue, and optionally a port shared by several processes (`reuse_port`).
+
+One Python process uses one core. On a jump host with more, several ccproxy
+processes can serve one port: each binds it with SO_REUSEPORT and the kernel
+spreads new connections between them. Each process keeps its own state (breakers,
+limits, usage) and its own `/metrics`, which Prometheus sums.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from attrs import frozen
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from zope.interface import implementer
+
+LISTEN_BACKLOG = 1024
+
+
+def withBacklog(listen: str) -> str:
+    """A TCP listen description with a deep accept queue unless it sets its own.
+
+    Twisted's default of 50 drops connections when a team's sessions reconnect at
+    once (a thousand new streams in a few seconds), and a dropped SYN costs the
+    client a second or more before it retries.
+    """
+    kind, _, rest = listen.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in rest:
+        return listen
+    positional = [a for a in rest.split(":") if "=" not in a]
+    if len(positional) > 1:  # tcp:PORT:BACKLOG[:INTERFACE]
+        return listen
+    return f"{listen}:backlog={LISTEN_BACKLOG}"
+
+
+def reusePortProblem(listen: str) -> str | None:
+    """Why `reuse_port` cannot serve this listen description (None: it can)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return "this system has no SO_REUSEPORT"
+    if tcpAddress(listen) is None:
+        return 'needs a plain tcp listen such as "tcp:8000:interface=127.0.0.1"'
+    return None
+
+
+def tcpAddress(listen: str) -> tuple[int, str, int] | None:
+    """(port, interface, backlog) of a `tcp:` description, None for other kinds."""
+    kind, *args = listen.replace("\\:", "\x00").split(":")
+    if kind not in ("tcp", "tcp6") or not args or not args[0].isdigit():
+        return None
+    interface, backlog = "", LISTEN_BACKLOG
+    for arg in args[1:]:
+        name, _, value = arg.partition("=")
+        if name == "interface":
+            interface = value.replace("\x00", ":")
+        elif name == "backlog" and value.isdigit():
+            backlog = int(value)
+        elif not _:
+            return None  # positional forms: keep to the plain one
+    return int(args[0]), interface, backlog
+
+
+def listenService(listen: str, reusePort: bool, factory: Any, reactor: Any) -> IService:
+    """The service that binds the port (when its `privilegedStartService` runs)."""
+    if not reusePort:
+        return strports.service(withBacklog(listen), factory, reactor=reactor)
+    address = tcpAddress(listen)
+    assert address is not None, "checked when the config was read"
+    port, interface, backlog = address
+    service = StreamServerEndpointService(
+        ReusePortEndpoint(reactor, port, interface, backlog), factory
+    )
+    service._raiseSynchronously = True  # as strports.service does: fail the start
+    return service
+
+
+@implementer(IStreamServerEndpoint)
+@frozen
+class ReusePortEndpoint:
+    """A TCP port bound with SO_REUSEPORT, handed to the reactor to serve.
+
+    Twisted's own TCP endpoints cannot set the option on every supported release,
+    so the socket is made here and adopted (`IReactorSocket.adoptStreamPort`).
+    """
+
+    reactor: Any
+    port: int
+    interface: str = ""
+    backlog: int = LISTEN_BACKLOG
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        family = socket.AF_INET6 if isIPv6Address(self.interface) else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.interface, self.port))
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+            return succeed(self.reactor.adoptStreamPort(sock.fileno(), family, factory))
+        except OSError as e:
+            return fail(CannotListenError(self.interface, self.port, e))
+        finally:
+            sock.close()  # the reactor holds its own duplicate
