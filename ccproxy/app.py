@@ -405,9 +405,16 @@ class ProxyApp:
                     f"{upstream.name}: the stream holds a line that is not JSON: {data[:200]!r}",
                     "api_error",
                 ) from None
-            writer.write(translator.feed(chunk))
+            writer.add(translator.feed(chunk))
 
-        parser = SSEParser(onData, self.clock, upstream.timeout, upstream.name, config.maxLineBytes)
+        parser = SSEParser(
+            onData,
+            self.clock,
+            upstream.timeout,
+            upstream.name,
+            config.maxLineBytes,
+            onBatch=writer.flush,
+        )
         self.streamsInFlight += 1
         ok: bool | None = None
         reading = False

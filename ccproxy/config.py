@@ -34,6 +34,7 @@ from ccproxy.schema import (
     positiveNumber,
     string,
 )
+from ccproxy.sse import DEFAULT_MAX_LINE as DEFAULT_MAX_LINE_BYTES
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 DEFAULT_TIMEOUT = 600.0
@@ -41,8 +42,6 @@ DEFAULT_MAX_TOKENS = 32000
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-# A single SSE line may hold a whole tool call (a file written by the Write tool).
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _COMPLETIONS = "/chat/completions"

@@ -34,7 +34,8 @@ def encodeEvent(event: dict[str, Any]) -> bytes:
 class SSEParser(LineOnlyReceiver):
     """Parses an upstream's `text/event-stream` body into `data` payloads.
 
-    `onData` gets each event's data as bytes (multi-line data joined by newlines);
+    `onData` gets each event's data as bytes (multi-line data joined by newlines),
+    and `onBatch` is called once the events of one read have all been handed over;
     `[DONE]`, comments (`: keep-alive`) and blank keep-alive lines are consumed here.
     `finished` fires when the body ends, or fails with a `ProxyError` (a line over
     the limit, silence past the timeout, the connection lost, an error raised by
@@ -50,9 +51,11 @@ class SSEParser(LineOnlyReceiver):
         timeout: float,
         upstream: str,
         maxLineLength: int = DEFAULT_MAX_LINE,
+        onBatch: Callable[[], None] = lambda: None,
     ) -> None:
         self.MAX_LENGTH = maxLineLength
         self._onData = onData
+        self._onBatch = onBatch
         self._clock = clock
         self._timeout = timeout
         self._upstream = upstream
@@ -70,6 +73,8 @@ class SSEParser(LineOnlyReceiver):
         if self._timer is not None and self._timer.active():
             self._timer.reset(self._timeout)
         super().dataReceived(data)
+        if not self.finished.called:
+            self._onBatch()  # every event of this read has been handed over
 
     def lineReceived(self, line: bytes) -> None:
         if self.finished.called:

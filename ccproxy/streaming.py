@@ -41,16 +41,29 @@ class EventWriter:
         self._capture = capture
         self._captured = 0
         self._copy: list[bytes] = []
+        self._pending: list[bytes] = []
 
     @property
     def copy(self) -> bytes | None:
         """The first `capture` bytes written, for payload logging (None when off)."""
         return b"".join(self._copy) if self._capture else None
 
+    def add(self, events: Iterable[dict[str, Any]]) -> None:
+        """Queue events; they go out at the next `flush`. A burst of upstream chunks
+        read at once becomes one write (and one HTTP chunk), not one per event."""
+        for event in events:
+            self._pending.append(encodeEvent(event))
+
     def write(self, events: Iterable[dict[str, Any]]) -> None:
-        frames = b"".join(encodeEvent(e) for e in events)
-        if not frames:
+        """Queue events and send everything queued."""
+        self.add(events)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
             return
+        frames = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending = []
         self._request.write(frames)
         if self._timer.active():
             self._timer.reset(self._interval)
