@@ -16,7 +16,7 @@ from io import BytesIO
 from typing import Any, ClassVar
 
 import orjson
-from attrs import define, field
+from attrs import define, field, frozen
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -54,6 +54,18 @@ def newId() -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@frozen
+class Exchange:
+    """One request once an upstream has answered 2xx: what relaying its answer needs."""
+
+    config: Config
+    record: AccessRecord
+    stops: list[str]
+    """The client's stop sequences (to tell `stop_sequence` from `end_turn`)."""
+    names: ToolNames
+    sent: Sent
 
 
 @define
@@ -267,9 +279,10 @@ class ProxyApp:
             record.upstream = sent.upstream.name
             record.upstreamModel = sent.target.modelFor(model)
             record.upstreamStatus = sent.response.code
+            exchange = Exchange(config, record, stops, names, sent)
             if record.stream:
-                return await self._stream(request, config, record, stops, names, sent)
-            return await self._complete(request, config, record, stops, names, sent)
+                return await self._stream(request, exchange)
+            return await self._complete(request, exchange)
         except ProxyError as e:
             record.fail(e.status, e.errorType, e.message)
             return _errorResponse(request, e)
@@ -286,54 +299,32 @@ class ProxyApp:
             if limits is not None:
                 limits.done()
 
-    async def _complete(
-        self,
-        request: IRequest,
-        config: Config,
-        record: AccessRecord,
-        stops: list[str],
-        names: ToolNames,
-        sent: Sent,
-    ) -> bytes:
+    async def _complete(self, request: IRequest, exchange: Exchange) -> bytes:
         """A non-streaming answer: one upstream body, one translated message."""
-        message = await self._readMessage(config, record, stops, names, sent)
-        record.status = 200
+        message = await self._readMessage(exchange)
+        exchange.record.status = 200
         answer = _json(request, message)
-        if config.logPayloads:
-            record.responsePayload = answer
+        if exchange.config.logPayloads:
+            exchange.record.responsePayload = answer
         return answer
 
-    async def _readMessage(
-        self,
-        config: Config,
-        record: AccessRecord,
-        stops: list[str],
-        names: ToolNames,
-        sent: Sent,
-    ) -> dict[str, Any]:
+    async def _readMessage(self, exchange: Exchange) -> dict[str, Any]:
         """Read and translate a whole JSON answer; the upstream's part is then over."""
         ok: bool | None = None
         try:
-            message = await self._translateBody(config, record, stops, names, sent)
+            message = await self._translateBody(exchange)
             ok = True
         except ProxyError:
             ok = False
             raise
         finally:
-            sent.done(ok)
+            exchange.sent.done(ok)
         return message
 
-    async def _translateBody(
-        self,
-        config: Config,
-        record: AccessRecord,
-        stops: list[str],
-        names: ToolNames,
-        sent: Sent,
-    ) -> dict[str, Any]:
-        upstream = sent.upstream
+    async def _translateBody(self, exchange: Exchange) -> dict[str, Any]:
+        upstream = exchange.sent.upstream
         raw = await self.dispatcher.client.readBody(
-            upstream, sent.response, config.maxResponseBytes
+            upstream, exchange.sent.response, exchange.config.maxResponseBytes
         )
         try:
             data = orjson.loads(raw)
@@ -345,35 +336,28 @@ class ProxyApp:
             raise errorInBody(upstream.name, raw, data)
         message = fromOpenAI(
             data,
-            messageId=f"msg_{record.requestId}",
-            model=record.model or "",
-            stopSequences=stops,
+            messageId=f"msg_{exchange.record.requestId}",
+            model=exchange.record.model or "",
+            stopSequences=exchange.stops,
             thinkTags=upstream.profile.thinkTags,
-            toolName=names.fromUpstream,
+            toolName=exchange.names.fromUpstream,
         )
-        record.countUsage(message["usage"])
+        exchange.record.countUsage(message["usage"])
         return message
 
-    async def _stream(
-        self,
-        request: IRequest,
-        config: Config,
-        record: AccessRecord,
-        stops: list[str],
-        names: ToolNames,
-        sent: Sent,
-    ) -> None:
+    async def _stream(self, request: IRequest, exchange: Exchange) -> None:
         """Relay the upstream's stream as Anthropic events, as they arrive.
 
         Status and headers go out only now that the upstream has answered 2xx; from
         here on a failure is an `event: error` frame, and no `message_stop`, so
         Claude Code retries rather than trusting half an answer.
         """
+        config, record, sent = exchange.config, exchange.record, exchange.sent
         contentType = sent.response.headers.getRawHeaders(b"content-type", [b""])[0]
         if b"event-stream" not in contentType:
             # A JSON body where a stream was asked for: an error (most servers fail
             # this way before streaming), or a server that ignores `stream: true`.
-            message = await self._readMessage(config, record, stops, names, sent)
+            message = await self._readMessage(exchange)
             startStream(request)
             record.status = 200
             request.write(b"".join(encodeEvent(e) for e in eventsForMessage(message)))
@@ -382,9 +366,9 @@ class ProxyApp:
         translator = StreamTranslator(
             f"msg_{record.requestId}",
             record.model or "",
-            stops,
+            exchange.stops,
             thinkTags=upstream.profile.thinkTags,
-            toolName=names.fromUpstream,
+            toolName=exchange.names.fromUpstream,
         )
         startStream(request)
         record.status = 200
