@@ -205,7 +205,11 @@ class ProxyApp:
         translated = toOpenAI(
             body, model=upstreamModel, profile=profile, defaultMaxTokens=config.defaultMaxTokens
         )
-        return _json(request, {"input_tokens": estimateTokens(translated)})
+        try:
+            tokens = estimateTokens(translated)
+        except orjson.JSONEncodeError:
+            raise _tooDeep() from None
+        return _json(request, {"input_tokens": tokens})
 
     @router.route("/v1/messages", methods=["POST"])
     async def messages(self, request: IRequest) -> bytes | None:
@@ -266,6 +270,14 @@ class ProxyApp:
             build = _builder(body, model, config, record, names)
             # A 50 KB request is some 100 KB of objects: not kept for a long stream.
             del body
+
+            async def prepare(sent: Sent) -> dict[str, Any] | None:
+                # A JSON answer (asked for, or to a stream) is read whole before the
+                # client gets a byte, so a failure reading it still fails over.
+                if record.stream and _isEventStream(sent.response):
+                    return None
+                return await self._translateBody(Exchange(config, record, stops, names, sent))
+
             sent = await self.dispatcher.send(
                 config,
                 route.targets,
@@ -273,6 +285,7 @@ class ProxyApp:
                 _callerKey(request),
                 _deadline(request, record.started, config),
                 record.attempts,
+                prepare,
             )
             del build
             record.firstByte = self.clock.seconds()
@@ -301,24 +314,21 @@ class ProxyApp:
 
     async def _complete(self, request: IRequest, exchange: Exchange) -> bytes:
         """A non-streaming answer: one upstream body, one translated message."""
-        message = await self._readMessage(exchange)
+        message = self._readMessage(exchange)
         exchange.record.status = 200
-        answer = _json(request, message)
+        try:
+            answer = _json(request, message)
+        except orjson.JSONEncodeError:
+            raise _upstreamTooDeep(exchange.sent.upstream) from None
         if exchange.config.logPayloads:
             exchange.record.responsePayload = answer
         return answer
 
-    async def _readMessage(self, exchange: Exchange) -> dict[str, Any]:
-        """Read and translate a whole JSON answer; the upstream's part is then over."""
-        ok: bool | None = None
-        try:
-            message = await self._translateBody(exchange)
-            ok = True
-        except ProxyError:
-            ok = False
-            raise
-        finally:
-            exchange.sent.done(ok)
+    def _readMessage(self, exchange: Exchange) -> dict[str, Any]:
+        """The whole JSON answer, read and translated during dispatch; the
+        upstream's part is then over."""
+        exchange.sent.done(True)
+        message: dict[str, Any] = exchange.sent.prepared
         return message
 
     async def _translateBody(self, exchange: Exchange) -> dict[str, Any]:
@@ -353,14 +363,17 @@ class ProxyApp:
         Claude Code retries rather than trusting half an answer.
         """
         config, record, sent = exchange.config, exchange.record, exchange.sent
-        contentType = sent.response.headers.getRawHeaders(b"content-type", [b""])[0]
-        if b"event-stream" not in contentType:
+        if not _isEventStream(sent.response):
             # A JSON body where a stream was asked for: an error (most servers fail
             # this way before streaming), or a server that ignores `stream: true`.
-            message = await self._readMessage(exchange)
+            message = self._readMessage(exchange)
+            try:
+                frames = b"".join(encodeEvent(e) for e in eventsForMessage(message))
+            except orjson.JSONEncodeError:
+                raise _upstreamTooDeep(sent.upstream) from None
             startStream(request)
             record.status = 200
-            request.write(b"".join(encodeEvent(e) for e in eventsForMessage(message)))
+            request.write(frames)
             return None
         upstream = sent.upstream
         translator = StreamTranslator(
@@ -494,6 +507,11 @@ async def headFirst(clock: IReactorTime) -> None:
     await deferLater(clock, 0)
 
 
+def _isEventStream(response: Any) -> bool:
+    contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    return b"event-stream" in contentType
+
+
 def _builder(
     body: dict[str, Any], model: str, config: Config, record: AccessRecord, names: ToolNames
 ) -> Callable[[Upstream, Target], bytes]:
@@ -508,7 +526,10 @@ def _builder(
             names=names,
         )
         record.stream = translated["stream"]
-        return orjson.dumps(translated)
+        try:
+            return orjson.dumps(translated)
+        except orjson.JSONEncodeError:
+            raise _tooDeep() from None
 
     return build
 
@@ -570,6 +591,7 @@ def _readJSON(
     if getattr(request, "bodyTooLarge", False):
         raise _bodyTooLarge(config)
     raw = request.content.read()
+    request.content.close()  # a temporary file when twisted.web spooled a large body
     request.content = BytesIO()  # read once: a long stream need not keep it
     if len(raw) > config.maxBodyBytes:
         raise _bodyTooLarge(config)
@@ -582,6 +604,19 @@ def _readJSON(
     if not isinstance(body, dict):
         raise invalidRequest("the request body must be a JSON object")
     return body
+
+
+# orjson reads up to 1024 levels of nesting but writes at most 254: a value nested
+# deeper than that (a tool schema, a tool call's input) cannot be forwarded. Caught
+# where it is encoded, so that ordinary requests pay nothing to find out.
+def _tooDeep() -> ProxyError:
+    return invalidRequest("the request nests values too deeply to forward (over 250 levels)")
+
+
+def _upstreamTooDeep(upstream: Upstream) -> ProxyError:
+    return ProxyError(
+        502, f"{upstream.name}: the answer nests values too deeply (over 250 levels)", "api_error"
+    )
 
 
 def _bodyTooLarge(config: Config) -> ProxyError:

@@ -10,9 +10,9 @@ safe: a failed attempt is retried on the same upstream (with backoff, honouring
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from attrs import define, field
 from twisted.internet.defer import CancelledError
@@ -46,6 +46,8 @@ class Sent:
     target: Target
     response: IResponse
     _release: Callable[[bool | None], None]
+    prepared: Any = None
+    """What `prepare` made of the answer, when it was read whole during dispatch."""
 
     def done(self, ok: bool | None) -> None:
         """Free the slot and tell the breaker: True, False, or None (no verdict,
@@ -90,12 +92,15 @@ class Dispatcher:
         callerKey: str | None,
         deadline: float | None,
         attempts: list[Attempt],
+        prepare: Callable[[Sent], Awaitable[Any]] | None = None,
     ) -> Sent:
         """The first 2xx answer along `targets`; raises the last failure otherwise.
 
         `build` makes the upstream's request body (each upstream has its own
         dialect and model name); `deadline` is the client's patience, past which no
         retry is started; `attempts` collects one line per attempt for the log.
+        `prepare` reads a 2xx answer that is read whole before the client gets a
+        byte (a JSON answer): its failure is the attempt's, retried or failed over.
         """
         lastError: ProxyError | None = None
         for target in targets:
@@ -115,7 +120,7 @@ class Dispatcher:
                 continue
             try:
                 return await self._tryUpstream(
-                    upstream, target, body, callerKey, deadline, attempts
+                    upstream, target, body, callerKey, deadline, attempts, prepare
                 )
             except ProxyError as e:
                 if not isRetryable(e):
@@ -132,6 +137,7 @@ class Dispatcher:
         callerKey: str | None,
         deadline: float | None,
         attempts: list[Attempt],
+        prepare: Callable[[Sent], Awaitable[Any]] | None = None,
     ) -> Sent:
         policy = upstream.policy
         breaker = self.state.breaker(upstream.name)
@@ -148,8 +154,11 @@ class Dispatcher:
             try:
                 response = await self.client.post(upstream, body, callerKey)
                 if 200 <= response.code < 300:
+                    sent = Sent(upstream, target, response, self._releaser(upstream))
+                    if prepare is not None:
+                        sent.prepared = await prepare(sent)
                     attempts.append(Attempt(upstream.name, response.code))
-                    return Sent(upstream, target, response, self._releaser(upstream))
+                    return sent
                 raw = await self.client.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
                 error = upstreamError(upstream.name, response.code, raw, responseHeaders(response))
             except ProxyError as e:

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseNeverReceived
+from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -112,17 +112,17 @@ class UpstreamClient:
             if isinstance(producer, BytesProducer):
                 producer.release()
             return response
-        except CancelledError:
+        except (CancelledError, ConnectingCancelledError, ResponseFailed) as e:
+            # Cancelled by the silence timer or by a client that left: while
+            # connecting (ConnectingCancelledError), before any byte of the answer
+            # (ResponseNeverReceived) or in the middle of its headers (ResponseFailed).
             if timer.expired:
                 raise _timeout(upstream, "before answering") from None
-            raise
-        except ResponseNeverReceived as e:
-            if timer.expired:
-                raise _timeout(upstream, "before answering") from None
-            if any(r.check(CancelledError) for r in e.reasons):
+            reasons = e.reasons if isinstance(e, ResponseFailed) else [Failure(e)]
+            if any(r.check(CancelledError, ConnectingCancelledError) for r in reasons):
                 # The client went away: not an upstream failure, nothing to report.
                 raise CancelledError() from None
-            raise _unreachable(upstream, _reasonText(e.reasons)) from None
+            raise _unreachable(upstream, _reasonText(reasons)) from None
         except DNSLookupError:
             raise _unreachable(upstream, f"cannot resolve {_host(upstream)}") from None
         except ConnectError as e:

@@ -368,11 +368,11 @@ def _toolCall(block: dict[str, Any], path: str, names: ToolNames) -> dict[str, A
     arguments = block.get("input", {})
     if not isinstance(arguments, dict):
         raise invalidRequest(f"{path}.input: must be an object")
-    return {
-        "id": callId,
-        "type": "function",
-        "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
-    }
+    try:
+        encoded = orjson.dumps(arguments).decode()
+    except orjson.JSONEncodeError:
+        raise invalidRequest(f"{path}.input: nested too deeply to forward") from None
+    return {"id": callId, "type": "function", "function": {"name": name, "arguments": encoded}}
 
 
 def _toolResult(
