@@ -65,6 +65,7 @@ class ProxySite(Site):
 
     requestFactory = LimitedRequest
     displayTracebacks = False
+    noisy = False  # no "Starting factory" lines
 
     def __init__(self, resource: Any, maxBodyBytes: Callable[[], int], **kwargs: Any) -> None:
         # No form parsing: bodies are JSON, and parsing each POST's Content-Type
