@@ -347,3 +347,49 @@ def test_usage_totals_for_the_admin_only_and_across_reloads() -> None:
 def test_usage_needs_clients() -> None:
     h = Harness.build()
     assert h.call("GET", "/v1/usage").status == 403
+
+
+# -- pretty panels ----------------------------------------------------------------------
+
+
+class _Terminal:
+    """A stream that says it is a terminal, holding what was written."""
+
+    def __init__(self, tty: bool) -> None:
+        import io
+
+        self.buffer = io.StringIO()
+        self.tty = tty
+
+    def write(self, text: str) -> int:
+        return self.buffer.write(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_pretty_panels_only_on_a_terminal(tmp_path: Path, tty: bool) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(RELOAD + "pretty: true\nlog_payloads: true\n")
+    terminal = _Terminal(tty)
+    service = ProxyService(
+        Config.fromPath(str(path)), reactor, configPath=str(path), stdout=terminal
+    )
+    service.startService()
+    try:
+        h = Harness.build(BASE_CONFIG + "log_payloads: true\n")
+        h.post(message("show me"))
+    finally:
+        await service.stopService()
+    shown = terminal.buffer.getvalue()
+    if tty:
+        assert "req_" in shown and "claude-sonnet-4-5" in shown
+        assert "show me" in shown  # the payload panel
+        assert "╭" in shown or "+" in shown  # a panel border
+    else:
+        assert shown == ""  # a daemon's stdout, or a pipe: never panels
