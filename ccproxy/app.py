@@ -297,6 +297,8 @@ class ProxyApp:
                 return await self._stream(request, exchange)
             return await self._complete(request, exchange)
         except ProxyError as e:
+            if e.upstream is not None and record.upstream is None:
+                record.upstream, record.upstreamStatus = e.upstream, e.upstreamStatus
             record.fail(e.status, e.errorType, e.message)
             return _errorResponse(request, e)
         except CancelledError:
@@ -402,7 +404,10 @@ class ProxyApp:
                     f"{upstream.name}: the stream holds a line that is not JSON: {data[:200]!r}",
                     "api_error",
                 ) from None
-            writer.add(translator.feed(chunk))
+            try:
+                writer.add(translator.feed(chunk))
+            except ProxyError as e:  # the upstream's own error, said inside the stream
+                raise ProxyError(e.status, f"{upstream.name}: {e.message}", e.errorType) from None
 
         parser = SSEParser(
             onData,

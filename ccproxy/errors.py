@@ -46,12 +46,17 @@ class ProxyError(Exception):
         message: str,
         errorType: str | None = None,
         headers: Mapping[str, str] | None = None,
+        upstream: str | None = None,
+        upstreamStatus: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.errorType = errorType or errorTypeForStatus(status)
         self.headers: Mapping[str, str] = headers or {}
+        self.upstream = upstream
+        """The upstream the failure came from (for the access log), if any."""
+        self.upstreamStatus = upstreamStatus
 
     def __repr__(self) -> str:
         return f"ProxyError({self.status}, {self.errorType}, {self.message!r})"
@@ -83,9 +88,14 @@ def upstreamError(
         if retryAfter and _RETRY_AFTER.fullmatch(retryAfter.strip()):
             passOn["retry-after"] = retryAfter.strip()
     message = extractMessage(body) or f"HTTP {status} with an empty body"
-    if status < 400 or status > 599:
-        status = 502
-    return ProxyError(status, f"{upstream}: {message}", headers=passOn)
+    clientStatus = status if 400 <= status <= 599 else 502
+    return ProxyError(
+        clientStatus,
+        f"{upstream}: {message}",
+        headers=passOn,
+        upstream=upstream,
+        upstreamStatus=status,
+    )
 
 
 _RETRY_AFTER = re.compile(r"\d{1,6}(\.\d+)?|[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} [\d:]{8} GMT")

@@ -242,17 +242,23 @@ class _Discard(TwistedProtocol):
 
 def _timeout(upstream: Upstream, when: str) -> ProxyError:
     return ProxyError(
-        504, f"{upstream.name}: no data for {upstream.timeout:g} s {when} (timeout)", "api_error"
+        504,
+        f"{upstream.name}: no data for {upstream.timeout:g} s {when} (timeout)",
+        "api_error",
+        upstream=upstream.name,
     )
 
 
 def _unreachable(upstream: Upstream, cause: str) -> ProxyError:
-    return ProxyError(502, f"{upstream.name}: {cause}", "api_error")
+    return ProxyError(502, f"{upstream.name}: {cause}", "api_error", upstream=upstream.name)
 
 
 def _tooLarge(upstream: Upstream, limit: int) -> ProxyError:
     return ProxyError(
-        502, f"{upstream.name}: the answer is larger than the {limit}-byte limit", "api_error"
+        502,
+        f"{upstream.name}: the answer is larger than the {limit}-byte limit",
+        "api_error",
+        upstream=upstream.name,
     )
 
 

@@ -324,7 +324,7 @@ def test_metrics_after_a_few_requests() -> None:
     assert 'ccproxy_tokens_total{client="alice",kind="input",upstream="up"} 22.0' in text
     assert 'ccproxy_tokens_total{client="alice",kind="output",upstream="up"} 14.0' in text
     assert 'ccproxy_upstream_errors_total{type="overloaded_error",upstream="up"} 1.0' in text
-    assert 'ccproxy_request_duration_seconds_count{upstream="up"} 2.0' in text
+    assert 'ccproxy_request_duration_seconds_count{upstream="up"} 3.0' in text  # the 503 too
     assert "ccproxy_streams_in_flight 0.0" in text
     assert "ccproxy_config_generation 1.0" in text
 
@@ -393,3 +393,18 @@ async def test_pretty_panels_only_on_a_terminal(tmp_path: Path, tty: bool) -> No
         assert "╭" in shown or "+" in shown  # a panel border
     else:
         assert shown == ""  # a daemon's stdout, or a pipe: never panels
+
+
+def test_access_log_names_the_upstream_that_refused() -> None:
+    h = Harness.build()
+    h.upstream.queue(jsonReply({"error": {"message": "context too long"}}, 400))
+    events, stop = capture()
+    try:
+        h.post(message())
+    finally:
+        stop()
+    access = [e for e in events if e.get("log_namespace") == "ccproxy.access"]
+    assert access[0]["status"] == 400
+    assert access[0]["upstream"] == "up"
+    assert access[0]["upstream_status"] == 400
+    assert "(upstream 400)" in formatEvent(access[0])

@@ -124,7 +124,11 @@ def test_tool_counts_overhead_plus_its_json() -> None:
     base = estimateTokens(request)
     function = {"name": "Bash", "parameters": {"type": "object"}}
     withTool = estimateTokens({**request, "tools": [{"type": "function", "function": function}]})
-    assert withTool - base == 8 + textTokens(orjson.dumps(function).decode())
+    assert withTool - base == 100 + 8 + textTokens(orjson.dumps(function).decode())
+    twoTools = estimateTokens(
+        {**request, "tools": [{"type": "function", "function": function}] * 2}
+    )
+    assert twoTools - withTool == 8 + textTokens(orjson.dumps(function).decode())
 
 
 def test_tool_call_counts_overhead_name_and_arguments() -> None:
@@ -139,8 +143,8 @@ def test_tool_call_counts_overhead_name_and_arguments() -> None:
 def test_each_message_adds_overhead() -> None:
     one = {"messages": [{"role": "user", "content": "hello"}]}
     two = {"messages": [{"role": "user", "content": "hello"}, {"role": "user", "content": "hello"}]}
-    assert estimateTokens(one) == 4 + textTokens("hello")
-    assert estimateTokens(two) == 2 * estimateTokens(one)
+    assert estimateTokens(one) == 3 + 4 + textTokens("hello")
+    assert estimateTokens(two) == estimateTokens(one) + 4 + textTokens("hello")
 
 
 @pytest.mark.parametrize(
@@ -200,12 +204,14 @@ TEXT_CASES = [
     pytest.param("", 0, id="empty"),
     pytest.param("hello", 1, id="short-word"),
     pytest.param("abcdef", 1, id="six-letters"),
-    pytest.param("abcdefg", 2, id="seven-letters"),
-    pytest.param("internationalization", 4, id="long-word"),
-    pytest.param("123", 1, id="three-digits"),
-    pytest.param("1234567", 3, id="digit-groups-of-three"),
+    pytest.param("abcdefg", 1, id="seven-letters"),
+    pytest.param("internationalization", 3, id="long-word"),
+    pytest.param("123", 3, id="three-digits"),
+    pytest.param("1234567", 7, id="digit-groups-of-three"),
+    pytest.param("Привет", 2, id="cyrillic-word"),
+    pytest.param("日本語", 3, id="ideographs-one-each"),
     pytest.param("a,b", 3, id="punctuation"),
-    pytest.param('{"a":1}', 7, id="json"),
+    pytest.param('{"a":1}', 5, id="json"),
     pytest.param("日本語", 3, id="non-latin-one-each"),
     pytest.param("a\n\nb", 3, id="whitespace-run"),
 ]
