@@ -19,8 +19,7 @@ import orjson
 from attrs import define, field, frozen
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IReactorTime, IWriteDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -41,7 +40,6 @@ from ccproxy.translate.request import stopSequences, toOpenAI
 from ccproxy.translate.response import anthropicUsage, fromOpenAI
 from ccproxy.translate.stream import StreamTranslator, eventsForMessage
 from ccproxy.translate.tokens import estimateTokens
-from ccproxy.upstream import discardBody
 from ccproxy.usage import UsageBook
 
 JSON = b"application/json"
@@ -419,11 +417,10 @@ class ProxyApp:
         )
         self.streamsInFlight += 1
         ok: bool | None = None
-        reading = False
         try:
-            await headFirst(self.clock)
+            # The head goes out before the body is read, which may have arrived whole.
+            sendNow(request)
             sent.response.deliverBody(parser)
-            reading = True
             # A slow reader pauses the upstream instead of making us buffer its stream.
             request.registerProducer(parser.transport, True)
             await parser.finished
@@ -443,9 +440,7 @@ class ProxyApp:
             self.streamsInFlight -= 1
             sent.done(ok)
             writer.stop()
-            if not reading:
-                discardBody(sent.response)  # never read: close the upstream connection
-            elif request.channel is not None:  # None once the client has gone
+            if request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
             if translator.usage is not None:
                 record.countUsage(anthropicUsage(translator.usage))
@@ -503,13 +498,19 @@ class ProxyApp:
         return _errorResponse(request, ProxyError(500, "internal error in ccproxy", "api_error"))
 
 
-async def headFirst(clock: IReactorTime) -> None:
-    """Let the reactor send the status, headers and `message_start` before the body
-    is worked through: when a whole stream arrives in one read (a fast or bursty
-    upstream), translating it all first would hold back the client's first byte.
-    Two turns: the first timed call runs before the reactor's writes go out."""
-    await deferLater(clock, 0)
-    await deferLater(clock, 0)
+def sendNow(request: IRequest) -> None:
+    """Send what the response holds now (status, headers, `message_start`) instead of
+    when the reactor next gets to it.
+
+    Twisted buffers writes until the reactor's next turn; by then a stream that
+    arrived whole (a fast or bursty upstream) has been decoded and translated, and
+    the client's first byte waits for all of it. `doWrite` is the transport's
+    `IWriteDescriptor` method for "the socket can take data"; a full socket just
+    keeps the rest for the reactor, as before.
+    """
+    transport = getattr(request.channel, "transport", None)
+    if IWriteDescriptor.providedBy(transport):
+        transport.doWrite()
 
 
 def _isEventStream(response: Any) -> bool:

@@ -108,7 +108,11 @@ class UpstreamClient:
         timer = _Silence(self.clock, upstream.timeout, requested.cancel)
         try:
             response = await requested
-            producer = getattr(getattr(response, "request", None), "bodyProducer", None)
+            # The response's request is an IClientRequest proxy (proxyForInterface),
+            # whose `original` is Twisted's request, holding our body producer.
+            sentRequest = getattr(response, "request", None)
+            sentRequest = getattr(sentRequest, "original", sentRequest)
+            producer = getattr(sentRequest, "bodyProducer", None)
             if isinstance(producer, BytesProducer):
                 producer.release()
             return response

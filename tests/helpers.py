@@ -98,8 +98,6 @@ class Harness:
         for _ in range(3):
             self.upstreamTreq.flush()
             self.client.flush()
-            self.clock.advance(0)  # the turns a stream takes to send its head first
-            self.clock.advance(0)
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
