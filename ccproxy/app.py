@@ -314,7 +314,7 @@ class ProxyApp:
 
     async def _complete(self, request: IRequest, exchange: Exchange) -> bytes:
         """A non-streaming answer: one upstream body, one translated message."""
-        message = self._readMessage(exchange)
+        message = self._preparedMessage(exchange)
         exchange.record.status = 200
         try:
             answer = _json(request, message)
@@ -324,7 +324,7 @@ class ProxyApp:
             exchange.record.responsePayload = answer
         return answer
 
-    def _readMessage(self, exchange: Exchange) -> dict[str, Any]:
+    def _preparedMessage(self, exchange: Exchange) -> dict[str, Any]:
         """The whole JSON answer, read and translated during dispatch; the
         upstream's part is then over."""
         exchange.sent.done(True)
@@ -332,6 +332,7 @@ class ProxyApp:
         return message
 
     async def _translateBody(self, exchange: Exchange) -> dict[str, Any]:
+        """Read a JSON answer whole and translate it (during dispatch, see `prepare`)."""
         upstream = exchange.sent.upstream
         raw = await self.dispatcher.client.readBody(
             upstream, exchange.sent.response, exchange.config.maxResponseBytes
@@ -366,7 +367,7 @@ class ProxyApp:
         if not _isEventStream(sent.response):
             # A JSON body where a stream was asked for: an error (most servers fail
             # this way before streaming), or a server that ignores `stream: true`.
-            message = self._readMessage(exchange)
+            message = self._preparedMessage(exchange)
             try:
                 frames = b"".join(encodeEvent(e) for e in eventsForMessage(message))
             except orjson.JSONEncodeError:

@@ -15,7 +15,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 from attrs import define, field
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -163,7 +162,7 @@ class Dispatcher:
                 error = upstreamError(upstream.name, response.code, raw, responseHeaders(response))
             except ProxyError as e:
                 error = e
-            except CancelledError:
+            except BaseException:  # cancelled (the client left), or a bug: no verdict
                 slots.release()
                 breaker.released()
                 raise
