@@ -28,7 +28,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ccproxy.accesslog import AccessLog, AccessRecord
 from ccproxy.config import Client, Config, Upstream, keyDigest
 from ccproxy.dispatch import Dispatcher, Sent
-from ccproxy.errors import ProxyError, errorBody, invalidRequest, upstreamError
+from ccproxy.errors import ProxyError, errorBody, invalidRequest, statusInBody, upstreamError
 from ccproxy.limits import ClientLimits
 from ccproxy.metrics import Metrics
 from ccproxy.profile import Profile
@@ -543,12 +543,7 @@ def _builder(
 
 def errorInBody(upstream: str, raw: bytes, data: dict[str, Any]) -> ProxyError:
     """A 2xx answer that is an error object: its own `code` when it is an HTTP status."""
-    error = data.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    status = code if isinstance(code, int) and 400 <= code <= 599 else 502
-    return upstreamError(upstream, status, raw)
+    return upstreamError(upstream, statusInBody(data), raw)
 
 
 def _deadline(request: IRequest, started: float, config: Config) -> float | None:

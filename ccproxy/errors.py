@@ -98,6 +98,16 @@ def upstreamError(
     )
 
 
+def statusInBody(data: Any) -> int:
+    """The HTTP status an error object sent with a 2xx (or inside a stream) claims in
+    its `code`, when that is one (vLLM, llama.cpp, OpenRouter put it there); else 502."""
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    return code if isinstance(code, int) and 400 <= code <= 599 else 502
+
+
 _RETRY_AFTER = re.compile(r"\d{1,6}(\.\d+)?|[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} [\d:]{8} GMT")
 _TAG = re.compile(r"<[^>]*>")
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)

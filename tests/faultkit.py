@@ -9,14 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from attrs import define
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.helpers import parseSSE
+from tests.helpers import Reply, parseSSE
 
 BOUND = 10.0
 """Seconds any single wait may take before the test fails instead of hanging."""
@@ -42,16 +41,6 @@ def closedPort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@define
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
 
 
 def request(model: str, stream: bool, text: str = "hello", **extra: Any) -> dict[str, Any]:

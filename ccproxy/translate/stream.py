@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ccproxy.errors import ProxyError, extractMessage
+from ccproxy.errors import ProxyError, extractMessage, statusInBody
 from ccproxy.translate.response import (
     anthropicUsage,
     argumentsText,
@@ -414,11 +414,7 @@ class StreamTranslator:
 
 def streamError(chunk: dict[str, Any]) -> ProxyError:
     """An error the upstream sent inside the stream, as a ProxyError for `event: error`."""
-    error = chunk.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    status = code if isinstance(code, int) and 400 <= code <= 599 else 502
+    status = statusInBody(chunk)
     message = extractMessage(orjson.dumps(chunk)) or "the upstream sent an error"
     errorType = "overloaded_error" if status in (429, 503, 529) else "api_error"
     return ProxyError(status, message, errorType)
