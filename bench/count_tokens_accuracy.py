@@ -16,9 +16,9 @@ free loopback ports), then for each request:
 - cross-checks that figure against llama-server's own `/apply-template` +
   `/tokenize` of the body ccproxy sends (so a wrong usage mapping in the proxy
   would show up as a mismatch rather than as estimator error);
-- computes a proposed estimator (`PROPOSED` below, a local variant of
-  ccproxy/translate/tokens.py; ccproxy itself is not changed) on the same
-  translated body.
+- computes, on the same translated body, ccproxy's estimator (which must equal the
+  `/count_tokens` answer) and the rules it replaced (`BEFORE` below), to show what
+  the calibration changed.
 
 The requests: every body in tests/fixtures/claude-code/requests/*.json that has
 `messages` (their `"<text: N chars>"` placeholders are filled with English prose,
@@ -75,6 +75,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from ccproxy.translate.tokens import estimateTokens
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "claude-code" / "requests"
@@ -569,10 +571,9 @@ def fixtureRequests() -> list[tuple[str, dict[str, Any]]]:
 # ---------------------------------------------------------------------------------------
 
 
-class CurrentEstimator:
-    """A verbatim copy of ccproxy/translate/tokens.py as measured (the script checks that
-    it gives what the proxy's /count_tokens answers, so the two cannot drift apart
-    unnoticed)."""
+class BeforeCalibration:
+    """The rules ccproxy/translate/tokens.py used before this script calibrated it
+    (kept to show the difference; ccproxy's own estimator is what is measured)."""
 
     PIECE = re.compile(r"[A-Za-z]+|\d{1,3}|\s+|[^\sA-Za-z\d]")
     PER_MESSAGE = 4
@@ -615,69 +616,7 @@ class CurrentEstimator:
         return total
 
 
-class ProposedEstimator(CurrentEstimator):
-    """The change proposed for ccproxy/translate/tokens.py, written so that it can be
-    pasted there (`estimate` → estimateTokens, `text` → textTokens).
-
-    Measured with SmolLM2's tokenizer (`python -m bench.count_tokens_accuracy`), and
-    checked against the Qwen2 and Llama 3 vocabularies (`--vocab-dir`):
-
-    - a word of ASCII letters is one token up to 8 letters, plus one per further 8
-      (was 6): BPE vocabularies hold most English words of 7-12 letters whole (they
-      cost 1.1-1.4 tokens on average, not 2);
-    - a run of ASCII punctuation costs one token per 2 characters, rounded up (was one
-      per character): `":"`, `",`, `{"`, `();`, `**` are single tokens;
-    - a lone newline costs 1 (was 0): unlike a space, it never merges into a word;
-    - a digit costs 1 (was one per group of 3): SmolLM2, Qwen, Gemma, Mistral and
-      Llama 2 split numbers into digits; OpenAI's and Llama 3's tokenizers group 3, so
-      this overcounts numbers for them, the safe side;
-    - a word in another script (Cyrillic, Greek, accented Latin...) is one token plus
-      one per further 3 letters (was one per character); CJK, kana and Hangul stay one
-      token per character;
-    - each request adds 3 (the assistant header that chat templates end with), and a
-      request with tools adds 100 once (the instructions a chat template wraps the
-      tool list in: 106 SmolLM2 tokens in Qwen2.5's, the common Hermes-style one).
-    """
-
-    PIECE = re.compile(r"[^\W\d_]+|\d|\s+|[!-/:-@\[-`{-~]+|.", re.DOTALL)
-    LETTERS_PER_TOKEN = 8
-    OTHER_SCRIPT_LETTERS_PER_TOKEN = 3
-    PER_REQUEST = 3
-    PER_TOOLS = 100
-
-    def estimate(self, request: dict[str, Any]) -> int:
-        total = self.PER_REQUEST + super().estimate(request)
-        if request.get("tools"):
-            total += self.PER_TOOLS
-        return total
-
-    def text(self, text: str) -> int:
-        total = 0
-        for match in self.PIECE.finditer(text):
-            piece = match.group()
-            if piece[0].isalpha():
-                total += self.word(piece)
-            elif piece[0].isspace():
-                total += 1 if len(piece) > 1 or piece == "\n" else 0
-            elif piece[0] in _ASCII_PUNCTUATION:
-                total += (len(piece) + 1) // 2
-            else:
-                total += 1  # a digit, an emoji, a symbol
-        return total
-
-    def word(self, word: str) -> int:
-        if word.isascii():
-            return 1 + (len(word) - 1) // self.LETTERS_PER_TOKEN
-        ideographs = sum(1 for char in word if char >= "\u2e80")  # CJK, kana, Hangul
-        rest = len(word) - ideographs
-        if rest:
-            ideographs += 1 + (rest - 1) // self.OTHER_SCRIPT_LETTERS_PER_TOKEN
-        return ideographs
-
-
-_ASCII_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-CURRENT = CurrentEstimator()
-PROPOSED = ProposedEstimator()
+BEFORE = BeforeCalibration()
 
 
 # ---------------------------------------------------------------------------------------
@@ -797,8 +736,8 @@ class Row:
     name: str
     bodyBytes: int
     proxy: int | None = None  # ccproxy's /count_tokens answer
-    current: int | None = None  # CurrentEstimator on the translated body
-    proposed: int | None = None  # ProposedEstimator on the translated body
+    current: int | None = None  # ccproxy's estimateTokens on the translated body
+    before: int | None = None  # the rules before the calibration, same body
     actual: int | None = None  # usage through ccproxy: input + cache read (+ creation)
     tokenized: int | None = None  # llama-server's /apply-template + /tokenize
     others: dict[str, int] = field(default_factory=dict)  # other vocabularies, same prompt
@@ -841,8 +780,8 @@ def measure(
     row.proxy = answer["input_tokens"]
 
     sent = translate(counted)  # what ccproxy sends upstream, as count_tokens sees it
-    row.current = CURRENT.estimate(sent)
-    row.proposed = PROPOSED.estimate(sent)
+    row.current = estimateTokens(sent)
+    row.before = BEFORE.estimate(sent)
     status, rendered = httpJSON(
         f"{llama}/apply-template", {k: sent[k] for k in ("messages", "tools") if k in sent}
     )
@@ -919,7 +858,7 @@ def report(rows: list[Row], out: Any = sys.stdout) -> None:
 
     p(
         "| request | body bytes | actual | ccproxy estimate | error "
-        "| proposed estimate | proposed error |"
+        "| before calibration | its error |"
     )
     p("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -929,7 +868,7 @@ def report(rows: list[Row], out: Any = sys.stdout) -> None:
         p(
             f"| {r.name} | {r.bodyBytes} | {r.actual} "
             f"| {r.proxy} | {fmtPct(pct(r.proxy, r.actual))} "
-            f"| {r.proposed} | {fmtPct(pct(r.proposed, r.actual))} |"
+            f"| {r.before} | {fmtPct(pct(r.before, r.actual))} |"
         )
     p()
     p("actual = usage.input_tokens + cache_read_input_tokens through ccproxy from llama-server")
@@ -945,7 +884,7 @@ def report(rows: list[Row], out: Any = sys.stdout) -> None:
     p("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for reference in references:
         for group, members in groups(rows).items():
-            for label, attribute in (("ccproxy", "proxy"), ("proposed", "proposed")):
+            for label, attribute in (("ccproxy", "proxy"), ("before calibration", "before")):
                 s = summarize(members, attribute, reference)
                 if s is None:
                     continue
@@ -965,9 +904,9 @@ def report(rows: list[Row], out: Any = sys.stdout) -> None:
     for r in unchecked:
         p(f"  {r.name}: not cross-checked (/apply-template failed)")
     verdict = "yes, for every request" if not replica else f"NO for {len(replica)}"
-    p(f"the script's copy of the estimator == ccproxy's /count_tokens: {verdict}")
+    p(f"estimateTokens on the translated body == ccproxy's /count_tokens: {verdict}")
     for r in replica:
-        p(f"  {r.name}: ccproxy {r.proxy}, copy {r.current} (tokens.py changed? update the copy)")
+        p(f"  {r.name}: /count_tokens {r.proxy}, estimateTokens {r.current}")
 
 
 def cacheOrder(
