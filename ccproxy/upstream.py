@@ -29,7 +29,6 @@ from ccproxy.config import Upstream
 from ccproxy.errors import ProxyError
 
 USER_AGENT = f"ccproxy/{__version__}"
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 
 
@@ -78,7 +77,6 @@ class UpstreamClient:
     clock: IReactorTime
     httpFor: Callable[[Upstream], HTTPClient] | None = None
     """When set, the client for each upstream (each has its own connect timeout)."""
-    maxResponseBytes: int = MAX_RESPONSE_BYTES
     log: ClassVar[Logger] = Logger()
 
     def headersFor(self, upstream: Upstream, callerKey: str | None) -> dict[str, str]:
@@ -140,15 +138,15 @@ class UpstreamClient:
         self,
         upstream: Upstream,
         response: IResponse,
-        limit: int | None = None,
+        limit: int,
         truncate: bool = False,
     ) -> bytes:
-        """The whole body, within `limit` bytes and the silence timeout.
+        """The whole body, within `limit` bytes (`max_response_bytes` for answers) and
+        the silence timeout.
 
         `truncate` keeps the first `limit` bytes of a longer body (for error
         bodies, whose first words are enough) instead of failing.
         """
-        limit = self.maxResponseBytes if limit is None else limit
         if response.length is not UNKNOWN_LENGTH and response.length > limit and not truncate:
             discardBody(response)
             raise _tooLarge(upstream, limit)
