@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ccproxy import doctor
+from ccproxy.doctor import cli as doctor
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,16 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move everything collection made (every test module, Twisted, hypothesis) out
+    of the collector's sight. The `gc.collect()` after each test then walks only
+    what the test itself made, which is all it is there to find (an unhandled
+    Deferred error is logged when its Deferred is collected): 0 ms instead of the
+    ~120 ms a full collection of some 235,000 objects took, once per test."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def noLoggedFailures() -> Iterator[list[dict[str, Any]]]:
     """Collect error events (Failures logged, unhandled Deferred errors) and fail on them.

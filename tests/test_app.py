@@ -9,9 +9,9 @@ import pytest
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 
-from ccproxy.upstream import UpstreamClient
-from tests.fakes import completion, jsonReply, rawReply, stallReply, toolCall
-from tests.helpers import BASE_CONFIG, Harness, fired, message, resultOf
+from ccproxy.upstream.client import UpstreamClient
+from tests.support.fakes import completion, jsonReply, rawReply, stallReply, toolCall
+from tests.support.harness import BASE_CONFIG, Harness, fired, message, resultOf
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import completion, jsonReply, rawReply, sseReply, stallReply, toolCall
-from tests.helpers import BASE_CONFIG, Harness, fired, message, parseSSE, resultOf
+from tests.support.fakes import completion, jsonReply, rawReply, sseReply, stallReply, toolCall
+from tests.support.harness import BASE_CONFIG, Harness, fired, message, parseSSE, resultOf
 
 
 def chunk(

@@ -17,7 +17,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
 
 from ccproxy.config import Config
-from ccproxy.service import ProxyService
+from ccproxy.daemon.service import ProxyService
 
 FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 4000 + b'"}}]}\n\n'
 TOTAL_FRAMES = 50_000  # 200 MB if nothing pushed back

@@ -1,6 +1,6 @@
 """End to end with the real Claude Code: claude -p → ccproxy (twistd) → a scripted upstream.
 
-The scripted upstream (tests/scripted_upstream.py) first streams a call of the Read
+The scripted upstream (tests/support/scripted_upstream.py) first streams a call of the Read
 tool on a file of the workspace, its arguments in several fragments, then, once it
 gets the tool's result, a text answer. Claude Code must run the tool, send its
 result back, and print the text.
@@ -190,7 +190,7 @@ class Processes:
         process = self.spawn(
             [
                 sys.executable,
-                str(ROOT / "tests" / "scripted_upstream.py"),
+                str(ROOT / "tests" / "support" / "scripted_upstream.py"),
                 "--port-file",
                 str(portFile),
                 "--log",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ccproxy.config import DEFAULT_LISTEN, Config, ConfigError
-from ccproxy.routing import Target
+from ccproxy.config.routing import Target
 
 MINIMAL = """
 upstreams:

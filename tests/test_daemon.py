@@ -59,7 +59,7 @@ def upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     process = subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "tests" / "scripted_upstream.py"),
+            str(ROOT / "tests" / "support" / "scripted_upstream.py"),
             "--port-file",
             str(portFile),
             "--log",

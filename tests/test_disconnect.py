@@ -18,10 +18,10 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from ccproxy.site import ProxySite
-from ccproxy.upstream import UpstreamClient
-from tests.fakes import sseReply, stallReply
-from tests.helpers import Harness, message
+from ccproxy.upstream.client import UpstreamClient
+from ccproxy.web.site import ProxySite
+from tests.support.fakes import sseReply, stallReply
+from tests.support.harness import Harness, message
 
 
 def connect(h: Harness, body: dict[str, Any]) -> tuple[Any, StringTransport]:
@@ -139,7 +139,7 @@ def test_the_head_is_sent_at_once_not_at_the_next_reactor_turn() -> None:
     from twisted.internet.interfaces import IWriteDescriptor
     from zope.interface import implementer
 
-    from ccproxy.app import sendNow
+    from ccproxy.web.app import sendNow
 
     @implementer(IWriteDescriptor)
     class Socket:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from attrs import define, field
 
-from ccproxy import doctor
 from ccproxy.config import Config
-from ccproxy.doctor import (
+from ccproxy.doctor import cli as doctor
+from ccproxy.doctor.cli import (
     OK,
     PROBLEM,
     WARNING,

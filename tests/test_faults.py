@@ -35,11 +35,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
 from ccproxy.config import Config
-from ccproxy.service import ProxyService
-from tests.fakes import FakeOpenAI, completion, jsonReply, sseReply
-from tests.faultkit import (
+from ccproxy.daemon.service import ProxyService
+from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply
+from tests.support.faultkit import (
     Client,
-    Reply,
+    ClientReply,
     assertEnvelope,
     assertStreamError,
     closedPort,
@@ -619,7 +619,7 @@ class Rig:
         self.sockets += [listener, filler]
         return int(listener.getsockname()[1])
 
-    async def post(self, model: str, stream: bool) -> Reply:
+    async def post(self, model: str, stream: bool) -> ClientReply:
         return await self.client.post(f"{self.base}/v1/messages", request(model, stream))
 
     def assertIdle(self) -> None:

@@ -33,9 +33,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from ccproxy.site import ProxySite
-from tests.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
-from tests.helpers import BASE_CONFIG, Harness, Reply, message, parseSSE
+from ccproxy.web.site import ProxySite
+from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
+from tests.support.harness import BASE_CONFIG, ClientReply, Harness, message, parseSSE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"
 CLAUDE_CODE_BODIES = [
@@ -115,7 +115,7 @@ def failuresLogged() -> Iterator[list[str]]:
         globalLogPublisher.removeObserver(observer)
 
 
-def checkAnswer(reply: Reply, path: str) -> None:
+def checkAnswer(reply: ClientReply, path: str) -> None:
     """A well-formed answer: 200 or a client error, never a 5xx, never a traceback."""
     assert b"Traceback" not in reply.body
     assert b"<twisted." not in reply.body
@@ -145,7 +145,7 @@ def checkAnswer(reply: Reply, path: str) -> None:
     assert body["request_id"] and body["request_id"] == reply.headers["request-id"]
 
 
-def parseResponse(data: bytes) -> Reply:
+def parseResponse(data: bytes) -> ClientReply:
     """A whole HTTP/1.1 response as bytes: status, headers, (de-chunked) body."""
     head, separator, rest = data.partition(b"\r\n\r\n")
     assert separator, f"no whole response head: {data[:300]!r}"
@@ -165,10 +165,10 @@ def parseResponse(data: bytes) -> Reply:
     else:
         assert len(rest) == int(headers["content-length"]), "a short body"
         body = rest
-    return Reply(int(lines[0].split(" ")[1]), headers, body)
+    return ClientReply(int(lines[0].split(" ")[1]), headers, body)
 
 
-def postThroughSite(h: Harness, raw: bytes, path: str) -> Reply:
+def postThroughSite(h: Harness, raw: bytes, path: str) -> ClientReply:
     """POSTs `raw` as a client would: bytes into ProxySite's HTTPChannel."""
     site = ProxySite(h.app.resource(), lambda: h.app.config.maxBodyBytes, reactor=h.clock)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
@@ -185,7 +185,7 @@ def postThroughSite(h: Harness, raw: bytes, path: str) -> Reply:
         channel.connectionLost(Failure(ConnectionDone()))
 
 
-def postAndCheck(raw: bytes, path: str) -> Reply:
+def postAndCheck(raw: bytes, path: str) -> ClientReply:
     """Posts `raw` to a fresh app, checks the answer, then a normal request."""
     h = Harness.build(CONFIG)
     h.upstream.queue(*[anyAnswer] * 3)

@@ -20,8 +20,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Site
 
 from ccproxy.config import Config
-from ccproxy.service import ProxyService
-from tests.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
+from ccproxy.daemon.service import ProxyService
+from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
 
 
 @pytest_twisted.async_yield_fixture()

@@ -31,10 +31,10 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from ccproxy.config import Config
-from ccproxy.service import ProxyService
-from tests.faultkit import (
+from ccproxy.daemon.service import ProxyService
+from tests.support.faultkit import (
     Client,
-    Reply,
+    ClientReply,
     assertEnvelope,
     assertStreamError,
     blocksOf,
@@ -172,7 +172,7 @@ class Proxy:
     base: str
     client: Client = field(factory=Client)
 
-    async def post(self, model: str, stream: bool, **extra: Any) -> Reply:
+    async def post(self, model: str, stream: bool, **extra: Any) -> ClientReply:
         return await self.client.post(
             f"{self.base}/v1/messages", request(model, stream, PROMPT, **extra)
         )

@@ -24,10 +24,10 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from ccproxy.config import Config, LogSettings
-from ccproxy.logs import fileObserver, openLogFile
-from ccproxy.service import ProxyService
-from tests.fakes import FakeOpenAI, jsonReply, sseReply
-from tests.helpers import BASE_CONFIG, Harness, message, parseSSE, resultOf
+from ccproxy.daemon.logs import fileObserver, openLogFile
+from ccproxy.daemon.service import ProxyService
+from tests.support.fakes import FakeOpenAI, jsonReply, sseReply
+from tests.support.harness import BASE_CONFIG, Harness, message, parseSSE, resultOf
 
 
 def capture() -> tuple[list[dict[str, Any]], Any]:

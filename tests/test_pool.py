@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
 from ccproxy.config import Config
-from ccproxy.service import ProxyService
+from ccproxy.daemon.service import ProxyService
 
 ANSWER = orjson.dumps(
     {
@@ -107,7 +107,7 @@ def test_ip_addresses_skip_the_resolver(url: bytes, kind: str) -> None:
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.client import URI
 
-    from ccproxy.pool import UpstreamEndpoints
+    from ccproxy.upstream.pool import UpstreamEndpoints
 
     endpoint = UpstreamEndpoints(MemoryReactorClock(), 5).endpointForURI(URI.fromBytes(url))
     assert type(endpoint).__name__ == kind

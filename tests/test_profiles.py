@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from ccproxy.config import Config
+from ccproxy.config.profile import PRESETS
 from ccproxy.errors import ProxyError
-from ccproxy.profile import PRESETS, Profile
+from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import reasoningEffort, toOpenAI
 from ccproxy.translate.response import fromOpenAI
 from ccproxy.translate.thinking import SIGNATURE_PREFIX, ThinkTagSplitter, splitThinkTags
@@ -246,7 +247,7 @@ def test_extra_body_is_merged() -> None:
 def test_azure_sends_api_key_header() -> None:
     from twisted.internet.task import Clock
 
-    from ccproxy.upstream import UpstreamClient
+    from ccproxy.upstream.client import UpstreamClient
 
     config = Config.fromYAML(
         """
@@ -350,8 +351,8 @@ LONG = "mcp__company-knowledge-base__search_confluence_pages_by_label_and_space.
 
 
 def test_long_tool_names_are_shortened_and_mapped_back() -> None:
-    from tests.fakes import completion, jsonReply, sseReply, toolCall
-    from tests.helpers import Harness, message, parseSSE
+    from tests.support.fakes import completion, jsonReply, sseReply, toolCall
+    from tests.support.harness import Harness, message, parseSSE
 
     tools = [{"name": LONG, "input_schema": {"type": "object", "properties": {}}}]
     history = [
@@ -406,7 +407,7 @@ def test_long_tool_names_are_shortened_and_mapped_back() -> None:
 
 
 def test_gemini_preset_reduces_tool_schemas() -> None:
-    from tests.helpers import BASE_CONFIG, Harness, message
+    from tests.support.harness import BASE_CONFIG, Harness, message
 
     h = Harness.build(
         BASE_CONFIG.replace("    retries: 0\n", "    retries: 0\n    preset: gemini\n")

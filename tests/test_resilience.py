@@ -9,9 +9,9 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.http_headers import Headers
 
-from ccproxy.upstream import UpstreamClient
-from tests.fakes import jsonReply, rawReply, sseReply, stallReply
-from tests.helpers import Harness, fired, message, resultOf
+from ccproxy.upstream.client import UpstreamClient
+from tests.support.fakes import jsonReply, rawReply, sseReply, stallReply
+from tests.support.harness import Harness, fired, message, resultOf
 
 CONFIG = """
 upstreams:

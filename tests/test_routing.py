@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ccproxy.config.routing import ModelRouter, Route, Target
 from ccproxy.errors import ProxyError
-from ccproxy.routing import ModelRouter, Route, Target
 
 ROUTER = ModelRouter.fromRoutes(
     [

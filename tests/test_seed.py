@@ -10,8 +10,8 @@ import pytest
 from twisted.internet.endpoints import serverFromString
 
 from ccproxy.config import Config
-from ccproxy.schema import ConfigError
-from ccproxy.seed import (
+from ccproxy.config.schema import ConfigError
+from ccproxy.config.seed import (
     README_TABLE,
     VARIABLES,
     SeedSettings,

@@ -20,8 +20,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
+from ccproxy.config.model import DEFAULT_MAX_LINE_BYTES as DEFAULT_MAX_LINE
 from ccproxy.errors import ProxyError
-from ccproxy.sse import DEFAULT_MAX_LINE, SSEParser, encodeEvent
+from ccproxy.relay.sse import SSEParser
+from ccproxy.relay.writer import encodeEvent
 
 TIMEOUT = 30.0
 

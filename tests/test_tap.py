@@ -10,8 +10,8 @@ import pytest_twisted
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
-from ccproxy.service import ProxyService
-from ccproxy.tap import Options, makeService
+from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.tap import Options, makeService
 
 GOOD = """
 upstreams:
@@ -114,7 +114,7 @@ def test_make_service_builds_the_tree(tmp_path: Path) -> None:
     ],
 )
 def test_listen_gets_a_deep_backlog(listen: str, expected: str) -> None:
-    from ccproxy.listen import withBacklog
+    from ccproxy.daemon.listen import withBacklog
 
     assert withBacklog(listen) == expected
 
@@ -130,7 +130,7 @@ def test_listen_gets_a_deep_backlog(listen: str, expected: str) -> None:
     ],
 )
 def test_tcp_address_for_reuse_port(listen: str, address: Any) -> None:
-    from ccproxy.listen import tcpAddress
+    from ccproxy.daemon.listen import tcpAddress
 
     assert tcpAddress(listen) == address
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from ccproxy.errors import ProxyError
-from ccproxy.profile import Profile
+from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.tokens import estimateTokens, textTokens
 

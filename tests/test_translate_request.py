@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from ccproxy.errors import ProxyError
-from ccproxy.profile import Profile
+from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import MAX_STOP_SEQUENCES, stopSequences, toOpenAI
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"

@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from ccproxy.config import Config
-from ccproxy.upstream import BytesProducer, UpstreamClient
-from tests.helpers import resultOf
+from ccproxy.upstream.client import BytesProducer, UpstreamClient
+from tests.support.harness import resultOf
 
 
 class _Proxy:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from ccproxy.errors import invalidRequest
-from ccproxy.profile import Profile
+from ccproxy.translate.dialect import Profile
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.schema import geminiSchema
 

@@ -1,4 +1,4 @@
-"""Server-sent events on bytes: the upstream's stream parsed, the client's encoded.
+"""Server-sent events from the upstream: its byte stream parsed into `data` payloads.
 
 The parser is a `LineOnlyReceiver` fed with the raw response body, so any split of
 the byte stream (across TCP chunks, inside a multi-byte UTF-8 character) gives the
@@ -8,9 +8,7 @@ same events: lines are cut on bytes and a payload is decoded only once whole.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.protocols.basic import LineOnlyReceiver
@@ -18,17 +16,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from ccproxy.config.model import DEFAULT_MAX_LINE_BYTES
 from ccproxy.errors import ProxyError
 
-# A single SSE line may hold a whole tool call (a file written by the Write tool).
-DEFAULT_MAX_LINE = 16 * 1024 * 1024
-
 _DONE = b"[DONE]"
-
-
-def encodeEvent(event: dict[str, Any]) -> bytes:
-    """One Anthropic SSE frame, with the `event:` line Claude Code requires."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 class SSEParser(LineOnlyReceiver):
@@ -50,7 +41,7 @@ class SSEParser(LineOnlyReceiver):
         clock: IReactorTime,
         timeout: float,
         upstream: str,
-        maxLineLength: int = DEFAULT_MAX_LINE,
+        maxLineLength: int = DEFAULT_MAX_LINE_BYTES,
         onBatch: Callable[[], None] = lambda: None,
     ) -> None:
         self.MAX_LENGTH = maxLineLength

@@ -25,8 +25,8 @@ from typing import Any
 
 from attrs import frozen
 
-from ccproxy.config import Config
-from ccproxy.schema import ConfigError, nonNegativeInt
+from ccproxy.config.model import Config
+from ccproxy.config.schema import ConfigError, nonNegativeInt
 
 UPSTREAM_NAME = "default"
 DEFAULT_HOST = "127.0.0.1"

@@ -25,22 +25,22 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ccproxy.accesslog import AccessLog, AccessRecord
 from ccproxy.config import Client, Config, Upstream, keyDigest
-from ccproxy.dispatch import Dispatcher, Sent
+from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError, errorBody, invalidRequest, statusInBody, upstreamError
-from ccproxy.limits import ClientLimits
-from ccproxy.metrics import Metrics
-from ccproxy.profile import Profile
-from ccproxy.routing import Target
-from ccproxy.sse import SSEParser, encodeEvent
-from ccproxy.streaming import EventWriter, startStream
+from ccproxy.observe.accesslog import AccessLog, AccessRecord
+from ccproxy.observe.metrics import Metrics
+from ccproxy.observe.usage import UsageBook
+from ccproxy.relay.sse import SSEParser
+from ccproxy.relay.writer import EventWriter, encodeEvent, startStream
+from ccproxy.translate.dialect import Profile
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.request import stopSequences, toOpenAI
 from ccproxy.translate.response import anthropicUsage, fromOpenAI
 from ccproxy.translate.stream import StreamTranslator, eventsForMessage
 from ccproxy.translate.tokens import estimateTokens
-from ccproxy.usage import UsageBook
+from ccproxy.upstream.dispatch import Dispatcher, Sent
+from ccproxy.web.admission import ClientLimits
 
 JSON = b"application/json"
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"

@@ -13,8 +13,8 @@ from typing import Any
 from attrs import define, field
 from twisted.logger import Logger
 
-from ccproxy.metrics import Metrics
-from ccproxy.usage import UsageBook
+from ccproxy.observe.metrics import Metrics
+from ccproxy.observe.usage import UsageBook
 
 # Module-level on purpose: a Logger that is a class attribute takes the class's
 # name as its namespace, and these namespaces are what log readers filter on.

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.helpers import Reply, parseSSE
+from tests.support.harness import ClientReply, parseSSE
 
 BOUND = 10.0
 """Seconds any single wait may take before the test fails instead of hanging."""
@@ -61,21 +61,25 @@ class Client:
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = HTTPClient(Agent(reactor, pool=self.pool))
 
-    async def post(self, url: str, body: dict[str, Any] | bytes) -> Reply:
+    async def post(self, url: str, body: dict[str, Any] | bytes) -> ClientReply:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         response = await within(self.http.post(url, data=data))
         raw = await within(response.content())
         headers = {
             k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()
         }
-        return Reply(response.code, headers, raw)
+        return ClientReply(response.code, headers, raw)
 
     async def close(self) -> None:
         await within(self.pool.closeCachedConnections())
 
 
 def assertEnvelope(
-    reply: Reply, status: int, errorType: str, says: str, headers: dict[str, str] | None = None
+    reply: ClientReply,
+    status: int,
+    errorType: str,
+    says: str,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """An Anthropic error envelope with this status, type and words in its message."""
     assert reply.status == status, reply.body
@@ -91,7 +95,7 @@ def assertEnvelope(
         assert reply.headers.get(name) == value
 
 
-def assertStreamError(reply: Reply, says: str) -> list[tuple[str, Any]]:
+def assertStreamError(reply: ClientReply, says: str) -> list[tuple[str, Any]]:
     """A stream that started and then failed: `event: error` last, no `message_stop`."""
     assert reply.status == 200, reply.body
     assert reply.headers["content-type"].startswith("text/event-stream")
@@ -108,12 +112,14 @@ def assertStreamError(reply: Reply, says: str) -> list[tuple[str, Any]]:
     return frames
 
 
-def textOf(reply: Reply, stream: bool, stopReason: str = "end_turn") -> str:
+def textOf(reply: ClientReply, stream: bool, stopReason: str = "end_turn") -> str:
     """The answer's text, after checking that it is a whole, normal answer."""
     return "".join(b["text"] for b in blocksOf(reply, stream, stopReason) if b["type"] == "text")
 
 
-def blocksOf(reply: Reply, stream: bool, stopReason: str | None = None) -> list[dict[str, Any]]:
+def blocksOf(
+    reply: ClientReply, stream: bool, stopReason: str | None = None
+) -> list[dict[str, Any]]:
     """The content blocks of a whole, normal answer (a stream's rebuilt from its events)."""
     assert reply.status == 200, reply.body
     assert b"Traceback" not in reply.body

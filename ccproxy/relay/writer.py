@@ -10,11 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IRequest
 
 from ccproxy.errors import ProxyError
-from ccproxy.sse import encodeEvent
+
+
+def encodeEvent(event: dict[str, Any]) -> bytes:
+    """One Anthropic SSE frame, with the `event:` line Claude Code requires."""
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
 
 PING = encodeEvent({"type": "ping"})
 

@@ -20,14 +20,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.web.client import Agent
 
-from ccproxy.app import ProxyApp
 from ccproxy.config import Config, ConfigError, Upstream
-from ccproxy.dispatch import Dispatcher, Upstreams
-from ccproxy.listen import listenService
-from ccproxy.logs import PrettyObserver, fileObserver, isTerminal, openLogFile, quietLevels
-from ccproxy.pool import UpstreamEndpoints, UpstreamPool
-from ccproxy.site import ProxySite
-from ccproxy.upstream import BytesProducer, UpstreamClient
+from ccproxy.daemon.listen import listenService
+from ccproxy.daemon.logs import PrettyObserver, fileObserver, isTerminal, openLogFile, quietLevels
+from ccproxy.upstream.client import BytesProducer, UpstreamClient
+from ccproxy.upstream.dispatch import Dispatcher, Upstreams
+from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
+from ccproxy.web.app import ProxyApp
+from ccproxy.web.site import ProxySite
 
 # Kept-alive connections per upstream host; enough for a team's concurrent sessions.
 POOL_SIZE_PER_HOST = 64

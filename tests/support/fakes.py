@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-Reply = Callable[[IRequest, "FakeOpenAI"], Any]
+Responder = Callable[[IRequest, "FakeOpenAI"], Any]
 
 
 @define
@@ -28,7 +28,7 @@ class FakeOpenAI:
     """Answers POST …/chat/completions with the next queued reply."""
 
     clock: IReactorTime | None = None
-    replies: list[Reply] = field(factory=list)
+    replies: list[Responder] = field(factory=list)
     received: list[Received] = field(factory=list)
     disconnected: int = 0
     finished: int = 0
@@ -38,7 +38,7 @@ class FakeOpenAI:
     def resource(self) -> Any:
         return self.router.resource()
 
-    def queue(self, *replies: Reply) -> FakeOpenAI:
+    def queue(self, *replies: Responder) -> FakeOpenAI:
         self.replies.extend(replies)
         return self
 
@@ -103,7 +103,7 @@ def toolCall(name: str, arguments: Any, callId: str | None = "call_1") -> dict[s
     return call
 
 
-def jsonReply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+def jsonReply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Responder:
     def reply(request: IRequest, fake: FakeOpenAI) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
@@ -114,7 +114,7 @@ def jsonReply(body: Any, status: int = 200, headers: dict[str, str] | None = Non
     return reply
 
 
-def rawReply(body: bytes, status: int = 200, contentType: str = "text/plain") -> Reply:
+def rawReply(body: bytes, status: int = 200, contentType: str = "text/plain") -> Responder:
     def reply(request: IRequest, fake: FakeOpenAI) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", contentType.encode())
@@ -123,7 +123,7 @@ def rawReply(body: bytes, status: int = 200, contentType: str = "text/plain") ->
     return reply
 
 
-def stallReply() -> Reply:
+def stallReply() -> Responder:
     """Never answers: the proxy's timeout or its client's disconnect must end it."""
 
     def reply(request: IRequest, fake: FakeOpenAI) -> Any:
@@ -138,7 +138,7 @@ def sseReply(
     done: bool = True,
     status: int = 200,
     close: bool = True,
-) -> Reply:
+) -> Responder:
     """Streams `events` (dicts become `data: {json}` frames; bytes go as they are),
     then `data: [DONE]`. With a `delay`, the headers go at once and each frame
     `delay` seconds after the one before, on the fake's clock."""

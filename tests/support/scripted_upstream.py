@@ -1,6 +1,6 @@
 """A scripted OpenAI-compatible upstream, run as a subprocess by test_claude_code.py.
 
-    python tests/scripted_upstream.py --port-file PATH --log PATH \\
+    python tests/support/scripted_upstream.py --port-file PATH --log PATH \\
         [--file /abs/path/notes.txt] [--answer TEXT]
 
 It listens on 127.0.0.1 on a port the OS picks and writes that port to --port-file
@@ -32,9 +32,9 @@ from twisted.internet import reactor
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.fakes import completion, jsonReply, sseReply, toolCall
+from tests.support.fakes import completion, jsonReply, sseReply, toolCall
 
 CALL_ID = "call_read_1"
 USAGE = {"prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from ccproxy.schema import Node, nonNegativeInt, positiveInt, positiveNumber
+from ccproxy.config.schema import Node, nonNegativeInt, positiveInt, positiveNumber
 
 
 @frozen

@@ -1,4 +1,4 @@
-"""The YAML configuration: parsed, expanded and validated into frozen values.
+"""Reading the YAML configuration: parsed, expanded and validated into frozen values.
 
 Every problem is a `ConfigError` naming the key path (`upstreams.corp.url: not an
 http(s) URL`), so a bad file stops the daemon with one clear line, at start-up or on
@@ -7,22 +7,33 @@ reload, never with a traceback.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from attrs import evolve, field, frozen
-from twisted.internet.endpoints import serverFromString
+from attrs import evolve
 
-from ccproxy.listen import reusePortProblem
-from ccproxy.policy import Policy, parsePolicy
-from ccproxy.profile import Profile, parseProfile
-from ccproxy.routing import ModelRouter, Route, Target
-from ccproxy.schema import (
+from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
+from ccproxy.config.model import (
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_TIMEOUT,
+    Client,
+    Config,
+    LogSettings,
+    Upstream,
+)
+from ccproxy.config.policy import parsePolicy
+from ccproxy.config.profile import parseProfile
+from ccproxy.config.routing import ModelRouter, Route, Target
+from ccproxy.config.schema import (
     ConfigError,
     Node,
     boolean,
@@ -34,127 +45,43 @@ from ccproxy.schema import (
     positiveNumber,
     string,
 )
-from ccproxy.sse import DEFAULT_MAX_LINE as DEFAULT_MAX_LINE_BYTES
-
-DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
-DEFAULT_TIMEOUT = 600.0
-DEFAULT_MAX_TOKENS = 32000
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-DEFAULT_PING_INTERVAL = 10.0
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _COMPLETIONS = "/chat/completions"
 
-T = TypeVar("T")
+
+def fromPath(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML file."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("", f"cannot read the file ({e.strerror})") from None
+    return fromYAML(text, environ, source=path)
 
 
-@frozen
-class Client:
-    """A caller allowed in when `clients` is set; logs show the name, never the key."""
-
-    name: str
-    key: str = field(repr=False)
-    admin: bool = False
-    """May read `/v1/usage`."""
-    maxConcurrent: int | None = None
-    requestsPerMinute: int | None = None
-    digest: bytes = field(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "digest", keyDigest(self.key))
+def fromYAML(
+    text: bytes | str, environ: Mapping[str, str] | None = None, source: str | None = None
+) -> Config:
+    """Parse and validate YAML text."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError("", f"not valid YAML: {where}{problem}") from None
+    return fromMapping(data, environ, source=source)
 
 
-def keyDigest(key: str) -> bytes:
-    """Keys are compared as digests, so the comparison time says nothing of their length."""
-    return hashlib.sha256(key.encode()).digest()
-
-
-@frozen
-class Upstream:
-    """One OpenAI-compatible gateway."""
-
-    name: str
-    url: str
-    """The full chat/completions URL."""
-    apiKey: str | None = field(repr=False)
-    """None: the caller's own key is forwarded."""
-    timeout: float
-    headers: Mapping[str, str] = field(factory=dict, repr=False)
-    profile: Profile = field(factory=Profile)
-    policy: Policy = field(factory=Policy)
-
-
-@frozen
-class LogSettings:
-    """Where the daemon logs, and how its files rotate."""
-
-    file: str | None = None
-    """None: wherever twistd logs (its --logfile, twistd.log by default)."""
-    maxBytes: int = 10 * 1024 * 1024
-    keep: int = 5
-    format: str = "text"
-
-
-@frozen
-class Config:
-    """The whole validated configuration."""
-
-    upstreams: Mapping[str, Upstream]
-    router: ModelRouter
-    listen: str = DEFAULT_LISTEN
-    clients: tuple[Client, ...] = ()
-    defaultMaxTokens: int = DEFAULT_MAX_TOKENS
-    maxBodyBytes: int = DEFAULT_MAX_BODY_BYTES
-    pingInterval: float = DEFAULT_PING_INTERVAL
-    maxDuration: float | None = None
-    """Seconds a request may take in all, streams included (None: no limit)."""
-    shutdownGrace: float = 30.0
-    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    maxLineBytes: int = DEFAULT_MAX_LINE_BYTES
-    log: LogSettings = field(factory=LogSettings)
-    logPayloads: bool = False
-    logPayloadMaxChars: int = 1400
-    pretty: bool = False
-    allowOpen: bool = False
-    reusePort: bool = False
-    """Bind with SO_REUSEPORT, so several processes can serve one port."""
-    source: str | None = None
-    literalSecrets: tuple[str, ...] = ()
-    """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
-
-    @classmethod
-    def fromPath(cls, path: str, environ: Mapping[str, str] | None = None) -> Config:
-        """Read and validate a YAML file."""
-        try:
-            with open(path, "rb") as f:
-                text = f.read()
-        except OSError as e:
-            raise ConfigError("", f"cannot read the file ({e.strerror})") from None
-        return cls.fromYAML(text, environ, source=path)
-
-    @classmethod
-    def fromYAML(
-        cls, text: bytes | str, environ: Mapping[str, str] | None = None, source: str | None = None
-    ) -> Config:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(e, "problem", None) or str(e)
-            raise ConfigError("", f"not valid YAML: {where}{problem}") from None
-        return cls.fromMapping(data, environ, source=source)
-
-    @classmethod
-    def fromMapping(
-        cls, data: Any, environ: Mapping[str, str] | None = None, source: str | None = None
-    ) -> Config:
-        """Validate an already-parsed document (`${VAR}` still unexpanded)."""
-        env = os.environ if environ is None else environ
-        config = _parseConfig(Node(expandVariables(data, env, ""), ""), source)
-        checkOpenListen(config)
-        return evolve(config, literalSecrets=tuple(literalSecrets(data)))
+def fromMapping(
+    data: Any, environ: Mapping[str, str] | None = None, source: str | None = None
+) -> Config:
+    """Validate an already-parsed document (`${VAR}` still unexpanded)."""
+    env = os.environ if environ is None else environ
+    config = _parseConfig(Node(expandVariables(data, env, ""), ""), source)
+    checkOpenListen(config)
+    return evolve(config, literalSecrets=tuple(literalSecrets(data)))
 
 
 def _chatCompletionsURL(value: Any, path: str) -> str:
@@ -252,38 +179,6 @@ def _parseLog(value: Any, path: str) -> LogSettings:
         # Absolute now: twistd changes directory when it daemonizes.
         settings = evolve(settings, file=os.path.abspath(settings.file))
     return settings
-
-
-def endpoint(value: Any, path: str) -> str:
-    """A Twisted server endpoint description, checked by parsing it (no I/O)."""
-    listen = string(value, path)
-    try:
-        serverFromString(None, listen)
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise ConfigError(path, f"not a valid endpoint {listen!r} ({e})") from None
-    return listen
-
-
-def listenIsLocal(listen: str) -> bool:
-    """Whether an endpoint description only listens on loopback (or a unix socket)."""
-    kind, *args = _UNESCAPED_COLON.split(listen)
-    if kind in ("unix", "systemd"):
-        return True
-    interface = None
-    positional = [a for a in args if "=" not in a]
-    if kind in ("tcp", "tcp6", "ssl") and len(positional) >= 3:
-        interface = positional[2]  # tcp:PORT:BACKLOG:INTERFACE
-    for arg in args:
-        name, _, value = arg.partition("=")
-        if name == "interface":
-            interface = value
-    if interface is None:
-        return False
-    interface = interface.replace("\\:", ":").strip("[]")
-    return interface in ("localhost", "::1") or interface.startswith("127.")
-
-
-_UNESCAPED_COLON = re.compile(r"(?<!\\):")
 
 
 def checkOpenListen(config: Config) -> None:

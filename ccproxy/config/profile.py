@@ -1,68 +1,24 @@
-"""How one upstream wants its requests shaped: the per-upstream dialect knobs.
+"""The per-upstream dialect knobs as YAML: named presets, then keys one by one.
 
-Gateways disagree (`../shared/upstream-quirks.md`): which max-tokens field they
-read, whether reasoning models take a temperature, `system` or `developer`, `""` or
-`null` for a tool-call-only turn, whether they see images, how they want reasoning
-back, which JSON Schema keywords they reject. One config serves gateways that
-disagree by giving each upstream a `Profile`, usually from a named preset
-(`preset: gemini`) with keys overridden one by one.
+One config serves gateways that disagree by giving each upstream a `Profile` (the
+value lives in `ccproxy.translate.dialect`, where the translators read it), usually
+from a named preset (`preset: gemini`) with keys overridden one by one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from attrs import field, frozen
-
-from ccproxy.schema import ConfigError, Node, boolean, positiveInt, string
-
-MAX_TOKENS_PARAMS = ("max_completion_tokens", "max_tokens")
-SYSTEM_ROLES = ("system", "developer")
-REASONING_MODES = ("none", "reasoning_effort", "deepseek")
-SCHEMA_MODES = ("full", "gemini")
-WEB_SEARCH_MODES = ("none", "openai", "openrouter")
-AUTH_HEADERS = ("authorization", "api-key")
-
-
-@frozen
-class Profile:
-    """Dialect knobs for one upstream; the defaults suit a standard OpenAI gateway."""
-
-    maxTokens: int | None = None
-    """Cap on the max-tokens value sent upstream (None: no cap)."""
-    maxTokensParam: str = "max_completion_tokens"
-    """Field that carries the output limit: OpenAI's current name, or the older one."""
-    sendTemperature: bool = True
-    """False for reasoning models that accept only the default temperature and top_p."""
-    systemRole: str = "system"
-    """`developer` for OpenAI reasoning models; `system` for everyone else."""
-    assistantEmptyContent: str | None = ""
-    """Content of a tool-call-only assistant turn: `""` (most) or None (null)."""
-    streamUsage: bool = True
-    """Ask for `stream_options.include_usage` on streams (some servers reject it)."""
-    vision: bool = True
-    """False: images become a short text placeholder, never their base64."""
-    reasoning: str = "none"
-    """`reasoning_effort`: map Claude's thinking/effort to it; `deepseek`: send thinking
-    back as `reasoning_content` (DeepSeek's thinking mode requires it); `none`."""
-    thinkTags: bool = False
-    """Read `<think>…</think>` at the start of the content as reasoning."""
-    schema: str = "full"
-    """`gemini`: reduce tool schemas to the subset Gemini accepts."""
-    cacheControl: bool = False
-    """Pass `cache_control` markers through on content parts (OpenRouter takes them)."""
-    keepBillingHeader: bool = False
-    """Keep Claude Code's `x-anthropic-billing-header` system block (it changes on every
-    request and defeats upstream prefix caching, so it is dropped by default)."""
-    webSearch: str = "none"
-    """Map Claude Code's web search tool to the upstream's own: `openai`
-    (`web_search_options`) or `openrouter` (the `web` plugin)."""
-    extraBody: Mapping[str, Any] = field(factory=dict)
-    """Merged into every request body."""
-    authHeader: str = "authorization"
-    """`api-key` for Azure OpenAI (the key without `Bearer`)."""
-
+from ccproxy.config.schema import ConfigError, Node, boolean, positiveInt, string
+from ccproxy.translate.dialect import (
+    AUTH_HEADERS,
+    MAX_TOKENS_PARAMS,
+    REASONING_MODES,
+    SCHEMA_MODES,
+    SYSTEM_ROLES,
+    WEB_SEARCH_MODES,
+    Profile,
+)
 
 # YAML key -> (Profile attribute, reader, allowed values or None)
 _KNOBS: dict[str, tuple[str, Any, tuple[Any, ...] | None]] = {

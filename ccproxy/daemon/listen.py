@@ -22,49 +22,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from zope.interface import implementer
 
-LISTEN_BACKLOG = 1024
-
-
-def withBacklog(listen: str) -> str:
-    """A TCP listen description with a deep accept queue unless it sets its own.
-
-    Twisted's default of 50 drops connections when a team's sessions reconnect at
-    once (a thousand new streams in a few seconds), and a dropped SYN costs the
-    client a second or more before it retries.
-    """
-    kind, _, rest = listen.partition(":")
-    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in rest:
-        return listen
-    positional = [a for a in rest.split(":") if "=" not in a]
-    if len(positional) > 1:  # tcp:PORT:BACKLOG[:INTERFACE]
-        return listen
-    return f"{listen}:backlog={LISTEN_BACKLOG}"
-
-
-def reusePortProblem(listen: str) -> str | None:
-    """Why `reuse_port` cannot serve this listen description (None: it can)."""
-    if not hasattr(socket, "SO_REUSEPORT"):
-        return "this system has no SO_REUSEPORT"
-    if tcpAddress(listen) is None:
-        return 'needs a plain tcp listen such as "tcp:8000:interface=127.0.0.1"'
-    return None
-
-
-def tcpAddress(listen: str) -> tuple[int, str, int] | None:
-    """(port, interface, backlog) of a `tcp:` description, None for other kinds."""
-    kind, *args = listen.replace("\\:", "\x00").split(":")
-    if kind not in ("tcp", "tcp6") or not args or not args[0].isdigit():
-        return None
-    interface, backlog = "", LISTEN_BACKLOG
-    for arg in args[1:]:
-        name, _, value = arg.partition("=")
-        if name == "interface":
-            interface = value.replace("\x00", ":")
-        elif name == "backlog" and value.isdigit():
-            backlog = int(value)
-        elif not _:
-            return None  # positional forms: keep to the plain one
-    return int(args[0]), interface, backlog
+from ccproxy.config.endpoints import LISTEN_BACKLOG, tcpAddress, withBacklog
 
 
 def listenService(listen: str, reusePort: bool, factory: Any, reactor: Any) -> IService:

@@ -11,11 +11,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from ccproxy.app import ProxyApp
 from ccproxy.config import Config
-from ccproxy.dispatch import Dispatcher, Upstreams
-from ccproxy.upstream import UpstreamClient
-from tests.fakes import FakeOpenAI
+from ccproxy.upstream.client import UpstreamClient
+from ccproxy.upstream.dispatch import Dispatcher, Upstreams
+from ccproxy.web.app import ProxyApp
+from tests.support.fakes import FakeOpenAI
 
 BASE_CONFIG = """
 upstreams:
@@ -61,7 +61,7 @@ def fired(d: Deferred[Any]) -> bool:
 
 
 @define
-class Reply:
+class ClientReply:
     status: int
     headers: dict[str, str]
     body: bytes
@@ -101,7 +101,7 @@ class Harness:
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> Deferred[Reply]:
+    ) -> Deferred[ClientReply]:
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else orjson.dumps(body)
@@ -109,9 +109,9 @@ class Harness:
             method, "http://proxy.test" + path, data=data, headers=headers or {}
         )
 
-        async def collect(response: Any) -> Reply:
+        async def collect(response: Any) -> ClientReply:
             raw = await self.client.content(response)
-            return Reply(
+            return ClientReply(
                 response.code,
                 {
                     k.decode().lower(): v[-1].decode()
@@ -122,12 +122,12 @@ class Harness:
 
         return d.addCallback(lambda r: Deferred.fromCoroutine(collect(r)))
 
-    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Reply:
+    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> ClientReply:
         d = self.request(method, path, body, **kw)
         self.flush()
         return resultOf(d)
 
-    def post(self, body: Any, path: str = "/v1/messages", **kw: Any) -> Reply:
+    def post(self, body: Any, path: str = "/v1/messages", **kw: Any) -> ClientReply:
         return self.call("POST", path, body, **kw)
 
 

@@ -20,13 +20,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
-from ccproxy.accesslog import Attempt
-from ccproxy.breaker import OPEN, Breaker
 from ccproxy.config import Config, Upstream
+from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError, upstreamError
-from ccproxy.limits import Slots
-from ccproxy.routing import Target
-from ccproxy.upstream import MAX_ERROR_BYTES, UpstreamClient, responseHeaders
+from ccproxy.observe.accesslog import Attempt
+from ccproxy.upstream.breaker import OPEN, Breaker
+from ccproxy.upstream.client import MAX_ERROR_BYTES, UpstreamClient, responseHeaders
+from ccproxy.upstream.slots import Slots
 
 RETRYABLE_4XX = frozenset({408, 429})
 

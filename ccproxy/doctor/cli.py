@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 from attrs import field, frozen
 
 from ccproxy.config import Config, Upstream, keyDigest
-from ccproxy.schema import ConfigError
+from ccproxy.config.schema import ConfigError
 
 OK = "ok"
 WARNING = "warning"

@@ -1,0 +1,28 @@
+"""The configuration: YAML (or the seed environment) in, frozen values out.
+
+`model` holds the values every other layer reads; `load` reads and validates the
+YAML; `schema` is the typed reader that names key paths in errors; `profile`,
+`policy` and `routing` parse one concern each; `endpoints` is the one reader of
+Twisted endpoint descriptions; `seed` maps the original proxy's environment
+variables onto the same YAML. Nothing here touches a reactor.
+"""
+
+from ccproxy.config.model import (
+    DEFAULT_LISTEN,
+    Client,
+    Config,
+    LogSettings,
+    Upstream,
+    keyDigest,
+)
+from ccproxy.config.schema import ConfigError
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "Client",
+    "Config",
+    "ConfigError",
+    "LogSettings",
+    "Upstream",
+    "keyDigest",
+]

@@ -1,0 +1,128 @@
+"""The configuration as frozen values: what every other layer reads.
+
+A request keeps the `Config` it began with; a reload builds a new one
+(`ccproxy.config.load`) and swaps it in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+from ccproxy.config.policy import Policy
+from ccproxy.config.routing import ModelRouter
+from ccproxy.translate.dialect import Profile
+
+DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_MAX_TOKENS = 32000
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_PING_INTERVAL = 10.0
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# A single SSE line may hold a whole tool call (a file written by the Write tool).
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+@frozen
+class Client:
+    """A caller allowed in when `clients` is set; logs show the name, never the key."""
+
+    name: str
+    key: str = field(repr=False)
+    admin: bool = False
+    """May read `/v1/usage`."""
+    maxConcurrent: int | None = None
+    requestsPerMinute: int | None = None
+    digest: bytes = field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "digest", keyDigest(self.key))
+
+
+def keyDigest(key: str) -> bytes:
+    """Keys are compared as digests, so the comparison time says nothing of their length."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+@frozen
+class Upstream:
+    """One OpenAI-compatible gateway."""
+
+    name: str
+    url: str
+    """The full chat/completions URL."""
+    apiKey: str | None = field(repr=False)
+    """None: the caller's own key is forwarded."""
+    timeout: float
+    headers: Mapping[str, str] = field(factory=dict, repr=False)
+    profile: Profile = field(factory=Profile)
+    policy: Policy = field(factory=Policy)
+
+
+@frozen
+class LogSettings:
+    """Where the daemon logs, and how its files rotate."""
+
+    file: str | None = None
+    """None: wherever twistd logs (its --logfile, twistd.log by default)."""
+    maxBytes: int = 10 * 1024 * 1024
+    keep: int = 5
+    format: str = "text"
+
+
+@frozen
+class Config:
+    """The whole validated configuration."""
+
+    upstreams: Mapping[str, Upstream]
+    router: ModelRouter
+    listen: str = DEFAULT_LISTEN
+    clients: tuple[Client, ...] = ()
+    defaultMaxTokens: int = DEFAULT_MAX_TOKENS
+    maxBodyBytes: int = DEFAULT_MAX_BODY_BYTES
+    pingInterval: float = DEFAULT_PING_INTERVAL
+    maxDuration: float | None = None
+    """Seconds a request may take in all, streams included (None: no limit)."""
+    shutdownGrace: float = 30.0
+    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    maxLineBytes: int = DEFAULT_MAX_LINE_BYTES
+    log: LogSettings = field(factory=LogSettings)
+    logPayloads: bool = False
+    logPayloadMaxChars: int = 1400
+    pretty: bool = False
+    allowOpen: bool = False
+    reusePort: bool = False
+    """Bind with SO_REUSEPORT, so several processes can serve one port."""
+    source: str | None = None
+    literalSecrets: tuple[str, ...] = ()
+    """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
+
+    # The readers live in `ccproxy.config.load`; these are their usual front doors.
+
+    @classmethod
+    def fromPath(cls, path: str, environ: Mapping[str, str] | None = None) -> Config:
+        """Read and validate a YAML file."""
+        from ccproxy.config.load import fromPath
+
+        return fromPath(path, environ)
+
+    @classmethod
+    def fromYAML(
+        cls, text: bytes | str, environ: Mapping[str, str] | None = None, source: str | None = None
+    ) -> Config:
+        """Parse and validate YAML text."""
+        from ccproxy.config.load import fromYAML
+
+        return fromYAML(text, environ, source)
+
+    @classmethod
+    def fromMapping(
+        cls, data: Any, environ: Mapping[str, str] | None = None, source: str | None = None
+    ) -> Config:
+        """Validate an already-parsed document (`${VAR}` still unexpanded)."""
+        from ccproxy.config.load import fromMapping
+
+        return fromMapping(data, environ, source)
