@@ -67,6 +67,12 @@ def invalidRequest(message: str) -> ProxyError:
     return ProxyError(400, message, "invalid_request_error")
 
 
+def badGateway(upstream: str, why: str, status: int = 502) -> ProxyError:
+    """The upstream failed us (unreachable, silent, cut off, unreadable): a 502 (or
+    the given 5xx, e.g. 504 for silence) whose message starts with its name."""
+    return ProxyError(status, f"{upstream}: {why}", "api_error", upstream=upstream)
+
+
 def errorBody(errorType: str, message: str, requestId: str | None = None) -> dict[str, Any]:
     """The Anthropic error envelope."""
     body: dict[str, Any] = {"type": "error", "error": {"type": errorType, "message": message}}

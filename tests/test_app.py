@@ -9,7 +9,6 @@ import pytest
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 
-from ccproxy.upstream.client import UpstreamClient
 from tests.support.fakes import completion, jsonReply, rawReply, stallReply, toolCall
 from tests.support.harness import BASE_CONFIG, Harness, fired, message, resultOf
 
@@ -344,8 +343,8 @@ class _FailingHTTP:
         (DNSLookupError("no such host"), "up: cannot resolve upstream.test"),
     ],
 )
-def test_unreachable_upstream_is_502_naming_it(h: Harness, error: Exception, fragment: str) -> None:
-    h.app.dispatcher.client = UpstreamClient(_FailingHTTP(error), h.clock)
+def test_unreachable_upstream_is_502_naming_it(error: Exception, fragment: str) -> None:
+    h = Harness.build(http=lambda clock, stub: _FailingHTTP(error))
     assertError(h.post(message()), 502, "api_error", fragment)
 
 

@@ -18,7 +18,6 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from ccproxy.upstream.client import UpstreamClient
 from ccproxy.web.site import ProxySite
 from tests.support.fakes import sseReply, stallReply
 from tests.support.harness import Harness, message
@@ -109,9 +108,8 @@ class _OneResponseClient:
 
 
 def test_slow_reader_pauses_the_upstream() -> None:
-    h = Harness.build()
     upstream = _StreamResponse()
-    h.app.dispatcher.client = UpstreamClient(_OneResponseClient(upstream), h.clock)
+    h = Harness.build(http=lambda clock, stub: _OneResponseClient(upstream))
     _, transport = connect(h, message(stream=True))
     assert upstream.protocol is not None
     assert upstream.transport.producerState == "producing"
@@ -139,7 +137,7 @@ def test_the_head_is_sent_at_once_not_at_the_next_reactor_turn() -> None:
     from twisted.internet.interfaces import IWriteDescriptor
     from zope.interface import implementer
 
-    from ccproxy.web.app import sendNow
+    from ccproxy.relay.relay import writeNow as sendNow
 
     @implementer(IWriteDescriptor)
     class Socket:

@@ -628,8 +628,9 @@ class Rig:
         app = self.service.app
         assert app.inFlight == 0
         assert app.streamsInFlight == 0
-        assert {n: s.active for n, s in app.dispatcher.state.slots.items()} == {
-            n: 0 for n in app.dispatcher.state.slots
+        health = app.dispatcher.health(app.config.upstreams)
+        assert {n: (h.active, h.queued) for n, h in health.items()} == {
+            n: (0, 0) for n in app.config.upstreams
         }
 
     async def stop(self) -> None:

@@ -36,6 +36,16 @@ def capture() -> tuple[list[dict[str, Any]], Any]:
     return events, lambda: globalLogPublisher.removeObserver(events.append)
 
 
+def accessEvents(action: Any) -> list[dict[str, Any]]:
+    """The access events logged while `action()` runs."""
+    events, stop = capture()
+    try:
+        action()
+    finally:
+        stop()
+    return [e for e in events if e.get("log_namespace") == "ccproxy.access"]
+
+
 # -- reload ---------------------------------------------------------------------------
 
 
@@ -317,7 +327,7 @@ def test_metrics_after_a_few_requests() -> None:
     h.post(message(), headers=alice)
     text = h.call("GET", "/metrics").body.decode()
     assert (
-        'ccproxy_requests_total{client="alice",model="claude-sonnet-4-5",'
+        'ccproxy_requests_total{client="alice",endpoint="messages",model="claude-sonnet-4-5",'
         'status="200",upstream="up"} 2.0'
     ) in text
     assert 'status="503"' in text
@@ -398,13 +408,59 @@ async def test_pretty_panels_only_on_a_terminal(tmp_path: Path, tty: bool) -> No
 def test_access_log_names_the_upstream_that_refused() -> None:
     h = Harness.build()
     h.upstream.queue(jsonReply({"error": {"message": "context too long"}}, 400))
-    events, stop = capture()
-    try:
-        h.post(message())
-    finally:
-        stop()
-    access = [e for e in events if e.get("log_namespace") == "ccproxy.access"]
+    access = accessEvents(lambda: h.post(message()))
     assert access[0]["status"] == 400
     assert access[0]["upstream"] == "up"
     assert access[0]["upstream_status"] == 400
     assert "(upstream 400)" in formatEvent(access[0])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "key", "endpoint", "status"),
+    [
+        ("POST", "/v1/messages/count_tokens", message(), "alice-key", "count_tokens", 200),
+        ("POST", "/v1/messages/count_tokens", message(), "wrong", "count_tokens", 401),
+        ("GET", "/v1/models", None, "alice-key", "models", 200),
+        ("GET", "/v1/models/claude-sonnet-4-5", None, None, "models", 401),
+        ("GET", "/v1/usage", None, "alice-key", "usage", 403),
+        ("POST", "/v1/messages", message(), "wrong", "messages", 401),
+    ],
+)
+def test_every_api_request_leaves_one_access_event(
+    method: str, path: str, body: Any, key: str | None, endpoint: str, status: int
+) -> None:
+    h = Harness.build(USAGE_CONFIG)
+    replies = []
+    access = accessEvents(
+        lambda: replies.append(
+            h.call(method, path, body, headers={"x-api-key": key} if key else {})
+        )
+    )
+    (reply,) = replies
+    assert reply.status == status
+    assert len(access) == 1
+    assert (access[0]["endpoint"], access[0]["status"], access[0]["path"]) == (
+        endpoint,
+        status,
+        path,
+    )
+    assert access[0]["request_id"] == reply.headers["request-id"]
+    text = h.call("GET", "/metrics").body.decode()
+    assert f'endpoint="{endpoint}"' in text and f'status="{status}"' in text
+
+
+def test_count_tokens_logs_the_upstream_model_it_would_have_used() -> None:
+    h = Harness.build()
+    (access,) = accessEvents(
+        lambda: h.post(message(model="claude-haiku-4-5"), path="/v1/messages/count_tokens")
+    )
+    assert access["target"] == "other/small-model"
+    assert h.upstream.received == []  # nothing was sent to find out
+
+
+def test_a_request_that_failed_before_an_answer_names_its_upstream_model() -> None:
+    h = Harness.build()
+    h.upstream.queue(jsonReply({"error": {"message": "down"}}, 503))
+    (access,) = accessEvents(lambda: h.post(message()))
+    assert access["target"] == "up/big-model"
+    assert "None" not in formatEvent(access)

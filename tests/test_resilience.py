@@ -9,7 +9,6 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.http_headers import Headers
 
-from ccproxy.upstream.client import UpstreamClient
 from tests.support.fakes import jsonReply, rawReply, sseReply, stallReply
 from tests.support.harness import Harness, fired, message, resultOf
 
@@ -33,8 +32,8 @@ models:
 OK = jsonReply({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]})
 
 
-def build(retries: int = 0, extra: str = "") -> Harness:
-    return Harness.build(CONFIG.format(retries=retries) + extra)
+def build(retries: int = 0, extra: str = "", http: Any = None) -> Harness:
+    return Harness.build(CONFIG.format(retries=retries) + extra, http=http)
 
 
 def hosts(h: Harness) -> list[str]:
@@ -73,16 +72,16 @@ def test_client_errors_are_neither_retried_nor_failed_over(status: int) -> None:
 
 
 def test_failover_when_connection_refused() -> None:
-    h = build()
-    stub = h.app.dispatcher.client.http
-
     class Refusing:
+        def __init__(self, stub: Any) -> None:
+            self.stub = stub
+
         def request(self, method: str, url: str, **kw: Any) -> Any:
             if "main.test" in url:
                 return fail(ConnectionRefusedError("refused"))
-            return stub.request(method, url, **kw)
+            return self.stub.request(method, url, **kw)
 
-    h.app.dispatcher.client = UpstreamClient(Refusing(), h.clock)
+    h = build(http=lambda clock, stub: Refusing(stub))
     reply = h.post(message())
     assert reply.status == 200
     assert hosts(h) == ["backup.test"]
@@ -357,14 +356,13 @@ class _HugeResponse:
 
 
 def test_announced_huge_body_is_refused_unread() -> None:
-    h = build()
     huge = _HugeResponse()
 
     class Client:
         def request(self, method: str, url: str, **kw: Any) -> Any:
             return succeed(huge)
 
-    h.app.dispatcher.client = UpstreamClient(Client(), h.clock)
+    h = build(http=lambda clock, stub: Client())
     reply = h.post(message(model="solo"))
     assert reply.status == 502
     assert "larger than" in reply.json()["error"]["message"]
@@ -393,4 +391,4 @@ def test_every_answer_gives_its_slot_back(stream: bool) -> None:
     assert h.post(message(model="solo", stream=stream)).status == 200
     assert h.post(message(model="solo", stream=stream)).status in (200, 502)
     assert h.post(message(model="solo")).status == 200
-    assert h.app.dispatcher.state.slotsFor("main").active == 0
+    assert h.app.dispatcher.health(["main"])["main"].active == 0

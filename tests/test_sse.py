@@ -22,8 +22,8 @@ from twisted.web.http import PotentialDataLoss
 
 from ccproxy.config.model import DEFAULT_MAX_LINE_BYTES as DEFAULT_MAX_LINE
 from ccproxy.errors import ProxyError
+from ccproxy.relay.relay import encodeEvent
 from ccproxy.relay.sse import SSEParser
-from ccproxy.relay.writer import encodeEvent
 
 TIMEOUT = 30.0
 

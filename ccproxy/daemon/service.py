@@ -24,7 +24,7 @@ from ccproxy.config import Config, ConfigError, Upstream
 from ccproxy.daemon.listen import listenService
 from ccproxy.daemon.logs import PrettyObserver, fileObserver, isTerminal, openLogFile, quietLevels
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
-from ccproxy.upstream.dispatch import Dispatcher, Upstreams
+from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
 from ccproxy.web.app import ProxyApp
 from ccproxy.web.site import ProxySite
@@ -67,7 +67,9 @@ class ProxyService(MultiService):
         self._clients: dict[float, HTTPClient] = {}
         client = UpstreamClient(self._clientFor(10.0), reactor, httpFor=self._httpFor)
         self.app = ProxyApp(
-            config=config, dispatcher=Dispatcher(client, reactor, Upstreams(reactor)), clock=reactor
+            config=config,
+            dispatcher=Dispatcher(client, reactor, UpstreamState(reactor)),
+            clock=reactor,
         )
         self.site = ProxySite(
             self.app.resource(), lambda: self.app.config.maxBodyBytes, reactor=reactor

@@ -54,6 +54,8 @@ class AccessRecord:
     method: str
     path: str
     started: float
+    endpoint: str = "messages"
+    """Which API: messages, count_tokens, models, usage (a metric label)."""
     client: str | None = None
     model: str | None = None
     routed: bool = False
@@ -93,11 +95,12 @@ class AccessRecord:
             "client": self.client or "-",
             "method": self.method,
             "path": self.path,
+            "endpoint": self.endpoint,
             "model": self.model or "-",
             "routed_model": self.model if self.routed and self.model else "-",
             "upstream": self.upstream,
             "upstream_model": self.upstreamModel,
-            "target": f"{self.upstream}/{self.upstreamModel}" if self.upstream else "-",
+            "target": _target(self.upstream, self.upstreamModel),
             "stream": self.stream,
             "stream_mark": " (stream)" if self.stream else "",
             "status": self.status,
@@ -133,7 +136,7 @@ class AccessLog:
         else:
             _accessLog.info(_FORMAT, **fields)
         self.metrics.observe(fields)
-        if record.path == "/v1/messages":
+        if record.endpoint == "messages":
             self.usage.add(fields["client"], fields["routed_model"], fields)
         if payloadMaxChars is not None and record.requestPayload is not None:
             _payloadLog.info(
@@ -151,6 +154,12 @@ def _truncate(payload: bytes, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… [{len(text) - limit} more chars]"
+
+
+def _target(upstream: str | None, model: str | None) -> str:
+    if upstream is None:
+        return "-"
+    return upstream if model is None else f"{upstream}/{model}"
 
 
 def _ms(end: float | None, start: float) -> int | str:

@@ -28,7 +28,7 @@ class Metrics:
         self.requests = Counter(
             "ccproxy_requests",
             "Requests answered",
-            ["client", "model", "upstream", "status"],
+            ["client", "model", "upstream", "status", "endpoint"],
             registry=r,
         )
         self.latency = Histogram(
@@ -69,8 +69,10 @@ class Metrics:
         """Count one finished request from its access-log fields."""
         upstream = fields["upstream"] or "-"
         client = fields["client"]
-        self.requests.labels(client, fields["routed_model"], upstream, str(fields["status"])).inc()
-        if isinstance(fields["duration_ms"], int):
+        self.requests.labels(
+            client, fields["routed_model"], upstream, str(fields["status"]), fields["endpoint"]
+        ).inc()
+        if fields["endpoint"] == "messages" and isinstance(fields["duration_ms"], int):
             self.latency.labels(upstream).observe(fields["duration_ms"] / 1000)
         if isinstance(fields["ttfb_ms"], int):
             self.ttfb.labels(upstream).observe(fields["ttfb_ms"] / 1000)

@@ -1,33 +1,40 @@
 """A circuit breaker per upstream: stop sending to a gateway that keeps failing.
 
-After `failures` consecutive failures the breaker opens and the upstream is skipped
-(its failover partner serves) for `cooldown` seconds; then one trial request goes
-through, and its outcome closes the breaker or opens it again.
+After `breakerFailures` consecutive failures the breaker opens and the upstream is
+skipped (its failover partner serves) for `breakerCooldown` seconds; then one trial
+request goes through, and its outcome closes the breaker or opens it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from ccproxy.config.policy import Policy
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class Breaker:
-    """The breaker state of one upstream; time comes from the injected `now`."""
+    """The breaker state of one upstream; time comes from the injected `now`.
 
-    def __init__(self, now: Callable[[], float]) -> None:
+    It holds its upstream's `Policy` (thresholds), given once and again on reload,
+    so that callers only report what happened.
+    """
+
+    def __init__(self, now: Callable[[], float], policy: Policy) -> None:
         self._now = now
+        self.policy = policy
         self.state = CLOSED
         self.failures = 0
         self._openedAt = 0.0
         self._trialInFlight = False
 
-    def allow(self, cooldown: float) -> bool:
+    def allow(self) -> bool:
         """Whether a request may go to this upstream now (and, after the cooldown,
         claims the single trial)."""
         if self.state == CLOSED:
             return True
-        if self.state == OPEN and self._now() - self._openedAt >= cooldown:
+        if self.state == OPEN and self._now() - self._openedAt >= self.policy.breakerCooldown:
             self.state = HALF_OPEN
             self._trialInFlight = False
         if self.state == HALF_OPEN and not self._trialInFlight:
@@ -35,18 +42,18 @@ class Breaker:
             return True
         return False
 
-    def retryIn(self, cooldown: float) -> float:
+    def retryIn(self) -> float:
         """Seconds until the breaker lets a trial through."""
-        return max(0.0, self._openedAt + cooldown - self._now())
+        return max(0.0, self._openedAt + self.policy.breakerCooldown - self._now())
 
     def succeeded(self) -> None:
         self.state = CLOSED
         self.failures = 0
         self._trialInFlight = False
 
-    def failed(self, threshold: int) -> None:
+    def failed(self) -> None:
         self.failures += 1
-        if self.state == HALF_OPEN or self.failures >= threshold:
+        if self.state == HALF_OPEN or self.failures >= self.policy.breakerFailures:
             self.state = OPEN
             self._openedAt = self._now()
             self._trialInFlight = False

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from ccproxy import __version__
 from ccproxy.config import Upstream
-from ccproxy.errors import ProxyError
+from ccproxy.errors import ProxyError, badGateway
 
 USER_AGENT = f"ccproxy/{__version__}"
 MAX_ERROR_BYTES = 64 * 1024
@@ -103,7 +103,7 @@ class UpstreamClient:
             allow_redirects=False,
             reactor=self.clock,
         )
-        timer = _Silence(self.clock, upstream.timeout, requested.cancel)
+        timer = Silence(self.clock, upstream.timeout, requested.cancel)
         try:
             response = await requested
             # The response's request is an IClientRequest proxy (proxyForInterface),
@@ -119,7 +119,7 @@ class UpstreamClient:
             # connecting (ConnectingCancelledError), before any byte of the answer
             # (ResponseNeverReceived) or in the middle of its headers (ResponseFailed).
             if timer.expired:
-                raise _timeout(upstream, "before answering") from None
+                raise silentFor(upstream.name, upstream.timeout, "before answering") from None
             reasons = e.reasons if isinstance(e, ResponseFailed) else [Failure(e)]
             if any(r.check(CancelledError, ConnectingCancelledError) for r in reasons):
                 # The client went away: not an upstream failure, nothing to report.
@@ -150,20 +150,20 @@ class UpstreamClient:
         if response.length is not UNKNOWN_LENGTH and response.length > limit and not truncate:
             discardBody(response)
             raise _tooLarge(upstream, limit)
-        collector = _BodyCollector(upstream, limit, truncate)
-        timer = _Silence(self.clock, upstream.timeout, collector.expire)
-        collector.onData = timer.reset
+        collector = _BodyCollector(self.clock, upstream, limit, truncate)
         response.deliverBody(collector)
-        try:
-            return await collector.finished
-        finally:
-            timer.cancel()
+        body: bytes = await collector.finished
+        return body
 
 
-class _Silence:
-    """Calls `expire` after `seconds` without a `reset`: the silence timeout."""
+class Silence:
+    """Calls `expire` after `seconds` without a `reset`: the silence timeout.
 
-    def __init__(self, clock: IReactorTime, seconds: float, expire: Any) -> None:
+    Reset on every read rather than set once, as tahoe-lafs's `limited_content`
+    does: a long answer that keeps arriving is fine, a gateway that stops is not.
+    """
+
+    def __init__(self, clock: IReactorTime, seconds: float, expire: Callable[[], None]) -> None:
         self.expired = False
         self._seconds = seconds
         self._expire = expire
@@ -182,22 +182,84 @@ class _Silence:
             self._call.cancel()
 
 
-class _BodyCollector(TwistedProtocol):
-    """Collects a response body; cancelling it aborts the upstream connection."""
+class BodyReader(TwistedProtocol):
+    """What every reader of an upstream's body shares: `finished` fires with the
+    result or fails with a `ProxyError` naming the upstream; silence past the
+    upstream's timeout fails it; cancelling it (a client that left) aborts the
+    upstream connection, so nobody pays for tokens that no one reads.
 
-    def __init__(self, upstream: Upstream, limit: int, truncate: bool) -> None:
+    Subclasses call `heard()` on each read and say what the body amounts to in
+    `ended()`; `what` names the body in messages ("its answer", "the stream").
+    """
+
+    what = "its answer"
+
+    def __init__(self, clock: IReactorTime, upstream: str, timeout: float) -> None:
+        self._clock = clock
+        self._name = upstream
+        self._timeout = timeout
+        self._silence: Silence | None = None
+        self.finished: Deferred[Any] = Deferred(lambda d: self._abort())
+
+    def connectionMade(self) -> None:
+        self._silence = Silence(self._clock, self._timeout, self._silent)
+
+    def heard(self) -> None:
+        """Some of the body arrived: the silence starts over."""
+        if self._silence is not None:
+            self._silence.reset()
+
+    def ended(self) -> Any:
+        """What the whole body amounts to, once it has all arrived."""
+        raise NotImplementedError
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        self._stopSilence()
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            result = self.ended()
+            if not self.finished.called:
+                self.finished.callback(result)
+        else:
+            self.finished.errback(
+                badGateway(self._name, f"the connection was lost in the middle of {self.what}")
+            )
+
+    def fail(self, error: Exception) -> None:
+        """End the body with `error` and abort the upstream connection."""
+        if not self.finished.called:
+            self.finished.errback(error)
+        self._abort()
+
+    def _silent(self) -> None:
+        self.fail(silentFor(self._name, self._timeout, f"in the middle of {self.what}"))
+
+    def _stopSilence(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+
+    def _abort(self) -> None:
+        self._stopSilence()
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+class _BodyCollector(BodyReader):
+    """Collects a whole response body within a byte limit."""
+
+    def __init__(self, clock: IReactorTime, upstream: Upstream, limit: int, truncate: bool) -> None:
+        super().__init__(clock, upstream.name, upstream.timeout)
         self._upstream = upstream
         self._limit = limit
         self._truncate = truncate
         self._parts: list[bytes] = []
         self._size = 0
-        self.onData: Any = lambda: None
-        self.finished: Deferred[bytes] = Deferred(lambda d: self._abort())
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
             return
-        self.onData()
+        self.heard()
         room = self._limit - self._size
         self._size += len(data)
         if len(data) <= room:
@@ -206,28 +268,12 @@ class _BodyCollector(TwistedProtocol):
         if self._truncate:
             self._parts.append(data[:room])
             self.finished.callback(b"".join(self._parts))
+            self._abort()
         else:
-            self.finished.errback(_tooLarge(self._upstream, self._limit))
-        self._abort()
+            self.fail(_tooLarge(self._upstream, self._limit))
 
-    def expire(self) -> None:
-        if not self.finished.called:
-            self.finished.errback(_timeout(self._upstream, "in the middle of its answer"))
-        self._abort()
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self._parts))
-        else:
-            self.finished.errback(
-                _unreachable(self._upstream, "the connection was lost in the middle of its answer")
-            )
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+    def ended(self) -> bytes:
+        return b"".join(self._parts)
 
 
 def discardBody(response: IResponse) -> None:
@@ -242,26 +288,17 @@ class _Discard(TwistedProtocol):
         self.transport.stopProducing()
 
 
-def _timeout(upstream: Upstream, when: str) -> ProxyError:
-    return ProxyError(
-        504,
-        f"{upstream.name}: no data for {upstream.timeout:g} s {when} (timeout)",
-        "api_error",
-        upstream=upstream.name,
-    )
+def silentFor(upstream: str, seconds: float, when: str) -> ProxyError:
+    """The upstream said nothing for its whole `timeout`: a 504."""
+    return badGateway(upstream, f"no data for {seconds:g} s {when} (timeout)", 504)
 
 
 def _unreachable(upstream: Upstream, cause: str) -> ProxyError:
-    return ProxyError(502, f"{upstream.name}: {cause}", "api_error", upstream=upstream.name)
+    return badGateway(upstream.name, cause)
 
 
 def _tooLarge(upstream: Upstream, limit: int) -> ProxyError:
-    return ProxyError(
-        502,
-        f"{upstream.name}: the answer is larger than the {limit}-byte limit",
-        "api_error",
-        upstream=upstream.name,
-    )
+    return badGateway(upstream.name, f"the answer is larger than the {limit}-byte limit")
 
 
 def _host(upstream: Upstream) -> str:
@@ -274,6 +311,12 @@ def _reasonText(reasons: list[Failure]) -> str:
         if text:
             return f"the connection failed before an answer ({text})"
     return "the connection failed before an answer"
+
+
+def isEventStream(response: IResponse) -> bool:
+    """Whether an answer is a server-sent event stream (by its content type)."""
+    contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    return b"event-stream" in contentType
 
 
 def responseHeaders(response: IResponse) -> dict[str, str]:

@@ -5,27 +5,38 @@ Everything here happens before any byte goes to the client, so trying again is
 safe: a failed attempt is retried on the same upstream (with backoff, honouring
 `retry-after`) and then on the route's next target. Errors that retrying cannot fix
 (400, 401, 403, 404, 413, …) go straight back to the client.
+
+The attempt is owned here from start to end: `Dispatcher.send(plan, …)` is an
+async context manager whose `Answer` holds the upstream's slot for as long as the
+answer is being relayed, and gives the breaker its verdict when the block ends.
+
+    async with dispatcher.send(plan, callerKey, deadline, attempts) as answer:
+        ...  # relay answer.response, or send answer.message
+        answer.settle(ok)  # a stream that broke mid-way: False
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
+from types import TracebackType
 from typing import Any, ClassVar
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
-from ccproxy.config import Config, Upstream
+from ccproxy.config.model import Config, Upstream
+from ccproxy.config.policy import Policy
 from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError, upstreamError
 from ccproxy.observe.accesslog import Attempt
 from ccproxy.upstream.breaker import OPEN, Breaker
-from ccproxy.upstream.client import MAX_ERROR_BYTES, UpstreamClient, responseHeaders
+from ccproxy.upstream.client import MAX_ERROR_BYTES, UpstreamClient, isEventStream, responseHeaders
+from ccproxy.upstream.plan import Plan, Rendering
 from ccproxy.upstream.slots import Slots
 
 RETRYABLE_4XX = frozenset({408, 429})
@@ -37,40 +48,153 @@ def isRetryable(error: ProxyError) -> bool:
     return error.status in RETRYABLE_4XX or error.status >= 500
 
 
+class Gate:
+    """One upstream's shared state: its circuit breaker and its concurrency slots,
+    each holding the upstream's current `Policy`."""
+
+    def __init__(self, clock: IReactorTime, name: str, policy: Policy) -> None:
+        self.breaker = Breaker(clock.seconds, policy)
+        self.slots = Slots(clock, policy, name)
+
+    def reconfigure(self, policy: Policy) -> None:
+        self.breaker.policy = policy
+        self.slots.reconfigure(policy)
+
+    def finish(self, ok: bool | None) -> None:
+        """An answer is over: free its slot and tell the breaker True, False, or
+        None (no verdict: the client left, or ccproxy itself failed)."""
+        self.slots.release()
+        if ok is None:
+            self.breaker.released()
+        elif ok:
+            self.breaker.succeeded()
+        else:
+            self.breaker.failed()
+
+
+@frozen
+class UpstreamHealth:
+    """What `/healthz` and `/metrics` show of one upstream."""
+
+    breaker: str
+    active: int
+    queued: int
+
+
 @define
-class Sent:
-    """An upstream that answered 2xx, holding a slot until the answer is relayed."""
-
-    upstream: Upstream
-    target: Target
-    response: IResponse
-    _release: Callable[[bool | None], None]
-    prepared: Any = None
-    """What `prepare` made of the answer, when it was read whole during dispatch."""
-
-    def done(self, ok: bool | None) -> None:
-        """Free the slot and tell the breaker: True, False, or None (no verdict,
-        the client left)."""
-        self._release(ok)
-
-
-@define
-class Upstreams:
-    """Per-upstream state that outlives a config reload: breakers and slots."""
+class UpstreamState:
+    """Per-upstream state that outlives a config reload: one `Gate` per upstream."""
 
     clock: IReactorTime
-    breakers: dict[str, Breaker] = field(factory=dict)
-    slots: dict[str, Slots] = field(factory=dict)
+    gates: dict[str, Gate] = field(factory=dict)
 
-    def breaker(self, name: str) -> Breaker:
-        if name not in self.breakers:
-            self.breakers[name] = Breaker(self.clock.seconds)
-        return self.breakers[name]
+    def gate(self, upstream: Upstream) -> Gate:
+        if upstream.name not in self.gates:
+            self.gates[upstream.name] = Gate(self.clock, upstream.name, upstream.policy)
+        return self.gates[upstream.name]
 
-    def slotsFor(self, name: str) -> Slots:
-        if name not in self.slots:
-            self.slots[name] = Slots(self.clock)
-        return self.slots[name]
+    def reconfigure(self, upstreams: Mapping[str, Upstream]) -> None:
+        """A reload: each upstream's breaker and slots take its new policy."""
+        for name, gate in self.gates.items():
+            if name in upstreams:
+                gate.reconfigure(upstreams[name].policy)
+
+    def health(self, names: Iterable[str]) -> dict[str, UpstreamHealth]:
+        """The state of each named upstream (closed and idle until first used)."""
+        found = {}
+        for name in names:
+            gate = self.gates.get(name)
+            found[name] = (
+                UpstreamHealth(gate.breaker.state, gate.slots.active, gate.slots.queued)
+                if gate is not None
+                else UpstreamHealth("closed", 0, 0)
+            )
+        return found
+
+
+class Answer:
+    """An upstream that answered 2xx, holding its slot until the block using it ends.
+
+    `message` is the whole answer, already translated, when it was read during the
+    attempt (a JSON answer); otherwise `response` is a stream still to be read.
+    The breaker's verdict is success unless `settle` says otherwise or the block
+    raises (a `ProxyError`: failure; anything else, a client that left included:
+    no verdict).
+    """
+
+    def __init__(
+        self,
+        gate: Gate,
+        upstream: Upstream,
+        target: Target,
+        response: IResponse,
+        message: dict[str, Any] | None,
+        rendering: Rendering,
+    ) -> None:
+        self.upstream = upstream
+        self.target = target
+        self.response = response
+        self.message = message
+        self.rendering = rendering
+        self._gate: Gate | None = gate
+        self._ok: bool | None = True
+
+    def settle(self, ok: bool | None) -> None:
+        """How relaying the answer went, for the breaker: True, False (it broke off
+        mid-way), None (no verdict)."""
+        self._ok = ok
+
+    def close(self, error: BaseException | None) -> None:
+        """Give the slot back and the breaker its verdict, once."""
+        gate, self._gate = self._gate, None
+        if gate is None:
+            return
+        if error is None:
+            gate.finish(self._ok)
+        elif isinstance(error, ProxyError):
+            gate.finish(False)
+        else:
+            gate.finish(None)
+
+
+@frozen
+class _Hop:
+    """One target of a plan, ready to try: its upstream, gate and body."""
+
+    plan: Plan
+    upstream: Upstream
+    target: Target
+    gate: Gate
+    body: bytes = field(repr=False)
+    callerKey: str | None = field(repr=False)
+
+
+class _Sending:
+    """`Dispatcher.send`'s context: dispatches on entry, closes the answer on exit.
+
+    It forgets the plan as soon as an upstream has answered, so that a long stream
+    does not keep the client's request alive.
+    """
+
+    def __init__(self, dispatch: Callable[[Plan], Any], plan: Plan) -> None:
+        self._dispatch = dispatch
+        self._plan: Plan | None = plan
+        self._answer: Answer | None = None
+
+    async def __aenter__(self) -> Answer:
+        plan, self._plan = self._plan, None
+        assert plan is not None, "a dispatch is entered once"
+        self._answer = await self._dispatch(plan)
+        return self._answer
+
+    async def __aexit__(
+        self,
+        excType: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._answer is not None:
+            self._answer.close(exc)
 
 
 @define
@@ -79,36 +203,47 @@ class Dispatcher:
 
     client: UpstreamClient
     clock: IReactorTime
-    state: Upstreams
+    state: UpstreamState
     random: Callable[[], float] = random.random
     log: ClassVar[Logger] = Logger()
 
-    async def send(
+    def reconfigure(self, config: Config) -> None:
+        """A reload: the upstreams' breakers and slots take their new policies."""
+        self.state.reconfigure(config.upstreams)
+
+    def health(self, names: Iterable[str]) -> dict[str, UpstreamHealth]:
+        """Breaker and slot state of the named upstreams."""
+        return self.state.health(names)
+
+    def send(
         self,
-        config: Config,
-        targets: Sequence[Target],
-        build: Callable[[Upstream, Target], bytes],
+        plan: Plan,
         callerKey: str | None,
         deadline: float | None,
         attempts: list[Attempt],
-        prepare: Callable[[Sent], Awaitable[Any]] | None = None,
-    ) -> Sent:
-        """The first 2xx answer along `targets`; raises the last failure otherwise.
+    ) -> _Sending:
+        """The first 2xx answer along the plan's targets, as the context of an
+        `async with`; raises the last failure otherwise.
 
-        `build` makes the upstream's request body (each upstream has its own
-        dialect and model name); `deadline` is the client's patience, past which no
-        retry is started; `attempts` collects one line per attempt for the log.
-        `prepare` reads a 2xx answer that is read whole before the client gets a
-        byte (a JSON answer): its failure is the attempt's, retried or failed over.
+        `deadline` is the client's patience, past which no retry is started;
+        `attempts` collects one line per attempt for the access log.
         """
+        return _Sending(lambda p: self._dispatch(p, callerKey, deadline, attempts), plan)
+
+    async def _dispatch(
+        self,
+        plan: Plan,
+        callerKey: str | None,
+        deadline: float | None,
+        attempts: list[Attempt],
+    ) -> Answer:
         lastError: ProxyError | None = None
-        for target in targets:
-            upstream = config.upstreams[target.upstream]
-            policy = upstream.policy
-            breaker = self.state.breaker(upstream.name)
-            body = build(upstream, target)  # a client's mistake is a 400 before any attempt
-            if not breaker.allow(policy.breakerCooldown):
-                wait = max(1, round(breaker.retryIn(policy.breakerCooldown)))
+        for target in plan.targets:
+            upstream = plan.upstreams[target.upstream]
+            gate = self.state.gate(upstream)
+            body = plan.bodyFor(upstream, target)  # a client's mistake: 400, no attempt
+            if not gate.breaker.allow():
+                wait = max(1, round(gate.breaker.retryIn()))
                 attempts.append(Attempt(upstream.name, None, note="skipped, circuit open"))
                 lastError = ProxyError(
                     503,
@@ -118,8 +253,8 @@ class Dispatcher:
                 )
                 continue
             try:
-                return await self._tryUpstream(
-                    upstream, target, body, callerKey, deadline, attempts, prepare
+                return await self._attempt(
+                    _Hop(plan, upstream, target, gate, body, callerKey), deadline, attempts
                 )
             except ProxyError as e:
                 if not isRetryable(e):
@@ -128,77 +263,57 @@ class Dispatcher:
         assert lastError is not None
         raise lastError
 
-    async def _tryUpstream(
-        self,
-        upstream: Upstream,
-        target: Target,
-        body: bytes,
-        callerKey: str | None,
-        deadline: float | None,
-        attempts: list[Attempt],
-        prepare: Callable[[Sent], Awaitable[Any]] | None = None,
-    ) -> Sent:
-        policy = upstream.policy
-        breaker = self.state.breaker(upstream.name)
-        slots = self.state.slotsFor(upstream.name)
+    async def _attempt(self, hop: _Hop, deadline: float | None, attempts: list[Attempt]) -> Answer:
+        """Tries one upstream, with its retries; holds a slot during each try."""
+        upstream, gate, policy = hop.upstream, hop.gate, hop.upstream.policy
         tries = 0
         while True:
             try:
-                await slots.acquire(
-                    policy.maxConcurrent, policy.queueSize, policy.queueTimeout, upstream.name
-                )
+                await gate.slots.acquire()
             except BaseException:
-                breaker.released()
+                gate.breaker.released()
                 raise
             try:
-                response = await self.client.post(upstream, body, callerKey)
-                if 200 <= response.code < 300:
-                    sent = Sent(upstream, target, response, self._releaser(upstream))
-                    if prepare is not None:
-                        sent.prepared = await prepare(sent)
-                    attempts.append(Attempt(upstream.name, response.code))
-                    return sent
-                raw = await self.client.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
-                error = upstreamError(upstream.name, response.code, raw, responseHeaders(response))
+                answer = await self._try(hop)
+                attempts.append(Attempt(upstream.name, answer.response.code))
+                return answer
             except ProxyError as e:
                 error = e
             except BaseException:  # cancelled (the client left), or a bug: no verdict
-                slots.release()
-                breaker.released()
+                gate.finish(None)
                 raise
-            slots.release()
+            gate.slots.release()
             attempts.append(Attempt(upstream.name, error.status, error.errorType))
             if not isRetryable(error):
-                breaker.succeeded()  # it answered: the fault is in the request
+                gate.breaker.succeeded()  # it answered: the fault is in the request
                 raise error
-            breaker.failed(policy.breakerFailures)
+            gate.breaker.failed()
             delay = self._retryDelay(error, tries, policy.maxRetryWait)
             if (
                 tries >= policy.retries
                 or delay is None
-                or breaker.state == OPEN
+                or gate.breaker.state == OPEN
                 or (deadline is not None and self.clock.seconds() + delay >= deadline)
             ):
                 raise error
             tries += 1
             await deferLater(self.clock, delay)
-            if not breaker.allow(policy.breakerCooldown):
+            if not gate.breaker.allow():
                 raise error
 
-    def _releaser(self, upstream: Upstream) -> Callable[[bool | None], None]:
-        slots = self.state.slotsFor(upstream.name)
-        breaker = self.state.breaker(upstream.name)
-
-        def release(ok: bool | None) -> None:
-            slots.release()
-            if ok is None:
-                breaker.released()
-            elif ok:
-                breaker.succeeded()
-            else:
-                breaker.failed(upstream.policy.breakerFailures)
-
-        return release
+    async def _try(self, hop: _Hop) -> Answer:
+        """One request to one upstream: a 2xx `Answer` (read whole when the plan
+        says so), or the failure as a `ProxyError`."""
+        plan, upstream = hop.plan, hop.upstream
+        response = await self.client.post(upstream, hop.body, hop.callerKey)
+        if not 200 <= response.code < 300:
+            raw = await self.client.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
+            raise upstreamError(upstream.name, response.code, raw, responseHeaders(response))
+        message = None
+        if plan.readsWhole(isEventStream(response)):
+            raw = await self.client.readBody(upstream, response, plan.maxResponseBytes)
+            message = plan.rendering.message(upstream, raw)
+        return Answer(hop.gate, upstream, hop.target, response, message, plan.rendering)
 
     def _retryDelay(self, error: ProxyError, tries: int, cap: float) -> float | None:
         """Seconds before the next attempt: the upstream's `retry-after` when it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -12,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from ccproxy.config import Config
-from ccproxy.upstream.client import UpstreamClient
-from ccproxy.upstream.dispatch import Dispatcher, Upstreams
+from ccproxy.upstream.client import HTTPClient, UpstreamClient
+from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.web.app import ProxyApp
 from tests.support.fakes import FakeOpenAI
 
@@ -81,15 +82,23 @@ class Harness:
     clock: Clock
 
     @classmethod
-    def build(cls, configText: str = BASE_CONFIG, env: dict[str, str] | None = None) -> Harness:
+    def build(
+        cls,
+        configText: str = BASE_CONFIG,
+        env: dict[str, str] | None = None,
+        http: Callable[[Clock, StubTreq], HTTPClient] | None = None,
+    ) -> Harness:
+        """The app on `configText`, its upstreams served by a `FakeOpenAI`; `http`
+        makes the upstream HTTP client instead (from the clock and the fake's
+        StubTreq), for tests of what a real connection does that a stub cannot."""
         clock = Clock()
         upstream = FakeOpenAI(clock=clock)
         upstreamTreq = StubTreq(upstream.resource())
         config = Config.fromYAML(configText, env or {})
-        client = UpstreamClient(upstreamTreq, clock)
+        client = UpstreamClient(upstreamTreq if http is None else http(clock, upstreamTreq), clock)
         app = ProxyApp(
             config=config,
-            dispatcher=Dispatcher(client, clock, Upstreams(clock), random=lambda: 0.5),
+            dispatcher=Dispatcher(client, clock, UpstreamState(clock), random=lambda: 0.5),
             clock=clock,
         )
         return cls(app, upstream, StubTreq(app.resource()), upstreamTreq, clock)

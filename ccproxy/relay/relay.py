@@ -1,0 +1,244 @@
+"""The client side of an answer streamed to Claude Code: upstream bytes -> events ->
+client bytes, as they arrive.
+
+`StreamRelay` owns a started stream from its head to its end: the status and
+headers (sent the moment the upstream answers), each upstream read parsed
+(`SSEParser`), translated (`StreamTranslator`) and written as one batch of frames
+(`EventWriter`), a ping in every silence, backpressure from a slow reader to the
+upstream, and every way a stream can end — done, an upstream error inside it, a
+line too long, silence past the timeout, the connection cut, `max_duration`, or a
+client that left. It answers with a `Verdict` for the breaker and the access log.
+
+Once the first frame is out the HTTP status is spent: every later failure is an
+`event: error` frame written here, never an exception reaching twisted.web (which
+would splice an HTML error page into the stream), and no `message_stop`, so
+Claude Code retries rather than trusting half an answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from attrs import frozen
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IWriteDescriptor
+from twisted.web.iweb import IRequest
+
+from ccproxy.errors import ProxyError, badGateway
+from ccproxy.relay.sse import SSEParser
+from ccproxy.translate.response import anthropicUsage
+from ccproxy.translate.stream import eventsForMessage
+from ccproxy.upstream.dispatch import Answer
+
+
+def encodeEvent(event: dict[str, Any]) -> bytes:
+    """One Anthropic SSE frame, with the `event:` line Claude Code requires."""
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+PING = encodeEvent({"type": "ping"})
+
+
+def startStream(request: IRequest) -> None:
+    """Commit to a 200 event stream (headers go out with the first write)."""
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-cache")
+    request.setHeader(b"x-accel-buffering", b"no")
+
+
+def writeNow(request: IRequest) -> None:
+    """Send what the response holds now (status, headers, `message_start`) instead of
+    when the reactor next gets to it.
+
+    Twisted buffers writes until the reactor's next turn; by then a stream that
+    arrived whole (a fast or bursty upstream) has been decoded and translated, and
+    the client's first byte waits for all of it. `doWrite` is the transport's
+    `IWriteDescriptor` method for "the socket can take data"; a full socket just
+    keeps the rest for the reactor, as before.
+    """
+    transport = getattr(request.channel, "transport", None)
+    if IWriteDescriptor.providedBy(transport):
+        transport.doWrite()
+
+
+class EventWriter:
+    """Writes Anthropic events to one client, and a ping after each `pingInterval`
+    seconds in which nothing was written, so idle timers on the way never fire."""
+
+    def __init__(
+        self, request: IRequest, clock: IReactorTime, pingInterval: float, capture: int = 0
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._interval = pingInterval
+        self._timer: IDelayedCall = clock.callLater(pingInterval, self._ping)
+        self._capture = capture
+        self._captured = 0
+        self._copy: list[bytes] = []
+        self._pending: list[bytes] = []
+
+    @property
+    def copy(self) -> bytes | None:
+        """The first `capture` bytes written, for payload logging (None when off)."""
+        return b"".join(self._copy) if self._capture else None
+
+    def add(self, events: Iterable[dict[str, Any]]) -> None:
+        """Queue events; they go out at the next `flush`. A burst of upstream chunks
+        read at once becomes one write (and one HTTP chunk), not one per event."""
+        for event in events:
+            self._pending.append(encodeEvent(event))
+
+    def write(self, events: Iterable[dict[str, Any]]) -> None:
+        """Queue events and send everything queued."""
+        self.add(events)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        frames = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending = []
+        self._request.write(frames)
+        if self._timer.active():
+            self._timer.reset(self._interval)
+        if self._captured < self._capture:
+            piece = frames[: self._capture - self._captured]
+            self._copy.append(piece)
+            self._captured += len(piece)
+
+    def writeError(self, error: ProxyError) -> None:
+        """End a started stream with an error Claude Code reads (and retries on)."""
+        errorType = "overloaded_error" if error.errorType == "overloaded_error" else "api_error"
+        self.write([{"type": "error", "error": {"type": errorType, "message": error.message}}])
+
+    def stop(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+
+    def _ping(self) -> None:
+        self._request.write(PING)
+        self._timer = self._clock.callLater(self._interval, self._ping)
+
+
+@frozen
+class Verdict:
+    """How a relayed answer ended, for the breaker and the access log."""
+
+    ok: bool | None
+    """True: whole; False: the upstream broke it off; None: no verdict (the client
+    left, or `max_duration` ran out)."""
+    errorType: str | None = None
+    errorMessage: str | None = None
+    usage: dict[str, Any] | None = None
+    """Anthropic usage of what was relayed, when the upstream said."""
+    copy: bytes | None = None
+    """The first bytes sent, when payload logging is on."""
+
+
+class StreamRelay:
+    """Relays one 2xx answer to one client as an Anthropic event stream.
+
+    `verdict` is set however the relay ends, a client that left included (then
+    `relay` raises `CancelledError` after setting it).
+    """
+
+    def __init__(
+        self,
+        request: IRequest,
+        clock: IReactorTime,
+        pingInterval: float,
+        maxLineBytes: int,
+        capture: int = 0,
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._pingInterval = pingInterval
+        self._maxLineBytes = maxLineBytes
+        self._capture = capture
+        self._parser: SSEParser | None = None
+        self._expiry: ProxyError | None = None
+        self.verdict: Verdict | None = None
+
+    def expire(self, error: ProxyError) -> None:
+        """`max_duration` ran out: end the stream now with `error` (not the
+        upstream's fault, so no verdict for its breaker)."""
+        self._expiry = error
+        if self._parser is not None:
+            self._parser.fail(error)
+
+    async def relay(self, answer: Answer) -> Verdict:
+        """Relay `answer` whole; its JSON `message` as events when it was read whole
+        (a server that ignored `stream: true`), else its event stream."""
+        if answer.message is not None:
+            return self._relayMessage(answer)
+        return await self._relayStream(answer)
+
+    def _relayMessage(self, answer: Answer) -> Verdict:
+        try:
+            frames = b"".join(encodeEvent(e) for e in eventsForMessage(answer.message or {}))
+        except orjson.JSONEncodeError:
+            raise nestedTooDeepAnswer(answer.upstream.name) from None
+        startStream(self._request)
+        self._request.write(frames)
+        self.verdict = Verdict(True, copy=frames[: self._capture] if self._capture else None)
+        return self.verdict
+
+    async def _relayStream(self, answer: Answer) -> Verdict:
+        request, upstream = self._request, answer.upstream
+        translator = answer.rendering.streamTranslator(upstream)
+        startStream(request)
+        writer = EventWriter(request, self._clock, self._pingInterval, self._capture)
+        writer.write(translator.start())
+
+        def onData(data: bytes) -> None:
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise badGateway(
+                    upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
+                ) from None
+            try:
+                writer.add(translator.feed(chunk))
+            except ProxyError as e:  # the upstream's own error, said inside the stream
+                raise ProxyError(e.status, f"{upstream.name}: {e.message}", e.errorType) from None
+
+        parser = self._parser = SSEParser(
+            onData,
+            self._clock,
+            upstream.timeout,
+            upstream.name,
+            self._maxLineBytes,
+            onBatch=writer.flush,
+        )
+        ok: bool | None = None
+        errorType = errorMessage = None
+        try:
+            # The head goes out before the body is read, which may have arrived whole.
+            writeNow(request)
+            answer.response.deliverBody(parser)
+            # A slow reader pauses the upstream instead of making us buffer its stream.
+            request.registerProducer(parser.transport, True)
+            await parser.finished
+            writer.write(translator.finish(parser.sawDone))
+            ok = True
+        except ProxyError as e:
+            writer.writeError(e)
+            if self._expiry is not None:
+                errorType, errorMessage = "timeout", e.message
+            else:
+                ok, errorType, errorMessage = False, e.errorType, e.message
+        finally:
+            self._parser = None
+            writer.stop()
+            if request.channel is not None:  # None once the client has gone
+                request.unregisterProducer()
+            usage = anthropicUsage(translator.usage) if translator.usage is not None else None
+            self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
+        return self.verdict
+
+
+def nestedTooDeepAnswer(upstream: str) -> ProxyError:
+    """An answer nested deeper than orjson can write (over 250 levels)."""
+    return badGateway(upstream, "the answer nests values too deeply (over 250 levels)")

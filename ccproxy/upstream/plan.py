@@ -1,0 +1,123 @@
+"""What to send along a route, and how to read what comes back: a `Plan`.
+
+A plan is made once per client request, from values only (the decoded body, the
+route's targets, the config's upstreams), and answers the dispatcher's questions
+with pure functions of them: the body for each upstream in its own dialect and
+model name, whether an answer is read whole, and what a whole answer amounts to.
+The dispatcher asks; nothing here calls back into the web layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from attrs import field, frozen
+
+from ccproxy.config.model import Upstream
+from ccproxy.config.routing import Target
+from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody, upstreamError
+from ccproxy.translate.names import ToolNames
+from ccproxy.translate.request import stopSequences, toOpenAI
+from ccproxy.translate.response import fromOpenAI
+from ccproxy.translate.stream import StreamTranslator
+
+
+@frozen
+class Rendering:
+    """How an upstream's answer is rendered for this client: the message id, the
+    model name it asked for (and expects back), its stop sequences and its tool
+    names. Small, so an answer carries it while the request itself is let go."""
+
+    messageId: str
+    model: str
+    stops: Sequence[str] = ()
+    names: ToolNames = field(factory=ToolNames)
+
+    def message(self, upstream: Upstream, raw: bytes) -> dict[str, Any]:
+        """A whole JSON answer as an Anthropic message (a 502 when it is none)."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise badGateway(upstream.name, f"the answer is not JSON: {raw[:200]!r}") from None
+        if isinstance(data, dict) and "error" in data and not data.get("choices"):
+            raise errorInBody(upstream.name, raw, data)
+        return fromOpenAI(
+            data,
+            messageId=self.messageId,
+            model=self.model,
+            stopSequences=self.stops,
+            thinkTags=upstream.profile.thinkTags,
+            toolName=self.names.fromUpstream,
+        )
+
+    def streamTranslator(self, upstream: Upstream) -> StreamTranslator:
+        """A translator of `upstream`'s stream into this client's events."""
+        return StreamTranslator(
+            self.messageId,
+            self.model,
+            self.stops,
+            thinkTags=upstream.profile.thinkTags,
+            toolName=self.names.fromUpstream,
+        )
+
+
+@frozen
+class Plan:
+    """One Anthropic Messages request, ready to send to the targets of its route."""
+
+    request: dict[str, Any] = field(repr=False)
+    """The client's decoded body. Large (a 50 KB request is some 100 KB of
+    objects): the dispatcher lets go of the plan once an upstream has answered."""
+    rendering: Rendering
+    targets: Sequence[Target]
+    upstreams: Mapping[str, Upstream]
+    """The config's upstreams when the request began (a reload does not move it)."""
+    defaultMaxTokens: int
+    maxResponseBytes: int
+
+    @classmethod
+    def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
+        """A plan for `body`, with the stop sequences and tool names read from it."""
+        rendering = Rendering(messageId, model, stopSequences(body), ToolNames.fromRequest(body))
+        return cls(body, rendering, **kwargs)
+
+    @property
+    def stream(self) -> bool:
+        """Whether the client asked for a stream."""
+        return self.request.get("stream") is True
+
+    def bodyFor(self, upstream: Upstream, target: Target) -> bytes:
+        """The request body in `upstream`'s dialect; a client's mistake is a 400
+        here, before any attempt."""
+        translated = toOpenAI(
+            self.request,
+            model=target.modelFor(self.rendering.model),
+            profile=upstream.profile,
+            defaultMaxTokens=self.defaultMaxTokens,
+            names=self.rendering.names,
+        )
+        try:
+            return orjson.dumps(translated)
+        except orjson.JSONEncodeError:
+            raise nestedTooDeep() from None
+
+    def readsWhole(self, isEventStream: bool) -> bool:
+        """Whether a 2xx answer is read whole before the client gets a byte: every
+        answer but a stream to a stream request, so that a failure reading it
+        still fails over."""
+        return not (self.stream and isEventStream)
+
+
+def errorInBody(upstream: str, raw: bytes, data: dict[str, Any]) -> ProxyError:
+    """A 2xx answer that is an error object: its own `code` when it is an HTTP status."""
+    return upstreamError(upstream, statusInBody(data), raw)
+
+
+# orjson reads up to 1024 levels of nesting but writes at most 254: a value nested
+# deeper than that (a tool schema, a tool call's input) cannot be forwarded. Caught
+# where it is encoded, so that ordinary requests pay nothing to find out.
+def nestedTooDeep() -> ProxyError:
+    """The client's request cannot be encoded for an upstream."""
+    return invalidRequest("the request nests values too deeply to forward (over 250 levels)")

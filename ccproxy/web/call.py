@@ -1,0 +1,124 @@
+"""One API request while it is served, and the HTTP shapes of what it answers.
+
+A `Call` is what every handler gets: the request, the config it began with (a
+reload does not change it midway), the caller, and the access record that the
+request leaves behind whatever becomes of it. The functions below read JSON bodies
+and query strings and write JSON answers and Anthropic error envelopes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+import orjson
+from attrs import define
+from twisted.web.iweb import IRequest
+
+from ccproxy.config.model import Client, Config
+from ccproxy.errors import ProxyError, errorBody, invalidRequest
+from ccproxy.observe.accesslog import AccessRecord
+from ccproxy.relay.relay import StreamRelay
+
+JSON = b"application/json"
+
+
+def newId() -> str:
+    return uuid.uuid4().hex[:24]
+
+
+@define
+class Call:
+    """One API request being served."""
+
+    request: IRequest
+    config: Config
+    """The configuration when the request began."""
+    record: AccessRecord
+    client: Client | None = None
+    """Who called, when `clients` is set."""
+    relay: StreamRelay | None = None
+    """The relay of the answer being streamed, if one is (`max_duration` ends it)."""
+    expired: bool = False
+    """`max_duration` ran out (a timeout, not a client that left)."""
+
+
+def requestId(request: IRequest, makeId: Callable[[], str] = newId) -> str:
+    """The request's id, made on first use and sent as the `request-id` header."""
+    value = request.responseHeaders.getRawHeaders(b"request-id")
+    if value:
+        return value[0].decode()
+    made = f"req_{makeId()}"
+    request.setHeader(b"request-id", made.encode())
+    return made
+
+
+def jsonReply(request: IRequest, value: Any) -> bytes:
+    """`value` as the JSON body of the answer."""
+    body = orjson.dumps(value)
+    request.setHeader(b"content-type", JSON)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
+def errorReply(request: IRequest, error: ProxyError) -> bytes:
+    """An Anthropic error envelope with the error's status; `x-should-retry: true`
+    where Claude Code should try again."""
+    request.setResponseCode(error.status)
+    for name, value in error.headers.items():
+        request.setHeader(name.encode(), value.encode())
+    if error.status in (408, 429) or error.status >= 500:
+        request.setHeader(b"x-should-retry", b"true")
+    return jsonReply(request, errorBody(error.errorType, error.message, requestId(request)))
+
+
+def readJSON(call: Call) -> dict[str, Any]:
+    """The request's JSON object body, read once (a long stream need not keep it)."""
+    request, config = call.request, call.config
+    if getattr(request, "bodyTooLarge", False):
+        raise bodyTooLarge(config)
+    raw = request.content.read()
+    request.content.close()  # a temporary file when twisted.web spooled a large body
+    request.content = BytesIO()
+    if len(raw) > config.maxBodyBytes:
+        raise bodyTooLarge(config)
+    if config.logPayloads:
+        call.record.requestPayload = raw
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise invalidRequest(f"the request body is not valid JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise invalidRequest("the request body must be a JSON object")
+    return body
+
+
+def bodyTooLarge(config: Config) -> ProxyError:
+    return ProxyError(
+        413, f"the request body is larger than {config.maxBodyBytes} bytes", "request_too_large"
+    )
+
+
+def modelName(body: dict[str, Any]) -> str:
+    """The request's `model`, required."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalidRequest("model: is required (a string)")
+    return model
+
+
+def queryText(request: IRequest, name: bytes) -> str | None:
+    values = request.args.get(name)
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def queryInt(request: IRequest, name: bytes, default: int, low: int, high: int) -> int:
+    text = queryText(request, name)
+    if text is None:
+        return default
+    try:
+        return max(low, min(high, int(text)))
+    except ValueError:
+        raise invalidRequest(f"{name.decode()}: must be an integer") from None

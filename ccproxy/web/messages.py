@@ -1,0 +1,185 @@
+"""The Messages API: `/v1/messages` and `/v1/messages/count_tokens`.
+
+One request goes one way down: admitted within its client's limits, its body read
+and routed, a `Plan` made (`ccproxy.upstream.plan`), dispatched along the route
+(`ccproxy.upstream.dispatch`), and the `Answer` either sent whole or handed to a
+`StreamRelay` (`ccproxy.relay.relay`), whose `Verdict` goes back to the answer (for
+the breaker) and into the access record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import orjson
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from ccproxy.config.model import Config
+from ccproxy.config.routing import Target
+from ccproxy.errors import ProxyError
+from ccproxy.relay.relay import StreamRelay, Verdict, nestedTooDeepAnswer
+from ccproxy.translate.dialect import Profile
+from ccproxy.translate.request import toOpenAI
+from ccproxy.translate.tokens import estimateTokens
+from ccproxy.upstream.dispatch import Answer, Dispatcher
+from ccproxy.upstream.plan import Plan, nestedTooDeep
+from ccproxy.web.auth import ClientLimits, callerKey
+from ccproxy.web.call import Call, jsonReply, modelName, readJSON
+
+
+@define
+class MessagesAPI:
+    """Answers the Messages endpoints through the dispatcher."""
+
+    dispatcher: Dispatcher
+    clock: IReactorTime
+    clientLimits: dict[str, ClientLimits] = field(factory=dict)
+    streamsInFlight: int = 0
+
+    async def create(self, call: Call) -> bytes | None:
+        """`POST /v1/messages`: one answer, whole (JSON) or streamed (SSE)."""
+        config, record = call.config, call.record
+        with self._admitted(call):
+            body = readJSON(call)
+            model = record.model = modelName(body)
+            route = config.router.resolve(model)
+            record.routed = True
+            record.stream = body.get("stream") is True
+            plan = Plan.forRequest(
+                body,
+                model,
+                f"msg_{record.requestId}",
+                targets=route.targets,
+                upstreams=config.upstreams,
+                defaultMaxTokens=config.defaultMaxTokens,
+                maxResponseBytes=config.maxResponseBytes,
+            )
+            del body
+            try:
+                async with self.dispatcher.send(
+                    plan,
+                    callerKey(call.request),
+                    deadline(call.request, record.started, config),
+                    record.attempts,
+                ) as answer:
+                    del plan  # the request is not kept for a long stream
+                    self._answered(call, answer, model)
+                    if answer.message is not None and not record.stream:
+                        return self._whole(call, answer)
+                    return await self._relay(call, answer)
+            except ProxyError as e:
+                if e.upstream is not None and record.upstream is None:
+                    record.upstream, record.upstreamStatus = e.upstream, e.upstreamStatus
+                    record.upstreamModel = _modelAt(route.targets, e.upstream, model)
+                raise
+
+    def countTokens(self, call: Call) -> bytes:
+        """`POST /v1/messages/count_tokens`: estimated on the request as the route's
+        first upstream would receive it."""
+        config, record = call.config, call.record
+        with self._admitted(call):
+            body = readJSON(call)
+            model = record.model = modelName(body)
+            route = config.router.find(model)
+            profile = Profile()
+            upstreamModel = model
+            if route is not None:
+                record.routed = True
+                target = route.targets[0]
+                profile = config.upstreams[target.upstream].profile
+                upstreamModel = record.upstreamModel = target.modelFor(model)
+                record.upstream = target.upstream
+            translated = toOpenAI(
+                body, model=upstreamModel, profile=profile, defaultMaxTokens=config.defaultMaxTokens
+            )
+            try:
+                tokens = estimateTokens(translated)
+            except orjson.JSONEncodeError:
+                raise nestedTooDeep() from None
+            record.status = 200
+            return jsonReply(call.request, {"input_tokens": tokens})
+
+    def _admitted(self, call: Call) -> AbstractContextManager[None]:
+        """The client's place for this request (none to take without clients)."""
+        if call.client is None:
+            return nullcontext()
+        limits = self.clientLimits.setdefault(call.client.name, ClientLimits())
+        return limits.admitted(self.clock.seconds(), call.client)
+
+    def _answered(self, call: Call, answer: Answer, model: str) -> None:
+        record = call.record
+        record.firstByte = self.clock.seconds()
+        record.upstream = answer.upstream.name
+        record.upstreamModel = answer.target.modelFor(model)
+        record.upstreamStatus = answer.response.code
+        if answer.message is not None:
+            record.countUsage(answer.message["usage"])
+
+    def _whole(self, call: Call, answer: Answer) -> bytes:
+        """A non-streaming answer: one translated message."""
+        call.record.status = 200
+        try:
+            reply = jsonReply(call.request, answer.message)
+        except orjson.JSONEncodeError:
+            raise nestedTooDeepAnswer(answer.upstream.name) from None
+        if call.config.logPayloads:
+            call.record.responsePayload = reply
+        return reply
+
+    async def _relay(self, call: Call, answer: Answer) -> None:
+        """A streamed answer, relayed by a `StreamRelay` until it ends."""
+        config = call.config
+        relay = call.relay = StreamRelay(
+            call.request,
+            self.clock,
+            config.pingInterval,
+            config.maxLineBytes,
+            config.logPayloadMaxChars if config.logPayloads else 0,
+        )
+        self.streamsInFlight += 1
+        try:
+            await relay.relay(answer)
+        finally:
+            self.streamsInFlight -= 1
+            call.relay = None
+            if relay.verdict is not None:
+                _record(call, relay.verdict)
+                answer.settle(relay.verdict.ok)
+        return None
+
+
+def _record(call: Call, verdict: Verdict) -> None:
+    record = call.record
+    record.status = 200
+    if verdict.errorType is not None:
+        record.fail(record.status, verdict.errorType, verdict.errorMessage or "")
+    if verdict.usage is not None:
+        record.countUsage(verdict.usage)
+    if verdict.copy is not None:
+        record.responsePayload = verdict.copy
+
+
+def _modelAt(targets: Sequence[Target], upstream: str, model: str) -> str | None:
+    """The model name `upstream` was (or would have been) sent on this route."""
+    for target in targets:
+        if target.upstream == upstream:
+            return target.modelFor(model)
+    return None
+
+
+def deadline(request: IRequest, started: float, config: Config) -> float | None:
+    """When the client stops waiting: its `X-Stainless-Timeout` (Claude Code and the
+    SDKs send it), or `max_duration`, whichever is sooner. No retry starts past it."""
+    limits = []
+    header = request.getHeader(b"x-stainless-timeout")
+    if header:
+        try:
+            limits.append(float(header))
+        except ValueError:
+            pass
+    if config.maxDuration is not None:
+        limits.append(config.maxDuration)
+    return started + min(limits) if limits else None
