@@ -1,3 +1,38 @@
-"""ccproxy: lets Claude Code (Anthropic Messages API) talk to OpenAI-compatible gateways."""
+"""ccproxy: lets Claude Code (Anthropic Messages API) talk to OpenAI-compatible gateways.
+
+The folders, top to bottom; each imports only the ones below it (an import-linter
+contract in setup.cfg, checked in CI):
+
+- `daemon/`    twistd: options, the composition root (`tap.makeService`, the only
+               code that touches the global reactor), the service's signals,
+               reload and drain, the listening port, log files.
+- `doctor/`    `python -m ccproxy doctor`: checks a user's Claude Code setup.
+- `web/`       the Klein face: routes (`app`), the `api` decorator that
+               authenticates and writes one access event per request, the
+               Messages flow (`messages`), keys and client limits (`auth`), the
+               HTTP site with its body limit (`site`).
+- `relay/`     an answer streamed to the client: upstream SSE bytes (`sse`) ->
+               Anthropic events -> client frames (`relay.StreamRelay`).
+- `upstream/`  talking to gateways: what to send (`plan`), attempts, retries and
+               failover (`dispatch`), breaker and slots, the treq client, the
+               connection pool.
+- `observe/`   the access record and log, Prometheus metrics, usage totals.
+- `config/`    YAML (or the seed environment) to frozen values: upstreams,
+               profiles, policies, routes, endpoint descriptions.
+- `translate/` pure Anthropic <-> OpenAI translation over dicts; no Twisted.
+- `errors`     the Anthropic error envelope and `ProxyError`; `compat`, Twisted's
+               private APIs behind one door.
+
+One streaming `POST /v1/messages`, one way down:
+
+    web.site.LimitedRequest          body read within max_body_bytes
+    -> web.app.ProxyApp.serve         auth, access record, max_duration
+    -> web.messages.MessagesAPI       client limits, route, Plan
+    -> upstream.dispatch.Dispatcher   breaker, slot, retries, failover
+    -> upstream.client.UpstreamClient POST through treq and the pool
+    -> relay.relay.StreamRelay        SSEParser -> StreamTranslator -> EventWriter
+    -> back up: a Verdict for the breaker (Answer) and the access record
+    -> observe.accesslog.AccessLog    one event, metrics, usage
+"""
 
 __version__ = "0.1.0"

@@ -186,6 +186,57 @@ def test_no_retry_beyond_the_clients_patience() -> None:
 # -- circuit breaker ------------------------------------------------------------------
 
 
+def test_a_lone_upstream_serves_the_moment_it_recovers() -> None:
+    """Twenty upstream 500s and stalls in a row, no partner: the breaker is open, yet
+    the very next request after the upstream recovers is answered."""
+    h = build()
+    for i in range(20):
+        h.upstream.queue(jsonReply({"error": {"message": "boom"}}, 500) if i % 2 else stallReply())
+        pending = h.request("POST", "/v1/messages", message(model="solo"))
+        h.flush()
+        h.clock.advance(30)  # a stall ends at the upstream's timeout
+        h.flush()
+        assert resultOf(pending).status in (500, 504)
+    assert h.call("GET", "/healthz").json()["upstreams"]["main"]["breaker"] == "open"
+    h.upstream.queue(OK)
+    reply = h.post(message(model="solo"))
+    assert reply.status == 200
+    assert h.call("GET", "/healthz").json()["upstreams"]["main"]["breaker"] == "closed"
+
+
+FORWARDING = """
+upstreams:
+  shared:
+    url: http://shared.test/v1
+    retries: 2
+    breaker_failures: 2
+  other:
+    url: http://other.test/v1
+    api_key: sk-other
+models:
+  claude-*: [shared/big, other/big]
+"""
+
+
+def test_one_callers_rate_limited_key_is_nobody_elses_outage() -> None:
+    """`shared` forwards each caller's own key. Alice's key is rate-limited: her
+    429s go back to her (no retry, no failover on her behalf), and neither the
+    breaker nor Bob hears of them."""
+    h = Harness.build(FORWARDING)
+    limited = jsonReply({"error": {"message": "rate limited"}}, 429, {"retry-after": "20"})
+    for _ in range(5):
+        h.upstream.queue(limited)
+        reply = h.post(message(), headers={"x-api-key": "alice-own-key"})
+        assert reply.status == 429 and reply.headers["retry-after"] == "20"
+        assert "rate limited" in reply.json()["error"]["message"]
+    assert hosts(h) == ["shared.test"] * 5
+    assert h.call("GET", "/healthz").json()["upstreams"]["shared"]["breaker"] == "closed"
+    reply = h.post(message(), headers={"x-api-key": "bob-own-key"})
+    assert reply.status == 200
+    assert hosts(h)[-1] == "shared.test"
+    assert h.upstream.received[-1].headers["authorization"] == "Bearer bob-own-key"
+
+
 def test_breaker_opens_skips_and_recovers() -> None:
     h = build()
     down = jsonReply({"error": {"message": "down"}}, 503)
@@ -203,12 +254,13 @@ def test_breaker_opens_skips_and_recovers() -> None:
         'ccproxy_upstream_breaker_state{upstream="main"} 1.0'
         in h.call("GET", "/metrics").body.decode()
     )
-    # A route with no partner fails fast with 503 and when to come back.
+    # A route with no partner still goes to main: a breaker steers, it never makes
+    # an outage of its own (panic routing). It failed again: still open.
+    h.upstream.queue(down)
     reply = h.post(message(model="solo"))
-    assert reply.status == 503
-    assert reply.json()["error"]["type"] == "overloaded_error"
-    assert int(reply.headers["retry-after"]) == 30
-    assert len(hosts(h)) == 7
+    assert reply.status == 503 and "main: down" in reply.json()["error"]["message"]
+    assert hosts(h)[-1] == "main.test" and len(hosts(h)) == 8
+    assert h.call("GET", "/healthz").json()["upstreams"]["main"]["breaker"] == "open"
     # After the cooldown one trial goes to main; it succeeds and closes the breaker.
     h.clock.advance(30)
     h.upstream.queue(OK)

@@ -26,7 +26,7 @@ class Breaker:
         self.policy = policy
         self.state = CLOSED
         self.failures = 0
-        self._openedAt = 0.0
+        self.openedAt = 0.0
         self._trialInFlight = False
 
     def allow(self) -> bool:
@@ -34,7 +34,7 @@ class Breaker:
         claims the single trial)."""
         if self.state == CLOSED:
             return True
-        if self.state == OPEN and self._now() - self._openedAt >= self.policy.breakerCooldown:
+        if self.state == OPEN and self._now() - self.openedAt >= self.policy.breakerCooldown:
             self.state = HALF_OPEN
             self._trialInFlight = False
         if self.state == HALF_OPEN and not self._trialInFlight:
@@ -44,7 +44,7 @@ class Breaker:
 
     def retryIn(self) -> float:
         """Seconds until the breaker lets a trial through."""
-        return max(0.0, self._openedAt + self.policy.breakerCooldown - self._now())
+        return max(0.0, self.openedAt + self.policy.breakerCooldown - self._now())
 
     def succeeded(self) -> None:
         self.state = CLOSED
@@ -55,7 +55,7 @@ class Breaker:
         self.failures += 1
         if self.state == HALF_OPEN or self.failures >= self.policy.breakerFailures:
             self.state = OPEN
-            self._openedAt = self._now()
+            self.openedAt = self._now()
             self._trialInFlight = False
 
     def released(self) -> None:

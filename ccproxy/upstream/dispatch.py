@@ -42,6 +42,21 @@ from ccproxy.upstream.slots import Slots
 RETRYABLE_4XX = frozenset({408, 429})
 
 
+CALLERS_OWN = frozenset({401, 403, 429})
+
+
+def _callersOwn(hop: _Hop, error: ProxyError) -> bool:
+    """A refusal of the caller's own forwarded key (the upstream has no `api_key`
+    and the caller sent one): it goes back to that caller, is not retried
+    elsewhere, and no breaker hears of it, so one person's rate limit is nobody
+    else's outage."""
+    return (
+        hop.upstream.apiKey is None
+        and hop.callerKey is not None
+        and error.upstreamStatus in CALLERS_OWN
+    )
+
+
 def isRetryable(error: ProxyError) -> bool:
     """Failures another attempt may fix: connection errors and timeouts (our 502 and
     504), 408, 429 and every 5xx."""
@@ -237,34 +252,38 @@ class Dispatcher:
         deadline: float | None,
         attempts: list[Attempt],
     ) -> Answer:
+        """Each target in turn; a target whose breaker is open is skipped only while
+        another may serve. When every one is open, the request still goes to the
+        one that opened first ("panic routing", as Envoy does): a breaker steers
+        traffic to a healthier target, it never makes an outage of its own."""
         lastError: ProxyError | None = None
+        skipped: list[_Hop] = []
         for target in plan.targets:
             upstream = plan.upstreams[target.upstream]
             gate = self.state.gate(upstream)
             body = plan.bodyFor(upstream, target)  # a client's mistake: 400, no attempt
+            hop = _Hop(plan, upstream, target, gate, body, callerKey)
             if not gate.breaker.allow():
-                wait = max(1, round(gate.breaker.retryIn()))
                 attempts.append(Attempt(upstream.name, None, note="skipped, circuit open"))
-                lastError = ProxyError(
-                    503,
-                    f"{upstream.name}: failing, so not tried (circuit open; retry in {wait} s)",
-                    "overloaded_error",
-                    {"retry-after": str(wait)},
-                )
+                skipped.append(hop)
                 continue
             try:
-                return await self._attempt(
-                    _Hop(plan, upstream, target, gate, body, callerKey), deadline, attempts
-                )
+                return await self._attempt(hop, deadline, attempts)
             except ProxyError as e:
-                if not isRetryable(e):
+                if not isRetryable(e) or _callersOwn(hop, e):
                     raise
                 lastError = e
-        assert lastError is not None
+        if lastError is None:  # every target skipped: try the longest-open one anyway
+            hop = min(skipped, key=lambda h: h.gate.breaker.openedAt)
+            attempts.append(Attempt(hop.upstream.name, None, note="every circuit open: tried"))
+            return await self._attempt(hop, deadline, attempts, panic=True)
         raise lastError
 
-    async def _attempt(self, hop: _Hop, deadline: float | None, attempts: list[Attempt]) -> Answer:
-        """Tries one upstream, with its retries; holds a slot during each try."""
+    async def _attempt(
+        self, hop: _Hop, deadline: float | None, attempts: list[Attempt], panic: bool = False
+    ) -> Answer:
+        """Tries one upstream, with its retries; holds a slot during each try.
+        `panic`: tried although its breaker is open (no retry then)."""
         upstream, gate, policy = hop.upstream, hop.gate, hop.upstream.policy
         tries = 0
         while True:
@@ -284,13 +303,17 @@ class Dispatcher:
                 raise
             gate.slots.release()
             attempts.append(Attempt(upstream.name, error.status, error.errorType))
+            if _callersOwn(hop, error):
+                gate.breaker.released()  # the caller's key, the caller's trouble
+                raise error
             if not isRetryable(error):
                 gate.breaker.succeeded()  # it answered: the fault is in the request
                 raise error
             gate.breaker.failed()
             delay = self._retryDelay(error, tries, policy.maxRetryWait)
             if (
-                tries >= policy.retries
+                panic
+                or tries >= policy.retries
                 or delay is None
                 or gate.breaker.state == OPEN
                 or (deadline is not None and self.clock.seconds() + delay >= deadline)
