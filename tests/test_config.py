@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from ccproxy.config import DEFAULT_LISTEN, Config, ConfigError
+import pytest
+from attrs import fields
+
+from ccproxy.config import DEFAULT_LISTEN, Config, ConfigError, LogSettings
+from ccproxy.config.policy import Policy
 from ccproxy.config.routing import Target
 
 MINIMAL = """
@@ -69,6 +73,19 @@ def test_defaults() -> None:
     assert config.upstreams["corp"].timeout == 600
     assert config.upstreams["corp"].profile.maxTokensParam == "max_completion_tokens"
     assert config.upstreams["corp"].profile.streamUsage is True
+
+
+def test_keys_left_out_take_the_defaults_written_on_the_values(tmp_path: Path) -> None:
+    """Each default is written once, on the attrs value, and the reader takes it from
+    there (`LogSettings.keep` on a slotted class is the slot, not the default)."""
+    path = str(tmp_path / "ccproxy.log")
+    config = load(MINIMAL + f"log: {{file: {path}}}\n")
+    assert config.upstreams["corp"].policy == Policy()
+    assert config.log == LogSettings(file=path)
+    assert isinstance(config.log.maxBytes, int) and isinstance(config.log.keep, int)
+    default = fields(Config)
+    assert config.shutdownGrace == default.shutdownGrace.default
+    assert config.logPayloadMaxChars == default.logPayloadMaxChars.default
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 from attrs import field, frozen
 
 from ccproxy.config import Config, Upstream, keyDigest
+from ccproxy.config.model import COMPLETIONS_PATH
 from ccproxy.config.schema import ConfigError
 
 OK = "ok"
@@ -63,7 +64,6 @@ _SHOWN = frozenset((BASE_URL, *MODEL_VARIABLES, *NO_PROXY_VARIABLES))
 """Variables whose values are not secrets and help the user when shown."""
 _LOOPBACK = {"localhost": "127.0.0.1"}
 _WILDCARDS = frozenset(("", "0.0.0.0", "::"))
-_COMPLETIONS = "/chat/completions"
 _MAX_BODY = 64 * 1024
 
 
@@ -626,8 +626,8 @@ def servedByProxy(probes: Mapping[str, Probe]) -> dict[str, str | None]:
 def modelsURL(upstream: Upstream) -> str:
     """The gateway's GET /models URL: its chat/completions URL with that suffix replaced."""
     base, question, query = upstream.url.partition("?")
-    if base.endswith(_COMPLETIONS):
-        base = base[: -len(_COMPLETIONS)]
+    if base.endswith(COMPLETIONS_PATH):
+        base = base[: -len(COMPLETIONS_PATH)]
     return f"{base}/models{question}{query}"
 
 
