@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.web.client import Agent
 
+from ccproxy import compat
 from ccproxy.config import Config, ConfigError, Upstream
 from ccproxy.daemon.listen import listenService
 from ccproxy.daemon.logs import PrettyObserver, fileObserver, isTerminal, openLogFile, quietLevels
@@ -92,7 +93,7 @@ class ProxyService(MultiService):
 
     def listeningPort(self) -> Deferred[Any]:
         """The bound port, once listening (its `getHost().port` when listening on 0)."""
-        return self.getServiceNamed("http")._waitingForPort  # type: ignore[attr-defined,no-any-return]
+        return compat.whenListening(self.getServiceNamed("http"))  # type: ignore[arg-type]
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
