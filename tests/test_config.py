@@ -8,6 +8,7 @@ import pytest
 from attrs import fields
 
 from ccproxy.config import DEFAULT_LISTEN, Config, ConfigError, LogSettings
+from ccproxy.config.endpoints import listenIsLocal
 from ccproxy.config.policy import Policy
 from ccproxy.config.routing import Target
 
@@ -86,6 +87,27 @@ def test_keys_left_out_take_the_defaults_written_on_the_values(tmp_path: Path) -
     default = fields(Config)
     assert config.shutdownGrace == default.shutdownGrace.default
     assert config.logPayloadMaxChars == default.logPayloadMaxChars.default
+
+
+@pytest.mark.parametrize(
+    ("listen", "local"),
+    [
+        ("tcp:8000:interface=127.0.0.1", True),
+        ("tcp:8000:interface=127.0.0.2", True),
+        ("tcp:8000:interface=localhost", True),
+        (r"tcp6:8000:interface=\:\:1", True),
+        ("tcp:8000:50:127.0.0.1", True),
+        ("unix:/run/ccproxy.sock", True),
+        ("systemd:domain=INET:index=0", True),
+        ("tcp:8000", False),
+        ("tcp:8000:interface=0.0.0.0", False),
+        (r"tcp6:8000:interface=\:\:", False),
+        ("tcp:8000:interface=10.0.0.1", False),
+        ("ssl:8443:privateKey=k.pem", False),
+    ],
+)
+def test_listenIsLocal(listen: str, local: bool) -> None:
+    assert listenIsLocal(listen) is local
 
 
 @pytest.mark.parametrize(

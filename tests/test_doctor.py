@@ -16,18 +16,12 @@ from typing import Any
 import pytest
 from attrs import define, field
 
-from ccproxy.config import Config
-from ccproxy.doctor import cli as doctor
-from ccproxy.doctor.cli import (
-    OK,
-    PROBLEM,
-    WARNING,
-    Finding,
-    Origin,
-    Probe,
-    Request,
-    Setting,
-)
+from ccproxy.config import Config, claudesettings, endpoints
+from ccproxy.config.claudesettings import OK, PROBLEM, WARNING, Finding
+from ccproxy.config.endpoints import Origin
+from ccproxy.doctor import checks as doctor
+from ccproxy.doctor.checks import Probe, Request, Setting
+from ccproxy.doctor.probe import fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +78,7 @@ def text(findings: list[Finding]) -> str:
     ],
 )
 def test_mask(value: str, shown: str) -> None:
-    assert doctor.mask(value) == shown
+    assert claudesettings.mask(value) == shown
 
 
 @pytest.mark.parametrize(
@@ -97,7 +91,7 @@ def test_mask(value: str, shown: str) -> None:
     ],
 )
 def test_displayURL_hides_credentials(url: str, shown: str) -> None:
-    assert doctor.displayURL(url) == shown
+    assert claudesettings.displayURL(url) == shown
 
 
 # -- origins ----------------------------------------------------------------------
@@ -117,7 +111,7 @@ def test_displayURL_hides_credentials(url: str, shown: str) -> None:
     ],
 )
 def test_originOf(url: str, origin: Origin | None) -> None:
-    assert doctor.originOf(url) == origin
+    assert endpoints.originOf(url) == origin
 
 
 @pytest.mark.parametrize(
@@ -137,7 +131,7 @@ def test_originOf(url: str, origin: Origin | None) -> None:
     ],
 )
 def test_originOfListen(listen: str, origin: Origin | None) -> None:
-    assert doctor.originOfListen(listen) == origin
+    assert endpoints.originOfListen(listen) == origin
 
 
 @pytest.mark.parametrize(
@@ -152,7 +146,7 @@ def test_originOfListen(listen: str, origin: Origin | None) -> None:
     ],
 )
 def test_origin_accepts(proxy: Origin, url: str, accepted: bool) -> None:
-    origin = doctor.originOf(url)
+    origin = endpoints.originOf(url)
     assert origin is not None
     assert proxy.accepts(origin) is accepted
 
@@ -178,7 +172,7 @@ def test_origin_accepts(proxy: Origin, url: str, accepted: bool) -> None:
     ],
 )
 def test_settingsEnv(document: Any, values: dict[str, str], warned: bool) -> None:
-    found, findings = doctor.settingsEnv(document)
+    found, findings = claudesettings.settingsEnv(document)
     assert found == values
     assert levels(findings) == ([WARNING] if warned else [])
 
@@ -205,7 +199,7 @@ def test_settingsEnv(document: Any, values: dict[str, str], warned: bool) -> Non
 def test_overrideFindings(
     settings: dict[str, str], environ: dict[str, str], named: list[str]
 ) -> None:
-    findings = doctor.overrideFindings(settings, environ)
+    findings = claudesettings.overrideFindings(settings, environ)
     assert levels(findings) == [WARNING] * len(named)
     for finding, name in zip(findings, named, strict=True):
         assert finding.what.startswith(name + ":")
@@ -214,11 +208,13 @@ def test_overrideFindings(
 
 
 def test_overrideFindings_show_urls_but_mask_keys() -> None:
-    [url] = doctor.overrideFindings(
+    [url] = claudesettings.overrideFindings(
         {"ANTHROPIC_BASE_URL": "http://a:1"}, {"ANTHROPIC_BASE_URL": "http://b:2"}
     )
     assert "'http://a:1'" in url.what and "'http://b:2'" in url.what
-    [key] = doctor.overrideFindings({"ANTHROPIC_API_KEY": ALICE}, {"ANTHROPIC_API_KEY": CORP})
+    [key] = claudesettings.overrideFindings(
+        {"ANTHROPIC_API_KEY": ALICE}, {"ANTHROPIC_API_KEY": CORP}
+    )
     assert "another value (alic…) than your shell (corp…)" in key.what
 
 
@@ -250,12 +246,12 @@ def test_settingsWarnings(
     path = tmp_path / "settings.json"
     if content is not None:
         path.write_text(content)
-    assert levels(doctor.settingsWarnings(path, environ)) == expected
+    assert levels(claudesettings.settingsWarnings(path, environ)) == expected
 
 
 def test_defaultSettingsPath() -> None:
-    assert doctor.defaultSettingsPath({"HOME": "/h"}) == "/h/.claude/settings.json"
-    assert doctor.defaultSettingsPath({"HOME": "/h", "CLAUDE_CONFIG_DIR": "/c"}) == (
+    assert claudesettings.defaultSettingsPath({"HOME": "/h"}) == "/h/.claude/settings.json"
+    assert claudesettings.defaultSettingsPath({"HOME": "/h", "CLAUDE_CONFIG_DIR": "/c"}) == (
         "/c/settings.json"
     )
 
@@ -877,7 +873,7 @@ def test_fetch(
 ) -> None:
     server, url = play
     body = b"{}" if method == "POST" else None
-    probe = doctor.fetch(Request(method, url + path, headers, body))
+    probe = fetch(Request(method, url + path, headers, body))
     assert (probe.status, probe.error) == (status, "")
     assert [(m, p) for m, p, _ in server.scenario.asked] == [(method, path)]
 
@@ -886,5 +882,5 @@ def test_fetch_connection_refused() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    probe = doctor.fetch(Request("GET", f"http://127.0.0.1:{port}/"))
+    probe = fetch(Request("GET", f"http://127.0.0.1:{port}/"))
     assert probe.status is None and "refused" in probe.error

@@ -13,11 +13,11 @@ from attrs import evolve
 from twisted.python import usage
 
 from ccproxy.config import Config, ConfigError
+from ccproxy.config.claudesettings import defaultSettingsPath, settingsWarnings
 from ccproxy.config.endpoints import endpoint
 from ccproxy.config.load import checkOpenListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.daemon.service import ProxyService
-from ccproxy.doctor.cli import defaultSettingsPath, settingsWarnings
 
 
 class Options(usage.Options):
