@@ -22,6 +22,7 @@ from ccproxy.config.endpoints import Origin
 from ccproxy.doctor import checks as doctor
 from ccproxy.doctor.checks import Probe, Request, Setting
 from ccproxy.doctor.probe import fetch
+from ccproxy.upstream.client import upstreamHeaders
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -514,6 +515,7 @@ def test_upstream_requests() -> None:
     assert doctor.upstreamModelsRequest(azure, ALICE).headers["Authorization"] == "Key k"
 
     chat = doctor.upstreamChatRequest(local, ALICE, "qwen")
+    assert chat.headers["Content-Type"] == "application/json"
     assert (chat.method, chat.url) == ("POST", "http://127.0.0.1:9/v1/chat/completions?tenant=x")
     assert chat.body is not None
     assert json.loads(chat.body) == {
@@ -521,6 +523,40 @@ def test_upstream_requests() -> None:
         "messages": [{"role": "user", "content": "Say ok."}],
         "max_tokens": 1,
     }
+
+
+AZURE = f"""
+upstreams:
+  az: {{url: "https://az.example/openai/v1", api_key: {CORP}, preset: azure}}
+  fwd: {{url: "https://az.example/openai/v1", preset: azure}}
+models: {{"*": az}}
+"""
+
+
+@pytest.mark.parametrize("name", ["az", "fwd"])
+def test_upstream_probes_send_what_the_daemon_sends(name: str) -> None:
+    """Azure wants its key in `api-key`: a probe with `Authorization: Bearer` would be
+    refused where the daemon's own requests pass, and the key wrongly blamed."""
+    upstream = config(AZURE).upstreams[name]
+    daemon = upstreamHeaders(upstream, ALICE)
+    assert daemon["api-key"] == (CORP if name == "az" else ALICE)
+    for probe in (
+        doctor.upstreamModelsRequest(upstream, ALICE),
+        doctor.upstreamChatRequest(upstream, ALICE, "gpt-4.1"),
+    ):
+        assert {k: v for k, v in probe.headers.items() if k in daemon} == daemon
+        assert "Authorization" not in probe.headers
+
+
+def test_diagnose_probe_chat_judges_an_azure_key_by_its_own_header() -> None:
+    def azure(request: Request) -> Probe:
+        if request.url.startswith(PROXY):
+            return UP.get((request.method, request.url), Probe(404))
+        return Probe(200 if request.headers.get("api-key") == CORP else 401)
+
+    findings = doctor.diagnose(None, GOOD_ENV, config(AZURE), None, azure, probeChat=True)
+    upstream = [f for f in findings if "upstream 'az'" in f.what]
+    assert levels(upstream) == [OK, OK], text(upstream)
 
 
 @pytest.mark.parametrize(

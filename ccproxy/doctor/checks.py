@@ -42,6 +42,7 @@ from ccproxy.config.claudesettings import (
 )
 from ccproxy.config.endpoints import Origin, originOf, originOfListen
 from ccproxy.config.model import COMPLETIONS_PATH
+from ccproxy.upstream.client import upstreamHeaders
 
 DEFAULT_MODELS = {
     OPUS_MODEL: "claude-opus-5-5",
@@ -431,19 +432,14 @@ def modelsURL(upstream: Upstream) -> str:
     return f"{base}/models{question}{query}"
 
 
-def upstreamHeaders(upstream: Upstream, key: str | None) -> dict[str, str]:
-    """What the proxy sends: its own key or else the caller's, then the configured headers
-    (which win, as in the daemon: a gateway may want its key in a header of its own)."""
-    headers = {"Accept": "application/json"}
-    key = upstream.apiKey or key
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    headers.update(upstream.headers)
-    return headers
+def _headers(upstream: Upstream, key: str | None) -> dict[str, str]:
+    """What the daemon sends (`upstreamHeaders`: Azure's `api-key` included), asking
+    for JSON; the configured headers still win."""
+    return {"Accept": "application/json", **upstreamHeaders(upstream, key)}
 
 
 def upstreamModelsRequest(upstream: Upstream, key: str | None) -> Request:
-    return Request("GET", modelsURL(upstream), upstreamHeaders(upstream, key))
+    return Request("GET", modelsURL(upstream), _headers(upstream, key))
 
 
 def upstreamChatRequest(upstream: Upstream, key: str | None, model: str) -> Request:
@@ -453,8 +449,7 @@ def upstreamChatRequest(upstream: Upstream, key: str | None, model: str) -> Requ
         "messages": [{"role": "user", "content": "Say ok."}],
         upstream.profile.maxTokensParam: 1,
     }
-    headers = {**upstreamHeaders(upstream, key), "Content-Type": "application/json"}
-    return Request("POST", upstream.url, headers, json.dumps(body).encode())
+    return Request("POST", upstream.url, _headers(upstream, key), json.dumps(body).encode())
 
 
 def probeModel(config: Config, upstream: str, names: Iterable[str]) -> str | None:
