@@ -26,6 +26,7 @@ from twisted.web.server import Site
 from ccproxy.config import Config, LogSettings
 from ccproxy.daemon.logs import fileObserver, openLogFile
 from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.wiring import buildService
 from tests.support.fakes import FakeOpenAI, jsonReply, sseReply
 from tests.support.harness import BASE_CONFIG, Harness, message, parseSSE, resultOf
 
@@ -42,7 +43,7 @@ def capture() -> tuple[list[dict[str, Any]], Any]:
 def serviceFor(tmp_path: Path, text: str) -> tuple[ProxyService, Path]:
     path = tmp_path / "ccproxy.yaml"
     path.write_text(text)
-    return ProxyService(Config.fromPath(str(path)), reactor, configPath=str(path)), path
+    return buildService(Config.fromPath(str(path)), reactor, configPath=str(path)), path
 
 
 RELOAD = """
@@ -136,7 +137,7 @@ shutdown_grace: 10
     chunks = [{"choices": [{"index": 0, "delta": {"content": f"{i} "}}]} for i in range(4)]
     chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     upstream.queue(sseReply(chunks, delay=0.05))
-    service = ProxyService(config, reactor)
+    service = buildService(config, reactor)
     service.startService()
     try:
         port = (await service.listeningPort()).getHost().port
@@ -278,7 +279,7 @@ def test_config_with_literal_keys_readable_by_others_is_warned_about(
         )
     )
     os.chmod(path, 0o644)
-    service = ProxyService(Config.fromPath(str(path)), reactor, configPath=str(path))
+    service = buildService(Config.fromPath(str(path)), reactor, configPath=str(path))
     events, stop = capture()
     try:
         service._warnAboutSecrets(service.app.config)
@@ -377,7 +378,7 @@ async def test_pretty_panels_only_on_a_terminal(tmp_path: Path, tty: bool) -> No
     path = tmp_path / "c.yaml"
     path.write_text(RELOAD + "pretty: true\nlog_payloads: true\n")
     terminal = _Terminal(tty)
-    service = ProxyService(
+    service = buildService(
         Config.fromPath(str(path)), reactor, configPath=str(path), stdout=terminal
     )
     service.startService()

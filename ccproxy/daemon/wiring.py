@@ -1,0 +1,95 @@
+"""The composition root: the daemon's whole object graph, built in one function.
+
+`makeService` (twistd) and the tests call `buildService`; nothing else builds the
+pool, the HTTP clients, the dispatcher, the app or the site. Read it top to bottom
+to see what a request goes through. Only I/O-free objects are built here, because
+twistd daemonizes afterwards; the one exception is the log file, which twistd asks
+for before it starts logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import IO, Any
+
+from treq.client import HTTPClient
+from twisted.logger import ILogObserver
+from twisted.python.logfile import LogFile
+from twisted.web.client import Agent
+
+from ccproxy.config import Config, Upstream
+from ccproxy.config.policy import Policy
+from ccproxy.daemon.listen import listenService
+from ccproxy.daemon.logs import fileObserver, openLogFile, quietLevels
+from ccproxy.daemon.service import ProxyService
+from ccproxy.upstream.client import BytesProducer, UpstreamClient
+from ccproxy.upstream.dispatch import Dispatcher, Upstreams
+from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
+from ccproxy.web.app import ProxyApp
+from ccproxy.web.site import ProxySite
+
+POOL_SIZE_PER_HOST = 64
+"""Kept-alive connections per upstream host; enough for a team's concurrent sessions."""
+
+
+def buildService(
+    config: Config,
+    reactor: Any,
+    configPath: str | None = None,
+    stdout: IO[str] | None = None,
+    startupWarnings: Sequence[str] = (),
+) -> ProxyService:
+    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
+
+    `configPath` is what SIGHUP reads again (None: the config came from the
+    environment); `stdout` is where `pretty` panels go.
+    """
+    logFile = openLogFile(config.log) if config.log.file else None
+
+    pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
+    # Upstream cookies (load-balancer stickiness, sessions) must not be shared
+    # between the many users whose requests go through these clients.
+    cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+    clients: dict[float, HTTPClient] = {}
+
+    def httpWithTimeout(connectTimeout: float) -> HTTPClient:
+        """One treq client per connect timeout, all on the one pool and cookie jar."""
+        if connectTimeout not in clients:
+            endpoints = UpstreamEndpoints(reactor, connectTimeout)
+            clients[connectTimeout] = HTTPClient(
+                Agent.usingEndpointFactory(reactor, endpoints, pool=pool),
+                cookiejar=cookies,
+                data_to_body_producer=BytesProducer,
+            )
+        return clients[connectTimeout]
+
+    def httpFor(upstream: Upstream) -> HTTPClient:
+        return httpWithTimeout(upstream.policy.connectTimeout)
+
+    client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
+    dispatcher = Dispatcher(client, reactor, Upstreams(reactor))
+    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
+    site = ProxySite(app.resource(), lambda: app.config.maxBodyBytes, reactor=reactor)
+    http = listenService(config.listen, config.reusePort, site, reactor)
+
+    logObserver, panels = _logging(config, logFile, stdout)
+    return ProxyService(
+        app,
+        pool,
+        http,
+        reactor,
+        configPath=configPath,
+        logFile=logFile,
+        logObserver=logObserver,
+        panels=panels,
+        startupWarnings=startupWarnings,
+    )
+
+
+def _logging(
+    config: Config, logFile: LogFile | None, stdout: IO[str] | None
+) -> tuple[ILogObserver | None, IO[str] | None]:
+    """The log observer to hand twistd (None: its own), and where to show panels."""
+    observer = quietLevels(fileObserver(config.log, logFile)) if logFile is not None else None
+    return observer, stdout if config.pretty else None
