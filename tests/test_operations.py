@@ -10,15 +10,18 @@ import orjson
 import pytest
 import pytest_twisted
 import treq
+from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import (
+    ILogObserver,
     LogLevel,
     eventAsJSON,
     eventsFromJSONLogFile,
     formatEvent,
     globalLogPublisher,
+    textFileLogObserver,
 )
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
@@ -394,6 +397,32 @@ async def test_pretty_panels_only_on_a_terminal(tmp_path: Path, tty: bool) -> No
         assert "╭" in shown or "+" in shown  # a panel border
     else:
         assert shown == ""  # a daemon's stdout, or a pipe: never panels
+
+
+@pytest_twisted.ensureDeferred
+async def test_pretty_shows_each_exchange_once_where_twistd_logs_to_the_terminal() -> None:
+    """`twistd -n` logs to the terminal the panels go to: an exchange is a panel in
+    place of twistd's line, not both (a line and a panel were printed for each)."""
+    terminal = _Terminal(True)
+    config = Config.fromYAML(RELOAD + "pretty: true\nlog_payloads: true\n", {})
+    service = buildService(config, reactor, stdout=terminal, twistdLogsToStdout=True)
+    application = Application("ccproxy")
+    service.setServiceParent(application)
+    # What twistd's AppLogger does: the application's observer, else a text one.
+    twistd = application.getComponent(ILogObserver, None) or textFileLogObserver(terminal)
+    globalLogPublisher.addObserver(twistd)
+    service.startService()
+    try:
+        h = Harness.build(BASE_CONFIG + "log_payloads: true\n")
+        h.post(message("show me"))
+    finally:
+        globalLogPublisher.removeObserver(twistd)
+        await service.stopService()
+    shown = terminal.buffer.getvalue()
+    assert shown.count("╭") == 2  # the exchange's panel and its payloads' panel
+    assert shown.count("show me") == 1
+    assert "[ccproxy.access#" not in shown and "[ccproxy.payload#" not in shown
+    assert "ccproxy serving on" in shown  # every other event stays a line
 
 
 def test_access_log_names_the_upstream_that_refused() -> None:

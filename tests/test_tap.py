@@ -12,7 +12,7 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 
 from ccproxy.daemon.service import ProxyService
-from ccproxy.daemon.tap import Options, makeService
+from ccproxy.daemon.tap import Options, _twistdLogsToStdout, makeService
 from ccproxy.daemon.wiring import buildService
 
 GOOD = """
@@ -112,6 +112,27 @@ def test_a_bad_config_is_a_usage_error_under_twistd(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('"*": up', '"*": nowhere'))
     with pytest.raises(UsageError, match=f"^{path}: models.*: unknown upstream 'nowhere'"):
         ServerOptions().parseOptions(["ccproxy", "--config", path])
+
+
+@pytest.mark.parametrize(
+    ("twistd", "toStdout"),
+    [
+        (["-n"], True),
+        (["-n", "--logfile", "-"], True),
+        (["-n", "--logfile", "ccproxy.log"], False),
+        (["-n", "--syslog"], False),
+        (["-n", "--logger", "twisted.logger.globalLogPublisher"], False),
+        ([], False),  # daemonized: stdout is /dev/null by then
+    ],
+)
+def test_where_twistd_logs_is_read_from_its_options(
+    tmp_path: Path, twistd: list[str], toStdout: bool
+) -> None:
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    options.parseOptions([*twistd, "ccproxy", "--config", write(tmp_path, GOOD)])
+    assert _twistdLogsToStdout(options.subOptions) is toStdout
 
 
 def test_the_composition_root_hands_each_piece_to_the_next(tmp_path: Path) -> None:

@@ -81,4 +81,20 @@ def makeService(options: Options) -> ProxyService:
         startupWarnings=[
             f.line() for f in settingsWarnings(defaultSettingsPath(os.environ), os.environ)
         ],
+        twistdLogsToStdout=_twistdLogsToStdout(options),
+    )
+
+
+def _twistdLogsToStdout(options: Options) -> bool:
+    """Whether twistd logs to this process's stdout: in the foreground (`-n`) with no
+    --logfile (or `--logfile -`), --syslog or --logger. twistd's own options are
+    the parent of ours; without one (a test), nothing is known."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None:
+        return False
+    return (
+        bool(twistd.get("nodaemon"))
+        and twistd.get("logfile") in (None, "", "-")
+        and not twistd.get("syslog")
+        and not twistd.get("logger")
     )

@@ -21,7 +21,13 @@ from twisted.web.client import Agent
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
 from ccproxy.daemon.listen import listenService
-from ccproxy.daemon.logs import fileObserver, openLogFile, quietLevels
+from ccproxy.daemon.logs import (
+    fileObserver,
+    isTerminal,
+    openLogFile,
+    quietLevels,
+    terminalObserver,
+)
 from ccproxy.daemon.service import ProxyService
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, Upstreams
@@ -39,11 +45,13 @@ def buildService(
     configPath: str | None = None,
     stdout: IO[str] | None = None,
     startupWarnings: Sequence[str] = (),
+    twistdLogsToStdout: bool = False,
 ) -> ProxyService:
     """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
 
     `configPath` is what SIGHUP reads again (None: the config came from the
-    environment); `stdout` is where `pretty` panels go.
+    environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
+    that twistd's own log lines would go there too.
     """
     logFile = openLogFile(config.log) if config.log.file else None
 
@@ -73,7 +81,7 @@ def buildService(
     site = ProxySite(app.resource(), lambda: app.config.maxBodyBytes, reactor=reactor)
     http = listenService(config.listen, config.reusePort, site, reactor)
 
-    logObserver, panels = _logging(config, logFile, stdout)
+    logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
     return ProxyService(
         app,
         pool,
@@ -88,8 +96,18 @@ def buildService(
 
 
 def _logging(
-    config: Config, logFile: LogFile | None, stdout: IO[str] | None
+    config: Config, logFile: LogFile | None, stdout: IO[str] | None, twistdLogsToStdout: bool
 ) -> tuple[ILogObserver | None, IO[str] | None]:
-    """The log observer to hand twistd (None: its own), and where to show panels."""
-    observer = quietLevels(fileObserver(config.log, logFile)) if logFile is not None else None
-    return observer, stdout if config.pretty else None
+    """The log observer to hand twistd (None: its own), and where to show panels.
+
+    With `pretty` on the terminal twistd logs to, the panels must take the place
+    of twistd's lines for the same events: an observer of their own beside
+    twistd's printed every exchange twice, as a line and as a panel.
+    """
+    if logFile is not None:
+        return quietLevels(fileObserver(config.log, logFile)), stdout if config.pretty else None
+    if not config.pretty or stdout is None:
+        return None, None
+    if twistdLogsToStdout and isTerminal(stdout):
+        return terminalObserver(stdout), None
+    return None, stdout
