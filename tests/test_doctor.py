@@ -275,6 +275,10 @@ LOCAL = Origin("http", "127.0.0.1", 8000)
         ("http://127.0.0.1:9000/v1/", LOCAL, [PROBLEM, PROBLEM], "'/v1/'"),
         ("http://anything:9000", None, [OK], ""),
         ("http://jumphost:8000", Origin("http", None, 8000), [OK], ""),
+        # Claude Code's default: never the proxy, whether or not its URL is known.
+        ("https://api.anthropic.com", None, [PROBLEM], "not pointed at ccproxy"),
+        ("https://api.anthropic.com/", LOCAL, [PROBLEM], "is Anthropic's own API"),
+        ("https://API.Anthropic.com:443", None, [PROBLEM], "not pointed at ccproxy"),
     ],
 )
 def test_baseUrlFindings(
@@ -656,6 +660,18 @@ def test_diagnose_settings_override_is_reported_and_used() -> None:
     findings = doctor.diagnose(settings, GOOD_ENV, None, PROXY, fetch)
     assert findings[0].level == WARNING and "ANTHROPIC_BASE_URL" in findings[0].what
     assert any(f.level == PROBLEM and "does not point at the proxy" in f.what for f in findings)
+
+
+def test_diagnose_base_url_at_anthropic_is_a_problem_and_never_probed_as_the_proxy() -> None:
+    fetch = ScriptedFetch(UP)
+    settings = {"env": {"ANTHROPIC_BASE_URL": "https://api.anthropic.com"}}
+    findings = doctor.diagnose(settings, {"ANTHROPIC_AUTH_TOKEN": ALICE}, None, None, fetch)
+    [base] = [f for f in findings if "ANTHROPIC_BASE_URL=" in f.what]
+    assert base.level == PROBLEM and "not pointed at ccproxy" in base.what
+    assert PROXY in base.fix
+    assert not any("anthropic.com" in url for url in fetch.urls())
+    assert fetch.urls()[0] == f"GET {PROXY}/"  # the default place of the proxy instead
+    assert not any(f.level == OK and "anthropic.com" in f.what for f in findings)
 
 
 def test_diagnose_unparseable_listen_asks_for_url() -> None:

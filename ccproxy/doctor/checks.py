@@ -63,6 +63,7 @@ class Setting:
 
 DEFAULT_ORIGIN = Origin("http", "127.0.0.1", 8000)
 DEFAULT_URL = DEFAULT_ORIGIN.url()
+ANTHROPIC_DOMAIN = "anthropic.com"
 
 
 @frozen
@@ -145,6 +146,15 @@ def baseUrlFindings(
                 f"set it to {want} in {where}",
             )
         ]
+    if isAnthropic(origin):
+        return [
+            Finding(
+                PROBLEM,
+                f"{BASE_URL}={displayURL(url)!r} is Anthropic's own API: Claude Code is not"
+                " pointed at ccproxy",
+                f"set it to {want} in {where}",
+            )
+        ]
     findings = []
     parts = urlsplit(url.strip())
     path = parts.path
@@ -172,10 +182,29 @@ def baseUrlFindings(
     return findings
 
 
+def isAnthropic(origin: Origin) -> bool:
+    """Whether an origin is Anthropic's (api.anthropic.com, Claude Code's default),
+    which can never be the proxy."""
+    host = origin.host or ""
+    return host == ANTHROPIC_DOMAIN or host.endswith("." + ANTHROPIC_DOMAIN)
+
+
+def proxyOrigin(env: Mapping[str, Setting], proxy: Origin | None) -> Origin:
+    """Where to probe the proxy: where it listens if known, else where Claude Code
+    is pointed, unless that is Anthropic's API, else the default."""
+    if proxy is not None:
+        return proxy
+    pointed = originOf(_value(env, BASE_URL) or "")
+    if pointed is not None and not isAnthropic(pointed):
+        return pointed
+    return DEFAULT_ORIGIN
+
+
 def httpProxyFindings(env: Mapping[str, Setting]) -> list[Finding]:
     """Claude Code honours HTTP(S)_PROXY: a corporate proxy must not get the proxy's requests."""
     url = _value(env, BASE_URL)
-    host = urlsplit(url).hostname if url and originOf(url) else None
+    origin = originOf(url) if url else None
+    host = urlsplit(url).hostname if url and origin and not isAnthropic(origin) else None
     via = next(((n, v) for n in HTTP_PROXY_VARIABLES if (v := _value(env, n))), None)
     if host is None or via is None:
         return []
@@ -553,7 +582,7 @@ def diagnose(
                 )
             )
     findings += baseUrlFindings(env, proxy, settingsPath)
-    target = proxy or originOf(_value(env, BASE_URL) or "") or DEFAULT_ORIGIN
+    target = proxyOrigin(env, proxy)
     findings += httpProxyFindings(env)
     keyHelper = isinstance(settingsDocument, dict) and bool(settingsDocument.get("apiKeyHelper"))
     findings += keyFindings(env, config, settingsPath, keyHelper)
