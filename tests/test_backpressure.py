@@ -17,7 +17,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
 
 from ccproxy.config import Config
-from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.wiring import buildService
 
 FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 4000 + b'"}}]}\n\n'
 TOTAL_FRAMES = 50_000  # 200 MB if nothing pushed back
@@ -92,10 +92,11 @@ models: {{"*": flood}}
 """,
         {},
     )
-    service = ProxyService(config, reactor)
+    service = buildService(config, reactor)
     channels: list[Any] = []
-    build = service.site.buildProtocol
-    service.site.buildProtocol = lambda addr: _kept(build(addr), channels)  # type: ignore[method-assign]
+    site = service.getServiceNamed("http").factory  # type: ignore[attr-defined]
+    build = site.buildProtocol
+    site.buildProtocol = lambda addr: _kept(build(addr), channels)
     service.startService()
     client = None
     try:

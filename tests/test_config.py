@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from ccproxy.config import DEFAULT_LISTEN, Config, ConfigError
+import pytest
+from attrs import fields
+
+from ccproxy.config import DEFAULT_LISTEN, Config, ConfigError, LogSettings
+from ccproxy.config.endpoints import listenIsLocal
+from ccproxy.config.policy import Policy
 from ccproxy.config.routing import Target
 
 MINIMAL = """
@@ -69,6 +74,40 @@ def test_defaults() -> None:
     assert config.upstreams["corp"].timeout == 600
     assert config.upstreams["corp"].profile.maxTokensParam == "max_completion_tokens"
     assert config.upstreams["corp"].profile.streamUsage is True
+
+
+def test_keys_left_out_take_the_defaults_written_on_the_values(tmp_path: Path) -> None:
+    """Each default is written once, on the attrs value, and the reader takes it from
+    there (`LogSettings.keep` on a slotted class is the slot, not the default)."""
+    path = str(tmp_path / "ccproxy.log")
+    config = load(MINIMAL + f"log: {{file: {path}}}\n")
+    assert config.upstreams["corp"].policy == Policy()
+    assert config.log == LogSettings(file=path)
+    assert isinstance(config.log.maxBytes, int) and isinstance(config.log.keep, int)
+    default = fields(Config)
+    assert config.shutdownGrace == default.shutdownGrace.default
+    assert config.logPayloadMaxChars == default.logPayloadMaxChars.default
+
+
+@pytest.mark.parametrize(
+    ("listen", "local"),
+    [
+        ("tcp:8000:interface=127.0.0.1", True),
+        ("tcp:8000:interface=127.0.0.2", True),
+        ("tcp:8000:interface=localhost", True),
+        (r"tcp6:8000:interface=\:\:1", True),
+        ("tcp:8000:50:127.0.0.1", True),
+        ("unix:/run/ccproxy.sock", True),
+        ("systemd:domain=INET:index=0", True),
+        ("tcp:8000", False),
+        ("tcp:8000:interface=0.0.0.0", False),
+        (r"tcp6:8000:interface=\:\:", False),
+        ("tcp:8000:interface=10.0.0.1", False),
+        ("ssl:8443:privateKey=k.pem", False),
+    ],
+)
+def test_listenIsLocal(listen: str, local: bool) -> None:
+    assert listenIsLocal(listen) is local
 
 
 @pytest.mark.parametrize(

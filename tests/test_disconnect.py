@@ -137,7 +137,7 @@ def test_the_head_is_sent_at_once_not_at_the_next_reactor_turn() -> None:
     from twisted.internet.interfaces import IWriteDescriptor
     from zope.interface import implementer
 
-    from ccproxy.relay.relay import writeNow as sendNow
+    from ccproxy.compat import writeNow as sendNow
 
     @implementer(IWriteDescriptor)
     class Socket:

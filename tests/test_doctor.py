@@ -16,18 +16,13 @@ from typing import Any
 import pytest
 from attrs import define, field
 
-from ccproxy.config import Config
-from ccproxy.doctor import cli as doctor
-from ccproxy.doctor.cli import (
-    OK,
-    PROBLEM,
-    WARNING,
-    Finding,
-    Origin,
-    Probe,
-    Request,
-    Setting,
-)
+from ccproxy.config import Config, claudesettings, endpoints
+from ccproxy.config.claudesettings import OK, PROBLEM, WARNING, Finding
+from ccproxy.config.endpoints import Origin
+from ccproxy.doctor import checks as doctor
+from ccproxy.doctor.checks import Probe, Request, Setting
+from ccproxy.doctor.probe import fetch
+from ccproxy.upstream.client import upstreamHeaders
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +79,7 @@ def text(findings: list[Finding]) -> str:
     ],
 )
 def test_mask(value: str, shown: str) -> None:
-    assert doctor.mask(value) == shown
+    assert claudesettings.mask(value) == shown
 
 
 @pytest.mark.parametrize(
@@ -97,7 +92,7 @@ def test_mask(value: str, shown: str) -> None:
     ],
 )
 def test_displayURL_hides_credentials(url: str, shown: str) -> None:
-    assert doctor.displayURL(url) == shown
+    assert claudesettings.displayURL(url) == shown
 
 
 # -- origins ----------------------------------------------------------------------
@@ -117,7 +112,7 @@ def test_displayURL_hides_credentials(url: str, shown: str) -> None:
     ],
 )
 def test_originOf(url: str, origin: Origin | None) -> None:
-    assert doctor.originOf(url) == origin
+    assert endpoints.originOf(url) == origin
 
 
 @pytest.mark.parametrize(
@@ -137,7 +132,7 @@ def test_originOf(url: str, origin: Origin | None) -> None:
     ],
 )
 def test_originOfListen(listen: str, origin: Origin | None) -> None:
-    assert doctor.originOfListen(listen) == origin
+    assert endpoints.originOfListen(listen) == origin
 
 
 @pytest.mark.parametrize(
@@ -152,7 +147,7 @@ def test_originOfListen(listen: str, origin: Origin | None) -> None:
     ],
 )
 def test_origin_accepts(proxy: Origin, url: str, accepted: bool) -> None:
-    origin = doctor.originOf(url)
+    origin = endpoints.originOf(url)
     assert origin is not None
     assert proxy.accepts(origin) is accepted
 
@@ -178,7 +173,7 @@ def test_origin_accepts(proxy: Origin, url: str, accepted: bool) -> None:
     ],
 )
 def test_settingsEnv(document: Any, values: dict[str, str], warned: bool) -> None:
-    found, findings = doctor.settingsEnv(document)
+    found, findings = claudesettings.settingsEnv(document)
     assert found == values
     assert levels(findings) == ([WARNING] if warned else [])
 
@@ -205,7 +200,7 @@ def test_settingsEnv(document: Any, values: dict[str, str], warned: bool) -> Non
 def test_overrideFindings(
     settings: dict[str, str], environ: dict[str, str], named: list[str]
 ) -> None:
-    findings = doctor.overrideFindings(settings, environ)
+    findings = claudesettings.overrideFindings(settings, environ)
     assert levels(findings) == [WARNING] * len(named)
     for finding, name in zip(findings, named, strict=True):
         assert finding.what.startswith(name + ":")
@@ -214,11 +209,13 @@ def test_overrideFindings(
 
 
 def test_overrideFindings_show_urls_but_mask_keys() -> None:
-    [url] = doctor.overrideFindings(
+    [url] = claudesettings.overrideFindings(
         {"ANTHROPIC_BASE_URL": "http://a:1"}, {"ANTHROPIC_BASE_URL": "http://b:2"}
     )
     assert "'http://a:1'" in url.what and "'http://b:2'" in url.what
-    [key] = doctor.overrideFindings({"ANTHROPIC_API_KEY": ALICE}, {"ANTHROPIC_API_KEY": CORP})
+    [key] = claudesettings.overrideFindings(
+        {"ANTHROPIC_API_KEY": ALICE}, {"ANTHROPIC_API_KEY": CORP}
+    )
     assert "another value (alic…) than your shell (corp…)" in key.what
 
 
@@ -250,12 +247,12 @@ def test_settingsWarnings(
     path = tmp_path / "settings.json"
     if content is not None:
         path.write_text(content)
-    assert levels(doctor.settingsWarnings(path, environ)) == expected
+    assert levels(claudesettings.settingsWarnings(path, environ)) == expected
 
 
 def test_defaultSettingsPath() -> None:
-    assert doctor.defaultSettingsPath({"HOME": "/h"}) == "/h/.claude/settings.json"
-    assert doctor.defaultSettingsPath({"HOME": "/h", "CLAUDE_CONFIG_DIR": "/c"}) == (
+    assert claudesettings.defaultSettingsPath({"HOME": "/h"}) == "/h/.claude/settings.json"
+    assert claudesettings.defaultSettingsPath({"HOME": "/h", "CLAUDE_CONFIG_DIR": "/c"}) == (
         "/c/settings.json"
     )
 
@@ -278,6 +275,10 @@ LOCAL = Origin("http", "127.0.0.1", 8000)
         ("http://127.0.0.1:9000/v1/", LOCAL, [PROBLEM, PROBLEM], "'/v1/'"),
         ("http://anything:9000", None, [OK], ""),
         ("http://jumphost:8000", Origin("http", None, 8000), [OK], ""),
+        # Claude Code's default: never the proxy, whether or not its URL is known.
+        ("https://api.anthropic.com", None, [PROBLEM], "not pointed at ccproxy"),
+        ("https://api.anthropic.com/", LOCAL, [PROBLEM], "is Anthropic's own API"),
+        ("https://API.Anthropic.com:443", None, [PROBLEM], "not pointed at ccproxy"),
     ],
 )
 def test_baseUrlFindings(
@@ -518,6 +519,7 @@ def test_upstream_requests() -> None:
     assert doctor.upstreamModelsRequest(azure, ALICE).headers["Authorization"] == "Key k"
 
     chat = doctor.upstreamChatRequest(local, ALICE, "qwen")
+    assert chat.headers["Content-Type"] == "application/json"
     assert (chat.method, chat.url) == ("POST", "http://127.0.0.1:9/v1/chat/completions?tenant=x")
     assert chat.body is not None
     assert json.loads(chat.body) == {
@@ -525,6 +527,40 @@ def test_upstream_requests() -> None:
         "messages": [{"role": "user", "content": "Say ok."}],
         "max_tokens": 1,
     }
+
+
+AZURE = f"""
+upstreams:
+  az: {{url: "https://az.example/openai/v1", api_key: {CORP}, preset: azure}}
+  fwd: {{url: "https://az.example/openai/v1", preset: azure}}
+models: {{"*": az}}
+"""
+
+
+@pytest.mark.parametrize("name", ["az", "fwd"])
+def test_upstream_probes_send_what_the_daemon_sends(name: str) -> None:
+    """Azure wants its key in `api-key`: a probe with `Authorization: Bearer` would be
+    refused where the daemon's own requests pass, and the key wrongly blamed."""
+    upstream = config(AZURE).upstreams[name]
+    daemon = upstreamHeaders(upstream, ALICE)
+    assert daemon["api-key"] == (CORP if name == "az" else ALICE)
+    for probe in (
+        doctor.upstreamModelsRequest(upstream, ALICE),
+        doctor.upstreamChatRequest(upstream, ALICE, "gpt-4.1"),
+    ):
+        assert {k: v for k, v in probe.headers.items() if k in daemon} == daemon
+        assert "Authorization" not in probe.headers
+
+
+def test_diagnose_probe_chat_judges_an_azure_key_by_its_own_header() -> None:
+    def azure(request: Request) -> Probe:
+        if request.url.startswith(PROXY):
+            return UP.get((request.method, request.url), Probe(404))
+        return Probe(200 if request.headers.get("api-key") == CORP else 401)
+
+    findings = doctor.diagnose(None, GOOD_ENV, config(AZURE), None, azure, probeChat=True)
+    upstream = [f for f in findings if "upstream 'az'" in f.what]
+    assert levels(upstream) == [OK, OK], text(upstream)
 
 
 @pytest.mark.parametrize(
@@ -624,6 +660,18 @@ def test_diagnose_settings_override_is_reported_and_used() -> None:
     findings = doctor.diagnose(settings, GOOD_ENV, None, PROXY, fetch)
     assert findings[0].level == WARNING and "ANTHROPIC_BASE_URL" in findings[0].what
     assert any(f.level == PROBLEM and "does not point at the proxy" in f.what for f in findings)
+
+
+def test_diagnose_base_url_at_anthropic_is_a_problem_and_never_probed_as_the_proxy() -> None:
+    fetch = ScriptedFetch(UP)
+    settings = {"env": {"ANTHROPIC_BASE_URL": "https://api.anthropic.com"}}
+    findings = doctor.diagnose(settings, {"ANTHROPIC_AUTH_TOKEN": ALICE}, None, None, fetch)
+    [base] = [f for f in findings if "ANTHROPIC_BASE_URL=" in f.what]
+    assert base.level == PROBLEM and "not pointed at ccproxy" in base.what
+    assert PROXY in base.fix
+    assert not any("anthropic.com" in url for url in fetch.urls())
+    assert fetch.urls()[0] == f"GET {PROXY}/"  # the default place of the proxy instead
+    assert not any(f.level == OK and "anthropic.com" in f.what for f in findings)
 
 
 def test_diagnose_unparseable_listen_asks_for_url() -> None:
@@ -877,7 +925,7 @@ def test_fetch(
 ) -> None:
     server, url = play
     body = b"{}" if method == "POST" else None
-    probe = doctor.fetch(Request(method, url + path, headers, body))
+    probe = fetch(Request(method, url + path, headers, body))
     assert (probe.status, probe.error) == (status, "")
     assert [(m, p) for m, p, _ in server.scenario.asked] == [(method, path)]
 
@@ -886,5 +934,5 @@ def test_fetch_connection_refused() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    probe = doctor.fetch(Request("GET", f"http://127.0.0.1:{port}/"))
+    probe = fetch(Request("GET", f"http://127.0.0.1:{port}/"))
     assert probe.status is None and "refused" in probe.error

@@ -36,6 +36,7 @@ from twisted.web.server import Site
 
 from ccproxy.config import Config
 from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.wiring import buildService
 from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply
 from tests.support.faultkit import (
     Client,
@@ -605,7 +606,7 @@ class Rig:
             ),
             {},
         )
-        self.service = ProxyService(config, reactor)
+        self.service = buildService(config, reactor)
         self.service.startService()
         listening = await within(self.service.listeningPort())
         self.base = f"http://127.0.0.1:{listening.getHost().port}"

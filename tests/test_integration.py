@@ -20,7 +20,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Site
 
 from ccproxy.config import Config
-from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.wiring import buildService
 from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
 
 
@@ -42,7 +42,7 @@ models:
 """,
         {},
     )
-    service = ProxyService(config, reactor)
+    service = buildService(config, reactor)
     service.startService()
     port = await service.listeningPort()
     try:

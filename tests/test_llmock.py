@@ -32,6 +32,7 @@ from twisted.internet.threads import deferToThread
 
 from ccproxy.config import Config
 from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.wiring import buildService
 from tests.support.faultkit import (
     Client,
     ClientReply,
@@ -193,7 +194,7 @@ async def proxyFor() -> AsyncIterator[Callable[..., Any]]:
             ),
             {},
         )
-        service = ProxyService(config, reactor)
+        service = buildService(config, reactor)
         service.startService()
         port = await within(service.listeningPort())
         proxy = Proxy(service, f"http://127.0.0.1:{port.getHost().port}")

@@ -10,15 +10,18 @@ import orjson
 import pytest
 import pytest_twisted
 import treq
+from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import (
+    ILogObserver,
     LogLevel,
     eventAsJSON,
     eventsFromJSONLogFile,
     formatEvent,
     globalLogPublisher,
+    textFileLogObserver,
 )
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
@@ -26,6 +29,7 @@ from twisted.web.server import Site
 from ccproxy.config import Config, LogSettings
 from ccproxy.daemon.logs import fileObserver, openLogFile
 from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.wiring import buildService
 from tests.support.fakes import FakeOpenAI, jsonReply, sseReply
 from tests.support.harness import BASE_CONFIG, Harness, message, parseSSE, resultOf
 
@@ -52,7 +56,7 @@ def accessEvents(action: Any) -> list[dict[str, Any]]:
 def serviceFor(tmp_path: Path, text: str) -> tuple[ProxyService, Path]:
     path = tmp_path / "ccproxy.yaml"
     path.write_text(text)
-    return ProxyService(Config.fromPath(str(path)), reactor, configPath=str(path)), path
+    return buildService(Config.fromPath(str(path)), reactor, configPath=str(path)), path
 
 
 RELOAD = """
@@ -146,7 +150,7 @@ shutdown_grace: 10
     chunks = [{"choices": [{"index": 0, "delta": {"content": f"{i} "}}]} for i in range(4)]
     chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     upstream.queue(sseReply(chunks, delay=0.05))
-    service = ProxyService(config, reactor)
+    service = buildService(config, reactor)
     service.startService()
     try:
         port = (await service.listeningPort()).getHost().port
@@ -288,7 +292,7 @@ def test_config_with_literal_keys_readable_by_others_is_warned_about(
         )
     )
     os.chmod(path, 0o644)
-    service = ProxyService(Config.fromPath(str(path)), reactor, configPath=str(path))
+    service = buildService(Config.fromPath(str(path)), reactor, configPath=str(path))
     events, stop = capture()
     try:
         service._warnAboutSecrets(service.app.config)
@@ -387,7 +391,7 @@ async def test_pretty_panels_only_on_a_terminal(tmp_path: Path, tty: bool) -> No
     path = tmp_path / "c.yaml"
     path.write_text(RELOAD + "pretty: true\nlog_payloads: true\n")
     terminal = _Terminal(tty)
-    service = ProxyService(
+    service = buildService(
         Config.fromPath(str(path)), reactor, configPath=str(path), stdout=terminal
     )
     service.startService()
@@ -403,6 +407,32 @@ async def test_pretty_panels_only_on_a_terminal(tmp_path: Path, tty: bool) -> No
         assert "╭" in shown or "+" in shown  # a panel border
     else:
         assert shown == ""  # a daemon's stdout, or a pipe: never panels
+
+
+@pytest_twisted.ensureDeferred
+async def test_pretty_shows_each_exchange_once_where_twistd_logs_to_the_terminal() -> None:
+    """`twistd -n` logs to the terminal the panels go to: an exchange is a panel in
+    place of twistd's line, not both (a line and a panel were printed for each)."""
+    terminal = _Terminal(True)
+    config = Config.fromYAML(RELOAD + "pretty: true\nlog_payloads: true\n", {})
+    service = buildService(config, reactor, stdout=terminal, twistdLogsToStdout=True)
+    application = Application("ccproxy")
+    service.setServiceParent(application)
+    # What twistd's AppLogger does: the application's observer, else a text one.
+    twistd = application.getComponent(ILogObserver, None) or textFileLogObserver(terminal)
+    globalLogPublisher.addObserver(twistd)
+    service.startService()
+    try:
+        h = Harness.build(BASE_CONFIG + "log_payloads: true\n")
+        h.post(message("show me"))
+    finally:
+        globalLogPublisher.removeObserver(twistd)
+        await service.stopService()
+    shown = terminal.buffer.getvalue()
+    assert shown.count("╭") == 2  # the exchange's panel and its payloads' panel
+    assert shown.count("show me") == 1
+    assert "[ccproxy.access#" not in shown and "[ccproxy.payload#" not in shown
+    assert "ccproxy serving on" in shown  # every other event stays a line
 
 
 def test_access_log_names_the_upstream_that_refused() -> None:

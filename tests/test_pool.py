@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
 from ccproxy.config import Config
-from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.wiring import buildService
 
 ANSWER = orjson.dumps(
     {
@@ -73,7 +73,7 @@ models:
 """,
         {},
     )
-    service = ProxyService(config, reactor)
+    service = buildService(config, reactor)
     service.startService()
     try:
         port = (await service.listeningPort()).getHost().port

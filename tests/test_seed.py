@@ -371,3 +371,19 @@ def test_readme_table_names_every_variable() -> None:
     firstCells = [row.split("|")[1] for row in rows[2:]]
     for name in VARIABLES:
         assert sum(f"`{name}`" in cell for cell in firstCells) == 1, name
+
+
+def test_the_readme_holds_the_table_as_generated() -> None:
+    """README.md's seed table is `README_TABLE` to the letter, so the two cannot drift."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert README_TABLE in readme
+
+
+def test_the_url_row_says_what_is_done_to_a_base_url() -> None:
+    """A URL without /chat/completions gets it appended (see the table test above),
+    so the README must not say the URL is used as is."""
+    [urlRow] = [row for row in README_TABLE.splitlines() if "`UPSTREAM_BASE_URL`" in row]
+    assert "used as is" not in urlRow
+    assert "`/chat/completions` is appended" in urlRow
+    config = configFromEnvironment({"UPSTREAM_BASE_URL": "http://gw:1/v1/"}, None)
+    assert config.upstreams["default"].url == "http://gw:1/v1/chat/completions"

@@ -9,9 +9,11 @@ import pytest
 import pytest_twisted
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
 
 from ccproxy.daemon.service import ProxyService
-from ccproxy.daemon.tap import Options, makeService
+from ccproxy.daemon.tap import Options, _twistdLogsToStdout, makeService
+from ccproxy.daemon.wiring import buildService
 
 GOOD = """
 upstreams:
@@ -52,9 +54,9 @@ def test_without_config_the_environment_is_read(
     monkeypatch.chdir(tmp_path)
     for name in ("UPSTREAM_BASE_URL", "GATEWAY_API_KEY", "HOST", "PORT", "FORCE_UPSTREAM_MODEL"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(UsageError) as raised:
         Options().parseOptions([])
-    assert "UPSTREAM_BASE_URL" in str(raised.value.code)
+    assert "UPSTREAM_BASE_URL" in str(raised.value)
     (tmp_path / ".env").write_text(
         "UPSTREAM_BASE_URL=http://127.0.0.1:9/v1/chat/completions\nFORCE_UPSTREAM_MODEL=m1\n"
         "PORT=8123\nPRETTY_LOGS=1\n"
@@ -82,9 +84,9 @@ def test_without_config_the_environment_is_read(
 )
 def test_a_bad_config_stops_the_start_with_one_line(tmp_path: Path, text: str, line: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(UsageError) as raised:
         Options().parseOptions(["--config", path])
-    message = str(raised.value.code)
+    message = str(raised.value)
     assert line in message
     assert path in message
     assert "\n" not in message
@@ -101,6 +103,54 @@ def test_make_service_builds_the_tree(tmp_path: Path) -> None:
     assert service.getServiceNamed("http") is not None
     assert service.app.config is options["loaded"]
     assert service.pool.persistent is True
+
+
+def test_a_bad_config_is_a_usage_error_under_twistd(tmp_path: Path) -> None:
+    """twistd prints the subcommand's usage and this line, and exits 1."""
+    from twisted.scripts.twistd import ServerOptions
+
+    path = write(tmp_path, GOOD.replace('"*": up', '"*": nowhere'))
+    with pytest.raises(UsageError, match=f"^{path}: models.*: unknown upstream 'nowhere'"):
+        ServerOptions().parseOptions(["ccproxy", "--config", path])
+
+
+@pytest.mark.parametrize(
+    ("twistd", "toStdout"),
+    [
+        (["-n"], True),
+        (["-n", "--logfile", "-"], True),
+        (["-n", "--logfile", "ccproxy.log"], False),
+        (["-n", "--syslog"], False),
+        (["-n", "--logger", "twisted.logger.globalLogPublisher"], False),
+        ([], False),  # daemonized: stdout is /dev/null by then
+    ],
+)
+def test_where_twistd_logs_is_read_from_its_options(
+    tmp_path: Path, twistd: list[str], toStdout: bool
+) -> None:
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    options.parseOptions([*twistd, "ccproxy", "--config", write(tmp_path, GOOD)])
+    assert _twistdLogsToStdout(options.subOptions) is toStdout
+
+
+def test_the_composition_root_hands_each_piece_to_the_next(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from ccproxy.config import Config
+
+    config = Config.fromYAML(GOOD + f"log: {{file: {tmp_path / 'ccproxy.log'}}}\n", {})
+    service = buildService(config, Clock(), configPath="/etc/ccproxy.yaml")
+    site = service.getServiceNamed("http").factory  # type: ignore[attr-defined]
+    assert site.resource is not None and service.app.config is config
+    client = service.app.dispatcher.client
+    upstream = config.upstreams["up"]
+    assert client.httpFor(upstream) is client.httpFor(upstream)  # one client per timeout
+    assert service.configPath == "/etc/ccproxy.yaml"
+    assert service.logFile is not None
+    service.logFile.write("written\n")
+    service.logFile.close()
 
 
 @pytest.mark.parametrize(
@@ -137,9 +187,9 @@ def test_tcp_address_for_reuse_port(listen: str, address: Any) -> None:
 
 def test_reuse_port_needs_a_plain_tcp_listen(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + "listen: unix:/tmp/ccproxy.sock\nreuse_port: true\n")
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(UsageError) as raised:
         Options().parseOptions(["--config", path])
-    assert "reuse_port: needs a plain tcp listen" in str(raised.value.code)
+    assert "reuse_port: needs a plain tcp listen" in str(raised.value)
 
 
 @pytest_twisted.ensureDeferred
@@ -157,7 +207,7 @@ async def test_two_services_share_one_port_with_reuse_port(tmp_path: Path) -> No
     config = Config.fromYAML(
         GOOD + f'listen: "tcp:{port}:interface=127.0.0.1"\nreuse_port: true\n', {}
     )
-    services = [ProxyService(config, reactor), ProxyService(config, reactor)]
+    services = [buildService(config, reactor), buildService(config, reactor)]
     for service in services:
         service.startService()
     try:

@@ -4,7 +4,8 @@
 YAML; `schema` is the typed reader that names key paths in errors; `profile`,
 `policy` and `routing` parse one concern each; `endpoints` is the one reader of
 Twisted endpoint descriptions; `seed` maps the original proxy's environment
-variables onto the same YAML. Nothing here touches a reactor.
+variables onto the same YAML; `claudesettings` reads Claude Code's own
+settings.json, for the daemon and the doctor both. Nothing here touches a reactor.
 """
 
 from ccproxy.config.model import (

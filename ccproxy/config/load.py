@@ -14,16 +14,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from attrs import evolve
+from attrs import evolve, fields
 
 from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
 from ccproxy.config.model import (
+    COMPLETIONS_PATH,
     DEFAULT_LISTEN,
+    DEFAULT_LOG_PAYLOAD_MAX_CHARS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_TOKENS,
     DEFAULT_PING_INTERVAL,
+    DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_TIMEOUT,
     Client,
     Config,
@@ -47,7 +50,6 @@ from ccproxy.config.schema import (
 )
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-_COMPLETIONS = "/chat/completions"
 
 
 def fromPath(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -91,8 +93,8 @@ def _chatCompletionsURL(value: Any, path: str) -> str:
         raise ConfigError(path, "not an http(s) URL")
     base = url.split("?", 1)[0].rstrip("/")
     query = url[len(url.split("?", 1)[0]) :]
-    if not base.endswith(_COMPLETIONS):
-        base += _COMPLETIONS
+    if not base.endswith(COMPLETIONS_PATH):
+        base += COMPLETIONS_PATH
     return base + query
 
 
@@ -164,11 +166,14 @@ def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, 
 
 def _parseLog(value: Any, path: str) -> LogSettings:
     node = Node(value, path)
+    # The defaults written on LogSettings: read from its fields, because on a slotted
+    # attrs class `LogSettings.keep` is the slot itself, not the default.
+    default = fields(LogSettings)
     settings = LogSettings(
-        file=node.get("file", string, None),
-        maxBytes=node.get("max_bytes", positiveInt, LogSettings.maxBytes),
-        keep=node.get("keep", positiveInt, LogSettings.keep),
-        format=node.get("format", string, "text"),
+        file=node.get("file", string, default.file.default),
+        maxBytes=node.get("max_bytes", positiveInt, default.maxBytes.default),
+        keep=node.get("keep", positiveInt, default.keep.default),
+        format=node.get("format", string, default.format.default),
     )
     if settings.format not in ("text", "json"):
         raise ConfigError(node.at("format"), "must be text or json")
@@ -236,12 +241,14 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         maxBodyBytes=root.get("max_body_bytes", positiveInt, DEFAULT_MAX_BODY_BYTES),
         pingInterval=root.get("ping_interval", positiveNumber, DEFAULT_PING_INTERVAL),
         maxDuration=root.get("max_duration", positiveNumber, None),
-        shutdownGrace=root.get("shutdown_grace", nonNegativeNumber, 30.0),
+        shutdownGrace=root.get("shutdown_grace", nonNegativeNumber, DEFAULT_SHUTDOWN_GRACE),
         maxResponseBytes=root.get("max_response_bytes", positiveInt, DEFAULT_MAX_RESPONSE_BYTES),
         maxLineBytes=root.get("max_line_bytes", positiveInt, DEFAULT_MAX_LINE_BYTES),
         log=root.get("log", _parseLog, LogSettings()),
         logPayloads=root.get("log_payloads", boolean, False),
-        logPayloadMaxChars=root.get("log_payload_max_chars", positiveInt, 1400),
+        logPayloadMaxChars=root.get(
+            "log_payload_max_chars", positiveInt, DEFAULT_LOG_PAYLOAD_MAX_CHARS
+        ),
         pretty=root.get("pretty", boolean, False),
         allowOpen=root.get("allow_open", boolean, False),
         reusePort=root.get("reuse_port", boolean, False),

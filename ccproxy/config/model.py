@@ -24,6 +24,10 @@ DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # A single SSE line may hold a whole tool call (a file written by the Write tool).
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_LOG_PAYLOAD_MAX_CHARS = 1400
+COMPLETIONS_PATH = "/chat/completions"
+"""What every upstream URL ends with (before its query string)."""
 
 
 @frozen
@@ -53,7 +57,7 @@ class Upstream:
 
     name: str
     url: str
-    """The full chat/completions URL."""
+    """The full chat/completions URL (it ends with `COMPLETIONS_PATH`)."""
     apiKey: str | None = field(repr=False)
     """None: the caller's own key is forwarded."""
     timeout: float
@@ -86,12 +90,12 @@ class Config:
     pingInterval: float = DEFAULT_PING_INTERVAL
     maxDuration: float | None = None
     """Seconds a request may take in all, streams included (None: no limit)."""
-    shutdownGrace: float = 30.0
+    shutdownGrace: float = DEFAULT_SHUTDOWN_GRACE
     maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
     maxLineBytes: int = DEFAULT_MAX_LINE_BYTES
     log: LogSettings = field(factory=LogSettings)
     logPayloads: bool = False
-    logPayloadMaxChars: int = 1400
+    logPayloadMaxChars: int = DEFAULT_LOG_PAYLOAD_MAX_CHARS
     pretty: bool = False
     allowOpen: bool = False
     reusePort: bool = False

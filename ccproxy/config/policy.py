@@ -7,7 +7,7 @@ dialect.
 
 from __future__ import annotations
 
-from attrs import frozen
+from attrs import fields, frozen
 
 from ccproxy.config.schema import Node, nonNegativeInt, positiveInt, positiveNumber
 
@@ -32,14 +32,18 @@ class Policy:
 
 
 def parsePolicy(node: Node) -> Policy:
-    """The resilience knobs of one `upstreams.NAME` mapping."""
+    """The resilience knobs of one `upstreams.NAME` mapping; a key left out keeps
+    the default written on `Policy` (read from its fields, so it is written once)."""
+    default = fields(Policy)
     return Policy(
-        retries=node.get("retries", nonNegativeInt, 1),
-        maxRetryWait=node.get("max_retry_wait", positiveNumber, 10.0),
-        connectTimeout=node.get("connect_timeout", positiveNumber, 10.0),
-        breakerFailures=node.get("breaker_failures", positiveInt, 5),
-        breakerCooldown=node.get("breaker_cooldown", positiveNumber, 30.0),
-        maxConcurrent=node.get("max_concurrent", positiveInt, None),
-        queueSize=node.get("queue_size", nonNegativeInt, 100),
-        queueTimeout=node.get("queue_timeout", positiveNumber, 30.0),
+        retries=node.get("retries", nonNegativeInt, default.retries.default),
+        maxRetryWait=node.get("max_retry_wait", positiveNumber, default.maxRetryWait.default),
+        connectTimeout=node.get("connect_timeout", positiveNumber, default.connectTimeout.default),
+        breakerFailures=node.get("breaker_failures", positiveInt, default.breakerFailures.default),
+        breakerCooldown=node.get(
+            "breaker_cooldown", positiveNumber, default.breakerCooldown.default
+        ),
+        maxConcurrent=node.get("max_concurrent", positiveInt, default.maxConcurrent.default),
+        queueSize=node.get("queue_size", nonNegativeInt, default.queueSize.default),
+        queueTimeout=node.get("queue_timeout", positiveNumber, default.queueTimeout.default),
     )

@@ -52,7 +52,8 @@ TABLE_ROWS = (
     (
         "`UPSTREAM_BASE_URL`",
         "`upstreams.default.url`",
-        "required; the full `…/chat/completions` URL, used as is",
+        "required; the full `…/chat/completions` URL, or the base URL before it:"
+        " `/chat/completions` is appended unless the URL already ends so",
     ),
     (
         "`UPSTREAM_API_KEY`",
@@ -273,9 +274,7 @@ def _modelMap(text: str) -> dict[str, str]:
 def seedMapping(variables: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The YAML-shaped config mapping, and which variable each key path came from."""
     if "UPSTREAM_BASE_URL" not in variables:
-        raise ConfigError(
-            "UPSTREAM_BASE_URL", "is required (the upstream's full chat/completions URL)"
-        )
+        raise ConfigError("UPSTREAM_BASE_URL", "is required (the upstream's chat/completions URL)")
     # Secrets and URLs go in as `${VAR}` references, expanded from the variables: the
     # mapping reads like the YAML a user would write, and a value is never a template.
     upstream: dict[str, Any] = {"url": "${UPSTREAM_BASE_URL}"}

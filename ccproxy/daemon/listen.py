@@ -22,6 +22,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from zope.interface import implementer
 
+from ccproxy import compat
 from ccproxy.config.endpoints import LISTEN_BACKLOG, tcpAddress, withBacklog
 
 
@@ -35,7 +36,7 @@ def listenService(listen: str, reusePort: bool, factory: Any, reactor: Any) -> I
     service = StreamServerEndpointService(
         ReusePortEndpoint(reactor, port, interface, backlog), factory
     )
-    service._raiseSynchronously = True  # as strports.service does: fail the start
+    compat.raiseListenErrorsAtStart(service)  # as strports.service does: fail the start
     return service
 
 

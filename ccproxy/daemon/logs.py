@@ -47,25 +47,34 @@ def fileObserver(settings: LogSettings, logFile: IO[Any]) -> ILogObserver:
     return textFileLogObserver(logFile)
 
 
+PANELS = frozenset(("ccproxy.access", "ccproxy.payload"))
+"""The log namespaces `PrettyObserver` shows as panels."""
+
+
 @implementer(ILogObserver)
 class PrettyObserver:
     """Each request as a readable panel on a terminal (the `pretty: true` option).
 
     Only for a terminal: the caller checks `isatty()`, so a daemon's log file
-    never gets terminal codes.
+    never gets terminal codes. Events that are not panels go to `others`, if given
+    (see `terminalObserver`), and are otherwise left to the other observers.
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], others: ILogObserver | None = None) -> None:
         from rich.console import Console
 
         self._console = Console(file=stream, highlight=False)
+        self._others = others
 
     def __call__(self, event: dict[str, Any]) -> None:
         from rich.panel import Panel
         from rich.text import Text
 
         namespace = event.get("log_namespace")
-        if namespace == "ccproxy.access":
+        if namespace not in PANELS:
+            if self._others is not None:
+                self._others(event)
+        elif namespace == "ccproxy.access":
             status = event.get("status", 0)
             style = "green" if status and status < 400 else "red"
             title = f"{event.get('request_id')}  {event.get('client')}  {event.get('model')}"
@@ -80,6 +89,12 @@ class PrettyObserver:
             self._console.print(
                 Panel(body, title=f"{event.get('request_id')} payloads", expand=False)
             )
+
+
+def terminalObserver(stream: IO[str]) -> ILogObserver:
+    """twistd's own log lines on a terminal, with each exchange as a panel in place
+    of its line (not beside it: that printed every exchange twice)."""
+    return PrettyObserver(stream, others=textFileLogObserver(stream))
 
 
 def quietLevels(observer: ILogObserver, level: LogLevel = LogLevel.info) -> ILogObserver:

@@ -1,8 +1,9 @@
-"""The daemon's service tree: the listening port, the upstream connection pool, the app.
+"""The running daemon's lifecycle: start, SIGHUP reload, SIGUSR1 log rotation, drain, stop.
 
-Also what a long-running daemon needs from its service: SIGHUP reloads the config
-(a bad file is logged and the old config kept), and stopping drains, giving streams
-in flight `shutdown_grace` seconds to finish before the pool is closed.
+What a long-running daemon needs from its service: SIGHUP reloads the config (a bad
+file is logged and the old config kept), and stopping drains, giving streams in
+flight `shutdown_grace` seconds to finish before the pool is closed. The objects it
+works with are built by `ccproxy.daemon.wiring.buildService`.
 """
 
 from __future__ import annotations
@@ -11,97 +12,67 @@ import os
 import signal
 import stat
 from collections.abc import Sequence
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import IO, Any, ClassVar
 
-from treq.client import HTTPClient
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
-from twisted.web.client import Agent
+from twisted.python.logfile import LogFile
 
-from ccproxy.config import Config, ConfigError, Upstream
-from ccproxy.daemon.listen import listenService
-from ccproxy.daemon.logs import PrettyObserver, fileObserver, isTerminal, openLogFile, quietLevels
-from ccproxy.upstream.client import BytesProducer, UpstreamClient
-from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
-from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
+from ccproxy import compat
+from ccproxy.config import Config, ConfigError
+from ccproxy.daemon.logs import PrettyObserver, isTerminal
+from ccproxy.upstream.pool import UpstreamPool
 from ccproxy.web.app import ProxyApp
-from ccproxy.web.site import ProxySite
-
-# Kept-alive connections per upstream host; enough for a team's concurrent sessions.
-POOL_SIZE_PER_HOST = 64
 
 
 class ProxyService(MultiService):
-    """Owns the port (named child "http"), the keep-alive pool and the Klein app.
+    """Starts and stops the listening port (its child named "http") around the app.
 
-    Only I/O-free objects are built here; binding the port is the child service's
-    `privilegedStartService`, and stopping closes the pool's cached connections.
+    It builds nothing: binding the port is the child's `privilegedStartService`,
+    and stopping drains the app, then closes the pool's cached connections.
     """
 
     log: ClassVar[Logger] = Logger()
 
     def __init__(
         self,
-        config: Config,
+        app: ProxyApp,
+        pool: UpstreamPool,
+        http: IService,
         reactor: Any,
         configPath: str | None = None,
-        stdout: IO[str] | None = None,
+        logFile: LogFile | None = None,
+        logObserver: ILogObserver | None = None,
+        panels: IO[str] | None = None,
         startupWarnings: Sequence[str] = (),
     ) -> None:
+        """`logObserver`: handed to twistd as the application's (None: twistd's
+        own); `panels`: where `pretty` panels go, if it is a terminal once started."""
         super().__init__()
+        self.app = app
+        self.pool = pool
         self.reactor = reactor
         self.configPath = configPath
-        self._stdout = stdout
+        self.logFile = logFile
+        self._logObserver = logObserver
+        self._panels = panels
         self._startupWarnings = tuple(startupWarnings)
-        # Opened here, before twistd daemonizes and starts logging, because twistd
-        # asks the application for its log observer at that point.
-        self.logFile = openLogFile(config.log) if config.log.file else None
         self._signals: dict[int, Any] = {}
         self._pretty: PrettyObserver | None = None
-        self.pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
-        # Upstream cookies (load-balancer stickiness, sessions) must not be shared
-        # between the many users whose requests go through these clients.
-        self._cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-        self._clients: dict[float, HTTPClient] = {}
-        client = UpstreamClient(self._clientFor(10.0), reactor, httpFor=self._httpFor)
-        self.app = ProxyApp(
-            config=config,
-            dispatcher=Dispatcher(client, reactor, UpstreamState(reactor)),
-            clock=reactor,
-        )
-        self.site = ProxySite(
-            self.app.resource(), lambda: self.app.config.maxBodyBytes, reactor=reactor
-        )
-        http_service = listenService(config.listen, config.reusePort, self.site, reactor)
-        http_service.setName("http")
-        http_service.setServiceParent(self)
-
-    def _clientFor(self, connectTimeout: float) -> HTTPClient:
-        if connectTimeout not in self._clients:
-            self._clients[connectTimeout] = HTTPClient(
-                Agent.usingEndpointFactory(
-                    self.reactor, UpstreamEndpoints(self.reactor, connectTimeout), pool=self.pool
-                ),
-                cookiejar=self._cookies,
-                data_to_body_producer=BytesProducer,
-            )
-        return self._clients[connectTimeout]
-
-    def _httpFor(self, upstream: Upstream) -> HTTPClient:
-        return self._clientFor(upstream.policy.connectTimeout)
+        http.setName("http")
+        http.setServiceParent(self)
 
     def listeningPort(self) -> Deferred[Any]:
         """The bound port, once listening (its `getHost().port` when listening on 0)."""
-        return self.getServiceNamed("http")._waitingForPort  # type: ignore[attr-defined,no-any-return]
+        return compat.whenListening(self.getServiceNamed("http"))  # type: ignore[arg-type]
 
     def setServiceParent(self, parent: Any) -> None:
+        """twistd asks the application for its log observer right after `makeService`,
+        before it daemonizes and starts logging: the observer is handed over here."""
         super().setServiceParent(parent)
-        if self.logFile is not None and hasattr(parent, "setComponent"):
-            parent.setComponent(
-                ILogObserver, quietLevels(fileObserver(self.app.config.log, self.logFile))
-            )
+        if self._logObserver is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._logObserver)
 
     def startService(self) -> None:
         super().startService()
@@ -109,8 +80,8 @@ class ProxyService(MultiService):
         self._onSignal("SIGHUP", self.reload)
         if self.logFile is not None:
             self._onSignal("SIGUSR1", self.logFile.rotate)
-        if config.pretty and self._stdout is not None and isTerminal(self._stdout):
-            self._pretty = PrettyObserver(self._stdout)
+        if self._panels is not None and isTerminal(self._panels):
+            self._pretty = PrettyObserver(self._panels)
             globalLogPublisher.addObserver(self._pretty)
         self._warnAboutSecrets(config)
         for warning in self._startupWarnings:

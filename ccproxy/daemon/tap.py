@@ -1,7 +1,8 @@
 """`twistd ccproxy`: command-line options and the service maker.
 
 The config is read and validated in `postOptions`, before twistd daemonizes, so a
-bad file stops the start with one line naming the key and the problem.
+bad file stops the start with a `UsageError` naming the file, the key and the
+problem. `makeService` hands the result to the composition root, `buildService`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from attrs import evolve
 from twisted.python import usage
 
 from ccproxy.config import Config, ConfigError
+from ccproxy.config.claudesettings import defaultSettingsPath, settingsWarnings
 from ccproxy.config.endpoints import endpoint
 from ccproxy.config.load import checkOpenListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.daemon.service import ProxyService
-from ccproxy.doctor.cli import defaultSettingsPath, settingsWarnings
+from ccproxy.daemon.wiring import buildService
 
 
 class Options(usage.Options):
@@ -42,8 +44,7 @@ class Options(usage.Options):
             try:
                 config = Config.fromPath(path)
             except ConfigError as e:
-                # One line naming the file, the key and the problem; no usage dump.
-                raise SystemExit(f"ccproxy: {path}: {e}") from None
+                raise usage.UsageError(f"{path}: {e}") from None
         else:
             config = _fromEnvironment()
         if self["listen"]:
@@ -51,7 +52,7 @@ class Options(usage.Options):
                 config = evolve(config, listen=endpoint(self["listen"], "--listen"))
                 checkOpenListen(config)
             except ConfigError as e:
-                raise SystemExit(f"ccproxy: --listen: {e.problem}") from None
+                raise usage.UsageError(f"--listen: {e.problem}") from None
         self["loaded"] = config
 
 
@@ -61,7 +62,7 @@ def _fromEnvironment() -> Config:
     try:
         seed = settingsFromEnvironment(os.environ, defaultDotenv())
     except ConfigError as e:
-        raise SystemExit(f"ccproxy: no --config given, so the environment is read: {e}") from None
+        raise usage.UsageError(f"no --config given, so the environment is read: {e}") from None
     config = evolve(seed.config, pretty=seed.pretty)
     if seed.logPayloadMaxChars:
         config = evolve(config, logPayloadMaxChars=seed.logPayloadMaxChars)
@@ -69,14 +70,31 @@ def _fromEnvironment() -> Config:
 
 
 def makeService(options: Options) -> ProxyService:
-    """Build the service tree; the one place that touches the global reactor."""
+    """The service for twistd; the one place that touches the global reactor."""
     from twisted.internet import reactor
 
-    warnings = [f.line() for f in settingsWarnings(defaultSettingsPath(os.environ), os.environ)]
-    return ProxyService(
+    return buildService(
         options["loaded"],
         reactor,
         configPath=options["config"],
         stdout=sys.stdout,
-        startupWarnings=warnings,
+        startupWarnings=[
+            f.line() for f in settingsWarnings(defaultSettingsPath(os.environ), os.environ)
+        ],
+        twistdLogsToStdout=_twistdLogsToStdout(options),
+    )
+
+
+def _twistdLogsToStdout(options: Options) -> bool:
+    """Whether twistd logs to this process's stdout: in the foreground (`-n`) with no
+    --logfile (or `--logfile -`), --syslog or --logger. twistd's own options are
+    the parent of ours; without one (a test), nothing is known."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None:
+        return False
+    return (
+        bool(twistd.get("nodaemon"))
+        and twistd.get("logfile") in (None, "", "-")
+        and not twistd.get("syslog")
+        and not twistd.get("logger")
     )

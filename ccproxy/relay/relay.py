@@ -22,9 +22,10 @@ from typing import Any
 
 import orjson
 from attrs import frozen
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IWriteDescriptor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IRequest
 
+from ccproxy.compat import writeNow
 from ccproxy.errors import ProxyError, badGateway
 from ccproxy.relay.sse import SSEParser
 from ccproxy.translate.response import anthropicUsage
@@ -46,21 +47,6 @@ def startStream(request: IRequest) -> None:
     request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
     request.setHeader(b"cache-control", b"no-cache")
     request.setHeader(b"x-accel-buffering", b"no")
-
-
-def writeNow(request: IRequest) -> None:
-    """Send what the response holds now (status, headers, `message_start`) instead of
-    when the reactor next gets to it.
-
-    Twisted buffers writes until the reactor's next turn; by then a stream that
-    arrived whole (a fast or bursty upstream) has been decoded and translated, and
-    the client's first byte waits for all of it. `doWrite` is the transport's
-    `IWriteDescriptor` method for "the socket can take data"; a full socket just
-    keeps the rest for the reactor, as before.
-    """
-    transport = getattr(request.channel, "transport", None)
-    if IWriteDescriptor.providedBy(transport):
-        transport.doWrite()
 
 
 class EventWriter:

@@ -25,6 +25,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ccproxy import __version__
+from ccproxy.compat import sentBodyProducer
 from ccproxy.config import Upstream
 from ccproxy.errors import ProxyError, badGateway
 
@@ -69,6 +70,21 @@ class BytesProducer:
         self._body = b""
 
 
+def upstreamHeaders(upstream: Upstream, callerKey: str | None) -> dict[str, str]:
+    """Only what the upstream needs: its auth and its configured headers (which win:
+    a gateway may want its key in a header of its own). The caller's key goes
+    upstream only when the upstream has none of its own. The doctor's probes send
+    the same, so that they are judged as the daemon's requests would be."""
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    key = upstream.apiKey or callerKey
+    if key and upstream.profile.authHeader == "api-key":
+        headers["api-key"] = key  # Azure OpenAI's own header
+    elif key:
+        headers["Authorization"] = f"Bearer {key}"
+    headers.update(upstream.headers)
+    return headers
+
+
 @define
 class UpstreamClient:
     """Sends translated requests to upstreams through one injected HTTP client."""
@@ -80,16 +96,8 @@ class UpstreamClient:
     log: ClassVar[Logger] = Logger()
 
     def headersFor(self, upstream: Upstream, callerKey: str | None) -> dict[str, str]:
-        """Only what the upstream needs: its auth and its configured headers. The
-        caller's key goes upstream only when the upstream has none of its own."""
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        key = upstream.apiKey or callerKey
-        if key and upstream.profile.authHeader == "api-key":
-            headers["api-key"] = key  # Azure OpenAI's own header
-        elif key:
-            headers["Authorization"] = f"Bearer {key}"
-        headers.update(upstream.headers)
-        return headers
+        """The headers of a request to `upstream` (see `upstreamHeaders`)."""
+        return upstreamHeaders(upstream, callerKey)
 
     async def post(self, upstream: Upstream, body: bytes, callerKey: str | None) -> IResponse:
         """POST `body`; return once the upstream's status and headers are in."""
@@ -106,11 +114,7 @@ class UpstreamClient:
         timer = Silence(self.clock, upstream.timeout, requested.cancel)
         try:
             response = await requested
-            # The response's request is an IClientRequest proxy (proxyForInterface),
-            # whose `original` is Twisted's request, holding our body producer.
-            sentRequest = getattr(response, "request", None)
-            sentRequest = getattr(sentRequest, "original", sentRequest)
-            producer = getattr(sentRequest, "bodyProducer", None)
+            producer = sentBodyProducer(response)
             if isinstance(producer, BytesProducer):
                 producer.release()
             return response

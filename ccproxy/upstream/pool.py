@@ -21,25 +21,17 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web._newclient import (
+from twisted.web.client import (
+    URI,
+    BrowserLikePolicyForHTTPS,
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseNeverReceived,
 )
-from twisted.web.client import (
-    URI,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per upstream connection."""
-
-    noisy = False
+from ccproxy import compat
 
 
 class _ReplayOnStale:
@@ -66,10 +58,9 @@ class _ReplayOnStale:
         return d.addErrback(failed)
 
 
-class UpstreamPool(HTTPConnectionPool):
+class UpstreamPool(compat.ConnectionPool):
     """Persistent connections to the upstreams, replaying on a stale one."""
 
-    _factory = _QuietClientFactory
     retryAutomatically = False  # our replay covers POST; Twisted's only GET and friends
 
     def __init__(self, reactor: Any, maxPerHost: int) -> None:
@@ -77,15 +68,13 @@ class UpstreamPool(HTTPConnectionPool):
         self.maxPersistentPerHost = maxPerHost
 
     def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
-        connections = self._connections.get(key)
-        while connections:
-            connection = connections.pop(0)
-            self._timeouts.pop(connection).cancel()
-            if connection.state == "QUIESCENT":
-                return succeed(
-                    _ReplayOnStale(connection, lambda: self._newConnection(key, endpoint))
-                )
-        return self._newConnection(key, endpoint)
+        def fresh() -> Deferred[Any]:
+            return self.newConnection(key, endpoint)
+
+        cached = self.takeIdleConnection(key)
+        if cached is None:
+            return fresh()
+        return succeed(_ReplayOnStale(cached, fresh))
 
 
 @implementer(IAgentEndpointFactory)

@@ -1,0 +1,113 @@
+"""Every use of Twisted's private API in ccproxy, behind one door.
+
+Each function or class here reaches past Twisted's public interfaces because the
+public ones cannot do what the proxy needs; each docstring says what it relies on
+and why. A Twisted upgrade that changes one of these shapes breaks here, and
+`tests/test_compat.py` names the change, instead of the proxy misbehaving quietly.
+The rule for the rest of ccproxy: no `twisted` name that starts with `_` is
+imported, and no `_attribute` of a Twisted object is touched, outside this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.iweb import IBodyProducer, IRequest, IResponse
+
+
+class QuietClientFactory(_HTTP11ClientFactory):
+    """`HTTPConnectionPool`'s connection factory, without a log line per connection.
+
+    Relies on: `twisted.web.client._HTTP11ClientFactory`, built by the pool as
+    `_factory(quiescentCallback, metadata)`. Why: a factory logs "Starting
+    factory" for every upstream connection; a busy proxy opens thousands.
+    """
+
+    noisy = False
+
+
+class ConnectionPool(HTTPConnectionPool):
+    """Twisted's connection pool, quiet, with names for the two private steps of its
+    `getConnection`, so that a subclass can wrap the connection it hands out.
+
+    Relies on: the `_factory` class attribute (see `QuietClientFactory`),
+    `_connections` (key -> list of cached `HTTP11ClientProtocol`s), `_timeouts`
+    (protocol -> the `IDelayedCall` that closes it when idle too long),
+    `_newConnection(key, endpoint)`, and a protocol's `state` being "QUIESCENT"
+    while reusable, all as `HTTPConnectionPool.getConnection` itself uses them.
+    Why: Twisted replays a request on a dead kept-alive connection only for
+    idempotent methods; `ccproxy.upstream.pool` replays POSTs too.
+    """
+
+    _factory = QuietClientFactory
+
+    def takeIdleConnection(self, key: Hashable) -> Any | None:
+        """Take the first cached connection for `key` that is still idle, or None;
+        dead ones met on the way are dropped, as Twisted does."""
+        connections = self._connections.get(key)
+        while connections:
+            connection = connections.pop(0)
+            self._timeouts.pop(connection).cancel()
+            if connection.state == "QUIESCENT":
+                return connection
+        return None
+
+    def newConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        """A new connection for `key`, cached by the pool when its request is done."""
+        return self._newConnection(key, endpoint)
+
+
+def raiseListenErrorsAtStart(service: StreamServerEndpointService) -> None:
+    """Make `service.privilegedStartService()` raise when the port cannot be bound.
+
+    Relies on: `StreamServerEndpointService._raiseSynchronously`, which
+    `twisted.application.strports.service` sets for the same reason. Why: without
+    it a port already in use is only logged, and twistd runs on serving nothing.
+    """
+    service._raiseSynchronously = True
+
+
+def whenListening(service: StreamServerEndpointService) -> Deferred[IListeningPort]:
+    """The port `service` listens on, once bound (None before its start).
+
+    Relies on: `StreamServerEndpointService._waitingForPort`, the Deferred its
+    `privilegedStartService` gets from `endpoint.listen`. Why: with `listen` on
+    port 0 (tests, several instances) only the bound port says where it is.
+    """
+    return service._waitingForPort  # type: ignore[no-any-return]
+
+
+def writeNow(request: IRequest) -> None:
+    """Put what `request` has written so far on the wire now, not at the reactor's
+    next turn.
+
+    Relies on: the transport under `request.channel` (a TCP or TLS connection)
+    providing `IWriteDescriptor`, whose `doWrite` the reactor calls when the socket
+    can take data, and which sends what `write` buffered. Why: a stream's head
+    (status, headers, `message_start`) should not wait while a whole burst of
+    upstream events is decoded and translated in the same turn. A transport that
+    is not a file descriptor (a test's, or a client already gone) is left alone;
+    a full socket keeps the rest for the reactor, as usual.
+    """
+    transport = getattr(request.channel, "transport", None)
+    if IWriteDescriptor.providedBy(transport):
+        transport.doWrite()
+
+
+def sentBodyProducer(response: IResponse) -> IBodyProducer | None:
+    """The body producer of the request that `response` answers (None if unknown).
+
+    Relies on: `IResponse.request` (public, an `IClientRequest`) being the
+    `proxyForInterface` wrapper that `twisted.web._newclient.Response` makes,
+    whose `original` is the `Request` holding `bodyProducer`; treq's response
+    passes `request` through. Why: once an answer has begun no replay can need the
+    body, and a long stream should not keep its request's body in memory.
+    """
+    sent = getattr(response, "request", None)
+    sent = getattr(sent, "original", sent)
+    return getattr(sent, "bodyProducer", None)

@@ -1,0 +1,113 @@
+"""The composition root: the daemon's whole object graph, built in one function.
+
+`makeService` (twistd) and the tests call `buildService`; nothing else builds the
+pool, the HTTP clients, the dispatcher, the app or the site. Read it top to bottom
+to see what a request goes through. Only I/O-free objects are built here, because
+twistd daemonizes afterwards; the one exception is the log file, which twistd asks
+for before it starts logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import IO, Any
+
+from treq.client import HTTPClient
+from twisted.logger import ILogObserver
+from twisted.python.logfile import LogFile
+from twisted.web.client import Agent
+
+from ccproxy.config import Config, Upstream
+from ccproxy.config.policy import Policy
+from ccproxy.daemon.listen import listenService
+from ccproxy.daemon.logs import (
+    fileObserver,
+    isTerminal,
+    openLogFile,
+    quietLevels,
+    terminalObserver,
+)
+from ccproxy.daemon.service import ProxyService
+from ccproxy.upstream.client import BytesProducer, UpstreamClient
+from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
+from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
+from ccproxy.web.app import ProxyApp
+from ccproxy.web.site import ProxySite
+
+POOL_SIZE_PER_HOST = 64
+"""Kept-alive connections per upstream host; enough for a team's concurrent sessions."""
+
+
+def buildService(
+    config: Config,
+    reactor: Any,
+    configPath: str | None = None,
+    stdout: IO[str] | None = None,
+    startupWarnings: Sequence[str] = (),
+    twistdLogsToStdout: bool = False,
+) -> ProxyService:
+    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
+
+    `configPath` is what SIGHUP reads again (None: the config came from the
+    environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
+    that twistd's own log lines would go there too.
+    """
+    logFile = openLogFile(config.log) if config.log.file else None
+
+    pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
+    # Upstream cookies (load-balancer stickiness, sessions) must not be shared
+    # between the many users whose requests go through these clients.
+    cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+    clients: dict[float, HTTPClient] = {}
+
+    def httpWithTimeout(connectTimeout: float) -> HTTPClient:
+        """One treq client per connect timeout, all on the one pool and cookie jar."""
+        if connectTimeout not in clients:
+            endpoints = UpstreamEndpoints(reactor, connectTimeout)
+            clients[connectTimeout] = HTTPClient(
+                Agent.usingEndpointFactory(reactor, endpoints, pool=pool),
+                cookiejar=cookies,
+                data_to_body_producer=BytesProducer,
+            )
+        return clients[connectTimeout]
+
+    def httpFor(upstream: Upstream) -> HTTPClient:
+        return httpWithTimeout(upstream.policy.connectTimeout)
+
+    client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
+    dispatcher = Dispatcher(client, reactor, UpstreamState(reactor))
+    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
+    site = ProxySite(app.resource(), lambda: app.config.maxBodyBytes, reactor=reactor)
+    http = listenService(config.listen, config.reusePort, site, reactor)
+
+    logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
+    return ProxyService(
+        app,
+        pool,
+        http,
+        reactor,
+        configPath=configPath,
+        logFile=logFile,
+        logObserver=logObserver,
+        panels=panels,
+        startupWarnings=startupWarnings,
+    )
+
+
+def _logging(
+    config: Config, logFile: LogFile | None, stdout: IO[str] | None, twistdLogsToStdout: bool
+) -> tuple[ILogObserver | None, IO[str] | None]:
+    """The log observer to hand twistd (None: its own), and where to show panels.
+
+    With `pretty` on the terminal twistd logs to, the panels must take the place
+    of twistd's lines for the same events: an observer of their own beside
+    twistd's printed every exchange twice, as a line and as a panel.
+    """
+    if logFile is not None:
+        return quietLevels(fileObserver(config.log, logFile)), stdout if config.pretty else None
+    if not config.pretty or stdout is None:
+        return None, None
+    if twistdLogsToStdout and isTerminal(stdout):
+        return terminalObserver(stdout), None
+    return None, stdout

@@ -1,0 +1,288 @@
+"""`ccproxy.compat`, the one door to Twisted's private API: each use pinned against
+the real Twisted (and treq) objects, with a message naming the Twisted change when a
+new release breaks it, so an upgrade fails here instead of the proxy misbehaving."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint, IWriteDescriptor
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web import client as webclient
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from ccproxy import compat
+from ccproxy.upstream.client import BytesProducer
+from ccproxy.upstream.pool import UpstreamPool
+from tests.support.harness import resultOf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# -- the connection pool -----------------------------------------------------------
+
+
+def test_the_pool_builds_connections_with_the_factory_compat_quiets() -> None:
+    factory = getattr(webclient, "_HTTP11ClientFactory", None)
+    assert factory is not None, (
+        "Twisted removed twisted.web.client._HTTP11ClientFactory: "
+        "ccproxy.compat.QuietClientFactory must follow its replacement"
+    )
+    assert HTTPConnectionPool._factory is factory, (  # type: ignore[attr-defined]
+        "Twisted's HTTPConnectionPool no longer builds connections with its `_factory` "
+        "class attribute: ccproxy.compat.ConnectionPool's quiet factory is not used"
+    )
+    assert list(inspect.signature(factory).parameters) == ["quiescentCallback", "metadata"], (
+        "Twisted changed _HTTP11ClientFactory(quiescentCallback, metadata)"
+    )
+    assert compat.QuietClientFactory(lambda p: None, "m").noisy is False
+
+
+@implementer(IStreamServerEndpoint)
+class _Upstream:
+    """An upstream host reached in memory: each connection is a StringTransport."""
+
+    def __init__(self) -> None:
+        self.factories: list[Any] = []
+        self.protocols: list[Any] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.factories.append(factory)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 80))
+        protocol.makeConnection(StringTransport())
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+    def endpointForURI(self, uri: Any) -> _Upstream:
+        return self
+
+    def answer(self, protocol: Any) -> None:
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+class _RecordingPool(UpstreamPool):
+    """Notes the keys Agent asks for (their shape is Agent's business)."""
+
+    keys: list[Any]
+
+    def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
+        self.keys = [*getattr(self, "keys", []), key]
+        return super().getConnection(key, endpoint)
+
+
+def test_an_idle_connection_is_taken_from_twisteds_own_cache() -> None:
+    """One real request through Agent and the pool; the second reuses its connection.
+
+    This goes through everything `compat.ConnectionPool` relies on: `_factory`,
+    `_newConnection`, the pool caching a connection that turned quiescent in
+    `_connections` with an idle timeout in `_timeouts`, and its `state`.
+    """
+    clock = Clock()
+    upstream = _Upstream()
+    pool = _RecordingPool(clock, 4)
+    agent = Agent.usingEndpointFactory(clock, upstream, pool=pool)
+    first = agent.request(b"GET", b"http://u.test/")
+    assert isinstance(upstream.factories[0], compat.QuietClientFactory), (
+        "HTTPConnectionPool._newConnection no longer builds the connection with `_factory`"
+    )
+    upstream.answer(upstream.protocols[0])
+    assert resultOf(first).code == 200
+    assert len(clock.getDelayedCalls()) == 1, (
+        "Twisted no longer caches a quiescent connection with an idle timeout: "
+        "check HTTPConnectionPool._putConnection, _connections and _timeouts"
+    )
+    cached = pool.takeIdleConnection(pool.keys[0])
+    assert cached is upstream.protocols[0], (
+        "HTTPConnectionPool._connections no longer maps a key to its cached "
+        "connections, or their `state` is no longer QUIESCENT when idle"
+    )
+    assert clock.getDelayedCalls() == [], "taking a connection must cancel its idle timeout"
+
+
+def test_the_pool_hands_out_a_cached_connection_wrapped_for_replay() -> None:
+    clock = Clock()
+    upstream = _Upstream()
+    agent = Agent.usingEndpointFactory(clock, upstream, pool=UpstreamPool(clock, 4))
+    first = agent.request(b"GET", b"http://u.test/")
+    upstream.answer(upstream.protocols[0])
+    resultOf(first)
+    second = agent.request(b"GET", b"http://u.test/")
+    assert len(upstream.protocols) == 1, "the idle connection was not reused"
+    upstream.answer(upstream.protocols[0])
+    assert resultOf(second).code == 200
+
+
+def test_a_new_connection_is_cached_by_the_pool_it_came_from() -> None:
+    clock = Clock()
+    upstream = _Upstream()
+    pool = UpstreamPool(clock, 4)
+    protocol = resultOf(pool.newConnection("key", upstream))
+    assert protocol is upstream.protocols[0]
+    assert protocol.state == "QUIESCENT", "Twisted renamed HTTP11ClientProtocol's idle state"
+    assert pool.takeIdleConnection("key") is None
+
+
+# -- the listening port ------------------------------------------------------------
+
+
+@implementer(IStreamServerEndpoint)
+class _Endpoint:
+    def __init__(self, result: Deferred[Any]) -> None:
+        self.result = result
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        return self.result
+
+
+def test_a_port_that_cannot_be_bound_fails_the_start() -> None:
+    error = CannotListenError("127.0.0.1", 8000, OSError("in use"))
+    service = StreamServerEndpointService(_Endpoint(fail(error)), Factory())
+    compat.raiseListenErrorsAtStart(service)
+    try:
+        service.privilegedStartService()
+    except CannotListenError:
+        pass
+    else:
+        raise AssertionError(
+            "StreamServerEndpointService._raiseSynchronously no longer makes "
+            "privilegedStartService raise a listen error: a busy port would only be logged"
+        )
+
+
+def test_the_bound_port_is_known_once_listening() -> None:
+    port = object()
+    service = StreamServerEndpointService(_Endpoint(succeed(port)), Factory())
+    service.privilegedStartService()
+    waiting = compat.whenListening(service)
+    assert isinstance(waiting, Deferred), (
+        "StreamServerEndpointService._waitingForPort is no longer the Deferred of "
+        "endpoint.listen: ProxyService.listeningPort cannot say where it listens"
+    )
+    assert resultOf(waiting) is port
+
+
+# -- the client connection and the sent request ----------------------------------
+
+
+class _Socket(FileDescriptor):
+    """Twisted's own file-descriptor transport, with the socket replaced by a list."""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.connected = 1
+        self.sent: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8000)
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 50000)
+
+
+class _Head(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sentAtOnce: list[bytes] = []
+
+    def render_GET(self, request: Any) -> Any:
+        request.write(b"event: message_start\n\n")
+        transport = request.channel.transport
+        assert transport.sent == [], "Twisted wrote before the reactor's turn"
+        compat.writeNow(request)
+        self.sentAtOnce = list(transport.sent)
+        return NOT_DONE_YET
+
+
+def test_what_a_request_wrote_goes_out_at_once() -> None:
+    assert IWriteDescriptor.implementedBy(FileDescriptor), (
+        "Twisted's FileDescriptor (under TCP and TLS transports) no longer provides "
+        "IWriteDescriptor: compat.writeNow cannot flush a stream's head"
+    )
+    reactor = MemoryReactorClock()
+    resource = _Head()
+    channel = Site(resource, reactor=reactor).buildProtocol(None)
+    socket = _Socket(reactor)
+    channel.makeConnection(socket)
+    channel.dataReceived(b"GET /v1/messages HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+    sent = b"".join(resource.sentAtOnce)
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n"), (
+        "request.channel.transport.doWrite() no longer sends what the request wrote: "
+        "check twisted.web.http.Request.channel and FileDescriptor.doWrite"
+    )
+    assert b"event: message_start" in sent
+    socket.connectionLost(None)
+
+
+def test_writeNow_leaves_a_transport_that_is_no_file_descriptor_alone() -> None:
+    class Request:
+        channel = None
+
+    compat.writeNow(Request())  # type: ignore[arg-type]  # a client already gone
+
+
+class _Echo(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> bytes:
+        return request.content.read()  # type: ignore[no-any-return]
+
+
+def test_the_body_producer_of_a_real_treq_request_is_found() -> None:
+    agent = RequestTraversalAgent(_Echo())
+    http = HTTPClient(agent, data_to_body_producer=BytesProducer)
+    requested = http.request("POST", "http://upstream.test/v1", data=b"x" * 1000, unbuffered=True)
+    agent.flush()
+    response = resultOf(requested)
+    producer = compat.sentBodyProducer(response)
+    assert isinstance(producer, BytesProducer), (
+        "response.request.original.bodyProducer no longer leads to the request's body "
+        "producer (Twisted's _ClientRequestProxy or treq's response wrapper changed): "
+        "UpstreamClient.post cannot release a sent body"
+    )
+
+
+def test_sentBodyProducer_of_a_response_without_a_request_is_none() -> None:
+    class Response:
+        pass
+
+    assert compat.sentBodyProducer(Response()) is None  # type: ignore[arg-type]
+
+
+# -- the rule ----------------------------------------------------------------------
+
+
+def test_no_module_but_compat_imports_a_private_twisted_name() -> None:
+    found = []
+    for path in sorted((ROOT / "ccproxy").rglob("*.py")):
+        if path.name == "compat.py" and path.parent.name == "ccproxy":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("twisted"):
+                names = [node.module or "", *(alias.name for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names if alias.name.startswith("twisted")]
+            else:
+                continue
+            if any(part.startswith("_") for name in names for part in name.split(".")):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == [], "private Twisted imports outside ccproxy/compat.py"
