@@ -111,3 +111,16 @@ def sentBodyProducer(response: IResponse) -> IBodyProducer | None:
     sent = getattr(response, "request", None)
     sent = getattr(sent, "original", sent)
     return getattr(sent, "bodyProducer", None)
+
+
+def pendingRequestLine(channel: Any) -> tuple[bytes, bytes]:
+    """The method and path of the request whose headers `channel` has just read
+    (before its body), or empty bytes when unknown.
+
+    Relies on: `HTTPChannel` keeping the parsed request line as `_command` and
+    `_path` from the request line until `allContentReceived`. Why: a request
+    refused as soon as its headers are in (no key, too large) leaves an access
+    record naming what was asked, and `Request.method`/`path` are set only once
+    the whole body has arrived.
+    """
+    return getattr(channel, "_command", b""), getattr(channel, "_path", b"")

@@ -141,6 +141,6 @@ def _unsent(channels: list[Any]) -> int:
     """Bytes the proxy holds unsent towards its clients, in its transports' buffers."""
     total = 0
     for channel in channels:
-        transport = channel._channel.transport  # the HTTP channel behind its version switch
+        transport = channel.transport
         total += transport._tempDataLen + len(transport.dataBuffer) - transport.offset
     return total

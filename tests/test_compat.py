@@ -268,6 +268,29 @@ def test_sentBodyProducer_of_a_response_without_a_request_is_none() -> None:
     assert compat.sentBodyProducer(Response()) is None  # type: ignore[arg-type]
 
 
+# -- the request line before the body --------------------------------------------
+
+
+def test_the_request_line_is_known_when_the_headers_are_in() -> None:
+    from twisted.web.http import HTTPChannel, Request
+
+    seen: list[tuple[bytes, bytes]] = []
+
+    class Peek(Request):
+        def gotLength(self, length: Any) -> None:
+            seen.append(compat.pendingRequestLine(self.channel))
+            super().gotLength(length)
+
+    channel = HTTPChannel()
+    channel.requestFactory = Peek  # type: ignore[assignment]
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /v1/messages?x=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+    assert seen == [(b"POST", b"/v1/messages?x=1")], (
+        "HTTPChannel no longer keeps the request line as _command/_path while the "
+        "headers and body are read: the site's early refusals cannot name the request"
+    )
+
+
 # -- the rule ----------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from tests.support.harness import Harness, message
 
 
 def connect(h: Harness, body: dict[str, Any]) -> tuple[Any, StringTransport]:
-    site = ProxySite(h.app.resource(), lambda: h.app.config.maxBodyBytes, reactor=h.clock)
+    site = ProxySite.serving(h.app, h.clock)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
     transport = StringTransport()
     channel.makeConnection(transport)

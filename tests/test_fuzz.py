@@ -170,7 +170,7 @@ def parseResponse(data: bytes) -> ClientReply:
 
 def postThroughSite(h: Harness, raw: bytes, path: str) -> ClientReply:
     """POSTs `raw` as a client would: bytes into ProxySite's HTTPChannel."""
-    site = ProxySite(h.app.resource(), lambda: h.app.config.maxBodyBytes, reactor=h.clock)
+    site = ProxySite.serving(h.app, h.clock)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
     transport = StringTransport()
     channel.makeConnection(transport)

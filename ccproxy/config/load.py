@@ -19,9 +19,13 @@ from attrs import evolve, fields
 from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
 from ccproxy.config.model import (
     COMPLETIONS_PATH,
+    DEFAULT_BODY_MEMORY_BYTES,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LISTEN,
     DEFAULT_LOG_PAYLOAD_MAX_CHARS,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_TOKENS,
@@ -239,6 +243,13 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         clients=clients,
         defaultMaxTokens=root.get("default_max_tokens", positiveInt, DEFAULT_MAX_TOKENS),
         maxBodyBytes=root.get("max_body_bytes", positiveInt, DEFAULT_MAX_BODY_BYTES),
+        bodyMemoryBytes=root.get("body_memory_bytes", positiveInt, DEFAULT_BODY_MEMORY_BYTES),
+        headerTimeout=root.get("header_timeout", positiveNumber, DEFAULT_HEADER_TIMEOUT),
+        bodyTimeout=root.get("body_timeout", positiveNumber, DEFAULT_BODY_TIMEOUT),
+        maxConnections=root.get("max_connections", positiveInt, None),
+        maxConnectionsPerAddress=root.get(
+            "max_connections_per_address", positiveInt, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+        ),
         pingInterval=root.get("ping_interval", positiveNumber, DEFAULT_PING_INTERVAL),
         maxDuration=root.get("max_duration", positiveNumber, None),
         shutdownGrace=root.get("shutdown_grace", nonNegativeNumber, DEFAULT_SHUTDOWN_GRACE),
@@ -255,6 +266,11 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         source=source,
     )
     root.finish()
+    if config.bodyMemoryBytes < config.maxBodyBytes:
+        raise ConfigError(
+            "body_memory_bytes",
+            f"is smaller than max_body_bytes ({config.maxBodyBytes}): no body could be read",
+        )
     if config.reusePort:
         problem = reusePortProblem(config.listen)
         if problem:

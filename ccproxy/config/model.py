@@ -20,6 +20,10 @@ DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MAX_TOKENS = 32000
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_BODY_MEMORY_BYTES = 256 * 1024 * 1024
+DEFAULT_HEADER_TIMEOUT = 20.0
+DEFAULT_BODY_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1024
 DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # A single SSE line may hold a whole tool call (a file written by the Write tool).
@@ -87,6 +91,15 @@ class Config:
     clients: tuple[Client, ...] = ()
     defaultMaxTokens: int = DEFAULT_MAX_TOKENS
     maxBodyBytes: int = DEFAULT_MAX_BODY_BYTES
+    bodyMemoryBytes: int = DEFAULT_BODY_MEMORY_BYTES
+    """What all request bodies being read may hold together; past it, 503."""
+    headerTimeout: float = DEFAULT_HEADER_TIMEOUT
+    """Seconds from a request's first byte until all its headers are in."""
+    bodyTimeout: float = DEFAULT_BODY_TIMEOUT
+    """Seconds from a request's headers until all its body is in."""
+    maxConnections: int | None = None
+    """Client connections at once (None: from the open-files limit at start)."""
+    maxConnectionsPerAddress: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     pingInterval: float = DEFAULT_PING_INTERVAL
     maxDuration: float | None = None
     """Seconds a request may take in all, streams included (None: no limit)."""

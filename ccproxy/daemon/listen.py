@@ -9,6 +9,7 @@ limits, usage) and its own `/metrics`, which Prometheus sums.
 
 from __future__ import annotations
 
+import resource
 import socket
 from typing import Any
 
@@ -20,10 +21,45 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ccproxy import compat
 from ccproxy.config.endpoints import LISTEN_BACKLOG, tcpAddress, withBacklog
+
+_log = Logger()
+
+OPEN_FILES_WANTED = 65536
+"""Enough for thousands of streams (each holds a client and an upstream socket)."""
+RESERVED_FILES = 64
+"""Kept back from client connections: logs, the listening port, DNS, the ledger."""
+
+
+def raiseOpenFilesLimit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Raise this process's soft open-files limit toward `wanted`, as far as the hard
+    limit allows, and return it (logged). A hand-started shell often has 1024 or
+    less, where a few hundred idle connections would lock everyone out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    _log.info(
+        "open files limit {soft} (hard {hard}): up to {connections} client connections",
+        soft=soft,
+        hard=hard,
+        connections=connectionCap(soft),
+    )
+    return int(soft)
+
+
+def connectionCap(openFiles: int) -> int:
+    """Client connections served at once under an open-files limit: each may hold
+    an upstream connection too, and some files are kept for everything else."""
+    return max(16, (openFiles - RESERVED_FILES) // 2)
 
 
 def listenService(listen: str, reusePort: bool, factory: Any, reactor: Any) -> IService:

@@ -18,6 +18,7 @@ from ccproxy.config.claudesettings import defaultSettingsPath, settingsWarnings
 from ccproxy.config.endpoints import endpoint
 from ccproxy.config.load import checkOpenListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
+from ccproxy.daemon.listen import raiseOpenFilesLimit
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.wiring import buildService
 
@@ -82,6 +83,7 @@ def makeService(options: Options) -> ProxyService:
             f.line() for f in settingsWarnings(defaultSettingsPath(os.environ), os.environ)
         ],
         twistdLogsToStdout=_twistdLogsToStdout(options),
+        openFiles=raiseOpenFilesLimit(),
     )
 
 

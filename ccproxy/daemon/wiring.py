@@ -20,7 +20,7 @@ from twisted.web.client import Agent
 
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
-from ccproxy.daemon.listen import listenService
+from ccproxy.daemon.listen import connectionCap, listenService
 from ccproxy.daemon.logs import (
     fileObserver,
     isTerminal,
@@ -46,12 +46,14 @@ def buildService(
     stdout: IO[str] | None = None,
     startupWarnings: Sequence[str] = (),
     twistdLogsToStdout: bool = False,
+    openFiles: int = 1024,
 ) -> ProxyService:
     """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
 
     `configPath` is what SIGHUP reads again (None: the config came from the
     environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
-    that twistd's own log lines would go there too.
+    that twistd's own log lines would go there too; `openFiles` is the process's
+    open-files limit, which caps the connections served at once.
     """
     logFile = openLogFile(config.log) if config.log.file else None
 
@@ -78,7 +80,7 @@ def buildService(
     client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
     dispatcher = Dispatcher(client, reactor, UpstreamState(reactor))
     app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
-    site = ProxySite(app.resource(), lambda: app.config.maxBodyBytes, reactor=reactor)
+    site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     http = listenService(config.listen, config.reusePort, site, reactor)
 
     logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)

@@ -120,6 +120,11 @@ class ProxyApp:
         self._idle.append(waiter)
         return waiter
 
+    def logRefused(self, record: AccessRecord) -> None:
+        """A request the site refused before it reached a route (no key, too
+        large, too slow) leaves its access event too."""
+        self.accessLog.write(record, self.clock.seconds(), None)
+
     def _health(self) -> dict[str, Any]:
         return self.dispatcher.health(sorted(self.config.upstreams))
 

@@ -63,14 +63,20 @@ def jsonReply(request: IRequest, value: Any) -> bytes:
     return body
 
 
-def errorReply(request: IRequest, error: ProxyError) -> bytes:
-    """An Anthropic error envelope with the error's status; `x-should-retry: true`
-    where Claude Code should try again."""
-    request.setResponseCode(error.status)
-    for name, value in error.headers.items():
-        request.setHeader(name.encode(), value.encode())
+def errorHeaders(error: ProxyError) -> dict[bytes, bytes]:
+    """The headers an error answer carries: its own (`retry-after`), and
+    `x-should-retry: true` where Claude Code should try again."""
+    headers = {name.encode(): value.encode() for name, value in error.headers.items()}
     if error.status in (408, 429) or error.status >= 500:
-        request.setHeader(b"x-should-retry", b"true")
+        headers[b"x-should-retry"] = b"true"
+    return headers
+
+
+def errorReply(request: IRequest, error: ProxyError) -> bytes:
+    """An Anthropic error envelope with the error's status."""
+    request.setResponseCode(error.status)
+    for name, value in errorHeaders(error).items():
+        request.setHeader(name, value)
     return jsonReply(request, errorBody(error.errorType, error.message, requestId(request)))
 
 

@@ -1,77 +1,348 @@
-"""The HTTP site: twisted.web's `Site` with a request body limit enforced while reading.
+"""The HTTP site: twisted.web's `Site`, with what a shared daemon needs of its door.
 
-twisted.web buffers a whole request body (to a temporary file past 100 kB) before a
-handler sees it; a hostile client could send gigabytes. `LimitedRequest` keeps bodies
-in memory up to the limit and discards the rest, and the handler answers 413.
+twisted.web reads a whole request body before a handler sees it, and resets its
+idle timer on every byte. Alone, that lets one caller hold memory and connections
+that every other caller needs. Here:
+
+- a request is judged as soon as its headers are in: no valid key, a body over
+  `max_body_bytes`, or no room for its body among all bodies being read
+  (`body_memory_bytes`) gets its error envelope at once, before a byte of its body
+  is kept (and no `100 Continue`); the rest of that body is read and dropped, then
+  the connection closes;
+- a request's headers must all arrive within `header_timeout` of its first byte,
+  and its body within `body_timeout` after them (slowloris);
+- connections are capped per peer address and in all (below the open-files limit).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, ClassVar
 
+import orjson
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from ccproxy.compat import pendingRequestLine
+from ccproxy.config.model import Config
+from ccproxy.errors import ProxyError, errorBody, invalidRequest
+from ccproxy.observe.accesslog import AccessRecord
+from ccproxy.web.app import ProxyApp
+from ccproxy.web.auth import authenticate
+from ccproxy.web.call import bodyTooLarge, errorHeaders, newId
 
-class _Discarded:
-    """A write-only sink for the part of a body past the limit."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def seek(self, *args: Any) -> None:
-        pass
-
-    def read(self) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
+_REASONS = {
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    503: b"Service Unavailable",
+}
+_ENDPOINTS = {b"/v1/messages": "messages", b"/v1/messages/count_tokens": "count_tokens"}
+LINGER = 5.0
+"""Seconds a refused request's remaining body is read (and dropped) before the
+connection is cut: closing with unread bytes resets the connection, and the client
+might never see its error."""
 
 
 class LimitedRequest(Request):
-    """A request whose body may not exceed its site's `maxBodyBytes`."""
+    """A request that holds memory for its body only once it has been let in."""
 
-    bodyTooLarge = False
-
-    def _limit(self) -> int:
-        return self.channel.site.maxBodyBytes()
+    channel: ProxyChannel
+    _site: ProxySite
+    _refused = False
+    _reserved = 0
+    _received = 0
+    _bodyTimer: IDelayedCall | None = None
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._limit():
-            self.bodyTooLarge = True
-            self.content = _Discarded()
-        else:
-            self.content = BytesIO()
-        self._received = 0
+        """The headers are in: judge the request before its body is read."""
+        self.content = BytesIO()
+        site = self._site = self.channel.site  # the channel goes once the answer is out
+        config = site.config()
+        bodyComing = length is None or length > 0
+        try:
+            if bodyComing:
+                authenticate(self, config)
+            if length is not None and length > config.maxBodyBytes:
+                raise bodyTooLarge(config)
+            if length and not site.reserve(length):
+                raise _noRoom()
+        except ProxyError as e:
+            self._refuse(e)
+            return
+        self._reserved = length or 0
+        if bodyComing:
+            self._bodyTimer = self.channel.callLater(config.bodyTimeout, self._bodyLate)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.bodyTooLarge:
-            return
+        if self._refused:
+            return  # read and dropped
         self._received += len(data)
-        if self._received > self._limit():
-            self.bodyTooLarge = True
-            self.content = _Discarded()
+        config = self._site.config()
+        if self._received > config.maxBodyBytes:
+            self._refuse(bodyTooLarge(config))
             return
+        if self._received > self._reserved:  # a chunked body: room as it comes
+            more = self._received - self._reserved
+            if not self._site.reserve(more):
+                self._refuse(_noRoom())
+                return
+            self._reserved += more
         self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._stopBodyTimer()
+        if not self._refused and not isCanonicalPath(path):
+            # Served as its decoded form, `/%76%31/usage` would slip past a front
+            # proxy's rule for `/v1/usage`.
+            self._refuse(invalidRequest("the path is not in canonical form"), (command, path))
+        if self._refused:
+            self.channel.loseConnection()  # the rest of the body is in: now close
+            return
+        try:
+            super().requestReceived(command, path, version)
+        finally:
+            # The handler has read the body into its own objects by now.
+            self._release()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stopBodyTimer()
+        self._release()
+        super().connectionLost(reason)
+
+    def _bodyLate(self) -> None:
+        self._bodyTimer = None
+        config = self._site.config()
+        self._refuse(
+            ProxyError(408, f"the request body did not arrive within {config.bodyTimeout:g} s")
+        )
+        self.channel.loseConnection()
+
+    def _refuse(self, error: ProxyError, requestLine: tuple[bytes, bytes] | None = None) -> None:
+        """Answer `error` now, keep nothing of the body, close once it is in."""
+        self._refused = True
+        self._release()
+        self.content = BytesIO()
+        # twisted.web answers `Expect: 100-continue` right after this: not for us.
+        self.requestHeaders.removeHeader(b"expect")
+        self.channel.refuse(error, requestLine or pendingRequestLine(self.channel))
+
+    def _release(self) -> None:
+        if self._reserved:
+            self._site.release(self._reserved)
+            self._reserved = 0
+
+    def _stopBodyTimer(self) -> None:
+        if self._bodyTimer is not None and self._bodyTimer.active():
+            self._bodyTimer.cancel()
+        self._bodyTimer = None
+
+
+class ProxyChannel(HTTPChannel):
+    """An HTTP/1.1 connection whose requests' headers must arrive in time."""
+
+    site: ProxySite
+    peer = ""
+    log: ClassVar[Logger] = Logger()
+    _awaitingHeaders = True
+    _headerTimer: IDelayedCall | None = None
+    _lingerTimer: IDelayedCall | None = None
+    _closedByUs = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaitingHeaders and self._headerTimer is None and not self._closedByUs:
+            timeout = self.site.config().headerTimeout
+            self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._awaitingHeaders = False
+        self._stopHeaderTimer()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        self._awaitingHeaders = True  # before super(), which replays pipelined bytes
+        super().requestDone(request)
+
+    def refuse(self, error: ProxyError, requestLine: tuple[bytes, bytes] = (b"", b"")) -> None:
+        """Write `error` as a whole answer that closes the connection, log it,
+        and cut the connection if the client has not finished sending soon."""
+        if self._closedByUs:
+            return
+        self._closedByUs = True
+        requestId = f"req_{newId()}"
+        body = orjson.dumps(errorBody(error.errorType, error.message, requestId))
+        headers = {
+            b"content-type": b"application/json",
+            b"content-length": b"%d" % len(body),
+            b"request-id": requestId.encode(),
+            b"connection": b"close",
+            **errorHeaders(error),
+        }
+        head = b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS.get(error.status, b"Error"))
+        head += b"".join(b"%s: %s\r\n" % item for item in headers.items())
+        self.transport.write(head + b"\r\n" + body)
+        self._lingerTimer = self.callLater(LINGER, self._cut)
+        self.site.refused(requestId, error, *requestLine)
+
+    def _headersLate(self, timeout: float) -> None:
+        self._headerTimer = None
+        self.refuse(ProxyError(408, f"the request headers did not arrive within {timeout:g} s"))
+        self.loseConnection()
+
+    def _cut(self) -> None:
+        self._lingerTimer = None
+        self.transport.abortConnection()
+
+    def _stopHeaderTimer(self) -> None:
+        if self._headerTimer is not None and self._headerTimer.active():
+            self._headerTimer.cancel()
+        self._headerTimer = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stopHeaderTimer()
+        if self._lingerTimer is not None and self._lingerTimer.active():
+            self._lingerTimer.cancel()
+        self.site.connectionClosed(self)
+        super().connectionLost(reason)
 
 
 class ProxySite(Site):
-    """A `Site` serving the proxy's resource with `LimitedRequest`s.
+    """A `Site` serving the proxy's app through `ProxyChannel`s and `LimitedRequest`s.
 
-    `maxBodyBytes` is a callable so that a config reload changes the limit.
+    `config` is a callable (the app's current config), so a reload changes the
+    limits; `maxConnections` is the cap on connections at once when the config
+    sets none (from the open-files limit, found at start).
     """
 
+    protocol = ProxyChannel  # type: ignore[assignment]
     requestFactory = LimitedRequest
     displayTracebacks = False
     noisy = False  # no "Starting factory" lines
+    logger: ClassVar[Logger] = Logger()
 
-    def __init__(self, resource: Any, maxBodyBytes: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        config: Callable[[], Config],
+        onRefused: Callable[[AccessRecord], None] = lambda record: None,
+        maxConnections: int = 4096,
+        **kwargs: Any,
+    ) -> None:
         # No form parsing: bodies are JSON, and parsing each POST's Content-Type
         # with the email package cost 7-9% of a request's CPU in the profile.
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
-        self.maxBodyBytes = maxBodyBytes
+        self.config = config
+        self._onRefused = onRefused
+        self._defaultMaxConnections = maxConnections
+        self.connections = 0
+        self.perAddress: Counter[str] = Counter()
+        self.bodyBytes = 0
+        """What the bodies being read hold now."""
+        self.turnedAway = 0
+        """Connections refused at the door since start (for the log and tests)."""
 
-    def log(self, request: Any) -> None:
+    @classmethod
+    def serving(cls, app: ProxyApp, reactor: Any, maxConnections: int = 4096) -> ProxySite:
+        """The site of `app`: its resource, its current config, its access log."""
+        return cls(
+            app.resource(),
+            lambda: app.config,
+            app.logRefused,
+            maxConnections,
+            reactor=reactor,
+        )
+
+    def buildProtocol(self, addr: Any) -> ProxyChannel | None:
+        """A channel for a new connection, or None (closed at once) past the caps."""
+        config = self.config()
+        peer = str(getattr(addr, "host", ""))
+        cap = config.maxConnections or self._defaultMaxConnections
+        if self.connections >= cap or self.perAddress[peer] >= config.maxConnectionsPerAddress:
+            self.turnedAway += 1
+            if self.turnedAway & (self.turnedAway - 1) == 0:  # 1st, 2nd, 4th, 8th, …
+                self.logger.warn(
+                    "turning connections away: {connections} open ({fromPeer} from {peer}); "
+                    "{count} refused so far",
+                    connections=self.connections,
+                    fromPeer=self.perAddress[peer],
+                    peer=peer,
+                    count=self.turnedAway,
+                )
+            return None
+        channel: ProxyChannel = super().buildProtocol(addr)
+        channel.peer = peer
+        self.connections += 1
+        self.perAddress[peer] += 1
+        return channel
+
+    def connectionClosed(self, channel: ProxyChannel) -> None:
+        self.connections -= 1
+        self.perAddress[channel.peer] -= 1
+        if not self.perAddress[channel.peer]:
+            del self.perAddress[channel.peer]
+
+    def reserve(self, size: int) -> bool:
+        """Room for `size` more bytes of request bodies, if there is any."""
+        if self.bodyBytes + size > self.config().bodyMemoryBytes:
+            return False
+        self.bodyBytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.bodyBytes -= size
+
+    def refused(self, requestId: str, error: ProxyError, method: bytes, path: bytes) -> None:
+        """A request answered at the door: one access record, like any other."""
+        record = AccessRecord(
+            requestId=requestId,
+            method=method.decode("ascii", "replace") or "-",
+            path=path.split(b"?", 1)[0].decode("utf-8", "replace") or "-",
+            started=self.reactor.seconds(),
+            endpoint=_ENDPOINTS.get(path.split(b"?", 1)[0], "-"),
+        )
+        record.fail(error.status, error.errorType, error.message)
+        self._onRefused(record)
+
+    def log(self, request: Any) -> None:  # type: ignore[override]
         """No combined-log line: the app's access log says more, with named fields."""
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/")
+
+
+def isCanonicalPath(target: bytes) -> bool:
+    """Whether a request target's path is in the one form it is served as: no
+    percent-encoded unreserved character or slash (RFC 3986 6.2.2.2), no `.` or
+    `..` segment, no empty segment."""
+    path = target.split(b"?", 1)[0]
+    if not path.startswith(b"/"):
+        return False
+    segments = path.split(b"/")[1:]
+    if any(seg in (b"", b".", b"..") for seg in segments[:-1]) or segments[-1] in (b".", b".."):
+        return False
+    at = path.find(b"%")
+    while at != -1:
+        code = path[at + 1 : at + 3]
+        try:
+            if int(code, 16) in _UNRESERVED:
+                return False
+        except ValueError:
+            return False  # a stray "%" is no encoding at all
+        at = path.find(b"%", at + 3)
+    return True
+
+
+def _noRoom() -> ProxyError:
+    return ProxyError(
+        503,
+        "too many request bodies are being read at once: try again in a moment",
+        "overloaded_error",
+        {"retry-after": "1"},
+    )

@@ -1,0 +1,258 @@
+"""The site's door, byte by byte: requests judged as soon as their headers are in,
+bodies held only once let in, deadlines for headers and bodies, connection caps.
+
+Each test drives a real `ProxySite`/`ProxyChannel` over a `StringTransport` on a
+`Clock`, with the app behind it in memory (`tests/support/harness.py`)."""
+
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+import orjson
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from ccproxy.daemon.listen import connectionCap, raiseOpenFilesLimit
+from ccproxy.web.site import LINGER, ProxySite, isCanonicalPath
+from tests.support.harness import Harness, message
+
+CONFIG = """
+max_body_bytes: 1000000
+body_memory_bytes: 2000000
+header_timeout: 10
+body_timeout: 30
+max_connections_per_address: 3
+clients:
+  - {name: alice, key: alice-key}
+upstreams:
+  up: {url: "http://upstream.test/v1"}
+models:
+  "*": up
+"""
+
+BIG = 30 * 1024 * 1024
+
+
+class Conn:
+    """One client connection into the site."""
+
+    def __init__(self, site: ProxySite, host: str = "10.0.0.1") -> None:
+        self.site = site
+        self.channel = site.buildProtocol(IPv4Address("TCP", host, 40000))
+        assert self.channel is not None, "turned away"
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> Conn:
+        self.channel.dataReceived(data)
+        return self
+
+    def head(self, length: int | None, key: str | None = "alice-key", expect: bool = False) -> Conn:
+        lines = [b"POST /v1/messages HTTP/1.1", b"Host: proxy", b"Content-Type: application/json"]
+        if key:
+            lines.append(b"x-api-key: " + key.encode())
+        lines.append(
+            b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length
+        )
+        if expect:
+            lines.append(b"Expect: 100-continue")
+        return self.send(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    @property
+    def written(self) -> bytes:
+        return self.transport.value()
+
+    def status(self) -> int:
+        line = self.written.split(b"\r\n", 1)[0]
+        return int(line.split(b" ")[1])
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = orjson.loads(self.written.split(b"\r\n\r\n", 1)[1])
+        return body
+
+    def close(self) -> None:
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness.build(CONFIG)
+
+
+@pytest.fixture
+def site(h: Harness) -> ProxySite:
+    return ProxySite.serving(h.app, h.clock, maxConnections=5)
+
+
+def test_no_key_is_refused_before_a_byte_of_the_body_is_kept(site: ProxySite) -> None:
+    """40 callers without a key announcing 30 MiB each took the daemon to 1.35 GB:
+    now each gets its 401 at the headers, and nothing of the body is held."""
+    conns = [Conn(site, f"10.0.0.{i}").head(BIG, key=None, expect=True) for i in range(5)]
+    for conn in conns:
+        conn.send(b"x" * 65536)
+        assert conn.status() == 401
+        assert b"100 Continue" not in conn.written
+        assert conn.envelope()["error"]["type"] == "authentication_error"
+        assert b"connection: close" in conn.written.lower()
+    assert site.bodyBytes == 0
+    assert all(len(c.channel.requests[0].content.getvalue()) == 0 for c in conns)
+
+
+def test_a_wrong_key_is_refused_at_the_headers_too(site: ProxySite) -> None:
+    conn = Conn(site).head(100, key="wrong")
+    assert conn.status() == 401 and conn.envelope()["error"]["message"] == "invalid API key"
+
+
+def test_100_continue_only_for_a_request_that_will_be_read(site: ProxySite) -> None:
+    assert b"HTTP/1.1 100 Continue" in Conn(site).head(100, expect=True).written
+    tooBig = Conn(site, "10.0.0.2").head(2_000_000, expect=True)
+    assert tooBig.status() == 413 and b"100 Continue" not in tooBig.written
+
+
+def test_an_announced_body_over_the_limit_is_413_at_once(site: ProxySite) -> None:
+    """It used to drop the connection with no answer and a traceback in the log."""
+    failures: list[Any] = []
+    globalLogPublisher.addObserver(failures.append)
+    try:
+        conn = Conn(site).head(2_000_000).send(b"x" * 100_000)
+    finally:
+        globalLogPublisher.removeObserver(failures.append)
+    assert conn.status() == 413
+    assert conn.envelope()["error"]["type"] == "request_too_large"
+    assert not [e for e in failures if e.get("log_failure") is not None]
+
+
+def test_a_chunked_body_over_the_limit_is_413_midway(site: ProxySite) -> None:
+    conn = Conn(site).head(None)
+    chunk = b"x" * 400_000
+    for _ in range(3):
+        conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    assert conn.status() == 413
+    assert site.bodyBytes == 0
+
+
+def test_bodies_in_flight_share_a_bounded_memory(h: Harness, site: ProxySite) -> None:
+    """Two 0.9 MB bodies half sent fill 2 MB of room with their reservations: a
+    third waits for none of it, it is refused 503 with a retry-after."""
+    first = Conn(site, "10.0.0.1").head(900_000).send(b"x" * 10)
+    Conn(site, "10.0.0.2").head(900_000).send(b"x" * 10)
+    assert site.bodyBytes == 1_800_000
+    third = Conn(site, "10.0.0.3").head(900_000)
+    assert third.status() == 503
+    assert third.envelope()["error"]["type"] == "overloaded_error"
+    assert b"retry-after: 1" in third.written.lower()
+    first.close()  # its room comes back
+    assert site.bodyBytes == 900_000
+
+
+def test_an_answered_request_gives_its_room_back(h: Harness, site: ProxySite) -> None:
+    body = orjson.dumps(message())
+    conn = Conn(site).head(len(body)).send(body)
+    h.flush()
+    assert conn.status() == 200
+    assert site.bodyBytes == 0
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_at_the_deadline(
+    h: Harness, site: ProxySite
+) -> None:
+    conn = Conn(site)
+    for byte in b"POST /v1/messages HTTP/1.1\r\nHost: x":
+        conn.send(bytes([byte]))
+        h.clock.advance(0.5)  # every byte resets twisted.web's own idle timer
+        if h.clock.seconds() >= 10:
+            break
+    assert conn.status() == 408
+    assert conn.transport.disconnecting
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(h: Harness, site: ProxySite) -> None:
+    conn = Conn(site).head(1000)
+    for _ in range(29):
+        conn.send(b"x")
+        h.clock.advance(1)
+    assert conn.written == b""
+    h.clock.advance(1)
+    assert conn.status() == 408
+    assert site.bodyBytes == 0
+
+
+def test_a_refused_body_is_read_to_its_end_then_the_connection_closes(
+    h: Harness, site: ProxySite
+) -> None:
+    conn = Conn(site).head(5000, key=None)
+    assert not conn.transport.disconnecting  # the client must get to read its 401
+    conn.send(b"x" * 5000)
+    assert conn.transport.disconnecting
+
+
+def test_a_refused_body_that_never_ends_is_cut(h: Harness, site: ProxySite) -> None:
+    conn = Conn(site).head(BIG, key=None)
+    h.clock.advance(LINGER)
+    assert conn.transport.disconnected
+
+
+def test_connections_are_capped_per_address_and_in_all(site: ProxySite) -> None:
+    mine = [Conn(site, "10.0.0.9") for _ in range(3)]
+    address = IPv4Address("TCP", "10.0.0.9", 40001)
+    assert site.buildProtocol(address) is None  # per address: 3
+    others = [Conn(site, "10.0.0.8"), Conn(site, "10.0.0.7")]
+    assert site.buildProtocol(IPv4Address("TCP", "10.0.0.6", 1)) is None  # in all: 5
+    mine[0].close()
+    assert site.buildProtocol(address) is not None
+    assert site.connections == 5 and site.turnedAway == 2
+    del others
+
+
+def test_a_refusal_leaves_an_access_event(h: Harness, site: ProxySite) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        Conn(site).head(100, key=None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (access,) = [e for e in events if e.get("log_namespace") == "ccproxy.access"]
+    assert (access["status"], access["method"], access["path"]) == (401, "POST", "/v1/messages")
+    assert access["endpoint"] == "messages"
+
+
+@pytest.mark.parametrize(
+    ("path", "canonical"),
+    [
+        (b"/v1/messages", True),
+        (b"/v1/messages?beta=true", True),
+        (b"/v1/models/claude%20x", True),
+        (b"/%76%31/usage", False),
+        (b"/v1/models/a%2Fb", False),
+        (b"/v1//usage", False),
+        (b"/v1/./usage", False),
+        (b"/v1/x/../usage", False),
+        (b"/v1/usage%", False),
+        (b"http://proxy/v1/usage", False),
+    ],
+)
+def test_canonical_paths(path: bytes, canonical: bool) -> None:
+    assert isCanonicalPath(path) is canonical
+
+
+def test_a_percent_encoded_path_is_refused_not_decoded(h: Harness, site: ProxySite) -> None:
+    """`/%76%31/usage` used to be served as `/v1/usage`, past a front proxy's path rule."""
+    conn = Conn(site).send(b"GET /%76%31/usage HTTP/1.1\r\nHost: x\r\nx-api-key: alice-key\r\n\r\n")
+    assert conn.status() == 400
+    assert "canonical" in conn.envelope()["error"]["message"]
+
+
+def test_the_open_files_limit_is_raised_as_far_as_allowed() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        got = raiseOpenFilesLimit(wanted=512)
+        assert got == min(512, hard) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert connectionCap(512) == 224  # half of what is left for client sockets
