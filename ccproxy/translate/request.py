@@ -21,6 +21,7 @@ from ccproxy.errors import invalidRequest
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.schema import geminiSchema
+from ccproxy.translate.values import isInt, isNumber
 
 # OpenAI accepts at most this many stop sequences; more is a 400 there.
 MAX_STOP_SEQUENCES = 4
@@ -62,7 +63,7 @@ def toOpenAI(
     maxTokens = body.get("max_tokens")
     if maxTokens is None:
         maxTokens = defaultMaxTokens
-    elif not _isInt(maxTokens) or maxTokens < 1:
+    elif not isInt(maxTokens) or maxTokens < 1:
         raise invalidRequest("max_tokens: must be a positive integer")
     if profile.maxTokens is not None:
         maxTokens = min(maxTokens, profile.maxTokens)
@@ -74,7 +75,7 @@ def toOpenAI(
     for key in ("temperature", "top_p"):
         value = body.get(key)
         if value is not None:
-            if not _isNumber(value):
+            if not isNumber(value):
                 raise invalidRequest(f"{key}: must be a number")
             if profile.sendTemperature:
                 out[key] = value
@@ -119,7 +120,7 @@ def reasoningEffort(thinking: Any, outputConfig: Any) -> str | None:
         return _EFFORTS.get(effort, "medium")
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
-        if not _isInt(budget):
+        if not isInt(budget):
             return "medium"
         return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
     if kind == "adaptive":
@@ -539,11 +540,3 @@ def _require(
         problem = f"is required ({what})" if value is None else f"must be {what}"
         raise invalidRequest(f"{where}: {problem}")
     return value
-
-
-def _isInt(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _isNumber(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

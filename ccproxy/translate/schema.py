@@ -58,6 +58,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+from ccproxy.translate.values import isInt, isNumber
+
 # Nesting deeper than this is cut off (each level is one property, item, branch or
 # inlined reference); Claude Code's own tools are about 6 deep.
 MAX_DEPTH = 32
@@ -209,14 +211,14 @@ class _Reducer:
                 out["enum"] = _copy(values)
 
         for key in ("minimum", "maximum"):
-            if _isNumber(schema.get(key)):
+            if isNumber(schema.get(key)):
                 out[key] = schema[key]
         for key, bound, inner in (
             ("exclusiveMinimum", "minimum", "_xmin"),
             ("exclusiveMaximum", "maximum", "_xmax"),
         ):
             value = schema.get(key)
-            if _isNumber(value):
+            if isNumber(value):
                 out[inner] = value
             elif value is True and bound in out:  # draft-04: a flag on the bound
                 out[inner] = out.pop(bound)
@@ -484,19 +486,11 @@ def _inferType(node: Schema) -> str:
     return "string"
 
 
-def _isInt(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _isNumber(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 _ENUM_TYPES: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("string", lambda v: isinstance(v, str)),
     ("boolean", lambda v: isinstance(v, bool)),
-    ("integer", _isInt),
-    ("number", _isNumber),
+    ("integer", isInt),
+    ("number", isNumber),
 )
 
 
