@@ -165,6 +165,9 @@ class _MessageWriter:
         self.out: list[dict[str, Any]] = []
         self._openCalls: list[str] = []
         """Ids of the tool calls the last assistant message made, in call order."""
+        self._openIds: set[str] = set()
+        """The same ids, to match each tool_result in constant time: a turn may
+        hold many thousands of parallel calls."""
 
     def add(self, message: Any, path: str) -> None:
         if not isinstance(message, dict):
@@ -252,6 +255,7 @@ class _MessageWriter:
             message["reasoning_content"] = "".join(thinking)
         self.out.append(message)
         self._openCalls = [c["id"] for c in calls]
+        self._openIds = set(self._openCalls)
 
     def _user(self, content: str | list[Any], path: str) -> None:
         if isinstance(content, str):
@@ -267,7 +271,7 @@ class _MessageWriter:
             kind = _blockType(block, where)
             if kind == "tool_result":
                 callId, text = _toolResult(block, where, resultParts, self.profile.vision)
-                if callId in self._openCalls and callId not in results:
+                if callId in self._openIds and callId not in results:
                     results[callId] = text
                 else:
                     # No call of the previous turn has this id: OpenAI would reject a
@@ -290,6 +294,7 @@ class _MessageWriter:
                 {"role": "tool", "tool_call_id": callId, "content": results.get(callId, _NO_RESULT)}
             )
         self._openCalls = []
+        self._openIds = set()
 
     def _userMessage(self, parts: list[dict[str, Any]]) -> None:
         parts = [p for p in parts if p["type"] != "text" or p["text"].strip()]

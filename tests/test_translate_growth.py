@@ -1,0 +1,276 @@
+"""No request or stream may cost more than its size (issue 11, "Hardening").
+
+One daemon serves a whole team: work that grows as the square of a body freezes the
+reactor for everyone. Time is not asserted here (`python -m bench.growth` prints
+it); work is counted, deterministically, at n and at 10n for each dimension of a
+request or a stream, and must grow about 10 times, not 100 times:
+
+- comparisons: every string of the input is a `Counted`, whose `==` counts itself
+  (searching a list compares with each element; a set or a dict, with one);
+- characters concatenated with `+` onto a `Counted` (rebuilding a growing text on
+  every fragment copies all of it each time; a list of pieces, joined once, none);
+- bytes handed to orjson by the translation modules (parsing a growing prefix again
+  on every fragment);
+- bytecode instructions run in `ccproxy/translate` (any loop in Python).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+import pytest
+
+import ccproxy.translate
+from ccproxy.translate import request, response, stream, tokens
+from ccproxy.translate.dialect import Profile
+from ccproxy.translate.request import toOpenAI
+from ccproxy.translate.tokens import estimateTokens
+
+GROWTH = 10
+# Linear work grows 10 times (a little more for a fixed start-up cost that is amortized
+# at 10n, or an n log n sort); quadratic work 100 times.
+LINEAR = 15
+TRANSLATE = str(Path(ccproxy.translate.__file__).parent)
+GEMINI = Profile(schema="gemini")
+
+
+class Counted(str):
+    """A string that counts the comparisons and the concatenations it takes part in."""
+
+    comparisons = 0
+    concatenated = 0
+
+    def __eq__(self, other: object) -> bool:
+        Counted.comparisons += 1
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        Counted.comparisons += 1
+        return str.__ne__(self, other)
+
+    __hash__ = str.__hash__
+
+    def __add__(self, other: str) -> str:
+        joined = str.__add__(self, other)
+        Counted.concatenated += len(joined)
+        return joined
+
+    def __radd__(self, other: str) -> str:
+        joined = str.__add__(other, self)
+        Counted.concatenated += len(joined)
+        return joined
+
+
+def counted(value: Any) -> Any:
+    """`value` with every string value (not the keys) a `Counted`, each its own object."""
+    if isinstance(value, dict):
+        return {k: counted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [counted(v) for v in value]
+    if isinstance(value, str):
+        return Counted(value)
+    return value
+
+
+class _CountingOrjson:
+    """orjson, counting the bytes it reads and writes for the translation modules."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def loads(self, data: Any) -> Any:
+        self.bytes += len(data)
+        return orjson.loads(data)
+
+    def dumps(self, value: Any, *args: Any, **kwargs: Any) -> bytes:
+        out = orjson.dumps(value, *args, **kwargs)
+        self.bytes += len(out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(orjson, name)
+
+
+@contextmanager
+def meter(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """Counts the work done inside the block, by kind."""
+    parser = _CountingOrjson()
+    instructions = 0
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal instructions
+        if event == "opcode":
+            instructions += 1
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if not frame.f_code.co_filename.startswith(TRANSLATE):
+            return None
+        frame.f_trace_lines = False
+        frame.f_trace_opcodes = True
+        return local
+
+    Counted.comparisons = Counted.concatenated = 0
+    work: dict[str, int] = {}
+    previous = sys.gettrace()
+    with monkeypatch.context() as patched:
+        for module in (request, response, stream, tokens):
+            patched.setattr(module, "orjson", parser)
+        sys.settrace(tracer)
+        try:
+            yield work
+        finally:
+            sys.settrace(previous)
+    work.update(
+        comparisons=Counted.comparisons,
+        concatenated=Counted.concatenated,
+        parsed=parser.bytes,
+        instructions=instructions,
+    )
+
+
+def measure(monkeypatch: pytest.MonkeyPatch, run: Callable[[], Any]) -> dict[str, int]:
+    with meter(monkeypatch) as work:
+        run()
+    return work
+
+
+def assertLinear(monkeypatch: pytest.MonkeyPatch, make: Callable[[int], Callable], n: int) -> None:
+    """Each kind of work grows at most LINEAR times when the input grows 10 times."""
+    small = measure(monkeypatch, make(n))
+    large = measure(monkeypatch, make(GROWTH * n))
+    assert small["instructions"] > 0
+    grown = {kind: large[kind] / max(small[kind], 1) for kind in large}
+    assert all(ratio <= LINEAR for ratio in grown.values()), (grown, small, large)
+
+
+# -- requests -------------------------------------------------------------------------
+
+
+def body(messages: list[Any], tools: list[Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": "claude", "max_tokens": 1000, "messages": messages}
+    if tools is not None:
+        out["tools"] = tools
+    return counted(out)
+
+
+def useBlock(callId: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": callId, "name": "Read", "input": {"path": "/a"}}
+
+
+def resultBlock(callId: str) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": callId, "content": "ok"}
+
+
+def conversation(n: int) -> dict[str, Any]:
+    messages: list[Any] = [{"role": "user", "content": "go"}]
+    for i in range(n):
+        messages.append({"role": "assistant", "content": [useBlock(f"c{i}")]})
+        messages.append({"role": "user", "content": [resultBlock(f"c{i}")]})
+    return body(messages)
+
+
+def pairs(n: int) -> dict[str, Any]:
+    ids = [f"c{i}" for i in range(n)]
+    return body(
+        [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [useBlock(i) for i in ids]},
+            {"role": "user", "content": [resultBlock(i) for i in ids]},
+        ]
+    )
+
+
+def tool(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "description": "A tool.", "input_schema": schema}
+
+
+def obj(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, **extra}
+
+
+PLAIN = obj({"path": {"type": "string"}, "n": {"type": "integer"}}, required=["path"])
+
+
+def tools(n: int) -> dict[str, Any]:
+    return body([{"role": "user", "content": "hi"}], [tool(f"t{i}", PLAIN) for i in range(n)])
+
+
+def properties(n: int) -> dict[str, Any]:
+    schema = obj({f"p{i}": {"type": "string", "description": f"p{i}"} for i in range(n)})
+    return body([{"role": "user", "content": "hi"}], [tool("t", schema)])
+
+
+def requiredNames(n: int) -> dict[str, Any]:
+    names = [f"p{i}" for i in range(n)]
+    schema = obj({name: {"type": "string"} for name in names}, required=names)
+    return body([{"role": "user", "content": "hi"}], [tool("t", schema)])
+
+
+def branches(n: int) -> dict[str, Any]:
+    anyOf = [{"type": "string", "description": f"shape {i}"} for i in range(n)]
+    return body([{"role": "user", "content": "hi"}], [tool("t", obj({"p": {"anyOf": anyOf}}))])
+
+
+CHAIN = {f"D{i}": {"$ref": f"#/$defs/D{i + 1}"} for i in range(6)} | {"D6": obj({"v": PLAIN})}
+
+
+def refChains(n: int) -> dict[str, Any]:
+    """n properties, each a chain of six references."""
+    schema = obj({f"p{i}": {"$ref": "#/$defs/D0"} for i in range(n)}, **{"$defs": CHAIN})
+    return body([{"role": "user", "content": "hi"}], [tool("t", schema)])
+
+
+def refChainTools(n: int) -> dict[str, Any]:
+    """n tools, each a chain of six references."""
+    schema = obj({"p": {"$ref": "#/$defs/D0"}}, **{"$defs": CHAIN})
+    return body([{"role": "user", "content": "hi"}], [tool(f"t{i}", schema) for i in range(n)])
+
+
+PLAIN_PROFILE = Profile()
+
+
+def sized(build: Callable[[int], Any], run: Callable[[Any], Any]) -> Callable:
+    """`make` for a dimension: the input for n built beforehand, then `run` on it."""
+
+    def make(n: int) -> Callable[[], Any]:
+        value = build(n)
+        return lambda: run(value)
+
+    return make
+
+
+def translated(
+    build: Callable[[int], dict[str, Any]], profile: Profile = PLAIN_PROFILE, count: bool = False
+) -> Callable:
+    """Translating the body (and, with `count`, estimating its tokens, as
+    count_tokens does)."""
+
+    def run(value: dict[str, Any]) -> Any:
+        out = toOpenAI(value, model="up", profile=profile, defaultMaxTokens=1000)
+        return estimateTokens(out) if count else out
+
+    return sized(build, run)
+
+
+REQUESTS = [
+    pytest.param(translated(conversation), 30, id="messages"),
+    pytest.param(translated(tools), 20, id="tools"),
+    pytest.param(translated(pairs), 100, id="tool_use-tool_result-pairs"),
+    pytest.param(translated(pairs, count=True), 100, id="pairs-through-count_tokens"),
+    pytest.param(translated(tools, GEMINI), 10, id="gemini-tools"),
+    pytest.param(translated(properties, GEMINI), 20, id="gemini-schema-nodes"),
+    pytest.param(translated(refChains, GEMINI), 10, id="gemini-ref-chains"),
+    pytest.param(translated(refChainTools, GEMINI), 5, id="gemini-tools-with-ref-chains"),
+]
+
+
+@pytest.mark.parametrize(("make", "n"), REQUESTS)
+def test_request_work_is_linear(monkeypatch: pytest.MonkeyPatch, make: Callable, n: int) -> None:
+    assertLinear(monkeypatch, make, n)
