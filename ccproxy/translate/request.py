@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from ccproxy.errors import invalidRequest
-from ccproxy.translate.dialect import Profile
+from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.schema import geminiSchema
 from ccproxy.translate.values import isInt, isNumber
@@ -65,9 +65,9 @@ def toOpenAI(
         maxTokens = defaultMaxTokens
     elif not isInt(maxTokens) or maxTokens < 1:
         raise invalidRequest("max_tokens: must be a positive integer")
-    if profile.maxTokens is not None:
-        maxTokens = min(maxTokens, profile.maxTokens)
-    out[profile.maxTokensParam] = maxTokens
+    # Without a cap of the upstream's own, a client's 2**63 would go upstream as is.
+    cap = MAX_TOKENS_CEILING if profile.maxTokens is None else profile.maxTokens
+    out[profile.maxTokensParam] = min(maxTokens, cap)
 
     stop = _stopSequences(body.get("stop_sequences"))
     if stop:
