@@ -12,6 +12,10 @@ request or a stream, and must grow about 10 times, not 100 times:
 - bytes handed to orjson by the translation modules (parsing a growing prefix again
   on every fragment);
 - bytecode instructions run in `ccproxy/translate` (any loop in Python).
+
+Work that is quadratic by nature (a `$ref` inlined many times, keywords shared by
+many branches) is bounded instead: the request is refused once its tool schemas
+take `MAX_SCHEMA_STEPS`, whatever their size or number.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import orjson
 import pytest
 
 import ccproxy.translate
-from ccproxy.translate import request, response, stream, tokens
+from ccproxy.errors import ProxyError
+from ccproxy.translate import request, response, schema, stream, tokens
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.tokens import estimateTokens
@@ -266,6 +271,8 @@ REQUESTS = [
     pytest.param(translated(pairs, count=True), 100, id="pairs-through-count_tokens"),
     pytest.param(translated(tools, GEMINI), 10, id="gemini-tools"),
     pytest.param(translated(properties, GEMINI), 20, id="gemini-schema-nodes"),
+    pytest.param(translated(requiredNames, GEMINI), 50, id="gemini-required-names"),
+    pytest.param(translated(branches, GEMINI), 30, id="gemini-anyOf-branches"),
     pytest.param(translated(refChains, GEMINI), 10, id="gemini-ref-chains"),
     pytest.param(translated(refChainTools, GEMINI), 5, id="gemini-tools-with-ref-chains"),
 ]
@@ -274,3 +281,54 @@ REQUESTS = [
 @pytest.mark.parametrize(("make", "n"), REQUESTS)
 def test_request_work_is_linear(monkeypatch: pytest.MonkeyPatch, make: Callable, n: int) -> None:
     assertLinear(monkeypatch, make, n)
+
+
+# Tool schemas whose reduced form is far larger than they are: a reference used
+# several times at each of 8 levels; n properties shared by n branches; a long text
+# inlined at n places. Their work is bounded, not linear.
+def referenceFanOut(n: int) -> dict[str, Any]:
+    defs = {
+        f"D{i}": obj({f"p{k}": {"$ref": f"#/$defs/D{i + 1}"} for k in range(n)}) for i in range(8)
+    }
+    schema = obj({"root": {"$ref": "#/$defs/D0"}}, **{"$defs": defs | {"D8": PLAIN}})
+    return body([{"role": "user", "content": "hi"}], [tool(f"t{i}", schema) for i in range(n)])
+
+
+def sharedKeywords(n: int) -> dict[str, Any]:
+    shape = obj({f"q{i}": {"type": "string"} for i in range(n)})
+    shape["anyOf"] = [{"minProperties": i} for i in range(n)]
+    return body([{"role": "user", "content": "hi"}], [tool("t", obj({"p": shape}))])
+
+
+def inlinedText(n: int) -> dict[str, Any]:
+    defs = {"Long": {"type": "string", "description": "word " * 100 * n}}
+    schema = obj({f"p{i}": {"$ref": "#/$defs/Long"} for i in range(n)}, **{"$defs": defs})
+    return body([{"role": "user", "content": "hi"}], [tool("t", schema)])
+
+
+# What one step of the budget may cost at most: what makes the steps a bound on the
+# time, whatever the shape.
+INSTRUCTIONS_PER_STEP = 500
+COMPARISONS_PER_STEP = 10
+STEPS = 5000
+
+
+@pytest.mark.parametrize("build", [referenceFanOut, sharedKeywords, inlinedText])
+def test_schema_blowup_is_refused_after_bounded_work(
+    monkeypatch: pytest.MonkeyPatch, build: Callable[[int], dict[str, Any]]
+) -> None:
+    for n in (8, 8 * GROWTH):
+        value = build(n)
+        # (raising=False: a translator without the budget fails on the work instead)
+        monkeypatch.setattr(schema, "MAX_SCHEMA_STEPS", STEPS, raising=False)
+        with meter(monkeypatch) as work:
+            try:
+                toOpenAI(value, model="up", profile=GEMINI, defaultMaxTokens=1000)
+            except ProxyError as e:
+                refused: ProxyError | None = e
+            else:
+                refused = None
+        assert work["instructions"] <= INSTRUCTIONS_PER_STEP * STEPS, work
+        assert work["comparisons"] <= COMPARISONS_PER_STEP * STEPS, work
+    assert refused is not None and refused.status == 400
+    assert "too large or complex for this upstream's schema mode" in refused.message

@@ -1234,6 +1234,47 @@ def test_invalid_request_names_the_field(body: Any, path: str) -> None:
         assert error.message
 
 
+def _referenceTools(count: int, fanOut: int) -> list[dict[str, Any]]:
+    """Tools whose schemas each use a definition `fanOut` times at each of 8 levels."""
+    defs: dict[str, Any] = {
+        f"D{i}": {
+            "type": "object",
+            "properties": {f"p{k}": {"$ref": f"#/$defs/D{i + 1}"} for k in range(fanOut)},
+        }
+        for i in range(8)
+    }
+    defs["D8"] = {"type": "string"}
+    schema = {"type": "object", "properties": {"r": {"$ref": "#/$defs/D0"}}, "$defs": defs}
+    return [{"name": f"T{i}", "input_schema": schema} for i in range(count)]
+
+
+SCHEMA_BUDGET_CASES = [
+    pytest.param(_referenceTools(1, 10), False, id="one-tool-of-10**8-nodes"),
+    # ~2,000 steps each: 30 fit in one request's budget, 60 do not.
+    pytest.param(_referenceTools(30, 2), True, id="thirty-tools-of-511-nodes"),
+    pytest.param(_referenceTools(60, 2), False, id="sixty-tools-of-511-nodes"),
+]
+
+
+@pytest.mark.parametrize(("tools", "fits"), SCHEMA_BUDGET_CASES)
+def test_gemini_schemas_share_one_budget_per_request(tools: list[Any], fits: bool) -> None:
+    """The reducer's work is bounded for the whole request, whatever the number of tools;
+    past it, a 400 says which limit and why (the same tools go whole elsewhere)."""
+    body = request(tools=tools)
+    assert len(translate(body)["tools"]) == len(tools)
+    if fits:
+        assert len(translate(body, Profile(schema="gemini"))["tools"]) == len(tools)
+        return
+    with pytest.raises(ProxyError) as caught:
+        translate(body, Profile(schema="gemini"))
+    error = caught.value
+    assert (error.status, error.errorType) == (400, "invalid_request_error")
+    assert error.message.startswith(
+        "tools: the tool schemas are too large or complex for this upstream's schema mode (gemini)"
+    )
+    assert "over 100000 steps" in error.message and "MAX_SCHEMA_STEPS" in error.message
+
+
 # -- captured Claude Code requests ----------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import orjson
 from ccproxy.errors import invalidRequest
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.names import ToolNames
-from ccproxy.translate.schema import geminiSchema
+from ccproxy.translate.schema import SchemaBudget, SchemaTooComplex, geminiSchema
 from ccproxy.translate.values import isInt, isNumber
 
 # OpenAI accepts at most this many stop sequences; more is a 400 there.
@@ -457,6 +457,7 @@ def _tools(
         raise invalidRequest("tools: must be a list")
     out = []
     serverTools: list[str] = []
+    budget = SchemaBudget()  # one for all the tools: the request's work is bounded
     for i, tool in enumerate(tools):
         path = f"tools.{i}"
         if not isinstance(tool, dict):
@@ -474,7 +475,10 @@ def _tools(
         elif not isinstance(schema, dict):
             raise invalidRequest(f"{path}.input_schema: must be an object")
         if profile.schema == "gemini":
-            schema = geminiSchema(schema)
+            try:
+                schema = geminiSchema(schema, budget)
+            except SchemaTooComplex as e:
+                raise invalidRequest(f"tools: {e}") from None
         function: dict[str, Any] = {"name": names.toUpstream(name)}
         description = tool.get("description")
         if isinstance(description, str) and description:
