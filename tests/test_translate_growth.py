@@ -35,6 +35,7 @@ from ccproxy.errors import ProxyError
 from ccproxy.translate import request, response, schema, stream, tokens
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import toOpenAI
+from ccproxy.translate.stream import StreamTranslator
 from ccproxy.translate.tokens import estimateTokens
 
 GROWTH = 10
@@ -332,3 +333,85 @@ def test_schema_blowup_is_refused_after_bounded_work(
         assert work["comparisons"] <= COMPARISONS_PER_STEP * STEPS, work
     assert refused is not None and refused.status == 400
     assert "too large or complex for this upstream's schema mode" in refused.message
+
+
+# -- streams --------------------------------------------------------------------------
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return counted({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+def opening(index: int) -> dict[str, Any]:
+    function = {"name": "Write", "arguments": ""}
+    return chunk({"tool_calls": [{"index": index, "id": f"call_{index}", "function": function}]})
+
+
+def fragment(index: int, arguments: str) -> dict[str, Any]:
+    return chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+
+
+def fileArguments(size: int) -> list[str]:
+    """Arguments writing a `size`-byte file, in 4-byte fragments."""
+    text = orjson.dumps({"path": "/f", "content": 'say("hi")\n' * (size // 10)}).decode()
+    return [text[i : i + 4] for i in range(0, len(text), 4)]
+
+
+def twoCalls(size: int) -> list[dict[str, Any]]:
+    """Two calls, the second waiting while the first streams its arguments."""
+    out = [opening(0), opening(1)]
+    for piece in fileArguments(size):
+        out += [fragment(0, piece), fragment(1, piece)]
+    return out
+
+
+def oneCall(size: int) -> list[dict[str, Any]]:
+    return [opening(0)] + [fragment(0, piece) for piece in fileArguments(size)]
+
+
+def manyCalls(n: int) -> list[dict[str, Any]]:
+    return [opening(i) for i in range(n)] + [fragment(i, '{"a": 1}') for i in range(n)]
+
+
+def snapshots(size: int) -> list[dict[str, Any]]:
+    """Cumulative arguments: ten fragments, each the whole text so far."""
+    text = "".join(fileArguments(size))
+    return [opening(0)] + [fragment(0, text[: len(text) * k // 10]) for k in range(1, 11)]
+
+
+def textDeltas(n: int) -> list[dict[str, Any]]:
+    return [chunk({"content": f"word {i} "}) for i in range(n)]
+
+
+def blankDeltas(n: int, key: str = "content") -> list[dict[str, Any]]:
+    return [chunk({key: " "}) for _ in range(n)] + [chunk({key: "done"})]
+
+
+def streamed(build: Callable[[int], list[Any]], **options: Any) -> Callable:
+    """Feeding the chunks, then a finish, to a StreamTranslator."""
+
+    def run(chunks: list[Any]) -> list[Any]:
+        translator = StreamTranslator("msg_1", "claude", **options)
+        events = translator.start()
+        for c in chunks:
+            events += translator.feed(c)
+        return events + translator.finish()
+
+    return sized(lambda n: [*build(n), chunk({}, "stop")], run)
+
+
+STREAMS = [
+    pytest.param(streamed(twoCalls), 400, id="fragments-two-calls"),
+    pytest.param(streamed(oneCall), 400, id="argument-bytes"),
+    pytest.param(streamed(snapshots), 1000, id="argument-snapshots"),
+    pytest.param(streamed(manyCalls), 50, id="tool-calls"),
+    pytest.param(streamed(textDeltas, stopSequences=["STOP"]), 100, id="text-deltas"),
+    pytest.param(streamed(blankDeltas), 100, id="blank-text-deltas"),
+    pytest.param(streamed(lambda n: blankDeltas(n, "reasoning")), 100, id="blank-reasoning"),
+    pytest.param(streamed(blankDeltas, thinkTags=True), 100, id="blank-deltas-think-tags"),
+]
+
+
+@pytest.mark.parametrize(("make", "n"), STREAMS)
+def test_stream_work_is_linear(monkeypatch: pytest.MonkeyPatch, make: Callable, n: int) -> None:
+    assertLinear(monkeypatch, make, n)
