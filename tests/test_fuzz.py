@@ -33,6 +33,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from ccproxy.translate.dialect import MAX_TOKENS_CEILING
 from ccproxy.web.site import ProxySite
 from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
 from tests.support.harness import BASE_CONFIG, ClientReply, Harness, message, parseSSE
@@ -55,6 +56,10 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# Bodies and streams large along one dimension (issue 11): fewer examples, each bigger.
+FUZZ_SIZES = settings(FUZZ, max_examples=25)
+# The same, with the upstream reducing tool schemas for Gemini.
+GEMINI_CONFIG = CONFIG.replace("    retries: 0\n", "    retries: 0\n    preset: gemini\n", 1)
 
 
 # -- the fake upstream: a normal answer to anything -------------------------------------
@@ -185,9 +190,9 @@ def postThroughSite(h: Harness, raw: bytes, path: str) -> ClientReply:
         channel.connectionLost(Failure(ConnectionDone()))
 
 
-def postAndCheck(raw: bytes, path: str) -> ClientReply:
+def postAndCheck(raw: bytes, path: str, config: str = CONFIG) -> ClientReply:
     """Posts `raw` to a fresh app, checks the answer, then a normal request."""
-    h = Harness.build(CONFIG)
+    h = Harness.build(config)
     h.upstream.queue(*[anyAnswer] * 3)
     with failuresLogged() as failures:
         reply = postThroughSite(h, raw, path)
@@ -431,6 +436,128 @@ def breakBytes(draw: st.DrawFn, raw: bytes) -> bytes:
     return raw[:at] + draw(st.sampled_from(BAD_UTF8)) + raw[at:]
 
 
+# Large along one dimension: many tool_use/tool_result pairs, many tools with $ref
+# chains, huge max_tokens, long streams of small fragments.
+
+
+@st.composite
+def manyPairs(draw: st.DrawFn) -> dict[str, Any]:
+    """Up to 3000 parallel calls and their results, some ids repeated, missing or
+    answering no call, in turns of any size."""
+    count = draw(st.integers(1, 3000))
+    ids = [f"toolu_{i}" for i in range(count)]
+    results = list(ids)
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, count - 1))
+        kind = draw(st.sampled_from(["repeat", "drop", "stranger"]))
+        if kind == "repeat":
+            results.insert(at, results[at % len(results)])
+        elif kind == "drop" and len(results) > 1:
+            del results[at % len(results)]
+        else:
+            results.insert(at, f"toolu_unknown_{at}")
+    turns = draw(st.integers(1, 3))
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
+    for turn in range(turns):
+        part = ids[turn::turns]
+        if not part:
+            continue
+        uses = [{"type": "tool_use", "id": i, "name": "Read", "input": {"p": i}} for i in part]
+        asked = set(part)
+        answered = [r for r in results if r in asked or r.startswith("toolu_unknown")]
+        messages.append({"role": "assistant", "content": uses})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": r, "content": "ok"} for r in answered
+                ],
+            }
+        )
+    return message(messages=messages)
+
+
+@st.composite
+def refChainTools(draw: st.DrawFn) -> dict[str, Any]:
+    """Up to 80 tools whose schemas inline chains of `$ref`s: each definition uses the
+    next ones up to 6 times, 1-10 levels deep, maybe back to itself or the root."""
+    tools = []
+    for i in range(draw(st.integers(1, 80))):
+        levels = draw(st.integers(1, 10))
+        defs: dict[str, Any] = {}
+        for level in range(levels):
+            targets = draw(
+                st.lists(
+                    st.sampled_from(
+                        [f"#/$defs/D{level + 1}", f"#/$defs/D{level}", "#", "#/nowhere"]
+                    )
+                    | st.just(f"#/$defs/D{level + 1}"),
+                    min_size=1,
+                    max_size=6,
+                )
+            )
+            node: dict[str, Any] = {
+                "type": "object",
+                "properties": {f"p{k}": {"$ref": ref} for k, ref in enumerate(targets)},
+            }
+            if draw(st.booleans()):
+                node = {"anyOf": [node, {"$ref": targets[0]}, {"type": "null"}]}
+            defs[f"D{level}"] = node
+        defs[f"D{levels}"] = {"type": "string", "description": "leaf " * draw(st.integers(0, 50))}
+        schema = {"type": "object", "properties": {"root": {"$ref": "#/$defs/D0"}}, "$defs": defs}
+        tools.append({"name": f"tool_{i}", "description": "A tool.", "input_schema": schema})
+    return message(tools=tools)
+
+
+HUGE_NUMBERS = [2**63, 2**63 - 1, 2**64 - 1, 2**64, 2**31, 10**30, MAX_TOKENS_CEILING + 1]
+
+
+@st.composite
+def hugeMaxTokens(draw: st.DrawFn) -> dict[str, Any]:
+    value = draw(st.sampled_from(HUGE_NUMBERS) | st.integers(1, 2**70))
+    return message(max_tokens=value, stream=draw(st.booleans()))
+
+
+@st.composite
+def fragmentStreams(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str]]:
+    """An upstream's tool calls in many small fragments: one to three calls, each up to
+    64 KiB of arguments cut into pieces of 1-16 characters, later calls announced
+    before the first one ends and interleaved with it; and the arguments as sent."""
+    count = draw(st.integers(1, 3))
+    arguments = []
+    for i in range(count):
+        size = draw(st.integers(0, 64 * 1024))
+        content = draw(st.sampled_from(['say("hi")\n', "é🙂\\", "x"]))
+        arguments.append(
+            orjson.dumps({"path": f"/f{i}", "content": content * (size // 8)}).decode()
+        )
+    pieces: list[list[str]] = []
+    for text in arguments:
+        size = draw(st.integers(1, 16))
+        pieces.append([text[at : at + size] for at in range(0, len(text), size)])
+
+    def fragment(index: int, arguments: str, first: bool = False) -> dict[str, Any]:
+        call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if first:
+            call.update(id=f"call_{index}", type="function")
+            call["function"]["name"] = "Write"
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+
+    chunks = [fragment(i, "", first=True) for i in range(count)]
+    cursors = [0] * count
+    rotate = draw(st.booleans())
+    while any(c < len(p) for c, p in zip(cursors, pieces, strict=True)):
+        for i in range(count):
+            if cursors[i] < len(pieces[i]):
+                chunks.append(fragment(i, pieces[i][cursors[i]]))
+                cursors[i] += 1
+                if not rotate:
+                    break
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+    return chunks, arguments
+
+
 # -- the tests ------------------------------------------------------------------------
 
 
@@ -452,6 +579,55 @@ def test_anthropic_shaped_with_random_values(
 @given(raw=mutatedClaudeCode(), path=st.sampled_from(PATHS))
 def test_mutated_claude_code_requests(raw: bytes, path: str) -> None:
     postAndCheck(raw, path)
+
+
+@FUZZ_SIZES
+@given(body=manyPairs(), path=st.sampled_from(PATHS))
+def test_many_tool_use_tool_result_pairs(body: dict[str, Any], path: str) -> None:
+    assert postAndCheck(encode(body), path).status == 200
+
+
+@FUZZ_SIZES
+@given(body=refChainTools(), path=st.sampled_from(PATHS))
+def test_many_tools_with_ref_chains_for_gemini(body: dict[str, Any], path: str) -> None:
+    reply = postAndCheck(encode(body), path, GEMINI_CONFIG)
+    if reply.status != 200:
+        assert "too large or complex" in reply.json()["error"]["message"]
+
+
+@FUZZ_SIZES
+@given(body=hugeMaxTokens(), path=st.sampled_from(PATHS))
+def test_huge_max_tokens(body: dict[str, Any], path: str) -> None:
+    """Any positive max_tokens is taken (or, past what JSON parsers read, refused);
+    what goes upstream never exceeds the ceiling."""
+    h = Harness.build(CONFIG)
+    h.upstream.queue(anyAnswer)
+    with failuresLogged() as failures:
+        reply = postThroughSite(h, encode(body), path)
+        checkAnswer(reply, path)
+    assert not failures, "\n".join(failures)
+    if reply.status == 200 and not path.endswith("count_tokens"):
+        assert 1 <= h.upstream.last["max_completion_tokens"] <= MAX_TOKENS_CEILING
+
+
+@FUZZ_SIZES
+@given(stream=fragmentStreams())
+def test_long_streams_of_small_fragments(stream: tuple[list[dict[str, Any]], list[str]]) -> None:
+    """Every fragment placed, in a well-formed stream: each call's input, rebuilt from
+    its deltas, is what the upstream sent."""
+    chunks, arguments = stream
+    h = Harness.build(CONFIG)
+    h.upstream.queue(sseReply(chunks))
+    with failuresLogged() as failures:
+        reply = postThroughSite(h, encode(message(stream=True)), "/v1/messages")
+        checkAnswer(reply, "/v1/messages")
+    assert not failures, "\n".join(failures)
+    assert reply.status == 200
+    inputs: dict[int, str] = {}
+    for name, data in parseSSE(reply.body):
+        if name == "content_block_delta" and data["delta"]["type"] == "input_json_delta":
+            inputs[data["index"]] = inputs.get(data["index"], "") + data["delta"]["partial_json"]
+    assert [inputs.get(i, "") for i in range(len(arguments))] == arguments
 
 
 def test_the_unmutated_requests_are_answered() -> None:

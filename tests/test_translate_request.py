@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from ccproxy.errors import ProxyError
-from ccproxy.translate.dialect import Profile
+from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.request import MAX_STOP_SEQUENCES, stopSequences, toOpenAI
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"
@@ -820,34 +820,49 @@ def test_tool_choice(choice: Any, expected: dict[str, Any]) -> None:
 
 # -- sampling, limits, metadata, stream -------------------------------------------------------
 
+HUGE = 2**63
+CEILING = MAX_TOKENS_CEILING
+
+
+def _limit(
+    sent: int | None, expected: int, name: str, default: int = DEFAULT_MAX, **profile: Any
+) -> Any:
+    """A row: the client's max_tokens (None: none sent), the limit sent upstream."""
+    field = profile.get("maxTokensParam", "max_completion_tokens")
+    return pytest.param(sent, default, Profile(**profile), {field: expected}, id=name)
+
+
 MAX_TOKENS_CASES = [
-    pytest.param(1024, Profile(), {"max_completion_tokens": 1024}, id="passed"),
-    pytest.param(
-        1024, Profile(maxTokensParam="max_tokens"), {"max_tokens": 1024}, id="legacy-field"
-    ),
-    pytest.param(128000, Profile(maxTokens=16384), {"max_completion_tokens": 16384}, id="capped"),
-    pytest.param(1000, Profile(maxTokens=16384), {"max_completion_tokens": 1000}, id="under-cap"),
-    pytest.param(
-        128000,
-        Profile(maxTokens=8192, maxTokensParam="max_tokens"),
-        {"max_tokens": 8192},
-        id="capped-legacy-field",
-    ),
-    pytest.param(None, Profile(), {"max_completion_tokens": DEFAULT_MAX}, id="default"),
-    pytest.param(
-        None, Profile(maxTokens=4096), {"max_completion_tokens": 4096}, id="default-capped"
-    ),
+    _limit(1024, 1024, "passed"),
+    _limit(1024, 1024, "legacy-field", maxTokensParam="max_tokens"),
+    _limit(128000, 16384, "capped", maxTokens=16384),
+    _limit(1000, 1000, "under-cap", maxTokens=16384),
+    _limit(128000, 8192, "capped-legacy-field", maxTokens=8192, maxTokensParam="max_tokens"),
+    _limit(None, DEFAULT_MAX, "default"),
+    _limit(None, 4096, "default-capped", maxTokens=4096),
+    # Without a cap of the upstream's own, the ceiling: a 2**63 is never forwarded.
+    _limit(HUGE, CEILING, "huge"),
+    _limit(HUGE, CEILING, "huge-legacy-field", maxTokensParam="max_tokens"),
+    _limit(CEILING + 1, CEILING, "just-over-the-ceiling"),
+    _limit(CEILING, CEILING, "at-the-ceiling"),
+    _limit(HUGE, 16384, "huge-capped", maxTokens=16384),
+    # The upstream's own cap is the operator's word, even above the ceiling.
+    _limit(HUGE, 1_000_000, "huge-under-a-higher-cap", maxTokens=1_000_000),
+    _limit(None, CEILING, "huge-default", default=HUGE),
+    _limit(None, 4096, "huge-default-capped", default=HUGE, maxTokens=4096),
 ]
 
 
-@pytest.mark.parametrize(("maxTokens", "profile", "expected"), MAX_TOKENS_CASES)
-def test_max_tokens(maxTokens: int | None, profile: Profile, expected: dict[str, int]) -> None:
+@pytest.mark.parametrize(("maxTokens", "default", "profile", "expected"), MAX_TOKENS_CASES)
+def test_max_tokens(
+    maxTokens: int | None, default: int, profile: Profile, expected: dict[str, int]
+) -> None:
     body = request()
     if maxTokens is None:
         del body["max_tokens"]
     else:
         body["max_tokens"] = maxTokens
-    out = translate(body, profile)
+    out = translate(body, profile, defaultMaxTokens=default)
     got = {k: out[k] for k in ("max_completion_tokens", "max_tokens") if k in out}
     assert got == expected
 
@@ -1217,6 +1232,47 @@ def test_invalid_request_names_the_field(body: Any, path: str) -> None:
         assert error.message.startswith(f"{path}:"), error.message
     else:
         assert error.message
+
+
+def _referenceTools(count: int, fanOut: int) -> list[dict[str, Any]]:
+    """Tools whose schemas each use a definition `fanOut` times at each of 8 levels."""
+    defs: dict[str, Any] = {
+        f"D{i}": {
+            "type": "object",
+            "properties": {f"p{k}": {"$ref": f"#/$defs/D{i + 1}"} for k in range(fanOut)},
+        }
+        for i in range(8)
+    }
+    defs["D8"] = {"type": "string"}
+    schema = {"type": "object", "properties": {"r": {"$ref": "#/$defs/D0"}}, "$defs": defs}
+    return [{"name": f"T{i}", "input_schema": schema} for i in range(count)]
+
+
+SCHEMA_BUDGET_CASES = [
+    pytest.param(_referenceTools(1, 10), False, id="one-tool-of-10**8-nodes"),
+    # ~2,000 steps each: 30 fit in one request's budget, 60 do not.
+    pytest.param(_referenceTools(30, 2), True, id="thirty-tools-of-511-nodes"),
+    pytest.param(_referenceTools(60, 2), False, id="sixty-tools-of-511-nodes"),
+]
+
+
+@pytest.mark.parametrize(("tools", "fits"), SCHEMA_BUDGET_CASES)
+def test_gemini_schemas_share_one_budget_per_request(tools: list[Any], fits: bool) -> None:
+    """The reducer's work is bounded for the whole request, whatever the number of tools;
+    past it, a 400 says which limit and why (the same tools go whole elsewhere)."""
+    body = request(tools=tools)
+    assert len(translate(body)["tools"]) == len(tools)
+    if fits:
+        assert len(translate(body, Profile(schema="gemini"))["tools"]) == len(tools)
+        return
+    with pytest.raises(ProxyError) as caught:
+        translate(body, Profile(schema="gemini"))
+    error = caught.value
+    assert (error.status, error.errorType) == (400, "invalid_request_error")
+    assert error.message.startswith(
+        "tools: the tool schemas are too large or complex for this upstream's schema mode (gemini)"
+    )
+    assert "over 100000 steps" in error.message and "MAX_SCHEMA_STEPS" in error.message
 
 
 # -- captured Claude Code requests ----------------------------------------------------------

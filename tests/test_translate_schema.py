@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from ccproxy.translate.schema import MAX_DEPTH, MAX_NODES, MAX_REF_DEPTH, geminiSchema
+from ccproxy.translate.schema import (
+    MAX_DEPTH,
+    MAX_REF_DEPTH,
+    SchemaBudget,
+    SchemaTooComplex,
+    geminiSchema,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"
 
@@ -801,16 +807,81 @@ def test_depth_is_bounded() -> None:
     assert geminiSchema(nested(MAX_DEPTH)) == nested(MAX_DEPTH)
 
 
-def test_reference_bomb_is_bounded() -> None:
-    # Each definition uses the next one ten times: 10**8 nodes if fully inlined.
+def referenceBomb(fanOut: int, levels: int = 8) -> dict[str, Any]:
+    """Each definition uses the next one `fanOut` times: fanOut**levels nodes inlined."""
     defs = {
-        f"D{i}": obj({f"p{k}": {"$ref": f"#/$defs/D{i + 1}"} for k in range(10)}) for i in range(8)
+        f"D{i}": obj({f"p{k}": {"$ref": f"#/$defs/D{i + 1}"} for k in range(fanOut)})
+        for i in range(levels)
     }
-    defs["D8"] = S
-    out = geminiSchema(obj({"root": {"$ref": "#/$defs/D0"}}, **{"$defs": defs}))
-    assert list(geminiProblems(out)) == []
-    size = sum(1 for key in keywords(out) if key == "type")
-    assert MAX_NODES / 2 < size <= MAX_NODES + 1
+    defs[f"D{levels}"] = S
+    return obj({"root": {"$ref": "#/$defs/D0"}}, **{"$defs": defs})
+
+
+def test_reference_bomb_is_refused() -> None:
+    # 10**8 nodes if fully inlined: it used to be cut to 20,000 nodes per tool, which
+    # left a request of many such tools free to take minutes.
+    with pytest.raises(SchemaTooComplex) as caught:
+        geminiSchema(referenceBomb(10))
+    message = str(caught.value)
+    assert "too large or complex for this upstream's schema mode (gemini)" in message
+    assert "over 100000 steps" in message and "MAX_SCHEMA_STEPS" in message
+
+
+def _described(size: int) -> dict[str, Any]:
+    return {"type": "string", "description": "d" * size}
+
+
+# Schemas that cost far more to reduce than their size, each refused by a budget of
+# BUDGET steps, beside a plain schema of about the same size that fits in it.
+BUDGET = 5000
+TOO_COMPLEX = [
+    pytest.param(referenceBomb(4), id="reference-fan-out"),
+    pytest.param(
+        obj(
+            {f"p{i}": {"$ref": "#/$defs/Long"} for i in range(100)},
+            **{"$defs": {"Long": _described(64 * 100)}},
+        ),
+        id="long-text-inlined-many-times",
+    ),
+    pytest.param(
+        obj(
+            {
+                "p": {
+                    **obj({f"q{i}": S for i in range(80)}),
+                    "anyOf": [obj({}, minProperties=i) for i in range(80)],
+                }
+            }
+        ),
+        id="keywords-shared-by-many-branches",
+    ),
+    pytest.param(
+        obj({f"p{i}": {"$ref": "#/$defs/E"} for i in range(100)})
+        | {"$defs": {"E": {"type": "string", "enum": [f"v{k}" for k in range(60)]}}},
+        id="enum-inlined-many-times",
+    ),
+]
+
+
+@pytest.mark.parametrize("schema", TOO_COMPLEX)
+def test_budget_refuses_what_costs_more_than_its_size(schema: dict[str, Any]) -> None:
+    with pytest.raises(SchemaTooComplex):
+        geminiSchema(schema, SchemaBudget(BUDGET))
+    plain = obj({f"p{i}": _described(20) for i in range(len(json.dumps(schema)) // 60)})
+    assert len(json.dumps(plain)) >= len(json.dumps(schema))
+    geminiSchema(plain, SchemaBudget(BUDGET))
+
+
+def test_budget_is_shared_by_the_tools_of_a_request() -> None:
+    """What one tool may take, many tools together may not: the budget is per request."""
+    tool = referenceBomb(2, levels=5)  # 2**5 leaves
+    budget = SchemaBudget(BUDGET)
+    geminiSchema(tool, budget)
+    spent = BUDGET - budget.left
+    assert 0 < spent < BUDGET / 4
+    for _ in range(BUDGET // spent - 1):
+        geminiSchema(tool, budget)
+    with pytest.raises(SchemaTooComplex):
+        geminiSchema(tool, budget)
 
 
 def test_no_recursion_error_on_very_deep_input() -> None:

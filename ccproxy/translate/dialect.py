@@ -21,6 +21,10 @@ REASONING_MODES = ("none", "reasoning_effort", "deepseek")
 SCHEMA_MODES = ("full", "gemini")
 WEB_SEARCH_MODES = ("none", "openai", "openrouter")
 AUTH_HEADERS = ("authorization", "api-key")
+# The output limit sent upstream at most when a profile sets no cap of its own: the
+# largest any current model writes (Claude Code asks for up to 128000). A client's
+# 2**63 would otherwise go upstream as is, and fail there, or worse, be taken.
+MAX_TOKENS_CEILING = 128_000
 
 
 @frozen
@@ -28,7 +32,7 @@ class Profile:
     """Dialect knobs for one upstream; the defaults suit a standard OpenAI gateway."""
 
     maxTokens: int | None = None
-    """Cap on the max-tokens value sent upstream (None: no cap)."""
+    """Cap on the max-tokens value sent upstream (None: `MAX_TOKENS_CEILING`)."""
     maxTokensParam: str = "max_completion_tokens"
     """Field that carries the output limit: OpenAI's current name, or the older one."""
     sendTemperature: bool = True

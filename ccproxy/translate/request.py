@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 
 from ccproxy.errors import invalidRequest
-from ccproxy.translate.dialect import Profile
+from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.names import ToolNames
-from ccproxy.translate.schema import geminiSchema
+from ccproxy.translate.schema import SchemaBudget, SchemaTooComplex, geminiSchema
+from ccproxy.translate.values import isInt, isNumber
 
 # OpenAI accepts at most this many stop sequences; more is a 400 there.
 MAX_STOP_SEQUENCES = 4
@@ -62,11 +63,11 @@ def toOpenAI(
     maxTokens = body.get("max_tokens")
     if maxTokens is None:
         maxTokens = defaultMaxTokens
-    elif not _isInt(maxTokens) or maxTokens < 1:
+    elif not isInt(maxTokens) or maxTokens < 1:
         raise invalidRequest("max_tokens: must be a positive integer")
-    if profile.maxTokens is not None:
-        maxTokens = min(maxTokens, profile.maxTokens)
-    out[profile.maxTokensParam] = maxTokens
+    # Without a cap of the upstream's own, a client's 2**63 would go upstream as is.
+    cap = MAX_TOKENS_CEILING if profile.maxTokens is None else profile.maxTokens
+    out[profile.maxTokensParam] = min(maxTokens, cap)
 
     stop = _stopSequences(body.get("stop_sequences"))
     if stop:
@@ -74,7 +75,7 @@ def toOpenAI(
     for key in ("temperature", "top_p"):
         value = body.get(key)
         if value is not None:
-            if not _isNumber(value):
+            if not isNumber(value):
                 raise invalidRequest(f"{key}: must be a number")
             if profile.sendTemperature:
                 out[key] = value
@@ -119,7 +120,7 @@ def reasoningEffort(thinking: Any, outputConfig: Any) -> str | None:
         return _EFFORTS.get(effort, "medium")
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
-        if not _isInt(budget):
+        if not isInt(budget):
             return "medium"
         return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
     if kind == "adaptive":
@@ -164,6 +165,9 @@ class _MessageWriter:
         self.out: list[dict[str, Any]] = []
         self._openCalls: list[str] = []
         """Ids of the tool calls the last assistant message made, in call order."""
+        self._openIds: set[str] = set()
+        """The same ids, to match each tool_result in constant time: a turn may
+        hold many thousands of parallel calls."""
 
     def add(self, message: Any, path: str) -> None:
         if not isinstance(message, dict):
@@ -251,6 +255,7 @@ class _MessageWriter:
             message["reasoning_content"] = "".join(thinking)
         self.out.append(message)
         self._openCalls = [c["id"] for c in calls]
+        self._openIds = set(self._openCalls)
 
     def _user(self, content: str | list[Any], path: str) -> None:
         if isinstance(content, str):
@@ -266,7 +271,7 @@ class _MessageWriter:
             kind = _blockType(block, where)
             if kind == "tool_result":
                 callId, text = _toolResult(block, where, resultParts, self.profile.vision)
-                if callId in self._openCalls and callId not in results:
+                if callId in self._openIds and callId not in results:
                     results[callId] = text
                 else:
                     # No call of the previous turn has this id: OpenAI would reject a
@@ -289,6 +294,7 @@ class _MessageWriter:
                 {"role": "tool", "tool_call_id": callId, "content": results.get(callId, _NO_RESULT)}
             )
         self._openCalls = []
+        self._openIds = set()
 
     def _userMessage(self, parts: list[dict[str, Any]]) -> None:
         parts = [p for p in parts if p["type"] != "text" or p["text"].strip()]
@@ -451,6 +457,7 @@ def _tools(
         raise invalidRequest("tools: must be a list")
     out = []
     serverTools: list[str] = []
+    budget = SchemaBudget()  # one for all the tools: the request's work is bounded
     for i, tool in enumerate(tools):
         path = f"tools.{i}"
         if not isinstance(tool, dict):
@@ -468,7 +475,10 @@ def _tools(
         elif not isinstance(schema, dict):
             raise invalidRequest(f"{path}.input_schema: must be an object")
         if profile.schema == "gemini":
-            schema = geminiSchema(schema)
+            try:
+                schema = geminiSchema(schema, budget)
+            except SchemaTooComplex as e:
+                raise invalidRequest(f"tools: {e}") from None
         function: dict[str, Any] = {"name": names.toUpstream(name)}
         description = tool.get("description")
         if isinstance(description, str) and description:
@@ -539,11 +549,3 @@ def _require(
         problem = f"is required ({what})" if value is None else f"must be {what}"
         raise invalidRequest(f"{where}: {problem}")
     return value
-
-
-def _isInt(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _isNumber(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -16,7 +16,7 @@ to what Gemini takes:
   becomes the description when there is none.
 - A local `$ref` (`#/$defs/X`, `#/definitions/X`, any `#/…` pointer) is inlined. A
   recursive, unresolvable or too deep one becomes `{"type": "object"}`, and so
-  does anything beyond `MAX_DEPTH` levels or `MAX_NODES` nodes.
+  does anything beyond `MAX_DEPTH` levels.
 - `allOf` is merged into one schema: the union of properties and required names,
   the tighter of two bounds, and the first pattern, format and description.
 - `oneOf` becomes `anyOf`. A null branch makes the node nullable. A branch that
@@ -48,6 +48,10 @@ cannot be inlined becomes an object, because Gemini needs a type on every node.
 Either way, Claude Code checks tool input against its own original schema, so a
 schema that is off costs at most one retried call. One unknown keyword, by
 contrast, fails every request.
+
+The work is bounded per request, not per tool: all the tools of one request share
+one `SchemaBudget` of `MAX_SCHEMA_STEPS`, and a request that needs more is refused
+(`SchemaTooComplex`) rather than left to stall a proxy that many people share.
 """
 
 from __future__ import annotations
@@ -58,16 +62,22 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+from ccproxy.translate.values import isInt, isNumber
+
 # Nesting deeper than this is cut off (each level is one property, item, branch or
 # inlined reference); Claude Code's own tools are about 6 deep.
 MAX_DEPTH = 32
 # References inlined within one another at most this deep.
 MAX_REF_DEPTH = 8
-# Schema nodes reduced per call at most. Inlining can grow a schema exponentially
-# (each definition using the next one several times), and one client's tool list
-# must not stall a proxy that many people share. Claude Code's largest tool has
-# 15 nodes.
-MAX_NODES = 20_000
+# Steps of work that reducing one request's tool schemas may take, all its tools
+# together. A step is one schema node visited or written, one list entry (an enum
+# value, a required name, a branch) or `TEXT_PER_STEP` characters of text copied,
+# and a `$ref` costs its target's steps again each time it is inlined: inlining
+# can grow a schema exponentially (each definition using the next one several
+# times), so the steps, not the body's size, tell the time it takes: up to ~3 µs
+# each, a third of a second for all. Claude Code's whole tool list takes ~500.
+MAX_SCHEMA_STEPS = 100_000
+TEXT_PER_STEP = 64
 
 _TYPES = ("string", "number", "integer", "boolean", "array", "object")
 _FORMATS = {
@@ -96,16 +106,53 @@ _REF_FALLBACK: dict[str, Any] = {"type": ["object"]}
 Schema = dict[str, Any]
 
 
-def geminiSchema(schema: dict[str, Any]) -> dict[str, Any]:
+class SchemaTooComplex(Exception):
+    """Reducing a request's tool schemas would take more than its budget."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "the tool schemas are too large or complex for this upstream's schema mode "
+            f"(gemini): reducing them would take over {limit} steps, the limit for all "
+            "the tools of one request (MAX_SCHEMA_STEPS: a step is a schema node, a list "
+            f"entry or {TEXT_PER_STEP} characters, and a $ref counts again each time it is "
+            "inlined)"
+        )
+        self.limit = limit
+
+
+class SchemaBudget:
+    """The steps left for one request's tool schemas: one budget for all its tools,
+    so that the work stays bounded however many tools a client sends."""
+
+    def __init__(self, steps: int | None = None) -> None:
+        self.limit = MAX_SCHEMA_STEPS if steps is None else steps
+        self.left = self.limit
+
+    def spend(self, steps: int = 1) -> None:
+        """Take `steps`; raises `SchemaTooComplex` once the budget is overdrawn."""
+        self.left -= steps
+        if self.left < 0:
+            raise SchemaTooComplex(self.limit)
+
+    def text(self, text: str) -> None:
+        """Take the steps for copying `text` once more."""
+        if len(text) >= TEXT_PER_STEP:
+            self.spend(len(text) // TEXT_PER_STEP)
+
+
+def geminiSchema(schema: dict[str, Any], budget: SchemaBudget | None = None) -> dict[str, Any]:
     """A copy of `schema` that Gemini accepts as a function's `parameters`.
 
     The input is never changed, and the result shares no list or dict with it.
+    `budget` is the request's, shared with its other tools (a new one when None);
+    raises `SchemaTooComplex` when it runs out.
     """
-    reducer = _Reducer(schema if isinstance(schema, dict) else {})
+    budget = SchemaBudget() if budget is None else budget
+    reducer = _Reducer(schema if isinstance(schema, dict) else {}, budget)
     node = reducer.node(reducer.root, 0, ())
     if "anyOf" in node:
-        node = _unionOfObjects(node)
-    out = _seal(node)
+        node = _unionOfObjects(node, budget)
+    out = _seal(node, budget)
     if out.get("type") != "object":
         return {"type": "object", "properties": {}}
     out.pop("nullable", None)
@@ -121,15 +168,17 @@ class _Reducer:
     records that an `anyOf` had a null branch.
     """
 
-    def __init__(self, root: dict[str, Any]) -> None:
+    def __init__(self, root: dict[str, Any], budget: SchemaBudget) -> None:
         self.root = root
-        self.budget = MAX_NODES
+        self.budget = budget
+        self._targets: dict[str, Any] = {}
+        """Pointers resolved so far: a pointer inlined many times is read once."""
 
     def node(self, schema: Any, depth: int, refs: tuple[str, ...]) -> Schema:
+        self.budget.spend()
         if not isinstance(schema, dict):
             return {}  # `true`, or something that is no schema: allows anything
-        self.budget -= 1
-        if depth > MAX_DEPTH or self.budget < 0:
+        if depth > MAX_DEPTH:
             return _copy(_REF_FALLBACK)
         parts = [self._own(schema, depth, refs)]
         oneOf = schema.get("oneOf")
@@ -143,13 +192,16 @@ class _Reducer:
             parts.extend(self.node(sub, depth + 1, refs) for sub in allOf)
         merged = parts[0]
         for part in parts[1:]:
-            merged = _merge(merged, part)
-        return _settleAnyOf(merged)
+            merged = _merge(merged, part, self.budget)
+        return _settleAnyOf(merged, self.budget)
 
     def _ref(self, ref: str, depth: int, refs: tuple[str, ...]) -> Schema:
+        self.budget.text(ref)  # compared and looked up on every use
         if ref in refs or len(refs) >= MAX_REF_DEPTH:
             return _copy(_REF_FALLBACK)
-        target = self._resolve(ref)
+        if ref not in self._targets:
+            self._targets[ref] = self._resolve(ref)
+        target = self._targets[ref]
         if target is None:
             return _copy(_REF_FALLBACK)
         return self.node(target, depth + 1, (*refs, ref))
@@ -178,6 +230,7 @@ class _Reducer:
         if isinstance(kind, str):
             kind = [kind]
         if isinstance(kind, list):
+            self.budget.spend(len(kind))
             names = _unique(t for t in kind if t in _TYPES)
             if names or "null" in kind:
                 out["type"] = names
@@ -195,10 +248,11 @@ class _Reducer:
 
         values: list[Any] | None = None
         if isinstance(schema.get("enum"), list) and schema["enum"]:
+            self.budget.spend(len(schema["enum"]))
             values = list(schema["enum"])
         if "const" in schema:
             const = [schema["const"]]
-            values = const if values is None else _intersect(values, const) or values
+            values = const if values is None else _intersect(values, const, self.budget) or values
         if values is not None:
             if None in values:
                 out["nullable"] = True
@@ -206,17 +260,17 @@ class _Reducer:
                 if not values:
                     out["type"] = []  # only null
             if values:
-                out["enum"] = _copy(values)
+                out["enum"] = _copy(values, self.budget)
 
         for key in ("minimum", "maximum"):
-            if _isNumber(schema.get(key)):
+            if isNumber(schema.get(key)):
                 out[key] = schema[key]
         for key, bound, inner in (
             ("exclusiveMinimum", "minimum", "_xmin"),
             ("exclusiveMaximum", "maximum", "_xmax"),
         ):
             value = schema.get(key)
-            if _isNumber(value):
+            if isNumber(value):
                 out[inner] = value
             elif value is True and bound in out:  # draft-04: a flag on the bound
                 out[inner] = out.pop(bound)
@@ -230,13 +284,15 @@ class _Reducer:
 
         properties = schema.get("properties")
         if isinstance(properties, dict):
-            out["properties"] = {
+            kept = out["properties"] = {
                 name: self.node(sub, depth + 1, refs)
                 for name, sub in properties.items()
                 if sub is not False  # a property that may never be present
             }
+            self.budget.spend(len(properties) - len(kept))
         required = schema.get("required")
         if isinstance(required, list):
+            self.budget.spend(len(required))
             out["required"] = _unique(r for r in required if isinstance(r, str))
 
         items = self._items(schema, depth, refs)
@@ -245,7 +301,7 @@ class _Reducer:
 
         anyOf = schema.get("anyOf")
         if isinstance(anyOf, list):
-            out = _merge(out, self._anyOf(anyOf, depth, refs))
+            out = _merge(out, self._anyOf(anyOf, depth, refs), self.budget)
         return out
 
     def _items(self, schema: dict[str, Any], depth: int, refs: tuple[str, ...]) -> Schema | None:
@@ -261,19 +317,21 @@ class _Reducer:
             members.append(rest)
         if not members:
             return None
-        return _settleAnyOf({"anyOf": [self.node(m, depth + 1, refs) for m in members]})
+        anyOf = {"anyOf": [self.node(m, depth + 1, refs) for m in members]}
+        return _settleAnyOf(anyOf, self.budget)
 
     def _anyOf(self, branches: list[Any], depth: int, refs: tuple[str, ...]) -> Schema:
         out: Schema = {"anyOf": []}
         for branch in branches:
             if _isOnlyNull(branch):
+                self.budget.spend()
                 out["_anyNull"] = True
             else:
                 out["anyOf"].append(self.node(branch, depth + 1, refs))
         return out
 
 
-def _settleAnyOf(node: Schema) -> Schema:
+def _settleAnyOf(node: Schema, budget: SchemaBudget) -> Schema:
     """Simplify an `anyOf` node: drop it when it is a no-op, merge a single branch
     into the parent, or copy the parent's keywords into every branch."""
     if "anyOf" not in node:
@@ -281,6 +339,7 @@ def _settleAnyOf(node: Schema) -> Schema:
     rest = {k: v for k, v in node.items() if k not in ("anyOf", "_anyNull")}
     anyNull = node.get("_anyNull", False)
     branches = node["anyOf"]
+    budget.spend(len(branches))
     if any(_allowsAnything(b) for b in branches):
         return rest
     if not branches:  # only null branches
@@ -288,14 +347,14 @@ def _settleAnyOf(node: Schema) -> Schema:
         rest.setdefault("type", [])
         return rest
     if len(branches) == 1:
-        merged = _merge(rest, branches[0])
+        merged = _merge(rest, branches[0], budget)
         if anyNull:
             merged["nullable"] = True
-        return _settleAnyOf(merged)
+        return _settleAnyOf(merged, budget)
     shared = {k: v for k, v in rest.items() if k != "description"}
     out: list[Schema] = []
     for branch in branches:
-        merged = _settleAnyOf(_merge(shared, branch)) if shared else branch
+        merged = _settleAnyOf(_merge(shared, branch, budget), budget) if shared else branch
         if anyNull:
             merged = {**merged, "nullable": True}
         # A nested anyOf with nothing beside it joins this one.
@@ -309,8 +368,9 @@ def _settleAnyOf(node: Schema) -> Schema:
     return settled
 
 
-def _merge(a: Schema, b: Schema) -> Schema:
+def _merge(a: Schema, b: Schema, budget: SchemaBudget) -> Schema:
     """Two intermediate schemas as one that both must hold (for allOf, $ref siblings)."""
+    budget.spend()
     out = dict(a)
     for key, value in b.items():
         if key == "_anyNull":
@@ -324,16 +384,21 @@ def _merge(a: Schema, b: Schema) -> Schema:
         if key == "type":
             out[key] = _intersectTypes(mine, value)
         elif key == "properties":
+            budget.spend(len(mine) + len(value))
             props = dict(mine)
             for name, sub in value.items():
-                props[name] = _settleAnyOf(_merge(props[name], sub)) if name in props else sub
+                if name in props:
+                    props[name] = _settleAnyOf(_merge(props[name], sub, budget), budget)
+                else:
+                    props[name] = sub
             out[key] = props
         elif key == "required":
+            budget.spend(len(mine) + len(value))
             out[key] = _unique([*mine, *value])
         elif key == "enum":
-            out[key] = _intersect(mine, value) or mine
+            out[key] = _intersect(mine, value, budget) or mine
         elif key == "items":
-            out[key] = _settleAnyOf(_merge(mine, value))
+            out[key] = _settleAnyOf(_merge(mine, value, budget), budget)
         elif key in _LOWER_BOUNDS:
             out[key] = max(mine, value)
         elif key in _UPPER_BOUNDS:
@@ -347,29 +412,36 @@ def _merge(a: Schema, b: Schema) -> Schema:
     return out
 
 
-def _seal(node: Schema) -> dict[str, Any]:
-    """Phase two: the intermediate form -> Gemini's Schema, one type per node."""
+def _seal(node: Schema, budget: SchemaBudget) -> dict[str, Any]:
+    """Phase two: the intermediate form -> Gemini's Schema, one type per node.
+
+    Every node written takes its steps again, texts included: an inlined reference
+    or an anyOf's shared keywords are copied into each place they apply to."""
+    values = node.get("enum")
+    budget.spend(1 + len(values or ()))  # read to infer or split the type, and copied
     if "anyOf" in node:
-        return _sealAnyOf(node)
+        return _sealAnyOf(node, budget)
     types = node.get("type")
     nullable = node.get("nullable") is True
     if not types:  # no type, or only null
         types = [_inferType(node)]
     if len(types) > 1:
-        return _sealAnyOf(_splitTypes(node, types))
+        return _sealAnyOf(_splitTypes(node, types), budget)
     kind = types[0]
     out: dict[str, Any] = {"type": kind}
     description = node.get("description")
-    values = node.get("enum")
     if values is not None:
         strings = [v for v in values if isinstance(v, str)]
         if kind == "string" and strings:
             out["enum"] = strings
+            for value in strings:
+                budget.text(value)
         elif kind != "string":
             # Gemini takes an enum on strings only: keep the choice as words.
             hint = "Allowed values: " + ", ".join(json.dumps(v) for v in values) + "."
             description = f"{description}\n\n{hint}" if description else hint
     if description:
+        budget.text(description)
         out["description"] = description
     if nullable:
         out["nullable"] = True
@@ -382,30 +454,32 @@ def _seal(node: Schema) -> dict[str, Any]:
         for key in ("minLength", "maxLength", "pattern"):
             if key in node:
                 out[key] = node[key]
+        if "pattern" in out:
+            budget.text(out["pattern"])
     elif kind == "array":
         items = node.get("items")
-        out["items"] = _seal(items) if items and not _allowsAnything(items) else {"type": "string"}
+        useful = items and not _allowsAnything(items)
+        out["items"] = _seal(items, budget) if useful else {"type": "string"}
         for key in ("minItems", "maxItems"):
             if key in node:
                 out[key] = node[key]
     elif kind == "object":
-        _sealObject(node, out)
+        _sealObject(node, out, budget)
     return out
 
 
-def _sealAnyOf(node: Schema) -> dict[str, Any]:
+def _sealAnyOf(node: Schema, budget: SchemaBudget) -> dict[str, Any]:
     """An anyOf node holds nothing else: its description goes to every branch."""
     description = node.get("description")
-    branches: list[dict[str, Any]] = []
+    branches: dict[str, dict[str, Any]] = {}  # by JSON text: a repeat is found at once
     for branch in node["anyOf"]:
         if description and "description" not in branch:
             branch = {**branch, "description": description}
-        sealed = _seal(branch)
-        if sealed not in branches:
-            branches.append(sealed)
+        sealed = _seal(branch, budget)
+        branches.setdefault(_key(sealed), sealed)
     if len(branches) == 1:
-        return branches[0]
-    return {"anyOf": branches}
+        return next(iter(branches.values()))
+    return {"anyOf": list(branches.values())}
 
 
 def _splitTypes(node: Schema, types: list[str]) -> Schema:
@@ -441,11 +515,16 @@ def _sealBounds(node: Schema, kind: str, out: dict[str, Any]) -> None:
         out["maximum"] = high
 
 
-def _sealObject(node: Schema, out: dict[str, Any]) -> None:
+def _sealObject(node: Schema, out: dict[str, Any], budget: SchemaBudget) -> None:
     properties = node.get("properties")
     if properties is not None:
-        out["properties"] = {name: _seal(sub) for name, sub in properties.items()}
-    required = [r for r in node.get("required", ()) if r in out.get("properties", {})]
+        sealed = out["properties"] = {}
+        for name, sub in properties.items():
+            budget.text(name)
+            sealed[name] = _seal(sub, budget)
+    names = node.get("required", ())
+    budget.spend(len(names))
+    required = [r for r in names if r in out.get("properties", {})]
     if required:
         out["required"] = required
     for key in ("minProperties", "maxProperties"):
@@ -453,19 +532,26 @@ def _sealObject(node: Schema, out: dict[str, Any]) -> None:
             out[key] = node[key]
 
 
-def _unionOfObjects(node: Schema) -> Schema:
+def _unionOfObjects(node: Schema, budget: SchemaBudget) -> Schema:
     """A top-level anyOf as one object: Gemini wants an object for `parameters`."""
     out: Schema = {"type": ["object"], "properties": {}}
     if "description" in node:
         out["description"] = node["description"]
-    requiredSets = []
-    for branch in node["anyOf"]:
-        for name, sub in branch.get("properties", {}).items():
+    branches = node["anyOf"]
+    for branch in branches:
+        properties = branch.get("properties", {})
+        budget.spend(len(properties))
+        for name, sub in properties.items():
             out["properties"].setdefault(name, sub)
-        requiredSets.append(branch.get("required", []))
-    common = [r for r in requiredSets[0] if all(r in s for s in requiredSets[1:])]
-    if common:
-        out["required"] = common
+    # The names every branch requires, in the first branch's order.
+    common = set(branches[0].get("required", []))
+    for branch in branches[1:]:
+        required = branch.get("required", [])
+        budget.spend(len(required))
+        common = common.intersection(required)
+    required = [r for r in branches[0].get("required", []) if r in common]
+    if required:
+        out["required"] = required
     return out
 
 
@@ -484,19 +570,11 @@ def _inferType(node: Schema) -> str:
     return "string"
 
 
-def _isInt(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _isNumber(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 _ENUM_TYPES: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("string", lambda v: isinstance(v, str)),
     ("boolean", lambda v: isinstance(v, bool)),
-    ("integer", _isInt),
-    ("number", _isNumber),
+    ("integer", isInt),
+    ("number", isNumber),
 )
 
 
@@ -534,28 +612,37 @@ def _isOnlyNull(schema: Any) -> bool:
     )
 
 
-def _intersect(a: list[Any], b: list[Any]) -> list[Any]:
+def _intersect(a: list[Any], b: list[Any], budget: SchemaBudget) -> list[Any]:
     """Values in both lists, by JSON value (so 1 and true stay apart)."""
     keys = {_key(v) for v in b}
-    return [v for v in a if _key(v) in keys]
+    out = []
+    for value in a:
+        key = _key(value)
+        budget.spend()
+        budget.text(key)
+        if key in keys:
+            out.append(value)
+    budget.spend(len(b))
+    return out
 
 
 def _key(value: Any) -> str:
+    """A JSON value as text, the same for equal values (object keys sorted)."""
     return json.dumps(value, sort_keys=True, default=str)
 
 
 def _unique(values: Any) -> list[Any]:
-    out: list[Any] = []
-    for value in values:
-        if value not in out:
-            out.append(value)
-    return out
+    """The values without repeats, in order (they are strings: a dict finds a repeat
+    at once, where searching a list would take as long as the list)."""
+    return list(dict.fromkeys(values))
 
 
-def _copy(value: Any) -> Any:
+def _copy(value: Any, budget: SchemaBudget | None = None) -> Any:
     """A deep copy of a JSON value, so the result shares nothing with the input."""
+    if isinstance(value, dict | list) and budget is not None:
+        budget.spend(len(value))
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: _copy(v, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return [_copy(v, budget) for v in value]
     return value

@@ -8,11 +8,18 @@ and usage, then `message_stop`. Upstreams send tool calls in every shape
 fragment, arguments whole, in pieces, as objects, or interleaved between parallel
 calls. This module turns all of them into that grammar, streaming each fragment
 as soon as it can be placed.
+
+Each chunk costs time in proportion to its own size, never to what came before it:
+a model writing a large file sends its arguments in many thousands of fragments, so
+they are kept as a list of pieces, and read once, piece by piece, to know when they
+form a whole JSON value (`_Progress`), instead of being joined and parsed again for
+every fragment.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,33 +41,61 @@ Event = dict[str, Any]
 class _Call:
     """One tool call being assembled from fragments."""
 
-    __slots__ = ("arguments", "block", "closed", "id", "name", "sent")
+    __slots__ = ("_parts", "_progress", "_unsent", "block", "closed", "id", "length", "name")
 
     def __init__(self, callId: str) -> None:
         self.id = callId
         self.name: str | None = None
-        self.arguments = ""
-        self.sent = 0
-        """How much of `arguments` has gone out as input_json_delta."""
+        self._parts: list[str] = []
+        """The arguments so far, as the pieces they came in."""
+        self.length = 0
+        """The length of the arguments so far."""
+        self._unsent: list[str] = []
+        """The pieces that have not gone out as input_json_delta yet."""
+        self._progress = _Progress()
         self.block: int | None = None
         self.closed = False
 
     def add(self, fragment: str) -> None:
         if not fragment or self.closed:
             return
+        # Only a fragment as long as the text so far can be a cumulative snapshot (the
+        # whole text so far, not a piece of it), so this costs the fragment's length.
         if (
-            self.arguments
-            and fragment.startswith(self.arguments)
-            and not _isJSON(self.arguments + fragment)
+            self.length
+            and len(fragment) >= self.length
+            and fragment.startswith(self.arguments())
+            and not _isJSON(self.arguments() + fragment)
         ):
-            # A cumulative snapshot (the whole text so far, not a piece of it).
-            self.arguments = fragment
+            sent = self.length - sum(map(len, self._unsent))
+            self._parts, self._unsent = [fragment], [fragment[sent:]]
+            self.length = len(fragment)
+            self._progress = _Progress()
         else:
-            self.arguments += fragment
+            self._parts.append(fragment)
+            self._unsent.append(fragment)
+            self.length += len(fragment)
+        self._progress.feed(fragment)
+
+    def arguments(self) -> str:
+        """The arguments so far, as one text (joined once, then kept whole)."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def unsent(self) -> str:
+        """What has not gone out yet, now counted as sent."""
+        pending = "".join(self._unsent)
+        self._unsent = []
+        return pending
+
+    def same(self, arguments: str) -> bool:
+        """Whether `arguments` is the whole text so far (it costs its own length)."""
+        return len(arguments) == self.length and arguments == self.arguments()
 
     def complete(self) -> bool:
         """Whether the arguments so far are a whole JSON value (the call is done)."""
-        return bool(self.arguments.strip()) and _isJSON(self.arguments)
+        return self._progress.complete(self.arguments)
 
 
 def _isJSON(text: str) -> bool:
@@ -69,6 +104,109 @@ def _isJSON(text: str) -> bool:
     except orjson.JSONDecodeError:
         return False
     return True
+
+
+_NOT_BLANK = re.compile(r"[^ \t\n\r]")  # JSON's whitespace is these four
+_STRUCTURE = re.compile(r'[][{}"]')
+# A string's text up to its closing quote, escapes included (or up to a backslash
+# that ends the piece, its escaped character being in the next one).
+_STRING_BODY = re.compile(r'(?:[^"\\]+|\\.)*', re.DOTALL)
+# A top-level scalar (not a function's arguments, which are an object) is parsed
+# whole while it is at most this long, and taken as never complete beyond.
+_SCALAR_LIMIT = 64
+
+
+class _Progress:
+    """Whether a JSON text read piece by piece is a whole value yet, reading each
+    piece once.
+
+    The brackets and strings of an object, an array or a string are followed to
+    where the value closes; only then is the text parsed, once, to tell whether it
+    is valid JSON (an unclosed value never is, and a closed one followed by more
+    than whitespace never becomes one).
+    """
+
+    __slots__ = ("depth", "escaped", "inString", "scalar", "state", "valid")
+
+    def __init__(self) -> None:
+        self.state = "blank"
+        """blank (only whitespace so far), open, closed, scalar, or trailing (text
+        after the closed value: never valid)."""
+        self.depth = 0
+        self.inString = False
+        self.escaped = False
+        self.valid: bool | None = None
+        """Whether the closed value parses (None: not parsed yet)."""
+        self.scalar: list[str] = []
+        """A top-level scalar's text, while it is short enough to parse."""
+
+    def feed(self, piece: str) -> None:
+        at = 0
+        while at < len(piece):
+            if self.state == "blank":
+                found = _NOT_BLANK.search(piece, at)
+                if found is None:
+                    return
+                at = found.start()
+                if piece[at] in "{[":
+                    self.state, self.depth, at = "open", 1, at + 1
+                elif piece[at] == '"':
+                    self.state, self.inString, at = "open", True, at + 1
+                else:
+                    self.state = "scalar"
+            elif self.state == "open":
+                at = self._scan(piece, at)
+            elif self.state == "closed":
+                if _NOT_BLANK.search(piece, at) is not None:
+                    self.state = "trailing"
+                return
+            elif self.state == "scalar":
+                if sum(map(len, self.scalar)) <= _SCALAR_LIMIT:
+                    self.scalar.append(piece[at : at + _SCALAR_LIMIT + 1])
+                return
+            else:
+                return
+
+    def _scan(self, piece: str, at: int) -> int:
+        """Follow an open value from `at`; where the scan stopped."""
+        if self.inString:
+            if self.escaped:
+                self.escaped = False
+                at += 1
+            at = _STRING_BODY.match(piece, at).end()  # always matches, if only ""
+            if at == len(piece):
+                return at
+            if piece[at] == "\\":
+                self.escaped = True
+            else:  # the closing quote
+                self.inString = False
+                if self.depth == 0:
+                    self.state = "closed"
+            return at + 1
+        found = _STRUCTURE.search(piece, at)
+        if found is None:
+            return len(piece)
+        mark = found.group()
+        if mark == '"':
+            self.inString = True
+        elif mark in "{[":
+            self.depth += 1
+        else:
+            self.depth -= 1
+            if self.depth == 0:
+                self.state = "closed"
+        return found.end()
+
+    def complete(self, text: Callable[[], str]) -> bool:
+        """Whether the text read so far is one whole JSON value; `text` gives it."""
+        if self.state == "closed":
+            if self.valid is None:
+                self.valid = _isJSON(text())
+            return self.valid
+        if self.state == "scalar":
+            scalar = "".join(self.scalar)
+            return len(scalar) <= _SCALAR_LIMIT and _isJSON(scalar)
+        return False
 
 
 def _startsAnother(call: _Call, function: dict[str, Any]) -> bool:
@@ -82,7 +220,7 @@ def _startsAnother(call: _Call, function: dict[str, Any]) -> bool:
     if not call.complete():
         return False
     arguments = argumentsText(function.get("arguments"))
-    return bool(arguments.strip()) and arguments != call.arguments
+    return bool(arguments.strip()) and not call.same(arguments)
 
 
 class StreamTranslator:
@@ -110,12 +248,15 @@ class StreamTranslator:
         self._open: str | None = None
         """Kind of the open block: "text", "thinking", or "tool_use"."""
         self._calls: list[_Call] = []
+        self._placed = 0
+        """How many of `_calls` have a block: they get one in order, so the next to
+        place is found at once, however many calls there are."""
         self._byIndex: dict[int, _Call] = {}
         self._byId: dict[str, _Call] = {}
         self._liveCall: _Call | None = None
         self._textTail = ""
-        self._blank = ""
-        self._blankThinking = ""
+        self._blank: list[str] = []
+        self._blankThinking: list[str] = []
 
     # -- input ------------------------------------------------------------------
 
@@ -253,9 +394,9 @@ class StreamTranslator:
     def _thinking(self, text: str, events: list[Event]) -> None:
         if self._open != "thinking":
             if not text.strip():
-                self._blankThinking += text  # no block of nothing but whitespace
+                self._blankThinking.append(text)  # no block of nothing but whitespace
                 return
-            text, self._blankThinking = self._blankThinking + text, ""
+            text, self._blankThinking = "".join([*self._blankThinking, text]), []
             self._flushCalls(events)
             self._openBlock(
                 "thinking", {"type": "thinking", "thinking": "", "signature": ""}, events
@@ -281,9 +422,9 @@ class StreamTranslator:
         if self._open != "text":
             if not text.strip():
                 # Held back: a block of nothing but whitespace is no text block.
-                self._blank += text
+                self._blank.append(text)
                 return
-            text, self._blank = self._blank + text, ""
+            text, self._blank = "".join([*self._blank, text]), []
             self._flushCalls(events)
             self._openBlock("text", {"type": "text", "text": ""}, events)
         events.append(
@@ -367,10 +508,7 @@ class StreamTranslator:
             self._close(events)
 
     def _nextCall(self) -> _Call | None:
-        for call in self._calls:
-            if call.block is None:
-                return call
-        return None
+        return self._calls[self._placed] if self._placed < len(self._calls) else None
 
     def _startCall(self, call: _Call, events: list[Event]) -> None:
         call.block = self._openBlock(
@@ -383,21 +521,19 @@ class StreamTranslator:
             },
             events,
         )
+        self._placed += 1
         self._liveCall = call
 
     def _sendArguments(self, call: _Call, events: list[Event]) -> None:
-        if call.sent < len(call.arguments):
+        pending = call.unsent()
+        if pending:
             events.append(
                 {
                     "type": "content_block_delta",
                     "index": call.block,
-                    "delta": {
-                        "type": "input_json_delta",
-                        "partial_json": call.arguments[call.sent :],
-                    },
+                    "delta": {"type": "input_json_delta", "partial_json": pending},
                 }
             )
-            call.sent = len(call.arguments)
 
     def _flushCalls(self, events: list[Event]) -> None:
         """Place every call still waiting, in order (the answer is ending, or text

@@ -64,12 +64,15 @@ class ThinkTagSplitter:
     """Splits streamed content into thinking and text when it opens with `<think>`.
 
     Tags may arrive cut across deltas, so undecided characters wait (never more
-    than a tag's length) until the next delta settles them.
+    than a tag's length, after any whitespace) until the next delta settles them.
     """
 
     def __init__(self) -> None:
         self._state = "start"  # start -> text, or start -> inside -> after -> text
         self._held = ""
+        self._lead: list[str] = []
+        """At the start: the deltas so far, whitespace first. Kept as a list, since an
+        upstream may send any number of whitespace-only deltas before deciding."""
 
     def feed(self, content: str) -> list[tuple[str, str]]:
         """(kind, text) pieces, kind being "thinking" or "text"."""
@@ -80,19 +83,23 @@ class ThinkTagSplitter:
             self._state = "text"
         if self._state == "text":
             return [("text", content)]
-        self._held += content
         out: list[tuple[str, str]] = []
         if self._state == "start":
-            stripped = self._held.lstrip()
-            if stripped.startswith(_OPEN):
+            self._lead.append(content)
+            # What follows the leading whitespace: at most a tag's length is held.
+            self._held = self._held + content if self._held else content.lstrip()
+            if self._held.startswith(_OPEN):
                 self._state = "inside"
-                self._held = stripped[len(_OPEN) :].lstrip("\n")
-            elif _OPEN.startswith(stripped):
+                self._held = self._held[len(_OPEN) :].lstrip("\n")
+                self._lead = []
+            elif _OPEN.startswith(self._held):
                 return out  # maybe the tag, not yet whole
             else:
                 self._state = "text"
-                held, self._held = self._held, ""
+                held, self._held, self._lead = "".join(self._lead), "", []
                 return [("text", held)]
+        else:
+            self._held += content
         end = self._held.find(_CLOSE)
         if end >= 0:
             thinking, rest = self._held[:end], self._held[end + len(_CLOSE) :]
@@ -109,7 +116,8 @@ class ThinkTagSplitter:
 
     def finish(self) -> list[tuple[str, str]]:
         """What is still held when the content ends."""
-        held, self._held = self._held, ""
+        held = "".join(self._lead) if self._state == "start" else self._held
+        self._held, self._lead = "", []
         if not held:
             return []
         return [("thinking" if self._state == "inside" else "text", held)]
