@@ -287,6 +287,26 @@ def _stream(build: Callable[[int], list[dict]], think_tags: bool = False):
     )
 
 
+def sse_line(size: int) -> Callable[[], Any]:
+    """One `data:` line of `size` bytes (a file a tool call writes) read as an
+    upstream's stream arrives: in TCP-sized reads, through ccproxy's SSE parser."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from ccproxy.relay.sse import SSEParser
+
+    line = b"data: " + b"x" * size + b"\n\n"
+    reads = [line[i : i + 1460] for i in range(0, len(line), 1460)]
+
+    def run() -> None:
+        parser = SSEParser(lambda data: None, Clock(), 30.0, "up", maxLineLength=64 << 20)
+        parser.makeConnection(StringTransport())
+        for read in reads:
+            parser.dataReceived(read)
+
+    return run
+
+
 DIMENSIONS = [
     Dimension("messages", 2000, "messages", *_request(conversation)),
     Dimension("tools", 200, "tools", *_request(tools)),
@@ -315,6 +335,7 @@ DIMENSIONS = [
     Dimension("stream: tool calls", 500, "calls", *_stream(many_calls)),
     Dimension("stream: blank text deltas", 20_000, "deltas", *_stream(blank_deltas)),
     Dimension("stream: blank deltas, think tags", 20_000, "deltas", *_stream(blank_deltas, True)),
+    Dimension("sse: one long line, 1460-byte reads", 256 * 1024, "bytes", sse_line, lambda n: n),
 ]
 
 
