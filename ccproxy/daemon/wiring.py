@@ -31,6 +31,7 @@ from ccproxy.daemon.logs import (
 from ccproxy.daemon.service import ProxyService
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
+from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
 from ccproxy.web.app import ProxyApp
 from ccproxy.web.site import ProxySite
@@ -78,7 +79,7 @@ def buildService(
         return httpWithTimeout(upstream.policy.connectTimeout)
 
     client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
-    dispatcher = Dispatcher(client, reactor, UpstreamState(reactor))
+    dispatcher = Dispatcher(client, reactor, UpstreamState(reactor), offload=Offload(reactor))
     app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     http = listenService(config.listen, config.reusePort, site, reactor)

@@ -36,6 +36,7 @@ from ccproxy.errors import ProxyError, upstreamError
 from ccproxy.observe.accesslog import Attempt
 from ccproxy.upstream.breaker import OPEN, Breaker
 from ccproxy.upstream.client import MAX_ERROR_BYTES, UpstreamClient, isEventStream, responseHeaders
+from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, Rendering
 from ccproxy.upstream.slots import Slots
 
@@ -220,6 +221,8 @@ class Dispatcher:
     clock: IReactorTime
     state: UpstreamState
     random: Callable[[], float] = random.random
+    offload: Offload = field(factory=Offload)
+    """Where a large request is translated (off the reactor thread)."""
     log: ClassVar[Logger] = Logger()
 
     def reconfigure(self, config: Config) -> None:
@@ -261,7 +264,8 @@ class Dispatcher:
         for target in plan.targets:
             upstream = plan.upstreams[target.upstream]
             gate = self.state.gate(upstream)
-            body = plan.bodyFor(upstream, target)  # a client's mistake: 400, no attempt
+            # A client's mistake is a 400 here, before any attempt.
+            body = await self.offload.run(plan.size, plan.bodyFor, upstream, target)
             hop = _Hop(plan, upstream, target, gate, body, callerKey)
             if not gate.breaker.allow():
                 attempts.append(Attempt(upstream.name, None, note="skipped, circuit open"))

@@ -76,6 +76,8 @@ class Plan:
     """The config's upstreams when the request began (a reload does not move it)."""
     defaultMaxTokens: int
     maxResponseBytes: int
+    size: int = 0
+    """Bytes of the request as it came (how much work translating it is)."""
 
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:

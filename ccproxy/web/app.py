@@ -92,7 +92,7 @@ class ProxyApp:
     def __attrs_post_init__(self) -> None:
         self.usage = UsageBook(self.startedAt)
         self.accessLog = AccessLog(self.metrics, self.usage)
-        self.messagesAPI = MessagesAPI(self.dispatcher, self.clock)
+        self.messagesAPI = MessagesAPI(self.dispatcher, self.clock, self.dispatcher.offload)
         self.metrics.generation.set(self.generation)
         self.metrics.watchBreakers(
             lambda: [(name, h.breaker) for name, h in self._health().items()]
@@ -210,9 +210,9 @@ class ProxyApp:
 
     @router.route("/v1/messages/count_tokens", methods=["POST"])
     @api("count_tokens")
-    def countTokens(self, call: Call) -> bytes:
+    async def countTokens(self, call: Call) -> bytes:
         """The request's input tokens, estimated without calling an upstream."""
-        return self.messagesAPI.countTokens(call)
+        return await self.messagesAPI.countTokens(call)
 
     @router.route("/v1/messages", methods=["POST"])
     @api("messages")

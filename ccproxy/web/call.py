@@ -43,6 +43,8 @@ class Call:
     """The relay of the answer being streamed, if one is (`max_duration` ends it)."""
     expired: bool = False
     """`max_duration` ran out (a timeout, not a client that left)."""
+    bodySize: int = 0
+    """Bytes of the request body, once read."""
 
 
 def requestId(request: IRequest, makeId: Callable[[], str] = newId) -> str:
@@ -90,6 +92,7 @@ def readJSON(call: Call) -> dict[str, Any]:
     request.content = BytesIO()
     if len(raw) > config.maxBodyBytes:
         raise bodyTooLarge(config)
+    call.bodySize = len(raw)
     if config.logPayloads:
         call.record.requestPayload = raw
     try:

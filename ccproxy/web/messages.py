@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import orjson
 from attrs import define, field
@@ -25,6 +26,7 @@ from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.tokens import estimateTokens
 from ccproxy.upstream.dispatch import Answer, Dispatcher
+from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, nestedTooDeep
 from ccproxy.web.auth import ClientLimits, callerKey
 from ccproxy.web.call import Call, jsonReply, modelName, readJSON
@@ -36,6 +38,7 @@ class MessagesAPI:
 
     dispatcher: Dispatcher
     clock: IReactorTime
+    offload: Offload = field(factory=Offload)
     clientLimits: dict[str, ClientLimits] = field(factory=dict)
     streamsInFlight: int = 0
 
@@ -56,6 +59,7 @@ class MessagesAPI:
                 upstreams=config.upstreams,
                 defaultMaxTokens=config.defaultMaxTokens,
                 maxResponseBytes=config.maxResponseBytes,
+                size=call.bodySize,
             )
             del body
             try:
@@ -76,7 +80,7 @@ class MessagesAPI:
                     record.upstreamModel = _modelAt(route.targets, e.upstream, model)
                 raise
 
-    def countTokens(self, call: Call) -> bytes:
+    async def countTokens(self, call: Call) -> bytes:
         """`POST /v1/messages/count_tokens`: estimated on the request as the route's
         first upstream would receive it."""
         config, record = call.config, call.record
@@ -92,13 +96,9 @@ class MessagesAPI:
                 profile = config.upstreams[target.upstream].profile
                 upstreamModel = record.upstreamModel = target.modelFor(model)
                 record.upstream = target.upstream
-            translated = toOpenAI(
-                body, model=upstreamModel, profile=profile, defaultMaxTokens=config.defaultMaxTokens
+            tokens = await self.offload.run(
+                call.bodySize, _countTokens, body, upstreamModel, profile, config.defaultMaxTokens
             )
-            try:
-                tokens = estimateTokens(translated)
-            except orjson.JSONEncodeError:
-                raise nestedTooDeep() from None
             record.status = 200
             return jsonReply(call.request, {"input_tokens": tokens})
 
@@ -149,6 +149,16 @@ class MessagesAPI:
                 _record(call, relay.verdict)
                 answer.settle(relay.verdict.ok)
         return None
+
+
+def _countTokens(body: dict[str, Any], model: str, profile: Profile, defaultMaxTokens: int) -> int:
+    """The estimate for `body` as `model` on an upstream of `profile` would get it
+    (pure, so it can run in a thread)."""
+    translated = toOpenAI(body, model=model, profile=profile, defaultMaxTokens=defaultMaxTokens)
+    try:
+        return estimateTokens(translated)
+    except orjson.JSONEncodeError:
+        raise nestedTooDeep() from None
 
 
 def _record(call: Call, verdict: Verdict) -> None:
