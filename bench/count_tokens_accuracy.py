@@ -954,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "set CCPROXY_LLAMA_SERVER (the llama-server binary) and CCPROXY_LLAMA_MODEL_DIR "
             f"(the folder with {MODEL_FILE} and {TEMPLATE_FILE}); "
-            "/work/shared/real-upstream.md says how to build them",
+            "docs/real-upstream.md says how to build them",
             file=sys.stderr,
         )
         return 2

@@ -1,6 +1,6 @@
 """Anthropic error envelope, status table and upstream error translation (ccproxy.errors).
 
-The body shapes are the ones real gateways send (../shared/upstream-quirks.md, row
+The body shapes are the ones real gateways send (docs/upstream-quirks.md, row
 "errors" and checklist item 10).
 """
 

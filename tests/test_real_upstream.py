@@ -9,7 +9,7 @@ calls with arguments in fragments, answers a context overflow with a real 400, a
 fails mid-stream with a real `data: {"error": …}` after HTTP 200.
 
 Opt-in, because building llama-server takes ~8 minutes (see
-/work/shared/real-upstream.md, "llama.cpp's llama-server"): set
+docs/real-upstream.md, "llama.cpp's llama-server"): set
 
     CCPROXY_LLAMA_SERVER=/path/to/build-llama/bin/llama-server
     CCPROXY_LLAMA_MODEL_DIR=/path/to/models   # SmolLM2-135M-Instruct.Q4_1.gguf and
@@ -51,7 +51,7 @@ def _llamaFiles() -> tuple[Path, Path, Path] | str:
         return (
             "real-upstream tests are opt-in: set CCPROXY_LLAMA_SERVER (a llama-server binary) "
             f"and CCPROXY_LLAMA_MODEL_DIR (a folder with {MODEL_FILE} and {TEMPLATE_FILE}); "
-            "see /work/shared/real-upstream.md to build them"
+            "see docs/real-upstream.md to build them"
         )
     files = (Path(binary), Path(modelDir) / MODEL_FILE, Path(modelDir) / TEMPLATE_FILE)
     missing = [str(path) for path in files if not path.is_file()]

@@ -1,7 +1,7 @@
 """OpenAI chat completion -> Anthropic message (ccproxy.translate.response).
 
 Rows follow the README's "Response, OpenAI -> Anthropic" table and the upstream quirks
-in ../shared/upstream-quirks.md (content null or a list of parts, arguments as objects,
+in docs/upstream-quirks.md (content null or a list of parts, arguments as objects,
 missing ids, `finish_reason: "stop"` with tool calls, DeepSeek/Kimi usage shapes).
 """
 

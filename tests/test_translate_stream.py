@@ -1,5 +1,5 @@
 """StreamTranslator without a reactor: recorded chunk sequences for every upstream
-quirk (`../shared/upstream-quirks.md`), each checked event by event; a checker for
+quirk (`docs/upstream-quirks.md`), each checked event by event; a checker for
 the event grammar Claude Code needs; and a property test holding the streamed
 answer to what `fromOpenAI` makes of the same answer sent whole."""
 
@@ -28,7 +28,7 @@ from ccproxy.translate.thinking import ThinkTagSplitter, splitThinkTags
 
 MESSAGE_ID = "msg_test"
 MODEL = "claude-test"
-FIXTURES = Path("/work/shared/fixtures/claude-code/responses")
+FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "responses"
 
 Event = dict[str, Any]
 

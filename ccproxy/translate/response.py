@@ -1,6 +1,6 @@
 """OpenAI chat/completions answer -> Anthropic message.
 
-Upstreams deviate (`../shared/upstream-quirks.md`): arguments as objects, missing
+Upstreams deviate (`docs/upstream-quirks.md`): arguments as objects, missing
 tool-call ids, `content: null` or a list of parts, `finish_reason: "stop"` with tool
 calls, usage under different names. This module holds that vocabulary once; the
 stream translator reuses it so both paths agree on every answer.

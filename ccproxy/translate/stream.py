@@ -4,7 +4,7 @@ Claude Code needs a strict grammar: `message_start`, then per block
 `content_block_start`, deltas of the block's own type, `content_block_stop` (one
 block open at a time, indices 0, 1, 2, …), then `message_delta` with the stop reason
 and usage, then `message_stop`. Upstreams send tool calls in every shape
-(`../shared/upstream-quirks.md`): index missing or always 0, ids once or on every
+(`docs/upstream-quirks.md`): index missing or always 0, ids once or on every
 fragment, arguments whole, in pieces, as objects, or interleaved between parallel
 calls. This module turns all of them into that grammar, streaming each fragment
 as soon as it can be placed.
