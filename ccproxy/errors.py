@@ -58,6 +58,17 @@ class ProxyError(Exception):
         """The upstream the failure came from (for the access log), if any."""
         self.upstreamStatus = upstreamStatus
 
+    def naming(self, upstream: str) -> ProxyError:
+        """This error as one of `upstream`'s: its message starts with the name."""
+        return ProxyError(
+            self.status,
+            f"{upstream}: {self.message}",
+            self.errorType,
+            self.headers,
+            upstream,
+            self.upstreamStatus,
+        )
+
     def __repr__(self) -> str:
         return f"ProxyError({self.status}, {self.errorType}, {self.message!r})"
 
@@ -70,7 +81,13 @@ def invalidRequest(message: str) -> ProxyError:
 def badGateway(upstream: str, why: str, status: int = 502) -> ProxyError:
     """The upstream failed us (unreachable, silent, cut off, unreadable): a 502 (or
     the given 5xx, e.g. 504 for silence) whose message starts with its name."""
-    return ProxyError(status, f"{upstream}: {why}", "api_error", upstream=upstream)
+    return brokenAnswer(why, status).naming(upstream)
+
+
+def brokenAnswer(why: str, status: int = 502) -> ProxyError:
+    """An answer the translator cannot use (not an object, no choices, cut short):
+    a 502; whoever knows which upstream sent it names it (`ProxyError.naming`)."""
+    return ProxyError(status, why, "api_error")
 
 
 def errorBody(errorType: str, message: str, requestId: str | None = None) -> dict[str, Any]:

@@ -188,7 +188,7 @@ class StreamRelay:
             try:
                 writer.add(translator.feed(chunk))
             except ProxyError as e:  # the upstream's own error, said inside the stream
-                raise ProxyError(e.status, f"{upstream.name}: {e.message}", e.errorType) from None
+                raise e.naming(upstream.name) from None
 
         parser = self._parser = SSEParser(
             onData,
@@ -207,7 +207,10 @@ class StreamRelay:
             # A slow reader pauses the upstream instead of making us buffer its stream.
             request.registerProducer(parser.transport, True)
             await parser.finished
-            writer.write(translator.finish(parser.sawDone))
+            try:
+                writer.write(translator.finish(parser.sawDone))
+            except ProxyError as e:  # cut short
+                raise e.naming(upstream.name) from None
             ok = True
         except ProxyError as e:
             writer.writeError(e)

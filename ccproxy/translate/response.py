@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ccproxy.errors import ProxyError
+from ccproxy.errors import brokenAnswer
 from ccproxy.translate.thinking import reasoningText, splitThinkTags, thinkingBlock
 
 _STOP_REASONS = {
@@ -81,10 +81,10 @@ def fromOpenAI(
 def firstChoice(data: Any) -> dict[str, Any]:
     """The answer's first choice; an answer without one is the upstream's fault (502)."""
     if not isinstance(data, dict):
-        raise ProxyError(502, "the upstream's answer is not a JSON object", "api_error")
+        raise brokenAnswer("the upstream's answer is not a JSON object")
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ProxyError(502, "the upstream's answer holds no choices", "api_error")
+        raise brokenAnswer("the upstream's answer holds no choices")
     return choices[0]
 
 

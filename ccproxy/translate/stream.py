@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ccproxy.errors import ProxyError, extractMessage, statusInBody
+from ccproxy.errors import ProxyError, brokenAnswer, extractMessage, statusInBody
 from ccproxy.translate.response import (
     anthropicUsage,
     argumentsText,
@@ -287,7 +287,7 @@ class StreamTranslator:
         """Events for one decoded `data:` payload. Raises `ProxyError` for an error
         chunk, which the caller turns into an `event: error`."""
         if not isinstance(chunk, dict):
-            raise ProxyError(502, "the upstream sent a stream chunk that is not an object")
+            raise brokenAnswer("the upstream sent a stream chunk that is not an object")
         if chunk.get("error") and not chunk.get("choices"):
             raise streamError(chunk)
         events: list[Event] = []
@@ -321,7 +321,7 @@ class StreamTranslator:
             if finish == "error":
                 if chunk.get("error"):
                     raise streamError(chunk)  # OpenRouter says why beside the finish
-                raise ProxyError(502, "the upstream ended its answer with an error", "api_error")
+                raise brokenAnswer("the upstream ended its answer with an error")
             self.finishReason = finish
             if choice.get("matched_stop") is not None:
                 self.matchedStop = choice.get("matched_stop")
@@ -335,9 +335,7 @@ class StreamTranslator:
         taking half an answer for a whole one.
         """
         if self.finishReason is None and not sawDone:
-            raise ProxyError(
-                502, "the upstream ended the stream before finishing its answer", "api_error"
-            )
+            raise brokenAnswer("the upstream ended the stream before finishing its answer")
         events: list[Event] = []
         if self._tags is not None:
             self._tagged(self._tags.finish(), events)

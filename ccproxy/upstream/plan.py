@@ -43,14 +43,17 @@ class Rendering:
             raise badGateway(upstream.name, f"the answer is not JSON: {raw[:200]!r}") from None
         if isinstance(data, dict) and "error" in data and not data.get("choices"):
             raise errorInBody(upstream.name, raw, data)
-        return fromOpenAI(
-            data,
-            messageId=self.messageId,
-            model=self.model,
-            stopSequences=self.stops,
-            thinkTags=upstream.profile.thinkTags,
-            toolName=self.names.fromUpstream,
-        )
+        try:
+            return fromOpenAI(
+                data,
+                messageId=self.messageId,
+                model=self.model,
+                stopSequences=self.stops,
+                thinkTags=upstream.profile.thinkTags,
+                toolName=self.names.fromUpstream,
+            )
+        except ProxyError as e:  # an answer the translator cannot use
+            raise e.naming(upstream.name) from None
 
     def streamTranslator(self, upstream: Upstream) -> StreamTranslator:
         """A translator of `upstream`'s stream into this client's events."""
