@@ -13,6 +13,7 @@ from typing import Any
 from attrs import define, field
 from twisted.logger import Logger
 
+from ccproxy.errors import Redact
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
 
@@ -128,8 +129,14 @@ class AccessLog:
     metrics: Metrics
     usage: UsageBook
 
-    def write(self, record: AccessRecord, now: float, payloadMaxChars: int | None) -> None:
-        """Emit one request's event; `payloadMaxChars` set means payload logging is on."""
+    def write(
+        self, record: AccessRecord, now: float, payloadMaxChars: int | None, redact: Redact
+    ) -> None:
+        """Emit one request's event; `payloadMaxChars` set means payload logging is on.
+        The error message and the payloads go through `redact` (an upstream's words,
+        and a prompt, may hold a key); the operator still reads the rest in full."""
+        if record.errorMessage:
+            record.errorMessage = redact(record.errorMessage)
         fields = record.fields(now)
         if record.status >= 500:
             _accessLog.warn(_FORMAT, **fields)
@@ -142,18 +149,22 @@ class AccessLog:
             _payloadLog.info(
                 "{request_id} request {request_body}\n{request_id} response {response_body}",
                 request_id=record.requestId,
-                request_body=_truncate(record.requestPayload, payloadMaxChars),
-                response_body=_truncate(record.responsePayload or b"", payloadMaxChars),
+                request_body=_excerpt(record.requestPayload, payloadMaxChars, redact),
+                response_body=_excerpt(record.responsePayload or b"", payloadMaxChars, redact),
                 status=record.status,
                 stream=record.stream,
             )
 
 
-def _truncate(payload: bytes, limit: int) -> str:
+_KEY_MARGIN = 4096
+"""Characters past the cut redacted with the rest, so that a key across it goes whole."""
+
+
+def _excerpt(payload: bytes, limit: int, redact: Redact) -> str:
     text = payload.decode("utf-8", "replace")
     if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… [{len(text) - limit} more chars]"
+        return redact(text)
+    return f"{redact(text[: limit + _KEY_MARGIN])[:limit]}… [{len(text) - limit} more chars]"
 
 
 def _target(upstream: str | None, model: str | None) -> str:

@@ -40,6 +40,7 @@ from ccproxy.web.call import (
     newId,
     queryInt,
     queryText,
+    redactFor,
     requestId,
 )
 from ccproxy.web.messages import MessagesAPI
@@ -122,8 +123,9 @@ class ProxyApp:
 
     def logRefused(self, record: AccessRecord) -> None:
         """A request the site refused before it reached a route (no key, too
-        large, too slow) leaves its access event too."""
-        self.accessLog.write(record, self.clock.seconds(), None)
+        large, too slow) leaves its access event too (its message is ours, but
+        goes through the same redaction as every other)."""
+        self.accessLog.write(record, self.clock.seconds(), None, self.config.redactor.redact)
 
     def _health(self) -> dict[str, Any]:
         return self.dispatcher.health(sorted(self.config.upstreams))
@@ -258,6 +260,7 @@ class ProxyApp:
                 call.record,
                 self.clock.seconds(),
                 config.logPayloadMaxChars if config.logPayloads else None,
+                call.redact,
             )
             if self.inFlight == 0:
                 waiters, self._idle = self._idle, []
@@ -285,7 +288,7 @@ class ProxyApp:
             return result
         except ProxyError as e:
             record.fail(e.status, e.errorType, e.message)
-            return errorReply(call.request, e)
+            return errorReply(call.request, e, call.redact)
         except CancelledError:
             if call.expired:
                 error = ProxyError(
@@ -294,7 +297,7 @@ class ProxyApp:
                     "api_error",
                 )
                 record.fail(error.status, error.errorType, error.message)
-                return errorReply(call.request, error)
+                return errorReply(call.request, error, call.redact)
             record.fail(499, "cancelled", "the client went away")
             raise
 
@@ -311,16 +314,19 @@ class ProxyApp:
 
     # -- errors outside the handlers ---------------------------------------------
 
+    def _errorReply(self, request: IRequest, error: ProxyError) -> bytes:
+        return errorReply(request, error, redactFor(request, self.config))
+
     @router.handle_errors(ProxyError)
     def proxyError(self, request: IRequest, failure: Failure) -> bytes:
         """A `ProxyError` raised outside `serve`: its envelope."""
-        return errorReply(request, failure.value)
+        return self._errorReply(request, failure.value)
 
     @router.handle_errors(NotFound)
     def notFound(self, request: IRequest, failure: Failure) -> bytes:
         """No route here: a 404 envelope naming the path."""
         path = request.path.decode("utf-8", "replace")
-        return errorReply(request, ProxyError(404, f"no such endpoint: {path}"))
+        return self._errorReply(request, ProxyError(404, f"no such endpoint: {path}"))
 
     @router.handle_errors(MethodNotAllowed)
     def methodNotAllowed(self, request: IRequest, failure: Failure) -> bytes:
@@ -328,7 +334,7 @@ class ProxyApp:
         allowed = ", ".join(failure.value.valid_methods or ())
         method = request.method.decode("ascii", "replace")
         request.setHeader(b"allow", allowed.encode())
-        return errorReply(
+        return self._errorReply(
             request,
             ProxyError(
                 405,
@@ -343,4 +349,4 @@ class ProxyApp:
         if failure.check(CancelledError):
             return None
         self.log.failure("Unexpected error answering {path}", failure, path=request.path)
-        return errorReply(request, ProxyError(500, "internal error in ccproxy", "api_error"))
+        return self._errorReply(request, ProxyError(500, "internal error in ccproxy", "api_error"))

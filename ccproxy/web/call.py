@@ -18,9 +18,10 @@ from attrs import define
 from twisted.web.iweb import IRequest
 
 from ccproxy.config.model import Client, Config
-from ccproxy.errors import ProxyError, errorBody, invalidRequest
+from ccproxy.errors import ProxyError, Redact, errorBody, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.relay.relay import StreamRelay
+from ccproxy.web.auth import callerKey
 
 JSON = b"application/json"
 
@@ -45,6 +46,18 @@ class Call:
     """`max_duration` ran out (a timeout, not a client that left)."""
     bodySize: int = 0
     """Bytes of the request body, once read."""
+
+    def redact(self, text: str) -> str:
+        """`text` fit for the client or a log: see `redactFor`."""
+        return redactFor(self.request, self.config)(text)
+
+
+def redactFor(request: IRequest, config: Config) -> Redact:
+    """What takes secrets out of text about `request`: the config's own, anything
+    key-shaped, and the key the caller sent (which an upstream without a key of its
+    own was given, and may echo back)."""
+    key = callerKey(request)
+    return lambda text: config.redactor.redact(text, key)
 
 
 def requestId(request: IRequest, makeId: Callable[[], str] = newId) -> str:
@@ -74,12 +87,13 @@ def errorHeaders(error: ProxyError) -> dict[bytes, bytes]:
     return headers
 
 
-def errorReply(request: IRequest, error: ProxyError) -> bytes:
-    """An Anthropic error envelope with the error's status."""
+def errorReply(request: IRequest, error: ProxyError, redact: Redact) -> bytes:
+    """An Anthropic error envelope with the error's status. The message goes
+    through `redact`: an upstream's words may hold the key it was sent."""
     request.setResponseCode(error.status)
     for name, value in errorHeaders(error).items():
         request.setHeader(name, value)
-    return jsonReply(request, errorBody(error.errorType, error.message, requestId(request)))
+    return jsonReply(request, errorBody(error.errorType, redact(error.message), requestId(request)))
 
 
 def readJSON(call: Call) -> dict[str, Any]:

@@ -138,6 +138,7 @@ class MessagesAPI:
             config.pingInterval,
             config.maxLineBytes,
             config.logPayloadMaxChars if config.logPayloads else 0,
+            call.redact,
         )
         self.streamsInFlight += 1
         try:
