@@ -120,6 +120,11 @@ class Config:
     allowOpen: bool = False
     reusePort: bool = False
     """Bind with SO_REUSEPORT, so several processes can serve one port."""
+    metricsAuth: str = "admin"
+    """Who may read `/metrics` and `/healthz`'s details: `admin` (an admin client's
+    key or `metricsToken`; anyone while neither is configured) or `none` (anyone)."""
+    metricsToken: str | None = field(default=None, repr=False)
+    """A scrape token for `/metrics` (Prometheus sends it as a bearer)."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
@@ -135,6 +140,7 @@ class Config:
             yield from upstream.secrets()
         for client in self.clients:
             yield client.key
+        yield self.metricsToken
 
     # The readers live in `ccproxy.config.load`; these are their usual front doors.
 

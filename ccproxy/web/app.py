@@ -12,6 +12,7 @@ error envelope with its status; after a stream has started, it is an
 from __future__ import annotations
 
 import functools
+import hmac
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -26,13 +27,13 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ccproxy.config.model import Config
+from ccproxy.config.model import Config, keyDigest
 from ccproxy.errors import ProxyError
 from ccproxy.observe.accesslog import AccessLog, AccessRecord
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
 from ccproxy.upstream.dispatch import Dispatcher
-from ccproxy.web.auth import authenticate
+from ccproxy.web.auth import authenticate, callerKey
 from ccproxy.web.call import (
     Call,
     errorReply,
@@ -67,6 +68,40 @@ def api(endpoint: str, admin: bool = False) -> Callable[[Handler], Handler]:
         return route  # type: ignore[return-value]
 
     return decorate
+
+
+def mayObserve(request: IRequest, config: Config, admin: bool) -> bool:
+    """Whether the caller may see inside the proxy: `/metrics` names every client
+    with its models, statuses and tokens (`admin`: an admin client's key), and
+    `/healthz`'s details name the upstreams (any client's key). The
+    `metrics_token` opens both. So does `metrics_auth: none`, and so does a daemon
+    with neither clients nor a token: its API already serves whoever can reach it
+    (loopback, unless `allow_open`), and there are no client names to give away.
+
+    False for a caller without a key where a bare answer will do (not `admin`);
+    a `ProxyError` otherwise: 401 without a key or with a wrong one, 403 for a
+    client that is not an admin.
+    """
+    token = config.metricsToken
+    if config.metricsAuth == "none" or (not config.clients and token is None):
+        return True
+    key = callerKey(request)
+    if not key:
+        if not admin:
+            return False
+        raise ProxyError(
+            401, "/metrics needs a key: an admin client's, or metrics_token as a bearer"
+        )
+    if token is not None and hmac.compare_digest(keyDigest(key), keyDigest(token)):
+        return True
+    client = authenticate(request, config)
+    if client is None:  # a token, but no clients
+        raise ProxyError(401, "invalid API key")
+    if admin and not client.admin:
+        raise ProxyError(
+            403, "/metrics is for an admin client's key or metrics_token", "permission_error"
+        )
+    return True
 
 
 @define
@@ -139,7 +174,10 @@ class ProxyApp:
 
     @router.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> bytes:
-        """Liveness, with the config generation, load and each upstream's breaker."""
+        """Liveness for anyone (a probe sends no key); with a key (`mayObserve`),
+        the config generation, load and each upstream's breaker too."""
+        if not mayObserve(request, self.config, admin=False):
+            return jsonReply(request, {"status": "ok"})
         return jsonReply(
             request,
             {
@@ -155,7 +193,8 @@ class ProxyApp:
 
     @router.route("/metrics", methods=["GET"])
     def metricsPage(self, request: IRequest) -> bytes:
-        """Prometheus metrics."""
+        """Prometheus metrics, for an admin or the scrape token (`mayObserve`)."""
+        mayObserve(request, self.config, admin=True)
         self.metrics.inFlight.set(self.inFlight)
         self.metrics.streamsInFlight.set(self.streamsInFlight)
         request.setHeader(b"content-type", METRICS_TYPE)
