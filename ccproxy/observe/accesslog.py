@@ -59,8 +59,10 @@ class AccessRecord:
     """Which API: messages, count_tokens, models, usage (a metric label)."""
     client: str | None = None
     model: str | None = None
-    routed: bool = False
-    """Whether `model` matched a route (only such names become metric labels)."""
+    route: str | None = None
+    """The `models:` entry `model` matched: the name itself when the config lists it,
+    else the glob's pattern (`claude-*`). Metrics and usage count by it, so that
+    their series and keys are the config's, however many names clients invent."""
     upstream: str | None = None
     upstreamModel: str | None = None
     stream: bool = False
@@ -98,7 +100,7 @@ class AccessRecord:
             "path": self.path,
             "endpoint": self.endpoint,
             "model": self.model or "-",
-            "routed_model": self.model if self.routed and self.model else "-",
+            "route": self.route or "-",
             "upstream": self.upstream,
             "upstream_model": self.upstreamModel,
             "target": _target(self.upstream, self.upstreamModel),
@@ -144,7 +146,7 @@ class AccessLog:
             _accessLog.info(_FORMAT, **fields)
         self.metrics.observe(fields)
         if record.endpoint == "messages":
-            self.usage.add(fields["client"], fields["routed_model"], fields)
+            self.usage.add(fields["client"], fields["route"], fields)
         if payloadMaxChars is not None and record.requestPayload is not None:
             _payloadLog.info(
                 "{request_id} request {request_body}\n{request_id} response {response_body}",

@@ -36,6 +36,7 @@ from ccproxy.upstream.dispatch import Dispatcher
 from ccproxy.web.auth import authenticate, callerKey
 from ccproxy.web.call import (
     Call,
+    boundedModelName,
     errorReply,
     jsonReply,
     newId,
@@ -239,7 +240,7 @@ class ProxyApp:
     @api("models")
     def getModel(self, call: Call, modelId: str) -> bytes:
         """One model, when the config routes its name."""
-        call.record.model = modelId
+        call.record.model = boundedModelName(modelId)
         call.config.router.resolve(modelId)
         call.record.status = 200
         return jsonReply(call.request, self._modelInfo(modelId))

@@ -124,11 +124,28 @@ def bodyTooLarge(config: Config) -> ProxyError:
     )
 
 
+MAX_MODEL_CHARS = 256
+"""The longest model name taken. Real ones are far shorter: Anthropic's run to about
+30 characters, a Bedrock inference-profile ARN to about 100, a Hugging Face
+`org/name:quant` id to about 200 (96 + 96 + a tag). A name ends up in log lines,
+error messages and the request sent upstream: five megabytes of one is only ever
+a mistake or an attack."""
+
+
 def modelName(body: dict[str, Any]) -> str:
-    """The request's `model`, required."""
+    """The request's `model`, required, and not over `MAX_MODEL_CHARS`."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalidRequest("model: is required (a string)")
+    return boundedModelName(model)
+
+
+def boundedModelName(model: str) -> str:
+    """`model`, or a 400 (not naming it) when it is over `MAX_MODEL_CHARS`."""
+    if len(model) > MAX_MODEL_CHARS:
+        raise invalidRequest(
+            f"model: is {len(model)} characters long, over the limit of {MAX_MODEL_CHARS}"
+        )
     return model
 
 
