@@ -3,16 +3,21 @@
 Claude Code decides what to do from the HTTP status (retry 429/5xx, give up on 4xx) and
 shows `error.message`, so every failure, ours or an upstream's, ends as a `ProxyError`
 carrying a status, an Anthropic error type and a readable message.
+
+An upstream's words may hold a key (gateways echo the `Authorization` header they
+were sent), so whatever leaves the proxy as text, to a client or to a log, goes
+through a `Redactor` first.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
+from attrs import field, frozen
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -112,13 +117,38 @@ def upstreamError(
             passOn["retry-after"] = retryAfter.strip()
     message = extractMessage(body) or f"HTTP {status} with an empty body"
     clientStatus = status if 400 <= status <= 599 else 502
+    if not isContextOverflow(status, body):
+        message = f"{upstream}: {message}"
     return ProxyError(
         clientStatus,
-        f"{upstream}: {message}",
+        message,
         headers=passOn,
         upstream=upstream,
         upstreamStatus=status,
     )
+
+
+_OVERFLOW = re.compile(
+    r"prompt is too long\b.*"
+    r"|Input is too long\."
+    r"|The (request|message) size \(\d+ bytes\) exceeds .*",
+    re.DOTALL,
+)
+
+
+def isContextOverflow(status: int, body: bytes) -> bool:
+    """A 400/413 in Anthropic's own envelope saying the prompt is too long: Claude
+    Code's recovery (auto-compact) matches its `error.message`, so it must reach
+    the client as it is, without the upstream's name in front."""
+    if status not in (400, 413):
+        return False
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    error = data.get("error") if isinstance(data, dict) and data.get("type") == "error" else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return isinstance(message, str) and _OVERFLOW.fullmatch(message) is not None
 
 
 def statusInBody(data: Any) -> int:
@@ -185,3 +215,79 @@ def _messageFromText(text: str) -> str:
             return html.unescape(_TAG.sub("", title.group(1)))
         return html.unescape(_TAG.sub(" ", text))
     return text
+
+
+# -- keeping secrets in --------------------------------------------------------------
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 8
+"""A configured value shorter than this is not redacted by value: it would also
+erase ordinary words ("long" from "prompt is too long"), and a key that short is
+no secret anyway. Key-shaped values are redacted whatever their length."""
+
+Redact = Callable[[str], str]
+
+_SHAPED = (
+    r"(?P<scheme>(?i:\bbearer)\s+)[A-Za-z0-9._~+/=-]+"  # an Authorization value
+    r"|(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{8,}"  # OpenAI-style keys: sk-, sk-proj-, sk-ant-
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"  # a JWT (Entra, OIDC)
+)
+_SECRET_HEADER = re.compile(
+    r"auth|key|token|secret|passw|cookie|credential|signature|session", re.IGNORECASE
+)
+_RANDOM = re.compile(r"(?=\S*[A-Za-z])(?=\S*\d)\S{16,}")
+
+
+def headerSecrets(name: str, value: str) -> list[str]:
+    """The secrets in one configured upstream header: its whole value and the
+    credential after a scheme (`Bearer …`), when its name says it holds one
+    (`Authorization`, `X-Api-Key`, `Ocp-Apim-Subscription-Key`, …) or the value
+    looks random (16 or more characters, letters and digits, no space)."""
+    value = value.strip()
+    credential = value.partition(" ")[2].strip()
+    found = []
+    if _SECRET_HEADER.search(name) or _RANDOM.fullmatch(value):
+        found.append(value)
+    if credential and (found or _RANDOM.fullmatch(credential)):
+        found.append(credential)
+    return found
+
+
+@frozen
+class Redactor:
+    """Takes secrets out of text that leaves the proxy: an error message to a
+    client, an access event or a payload in a log.
+
+    Built once per config from every secret it holds; each use may add the
+    caller's own key (forwarded to an upstream without a key of its own).
+    """
+
+    secrets: frozenset[str] = field(converter=frozenset, repr=False)
+    _pattern: re.Pattern[str] = field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        literal = sorted((s for s in self.secrets if len(s) >= MIN_SECRET_CHARS), key=len)
+        # The longest first, so that a secret holding another goes whole.
+        alternatives = [re.escape(s) for s in reversed(literal)] + [_SHAPED]
+        object.__setattr__(self, "_pattern", re.compile("|".join(alternatives)))
+
+    @classmethod
+    def of(cls, secrets: Iterable[str | None]) -> Redactor:
+        return cls(frozenset(s for s in secrets if s))
+
+    def redact(self, text: str, *extra: str | None) -> str:
+        """`text` with every secret, every key-shaped value and each of `extra` as
+        `[redacted]`."""
+        for secret in extra:
+            if secret and len(secret) >= MIN_SECRET_CHARS and secret in text:
+                text = text.replace(secret, REDACTED)
+        return self._pattern.sub(_redacted, text)
+
+
+KEY_SHAPES = Redactor(frozenset())
+"""A redactor knowing no config: key-shaped values only (where none is given)."""
+
+
+def _redacted(match: re.Match[str]) -> str:
+    scheme = match.group("scheme")
+    return scheme + REDACTED if scheme else REDACTED

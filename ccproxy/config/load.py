@@ -168,6 +168,13 @@ def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, 
     return tuple(routes)
 
 
+def _metricsAuth(value: Any, path: str) -> str:
+    text = string(value, path)
+    if text not in ("admin", "none"):
+        raise ConfigError(path, "must be admin or none")
+    return text
+
+
 def _parseLog(value: Any, path: str) -> LogSettings:
     node = Node(value, path)
     # The defaults written on LogSettings: read from its fields, because on a slotted
@@ -216,6 +223,8 @@ def literalSecrets(data: Any) -> list[str]:
         for i, client in enumerate(clients):
             if isinstance(client, dict) and _isLiteral(client.get("key")):
                 found.append(f"clients.{i}.key")
+    if _isLiteral(data.get("metrics_token")):
+        found.append("metrics_token")
     return found
 
 
@@ -263,6 +272,8 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         pretty=root.get("pretty", boolean, False),
         allowOpen=root.get("allow_open", boolean, False),
         reusePort=root.get("reuse_port", boolean, False),
+        metricsAuth=root.get("metrics_auth", _metricsAuth, "admin"),
+        metricsToken=root.get("metrics_token", string, "") or None,
         source=source,
     )
     root.finish()
@@ -271,6 +282,8 @@ def _parseConfig(root: Node, source: str | None) -> Config:
             "body_memory_bytes",
             f"is smaller than max_body_bytes ({config.maxBodyBytes}): no body could be read",
         )
+    if config.metricsToken is not None and config.metricsAuth == "none":
+        raise ConfigError("metrics_token", "is never asked for: metrics_auth is none")
     if config.reusePort:
         problem = reusePortProblem(config.listen)
         if problem:

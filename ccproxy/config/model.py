@@ -7,13 +7,14 @@ A request keeps the `Config` it began with; a reload builds a new one
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from attrs import field, frozen
 
 from ccproxy.config.policy import Policy
 from ccproxy.config.routing import ModelRouter
+from ccproxy.errors import Redactor, headerSecrets
 from ccproxy.translate.dialect import Profile
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
@@ -69,6 +70,12 @@ class Upstream:
     profile: Profile = field(factory=Profile)
     policy: Policy = field(factory=Policy)
 
+    def secrets(self) -> Iterator[str | None]:
+        """Its key and the secrets in its headers (see `headerSecrets`)."""
+        yield self.apiKey
+        for name, value in self.headers.items():
+            yield from headerSecrets(name, value)
+
 
 @frozen
 class LogSettings:
@@ -113,9 +120,27 @@ class Config:
     allowOpen: bool = False
     reusePort: bool = False
     """Bind with SO_REUSEPORT, so several processes can serve one port."""
+    metricsAuth: str = "admin"
+    """Who may read `/metrics` and `/healthz`'s details: `admin` (an admin client's
+    key or `metricsToken`; anyone while neither is configured) or `none` (anyone)."""
+    metricsToken: str | None = field(default=None, repr=False)
+    """A scrape token for `/metrics` (Prometheus sends it as a bearer)."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
+    redactor: Redactor = field(init=False, repr=False, eq=False)
+    """Takes this config's secrets out of what goes to a client or a log."""
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "redactor", Redactor.of(self.secrets()))
+
+    def secrets(self) -> Iterator[str | None]:
+        """Every secret this config holds; a new kind of key or token goes here too."""
+        for upstream in self.upstreams.values():
+            yield from upstream.secrets()
+        for client in self.clients:
+            yield client.key
+        yield self.metricsToken
 
     # The readers live in `ccproxy.config.load`; these are their usual front doors.
 

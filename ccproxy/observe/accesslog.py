@@ -13,6 +13,7 @@ from typing import Any
 from attrs import define, field
 from twisted.logger import Logger
 
+from ccproxy.errors import Redact
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
 
@@ -58,8 +59,10 @@ class AccessRecord:
     """Which API: messages, count_tokens, models, usage (a metric label)."""
     client: str | None = None
     model: str | None = None
-    routed: bool = False
-    """Whether `model` matched a route (only such names become metric labels)."""
+    route: str | None = None
+    """The `models:` entry `model` matched: the name itself when the config lists it,
+    else the glob's pattern (`claude-*`). Metrics and usage count by it, so that
+    their series and keys are the config's, however many names clients invent."""
     upstream: str | None = None
     upstreamModel: str | None = None
     stream: bool = False
@@ -97,7 +100,7 @@ class AccessRecord:
             "path": self.path,
             "endpoint": self.endpoint,
             "model": self.model or "-",
-            "routed_model": self.model if self.routed and self.model else "-",
+            "route": self.route or "-",
             "upstream": self.upstream,
             "upstream_model": self.upstreamModel,
             "target": _target(self.upstream, self.upstreamModel),
@@ -128,8 +131,14 @@ class AccessLog:
     metrics: Metrics
     usage: UsageBook
 
-    def write(self, record: AccessRecord, now: float, payloadMaxChars: int | None) -> None:
-        """Emit one request's event; `payloadMaxChars` set means payload logging is on."""
+    def write(
+        self, record: AccessRecord, now: float, payloadMaxChars: int | None, redact: Redact
+    ) -> None:
+        """Emit one request's event; `payloadMaxChars` set means payload logging is on.
+        The error message and the payloads go through `redact` (an upstream's words,
+        and a prompt, may hold a key); the operator still reads the rest in full."""
+        if record.errorMessage:
+            record.errorMessage = redact(record.errorMessage)
         fields = record.fields(now)
         if record.status >= 500:
             _accessLog.warn(_FORMAT, **fields)
@@ -137,23 +146,27 @@ class AccessLog:
             _accessLog.info(_FORMAT, **fields)
         self.metrics.observe(fields)
         if record.endpoint == "messages":
-            self.usage.add(fields["client"], fields["routed_model"], fields)
+            self.usage.add(fields["client"], fields["route"], fields)
         if payloadMaxChars is not None and record.requestPayload is not None:
             _payloadLog.info(
                 "{request_id} request {request_body}\n{request_id} response {response_body}",
                 request_id=record.requestId,
-                request_body=_truncate(record.requestPayload, payloadMaxChars),
-                response_body=_truncate(record.responsePayload or b"", payloadMaxChars),
+                request_body=_excerpt(record.requestPayload, payloadMaxChars, redact),
+                response_body=_excerpt(record.responsePayload or b"", payloadMaxChars, redact),
                 status=record.status,
                 stream=record.stream,
             )
 
 
-def _truncate(payload: bytes, limit: int) -> str:
+_KEY_MARGIN = 4096
+"""Characters past the cut redacted with the rest, so that a key across it goes whole."""
+
+
+def _excerpt(payload: bytes, limit: int, redact: Redact) -> str:
     text = payload.decode("utf-8", "replace")
     if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… [{len(text) - limit} more chars]"
+        return redact(text)
+    return f"{redact(text[: limit + _KEY_MARGIN])[:limit]}… [{len(text) - limit} more chars]"
 
 
 def _target(upstream: str | None, model: str | None) -> str:

@@ -69,8 +69,10 @@ class Metrics:
         """Count one finished request from its access-log fields."""
         upstream = fields["upstream"] or "-"
         client = fields["client"]
+        # The model label is the route (the config's name for it), never the name a
+        # client sent: their number is the config's, not the clients'.
         self.requests.labels(
-            client, fields["routed_model"], upstream, str(fields["status"]), fields["endpoint"]
+            client, fields["route"], upstream, str(fields["status"]), fields["endpoint"]
         ).inc()
         if fields["endpoint"] == "messages" and isinstance(fields["duration_ms"], int):
             self.latency.labels(upstream).observe(fields["duration_ms"] / 1000)

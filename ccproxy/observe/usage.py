@@ -29,7 +29,8 @@ class Totals:
 
 
 class UsageBook:
-    """Totals keyed by (client, model)."""
+    """Totals keyed by (client, model), the model as the config routes it (an exact
+    name, or a glob's pattern), so the keys are bounded by the config."""
 
     def __init__(self, startedAt: str) -> None:
         self.startedAt = startedAt

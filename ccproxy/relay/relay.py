@@ -17,7 +17,7 @@ Claude Code retries rather than trusting half an answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IRequest
 
 from ccproxy.compat import writeNow
-from ccproxy.errors import ProxyError, badGateway
+from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway
 from ccproxy.relay.sse import SSEParser
 from ccproxy.translate.response import anthropicUsage
 from ccproxy.translate.stream import eventsForMessage
@@ -54,9 +54,15 @@ class EventWriter:
     seconds in which nothing was written, so idle timers on the way never fire."""
 
     def __init__(
-        self, request: IRequest, clock: IReactorTime, pingInterval: float, capture: int = 0
+        self,
+        request: IRequest,
+        clock: IReactorTime,
+        pingInterval: float,
+        capture: int = 0,
+        redact: Callable[[str], str] = KEY_SHAPES.redact,
     ) -> None:
         self._request = request
+        self._redact = redact
         self._clock = clock
         self._interval = pingInterval
         self._timer: IDelayedCall = clock.callLater(pingInterval, self._ping)
@@ -95,9 +101,11 @@ class EventWriter:
             self._captured += len(piece)
 
     def writeError(self, error: ProxyError) -> None:
-        """End a started stream with an error Claude Code reads (and retries on)."""
+        """End a started stream with an error Claude Code reads (and retries on); its
+        message goes through `redact`, as an upstream's words may hold its key."""
         errorType = "overloaded_error" if error.errorType == "overloaded_error" else "api_error"
-        self.write([{"type": "error", "error": {"type": errorType, "message": error.message}}])
+        message = self._redact(error.message)
+        self.write([{"type": "error", "error": {"type": errorType, "message": message}}])
 
     def stop(self) -> None:
         if self._timer.active():
@@ -137,12 +145,14 @@ class StreamRelay:
         pingInterval: float,
         maxLineBytes: int,
         capture: int = 0,
+        redact: Callable[[str], str] = KEY_SHAPES.redact,
     ) -> None:
         self._request = request
         self._clock = clock
         self._pingInterval = pingInterval
         self._maxLineBytes = maxLineBytes
         self._capture = capture
+        self._redact = redact
         self._parser: SSEParser | None = None
         self._expiry: ProxyError | None = None
         self.verdict: Verdict | None = None
@@ -175,7 +185,7 @@ class StreamRelay:
         request, upstream = self._request, answer.upstream
         translator = answer.rendering.streamTranslator(upstream)
         startStream(request)
-        writer = EventWriter(request, self._clock, self._pingInterval, self._capture)
+        writer = EventWriter(request, self._clock, self._pingInterval, self._capture, self._redact)
         writer.write(translator.start())
 
         def onData(data: bytes) -> None:

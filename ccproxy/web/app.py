@@ -12,6 +12,7 @@ error envelope with its status; after a stream has started, it is an
 from __future__ import annotations
 
 import functools
+import hmac
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -26,20 +27,22 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ccproxy.config.model import Config
+from ccproxy.config.model import Config, keyDigest
 from ccproxy.errors import ProxyError
 from ccproxy.observe.accesslog import AccessLog, AccessRecord
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
 from ccproxy.upstream.dispatch import Dispatcher
-from ccproxy.web.auth import authenticate
+from ccproxy.web.auth import authenticate, callerKey
 from ccproxy.web.call import (
     Call,
+    boundedModelName,
     errorReply,
     jsonReply,
     newId,
     queryInt,
     queryText,
+    redactFor,
     requestId,
 )
 from ccproxy.web.messages import MessagesAPI
@@ -66,6 +69,40 @@ def api(endpoint: str, admin: bool = False) -> Callable[[Handler], Handler]:
         return route  # type: ignore[return-value]
 
     return decorate
+
+
+def mayObserve(request: IRequest, config: Config, admin: bool) -> bool:
+    """Whether the caller may see inside the proxy: `/metrics` names every client
+    with its models, statuses and tokens (`admin`: an admin client's key), and
+    `/healthz`'s details name the upstreams (any client's key). The
+    `metrics_token` opens both. So does `metrics_auth: none`, and so does a daemon
+    with neither clients nor a token: its API already serves whoever can reach it
+    (loopback, unless `allow_open`), and there are no client names to give away.
+
+    False for a caller without a key where a bare answer will do (not `admin`);
+    a `ProxyError` otherwise: 401 without a key or with a wrong one, 403 for a
+    client that is not an admin.
+    """
+    token = config.metricsToken
+    if config.metricsAuth == "none" or (not config.clients and token is None):
+        return True
+    key = callerKey(request)
+    if not key:
+        if not admin:
+            return False
+        raise ProxyError(
+            401, "/metrics needs a key: an admin client's, or metrics_token as a bearer"
+        )
+    if token is not None and hmac.compare_digest(keyDigest(key), keyDigest(token)):
+        return True
+    client = authenticate(request, config)
+    if client is None:  # a token, but no clients
+        raise ProxyError(401, "invalid API key")
+    if admin and not client.admin:
+        raise ProxyError(
+            403, "/metrics is for an admin client's key or metrics_token", "permission_error"
+        )
+    return True
 
 
 @define
@@ -122,8 +159,9 @@ class ProxyApp:
 
     def logRefused(self, record: AccessRecord) -> None:
         """A request the site refused before it reached a route (no key, too
-        large, too slow) leaves its access event too."""
-        self.accessLog.write(record, self.clock.seconds(), None)
+        large, too slow) leaves its access event too (its message is ours, but
+        goes through the same redaction as every other)."""
+        self.accessLog.write(record, self.clock.seconds(), None, self.config.redactor.redact)
 
     def _health(self) -> dict[str, Any]:
         return self.dispatcher.health(sorted(self.config.upstreams))
@@ -137,7 +175,10 @@ class ProxyApp:
 
     @router.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> bytes:
-        """Liveness, with the config generation, load and each upstream's breaker."""
+        """Liveness for anyone (a probe sends no key); with a key (`mayObserve`),
+        the config generation, load and each upstream's breaker too."""
+        if not mayObserve(request, self.config, admin=False):
+            return jsonReply(request, {"status": "ok"})
         return jsonReply(
             request,
             {
@@ -153,7 +194,8 @@ class ProxyApp:
 
     @router.route("/metrics", methods=["GET"])
     def metricsPage(self, request: IRequest) -> bytes:
-        """Prometheus metrics."""
+        """Prometheus metrics, for an admin or the scrape token (`mayObserve`)."""
+        mayObserve(request, self.config, admin=True)
         self.metrics.inFlight.set(self.inFlight)
         self.metrics.streamsInFlight.set(self.streamsInFlight)
         request.setHeader(b"content-type", METRICS_TYPE)
@@ -198,7 +240,7 @@ class ProxyApp:
     @api("models")
     def getModel(self, call: Call, modelId: str) -> bytes:
         """One model, when the config routes its name."""
-        call.record.model = modelId
+        call.record.model = boundedModelName(modelId)
         call.config.router.resolve(modelId)
         call.record.status = 200
         return jsonReply(call.request, self._modelInfo(modelId))
@@ -258,6 +300,7 @@ class ProxyApp:
                 call.record,
                 self.clock.seconds(),
                 config.logPayloadMaxChars if config.logPayloads else None,
+                call.redact,
             )
             if self.inFlight == 0:
                 waiters, self._idle = self._idle, []
@@ -285,7 +328,7 @@ class ProxyApp:
             return result
         except ProxyError as e:
             record.fail(e.status, e.errorType, e.message)
-            return errorReply(call.request, e)
+            return errorReply(call.request, e, call.redact)
         except CancelledError:
             if call.expired:
                 error = ProxyError(
@@ -294,7 +337,7 @@ class ProxyApp:
                     "api_error",
                 )
                 record.fail(error.status, error.errorType, error.message)
-                return errorReply(call.request, error)
+                return errorReply(call.request, error, call.redact)
             record.fail(499, "cancelled", "the client went away")
             raise
 
@@ -311,16 +354,19 @@ class ProxyApp:
 
     # -- errors outside the handlers ---------------------------------------------
 
+    def _errorReply(self, request: IRequest, error: ProxyError) -> bytes:
+        return errorReply(request, error, redactFor(request, self.config))
+
     @router.handle_errors(ProxyError)
     def proxyError(self, request: IRequest, failure: Failure) -> bytes:
         """A `ProxyError` raised outside `serve`: its envelope."""
-        return errorReply(request, failure.value)
+        return self._errorReply(request, failure.value)
 
     @router.handle_errors(NotFound)
     def notFound(self, request: IRequest, failure: Failure) -> bytes:
         """No route here: a 404 envelope naming the path."""
         path = request.path.decode("utf-8", "replace")
-        return errorReply(request, ProxyError(404, f"no such endpoint: {path}"))
+        return self._errorReply(request, ProxyError(404, f"no such endpoint: {path}"))
 
     @router.handle_errors(MethodNotAllowed)
     def methodNotAllowed(self, request: IRequest, failure: Failure) -> bytes:
@@ -328,7 +374,7 @@ class ProxyApp:
         allowed = ", ".join(failure.value.valid_methods or ())
         method = request.method.decode("ascii", "replace")
         request.setHeader(b"allow", allowed.encode())
-        return errorReply(
+        return self._errorReply(
             request,
             ProxyError(
                 405,
@@ -343,4 +389,4 @@ class ProxyApp:
         if failure.check(CancelledError):
             return None
         self.log.failure("Unexpected error answering {path}", failure, path=request.path)
-        return errorReply(request, ProxyError(500, "internal error in ccproxy", "api_error"))
+        return self._errorReply(request, ProxyError(500, "internal error in ccproxy", "api_error"))

@@ -18,9 +18,10 @@ from attrs import define
 from twisted.web.iweb import IRequest
 
 from ccproxy.config.model import Client, Config
-from ccproxy.errors import ProxyError, errorBody, invalidRequest
+from ccproxy.errors import ProxyError, Redact, errorBody, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.relay.relay import StreamRelay
+from ccproxy.web.auth import callerKey
 
 JSON = b"application/json"
 
@@ -45,6 +46,18 @@ class Call:
     """`max_duration` ran out (a timeout, not a client that left)."""
     bodySize: int = 0
     """Bytes of the request body, once read."""
+
+    def redact(self, text: str) -> str:
+        """`text` fit for the client or a log: see `redactFor`."""
+        return redactFor(self.request, self.config)(text)
+
+
+def redactFor(request: IRequest, config: Config) -> Redact:
+    """What takes secrets out of text about `request`: the config's own, anything
+    key-shaped, and the key the caller sent (which an upstream without a key of its
+    own was given, and may echo back)."""
+    key = callerKey(request)
+    return lambda text: config.redactor.redact(text, key)
 
 
 def requestId(request: IRequest, makeId: Callable[[], str] = newId) -> str:
@@ -74,12 +87,13 @@ def errorHeaders(error: ProxyError) -> dict[bytes, bytes]:
     return headers
 
 
-def errorReply(request: IRequest, error: ProxyError) -> bytes:
-    """An Anthropic error envelope with the error's status."""
+def errorReply(request: IRequest, error: ProxyError, redact: Redact) -> bytes:
+    """An Anthropic error envelope with the error's status. The message goes
+    through `redact`: an upstream's words may hold the key it was sent."""
     request.setResponseCode(error.status)
     for name, value in errorHeaders(error).items():
         request.setHeader(name, value)
-    return jsonReply(request, errorBody(error.errorType, error.message, requestId(request)))
+    return jsonReply(request, errorBody(error.errorType, redact(error.message), requestId(request)))
 
 
 def readJSON(call: Call) -> dict[str, Any]:
@@ -110,11 +124,28 @@ def bodyTooLarge(config: Config) -> ProxyError:
     )
 
 
+MAX_MODEL_CHARS = 256
+"""The longest model name taken. Real ones are far shorter: Anthropic's run to about
+30 characters, a Bedrock inference-profile ARN to about 100, a Hugging Face
+`org/name:quant` id to about 200 (96 + 96 + a tag). A name ends up in log lines,
+error messages and the request sent upstream: five megabytes of one is only ever
+a mistake or an attack."""
+
+
 def modelName(body: dict[str, Any]) -> str:
-    """The request's `model`, required."""
+    """The request's `model`, required, and not over `MAX_MODEL_CHARS`."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalidRequest("model: is required (a string)")
+    return boundedModelName(model)
+
+
+def boundedModelName(model: str) -> str:
+    """`model`, or a 400 (not naming it) when it is over `MAX_MODEL_CHARS`."""
+    if len(model) > MAX_MODEL_CHARS:
+        raise invalidRequest(
+            f"model: is {len(model)} characters long, over the limit of {MAX_MODEL_CHARS}"
+        )
     return model
 
 

@@ -49,7 +49,7 @@ class MessagesAPI:
             body = readJSON(call)
             model = record.model = modelName(body)
             route = config.router.resolve(model)
-            record.routed = True
+            record.route = route.pattern
             record.stream = body.get("stream") is True
             plan = Plan.forRequest(
                 body,
@@ -91,7 +91,7 @@ class MessagesAPI:
             profile = Profile()
             upstreamModel = model
             if route is not None:
-                record.routed = True
+                record.route = route.pattern
                 target = route.targets[0]
                 profile = config.upstreams[target.upstream].profile
                 upstreamModel = record.upstreamModel = target.modelFor(model)
@@ -138,6 +138,7 @@ class MessagesAPI:
             config.pingInterval,
             config.maxLineBytes,
             config.logPayloadMaxChars if config.logPayloads else 0,
+            call.redact,
         )
         self.streamsInFlight += 1
         try:
