@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from twisted.logger import globalLogPublisher
+
+# Hypothesis profiles. CI runs with CI=true, so hypothesis loads its built-in "ci"
+# profile: derandomize=True and database=None (the same examples on every run, nothing
+# kept between runs), print_blob=True, deadline=None. A plain local run gets the
+# built-in "default": random examples, failures kept in .hypothesis/ and replayed.
+# Both run 100 examples, and the per-test counts (`examples(300)`, see
+# tests/support/examples.py) are written for that base, so neither runs fewer than
+# it always did. "dev" is for quick local runs, a tenth of every count:
+#     HYPOTHESIS_PROFILE=dev python -m pytest    (or --hypothesis-profile=dev)
+settings.register_profile("dev", settings.get_profile("default"), max_examples=10)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

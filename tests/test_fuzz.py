@@ -35,6 +35,7 @@ from twisted.web.iweb import IRequest
 
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING
 from ccproxy.web.site import ProxySite
+from tests.support.examples import examples
 from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
 from tests.support.harness import BASE_CONFIG, ClientReply, Harness, message, parseSSE
 
@@ -52,7 +53,7 @@ CLIENT_ERRORS = {
     (413, "request_too_large"),
 }
 FUZZ = settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

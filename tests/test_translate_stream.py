@@ -25,6 +25,7 @@ from ccproxy.errors import ProxyError
 from ccproxy.translate.response import fromOpenAI
 from ccproxy.translate.stream import StreamTranslator, _Call, eventsForMessage
 from ccproxy.translate.thinking import ThinkTagSplitter, splitThinkTags
+from tests.support.examples import examples
 
 MESSAGE_ID = "msg_test"
 MODEL = "claude-test"
@@ -1750,7 +1751,7 @@ def render(
 
 
 PROPERTY = settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     derandomize=True,
     database=None,
