@@ -19,9 +19,9 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -39,11 +39,11 @@ from tests.support.faultkit import (
     assertEnvelope,
     assertStreamError,
     blocksOf,
-    closedPort,
     request,
     textOf,
     within,
 )
+from tests.support.processes import Exited, answers, freePort, stop, waitFor
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llmock") is None,
@@ -100,19 +100,14 @@ class LLMock:
             pass
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop(self.process)
         if self.process.stderr is not None:
             self.process.stderr.close()
 
 
 def startLLMock(*flags: str) -> LLMock:
     """`llmock serve` on a free loopback port, once it answers (bounded wait)."""
-    port = closedPort()
+    port = freePort()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -131,21 +126,16 @@ def startLLMock(*flags: str) -> LLMock:
         stderr=subprocess.PIPE,
     )
     mock = LLMock(process, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 20
-    while True:  # readiness polling of a subprocess, not a timing assertion
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            mock.stop()
-            pytest.skip(f"llmock could not run: exit {process.returncode}: {stderr[-500:]}")
-        try:
-            mock.get("/_llmock/scenario")
-            return mock
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            mock.stop()
-            pytest.fail("llmock did not answer within 20 s")
-        time.sleep(0.05)
+    try:
+        waitFor(partial(answers, mock.url + "/_llmock/scenario"), "llmock to answer", 20, process)
+    except Exited as e:
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        mock.stop()
+        pytest.skip(f"llmock could not run: exit {e.returncode}: {stderr[-500:]}")
+    except AssertionError:
+        mock.stop()
+        raise
+    return mock
 
 
 @pytest.fixture(scope="module")

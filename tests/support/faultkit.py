@@ -4,7 +4,6 @@ or a whole normal answer)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.support.harness import ClientReply, parseSSE
+from tests.support.processes import freePort
 
 BOUND = 10.0
 """Seconds any single wait may take before the test fails instead of hanging."""
@@ -38,9 +38,7 @@ async def waitUntil(condition: Callable[[], bool], what: str, seconds: float = B
 
 def closedPort() -> int:
     """A loopback port that was bound and closed again: connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return freePort()
 
 
 def request(model: str, stream: bool, text: str = "hello", **extra: Any) -> dict[str, Any]:
