@@ -22,6 +22,7 @@ from twisted.web.server import Site
 from ccproxy.config import Config
 from ccproxy.daemon.wiring import buildService
 from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
+from tests.support.fixtures import TOOLS
 
 
 @pytest_twisted.async_yield_fixture()
@@ -152,17 +153,6 @@ TOOL_ANSWER = [
     },
     {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
     {"choices": [], "usage": {"prompt_tokens": 42, "completion_tokens": 12}},
-]
-TOOLS = [
-    {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "input_schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    }
 ]
 
 

@@ -43,6 +43,7 @@ from tests.support.faultkit import (
     textOf,
     within,
 )
+from tests.support.fixtures import TOOLS
 from tests.support.processes import Exited, answers, freePort, stop, waitFor
 
 pytestmark = pytest.mark.skipif(
@@ -318,19 +319,6 @@ async def test_429_retry_honours_retry_after(
 
 
 # -- a clean run with tools -----------------------------------------------------------------
-
-
-TOOLS = [
-    {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "input_schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    }
-]
 
 
 @pytest.mark.parametrize("stream", [False, True])
