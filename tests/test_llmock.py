@@ -27,12 +27,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from attrs import define, field
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from ccproxy.config import Config
 from ccproxy.daemon.service import ProxyService
-from ccproxy.daemon.wiring import buildService
 from tests.support.faultkit import (
     Client,
     ClientReply,
@@ -44,6 +42,7 @@ from tests.support.faultkit import (
     within,
 )
 from tests.support.fixtures import TOOLS
+from tests.support.loopback import startProxy
 from tests.support.processes import Exited, answers, freePort, stop, waitFor
 
 pytestmark = pytest.mark.skipif(
@@ -185,10 +184,7 @@ async def proxyFor() -> AsyncIterator[Callable[..., Any]]:
             ),
             {},
         )
-        service = buildService(config, reactor)
-        service.startService()
-        port = await within(service.listeningPort())
-        proxy = Proxy(service, f"http://127.0.0.1:{port.getHost().port}")
+        proxy = Proxy(*await startProxy(config))
         started.append(proxy)
         return proxy
 

@@ -24,14 +24,14 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.server import Site
 
 from ccproxy.config import Config, LogSettings
 from ccproxy.daemon.logs import fileObserver, openLogFile
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.wiring import buildService
-from tests.support.fakes import FakeOpenAI, jsonReply, sseReply
+from tests.support.fakes import jsonReply, sseReply
 from tests.support.harness import BASE_CONFIG, Harness, message, parseSSE, resultOf
+from tests.support.loopback import startLoopback
 
 
 def capture() -> tuple[list[dict[str, Any]], Any]:
@@ -134,28 +134,26 @@ def test_request_in_flight_finishes_on_the_old_config() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_stop_drains_streams_in_flight() -> None:
-    upstream = FakeOpenAI(clock=reactor)
-    upstreamPort = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
-    config = Config.fromYAML(
-        f"""
+    loopback = await startLoopback(
+        lambda upstream: (
+            f"""
 listen: "tcp:0:interface=127.0.0.1"
 upstreams:
-  fake: {{url: "http://127.0.0.1:{upstreamPort.getHost().port}/v1"}}
+  fake: {{url: "{upstream}"}}
 models:
   "*": fake
 shutdown_grace: 10
-""",
-        {},
+"""
+        )
     )
     chunks = [{"choices": [{"index": 0, "delta": {"content": f"{i} "}}]} for i in range(4)]
     chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    upstream.queue(sseReply(chunks, delay=0.05))
-    service = buildService(config, reactor)
-    service.startService()
+    loopback.upstream.queue(sseReply(chunks, delay=0.05))
+    service = loopback.service
     try:
-        port = (await service.listeningPort()).getHost().port
-        url = f"http://127.0.0.1:{port}/v1/messages"
-        response = await treq.post(url, data=orjson.dumps(message(stream=True)))
+        response = await treq.post(
+            f"{loopback.base}/v1/messages", data=orjson.dumps(message(stream=True))
+        )
         assert service.app.streamsInFlight == 1
         stopped: Deferred[None] = service.stopService()
         body = await response.content()
@@ -163,9 +161,9 @@ shutdown_grace: 10
         assert parseSSE(body)[-1][0] == "message_stop"
         fresh = HTTPConnectionPool(reactor, persistent=False)
         with pytest.raises(ConnectionRefusedError):
-            await treq.get(f"http://127.0.0.1:{port}/", pool=fresh)
+            await treq.get(f"{loopback.base}/", pool=fresh)
     finally:
-        await upstreamPort.stopListening()
+        await loopback.upstreamPort.stopListening()
 
 
 # -- logs -------------------------------------------------------------------------------
