@@ -13,7 +13,9 @@ import treq
 from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import (
     ILogObserver,
     LogLevel,
@@ -23,7 +25,6 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
-from twisted.web.client import HTTPConnectionPool
 
 from ccproxy.config import Config, LogSettings
 from ccproxy.daemon.logs import fileObserver, openLogFile
@@ -159,9 +160,13 @@ shutdown_grace: 10
         body = await response.content()
         await stopped
         assert parseSSE(body)[-1][0] == "message_stop"
-        fresh = HTTPConnectionPool(reactor, persistent=False)
+        # The port no longer accepts. (Connected to directly: treq's HostnameEndpoint
+        # would wait its 0.3 s attempt delay before reporting the refusal.)
+        port = int(loopback.base.rsplit(":", 1)[1])
         with pytest.raises(ConnectionRefusedError):
-            await treq.get(f"{loopback.base}/", pool=fresh)
+            await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+                Factory.forProtocol(Protocol)
+            )
     finally:
         await loopback.upstreamPort.stopListening()
 
