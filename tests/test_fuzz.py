@@ -54,7 +54,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 # Bodies and streams large along one dimension (issue 11): fewer examples, each bigger.
-FUZZ_SIZES = settings(FUZZ, max_examples=25)
+FUZZ_SIZES = settings(FUZZ, max_examples=examples(25))
 # The same, with the upstream reducing tool schemas for Gemini.
 GEMINI_CONFIG = CONFIG.replace("    retries: 0\n", "    retries: 0\n    preset: gemini\n", 1)
 

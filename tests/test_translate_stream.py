@@ -1917,7 +1917,7 @@ def test_completeness_is_read_piece_by_piece(text: str) -> None:
         assert call.arguments() == sent == sofar
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@settings(max_examples=examples(100), deadline=None, derandomize=True, database=None)
 @given(VALUES, st.data())
 def test_completeness_of_any_value_in_any_pieces(value: Any, data: st.DataObject) -> None:
     text = _dumps(data.draw, {"v": value})
