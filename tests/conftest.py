@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from twisted.logger import globalLogPublisher
+
+# Hypothesis profiles. CI runs with CI=true, so hypothesis loads its built-in "ci"
+# profile: derandomize=True and database=None (the same examples on every run, nothing
+# kept between runs), print_blob=True, deadline=None. A plain local run gets the
+# built-in "default": random examples, failures kept in .hypothesis/ and replayed.
+# Both run 100 examples, and the per-test counts (`examples(300)`, see
+# tests/support/examples.py) are written for that base, so neither runs fewer than
+# it always did. "dev" is for quick local runs, a tenth of every count:
+#     HYPOTHESIS_PROFILE=dev python -m pytest    (or --hypothesis-profile=dev)
+settings.register_profile("dev", settings.get_profile("default"), max_examples=10)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -20,24 +34,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-@pytest.fixture(autouse=True)
-def noLoggedFailures() -> Iterator[list[dict[str, Any]]]:
-    """Collect error events (Failures logged, unhandled Deferred errors) and fail on them.
-
-    Tests that expect one remove it from the yielded list.
-    """
+def loggedErrors(action: Callable[[], object]) -> list[dict[str, Any]]:
+    """The error events (Failures logged, unhandled Deferred errors) while `action` runs."""
     failures: list[dict[str, Any]] = []
+    observer = errorObserver(failures)
+    globalLogPublisher.addObserver(observer)
+    try:
+        action()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    return failures
 
+
+def errorObserver(failures: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
     def observer(event: dict[str, Any]) -> None:
         if event.get("log_failure") is not None or event.get("isError"):
             failures.append(event)
 
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield failures
-        gc.collect()
-    finally:
-        globalLogPublisher.removeObserver(observer)
+    return observer
+
+
+def failOn(failures: list[dict[str, Any]], what: str) -> None:
     if failures:
         from twisted.logger import formatEvent
 
@@ -45,4 +62,43 @@ def noLoggedFailures() -> Iterator[list[dict[str, Any]]]:
         for event in failures:
             failure = event.get("log_failure")
             details.append(formatEvent(event) + ("\n" + failure.getTraceback() if failure else ""))
-        pytest.fail("logged failures:\n" + "\n".join(details))
+        pytest.fail(what + ":\n" + "\n".join(details))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def noFailuresInWhatOutlivedItsTest() -> Iterator[None]:
+    """What outlived its test was frozen when the next test started (see below), out
+    of the collector's sight. At the end it is unfrozen and collected, so that an
+    unhandled Deferred error in it still fails the run, as it failed whichever
+    later test's collection found it before."""
+    yield
+    failOn(
+        loggedErrors(lambda: (gc.unfreeze(), gc.collect())),
+        "logged failures when what outlived its test was collected at the end",
+    )
+
+
+@pytest.fixture(autouse=True)
+def noLoggedFailures() -> Iterator[list[dict[str, Any]]]:
+    """Collect error events (Failures logged, unhandled Deferred errors) and fail on them.
+
+    Tests that expect one remove it from the yielded list.
+
+    Before the test, what earlier tests left that is garbage by now (a fixture's
+    value, released after their teardown) is collected, and an error it logs fails
+    this test, as it did when this test's own collection found it; what is still
+    alive is then frozen. So the collection after the test walks only what the test
+    made, not everything every earlier test kept (hypothesis's caches, modules
+    imported late, reports): that took 20-60 ms a test by the end of the suite.
+    """
+    failOn(loggedErrors(gc.collect), "logged failures left by an earlier test")
+    gc.freeze()
+    failures: list[dict[str, Any]] = []
+    observer = errorObserver(failures)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield failures
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    failOn(failures, "logged failures")

@@ -18,23 +18,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
+from tests.support.processes import Processes, tail
+
 VERSION = "2.1.330"
 PACKAGE = f"@anthropic-ai/claude-code@{VERSION}"
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "The secret word is PERIWINKLE-4711."
 ANSWER = "The file says the secret word is PERIWINKLE-4711. SCRIPTED-END"
 MARKER = "SCRIPTED-END"
@@ -133,97 +129,19 @@ def installClaudeCode() -> Path:
     return claude
 
 
-def stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def answers(url: str) -> bool:
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(tmp_path)
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
+        yield running
+    finally:
+        running.close()
 
 
-def tail(path: Path, limit: int = 20000) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as e:
-        return f"<{e}>"
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-class Processes:
-    """The scripted upstream and ccproxy, as subprocesses logging to files."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.processes: list[subprocess.Popen[Any]] = []
-        self.files: list[IO[bytes]] = []
-        self.upstreamLog = tmp / "upstream-requests.jsonl"
-        self.upstreamOutput = tmp / "upstream-output.log"
-        self.proxyLog = tmp / "ccproxy.log"
-
-    def spawn(self, command: list[str], output: Path, **kwargs: Any) -> subprocess.Popen[Any]:
-        out = output.open("ab")
-        self.files.append(out)
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **kwargs
-        )
-        self.processes.append(process)
-        return process
-
-    def startUpstream(self, readPath: Path, answer: str) -> int:
-        portFile = self.tmp / "upstream.port"
-        process = self.spawn(
-            [
-                sys.executable,
-                str(ROOT / "tests" / "support" / "scripted_upstream.py"),
-                "--port-file",
-                str(portFile),
-                "--log",
-                str(self.upstreamLog),
-                "--file",
-                str(readPath),
-                "--answer",
-                answer,
-            ],
-            self.upstreamOutput,
-        )
-        deadline = time.monotonic() + 20
-        while not portFile.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"scripted upstream did not start:\n{tail(self.upstreamOutput)}")
-            time.sleep(0.05)
-        return int(portFile.read_text())
-
-    def startProxy(self, upstreamPort: int) -> int:
-        twistd = Path(sys.executable).parent / "twistd"
-        launcher = (
-            [str(twistd)]
-            if twistd.exists()
-            else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-        )
-        # The checkout first, so twistd finds the ccproxy plugin installed or not.
-        pythonpath = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
-        for attempt in range(2):  # a free port can be taken before ccproxy binds it
-            port = freePort()
-            config = self.tmp / "ccproxy.yaml"
-            config.write_text(
-                f"""
+def proxyConfig(upstreamPort: int) -> Callable[[int], str]:
+    """ccproxy's config for a port: one client key, everything to the scripted upstream."""
+    return lambda port: (
+        f"""
 listen: "tcp:{port}:interface=127.0.0.1"
 clients:
   - name: claude-code-test
@@ -236,43 +154,7 @@ upstreams:
 models:
   "*": scripted/scripted-model
 """
-            )
-            process = self.spawn(
-                [*launcher, "-n", "--pidfile=", "ccproxy", "--config", str(config)],
-                self.proxyLog,
-                cwd=self.tmp,
-                env=env,
-            )
-            deadline = time.monotonic() + 20
-            while process.poll() is None and time.monotonic() < deadline:
-                if answers(f"http://127.0.0.1:{port}/"):
-                    return port
-                time.sleep(0.1)
-            stop(process)
-            if attempt == 0 and "CannotListenError" in tail(self.proxyLog):
-                continue
-            break
-        pytest.fail(f"ccproxy did not start:\n{tail(self.proxyLog)}")
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            stop(process)
-        for f in self.files:
-            f.close()
-
-    def received(self) -> list[dict[str, Any]]:
-        if not self.upstreamLog.exists():
-            return []
-        return [json.loads(line) for line in self.upstreamLog.read_text().splitlines() if line]
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
+    )
 
 
 def runClaude(
@@ -332,8 +214,8 @@ def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_
     notes = workspace / "notes.txt"
     notes.write_text(SECRET + "\n")
 
-    upstreamPort = processes.startUpstream(notes, ANSWER)
-    proxyPort = processes.startProxy(upstreamPort)
+    upstreamPort = processes.scriptedUpstream("--file", str(notes), "--answer", ANSWER)
+    proxyPort = processes.ccproxy(proxyConfig(upstreamPort))
     code, stdout, stderr = runClaude(
         claude,
         workspace,

@@ -6,38 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def waitFor(check: Callable[[], Any], what: str, seconds: float = 20) -> Any:
-    """Poll a subprocess's visible state (a readiness probe, not a timing assertion)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except OSError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.processes import Processes, checkoutEnvironment, freePort, twistd, waitFor
 
 
 def get(url: str) -> Any:
@@ -55,25 +32,12 @@ def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    portFile, log = tmp_path / "upstream.port", tmp_path / "upstream.jsonl"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "support" / "scripted_upstream.py"),
-            "--port-file",
-            str(portFile),
-            "--log",
-            str(log),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    processes = Processes(tmp_path)
     try:
-        port = waitFor(lambda: portFile.exists() and portFile.read_text().strip(), "upstream")
-        yield f"http://127.0.0.1:{port}/v1", log
+        port = processes.scriptedUpstream()
+        yield f"http://127.0.0.1:{port}/v1", processes.upstreamLog
     finally:
-        process.terminate()
-        process.wait(10)
+        processes.close()
 
 
 CONFIG = """
@@ -104,11 +68,9 @@ def test_daemon_pidfile_reload_and_stop(tmp_path: Path, upstream: tuple[str, Pat
         config.write_text(CONFIG.format(port=port, upstream=upstreamURL, model=model, log=logfile))
 
     writeConfig("model-one")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    twistd = Path(sys.executable).parent / "twistd"
     started = subprocess.run(
         [
-            str(twistd),
+            *twistd(),
             "--pidfile",
             str(pidfile),
             "--logfile",
@@ -118,7 +80,7 @@ def test_daemon_pidfile_reload_and_stop(tmp_path: Path, upstream: tuple[str, Pat
             str(config),
         ],
         cwd=tmp_path,
-        env=env,
+        env=checkoutEnvironment(),
         capture_output=True,
         text=True,
         timeout=30,

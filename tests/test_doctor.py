@@ -745,7 +745,9 @@ class PlayServer(HTTPServer):
 def play() -> Iterator[tuple[PlayServer, str]]:
     server = PlayServer(("127.0.0.1", 0), PlayHandler)
     server.scenario = Scenario()
-    thread = threading.Thread(target=server.serve_forever)
+    # shutdown() waits for serve_forever to notice it, up to one poll interval: at the
+    # default 0.5 s that was most of each test's time.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
     thread.start()
     try:
         yield server, f"http://127.0.0.1:{server.server_address[1]}"

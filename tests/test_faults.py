@@ -1,10 +1,15 @@
-"""Upstream faults over real sockets: what the client gets, whether failover happened,
-and that the daemon serves normally afterwards.
+"""Upstream faults: what the client gets, whether failover happened, and that the
+daemon serves normally afterwards.
 
 The faulty upstream ("flaky") is a raw TCP server scripted at the byte level, so it
 can do what no well-behaved HTTP server does: reset, stall, trickle, send garbage,
-announce 2 GB. The healthy partner ("backup") is `tests.fakes.FakeOpenAI` on a real
-`Site`. The proxy is the real `ProxyService` on 127.0.0.1, and the client is treq.
+announce 2 GB. The healthy partner ("backup") is `tests.support.fakes.FakeOpenAI` on
+a real `Site`. The proxy is the real `ProxyService`, and the client is treq.
+
+They run over real sockets on 127.0.0.1, except the faults that last until a timer
+ends them (stalls, slowloris, a line that never ends): every case of those runs on
+a `tests.support.memorynet.MemoryNet`, the same protocols and bytes with the clock
+jumping from timer to timer, and one case of each over sockets too (`TIMED`).
 
 Each scenario runs on three routes of one config: `partnered` fails over from flaky
 to backup, `solo` has no partner, `healthy` goes to backup alone. Failover must
@@ -28,7 +33,7 @@ import pytest_twisted
 from attrs import define, field, frozen
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -50,6 +55,7 @@ from tests.support.faultkit import (
     within,
     words,
 )
+from tests.support.memorynet import MemoryNet
 
 UPSTREAM_TIMEOUT = 0.5
 MAX_DURATION = 1.5
@@ -132,7 +138,7 @@ class Conn(Protocol):
             if self.open:
                 f(*args)
 
-        self.calls.append(reactor.callLater(delay, call))
+        self.calls.append(self.factory.clock.callLater(delay, call))
 
     def reset(self) -> None:
         """Close with a TCP RST (SO_LINGER 0), not a FIN."""
@@ -158,6 +164,7 @@ class ScriptedFactory(Factory):
 
     fault: Action
     faults: int = 1
+    clock: IReactorTime = reactor
     connections: list[Conn] = field(factory=list)
     requests: list[Seen] = field(factory=list)
     faultyConnections: list[Conn] = field(factory=list)
@@ -532,19 +539,40 @@ def knownBugs(fault: Fault, stream: bool, route: str) -> list[Any]:
     return []
 
 
+TIMED = {
+    "connect-stall",
+    "stall-before-headers",
+    "stall-mid-stream",
+    "slowloris-headers",
+    "slowloris-body",
+    "never-ending-line",
+}
+"""Faults that last until a timer ends them (a timeout, `max_duration`, or a size
+limit that a trickle reaches): every case of these runs on a `MemoryNet`, where that
+takes no wall-clock time, and one case of each over sockets as well."""
+
+SOCKET_CASE = (True, "partnered")
+"""The (stream, route) of a timed fault that also runs over sockets."""
+
+
 def cases() -> list[Any]:
-    return [
-        pytest.param(
-            fault,
-            stream,
-            route,
-            id=f"{fault.name}-{'stream' if stream else 'json'}-{route}",
-            marks=knownBugs(fault, stream, route),
-        )
-        for fault in FAULTS
-        for stream in (False, True)
-        for route in ("partnered", "solo")
-    ]
+    params = []
+    for fault in FAULTS:
+        for stream in (False, True):
+            for route in ("partnered", "solo"):
+                name = f"{fault.name}-{'stream' if stream else 'json'}-{route}"
+                marks = knownBugs(fault, stream, route)
+                if fault.name not in TIMED or (stream, route) == SOCKET_CASE:
+                    params.append(
+                        pytest.param("sockets", fault, stream, route, id=name, marks=marks)
+                    )
+                if fault.name in TIMED:
+                    params.append(
+                        pytest.param(
+                            "memory", fault, stream, route, id=f"{name}-in-memory", marks=marks
+                        )
+                    )
+    return params
 
 
 # -- the rig ------------------------------------------------------------------------------
@@ -558,58 +586,22 @@ def backupReply(request: IRequest, fake: FakeOpenAI) -> Any:
     return jsonReply(completion(BACKUP_TEXT))(request, fake)
 
 
-@define
-class Rig:
-    """A scripted flaky upstream, a healthy backup, the proxy, and a client."""
+class Sockets:
+    """The rig's network: real sockets on 127.0.0.1, under the global reactor."""
 
-    flaky: ScriptedFactory | None = None
-    backup: FakeOpenAI = field(factory=lambda: FakeOpenAI(clock=reactor))
-    service: ProxyService | None = None
-    base: str = ""
-    ports: list[Any] = field(factory=list)
-    client: Client = field(factory=Client)
-    sockets: list[socket.socket] = field(factory=list)
+    reactor: Any = reactor
 
-    async def start(
-        self,
-        action: Action | None,
-        retries: int = 0,
-        faults: int = 1,
-        flakyExtra: str = "",
-        breakerFailures: int = 100,
-        connectTimeout: float = 5,
-    ) -> None:
-        if action is None:
-            flakyPort = closedPort()
-        elif action is blackhole:
-            flakyPort = self.blackhole()
-        else:
-            self.flaky = ScriptedFactory(action, faults)
-            port = reactor.listenTCP(0, self.flaky, interface="127.0.0.1")
-            self.ports.append(port)
-            flakyPort = port.getHost().port
-        self.backup.queue(*[backupReply] * 20)
-        backupPort = reactor.listenTCP(0, Site(self.backup.resource()), interface="127.0.0.1")
-        self.ports.append(backupPort)
-        config = Config.fromYAML(
-            CONFIG.format(
-                maxDuration=MAX_DURATION,
-                maxLine=MAX_LINE_BYTES,
-                maxResponse=MAX_RESPONSE_BYTES,
-                flaky=flakyPort,
-                backup=backupPort.getHost().port,
-                timeout=UPSTREAM_TIMEOUT,
-                retries=retries,
-                flakyExtra=flakyExtra,
-                breakerFailures=breakerFailures,
-                connectTimeout=connectTimeout,
-            ),
-            {},
-        )
-        self.service = buildService(config, reactor)
-        self.service.startService()
-        listening = await within(self.service.listeningPort())
-        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+    def __init__(self) -> None:
+        self.ports: list[Any] = []
+        self.sockets: list[socket.socket] = []
+
+    def listen(self, factory: Factory) -> int:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.ports.append(port)
+        return int(port.getHost().port)
+
+    def refused(self) -> int:
+        return closedPort()
 
     def blackhole(self) -> int:
         """A listening port whose accept queue is full: a new connection hangs."""
@@ -620,8 +612,113 @@ class Rig:
         self.sockets += [listener, filler]
         return int(listener.getsockname()[1])
 
+    def wait(self, d: Deferred[Any]) -> Deferred[Any]:
+        return within(d)
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        await waitUntil(condition, what)
+
+    async def close(self) -> None:
+        for port in self.ports:
+            await within(port.stopListening())
+        for sock in self.sockets:
+            sock.close()
+
+
+class Memory:
+    """The rig's network: a `MemoryNet`, whose clock jumps from timer to timer."""
+
+    def __init__(self) -> None:
+        self.net = MemoryNet()
+        self.reactor = self.net.reactor
+
+    def listen(self, factory: Factory) -> int:
+        return self.net.listen(factory)
+
+    def refused(self) -> int:
+        return self.net.unusedPort()
+
+    def blackhole(self) -> int:
+        return self.net.blackhole()
+
+    def wait(self, d: Deferred[Any]) -> Deferred[Any]:
+        return self.net.run(d)
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        self.net.runUntil(condition, what)
+
+    async def close(self) -> None:
+        pass
+
+
+@define
+class Rig:
+    """A scripted flaky upstream, a healthy backup, the proxy, and a client, all on
+    one network: real sockets, or a `MemoryNet`."""
+
+    network: Sockets | Memory
+    flaky: ScriptedFactory | None = None
+    backup: FakeOpenAI = field()
+    service: ProxyService | None = None
+    base: str = ""
+    client: Client = field()
+
+    @backup.default
+    def _backup(self) -> FakeOpenAI:
+        return FakeOpenAI(clock=self.network.reactor)
+
+    @client.default
+    def _client(self) -> Client:
+        return Client(self.network.reactor, self.network.wait)
+
+    async def start(
+        self,
+        action: Action | None,
+        retries: int = 0,
+        faults: int = 1,
+        flakyExtra: str = "",
+        breakerFailures: int = 100,
+        connectTimeout: float = 5,
+    ) -> None:
+        network = self.network
+        if action is None:
+            flakyPort = network.refused()
+        elif action is blackhole:
+            flakyPort = network.blackhole()
+        else:
+            self.flaky = ScriptedFactory(action, faults, network.reactor)
+            flakyPort = network.listen(self.flaky)
+        self.backup.queue(*[backupReply] * 20)
+        backupPort = network.listen(Site(self.backup.resource(), reactor=network.reactor))
+        config = Config.fromYAML(
+            CONFIG.format(
+                maxDuration=MAX_DURATION,
+                maxLine=MAX_LINE_BYTES,
+                maxResponse=MAX_RESPONSE_BYTES,
+                flaky=flakyPort,
+                backup=backupPort,
+                timeout=UPSTREAM_TIMEOUT,
+                retries=retries,
+                flakyExtra=flakyExtra,
+                breakerFailures=breakerFailures,
+                connectTimeout=connectTimeout,
+            ),
+            {},
+        )
+        self.service = buildService(config, network.reactor)
+        self.service.startService()
+        listening = await network.wait(self.service.listeningPort())
+        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+
     async def post(self, model: str, stream: bool) -> ClientReply:
         return await self.client.post(f"{self.base}/v1/messages", request(model, stream))
+
+    async def closed(self, conn: Conn) -> None:
+        """Once `conn` is closed (a bounded wait)."""
+        await self.network.wait(conn.lost)
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        await self.network.until(condition, what)
 
     def assertIdle(self) -> None:
         """Nothing in flight, no slot held: the fault left no bookkeeping behind."""
@@ -636,21 +733,19 @@ class Rig:
 
     async def stop(self) -> None:
         if self.service is not None:
-            await within(self.service.stopService())
-        for port in self.ports:
-            await within(port.stopListening())
+            await self.network.wait(self.service.stopService())
         await self.client.close()
-        for sock in self.sockets:
-            sock.close()
+        await self.network.close()
         if self.flaky is not None:
             # Every upstream connection is closed once the proxy has stopped.
             for conn in self.flaky.connections:
-                await within(conn.lost)
+                await self.closed(conn)
 
 
 @pytest_twisted.async_yield_fixture()
-async def rig() -> AsyncIterator[Rig]:
-    made = Rig()
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """A rig on sockets, or on a `MemoryNet` where a test is parametrized with "memory"."""
+    made = Rig(Memory() if getattr(request, "param", "sockets") == "memory" else Sockets())
     try:
         yield made
     finally:
@@ -660,7 +755,7 @@ async def rig() -> AsyncIterator[Rig]:
 # -- the scenarios ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fault", "stream", "route"), cases())
+@pytest.mark.parametrize(("rig", "fault", "stream", "route"), cases(), indirect=["rig"])
 @pytest_twisted.ensureDeferred
 async def test_fault(rig: Rig, fault: Fault, stream: bool, route: str) -> None:
     """One fault on one route: what the client gets, whether the backup served it,
@@ -681,7 +776,7 @@ async def test_fault(rig: Rig, fault: Fault, stream: bool, route: str) -> None:
         if stream not in fault.keeps:
             # The proxy closed the connection that carried the fault.
             for conn in rig.flaky.faultyConnections:
-                await within(conn.lost)
+                await rig.closed(conn)
     rig.assertIdle()
 
     # The daemon then serves normally: the backup, and flaky itself when it listens.
@@ -717,6 +812,7 @@ async def test_retries_exhausted_then_failover(rig: Rig) -> None:
     assert len(rig.backup.received) == 1
 
 
+@pytest.mark.parametrize("rig", ["memory"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_open_breaker_skips_flaky(rig: Rig) -> None:
     """After `breaker_failures` faults flaky is skipped while it has a partner:
@@ -754,6 +850,7 @@ async def test_stream_answered_with_json_frees_its_slot(rig: Rig) -> None:
     rig.assertIdle()
 
 
+@pytest.mark.parametrize("rig", ["memory"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_client_leaving_while_connecting_is_no_upstream_failure(rig: Rig) -> None:
     """With `breaker_failures: 1`, a client that hangs up while the proxy is still
@@ -765,10 +862,10 @@ async def test_client_leaving_while_connecting_is_no_upstream_failure(rig: Rig) 
     leaving = rig.client.http.post(
         f"{rig.base}/v1/messages", data=orjson.dumps(request("solo", True))
     )
-    await waitUntil(lambda: app.inFlight == 1, "the request to reach the proxy")
+    await rig.until(lambda: app.inFlight == 1, "the request to reach the proxy")
     leaving.addErrback(lambda _: None)  # its failure is the point
     leaving.cancel()  # the client hangs up while the proxy is connecting
-    await waitUntil(lambda: app.inFlight == 0, "the proxy to drop the request")
+    await rig.until(lambda: app.inFlight == 0, "the proxy to drop the request")
     reply = await rig.post("solo", True)
     assertEnvelope(reply, 504, "api_error", "before answering")
 

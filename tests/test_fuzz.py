@@ -19,7 +19,6 @@ import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,14 +34,12 @@ from twisted.web.iweb import IRequest
 
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING
 from ccproxy.web.site import ProxySite
+from tests.support.examples import examples
 from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
+from tests.support.fixtures import capturedBodies
 from tests.support.harness import BASE_CONFIG, ClientReply, Harness, message, parseSSE
 
-FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"
-CLAUDE_CODE_BODIES = [
-    json.loads(path.read_text())["body"]
-    for path in sorted(FIXTURES.glob("*-POST-v1_messages*.json"))
-]
+CLAUDE_CODE_BODIES = capturedBodies("*-POST-v1_messages*.json")
 # Every model name routes somewhere, so that every body gets as far as it can.
 CONFIG = BASE_CONFIG + '  "*": up/any-model\n'
 PATHS = ["/v1/messages", "/v1/messages?beta=true", "/v1/messages/count_tokens"]
@@ -52,12 +49,12 @@ CLIENT_ERRORS = {
     (413, "request_too_large"),
 }
 FUZZ = settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 # Bodies and streams large along one dimension (issue 11): fewer examples, each bigger.
-FUZZ_SIZES = settings(FUZZ, max_examples=25)
+FUZZ_SIZES = settings(FUZZ, max_examples=examples(25))
 # The same, with the upstream reducing tool schemas for Gemini.
 GEMINI_CONFIG = CONFIG.replace("    retries: 0\n", "    retries: 0\n    preset: gemini\n", 1)
 

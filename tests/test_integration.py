@@ -14,42 +14,35 @@ import orjson
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import UNKNOWN_LENGTH
-from twisted.web.server import Site
 
-from ccproxy.config import Config
-from ccproxy.daemon.wiring import buildService
 from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
+from tests.support.fixtures import TOOLS
+from tests.support.loopback import startLoopback
 
 
 @pytest_twisted.async_yield_fixture()
 async def running() -> AsyncIterator[tuple[str, FakeOpenAI]]:
     """A fake upstream and the proxy in front of it, both listening on loopback."""
-    upstream = FakeOpenAI(clock=reactor)
-    upstreamPort = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
-    config = Config.fromYAML(
-        f"""
+    loopback = await startLoopback(
+        lambda upstream: (
+            f"""
 listen: "tcp:0:interface=127.0.0.1"
 upstreams:
   fake:
-    url: "http://127.0.0.1:{upstreamPort.getHost().port}/v1"
+    url: "{upstream}"
     api_key: upstream-key
     timeout: 20
 models:
   claude-*: fake/fake-model
-""",
-        {},
+"""
+        )
     )
-    service = buildService(config, reactor)
-    service.startService()
-    port = await service.listeningPort()
     try:
-        yield f"http://127.0.0.1:{port.getHost().port}", upstream
+        yield loopback.base, loopback.upstream
     finally:
-        await service.stopService()
-        await upstreamPort.stopListening()
+        await loopback.stop()
 
 
 def body(**extra: Any) -> dict[str, Any]:
@@ -152,17 +145,6 @@ TOOL_ANSWER = [
     },
     {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
     {"choices": [], "usage": {"prompt_tokens": 42, "completion_tokens": 12}},
-]
-TOOLS = [
-    {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "input_schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    }
 ]
 
 

@@ -19,31 +19,31 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import pytest_twisted
 from attrs import define, field
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from ccproxy.config import Config
 from ccproxy.daemon.service import ProxyService
-from ccproxy.daemon.wiring import buildService
 from tests.support.faultkit import (
     Client,
     ClientReply,
     assertEnvelope,
     assertStreamError,
     blocksOf,
-    closedPort,
     request,
     textOf,
     within,
 )
+from tests.support.fixtures import TOOLS
+from tests.support.loopback import startProxy
+from tests.support.processes import Exited, answers, freePort, stop, waitFor
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llmock") is None,
@@ -100,19 +100,14 @@ class LLMock:
             pass
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop(self.process)
         if self.process.stderr is not None:
             self.process.stderr.close()
 
 
 def startLLMock(*flags: str) -> LLMock:
     """`llmock serve` on a free loopback port, once it answers (bounded wait)."""
-    port = closedPort()
+    port = freePort()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -131,21 +126,16 @@ def startLLMock(*flags: str) -> LLMock:
         stderr=subprocess.PIPE,
     )
     mock = LLMock(process, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 20
-    while True:  # readiness polling of a subprocess, not a timing assertion
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            mock.stop()
-            pytest.skip(f"llmock could not run: exit {process.returncode}: {stderr[-500:]}")
-        try:
-            mock.get("/_llmock/scenario")
-            return mock
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            mock.stop()
-            pytest.fail("llmock did not answer within 20 s")
-        time.sleep(0.05)
+    try:
+        waitFor(partial(answers, mock.url + "/_llmock/scenario"), "llmock to answer", 20, process)
+    except Exited as e:
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        mock.stop()
+        pytest.skip(f"llmock could not run: exit {e.returncode}: {stderr[-500:]}")
+    except AssertionError:
+        mock.stop()
+        raise
+    return mock
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +184,7 @@ async def proxyFor() -> AsyncIterator[Callable[..., Any]]:
             ),
             {},
         )
-        service = buildService(config, reactor)
-        service.startService()
-        port = await within(service.listeningPort())
-        proxy = Proxy(service, f"http://127.0.0.1:{port.getHost().port}")
+        proxy = Proxy(*await startProxy(config))
         started.append(proxy)
         return proxy
 
@@ -328,19 +315,6 @@ async def test_429_retry_honours_retry_after(
 
 
 # -- a clean run with tools -----------------------------------------------------------------
-
-
-TOOLS = [
-    {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "input_schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    }
-]
 
 
 @pytest.mark.parametrize("stream", [False, True])

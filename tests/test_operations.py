@@ -13,7 +13,9 @@ import treq
 from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import (
     ILogObserver,
     LogLevel,
@@ -23,15 +25,14 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
-from twisted.web.client import HTTPConnectionPool
-from twisted.web.server import Site
 
 from ccproxy.config import Config, LogSettings
 from ccproxy.daemon.logs import fileObserver, openLogFile
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.wiring import buildService
-from tests.support.fakes import FakeOpenAI, jsonReply, sseReply
+from tests.support.fakes import jsonReply, sseReply
 from tests.support.harness import BASE_CONFIG, Harness, message, parseSSE, resultOf
+from tests.support.loopback import startLoopback
 
 
 def capture() -> tuple[list[dict[str, Any]], Any]:
@@ -134,38 +135,40 @@ def test_request_in_flight_finishes_on_the_old_config() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_stop_drains_streams_in_flight() -> None:
-    upstream = FakeOpenAI(clock=reactor)
-    upstreamPort = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
-    config = Config.fromYAML(
-        f"""
+    loopback = await startLoopback(
+        lambda upstream: (
+            f"""
 listen: "tcp:0:interface=127.0.0.1"
 upstreams:
-  fake: {{url: "http://127.0.0.1:{upstreamPort.getHost().port}/v1"}}
+  fake: {{url: "{upstream}"}}
 models:
   "*": fake
 shutdown_grace: 10
-""",
-        {},
+"""
+        )
     )
     chunks = [{"choices": [{"index": 0, "delta": {"content": f"{i} "}}]} for i in range(4)]
     chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    upstream.queue(sseReply(chunks, delay=0.05))
-    service = buildService(config, reactor)
-    service.startService()
+    loopback.upstream.queue(sseReply(chunks, delay=0.05))
+    service = loopback.service
     try:
-        port = (await service.listeningPort()).getHost().port
-        url = f"http://127.0.0.1:{port}/v1/messages"
-        response = await treq.post(url, data=orjson.dumps(message(stream=True)))
+        response = await treq.post(
+            f"{loopback.base}/v1/messages", data=orjson.dumps(message(stream=True))
+        )
         assert service.app.streamsInFlight == 1
         stopped: Deferred[None] = service.stopService()
         body = await response.content()
         await stopped
         assert parseSSE(body)[-1][0] == "message_stop"
-        fresh = HTTPConnectionPool(reactor, persistent=False)
+        # The port no longer accepts. (Connected to directly: treq's HostnameEndpoint
+        # would wait its 0.3 s attempt delay before reporting the refusal.)
+        port = int(loopback.base.rsplit(":", 1)[1])
         with pytest.raises(ConnectionRefusedError):
-            await treq.get(f"http://127.0.0.1:{port}/", pool=fresh)
+            await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+                Factory.forProtocol(Protocol)
+            )
     finally:
-        await upstreamPort.stopListening()
+        await loopback.upstreamPort.stopListening()
 
 
 # -- logs -------------------------------------------------------------------------------

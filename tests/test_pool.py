@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
 from ccproxy.config import Config
-from ccproxy.daemon.wiring import buildService
+from tests.support.loopback import startProxy
 
 ANSWER = orjson.dumps(
     {
@@ -73,16 +73,14 @@ models:
 """,
         {},
     )
-    service = buildService(config, reactor)
-    service.startService()
+    service, base = await startProxy(config)
     try:
-        port = (await service.listeningPort()).getHost().port
         body = orjson.dumps(
             {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
         )
         codes = []
         for _ in range(2):
-            response = await treq.post(f"http://127.0.0.1:{port}/v1/messages", data=body)
+            response = await treq.post(f"{base}/v1/messages", data=body)
             await response.content()
             codes.append(response.code)
         assert codes == [200, 200]

@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import Processes, answers, freePort, waitFor
+
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEMPLATE_FILE = "Qwen-Qwen2.5-7B-Instruct.jinja"
 CONTEXT = 4096
@@ -91,45 +89,6 @@ TOOL_TURN = [
 # -- processes -------------------------------------------------------------------------------
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def waitReady(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
-    """Poll a readiness URL until it answers 200 (a probe, not a timing assertion)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready after {seconds} s:\n{_tail(log)}")
-
-
-def _tail(log: Path) -> str:
-    try:
-        return log.read_text(errors="replace")[-3000:]
-    except OSError:
-        return "(no log)"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("real-upstream")
@@ -141,7 +100,6 @@ def llamaServer(workdir: Path) -> Iterator[str]:
     assert not isinstance(_FILES, str)
     binary, model, template = _FILES
     port = freePort()
-    log = workdir / "llama-server.log"
     command = [
         str(binary),
         "-m",
@@ -162,13 +120,15 @@ def llamaServer(workdir: Path) -> Iterator[str]:
         "--port",
         str(port),
     ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    processes = Processes(workdir)
     try:
-        waitReady(f"http://127.0.0.1:{port}/health", process, log, 120)
+        log = workdir / "llama-server.log"
+        process = processes.spawn(command, log)
+        url = f"http://127.0.0.1:{port}/health"
+        waitFor(partial(answers, url), url, 120, process=process, log=log)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        _stop(process)
+        processes.close()
 
 
 CONFIG = """\
@@ -185,25 +145,16 @@ models:
 @pytest.fixture(scope="module")
 def proxy(workdir: Path, llamaServer: str) -> Iterator[str]:
     """ccproxy as a real daemon in front of llama-server: its base URL."""
-    port = freePort()
-    config = workdir / "ccproxy.yaml"
-    config.write_text(CONFIG.format(port=port, upstream=llamaServer, timeout=int(REQUEST_TIMEOUT)))
-    log = workdir / "ccproxy.log"
-    twistd = Path(sys.executable).parent / "twistd"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(twistd), "-n", "--pidfile=", "ccproxy", "--config", str(config)],
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    processes = Processes(workdir)
     try:
-        waitReady(f"http://127.0.0.1:{port}/healthz", process, log, 30)
+        port = processes.ccproxy(
+            lambda port: CONFIG.format(
+                port=port, upstream=llamaServer, timeout=int(REQUEST_TIMEOUT)
+            )
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(process)
+        processes.close()
 
 
 @pytest.fixture(scope="module")

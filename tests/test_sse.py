@@ -24,6 +24,7 @@ from ccproxy.config.model import DEFAULT_MAX_LINE_BYTES as DEFAULT_MAX_LINE
 from ccproxy.errors import ProxyError
 from ccproxy.relay.relay import encodeEvent
 from ccproxy.relay.sse import SSEParser
+from tests.support.examples import examples
 
 TIMEOUT = 30.0
 
@@ -158,7 +159,7 @@ def test_singleBytes(stream: bytes, expected: list[bytes], done: bool) -> None:
     assert payloadsOf(*(stream[i : i + 1] for i in range(len(stream)))) == (expected, done)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=examples(200), deadline=None, derandomize=True, database=None)
 @given(st.lists(st.integers(0, len(STREAM)), max_size=12))
 def test_anySplit(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(STREAM)]

@@ -6,8 +6,6 @@ Anthropic body first, exactly as `/v1/messages/count_tokens` does.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,8 +15,7 @@ from ccproxy.errors import ProxyError
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.tokens import estimateTokens, textTokens
-
-FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"
+from tests.support.fixtures import requestBodies, requestBody
 
 SCHEMA = {
     "type": "object",
@@ -225,16 +222,7 @@ def test_text_tokens(text: str, expected: int) -> None:
 # -- realistic sizes -------------------------------------------------------------------------
 
 
-def _fixtures() -> list[Any]:
-    params = []
-    for path in sorted(FIXTURES.glob("*.json")):
-        body = json.loads(path.read_text())["body"]
-        if isinstance(body, dict) and "messages" in body:
-            params.append(pytest.param(body, id=path.stem.split("-POST")[0]))
-    return params
-
-
-FIXTURE_BODIES = _fixtures()
+FIXTURE_BODIES = requestBodies()
 # The Python SDK's one-word prompts are mostly JSON envelope; the band below is for
 # real Claude Code requests (system prompt, tools, history: several KB each).
 LARGE_FIXTURES = [p for p in FIXTURE_BODIES if len(orjson.dumps(p.values[0])) >= 2000]
@@ -273,8 +261,7 @@ def test_tool_heavy_fixture_magnitude() -> None:
     """027 is /context's count_tokens for the 12 Claude Code tools and a one-word prompt:
     about 8 KB of JSON schemas and (sanitized) descriptions, so a few thousand tokens.
     1500-6000 is 1.4-5.6 characters per token over that JSON."""
-    (path,) = FIXTURES.glob("027-*.json")
-    body = json.loads(path.read_text())["body"]
+    body = requestBody("027")
     assert len(body["tools"]) == 12
     tokens = estimate(body)
     assert 1500 <= tokens <= 6000

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,8 +17,8 @@ import pytest
 from ccproxy.errors import ProxyError
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.request import MAX_STOP_SEQUENCES, stopSequences, toOpenAI
+from tests.support.fixtures import requestBodies, requestBody
 
-FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"
 DEFAULT_MAX = 32000
 EPHEMERAL = {"type": "ephemeral"}
 
@@ -1278,21 +1277,7 @@ def test_gemini_schemas_share_one_budget_per_request(tools: list[Any], fits: boo
 # -- captured Claude Code requests ----------------------------------------------------------
 
 
-def _fixtureBodies() -> list[Any]:
-    params = []
-    for path in sorted(FIXTURES.glob("*.json")):
-        body = json.loads(path.read_text())["body"]
-        if isinstance(body, dict) and "messages" in body:
-            params.append(pytest.param(body, id=path.stem.split("-POST")[0]))
-    return params
-
-
-FIXTURE_BODIES = _fixtureBodies()
-
-
-def loadFixture(prefix: str) -> dict[str, Any]:
-    (path,) = FIXTURES.glob(f"{prefix}-*.json")
-    return json.loads(path.read_text())["body"]
+FIXTURE_BODIES = requestBodies()
 
 
 def test_fixture_folder_is_present() -> None:
@@ -1343,7 +1328,7 @@ def test_fixture_translates_cleanly(body: dict[str, Any], profile: Profile) -> N
 
 def test_fixture_parallel_results_reordered_to_call_order() -> None:
     # Claude Code sent the Read result before the Bash one (completion order).
-    body = loadFixture("005")
+    body = requestBody("005")
     callOrder = [b["id"] for b in body["messages"][2]["content"] if b["type"] == "tool_use"]
     resultOrder = [b["tool_use_id"] for b in body["messages"][3]["content"]]
     assert resultOrder == callOrder[::-1]
@@ -1354,7 +1339,7 @@ def test_fixture_parallel_results_reordered_to_call_order() -> None:
 
 
 def test_fixture_system_message_after_first_user_turn_merged() -> None:
-    body = loadFixture("001")
+    body = requestBody("001")
     assert body["messages"][1]["role"] == "system"
     messages = translate(body)["messages"]
     assert [m["role"] for m in messages] == ["system", "user"]
@@ -1367,7 +1352,7 @@ def test_fixture_system_message_after_first_user_turn_merged() -> None:
 
 
 def test_fixture_error_result_marked() -> None:
-    messages = translate(loadFixture("008"))["messages"]
+    messages = translate(requestBody("008"))["messages"]
     tools = [m for m in messages if m["role"] == "tool"]
     assert len(tools) == 2
     assert tools[0]["content"].startswith("Error")
@@ -1375,7 +1360,7 @@ def test_fixture_error_result_marked() -> None:
 
 
 def test_fixture_image_result_follows_tool_message() -> None:
-    messages = translate(loadFixture("009"))["messages"]
+    messages = translate(requestBody("009"))["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "user"]
     (part,) = messages[4]["content"]
     assert part["type"] == "image_url"
@@ -1383,13 +1368,13 @@ def test_fixture_image_result_follows_tool_message() -> None:
 
 
 def test_fixture_compact_result_then_user_text() -> None:
-    messages = translate(loadFixture("028"))["messages"]
+    messages = translate(requestBody("028"))["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "user"]
     assert messages[2]["content"] == ""
 
 
 def test_fixture_title_request_without_tools() -> None:
-    out = translate(loadFixture("023"))
+    out = translate(requestBody("023"))
     assert "tools" not in out
     assert "tool_choice" not in out
     assert out["max_completion_tokens"] == 128000
@@ -1398,5 +1383,5 @@ def test_fixture_title_request_without_tools() -> None:
 
 
 def test_fixture_metadata_user_id_forwarded() -> None:
-    body = loadFixture("001")
+    body = requestBody("001")
     assert translate(body)["user"] == body["metadata"]["user_id"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +21,7 @@ from ccproxy.translate.schema import (
     SchemaTooComplex,
     geminiSchema,
 )
-
-FIXTURES = Path(__file__).parent / "fixtures" / "claude-code" / "requests"
+from tests.support.fixtures import capturedBodies
 
 # Every keyword Gemini's Schema takes that geminiSchema may emit.
 GEMINI_KEYWORDS = {
@@ -997,8 +995,7 @@ def test_checker_catches_what_gemini_refuses() -> None:
 
 def _fixtureSchemas() -> list[Any]:
     schemas: dict[str, Any] = {}
-    for path in sorted(FIXTURES.glob("*.json")):
-        body = json.loads(path.read_text()).get("body")
+    for body in capturedBodies():
         if not isinstance(body, dict):
             continue
         for tool in body.get("tools") or []:

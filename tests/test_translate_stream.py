@@ -25,6 +25,7 @@ from ccproxy.errors import ProxyError
 from ccproxy.translate.response import fromOpenAI
 from ccproxy.translate.stream import StreamTranslator, _Call, eventsForMessage
 from ccproxy.translate.thinking import ThinkTagSplitter, splitThinkTags
+from tests.support.examples import examples
 
 MESSAGE_ID = "msg_test"
 MODEL = "claude-test"
@@ -1750,7 +1751,7 @@ def render(
 
 
 PROPERTY = settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     derandomize=True,
     database=None,
@@ -1916,7 +1917,7 @@ def test_completeness_is_read_piece_by_piece(text: str) -> None:
         assert call.arguments() == sent == sofar
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@settings(max_examples=examples(100), deadline=None, derandomize=True, database=None)
 @given(VALUES, st.data())
 def test_completeness_of_any_value_in_any_pieces(value: Any, data: st.DataObject) -> None:
     text = _dumps(data.draw, {"v": value})

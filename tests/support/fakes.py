@@ -25,13 +25,16 @@ class Received:
 
 @define
 class FakeOpenAI:
-    """Answers POST …/chat/completions with the next queued reply."""
+    """Answers every request with the next queued reply (POST …/chat/completions,
+    or any path), and records what it received."""
 
     clock: IReactorTime | None = None
     replies: list[Responder] = field(factory=list)
     received: list[Received] = field(factory=list)
     disconnected: int = 0
     finished: int = 0
+    otherwise: Responder | None = None
+    """The reply when none is queued; by default a plain completion saying "hello"."""
 
     router = Klein()
 
@@ -60,7 +63,10 @@ class FakeOpenAI:
             )
         )
         request.notifyFinish().addCallbacks(self._finished, self._disconnected)
-        reply = self.replies.pop(0) if self.replies else jsonReply(completion("hello"))
+        if self.replies:
+            reply = self.replies.pop(0)
+        else:
+            reply = self.otherwise or jsonReply(completion("hello"))
         return reply(request, self)
 
     def _finished(self, _: object) -> None:

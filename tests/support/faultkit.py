@@ -1,10 +1,9 @@
-"""What fault tests over real sockets share: a bounded client and the checks of what
-a client must see (an Anthropic error envelope, a stream that ends in `event: error`,
-or a whole normal answer)."""
+"""What fault tests share: a bounded client (over real sockets, or on a `MemoryNet`)
+and the checks of what a client must see (an Anthropic error envelope, a stream that
+ends in `event: error`, or a whole normal answer)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from ccproxy.upstream.client import BytesProducer
 from tests.support.harness import ClientReply, parseSSE
+from tests.support.processes import freePort
 
 BOUND = 10.0
 """Seconds any single wait may take before the test fails instead of hanging."""
@@ -38,9 +39,7 @@ async def waitUntil(condition: Callable[[], bool], what: str, seconds: float = B
 
 def closedPort() -> int:
     """A loopback port that was bound and closed again: connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return freePort()
 
 
 def request(model: str, stream: bool, text: str = "hello", **extra: Any) -> dict[str, Any]:
@@ -55,23 +54,33 @@ def request(model: str, stream: bool, text: str = "hello", **extra: Any) -> dict
 
 
 class Client:
-    """A treq client on its own non-persistent pool, every request bounded in time."""
+    """A treq client on its own non-persistent pool, every wait bounded.
 
-    def __init__(self) -> None:
+    By default on the global reactor, each wait bounded by `within`; on a `MemoryNet`,
+    `Client(net.reactor, net.run)`: each wait runs the network until it is over. Bodies
+    are written at once (treq's default producer would wait for the global reactor's
+    cooperator, which does not run while a `MemoryNet` runs)."""
+
+    def __init__(
+        self,
+        reactor: Any = reactor,
+        wait: Callable[[Deferred[Any]], Deferred[Any]] = within,
+    ) -> None:
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = HTTPClient(Agent(reactor, pool=self.pool))
+        self.http = HTTPClient(Agent(reactor, pool=self.pool), data_to_body_producer=BytesProducer)
+        self.wait = wait
 
     async def post(self, url: str, body: dict[str, Any] | bytes) -> ClientReply:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        response = await within(self.http.post(url, data=data))
-        raw = await within(response.content())
+        response = await self.wait(self.http.post(url, data=data))
+        raw = await self.wait(response.content())
         headers = {
             k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()
         }
         return ClientReply(response.code, headers, raw)
 
     async def close(self) -> None:
-        await within(self.pool.closeCachedConnections())
+        await self.wait(self.pool.closeCachedConnections())
 
 
 def assertEnvelope(

@@ -1,4 +1,5 @@
-"""A scripted OpenAI-compatible upstream, run as a subprocess by test_claude_code.py.
+"""A scripted OpenAI-compatible upstream, run as a subprocess by test_claude_code.py
+and test_daemon.py (with `Processes.scriptedUpstream` of tests/support/processes.py).
 
     python tests/support/scripted_upstream.py --port-file PATH --log PATH \\
         [--file /abs/path/notes.txt] [--answer TEXT]
@@ -14,7 +15,8 @@ JSON line (`{"path": …, "body": …}`). Answers to POST …/chat/completions:
 - anything else (titles, background work): a short plain text.
 
 Streamed requests get SSE chunks (with a usage chunk and `data: [DONE]`), others
-one JSON completion.
+one JSON completion. It is `tests.support.fakes.FakeOpenAI` on a real port, with
+this script as the reply when none is queued.
 """
 
 from __future__ import annotations
@@ -23,18 +25,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import IO, Any
 
 import orjson
-from klein import Klein
+from attrs import define
 from twisted.internet import reactor
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.fakes import completion, jsonReply, sseReply, toolCall
+from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
 
 CALL_ID = "call_read_1"
 USAGE = {"prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132}
@@ -99,28 +100,22 @@ def hasToolMessage(body: dict[str, Any]) -> bool:
     return any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or [])
 
 
-class ScriptedUpstream:
-    router = Klein()
+@define
+class Script:
+    """The scripted answers, as the reply of a `FakeOpenAI` that has none queued."""
 
-    def __init__(self, readPath: str, answer: str, log: Any) -> None:
-        self.readPath = readPath
-        self.answer = answer
-        self.log = log
-        # sseReply schedules its frames on `fake.clock`.
-        self.holder = SimpleNamespace(clock=reactor)
+    readPath: str
+    answer: str
+    log: IO[bytes]
 
-    @router.route("/", branch=True, methods=["POST", "GET"])
-    def anything(self, request: IRequest) -> Any:
-        raw = request.content.read()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = raw.decode("utf-8", "replace")
-        self.log.write(orjson.dumps({"path": request.uri.decode(), "body": body}) + b"\n")
+    def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
+        body = fake.last
+        logged = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        self.log.write(orjson.dumps({"path": request.uri.decode(), "body": logged}) + b"\n")
         self.log.flush()
         if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
             return jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)(
-                request, self.holder
+                request, fake
             )
         stream = bool(body.get("stream"))
         if hasToolMessage(body):
@@ -128,15 +123,15 @@ class ScriptedUpstream:
         elif offersRead(body):
             arguments = orjson.dumps({"file_path": self.readPath}).decode()
             if stream:
-                return sseReply(toolCallChunks(arguments), delay=0.01)(request, self.holder)
+                return sseReply(toolCallChunks(arguments), delay=0.01)(request, fake)
             return jsonReply(
                 completion(None, [toolCall("Read", arguments, CALL_ID)], finish="tool_calls")
-            )(request, self.holder)
+            )(request, fake)
         else:
             text = "Scripted reply."
         if stream:
-            return sseReply(textChunks(text), delay=0.01)(request, self.holder)
-        return jsonReply(completion(text, usage=USAGE))(request, self.holder)
+            return sseReply(textChunks(text), delay=0.01)(request, fake)
+        return jsonReply(completion(text, usage=USAGE))(request, fake)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
     args = parser.parse_args(argv)
     with args.log.open("ab") as log:
-        app = ScriptedUpstream(args.file, args.answer, log)
-        port = reactor.listenTCP(0, Site(app.router.resource()), interface="127.0.0.1")
+        upstream = FakeOpenAI(clock=reactor, otherwise=Script(args.file, args.answer, log))
+        port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
         tmp = args.port_file.with_name(args.port_file.name + ".tmp")
         tmp.write_text(str(port.getHost().port))
         os.replace(tmp, args.port_file)
