@@ -40,6 +40,19 @@ def openLogFile(settings: LogSettings) -> LogFile:
     )
 
 
+def logFileProblem(settings: LogSettings) -> str | None:
+    """Why the log file cannot be opened, if it cannot: said before twistd starts,
+    as one line naming the key, where `LogFile` would raise with a traceback."""
+    if settings.file is None:
+        return None
+    try:
+        with open(settings.file, "a"):
+            pass
+    except OSError as e:
+        return f"cannot open {settings.file} ({e.strerror})"
+    return None
+
+
 def fileObserver(settings: LogSettings, logFile: IO[Any]) -> ILogObserver:
     """Text lines (twistd's format) or JSON records (RFC 7464, one per line)."""
     if settings.format == "json":

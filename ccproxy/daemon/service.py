@@ -151,6 +151,12 @@ class ProxyService(MultiService):
                 new=config.listen,
             )
             return False
+        if config.log != self.app.config.log:
+            self.log.warn(
+                "log settings changed in {path}: the daemon keeps logging as it started "
+                "until it is restarted",
+                path=self.configPath,
+            )
         self.app.reconfigure(config)
         self.log.info(
             "config reloaded from {path} (generation {generation})",

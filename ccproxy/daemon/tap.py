@@ -19,6 +19,7 @@ from ccproxy.config.endpoints import endpoint
 from ccproxy.config.load import checkOpenListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.daemon.listen import raiseOpenFilesLimit
+from ccproxy.daemon.logs import logFileProblem
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.wiring import buildService
 
@@ -46,6 +47,9 @@ class Options(usage.Options):
                 config = Config.fromPath(path)
             except ConfigError as e:
                 raise usage.UsageError(f"{path}: {e}") from None
+            problem = logFileProblem(config.log)
+            if problem:
+                raise usage.UsageError(f"{path}: log.file: {problem}")
         else:
             config = _fromEnvironment()
         if self["listen"]:
