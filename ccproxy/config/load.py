@@ -26,6 +26,7 @@ from ccproxy.config.model import (
     DEFAULT_LOG_PAYLOAD_MAX_CHARS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_DURATION,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_TOKENS,
@@ -260,7 +261,8 @@ def _parseConfig(root: Node, source: str | None) -> Config:
             "max_connections_per_address", positiveInt, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
         ),
         pingInterval=root.get("ping_interval", positiveNumber, DEFAULT_PING_INTERVAL),
-        maxDuration=root.get("max_duration", positiveNumber, None),
+        # 0 turns it off (None); absent or null, the default hour.
+        maxDuration=root.get("max_duration", nonNegativeNumber, DEFAULT_MAX_DURATION) or None,
         shutdownGrace=root.get("shutdown_grace", nonNegativeNumber, DEFAULT_SHUTDOWN_GRACE),
         maxResponseBytes=root.get("max_response_bytes", positiveInt, DEFAULT_MAX_RESPONSE_BYTES),
         maxLineBytes=root.get("max_line_bytes", positiveInt, DEFAULT_MAX_LINE_BYTES),
