@@ -96,6 +96,12 @@ def _chatCompletionsURL(value: Any, path: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, "not an http(s) URL")
+    if "@" in parts.netloc:
+        # Twisted's Agent does not use userinfo: every request would fail (a 500).
+        # The message never repeats the URL, which holds the secret.
+        raise ConfigError(
+            path, "holds credentials (user:pass@): put credentials in api_key or headers"
+        )
     base = url.split("?", 1)[0].rstrip("/")
     query = url[len(url.split("?", 1)[0]) :]
     if not base.endswith(COMPLETIONS_PATH):
