@@ -8,103 +8,30 @@ check); a parse-level test could not see that, so these start the daemon.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from attrs import define
 from twisted.internet import reactor
 from twisted.logger import LogLevel, capturedLogs, eventsFromJSONLogFile, formatEvent
 
 from ccproxy.config import Config
 from ccproxy.daemon.wiring import buildService
-from tests.test_daemon import ROOT, _alive, freePort, waitFor
+from tests.realdaemon import (
+    ENV,
+    UNREACHABLE,
+    Daemon,
+    daemonsFixture,  # noqa: F401 (the `daemons` fixture)
+    startDaemon,
+    twistd,
+)
+from tests.test_daemon import waitFor
 
-CONFIG = """
-listen: "tcp:{port}:interface=127.0.0.1"
-upstreams:
-  up: {{url: "http://127.0.0.1:9/v1", retries: 0}}
-models:
-  "*": up
-"""
-
-
-@define
-class Daemon:
-    """A `twistd -n ccproxy` on a free loopback port, its working directory `home`."""
-
-    process: subprocess.Popen[bytes]
-    base: str
-    home: Path
-
-    def request(self, path: str = "/v1/models") -> str:
-        """One request; its `request-id`, which its access line carries."""
-        with urllib.request.urlopen(self.base + path, timeout=5) as response:
-            response.read()
-            return response.headers["request-id"]
-
-    def signal(self, number: int) -> None:
-        self.process.send_signal(number)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(20)
-
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def twistd(config: Path) -> list[str]:
-    """`twistd -n ccproxy --config CONFIG`, with no pidfile."""
-    return [
-        str(Path(sys.executable).parent / "twistd"),
-        "-n",
-        "--pidfile=",
-        "ccproxy",
-        "--config",
-        str(config),
-    ]
-
-
-def startDaemon(home: Path, extra: str) -> Daemon:
-    port = freePort()
-    config = home / "ccproxy.yaml"
-    config.write_text(CONFIG.format(port=port) + extra)
-    with (home / "stdout").open("wb") as stdout:
-        process = subprocess.Popen(
-            twistd(config),
-            cwd=home,
-            env=ENV,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-        )
-    daemon = Daemon(process, f"http://127.0.0.1:{port}", home)
-    try:
-        waitFor(lambda: urllib.request.urlopen(daemon.base + "/healthz", timeout=5), "the daemon")
-    except AssertionError:
-        process.kill()
-        raise AssertionError((home / "stdout").read_text()) from None
-    return daemon
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
-    """Daemons a test starts; killed if the test leaves one running."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        if _alive(daemon.process.pid):
-            daemon.process.kill()
-            daemon.process.wait(10)
+CONFIG = 'listen: "tcp:0:interface=127.0.0.1"\n' + UNREACHABLE
 
 
 def run(daemons: list[Daemon], home: Path, block: str) -> Daemon:
-    daemons.append(startDaemon(home, block))
+    daemons.append(startDaemon(home, UNREACHABLE + block))
     return daemons[-1]
 
 
@@ -218,14 +145,9 @@ def test_max_bytes_and_keep(tmp_path: Path, daemons: list[Daemon]) -> None:
 
 def test_a_log_file_that_cannot_be_opened_stops_the_start_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "ccproxy.yaml"
-    config.write_text(CONFIG.format(port=freePort()) + "log: {file: no/such/dir/ccproxy.log}\n")
+    config.write_text(CONFIG + "log: {file: no/such/dir/ccproxy.log}\n")
     started = subprocess.run(
-        twistd(config),
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
+        twistd(config), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=30
     )
     assert started.returncode != 0
     assert "Traceback" not in started.stderr + started.stdout
@@ -235,12 +157,25 @@ def test_a_log_file_that_cannot_be_opened_stops_the_start_in_one_line(tmp_path: 
 
 def test_a_reload_that_changes_the_log_block_says_it_needs_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "ccproxy.yaml"
-    path.write_text(CONFIG.format(port=0) + f"log: {{file: {tmp_path / 'a.log'}}}\n")
+    path.write_text(CONFIG + f"log: {{file: {tmp_path / 'a.log'}}}\n")
     service = buildService(Config.fromPath(str(path)), reactor, configPath=str(path))
     assert service.logFile is not None
     service.logFile.close()
-    path.write_text(CONFIG.format(port=0) + f"log: {{file: {tmp_path / 'b.log'}}}\n")
+    path.write_text(CONFIG + f"log: {{file: {tmp_path / 'b.log'}}}\n")
     with capturedLogs() as events:
         assert service.reload() is True
     warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     assert any("log settings changed" in w and "restart" in w for w in warnings)
+
+
+def test_sigusr1_rotates_twistds_own_log_file_too(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """Without `log:`, ccproxy writes twistd's --logfile itself (to escape it), so
+    it rotates that file on SIGUSR1 as twistd did."""
+    daemons.append(startDaemon(tmp_path, UNREACHABLE, "--logfile", "twistd.log"))
+    before = daemons[-1].request()
+    daemons[-1].signal(signal.SIGUSR1)
+    waitFor(lambda: (tmp_path / "twistd.log.1").exists(), "the rotation")
+    after = daemons[-1].request()
+    daemons[-1].stop()
+    assert f"{before} - GET" in (tmp_path / "twistd.log.1").read_text()
+    assert f"{after} - GET" in (tmp_path / "twistd.log").read_text()

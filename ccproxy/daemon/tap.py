@@ -87,6 +87,7 @@ def makeService(options: Options) -> ProxyService:
             f.line() for f in settingsWarnings(defaultSettingsPath(os.environ), os.environ)
         ],
         twistdLogsToStdout=_twistdLogsToStdout(options),
+        twistdLogFile=_twistdLogFile(options),
         openFiles=raiseOpenFilesLimit(),
     )
 
@@ -104,3 +105,16 @@ def _twistdLogsToStdout(options: Options) -> bool:
         and not twistd.get("syslog")
         and not twistd.get("logger")
     )
+
+
+def _twistdLogFile(options: Options) -> str | None:
+    """The file twistd would log to (its --logfile, twistd.log when daemonized), as
+    an absolute path: ccproxy opens it itself, to escape what it writes there. None
+    where twistd logs elsewhere (stdout, --syslog, --logger) or nothing is known."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None or twistd.get("syslog") or twistd.get("logger"):
+        return None
+    logfile = twistd.get("logfile")
+    if logfile == "-" or (not logfile and twistd.get("nodaemon")):
+        return None
+    return os.path.abspath(logfile or "twistd.log")
