@@ -94,7 +94,8 @@ models: {{"*": flood}}
     )
     service = buildService(config, reactor)
     channels: list[Any] = []
-    site = service.getServiceNamed("http").factory  # type: ignore[attr-defined]
+    # The port serves the site through the drain's connection tracker.
+    site = service.getServiceNamed("http").factory.wrappedFactory  # type: ignore[attr-defined]
     build = site.buildProtocol
     site.buildProtocol = lambda addr: _kept(build(addr), channels)
     service.startService()

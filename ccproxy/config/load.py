@@ -26,6 +26,7 @@ from ccproxy.config.model import (
     DEFAULT_LOG_PAYLOAD_MAX_CHARS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_DURATION,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_TOKENS,
@@ -95,6 +96,12 @@ def _chatCompletionsURL(value: Any, path: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, "not an http(s) URL")
+    if "@" in parts.netloc:
+        # Twisted's Agent does not use userinfo: every request would fail (a 500).
+        # The message never repeats the URL, which holds the secret.
+        raise ConfigError(
+            path, "holds credentials (user:pass@): put credentials in api_key or headers"
+        )
     base = url.split("?", 1)[0].rstrip("/")
     query = url[len(url.split("?", 1)[0]) :]
     if not base.endswith(COMPLETIONS_PATH):
@@ -260,7 +267,8 @@ def _parseConfig(root: Node, source: str | None) -> Config:
             "max_connections_per_address", positiveInt, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
         ),
         pingInterval=root.get("ping_interval", positiveNumber, DEFAULT_PING_INTERVAL),
-        maxDuration=root.get("max_duration", positiveNumber, None),
+        # 0 turns it off (None); absent or null, the default hour.
+        maxDuration=root.get("max_duration", nonNegativeNumber, DEFAULT_MAX_DURATION) or None,
         shutdownGrace=root.get("shutdown_grace", nonNegativeNumber, DEFAULT_SHUTDOWN_GRACE),
         maxResponseBytes=root.get("max_response_bytes", positiveInt, DEFAULT_MAX_RESPONSE_BYTES),
         maxLineBytes=root.get("max_line_bytes", positiveInt, DEFAULT_MAX_LINE_BYTES),

@@ -30,6 +30,9 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # A single SSE line may hold a whole tool call (a file written by the Write tool).
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_SHUTDOWN_GRACE = 30.0
+# Generous: Claude Code's longest turns take minutes. It is there for the gateway
+# that trickles a token just often enough to beat `timeout`, for ever.
+DEFAULT_MAX_DURATION = 3600.0
 DEFAULT_LOG_PAYLOAD_MAX_CHARS = 1400
 COMPLETIONS_PATH = "/chat/completions"
 """What every upstream URL ends with (before its query string)."""
@@ -108,8 +111,9 @@ class Config:
     """Client connections at once (None: from the open-files limit at start)."""
     maxConnectionsPerAddress: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     pingInterval: float = DEFAULT_PING_INTERVAL
-    maxDuration: float | None = None
-    """Seconds a request may take in all, streams included (None: no limit)."""
+    maxDuration: float | None = DEFAULT_MAX_DURATION
+    """Seconds a request may take in all, streams included (None: no limit,
+    written `max_duration: 0`)."""
     shutdownGrace: float = DEFAULT_SHUTDOWN_GRACE
     maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
     maxLineBytes: int = DEFAULT_MAX_LINE_BYTES

@@ -1,26 +1,36 @@
 """Where the daemon's log goes: a size-rotated file with a bounded number kept, as
-plain text or JSON lines, and readable panels on a terminal.
+plain text or JSON records, and readable panels on a terminal.
 
 twistd's own `--logfile` rotates at 1 MB and keeps every old file forever; a daemon
 that runs for months on a shared host needs `log: {file, max_bytes, keep}`. The
 observer is handed to twistd as the application's `ILogObserver` component, the
 documented way for an application to choose its logging.
+
+Every text this module writes has its control characters escaped: model names,
+paths and upstream error messages come from other people, and an admin reads the
+log with `tail` on a terminal, where an ESC sequence, a BEL or a CR would act on the
+terminal, and an LF would start a line that looks like the daemon's own.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 from typing import IO, Any
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
     jsonFileLogObserver,
-    textFileLogObserver,
+    timeFormatRFC3339,
 )
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
@@ -40,11 +50,85 @@ def openLogFile(settings: LogSettings) -> LogFile:
     )
 
 
+def logFileProblem(settings: LogSettings) -> str | None:
+    """Why the log file cannot be opened, if it cannot: said before twistd starts,
+    as one line naming the key, where `LogFile` would raise with a traceback."""
+    if settings.file is None:
+        return None
+    try:
+        with open(settings.file, "a"):
+            pass
+    except OSError as e:
+        return f"cannot open {settings.file} ({e.strerror})"
+    return None
+
+
 def fileObserver(settings: LogSettings, logFile: IO[Any]) -> ILogObserver:
-    """Text lines (twistd's format) or JSON records (RFC 7464, one per line)."""
+    """Text lines (twistd's format) or JSON records (RFC 7464, one per line; JSON
+    escapes control characters itself, and its fields stay as they were sent)."""
     if settings.format == "json":
         return jsonFileLogObserver(logFile)
-    return textFileLogObserver(logFile)
+    return textObserver(logFile)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0, DEL, C1, and the Unicode line and paragraph separators (`str.splitlines`
+breaks lines there)."""
+_CONTROL_BUT_LAYOUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+"""The same, less LF and TAB: twistd's own line layout (a multi-line message or a
+traceback goes on lines that begin with a TAB)."""
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
+
+
+def escapeControls(text: str) -> str:
+    """`text` with every control character written as an escape: ESC as `\\x1b`,
+    CR as `\\r`, LF as `\\n`."""
+    return _CONTROL.sub(_escape, text)
+
+
+def textSafe(event: LogEvent) -> LogEvent:
+    """The event for a text log: its string fields with control characters escaped.
+
+    The event itself is left alone (the JSON log and other observers get the
+    fields as they were); `log_` keys are Twisted's own, not a caller's text.
+    """
+    unsafe = [
+        key
+        for key, value in event.items()
+        if isinstance(value, str) and not key.startswith("log_") and _CONTROL.search(value)
+    ]
+    if not unsafe:
+        return event
+    safe = dict(event)
+    for key in unsafe:
+        safe[key] = escapeControls(safe[key])
+    return safe
+
+
+def _safeLayout(text: str) -> str:
+    """What the fields cannot cover (an object's `str`, a traceback's exception
+    message, a legacy `log.msg` text): escaped, keeping twistd's line layout."""
+    return _CONTROL_BUT_LAYOUT.sub(_escape, text)
+
+
+def textObserver(outFile: IO[Any]) -> ILogObserver:
+    """twistd's text log format (`textFileLogObserver`), with control characters
+    escaped: a field's LF shows as `\\n` and cannot forge a line."""
+
+    def render(event: LogEvent) -> str | None:
+        text = formatEventAsClassicLogText(
+            textSafe(event), formatTime=lambda when: formatTime(when, timeFormatRFC3339)
+        )
+        return None if text is None else _safeLayout(text)
+
+    return FileLogObserver(outFile, render)
 
 
 PANELS = frozenset(("ccproxy.access", "ccproxy.payload"))
@@ -75,26 +159,29 @@ class PrettyObserver:
             if self._others is not None:
                 self._others(event)
         elif namespace == "ccproxy.access":
+            event = textSafe(event)
             status = event.get("status", 0)
             style = "green" if status and status < 400 else "red"
-            title = f"{event.get('request_id')}  {event.get('client')}  {event.get('model')}"
-            body = Text(formatEvent(event))
+            # A Text title: a string title would read a model name's [brackets] as
+            # rich markup (styles, links).
+            title = Text(f"{event.get('request_id')}  {event.get('client')}  {event.get('model')}")
+            body = Text(_safeLayout(formatEvent(event)))
             self._console.print(Panel(body, title=title, border_style=style, expand=False))
         elif namespace == "ccproxy.payload":
+            event = textSafe(event)
             body = Text()
             body.append("request  ", style="bold")
-            body.append(str(event.get("request_body", "")) + "\n")
+            body.append(_safeLayout(str(event.get("request_body", ""))) + "\n")
             body.append("response ", style="bold")
-            body.append(str(event.get("response_body", "")))
-            self._console.print(
-                Panel(body, title=f"{event.get('request_id')} payloads", expand=False)
-            )
+            body.append(_safeLayout(str(event.get("response_body", ""))))
+            title = Text(f"{event.get('request_id')} payloads")
+            self._console.print(Panel(body, title=title, expand=False))
 
 
 def terminalObserver(stream: IO[str]) -> ILogObserver:
     """twistd's own log lines on a terminal, with each exchange as a panel in place
     of its line (not beside it: that printed every exchange twice)."""
-    return PrettyObserver(stream, others=textFileLogObserver(stream))
+    return PrettyObserver(stream, others=textObserver(stream))
 
 
 def quietLevels(observer: ILogObserver, level: LogLevel = LogLevel.info) -> ILogObserver:

@@ -2,7 +2,8 @@
 
 What a long-running daemon needs from its service: SIGHUP reloads the config (a bad
 file is logged and the old config kept), and stopping drains, giving streams in
-flight `shutdown_grace` seconds to finish before the pool is closed. The objects it
+flight `shutdown_grace` seconds to finish, and their last bytes time to reach the
+client (`ccproxy.daemon.drain`), before the pool is closed. The objects it
 works with are built by `ccproxy.daemon.wiring.buildService`.
 """
 
@@ -15,12 +16,13 @@ from collections.abc import Sequence
 from typing import IO, Any, ClassVar
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.logfile import LogFile
 
 from ccproxy import compat
 from ccproxy.config import Config, ConfigError
+from ccproxy.daemon.drain import Drain
 from ccproxy.daemon.logs import PrettyObserver, isTerminal
 from ccproxy.upstream.pool import UpstreamPool
 from ccproxy.web.app import ProxyApp
@@ -41,18 +43,21 @@ class ProxyService(MultiService):
         pool: UpstreamPool,
         http: IService,
         reactor: Any,
+        drain: Drain | None = None,
         configPath: str | None = None,
         logFile: LogFile | None = None,
         logObserver: ILogObserver | None = None,
         panels: IO[str] | None = None,
         startupWarnings: Sequence[str] = (),
     ) -> None:
-        """`logObserver`: handed to twistd as the application's (None: twistd's
+        """`drain`: the client connections of `http`'s site (see `buildService`);
+        `logObserver`: handed to twistd as the application's (None: twistd's
         own); `panels`: where `pretty` panels go, if it is a terminal once started."""
         super().__init__()
         self.app = app
         self.pool = pool
         self.reactor = reactor
+        self.drain = Drain() if drain is None else drain
         self.configPath = configPath
         self.logFile = logFile
         self._logObserver = logObserver
@@ -151,6 +156,12 @@ class ProxyService(MultiService):
                 new=config.listen,
             )
             return False
+        if config.log != self.app.config.log:
+            self.log.warn(
+                "log settings changed in {path}: the daemon keeps logging as it started "
+                "until it is restarted",
+                path=self.configPath,
+            )
         self.app.reconfigure(config)
         self.log.info(
             "config reloaded from {path} (generation {generation})",
@@ -168,6 +179,7 @@ class ProxyService(MultiService):
         if self._pretty is not None:
             globalLogPublisher.removeObserver(self._pretty)
         await super().stopService()  # the port stops accepting
+        self.drain.begin()
         grace = self.app.config.shutdownGrace
         if self.app.inFlight:
             self.log.info(
@@ -175,20 +187,34 @@ class ProxyService(MultiService):
                 count=self.app.inFlight,
                 grace=grace,
             )
-            idle = self.app.whenIdle()
-            timer = self.reactor.callLater(grace, idle.cancel)
-            try:
-                await idle
-            except Exception:
-                self.log.warn(
-                    "{count} requests still in flight after {grace:g} s: stopping anyway",
-                    count=self.app.inFlight,
-                    grace=grace,
-                )
-            finally:
-                if timer.active():
-                    timer.cancel()
+        drained = Deferred.fromCoroutine(self._drained())
+        timer = self.reactor.callLater(grace, drained.cancel)
+        try:
+            await drained
+        except CancelledError:
+            self.log.warn(
+                "{count} requests in flight and {connections} client connections open "
+                "after {grace:g} s: stopping anyway",
+                count=self.app.inFlight,
+                connections=self.drain.openConnections,
+                grace=grace,
+            )
+            self.drain.abort()
+        else:
+            # A clean drain is a clean exit: 0, not the 143 of a death by SIGTERM.
+            # Cut short, it stays 143, so a supervisor can tell. Ctrl-C (SIGINT)
+            # keeps its status, which shells rely on.
+            compat.exitNormallyAfter(self.reactor, signal.SIGTERM)
+        finally:
+            if timer.active():
+                timer.cancel()
         await self.pool.closeCachedConnections()
+
+    async def _drained(self) -> None:
+        """Every request answered, and every answer's last byte written: a handler
+        that has returned may still have its end in the connection's buffer."""
+        await self.app.whenIdle()
+        await self.drain.whenClosed()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

@@ -19,6 +19,7 @@ from ccproxy.config.endpoints import endpoint
 from ccproxy.config.load import checkOpenListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.daemon.listen import raiseOpenFilesLimit
+from ccproxy.daemon.logs import logFileProblem
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.wiring import buildService
 
@@ -46,6 +47,9 @@ class Options(usage.Options):
                 config = Config.fromPath(path)
             except ConfigError as e:
                 raise usage.UsageError(f"{path}: {e}") from None
+            problem = logFileProblem(config.log)
+            if problem:
+                raise usage.UsageError(f"{path}: log.file: {problem}")
         else:
             config = _fromEnvironment()
         if self["listen"]:
@@ -83,6 +87,7 @@ def makeService(options: Options) -> ProxyService:
             f.line() for f in settingsWarnings(defaultSettingsPath(os.environ), os.environ)
         ],
         twistdLogsToStdout=_twistdLogsToStdout(options),
+        twistdLogFile=_twistdLogFile(options),
         openFiles=raiseOpenFilesLimit(),
     )
 
@@ -100,3 +105,16 @@ def _twistdLogsToStdout(options: Options) -> bool:
         and not twistd.get("syslog")
         and not twistd.get("logger")
     )
+
+
+def _twistdLogFile(options: Options) -> str | None:
+    """The file twistd would log to (its --logfile, twistd.log when daemonized), as
+    an absolute path: ccproxy opens it itself, to escape what it writes there. None
+    where twistd logs elsewhere (stdout, --syslog, --logger) or nothing is known."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None or twistd.get("syslog") or twistd.get("logger"):
+        return None
+    logfile = twistd.get("logfile")
+    if logfile == "-" or (not logfile and twistd.get("nodaemon")):
+        return None
+    return os.path.abspath(logfile or "twistd.log")

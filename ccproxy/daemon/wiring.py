@@ -20,6 +20,7 @@ from twisted.web.client import Agent
 
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
+from ccproxy.daemon.drain import Drain
 from ccproxy.daemon.listen import connectionCap, listenService
 from ccproxy.daemon.logs import (
     fileObserver,
@@ -27,6 +28,7 @@ from ccproxy.daemon.logs import (
     openLogFile,
     quietLevels,
     terminalObserver,
+    textObserver,
 )
 from ccproxy.daemon.service import ProxyService
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
@@ -47,16 +49,23 @@ def buildService(
     stdout: IO[str] | None = None,
     startupWarnings: Sequence[str] = (),
     twistdLogsToStdout: bool = False,
+    twistdLogFile: str | None = None,
     openFiles: int = 1024,
 ) -> ProxyService:
-    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
+    """The daemon for `config`: port -> drain -> site -> app -> dispatcher -> client -> pool.
 
     `configPath` is what SIGHUP reads again (None: the config came from the
     environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
-    that twistd's own log lines would go there too; `openFiles` is the process's
-    open-files limit, which caps the connections served at once.
+    that twistd's own log lines would go there too, `twistdLogFile` that they would
+    go to that file (both are then written here, with control characters escaped);
+    `openFiles` is the process's open-files limit, which caps the connections
+    served at once.
     """
-    logFile = openLogFile(config.log) if config.log.file else None
+    logFile = None
+    if config.log.file:
+        logFile = openLogFile(config.log)
+    elif twistdLogFile:
+        logFile = LogFile.fromFullPath(twistdLogFile)  # as twistd would: 1 MB, all kept
 
     pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
     # Upstream cookies (load-balancer stickiness, sessions) must not be shared
@@ -82,7 +91,9 @@ def buildService(
     dispatcher = Dispatcher(client, reactor, UpstreamState(reactor), offload=Offload(reactor))
     app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
-    http = listenService(config.listen, config.reusePort, site, reactor)
+    drain = Drain(refused=site.refused)
+    site.resource = drain.gate(site.resource)  # a request during SIGTERM's drain: 503
+    http = listenService(config.listen, config.reusePort, drain.track(site), reactor)
 
     logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
     return ProxyService(
@@ -90,6 +101,7 @@ def buildService(
         pool,
         http,
         reactor,
+        drain=drain,
         configPath=configPath,
         logFile=logFile,
         logObserver=logObserver,
@@ -103,14 +115,18 @@ def _logging(
 ) -> tuple[ILogObserver | None, IO[str] | None]:
     """The log observer to hand twistd (None: its own), and where to show panels.
 
-    With `pretty` on the terminal twistd logs to, the panels must take the place
-    of twistd's lines for the same events: an observer of their own beside
-    twistd's printed every exchange twice, as a line and as a panel.
+    twistd's own file or stdout gets the same text as twistd would write, with
+    control characters escaped. With `pretty` on the terminal twistd logs to, the
+    panels take the place of twistd's lines for the same events: an observer of
+    their own beside twistd's printed every exchange twice, as a line and a panel.
     """
+    panels = stdout if config.pretty else None
+    if logFile is not None and config.log.file:
+        return quietLevels(fileObserver(config.log, logFile)), panels
     if logFile is not None:
-        return quietLevels(fileObserver(config.log, logFile)), stdout if config.pretty else None
-    if not config.pretty or stdout is None:
-        return None, None
-    if twistdLogsToStdout and isTerminal(stdout):
-        return terminalObserver(stdout), None
-    return None, stdout
+        return textObserver(logFile), panels
+    if twistdLogsToStdout and stdout is not None:
+        if panels is not None and isTerminal(stdout):
+            return terminalObserver(stdout), None
+        return textObserver(stdout), panels
+    return None, panels
