@@ -31,12 +31,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from ccproxy.daemon.drain import Drain
-from tests.realdaemon import (
+from tests.support.harness import fired, parseSSE
+from tests.support.realdaemon import (
     Daemon,
     daemonsFixture,  # noqa: F401 (the `daemons` fixture)
     startDaemon,
 )
-from tests.support.harness import fired, parseSSE
 from tests.test_daemon import waitFor
 
 WAIT = 20.0

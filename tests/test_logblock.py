@@ -17,7 +17,7 @@ from twisted.logger import LogLevel, capturedLogs, eventsFromJSONLogFile, format
 
 from ccproxy.config import Config
 from ccproxy.daemon.wiring import buildService
-from tests.realdaemon import (
+from tests.support.realdaemon import (
     ENV,
     UNREACHABLE,
     Daemon,

@@ -34,14 +34,14 @@ from ccproxy.daemon.logs import (
     openLogFile,
     textObserver,
 )
-from tests.realdaemon import (
+from tests.support.fakes import jsonReply
+from tests.support.harness import Harness, message
+from tests.support.realdaemon import (
     UNREACHABLE,
     Daemon,
     daemonsFixture,  # noqa: F401 (the `daemons` fixture)
     startDaemon,
 )
-from tests.support.fakes import jsonReply
-from tests.support.harness import Harness, message
 
 HOSTILE = "claude\x1b[2J\r\x07 x\n2026-01-01T00:00:00+0000 [ccproxy.access#info] forged\x9b\x7f"
 SHOWN = "claude\\x1b[2J\\r\\x07 x\\n2026-01-01T00:00:00+0000 [ccproxy.access#info] forged\\x9b\\x7f"

@@ -3,10 +3,8 @@ files, its signals, its exit status. On a free loopback port, every wait bounded
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,8 @@ from pathlib import Path
 import pytest
 from attrs import define
 
-from tests.test_daemon import ROOT, _alive, freePort, waitFor
+from tests.support.processes import checkoutEnvironment, freePort, waitFor
+from tests.support.processes import twistd as twistdCommand
 
 UNREACHABLE = """
 upstreams:
@@ -24,7 +23,7 @@ models:
 """
 """A config body whose one upstream refuses connections (a 502 for every call)."""
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = checkoutEnvironment()
 
 
 @define
@@ -61,7 +60,7 @@ class Daemon:
 def twistd(config: Path, *options: str) -> list[str]:
     """`twistd -n [OPTIONS] ccproxy --config CONFIG`, with no pidfile."""
     return [
-        str(Path(sys.executable).parent / "twistd"),
+        *twistdCommand(),
         "-n",
         "--pidfile=",
         *options,
@@ -98,6 +97,6 @@ def daemonsFixture() -> Iterator[list[Daemon]]:
     started: list[Daemon] = []
     yield started
     for daemon in started:
-        if _alive(daemon.process.pid):
+        if daemon.process.poll() is None:
             daemon.process.kill()
         daemon.process.wait(10)
