@@ -17,7 +17,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 
 
@@ -125,22 +124,6 @@ def pendingRequestLine(channel: Any) -> tuple[bytes, bytes]:
     the whole body has arrived.
     """
     return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
-
-
-def httpChannel(protocol: Any) -> HTTPChannel | None:
-    """The HTTP/1.x channel serving a connection built by a `Site` (None: another
-    protocol, e.g. HTTP/2).
-
-    Relies on: a plain `Site`'s `buildProtocol` returning a
-    `_GenericHTTPChannelProtocol`, a proxy whose `_channel` is the `HTTPChannel`
-    (until ALPN switches it to HTTP/2); a site whose `protocol` is an `HTTPChannel`
-    class (ccproxy's `ProxySite`) builds the channel itself.
-    Why: the drain must know whether a kept-alive connection is idle (the
-    channel's `requests` is empty) to close it, and make a busy one close after
-    its answer (`persistent`); the proxy forwards only `IProtocol`.
-    """
-    channel = getattr(protocol, "_channel", protocol)
-    return channel if isinstance(channel, HTTPChannel) else None
 
 
 def exitNormallyAfter(reactor: Any, number: int) -> None:

@@ -95,7 +95,7 @@ models: {{"*": flood}}
     service = buildService(config, reactor)
     channels: list[Any] = []
     # The port serves the site through the drain's connection tracker.
-    site = service.getServiceNamed("http").factory.wrappedFactory  # type: ignore[attr-defined]
+    site = service.getServiceNamed("http").factory  # type: ignore[attr-defined]
     build = site.buildProtocol
     site.buildProtocol = lambda addr: _kept(build(addr), channels)
     service.startService()

@@ -291,36 +291,7 @@ def test_the_request_line_is_known_when_the_headers_are_in() -> None:
     )
 
 
-def test_writeNow_reaches_the_socket_through_the_drains_connection_tracker() -> None:
-    from ccproxy.daemon.drain import Drain
-
-    reactor = MemoryReactorClock()
-    resource = _Head()
-    connection = Drain().track(Site(resource, reactor=reactor)).buildProtocol(None)
-    socket = _Socket(reactor)
-    connection.makeConnection(socket)
-    connection.dataReceived(b"GET /v1/messages HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
-    assert b"event: message_start" in b"".join(resource.sentAtOnce), (
-        "twisted.protocols.policies.ProtocolWrapper no longer passes IWriteDescriptor "
-        "and doWrite through to its transport: compat.writeNow cannot flush a stream's head"
-    )
-    socket.connectionLost(None)
-
-
 # -- the drain ---------------------------------------------------------------------
-
-
-def test_the_http_channel_behind_a_sites_connection_is_found() -> None:
-    from twisted.web.http import HTTPChannel
-
-    protocol = Site(Resource()).buildProtocol(None)
-    assert isinstance(compat.httpChannel(protocol), HTTPChannel), (
-        "Site.buildProtocol no longer returns a proxy whose `_channel` is the "
-        "HTTPChannel (twisted.web.http._GenericHTTPChannelProtocol changed): the drain "
-        "cannot tell idle connections from busy ones"
-    )
-    assert compat.httpChannel(HTTPChannel()) is not None
-    assert compat.httpChannel(object()) is None
 
 
 def test_twistd_exits_with_the_signal_the_reactor_kept() -> None:

@@ -28,16 +28,17 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
-from ccproxy.daemon.drain import Drain
+from ccproxy.config import Config
+from ccproxy.web.site import ProxySite
 from tests.support.harness import fired, parseSSE
+from tests.support.processes import waitFor
 from tests.support.realdaemon import (
     Daemon,
     daemonsFixture,  # noqa: F401 (the `daemons` fixture)
     startDaemon,
 )
-from tests.test_daemon import waitFor
 
 WAIT = 20.0
 """The bound on every wait for the daemon or the upstream."""
@@ -296,35 +297,36 @@ class _Pages(Resource):
         return []
 
 
-def connection(drain: Drain, pages: _Pages) -> tuple[Any, StringTransport]:
-    site = Site(drain.gate(pages), reactor=Clock())
-    protocol = drain.track(site).buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+def connection(pages: _Pages) -> tuple[ProxySite, Any, StringTransport]:
+    site = ProxySite(pages, lambda: OPEN_CONFIG, reactor=Clock())
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
     transport = StringTransport()
     protocol.makeConnection(transport)
-    return protocol, transport
+    return site, protocol, transport
 
 
+OPEN_CONFIG = Config.fromYAML("upstreams: {up: {url: 'http://up.test/v1'}}\nmodels: {'*': up}", {})
 GET = b"GET %s HTTP/1.1\r\nHost: ccproxy\r\n\r\n"
 
 
 def test_an_idle_connection_is_closed_and_then_the_drain_is_over() -> None:
-    drain, pages = Drain(), _Pages()
-    protocol, transport = connection(drain, pages)
+    pages = _Pages()
+    site, protocol, transport = connection(pages)
     protocol.dataReceived(GET % b"/fast")
     assert transport.value().startswith(b"HTTP/1.1 200 OK") and not transport.disconnecting
-    closed = drain.whenClosed()
-    drain.begin()
+    closed = site.whenClosed()
+    site.beginDrain()
     assert transport.disconnecting  # loseConnection: what was written goes first
     assert not fired(closed)
     protocol.connectionLost(Failure(ConnectionDone()))
-    assert fired(closed) and drain.openConnections == 0
+    assert fired(closed) and site.connections == 0
 
 
 def test_a_busy_connection_closes_once_its_answer_ends() -> None:
-    drain, pages = Drain(), _Pages()
-    protocol, transport = connection(drain, pages)
+    pages = _Pages()
+    site, protocol, transport = connection(pages)
     protocol.dataReceived(GET % b"/slow")
-    drain.begin()
+    site.beginDrain()
     assert not transport.disconnecting
     (request,) = pages.held
     request.write(b"the answer")
@@ -335,32 +337,28 @@ def test_a_busy_connection_closes_once_its_answer_ends() -> None:
 
 
 def test_a_request_begun_during_the_drain_is_refused_503() -> None:
-    drain, pages = Drain(), _Pages()
-    protocol, transport = connection(drain, pages)
+    pages = _Pages()
+    site, protocol, transport = connection(pages)
     protocol.dataReceived(b"GET /fast HTTP/1.1\r\n")  # on its way as the drain begins
-    drain.begin()
+    site.beginDrain()
     protocol.dataReceived(b"Host: ccproxy\r\n\r\n")
     head, _, body = transport.value().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ")
-    assert b"Connection: close" in head
+    assert b"connection: close" in head.lower() and b"x-should-retry: true" in head
     assert json.loads(body)["error"]["type"] == "overloaded_error"
     assert transport.disconnecting and pages.held == []
 
 
 def test_what_the_grace_leaves_open_is_aborted() -> None:
-    drain, pages = Drain(), _Pages()
-    protocol, transport = connection(drain, pages)
+    pages = _Pages()
+    site, protocol, transport = connection(pages)
     protocol.dataReceived(GET % b"/slow")
-    drain.begin()
-    drain.abort()
+    site.beginDrain()
+    site.abortAll()
     assert transport.disconnected
 
 
-def test_a_connection_the_site_turns_away_is_none_of_the_drains() -> None:
-    class Full(Site):
-        def buildProtocol(self, addr: Any) -> Any:
-            return None  # past its connection caps, as ProxySite says
-
-    drain = Drain()
-    assert drain.track(Full(_Pages())).buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None
-    assert drain.openConnections == 0 and fired(drain.whenClosed())
+def test_no_connection_is_taken_during_the_drain() -> None:
+    site, _, _ = connection(_Pages())
+    site.beginDrain()
+    assert site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None

@@ -17,6 +17,7 @@ from twisted.logger import LogLevel, capturedLogs, eventsFromJSONLogFile, format
 
 from ccproxy.config import Config
 from ccproxy.daemon.wiring import buildService
+from tests.support.processes import waitFor
 from tests.support.realdaemon import (
     ENV,
     UNREACHABLE,
@@ -25,7 +26,6 @@ from tests.support.realdaemon import (
     startDaemon,
     twistd,
 )
-from tests.test_daemon import waitFor
 
 CONFIG = 'listen: "tcp:0:interface=127.0.0.1"\n' + UNREACHABLE
 

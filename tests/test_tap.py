@@ -143,7 +143,7 @@ def test_the_composition_root_hands_each_piece_to_the_next(tmp_path: Path) -> No
     config = Config.fromYAML(GOOD + f"log: {{file: {tmp_path / 'ccproxy.log'}}}\n", {})
     service = buildService(config, Clock(), configPath="/etc/ccproxy.yaml")
     # The port serves the site through the drain's connection tracker.
-    site = service.getServiceNamed("http").factory.wrappedFactory  # type: ignore[attr-defined]
+    site = service.getServiceNamed("http").factory  # type: ignore[attr-defined]
     assert site.resource is not None and service.app.config is config
     client = service.app.dispatcher.client
     upstream = config.upstreams["up"]

@@ -3,7 +3,7 @@
 What a long-running daemon needs from its service: SIGHUP reloads the config (a bad
 file is logged and the old config kept), and stopping drains, giving streams in
 flight `shutdown_grace` seconds to finish, and their last bytes time to reach the
-client (`ccproxy.daemon.drain`), before the pool is closed. The objects it
+client (`ProxySite.beginDrain`), before the pool is closed. The objects it
 works with are built by `ccproxy.daemon.wiring.buildService`.
 """
 
@@ -22,10 +22,10 @@ from twisted.python.logfile import LogFile
 
 from ccproxy import compat
 from ccproxy.config import Config, ConfigError
-from ccproxy.daemon.drain import Drain
 from ccproxy.daemon.logs import PrettyObserver, isTerminal
 from ccproxy.upstream.pool import UpstreamPool
 from ccproxy.web.app import ProxyApp
+from ccproxy.web.site import ProxySite
 
 
 class ProxyService(MultiService):
@@ -43,21 +43,21 @@ class ProxyService(MultiService):
         pool: UpstreamPool,
         http: IService,
         reactor: Any,
-        drain: Drain | None = None,
+        site: ProxySite,
         configPath: str | None = None,
         logFile: LogFile | None = None,
         logObserver: ILogObserver | None = None,
         panels: IO[str] | None = None,
         startupWarnings: Sequence[str] = (),
     ) -> None:
-        """`drain`: the client connections of `http`'s site (see `buildService`);
+        """`site`: what `http` serves, whose client connections stopping drains;
         `logObserver`: handed to twistd as the application's (None: twistd's
         own); `panels`: where `pretty` panels go, if it is a terminal once started."""
         super().__init__()
         self.app = app
         self.pool = pool
         self.reactor = reactor
-        self.drain = Drain() if drain is None else drain
+        self.site = site
         self.configPath = configPath
         self.logFile = logFile
         self._logObserver = logObserver
@@ -179,7 +179,7 @@ class ProxyService(MultiService):
         if self._pretty is not None:
             globalLogPublisher.removeObserver(self._pretty)
         await super().stopService()  # the port stops accepting
-        self.drain.begin()
+        self.site.beginDrain()
         grace = self.app.config.shutdownGrace
         if self.app.inFlight:
             self.log.info(
@@ -196,10 +196,10 @@ class ProxyService(MultiService):
                 "{count} requests in flight and {connections} client connections open "
                 "after {grace:g} s: stopping anyway",
                 count=self.app.inFlight,
-                connections=self.drain.openConnections,
+                connections=self.site.connections,
                 grace=grace,
             )
-            self.drain.abort()
+            self.site.abortAll()
         else:
             # A clean drain is a clean exit: 0, not the 143 of a death by SIGTERM.
             # Cut short, it stays 143, so a supervisor can tell. Ctrl-C (SIGINT)
@@ -214,7 +214,7 @@ class ProxyService(MultiService):
         """Every request answered, and every answer's last byte written: a handler
         that has returned may still have its end in the connection's buffer."""
         await self.app.whenIdle()
-        await self.drain.whenClosed()
+        await self.site.whenClosed()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

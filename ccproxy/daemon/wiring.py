@@ -20,7 +20,6 @@ from twisted.web.client import Agent
 
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
-from ccproxy.daemon.drain import Drain
 from ccproxy.daemon.listen import connectionCap, listenService
 from ccproxy.daemon.logs import (
     fileObserver,
@@ -52,7 +51,7 @@ def buildService(
     twistdLogFile: str | None = None,
     openFiles: int = 1024,
 ) -> ProxyService:
-    """The daemon for `config`: port -> drain -> site -> app -> dispatcher -> client -> pool.
+    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
 
     `configPath` is what SIGHUP reads again (None: the config came from the
     environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
@@ -91,9 +90,7 @@ def buildService(
     dispatcher = Dispatcher(client, reactor, UpstreamState(reactor), offload=Offload(reactor))
     app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
-    drain = Drain(refused=site.refused)
-    site.resource = drain.gate(site.resource)  # a request during SIGTERM's drain: 503
-    http = listenService(config.listen, config.reusePort, drain.track(site), reactor)
+    http = listenService(config.listen, config.reusePort, site, reactor)
 
     logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
     return ProxyService(
@@ -101,7 +98,7 @@ def buildService(
         pool,
         http,
         reactor,
-        drain=drain,
+        site,
         configPath=configPath,
         logFile=logFile,
         logObserver=logObserver,

@@ -11,7 +11,13 @@ that every other caller needs. Here:
   the connection closes;
 - a request's headers must all arrive within `header_timeout` of its first byte,
   and its body within `body_timeout` after them (slowloris);
-- connections are capped per peer address and in all (below the open-files limit).
+- connections are capped per peer address and in all (below the open-files limit);
+- on SIGTERM the site drains (`beginDrain`): idle kept-alive connections close at
+  once, busy ones after their answer, and a request that still arrives gets a 503
+  `overloaded_error` with `Connection: close`, which Claude Code retries, rather
+  than a connection closed under it. `whenClosed` fires once every connection has
+  closed, which a TCP transport does only once its last bytes are written: a
+  handler that has returned may still have its stream's end in the buffer.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from io import BytesIO
 from typing import Any, ClassVar
 
 import orjson
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -98,6 +105,8 @@ class LimitedRequest(Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._stopBodyTimer()
+        if not self._refused and self._site.draining:
+            self._refuse(_shuttingDown(), (command, path))
         if not self._refused and not isCanonicalPath(path):
             # Served as its decoded form, `/%76%31/usage` would slip past a front
             # proxy's rule for `/v1/usage`.
@@ -241,8 +250,10 @@ class ProxySite(Site):
         self.config = config
         self._onRefused = onRefused
         self._defaultMaxConnections = maxConnections
-        self.connections = 0
+        self.channels: set[ProxyChannel] = set()
         self.perAddress: Counter[str] = Counter()
+        self.draining = False
+        self._whenClosed: list[Deferred[None]] = []
         self.bodyBytes = 0
         """What the bodies being read hold now."""
         self.turnedAway = 0
@@ -264,6 +275,8 @@ class ProxySite(Site):
         config = self.config()
         peer = str(getattr(addr, "host", ""))
         cap = config.maxConnections or self._defaultMaxConnections
+        if self.draining:
+            return None
         if self.connections >= cap or self.perAddress[peer] >= config.maxConnectionsPerAddress:
             self.turnedAway += 1
             if self.turnedAway & (self.turnedAway - 1) == 0:  # 1st, 2nd, 4th, 8th, …
@@ -278,15 +291,50 @@ class ProxySite(Site):
             return None
         channel: ProxyChannel = super().buildProtocol(addr)
         channel.peer = peer
-        self.connections += 1
+        self.channels.add(channel)
         self.perAddress[peer] += 1
         return channel
 
+    @property
+    def connections(self) -> int:
+        """Client connections open now."""
+        return len(self.channels)
+
     def connectionClosed(self, channel: ProxyChannel) -> None:
-        self.connections -= 1
+        self.channels.discard(channel)
         self.perAddress[channel.peer] -= 1
         if not self.perAddress[channel.peer]:
             del self.perAddress[channel.peer]
+        if not self.channels:
+            waiters, self._whenClosed = self._whenClosed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def beginDrain(self) -> None:
+        """Stop serving new requests: close the idle connections now, the busy
+        ones after their answer."""
+        self.draining = True
+        for channel in list(self.channels):
+            if not channel.requests:
+                channel.loseConnection()
+                continue
+            channel.persistent = False
+            for request in channel.requests:
+                if not request.startedWriting:
+                    request.setHeader(b"connection", b"close")
+
+    def whenClosed(self) -> Deferred[None]:
+        """Fires once every client connection is closed (its last bytes written)."""
+        if not self.channels:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._whenClosed.append(waiter)
+        return waiter
+
+    def abortAll(self) -> None:
+        """Cut the connections still open (the drain's grace is over)."""
+        for channel in list(self.channels):
+            channel.transport.abortConnection()
 
     def reserve(self, size: int) -> bool:
         """Room for `size` more bytes of request bodies, if there is any."""
@@ -337,6 +385,10 @@ def isCanonicalPath(target: bytes) -> bool:
             return False  # a stray "%" is no encoding at all
         at = path.find(b"%", at + 3)
     return True
+
+
+def _shuttingDown() -> ProxyError:
+    return ProxyError(503, "ccproxy is shutting down: try again", "overloaded_error")
 
 
 def _noRoom() -> ProxyError:
