@@ -39,6 +39,7 @@ from ccproxy.config.model import (
     Upstream,
 )
 from ccproxy.config.policy import parsePolicy
+from ccproxy.config.prices import parsePrices
 from ccproxy.config.profile import parseProfile
 from ccproxy.config.routing import ModelRouter, Route, Target
 from ccproxy.config.schema import (
@@ -282,6 +283,7 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         reusePort=root.get("reuse_port", boolean, False),
         metricsAuth=root.get("metrics_auth", _metricsAuth, "admin"),
         metricsToken=root.get("metrics_token", string, "") or None,
+        prices=parsePrices(root),
         source=source,
     )
     root.finish()

@@ -13,6 +13,7 @@ from typing import Any
 from attrs import field, frozen
 
 from ccproxy.config.policy import Policy
+from ccproxy.config.prices import Prices
 from ccproxy.config.routing import ModelRouter
 from ccproxy.errors import Redactor, headerSecrets
 from ccproxy.translate.dialect import Profile
@@ -129,6 +130,8 @@ class Config:
     key or `metricsToken`; anyone while neither is configured) or `none` (anyone)."""
     metricsToken: str | None = field(default=None, repr=False)
     """A scrape token for `/metrics` (Prometheus sends it as a bearer)."""
+    prices: Prices = field(factory=Prices)
+    """What tokens cost, by upstream model (`prices:`, `currency:`)."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
