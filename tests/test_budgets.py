@@ -5,6 +5,7 @@ The same over Redis, with two daemons: test_shared_state."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -263,27 +264,29 @@ def clientsConfig(client: str, extra: str = "") -> str:
     )
 
 
-@pytest.mark.parametrize(
-    ("client", "extra", "problem"),
-    [
-        ("budget: {}", "", "clients.0.budget: names no limit"),
-        ("budget: {tokens_per_day: 0}", "", "clients.0.budget.tokens_per_day: must be a positive"),
-        ("budget: {tokens_per_week: 5}", "", "clients.0.budget.tokens_per_week: unknown key"),
-        ("budget: {cost_per_day: -1}", "", "clients.0.budget.cost_per_day: must be a positive"),
-        ("budget: {cost_per_day: 5}", "", "clients.0.budget: a cost budget needs prices:"),
-        ("models: []", "", "clients.0.models: must be a list"),
-        ("models: claude-*", "", "clients.0.models: must be a list"),
-        ('models: [""]', "", "clients.0.models.0: must be a model name or glob"),
-        ("", 'state: {redis: "http://h"}', "state.redis: must be redis://"),
-        ("", 'state: {redis: "redis://h/x"}', "state.redis: the database after the slash"),
-        ("", 'state: {redis: "redis://h:99999"}', "state.redis: not a redis:// URL"),
-        ("", "state: {memcached: x}", "state.memcached: unknown key"),
-    ],
-)
-def test_config_problems(client: str, extra: str, problem: str) -> None:
+PROBLEMS = {
+    # a client's keys, or (after a |) a top-level key: the start of the message
+    "budget: {}": "clients.0.budget: names no limit",
+    "budget: {tokens_per_day: 0}": "clients.0.budget.tokens_per_day: must be a positive",
+    "budget: {tokens_per_week: 5}": "clients.0.budget.tokens_per_week: unknown key",
+    "budget: {cost_per_day: -1}": "clients.0.budget.cost_per_day: must be a positive",
+    "budget: {cost_per_day: 5}": "clients.0.budget: a cost budget needs prices:",
+    "models: []": "clients.0.models: must be a list",
+    "models: claude-*": "clients.0.models: must be a list",
+    'models: [""]': "clients.0.models.0: must be a model name or glob",
+    '|state: {redis: "http://h"}': "state.redis: must be redis://",
+    '|state: {redis: "redis://h/x"}': "state.redis: the database after the slash",
+    '|state: {redis: "redis://h:99999"}': "state.redis: not a redis:// URL",
+    "|state: {memcached: x}": "state.memcached: unknown key",
+}
+
+
+@pytest.mark.parametrize("keys", list(PROBLEMS))
+def test_config_problems(keys: str) -> None:
+    client, _, extra = keys.partition("|")
     with pytest.raises(ConfigError) as e:
         Config.fromYAML(clientsConfig(client, extra), {})
-    assert str(e.value).startswith(problem)
+    assert str(e.value).startswith(PROBLEMS[keys])
 
 
 def test_config_values() -> None:
@@ -305,3 +308,25 @@ def test_config_values() -> None:
     assert "a-long-redis-password" not in repr(config)
     assert config.redactor.redact("auth a-long-redis-password") == "auth [redacted]"
     assert config.literalSecrets == ("clients.0.key",)  # the password came from ${PW}
+
+
+def test_the_example_config_shows_a_budget_that_loads() -> None:
+    """etc/ccproxy.yaml's commented clients and state blocks, uncommented, load."""
+    path = Path(__file__).parent.parent / "etc" / "ccproxy.yaml"
+    lines = path.read_text().splitlines()
+    start = lines.index("# clients:")
+    end = lines.index('#   redis: "redis://:${REDIS_PASSWORD}@10.0.0.5:6379/0"')
+    block = [  # the YAML, not the prose around it
+        line[2:] if line[2:].startswith((" ", "clients:", "state:")) else line
+        for line in lines[start : end + 1]
+    ]
+    text = "\n".join([*lines[:start], *block, *lines[end + 1 :]])
+    config = Config.fromYAML(text, {"ALICE_PROXY_KEY": "k" * 20, "REDIS_PASSWORD": "p"})
+    (alice,) = config.clients
+    assert alice.budget is not None and alice.budget.tokensPerDay == 2_000_000
+    assert alice.models == ("claude-haiku-*", "claude-sonnet-*")
+    assert config.redis is not None and config.redis.host == "10.0.0.5"
+
+
+def test_without_state_the_backend_is_always_up() -> None:
+    assert b"\nccproxy_state_backend_up 1.0\n" in build().app.metrics.render()

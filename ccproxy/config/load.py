@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -155,14 +155,17 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
     return tuple(clients)
 
 
+_BUDGET_KEYS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = (
+    ("tokens_per_day", "tokensPerDay", positiveInt),
+    ("tokens_per_month", "tokensPerMonth", positiveInt),
+    ("cost_per_day", "costPerDay", positiveAmount),
+    ("cost_per_month", "costPerMonth", positiveAmount),
+)
+
+
 def _parseBudget(value: Any, path: str) -> Budget:
     node = Node(value, path)
-    budget = Budget(
-        tokensPerDay=node.get("tokens_per_day", positiveInt, None),
-        tokensPerMonth=node.get("tokens_per_month", positiveInt, None),
-        costPerDay=node.get("cost_per_day", positiveAmount, None),
-        costPerMonth=node.get("cost_per_month", positiveAmount, None),
-    )
+    budget = Budget(**{name: node.get(key, kind, None) for key, name, kind in _BUDGET_KEYS})
     node.finish()
     if not budget.caps:
         raise ConfigError(

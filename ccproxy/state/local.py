@@ -21,14 +21,15 @@ from ccproxy.state.breaker import LocalBreaker
 from ccproxy.state.model import (
     Admitted,
     Ask,
-    Busy,
     Decision,
     Lease,
+    Limited,
     OverBudget,
-    TooFast,
     Unseeded,
     Used,
     Window,
+    busy,
+    tooFast,
 )
 
 MINUTE = 60.0
@@ -50,12 +51,12 @@ class ClientLimits:
     ) -> Decision | None:
         """Why a request at `now` may not come in (None: it may)."""
         if maxConcurrent is not None and self.active >= maxConcurrent:
-            return Busy(self.active, maxConcurrent)
+            return busy(self.active, maxConcurrent)
         if perMinute is not None:
             while self._recent and self._recent[0] <= now - MINUTE:
                 self._recent.popleft()
             if len(self._recent) >= perMinute:
-                return TooFast(perMinute, self._recent[0] + MINUTE - now)
+                return tooFast(perMinute, self._recent[0] + MINUTE - now)
         return None
 
     def take(self, now: float, perMinute: bool) -> None:
@@ -72,7 +73,7 @@ class ClientLimits:
         """Hold a place for one request for the length of the block; 429 (with a
         `retry-after`) when the client is over either of its limits."""
         refusal = self.refusal(now, client.maxConcurrent, client.requestsPerMinute)
-        if isinstance(refusal, Busy | TooFast):
+        if isinstance(refusal, Limited):
             raise refusal.error(client.name)
         self.take(now, client.requestsPerMinute is not None)
         try:

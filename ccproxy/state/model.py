@@ -133,35 +133,31 @@ class Admitted:
 
 
 @frozen
-class Busy:
-    """Refused: the client already has `active` requests in flight."""
+class Limited:
+    """Refused by `max_concurrent` or `requests_per_minute`: `why` says which (after
+    the client's name), `wait` when to try again."""
 
-    active: int
-    limit: int
-
-    def error(self, client: str) -> ProxyError:
-        return ProxyError(
-            429,
-            f"client {client!r} already has {self.active} requests in flight (limit {self.limit})",
-            "rate_limit_error",
-            {"retry-after": "1"},
-        )
-
-
-@frozen
-class TooFast:
-    """Refused: over `limit` requests in the last minute; the next fits in `wait` s."""
-
-    limit: int
-    wait: float
+    why: str
+    wait: float = 1.0
 
     def error(self, client: str) -> ProxyError:
+        """429 `rate_limit_error`, with a `retry-after` of at least a second."""
         return ProxyError(
             429,
-            f"client {client!r} is over its limit of {self.limit} requests per minute",
+            f"client {client!r} {self.why}",
             "rate_limit_error",
             {"retry-after": str(max(math.ceil(self.wait), 1))},
         )
+
+
+def busy(active: int, limit: int) -> Limited:
+    """The client already has `active` requests in flight."""
+    return Limited(f"already has {active} requests in flight (limit {limit})")
+
+
+def tooFast(limit: int, wait: float) -> Limited:
+    """Over `limit` requests in the last minute; the next fits in `wait` seconds."""
+    return Limited(f"is over its limit of {limit} requests per minute", wait)
 
 
 @frozen
@@ -178,7 +174,7 @@ class Unseeded:
     window: Window
 
 
-Decision = Admitted | Busy | TooFast | OverBudget | Unseeded
+Decision = Admitted | Limited | OverBudget | Unseeded
 
 
 class UpstreamBreaker(Protocol):

@@ -29,22 +29,8 @@ from twisted.web.iweb import IRequest
 from ccproxy.config.model import Client, Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.ledger.model import Ledger, Spend
-from ccproxy.state.model import (
-    WARNING_THRESHOLDS,
-    Admitted,
-    Ask,
-    Busy,
-    Decision,
-    Lease,
-    OverBudget,
-    State,
-    TooFast,
-    Unseeded,
-    Used,
-    Window,
-    periodWord,
-    resetText,
-)
+from ccproxy.state import model
+from ccproxy.state.model import Ask, Lease, State, Used, Window
 
 SEED_TIMEOUT = 5.0
 """Seconds the ledger may take to say what a client spent in a window."""
@@ -85,7 +71,7 @@ class Standing:
         )
         # Whole percents, rounded down (a hair of float error aside), under 1.
         utilization = math.floor(window.utilization(used) * 100 + 1e-9) / 100
-        surpassed = next((t for t in WARNING_THRESHOLDS if utilization >= t), None)
+        surpassed = next((t for t in model.WARNING_THRESHOLDS if utilization >= t), None)
         status = "allowed" if surpassed is None else "allowed_warning"
         reset = str(int(window.end))
         headers = {
@@ -123,8 +109,8 @@ def overBudget(
     if len(parts) == 2:
         kind = "token and cost"
     message = (
-        f"{periodWord(window.period)} {kind} budget reached ({' and '.join(parts)} used) "
-        f"· resets {resetText(window.end)}"
+        f"{model.periodWord(window.period)} {kind} budget reached ({' and '.join(parts)} used) "
+        f"· resets {model.resetText(window.end)}"
     )
     return ProxyError(
         429,
@@ -138,7 +124,7 @@ def overBudget(
             _UNIFIED + "overage-reset": reset,
             _UNIFIED + "overage-utilization": "1",
             _UNIFIED + "overage-surpassed-threshold": "1",
-            _UNIFIED + "overage-period": periodWord(window.period),
+            _UNIFIED + "overage-period": model.periodWord(window.period),
             _UNIFIED + "overage-disabled-reason": "org_spend_cap_reached",
         },
     )
@@ -170,23 +156,23 @@ class Admission:
         now = self.clock.seconds()
         ask = Ask.of(client, now, budgets)
         decision = await self._decide(ask, now)
-        if isinstance(decision, Busy | TooFast):
+        if isinstance(decision, model.Limited):
             raise decision.error(client.name)
-        if isinstance(decision, OverBudget):
+        if isinstance(decision, model.OverBudget):
             raise overBudget(config, ask.windows, decision.used, now)
-        assert isinstance(decision, Admitted), decision
+        assert isinstance(decision, model.Admitted), decision
         standing = Standing(decision.lease, ask.windows, decision.used)
         try:
             yield standing
         finally:
             self.state.release(decision.lease)
 
-    async def _decide(self, ask: Ask, now: float) -> Decision:
+    async def _decide(self, ask: Ask, now: float) -> model.Decision:
         """The state's decision, each window seeded from the ledger when the state
         has no counter for it yet."""
         for _ in range(len(ask.windows) + 1):
             decision = await self.state.admit(ask, now)
-            if not isinstance(decision, Unseeded):
+            if not isinstance(decision, model.Unseeded):
                 return decision
             used = await self._spent(ask.client, decision.window, now)
             if used is None:
