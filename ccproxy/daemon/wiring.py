@@ -33,6 +33,7 @@ from ccproxy.daemon.service import ProxyService
 from ccproxy.ledger.model import Ledger
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State
+from ccproxy.state.shared import RedisLink, RedisState
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.offload import Offload
@@ -117,8 +118,12 @@ def buildService(
 
 
 def stateFor(config: Config, reactor: Any) -> State:
-    """Where client limits, budgets and breakers are counted: in this process."""
-    return LocalState(reactor)
+    """Where client limits, budgets and breakers are counted: in Redis for every
+    process pointing at it (`state: {redis: …}`), else in this process. Nothing
+    connects before the service starts."""
+    if config.redis is None:
+        return LocalState(reactor)
+    return RedisState(RedisLink(config.redis, reactor), reactor)
 
 
 def _logging(
