@@ -70,8 +70,11 @@ class Gate:
     this process's, or Redis's for every process) and its concurrency slots, each
     holding the upstream's current `Policy`."""
 
-    def __init__(self, clock: IReactorTime, name: str, policy: Policy, state: State) -> None:
-        self.breaker: UpstreamBreaker = state.breaker(name, policy)
+    def __init__(
+        self, clock: IReactorTime, name: str, policy: Policy, state: State | None = None
+    ) -> None:
+        """`state`: where its breaker is kept (None: in this process)."""
+        self.breaker: UpstreamBreaker = (state or LocalState(clock)).breaker(name, policy)
         self.slots = Slots(clock, policy, name)
 
     def reconfigure(self, policy: Policy) -> None:
