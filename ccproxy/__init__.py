@@ -9,14 +9,17 @@ contract in setup.cfg, checked in CI):
 - `doctor/`    `python -m ccproxy doctor`: checks a user's Claude Code setup.
 - `web/`       the Klein face: routes (`app`), the `api` decorator that
                authenticates and writes one access event per request, the
-               Messages flow (`messages`), keys and client limits (`auth`), the
-               HTTP site with its body limit (`site`).
+               Messages flow (`messages`), keys (`auth`), the
+               HTTP site with its body limit (`site`); a client's models,
+               limits and budgets (`admission`).
 - `relay/`     an answer streamed to the client: upstream SSE bytes (`sse`) ->
                Anthropic events -> client frames (`relay.StreamRelay`).
 - `upstream/`  talking to gateways: what to send (`plan`), attempts, retries and
                failover (`dispatch`), breaker and slots, the treq client, the
                connection pool.
 - `observe/`   the access record and log, Prometheus metrics, usage totals.
+- `state/`     client limits, budget counters and breakers: in this process, or
+               in Redis for every process pointing at it (`shared`).
 - `config/`    YAML (or the seed environment) to frozen values: upstreams,
                profiles, policies, routes, endpoint descriptions.
 - `translate/` pure Anthropic <-> OpenAI translation over dicts; no Twisted.
@@ -27,7 +30,7 @@ One streaming `POST /v1/messages`, one way down:
 
     web.site.LimitedRequest          body read within max_body_bytes
     -> web.app.ProxyApp.serve         auth, access record, max_duration
-    -> web.messages.MessagesAPI       client limits, route, Plan
+    -> web.messages.MessagesAPI       models, client limits and budgets, route, Plan
     -> upstream.dispatch.Dispatcher   breaker, slot, retries, failover
     -> upstream.client.UpstreamClient POST through treq and the pool
     -> relay.relay.StreamRelay        SSEParser -> StreamTranslator -> EventWriter

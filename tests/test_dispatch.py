@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError
 from ccproxy.observe.accesslog import Attempt
-from ccproxy.upstream.breaker import CLOSED, OPEN
+from ccproxy.state.breaker import CLOSED, OPEN
 from ccproxy.upstream.client import UpstreamClient
 from ccproxy.upstream.dispatch import Answer, Dispatcher, UpstreamState
 from ccproxy.upstream.plan import Plan

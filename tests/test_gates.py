@@ -12,9 +12,9 @@ from twisted.internet.task import Clock
 from ccproxy.config.model import Client
 from ccproxy.config.policy import Policy
 from ccproxy.errors import ProxyError
-from ccproxy.upstream.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from ccproxy.state.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from ccproxy.state.local import ClientLimits
 from ccproxy.upstream.slots import Slots
-from ccproxy.web.auth import ClientLimits
 from tests.support.harness import fired, resultOf
 
 # -- Breaker -----------------------------------------------------------------------

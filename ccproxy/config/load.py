@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from attrs import evolve, fields
@@ -33,9 +33,11 @@ from ccproxy.config.model import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_TIMEOUT,
+    Budget,
     Client,
     Config,
     LogSettings,
+    RedisAddress,
     Upstream,
 )
 from ccproxy.config.policy import parsePolicy
@@ -50,6 +52,7 @@ from ccproxy.config.schema import (
     headerMap,
     join,
     nonNegativeNumber,
+    positiveAmount,
     positiveInt,
     positiveNumber,
     string,
@@ -138,6 +141,8 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
             admin=node.get("admin", boolean, False),
             maxConcurrent=node.get("max_concurrent", positiveInt, None),
             requestsPerMinute=node.get("requests_per_minute", positiveInt, None),
+            budget=node.get("budget", _parseBudget, None),
+            models=node.get("models", _modelGlobs, None),
         )
         node.finish()
         if not client.key:
@@ -148,6 +153,68 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
             raise ConfigError(node.at("key"), "two clients share the same key")
         clients.append(client)
     return tuple(clients)
+
+
+_BUDGET_KEYS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = (
+    ("tokens_per_day", "tokensPerDay", positiveInt),
+    ("tokens_per_month", "tokensPerMonth", positiveInt),
+    ("cost_per_day", "costPerDay", positiveAmount),
+    ("cost_per_month", "costPerMonth", positiveAmount),
+)
+
+
+def _parseBudget(value: Any, path: str) -> Budget:
+    node = Node(value, path)
+    budget = Budget(**{name: node.get(key, kind, None) for key, name, kind in _BUDGET_KEYS})
+    node.finish()
+    if not budget.caps:
+        raise ConfigError(
+            path, "names no limit: tokens_per_day, tokens_per_month, cost_per_day or cost_per_month"
+        )
+    return budget
+
+
+def _modelGlobs(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, 'must be a list of model names or globs ("claude-haiku-*")')
+    globs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise ConfigError(join(path, str(i)), "must be a model name or glob")
+        globs.append(item)
+    return tuple(globs)
+
+
+def _parseState(value: Any, path: str) -> RedisAddress | None:
+    node = Node(value, path)
+    address = node.get("redis", _redisAddress, None)
+    node.finish()
+    return address
+
+
+def _redisAddress(value: Any, path: str) -> RedisAddress:
+    """`redis://[[user]:password@]host[:port][/db]`; the message never repeats the
+    URL, which may hold the password."""
+    url = string(value, path).strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError(path, "not a redis:// URL (a bad port?)") from None
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ConfigError(path, "must be redis://HOST[:PORT][/DB]")
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(path, "the database after the slash must be a number")
+    if parts.query or parts.fragment:
+        raise ConfigError(path, "takes no query string")
+    return RedisAddress(
+        host=parts.hostname,
+        port=port,
+        db=int(db),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
 
 
 def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, ...]:
@@ -233,6 +300,11 @@ def literalSecrets(data: Any) -> list[str]:
                 found.append(f"clients.{i}.key")
     if _isLiteral(data.get("metrics_token")):
         found.append("metrics_token")
+    state = data.get("state")
+    if isinstance(state, dict):
+        url = state.get("redis")
+        if _isLiteral(url) and "@" in str(url):  # a password written in the URL
+            found.append("state.redis")
     return found
 
 
@@ -284,9 +356,17 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         metricsAuth=root.get("metrics_auth", _metricsAuth, "admin"),
         metricsToken=root.get("metrics_token", string, "") or None,
         prices=parsePrices(root),
+        redis=root.get("state", _parseState, None),
         source=source,
     )
     root.finish()
+    for i, client in enumerate(config.clients):
+        if client.budget is not None and not config.prices.table:
+            if client.budget.costPerDay is not None or client.budget.costPerMonth is not None:
+                raise ConfigError(
+                    f"clients.{i}.budget",
+                    "a cost budget needs prices: (every model would cost 0)",
+                )
     if config.bodyMemoryBytes < config.maxBodyBytes:
         raise ConfigError(
             "body_memory_bytes",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
+from fnmatch import fnmatchcase
 from typing import Any
 
 from attrs import field, frozen
 
+from ccproxy.config.periods import DAY, MONTH
 from ccproxy.config.policy import Policy
 from ccproxy.config.prices import Prices
 from ccproxy.config.routing import ModelRouter
@@ -40,6 +42,40 @@ COMPLETIONS_PATH = "/chat/completions"
 
 
 @frozen
+class Cap:
+    """One budget of a client: at most `tokens` or `cost` (either may be None) in
+    each UTC `period` (`day` or `month`)."""
+
+    period: str
+    tokens: int | None = None
+    """input + output + cache-write tokens."""
+    cost: float | None = None
+    """In the config's `currency`, from `prices:` on the upstream model."""
+
+
+@frozen
+class Budget:
+    """`clients[].budget`: what a client may use per UTC day and month."""
+
+    tokensPerDay: int | None = None
+    tokensPerMonth: int | None = None
+    costPerDay: float | None = None
+    costPerMonth: float | None = None
+
+    @property
+    def caps(self) -> tuple[Cap, ...]:
+        """One `Cap` per period that has a limit, the day first."""
+        caps = []
+        for period, tokens, cost in (
+            (DAY, self.tokensPerDay, self.costPerDay),
+            (MONTH, self.tokensPerMonth, self.costPerMonth),
+        ):
+            if tokens is not None or cost is not None:
+                caps.append(Cap(period, tokens, cost))
+        return tuple(caps)
+
+
+@frozen
 class Client:
     """A caller allowed in when `clients` is set; logs show the name, never the key."""
 
@@ -49,10 +85,17 @@ class Client:
     """May read `/v1/usage`."""
     maxConcurrent: int | None = None
     requestsPerMinute: int | None = None
+    budget: Budget | None = None
+    models: tuple[str, ...] | None = None
+    """Globs of the model names it may ask for (None: every route)."""
     digest: bytes = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "digest", keyDigest(self.key))
+
+    def mayUse(self, model: str) -> bool:
+        """Whether `model`, as the client asks for it, is one of its `models`."""
+        return self.models is None or any(fnmatchcase(model, glob) for glob in self.models)
 
 
 def keyDigest(key: str) -> bytes:
@@ -79,6 +122,17 @@ class Upstream:
         yield self.apiKey
         for name, value in self.headers.items():
             yield from headerSecrets(name, value)
+
+
+@frozen
+class RedisAddress:
+    """`state.redis`: where the state shared by several ccproxy processes lives."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @frozen
@@ -132,6 +186,9 @@ class Config:
     """A scrape token for `/metrics` (Prometheus sends it as a bearer)."""
     prices: Prices = field(factory=Prices)
     """What tokens cost, by upstream model (`prices:`, `currency:`)."""
+    redis: RedisAddress | None = None
+    """`state: {redis: URL}`: client limits, budgets and breakers shared through
+    Redis by every process pointing at it (None: kept in this process)."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
@@ -148,6 +205,8 @@ class Config:
         for client in self.clients:
             yield client.key
         yield self.metricsToken
+        if self.redis is not None:
+            yield self.redis.password
 
     # The readers live in `ccproxy.config.load`; these are their usual front doors.
 

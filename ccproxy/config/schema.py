@@ -116,6 +116,12 @@ def positiveNumber(value: Any, path: str) -> float:
     return float(value)
 
 
+def positiveAmount(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(path, "must be a positive amount")
+    return float(value)
+
+
 def headerMap(value: Any, path: str) -> dict[str, str]:
     node = Node(value, path)
     headers = {}

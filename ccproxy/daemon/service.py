@@ -23,6 +23,8 @@ from twisted.python.logfile import LogFile
 from ccproxy import compat
 from ccproxy.config import Config, ConfigError
 from ccproxy.daemon.logs import PrettyObserver, isTerminal
+from ccproxy.state.local import LocalState
+from ccproxy.state.model import State
 from ccproxy.upstream.pool import UpstreamPool
 from ccproxy.web.app import ProxyApp
 from ccproxy.web.site import ProxySite
@@ -44,6 +46,7 @@ class ProxyService(MultiService):
         http: IService,
         reactor: Any,
         site: ProxySite,
+        state: State | None = None,
         configPath: str | None = None,
         logFile: LogFile | None = None,
         logObserver: ILogObserver | None = None,
@@ -51,10 +54,12 @@ class ProxyService(MultiService):
         startupWarnings: Sequence[str] = (),
     ) -> None:
         """`site`: what `http` serves, whose client connections stopping drains;
+        `state`: the state backend, started and stopped with the service;
         `logObserver`: handed to twistd as the application's (None: twistd's
         own); `panels`: where `pretty` panels go, if it is a terminal once started."""
         super().__init__()
         self.app = app
+        self.state = state if state is not None else LocalState(reactor)
         self.pool = pool
         self.reactor = reactor
         self.site = site
@@ -82,6 +87,7 @@ class ProxyService(MultiService):
     def startService(self) -> None:
         super().startService()
         config = self.app.config
+        self.state.start()
         self._onSignal("SIGHUP", self.reload)
         if self.logFile is not None:
             self._onSignal("SIGUSR1", self.logFile.rotate)
@@ -156,6 +162,12 @@ class ProxyService(MultiService):
                 new=config.listen,
             )
             return False
+        if config.redis != self.app.config.redis:
+            self.log.warn(
+                "state changed in {path}: the daemon keeps the state it started with "
+                "until it is restarted",
+                path=self.configPath,
+            )
         if config.log != self.app.config.log:
             self.log.warn(
                 "log settings changed in {path}: the daemon keeps logging as it started "
@@ -209,6 +221,7 @@ class ProxyService(MultiService):
             if timer.active():
                 timer.cancel()
         await self.pool.closeCachedConnections()
+        await self.state.stop()
 
     async def _drained(self) -> None:
         """Every request answered, and every answer's last byte written: a handler

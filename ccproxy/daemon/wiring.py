@@ -30,6 +30,10 @@ from ccproxy.daemon.logs import (
     textObserver,
 )
 from ccproxy.daemon.service import ProxyService
+from ccproxy.ledger.model import Ledger
+from ccproxy.state.local import LocalState
+from ccproxy.state.model import State
+from ccproxy.state.shared import RedisLink, RedisState
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.offload import Offload
@@ -50,15 +54,17 @@ def buildService(
     twistdLogsToStdout: bool = False,
     twistdLogFile: str | None = None,
     openFiles: int = 1024,
+    ledger: Ledger | None = None,
 ) -> ProxyService:
-    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
+    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool,
+    with client limits, budgets and breakers in the state backend (`stateFor`).
 
     `configPath` is what SIGHUP reads again (None: the config came from the
     environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
     that twistd's own log lines would go there too, `twistdLogFile` that they would
     go to that file (both are then written here, with control characters escaped);
     `openFiles` is the process's open-files limit, which caps the connections
-    served at once.
+    served at once; `ledger` is where budgets read what was spent before.
     """
     logFile = None
     if config.log.file:
@@ -87,8 +93,11 @@ def buildService(
         return httpWithTimeout(upstream.policy.connectTimeout)
 
     client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
-    dispatcher = Dispatcher(client, reactor, UpstreamState(reactor), offload=Offload(reactor))
-    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
+    state = stateFor(config, reactor)
+    dispatcher = Dispatcher(
+        client, reactor, UpstreamState(reactor, state), offload=Offload(reactor)
+    )
+    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor, ledger=ledger)
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     http = listenService(config.listen, config.reusePort, site, reactor)
 
@@ -99,12 +108,22 @@ def buildService(
         http,
         reactor,
         site,
+        state=state,
         configPath=configPath,
         logFile=logFile,
         logObserver=logObserver,
         panels=panels,
         startupWarnings=startupWarnings,
     )
+
+
+def stateFor(config: Config, reactor: Any) -> State:
+    """Where client limits, budgets and breakers are counted: in Redis for every
+    process pointing at it (`state: {redis: …}`), else in this process. Nothing
+    connects before the service starts."""
+    if config.redis is None:
+        return LocalState(reactor)
+    return RedisState(RedisLink(config.redis, reactor), reactor)
 
 
 def _logging(

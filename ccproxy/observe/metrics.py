@@ -61,6 +61,17 @@ class Metrics:
             registry=r,
         )
 
+    def watchState(self, up: Callable[[], bool]) -> None:
+        """Export whether the state backend answers (1; always, without `state:`)
+        or this process counts on its own while Redis does not (0)."""
+        gauge = Gauge(
+            "ccproxy_state_backend_up",
+            "1 while the state backend answers (always without state:), 0 while this "
+            "process counts on its own",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: 1.0 if up() else 0.0)
+
     def watchBreakers(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Export each upstream's breaker state (0 closed, 1 open, 2 half-open)."""
         self.registry.register(_BreakerCollector(states))

@@ -23,7 +23,7 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, ClassVar
 
-from attrs import define, field, frozen
+from attrs import Factory, define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -34,7 +34,8 @@ from ccproxy.config.policy import Policy
 from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError, upstreamError
 from ccproxy.observe.accesslog import Attempt
-from ccproxy.upstream.breaker import OPEN, Breaker
+from ccproxy.state.local import LocalState
+from ccproxy.state.model import State, UpstreamBreaker
 from ccproxy.upstream.client import MAX_ERROR_BYTES, UpstreamClient, isEventStream, responseHeaders
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, Rendering
@@ -65,11 +66,15 @@ def isRetryable(error: ProxyError) -> bool:
 
 
 class Gate:
-    """One upstream's shared state: its circuit breaker and its concurrency slots,
-    each holding the upstream's current `Policy`."""
+    """One upstream's shared state: its circuit breaker (kept by the state backend:
+    this process's, or Redis's for every process) and its concurrency slots, each
+    holding the upstream's current `Policy`."""
 
-    def __init__(self, clock: IReactorTime, name: str, policy: Policy) -> None:
-        self.breaker = Breaker(clock.seconds, policy)
+    def __init__(
+        self, clock: IReactorTime, name: str, policy: Policy, state: State | None = None
+    ) -> None:
+        """`state`: where its breaker is kept (None: in this process)."""
+        self.breaker: UpstreamBreaker = (state or LocalState(clock)).breaker(name, policy)
         self.slots = Slots(clock, policy, name)
 
     def reconfigure(self, policy: Policy) -> None:
@@ -99,14 +104,16 @@ class UpstreamHealth:
 
 @define
 class UpstreamState:
-    """Per-upstream state that outlives a config reload: one `Gate` per upstream."""
+    """Per-upstream state that outlives a config reload: one `Gate` per upstream,
+    its breaker kept by `state` (this process's own by default)."""
 
     clock: IReactorTime
+    state: State = field(default=Factory(lambda self: LocalState(self.clock), takes_self=True))
     gates: dict[str, Gate] = field(factory=dict)
 
     def gate(self, upstream: Upstream) -> Gate:
         if upstream.name not in self.gates:
-            self.gates[upstream.name] = Gate(self.clock, upstream.name, upstream.policy)
+            self.gates[upstream.name] = Gate(self.clock, upstream.name, upstream.policy, self.state)
         return self.gates[upstream.name]
 
     def reconfigure(self, upstreams: Mapping[str, Upstream]) -> None:
@@ -267,7 +274,7 @@ class Dispatcher:
             # A client's mistake is a 400 here, before any attempt.
             body = await self.offload.run(plan.size, plan.bodyFor, upstream, target)
             hop = _Hop(plan, upstream, target, gate, body, callerKey)
-            if not gate.breaker.allow():
+            if not await gate.breaker.allow():
                 attempts.append(Attempt(upstream.name, None, note="skipped, circuit open"))
                 skipped.append(hop)
                 continue
@@ -313,19 +320,19 @@ class Dispatcher:
             if not isRetryable(error):
                 gate.breaker.succeeded()  # it answered: the fault is in the request
                 raise error
-            gate.breaker.failed()
+            opened = await gate.breaker.failed()
             delay = self._retryDelay(error, tries, policy.maxRetryWait)
             if (
                 panic
                 or tries >= policy.retries
                 or delay is None
-                or gate.breaker.state == OPEN
+                or opened
                 or (deadline is not None and self.clock.seconds() + delay >= deadline)
             ):
                 raise error
             tries += 1
             await deferLater(self.clock, delay)
-            if not gate.breaker.allow():
+            if not await gate.breaker.allow():
                 raise error
 
     async def _try(self, hop: _Hop) -> Answer:

@@ -29,10 +29,12 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ccproxy.config.model import Config, keyDigest
 from ccproxy.errors import ProxyError
+from ccproxy.ledger.model import Ledger
 from ccproxy.observe.accesslog import AccessLog, AccessRecord
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
 from ccproxy.upstream.dispatch import Dispatcher
+from ccproxy.web.admission import Admission, mayUse
 from ccproxy.web.auth import authenticate, callerKey
 from ccproxy.web.call import (
     Call,
@@ -114,6 +116,8 @@ class ProxyApp:
     dispatcher: Dispatcher
     clock: IReactorTime
     metrics: Metrics = field(factory=Metrics)
+    ledger: Ledger | None = None
+    """Where budgets read what a client already spent (None: they count from the start)."""
     makeId: Callable[[], str] = newId
     startedAt: str = field(factory=_now)
     usage: UsageBook = field(init=False)
@@ -129,11 +133,18 @@ class ProxyApp:
     def __attrs_post_init__(self) -> None:
         self.usage = UsageBook(self.startedAt)
         self.accessLog = AccessLog(self.metrics, self.usage)
-        self.messagesAPI = MessagesAPI(self.dispatcher, self.clock, self.dispatcher.offload)
+        state = self.dispatcher.state.state
+        self.messagesAPI = MessagesAPI(
+            self.dispatcher,
+            self.clock,
+            Admission(state, self.clock, self.ledger),
+            self.dispatcher.offload,
+        )
         self.metrics.generation.set(self.generation)
         self.metrics.watchBreakers(
             lambda: [(name, h.breaker) for name, h in self._health().items()]
         )
+        self.metrics.watchState(lambda: state.up)
 
     @property
     def streamsInFlight(self) -> int:
@@ -212,9 +223,14 @@ class ProxyApp:
     @router.route("/v1/models", methods=["GET"])
     @api("models")
     def listModels(self, call: Call) -> bytes:
-        """The exact model names the config routes, paged as Anthropic pages them."""
+        """The exact model names the config routes (those of the caller's `models`),
+        paged as Anthropic pages them."""
         request = call.request
-        names = call.config.router.exactNames()
+        names = [
+            n
+            for n in call.config.router.exactNames()
+            if call.client is None or call.client.mayUse(n)
+        ]
         limit = queryInt(request, b"limit", 20, 1, 1000)
         after = queryText(request, b"after_id")
         before = queryText(request, b"before_id")
@@ -239,8 +255,9 @@ class ProxyApp:
     @router.route("/v1/models/<path:modelId>", methods=["GET"])
     @api("models")
     def getModel(self, call: Call, modelId: str) -> bytes:
-        """One model, when the config routes its name."""
+        """One model, when the config routes its name (and the caller may use it)."""
         call.record.model = boundedModelName(modelId)
+        mayUse(call.client, modelId)
         call.config.router.resolve(modelId)
         call.record.status = 200
         return jsonReply(call.request, self._modelInfo(modelId))

@@ -79,11 +79,12 @@ def jsonReply(request: IRequest, value: Any) -> bytes:
 
 
 def errorHeaders(error: ProxyError) -> dict[bytes, bytes]:
-    """The headers an error answer carries: its own (`retry-after`), and
-    `x-should-retry: true` where Claude Code should try again."""
+    """The headers an error answer carries: its own (`retry-after`, a billing
+    error's `x-should-retry: false`), and `x-should-retry: true` where Claude Code
+    should try again."""
     headers = {name.encode(): value.encode() for name, value in error.headers.items()}
     if error.status in (408, 429) or error.status >= 500:
-        headers[b"x-should-retry"] = b"true"
+        headers.setdefault(b"x-should-retry", b"true")
     return headers
 
 

@@ -1,16 +1,17 @@
 """The Messages API: `/v1/messages` and `/v1/messages/count_tokens`.
 
-One request goes one way down: admitted within its client's limits, its body read
-and routed, a `Plan` made (`ccproxy.upstream.plan`), dispatched along the route
-(`ccproxy.upstream.dispatch`), and the `Answer` either sent whole or handed to a
-`StreamRelay` (`ccproxy.relay.relay`), whose `Verdict` goes back to the answer (for
-the breaker) and into the access record.
+One request goes one way down: its body read, its model checked against the
+client's `models`, admitted within the client's limits and budgets
+(`ccproxy.web.admission`), routed, a `Plan` made (`ccproxy.upstream.plan`),
+dispatched along the route (`ccproxy.upstream.dispatch`), and the `Answer`
+either sent whole or handed to a `StreamRelay` (`ccproxy.relay.relay`), whose
+`Verdict` goes back to the answer (for the breaker) and into the access record;
+its usage goes to the client's budgets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import orjson
@@ -28,7 +29,8 @@ from ccproxy.translate.tokens import estimateTokens
 from ccproxy.upstream.dispatch import Answer, Dispatcher
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, nestedTooDeep
-from ccproxy.web.auth import ClientLimits, callerKey
+from ccproxy.web.admission import Admission, Standing, mayUse
+from ccproxy.web.auth import callerKey
 from ccproxy.web.call import Call, jsonReply, modelName, readJSON
 
 
@@ -38,16 +40,17 @@ class MessagesAPI:
 
     dispatcher: Dispatcher
     clock: IReactorTime
+    admission: Admission
     offload: Offload = field(factory=Offload)
-    clientLimits: dict[str, ClientLimits] = field(factory=dict)
     streamsInFlight: int = 0
 
     async def create(self, call: Call) -> bytes | None:
         """`POST /v1/messages`: one answer, whole (JSON) or streamed (SSE)."""
         config, record = call.config, call.record
-        with self._admitted(call):
-            body = readJSON(call)
-            model = record.model = modelName(body)
+        body = readJSON(call)
+        model = record.model = modelName(body)
+        mayUse(call.client, model)
+        async with self.admission.admitted(call.client, config) as standing:
             route = config.router.resolve(model)
             record.route = route.pattern
             record.stream = body.get("stream") is True
@@ -70,23 +73,27 @@ class MessagesAPI:
                     record.attempts,
                 ) as answer:
                     del plan  # the request is not kept for a long stream
-                    self._answered(call, answer, model)
+                    self._answered(call, answer, model, standing)
                     if answer.message is not None and not record.stream:
                         return self._whole(call, answer)
-                    return await self._relay(call, answer)
+                    return await self._relay(call, answer, standing)
             except ProxyError as e:
                 if e.upstream is not None and record.upstream is None:
                     record.upstream, record.upstreamStatus = e.upstream, e.upstreamStatus
                     record.upstreamModel = _modelAt(route.targets, e.upstream, model)
                 raise
+            finally:
+                if standing is not None:
+                    self.admission.charge(config, standing, record.upstreamModel)
 
     async def countTokens(self, call: Call) -> bytes:
         """`POST /v1/messages/count_tokens`: estimated on the request as the route's
         first upstream would receive it."""
         config, record = call.config, call.record
-        with self._admitted(call):
-            body = readJSON(call)
-            model = record.model = modelName(body)
+        body = readJSON(call)
+        model = record.model = modelName(body)
+        mayUse(call.client, model)
+        async with self.admission.admitted(call.client, config, budgets=False):
             route = config.router.find(model)
             profile = Profile()
             upstreamModel = model
@@ -102,14 +109,9 @@ class MessagesAPI:
             record.status = 200
             return jsonReply(call.request, {"input_tokens": tokens})
 
-    def _admitted(self, call: Call) -> AbstractContextManager[None]:
-        """The client's place for this request (none to take without clients)."""
-        if call.client is None:
-            return nullcontext()
-        limits = self.clientLimits.setdefault(call.client.name, ClientLimits())
-        return limits.admitted(self.clock.seconds(), call.client)
-
-    def _answered(self, call: Call, answer: Answer, model: str) -> None:
+    def _answered(self, call: Call, answer: Answer, model: str, standing: Standing | None) -> None:
+        """An upstream answered 2xx: recorded, and the client's budget standing set
+        on the answer's head (nothing has been written yet)."""
         record = call.record
         record.firstByte = self.clock.seconds()
         record.upstream = answer.upstream.name
@@ -117,6 +119,10 @@ class MessagesAPI:
         record.upstreamStatus = answer.response.code
         if answer.message is not None:
             record.countUsage(answer.message["usage"])
+        if standing is not None:
+            standing.show(call.request)
+            if answer.message is not None:
+                standing.usage = answer.message["usage"]
 
     def _whole(self, call: Call, answer: Answer) -> bytes:
         """A non-streaming answer: one translated message."""
@@ -129,7 +135,7 @@ class MessagesAPI:
             call.record.responsePayload = reply
         return reply
 
-    async def _relay(self, call: Call, answer: Answer) -> None:
+    async def _relay(self, call: Call, answer: Answer, standing: Standing | None) -> None:
         """A streamed answer, relayed by a `StreamRelay` until it ends."""
         config = call.config
         relay = call.relay = StreamRelay(
@@ -149,6 +155,8 @@ class MessagesAPI:
             if relay.verdict is not None:
                 _record(call, relay.verdict)
                 answer.settle(relay.verdict.ok)
+                if standing is not None and relay.verdict.usage is not None:
+                    standing.usage = relay.verdict.usage
         return None
 
 

@@ -70,6 +70,18 @@ From the fastest to the most real:
     and ``waitUntil`` on the global reactor, and the checks of what a client must
     see: ``assertEnvelope``, ``assertStreamError``, ``textOf``/``blocksOf``.
 
+``redisserver``: a real Redis.
+    The ``redisServer`` fixture (import it into the test module) starts
+    ``redis-server`` on a free loopback port in the test's temporary directory,
+    persisting nothing, and stops it after; ``kill``/``start`` make an outage on
+    the same port, ``pause``/``resume`` a Redis that answers nothing,
+    ``command`` asks it through redis-cli. Skipped without ``redis-server``,
+    except in CI.
+
+``ledger``: the ledger's contract in memory.
+    ``MemoryLedger`` keeps ``Row``s in a list and sums them for ``spent`` (or
+    raises ``fail``), for the tests of what builds on the ledger (budgets).
+
 ``fixtures``: data.
     The requests captured from Claude Code (``requestBodies()``,
     ``requestBody("NNN")``, ``capturedBodies(pattern)``) and a tool to offer

@@ -3,11 +3,17 @@
 After `breakerFailures` consecutive failures the breaker opens and the upstream is
 skipped (its failover partner serves) for `breakerCooldown` seconds; then one trial
 request goes through, and its outcome closes the breaker or opens it again.
+
+`Breaker` is the state machine of one process; `LocalBreaker` serves it as an
+`UpstreamBreaker`. It lives with the state because Redis can hold the same states
+for several processes (`ccproxy.state.shared`), with a `Breaker` as its fallback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, succeed
 
 from ccproxy.config.policy import Policy
 
@@ -61,3 +67,43 @@ class Breaker:
     def released(self) -> None:
         """The request that held the trial ended with no verdict (the client left)."""
         self._trialInFlight = False
+
+
+class LocalBreaker:
+    """A `Breaker` of this process, answering as an `UpstreamBreaker` (at once)."""
+
+    def __init__(self, now: Callable[[], float], policy: Policy) -> None:
+        self.breaker = Breaker(now, policy)
+
+    @property
+    def policy(self) -> Policy:
+        return self.breaker.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self.breaker.policy = policy
+
+    @property
+    def state(self) -> str:
+        return self.breaker.state
+
+    @property
+    def openedAt(self) -> float:
+        return self.breaker.openedAt
+
+    @property
+    def failures(self) -> int:
+        return self.breaker.failures
+
+    def allow(self) -> Deferred[bool]:
+        return succeed(self.breaker.allow())
+
+    def succeeded(self) -> None:
+        self.breaker.succeeded()
+
+    def released(self) -> None:
+        self.breaker.released()
+
+    def failed(self) -> Deferred[bool]:
+        self.breaker.failed()
+        return succeed(self.breaker.state == OPEN)

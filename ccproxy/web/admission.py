@@ -1,0 +1,227 @@
+"""What a client may do: the models it may ask for, its limits, and its budgets.
+
+The counting is the state backend's (`ccproxy.state`: this process's, or Redis's
+for every process); the ledger, which the state knows nothing of, seeds a budget
+window's counter with what the client already spent in it (at the first request
+of the window, and whenever Redis has lost the counter). Both meet here.
+
+A client over a budget is refused before anything is sent upstream, with the
+429 `billing_error` and the usage-limit headers of Claude Code's gateway protocol
+("rejected" shape); a client under a cap gets its standing ("allowed" shape) on
+every successful `/v1/messages` answer. The counters see a request's usage when
+it ends, so requests admitted together may overshoot a budget by what they use
+between them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+from attrs import define, evolve, field
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from ccproxy.config.model import Client, Config
+from ccproxy.errors import ProxyError, invalidRequest
+from ccproxy.ledger.model import Ledger, Spend
+from ccproxy.state import model
+from ccproxy.state.model import Ask, Lease, State, Used, Window
+
+SEED_TIMEOUT = 5.0
+"""Seconds the ledger may take to say what a client spent in a window."""
+LEDGER_QUIET = 30.0
+"""Seconds budgets go unseeded (and so unchecked) after the ledger failed to answer."""
+
+_UNIFIED = "anthropic-ratelimit-unified-"
+
+
+def mayUse(client: Client | None, model: str) -> None:
+    """A 400 naming the model when the client may not ask for it (`clients[].models`)."""
+    if client is None or client.mayUse(model):
+        return
+    allowed = ", ".join(client.models or ())
+    raise invalidRequest(
+        f"model {model!r} is not available to client {client.name!r} (allowed: {allowed})"
+    )
+
+
+@define
+class Standing:
+    """An admitted request: its place, and its budget windows as they stood."""
+
+    lease: Lease
+    windows: tuple[Window, ...]
+    used: tuple[Used, ...]
+    usage: dict[str, Any] | None = None
+    """The answer's Anthropic usage, once known: what `Admission.charge` adds."""
+
+    def headers(self) -> dict[str, str]:
+        """The usage-limit headers of a successful answer: the fullest window's
+        utilization, kept below 1 while requests are allowed (none without a cap, or
+        when the ledger could not seed the counters)."""
+        if not self.used:
+            return {}
+        window, used = max(
+            zip(self.windows, self.used, strict=True), key=lambda pair: pair[0].utilization(pair[1])
+        )
+        # Whole percents, rounded down (a hair of float error aside), under 1.
+        utilization = math.floor(window.utilization(used) * 100 + 1e-9) / 100
+        surpassed = next((t for t in model.WARNING_THRESHOLDS if utilization >= t), None)
+        status = "allowed" if surpassed is None else "allowed_warning"
+        reset = str(int(window.end))
+        headers = {
+            _UNIFIED + "status": status,
+            _UNIFIED + "representative-claim": "overage",
+            _UNIFIED + "overage-status": status,
+            _UNIFIED + "overage-utilization": f"{min(utilization, 0.99):.2f}",
+            _UNIFIED + "reset": reset,
+            _UNIFIED + "overage-reset": reset,
+        }
+        if surpassed is not None:
+            headers[_UNIFIED + "overage-surpassed-threshold"] = f"{surpassed:.2f}"
+        return headers
+
+    def show(self, request: IRequest) -> None:
+        for name, value in self.headers().items():
+            request.setHeader(name.encode(), value.encode())
+
+
+def overBudget(
+    config: Config, windows: tuple[Window, ...], used: tuple[Used, ...], now: float
+) -> ProxyError:
+    """The 429 `billing_error` of a used-up budget, in the protocol's rejected shape:
+    the window that resets last when several are used up."""
+    reached = [(w, u) for w, u in zip(windows, used, strict=True) if w.reached(u)]
+    window, spent = max(reached, key=lambda pair: pair[0].end)
+    reset = str(int(window.end))
+    parts = []
+    if window.tokens is not None and spent.tokens >= window.tokens:
+        parts.append(f"{spent.tokens} of {window.tokens} tokens")
+    if window.cost is not None and spent.cost >= window.cost:
+        currency = config.prices.currency
+        parts.append(f"{spent.cost:.2f} of {window.cost:.2f} {currency}")
+    kind = "token" if window.tokens is not None and spent.tokens >= window.tokens else "cost"
+    if len(parts) == 2:
+        kind = "token and cost"
+    message = (
+        f"{model.periodWord(window.period)} {kind} budget reached ({' and '.join(parts)} used) "
+        f"· resets {model.resetText(window.end)}"
+    )
+    return ProxyError(
+        429,
+        message,
+        "billing_error",
+        {
+            "retry-after": str(max(math.ceil(window.end - now), 1)),
+            "x-should-retry": "false",
+            _UNIFIED + "status": "rejected",
+            _UNIFIED + "reset": reset,
+            _UNIFIED + "overage-reset": reset,
+            _UNIFIED + "overage-utilization": "1",
+            _UNIFIED + "overage-surpassed-threshold": "1",
+            _UNIFIED + "overage-period": model.periodWord(window.period),
+            _UNIFIED + "overage-disabled-reason": "org_spend_cap_reached",
+        },
+    )
+
+
+@define
+class Admission:
+    """Admits each client's requests through the state backend, seeding budget
+    counters from the ledger (None: from nothing, so they count from the start)."""
+
+    state: State
+    clock: IReactorTime
+    ledger: Ledger | None = None
+    seedTimeout: float = SEED_TIMEOUT
+    _ledgerQuietUntil: float = field(default=0.0, init=False)
+
+    log: ClassVar[Logger] = Logger()
+
+    @asynccontextmanager
+    async def admitted(
+        self, client: Client | None, config: Config, budgets: bool = True
+    ) -> AsyncIterator[Standing | None]:
+        """The client's place for the length of the block (None without clients);
+        429 when it is over a limit or (with `budgets`) a budget. A refused request
+        holds no place."""
+        if client is None:
+            yield None
+            return
+        now = self.clock.seconds()
+        ask = Ask.of(client, now, budgets)
+        decision = await self._decide(ask, now)
+        if isinstance(decision, model.Limited):
+            raise decision.error(client.name)
+        if isinstance(decision, model.OverBudget):
+            raise overBudget(config, ask.windows, decision.used, now)
+        assert isinstance(decision, model.Admitted), decision
+        standing = Standing(decision.lease, ask.windows, decision.used)
+        try:
+            yield standing
+        finally:
+            self.state.release(decision.lease)
+
+    async def _decide(self, ask: Ask, now: float) -> model.Decision:
+        """The state's decision, each window seeded from the ledger when the state
+        has no counter for it yet."""
+        for _ in range(len(ask.windows) + 1):
+            decision = await self.state.admit(ask, now)
+            if not isinstance(decision, model.Unseeded):
+                return decision
+            used = await self._spent(ask.client, decision.window, now)
+            if used is None:
+                break
+            await self.state.seed(ask.client, decision.window, used)
+        # The ledger did not answer: the limits still hold, the budgets wait.
+        return await self.state.admit(evolve(ask, windows=()), now)
+
+    async def _spent(self, client: str, window: Window, now: float) -> Used | None:
+        """What `client` spent in `window` by the ledger; None when it cannot say."""
+        if self.ledger is None:
+            return Used()
+        if now < self._ledgerQuietUntil:
+            return None
+        d: Deferred[Spend] = ensureDeferred(self.ledger.spent(client, window.start))
+        d.addTimeout(self.seedTimeout, self.clock)
+        try:
+            spend = await d
+        except CancelledError:
+            raise
+        except Exception as e:
+            self._ledgerQuietUntil = now + LEDGER_QUIET
+            self.log.warn(
+                "budgets: the ledger did not say what {client} spent ({why}); budgets go "
+                "unchecked for {quiet:g} s",
+                client=client,
+                why=repr(e),
+                quiet=LEDGER_QUIET,
+            )
+            return None
+        return Used(spend.tokens, spend.cost)
+
+    def charge(self, config: Config, standing: Standing, upstreamModel: str | None) -> None:
+        """Add what the request used to its windows (tokens: input + output +
+        cache-write; cost: `prices:` on the model the upstream served)."""
+        usage = standing.usage
+        if not standing.windows or usage is None:
+            return
+        inputTokens = _count(usage.get("input_tokens"))
+        outputTokens = _count(usage.get("output_tokens"))
+        cacheRead = _count(usage.get("cache_read_input_tokens"))
+        cacheWrite = _count(usage.get("cache_creation_input_tokens"))
+        cost = config.prices.cost(
+            upstreamModel or "", inputTokens, outputTokens, cacheRead, cacheWrite
+        )
+        used = Used(inputTokens + outputTokens + cacheWrite, cost)
+        if used != Used():
+            self.state.charge(standing.lease.client, standing.windows, used)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
