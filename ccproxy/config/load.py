@@ -17,6 +17,7 @@ import yaml
 from attrs import evolve, fields
 
 from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
+from ccproxy.config.ledger import defaultLedger, parseLedger
 from ccproxy.config.model import (
     COMPLETIONS_PATH,
     DEFAULT_BODY_MEMORY_BYTES,
@@ -233,6 +234,9 @@ def literalSecrets(data: Any) -> list[str]:
                 found.append(f"clients.{i}.key")
     if _isLiteral(data.get("metrics_token")):
         found.append("metrics_token")
+    ledger = data.get("ledger")
+    if isinstance(ledger, str) and "${" not in ledger and urlsplit(ledger.strip()).password:
+        found.append("ledger")
     return found
 
 
@@ -284,6 +288,7 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         metricsAuth=root.get("metrics_auth", _metricsAuth, "admin"),
         metricsToken=root.get("metrics_token", string, "") or None,
         prices=parsePrices(root),
+        ledger=root.get("ledger", parseLedger, defaultLedger()),
         source=source,
     )
     root.finish()

@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import field, frozen
 
+from ccproxy.config.ledger import LedgerURL, defaultLedger
 from ccproxy.config.policy import Policy
 from ccproxy.config.prices import Prices
 from ccproxy.config.routing import ModelRouter
@@ -132,6 +133,8 @@ class Config:
     """A scrape token for `/metrics` (Prometheus sends it as a bearer)."""
     prices: Prices = field(factory=Prices)
     """What tokens cost, by upstream model (`prices:`, `currency:`)."""
+    ledger: LedgerURL | None = field(factory=defaultLedger)
+    """Where each request's row is kept (`ledger:`; None: `off`)."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
@@ -148,6 +151,8 @@ class Config:
         for client in self.clients:
             yield client.key
         yield self.metricsToken
+        if self.ledger is not None:
+            yield from self.ledger.secrets()
 
     # The readers live in `ccproxy.config.load`; these are their usual front doors.
 

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Sequence
 from typing import IO, Any, ClassVar
 
+from attrs import evolve
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
@@ -32,7 +33,8 @@ class ProxyService(MultiService):
     """Starts and stops the listening port (its child named "http") around the app.
 
     It builds nothing: binding the port is the child's `privilegedStartService`,
-    and stopping drains the app, then closes the pool's cached connections.
+    starting opens the ledger, and stopping drains the app, writes the ledger's
+    last rows, then closes the pool's cached connections.
     """
 
     log: ClassVar[Logger] = Logger()
@@ -89,6 +91,12 @@ class ProxyService(MultiService):
             self._pretty = PrettyObserver(self._panels)
             globalLogPublisher.addObserver(self._pretty)
         self._warnAboutSecrets(config)
+        if self.app.ledger is not None:
+            # After twistd has daemonized: a thread does not survive its fork.
+            self.app.ledger.start()
+            self.log.info("ledger: {url}", url=str(self.app.ledger.url))
+        else:
+            self.log.info("ledger: off (/v1/usage counts in this process, since it started)")
         for warning in self._startupWarnings:
             self.log.warn("settings of the user running ccproxy: {warning}", warning=warning)
         self.log.info(
@@ -156,6 +164,13 @@ class ProxyService(MultiService):
                 new=config.listen,
             )
             return False
+        if config.ledger != self.app.config.ledger:
+            self.log.warn(
+                "ledger changed in {path}: the daemon keeps writing to {url} until it is restarted",
+                path=self.configPath,
+                url=str(self.app.config.ledger or "off"),
+            )
+            config = evolve(config, ledger=self.app.config.ledger)
         if config.log != self.app.config.log:
             self.log.warn(
                 "log settings changed in {path}: the daemon keeps logging as it started "
@@ -208,6 +223,8 @@ class ProxyService(MultiService):
         finally:
             if timer.active():
                 timer.cancel()
+        if self.app.ledger is not None:
+            await self.app.ledger.stop()  # every request has left its row by now
         await self.pool.closeCachedConnections()
 
     async def _drained(self) -> None:

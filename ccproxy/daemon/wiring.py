@@ -30,6 +30,7 @@ from ccproxy.daemon.logs import (
     textObserver,
 )
 from ccproxy.daemon.service import ProxyService
+from ccproxy.ledger.store import SQLLedger
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.offload import Offload
@@ -51,7 +52,8 @@ def buildService(
     twistdLogFile: str | None = None,
     openFiles: int = 1024,
 ) -> ProxyService:
-    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool.
+    """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool,
+    and the app's ledger.
 
     `configPath` is what SIGHUP reads again (None: the config came from the
     environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
@@ -88,7 +90,9 @@ def buildService(
 
     client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
     dispatcher = Dispatcher(client, reactor, UpstreamState(reactor), offload=Offload(reactor))
-    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor)
+    # Nothing is opened here: the ledger's thread and database start with the service.
+    ledger = None if config.ledger is None else SQLLedger.at(config.ledger, reactor)
+    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor, ledger=ledger)
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     http = listenService(config.listen, config.reusePort, site, reactor)
 

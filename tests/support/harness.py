@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from ccproxy.config import Config
+from ccproxy.ledger.store import SQLLedger
 from ccproxy.upstream.client import HTTPClient, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.web.app import ProxyApp
@@ -87,10 +88,13 @@ class Harness:
         configText: str = BASE_CONFIG,
         env: dict[str, str] | None = None,
         http: Callable[[Clock, StubTreq], HTTPClient] | None = None,
+        ledger: Callable[[Clock], SQLLedger] | None = None,
     ) -> Harness:
         """The app on `configText`, its upstreams served by a `FakeOpenAI`; `http`
         makes the upstream HTTP client instead (from the clock and the fake's
-        StubTreq), for tests of what a real connection does that a stub cannot."""
+        StubTreq), for tests of what a real connection does that a stub cannot;
+        `ledger` makes the app's ledger on the clock (without it, none: the
+        config's `ledger:` is not opened, and `/v1/usage` counts in memory)."""
         clock = Clock()
         upstream = FakeOpenAI(clock=clock)
         upstreamTreq = StubTreq(upstream.resource())
@@ -100,6 +104,7 @@ class Harness:
             config=config,
             dispatcher=Dispatcher(client, clock, UpstreamState(clock), random=lambda: 0.5),
             clock=clock,
+            ledger=None if ledger is None else ledger(clock),
         )
         return cls(app, upstream, StubTreq(app.resource()), upstreamTreq, clock)
 
