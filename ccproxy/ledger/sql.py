@@ -9,6 +9,7 @@ connects again: a database that went away is found again when it returns.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +53,10 @@ _COLUMNS = (
 
 class SchemaTooNew(Exception):
     """The database was made by a newer ccproxy: this one does not write to it."""
+
+
+class NoLedger(Exception):
+    """No ledger there yet (a reader does not make one)."""
 
 
 @frozen
@@ -132,10 +137,13 @@ def transaction(kind: str, connection: Any, schema: bool = False) -> Iterator[No
 class Database:
     """One connection to the ledger's database, used from one thread at a time."""
 
-    def __init__(self, url: LedgerURL, timeout: float = 5.0) -> None:
-        """`timeout`: seconds to connect (PostgreSQL), or to wait for a lock (SQLite)."""
+    def __init__(self, url: LedgerURL, timeout: float = 5.0, create: bool = True) -> None:
+        """`timeout`: seconds to connect (PostgreSQL), or to wait for a lock (SQLite);
+        `create`: make the database and its schema when they are not there (the
+        daemon), else raise `NoLedger` (a reader, `python -m ccproxy usage`)."""
         self.url = url
         self.timeout = timeout
+        self.create = create
         self.dialect = DIALECTS[url.kind]
         self._connection: Any = None
         self._insert = (
@@ -147,6 +155,8 @@ class Database:
     def open(self) -> Any:
         """The connection, made (and the schema checked, or created) if there is none."""
         if self._connection is None:
+            if not self.create and self.url.kind == SQLITE and not os.path.exists(self.url.target):
+                raise NoLedger(f"there is no ledger at {self.url.target} yet")
             connection = connect(self.url, self.timeout)
             try:
                 self._ensureSchema(connection)
@@ -175,6 +185,9 @@ class Database:
 
     def _ensureSchema(self, connection: Any) -> None:
         d = self.dialect
+        if not self.create:
+            self._checkSchema(connection)
+            return
         with transaction(d.kind, connection, schema=True):
             cursor = connection.cursor()
             cursor.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version {d.integer})")
@@ -192,6 +205,21 @@ class Database:
                     f"(this one knows version {SCHEMA_VERSION}): upgrade this ccproxy"
                 )
             # found < SCHEMA_VERSION: a later release migrates here, step by step.
+
+    def _checkSchema(self, connection: Any) -> None:
+        """What a reader checks: a schema is there, of a version it can read."""
+        cursor = connection.cursor()
+        try:
+            cursor.execute(f"SELECT max(version) FROM {VERSION_TABLE}")
+        except Exception:
+            raise NoLedger(f"there is no ledger in {self.url} yet") from None
+        found = cursor.fetchone()[0]
+        if found is None:
+            raise NoLedger(f"there is no ledger in {self.url} yet")
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the ledger's schema is version {found}, made by a newer ccproxy: upgrade"
+            )
 
     def _schema(self) -> list[str]:
         d = self.dialect
