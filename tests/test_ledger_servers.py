@@ -17,11 +17,14 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
 from ccproxy.config import Config
 from ccproxy.daemon.service import ProxyService
-from tests.support.fakes import FakeOpenAI
+from tests.support.fakes import FakeOpenAI, sseReply
 from tests.support.faultkit import waitUntil, within
 from tests.support.loopback import baseURL, serveFake, startProxy
 from tests.support.postgres import PostgresServer, postgresFixture
@@ -176,6 +179,54 @@ async def test_postgresql_down_mid_test_requests_flow_rows_wait_and_stop_writes_
     finally:
         await within(service.stopService())
     assert rowCount(url) == 9
+
+
+class CutMidStream(Protocol):
+    """A client that sends a streaming request and hangs up after the first text."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.sawText: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        body = orjson.dumps({**orjson.loads(BODY), "stream": True})
+        head = b"POST /v1/messages HTTP/1.1\r\nHost: proxy\r\nx-api-key: alice-key\r\n"
+        self.transport.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"content_block_delta" in self.received and not self.sawText.called:
+            self.sawText.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_cut_by_its_client_leaves_its_row(
+    postgres: PostgresServer, upstream: tuple[FakeOpenAI, str]
+) -> None:
+    fake, address = upstream
+    usage = {"prompt_tokens": 40, "completion_tokens": 2}  # counted as it goes
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": f"w{i} "}}], "usage": usage}
+        for i in range(50)
+    ]
+    fake.queue(sseReply(chunks, delay=0.1))
+    url = postgres.createDatabase("cut")
+    service, base = await startProxy(config(address, url))
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        client = CutMidStream()
+        await within(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client))
+        await within(client.sawText)
+        client.transport.abortConnection()
+        await waitUntil(lambda: fake.disconnected == 1, "the upstream request aborted")
+    finally:
+        await within(service.stopService())
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            "SELECT client, stream, status, error_type, input_tokens, output_tokens "
+            "FROM ccproxy_ledger"
+        ).fetchall()
+    assert rows == [("alice", True, 499, "cancelled", 40, 2)]
 
 
 def test_a_real_daemon_keeps_its_rows_in_ccproxy_db_across_a_restart(
