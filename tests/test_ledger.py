@@ -145,6 +145,20 @@ def test_a_sqlite_ledger_in_a_missing_directory_is_refused_before_the_start(
     assert problem is not None and "four slashes" in problem
 
 
+def test_twistd_refuses_a_ledger_it_could_not_write_with_one_line(tmp_path: Path) -> None:
+    from twisted.python.usage import UsageError
+
+    from ccproxy.daemon.tap import Options
+
+    path = tmp_path / "ccproxy.yaml"
+    path.write_text(BASE_CONFIG + f'ledger: "sqlite:///{tmp_path}/no/dir/l.db"\n')
+    with pytest.raises(UsageError) as e:
+        Options().parseOptions(["--config", str(path)])
+    assert str(e.value).startswith(
+        f"{path}: ledger: the directory {tmp_path}/no/dir does not exist (an absolute path"
+    )
+
+
 # -- rows in --------------------------------------------------------------------------
 
 
