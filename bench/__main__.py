@@ -118,6 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_env("workdir", ""),
         help="configs, logs and results.json [a new temporary directory]",
     )
+    p.add_argument(
+        "--ledger",
+        default=_env("ledger", "sqlite"),
+        help="ccproxy's ledger: sqlite (WORKDIR/ccproxy.db, as a daemon keeps it by default), "
+        "off, or a ledger URL [sqlite]",
+    )
     p.add_argument("--json", default="", help="also write results.json here")
     p.add_argument(
         "--py-spy", action="store_true", help="profile ccproxy with py-spy during each measured run"

@@ -125,11 +125,20 @@ class Bench:
             listen = f"tcp:{self.proxy_port}:interface=127.0.0.1"
             if a.backlog:
                 listen += f":backlog={a.backlog}"
-        self.results["proxy"] = {"processes": a.processes, "listen_mode": mode, "listen": listen}
+        self.results["proxy"] = {
+            "processes": a.processes,
+            "listen_mode": mode,
+            "listen": listen,
+            "ledger": a.ledger,
+        }
         started = []
         for i in range(a.processes):
             cfg = proxy_config(
                 self.mock_port, listen, a.drip_rate, a.drip_seconds, mode == "reuse_port"
+            )
+            # Never the default (ccproxy.db in the working directory: the repository).
+            cfg["ledger"] = {"sqlite": f"sqlite:///{os.path.abspath(self.workdir)}/ccproxy.db"}.get(
+                a.ledger, a.ledger
             )
             cfg_path = os.path.join(self.workdir, f"ccproxy-{i}.yaml")
             with open(cfg_path, "w") as f:

@@ -20,6 +20,9 @@ contract in setup.cfg, checked in CI):
 - `observe/`   the access record and log, Prometheus metrics, usage totals.
 - `state/`     client limits, budget counters and breakers: in this process, or
                in Redis for every process pointing at it (`shared`).
+- `ledger/`    one row per Messages request in SQLite or PostgreSQL, written in
+               batches on its own thread; `/v1/usage` and `python -m ccproxy
+               usage` read it.
 - `config/`    YAML (or the seed environment) to frozen values: upstreams,
                profiles, policies, routes, endpoint descriptions.
 - `translate/` pure Anthropic <-> OpenAI translation over dicts; no Twisted.
@@ -35,7 +38,7 @@ One streaming `POST /v1/messages`, one way down:
     -> upstream.client.UpstreamClient POST through treq and the pool
     -> relay.relay.StreamRelay        SSEParser -> StreamTranslator -> EventWriter
     -> back up: a Verdict for the breaker (Answer) and the access record
-    -> observe.accesslog.AccessLog    one event, metrics, usage
+    -> observe.accesslog.AccessLog    one event, metrics, usage, the ledger's row
 """
 
 __version__ = "0.1.0"

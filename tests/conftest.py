@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +77,23 @@ def noFailuresInWhatOutlivedItsTest() -> Iterator[None]:
         loggedErrors(lambda: (gc.unfreeze(), gc.collect())),
         "logged failures when what outlived its test was collected at the end",
     )
+
+
+REPOSITORY_LEDGER = Path(__file__).resolve().parents[1] / "ccproxy.db"
+"""The default ledger of a daemon started in the repository: no test may make it."""
+
+
+@pytest.fixture(autouse=True)
+def noLedgerInTheRepository() -> Iterator[None]:
+    """A test that starts a daemon on a config without `ledger:` would write its
+    rows into the repository: the harness has no ledger, and the other tests put
+    theirs in tmp_path or say `ledger: off`."""
+    before = REPOSITORY_LEDGER.exists()
+    yield
+    if not before and REPOSITORY_LEDGER.exists():
+        pytest.fail(
+            f"the test wrote {REPOSITORY_LEDGER}: give its daemon ledger: off or a tmp path"
+        )
 
 
 @pytest.fixture(autouse=True)

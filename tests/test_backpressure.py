@@ -86,6 +86,7 @@ async def test_a_client_that_stops_reading_pauses_the_upstream() -> None:
     config = Config.fromYAML(
         f"""
 listen: "tcp:0:interface=127.0.0.1"
+ledger: off
 upstreams:
   flood: {{url: "http://127.0.0.1:{upstreamPort.getHost().port}/v1", timeout: 60}}
 models: {{"*": flood}}

@@ -62,7 +62,7 @@ REJECTED_HEADERS = {
 
 
 def build(ledger: MemoryLedger | None = None) -> Harness:
-    return Harness.build(CONFIG, ledger=ledger)
+    return Harness.build(CONFIG, ledger=lambda clock: ledger)
 
 
 def limitHeaders(headers: dict[str, str]) -> dict[str, str]:
@@ -330,3 +330,30 @@ def test_the_example_config_shows_a_budget_that_loads() -> None:
 
 def test_without_state_the_backend_is_always_up() -> None:
     assert b"\nccproxy_state_backend_up 1.0\n" in build().app.metrics.render()
+
+
+def test_a_restart_keeps_the_budget_spent_through_the_real_ledger(tmp_path: Path) -> None:
+    """The day's spend is in the SQLite ledger, not only in the counters: a new
+    app on the same database (the daemon restarted) refuses Alice at once."""
+    from ccproxy.config.ledger import LedgerURL
+    from ccproxy.ledger.sql import Database
+    from ccproxy.ledger.store import SQLLedger
+    from ccproxy.ledger.worker import Inline
+
+    path = tmp_path / "ccproxy.db"
+
+    def ledger(clock: Any) -> SQLLedger:
+        return SQLLedger(Database(LedgerURL.sqlite(str(path))), clock, Inline())
+
+    first = Harness.build(CONFIG, ledger=ledger)
+    assert first.app.ledger is not None
+    first.app.ledger.start()  # type: ignore[attr-defined]
+    first.upstream.queue(jsonReply(USED_150))
+    assert first.post(message(), headers=ALICE).status == 200
+    first.clock.advance(1)  # the batch is written a second after its first row
+    second = Harness.build(CONFIG, ledger=ledger)
+    second.app.ledger.start()  # type: ignore[union-attr]
+    reply = second.post(message(), headers=ALICE)
+    assert reply.status == 429
+    assert reply.json()["error"]["type"] == "billing_error"
+    assert second.upstream.received == []

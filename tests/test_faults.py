@@ -64,6 +64,7 @@ MAX_RESPONSE_BYTES = 65536
 
 CONFIG = """
 listen: "tcp:0:interface=127.0.0.1"
+ledger: off
 max_duration: {maxDuration}
 max_line_bytes: {maxLine}
 max_response_bytes: {maxResponse}

@@ -62,6 +62,7 @@ def serviceFor(tmp_path: Path, text: str) -> tuple[ProxyService, Path]:
 
 RELOAD = """
 listen: "tcp:0:interface=127.0.0.1"
+ledger: off
 upstreams:
   a: {url: "http://a.test/v1"}
   b: {url: "http://b.test/v1"}
@@ -346,19 +347,30 @@ def test_metrics_after_a_few_requests() -> None:
     assert "ccproxy_config_generation 1.0" in text
 
 
-def test_usage_totals_for_the_admin_only_and_across_reloads() -> None:
+def test_usage_totals_across_reloads_every_client_for_the_admin_its_own_for_others() -> None:
+    """With `ledger: off`, `/v1/usage` counts in the process, since it started."""
     h = Harness.build(USAGE_CONFIG)
     h.post(message(), headers={"x-api-key": "alice-key"})
     h.app.reconfigure(Config.fromYAML(USAGE_CONFIG, {}))
     h.post(message(model="claude-haiku-5-5"), headers={"x-api-key": "alice-key"})
-    assert h.call("GET", "/v1/usage", headers={"x-api-key": "alice-key"}).status == 403
+    h.post(message(), headers={"x-api-key": "root-key"})
     assert h.call("GET", "/v1/usage").status == 401
     report = h.call("GET", "/v1/usage", headers={"x-api-key": "root-key"}).json()
+    assert set(report["clients"]) == {"alice", "root"}
     alice = report["clients"]["alice"]
     assert alice["total"]["requests"] == 2
     assert alice["total"]["input_tokens"] == 22
+    assert alice["total"]["cache_creation_input_tokens"] == 0
+    assert alice["total"]["cost"] == 0
     assert set(alice["models"]) == {"claude-*", "claude-haiku-*"}  # as the config routes them
-    assert "root" not in report["clients"]
+    assert report["unpriced"] == ["big-model", "small-model"]
+    assert report["currency"] == "USD"
+    own = h.call("GET", "/v1/usage", headers={"x-api-key": "alice-key"}).json()
+    assert set(own["clients"]) == {"alice"}  # it used to be 403
+    assert own["clients"]["alice"] == alice
+    refused = h.call("GET", "/v1/usage?since=2025-01-01", headers={"x-api-key": "root-key"})
+    assert refused.status == 400
+    assert "need a ledger" in refused.json()["error"]["message"]
 
 
 def test_usage_needs_clients() -> None:
@@ -455,7 +467,8 @@ def test_access_log_names_the_upstream_that_refused() -> None:
         ("POST", "/v1/messages/count_tokens", message(), "wrong", "count_tokens", 401),
         ("GET", "/v1/models", None, "alice-key", "models", 200),
         ("GET", "/v1/models/claude-sonnet-4-5", None, None, "models", 401),
-        ("GET", "/v1/usage", None, "alice-key", "usage", 403),
+        ("GET", "/v1/usage", None, "alice-key", "usage", 200),
+        ("GET", "/v1/usage", None, "wrong", "usage", 401),
         ("POST", "/v1/messages", message(), "wrong", "messages", 401),
     ],
 )

@@ -16,6 +16,7 @@ from ccproxy.daemon.tap import Options, _twistdLogsToStdout, makeService
 from ccproxy.daemon.wiring import buildService
 
 GOOD = """
+ledger: off
 upstreams:
   up: {url: "http://127.0.0.1:9/v1"}
 models:

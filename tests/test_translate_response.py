@@ -523,6 +523,36 @@ def test_anthropic_usage(usage: Any, expected: dict[str, int]) -> None:
     assert anthropicUsage(usage) == {**expected, "cache_creation_input_tokens": 0}
 
 
+CACHE_WRITES = {
+    "openrouter": (
+        194,
+        {"prompt_tokens_details": {"cached_tokens": 50, "cache_write_tokens": 100}},
+    ),
+    "litellm": (
+        1000,
+        {"cache_creation_input_tokens": 300, "prompt_tokens_details": {"cached_tokens": 600}},
+    ),
+    "clamped": (100, {"prompt_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 90}}),
+}
+"""prompt_tokens, and how the upstream says what of them hit or filled the cache."""
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("openrouter", (44, 100, 50)), ("litellm", (100, 300, 600)), ("clamped", (0, 40, 60))],
+)
+def test_cache_writes_are_counted_apart(name: str, expected: tuple[int, int, int]) -> None:
+    """Cache writes cost more than plain input (1.25x at Anthropic): they are part of
+    prompt_tokens, and Claude Code and the ledger get them apart."""
+    prompt, said = CACHE_WRITES[name]
+    got = anthropicUsage({"prompt_tokens": prompt, "completion_tokens": 2, **said})
+    assert (
+        got["input_tokens"],
+        got["cache_creation_input_tokens"],
+        got["cache_read_input_tokens"],
+    ) == expected
+
+
 def test_usage_in_answer() -> None:
     usage = {
         "prompt_tokens": 900,

@@ -17,6 +17,7 @@ import yaml
 from attrs import evolve, fields
 
 from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
+from ccproxy.config.ledger import defaultLedger, parseLedger
 from ccproxy.config.model import (
     COMPLETIONS_PATH,
     DEFAULT_BODY_MEMORY_BYTES,
@@ -305,6 +306,9 @@ def literalSecrets(data: Any) -> list[str]:
         url = state.get("redis")
         if _isLiteral(url) and "@" in str(url):  # a password written in the URL
             found.append("state.redis")
+    ledger = data.get("ledger")
+    if isinstance(ledger, str) and "${" not in ledger and urlsplit(ledger.strip()).password:
+        found.append("ledger")
     return found
 
 
@@ -357,6 +361,7 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         metricsToken=root.get("metrics_token", string, "") or None,
         prices=parsePrices(root),
         redis=root.get("state", _parseState, None),
+        ledger=root.get("ledger", parseLedger, defaultLedger()),
         source=source,
     )
     root.finish()

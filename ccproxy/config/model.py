@@ -13,6 +13,7 @@ from typing import Any
 
 from attrs import field, frozen
 
+from ccproxy.config.ledger import LedgerURL, defaultLedger
 from ccproxy.config.periods import DAY, MONTH
 from ccproxy.config.policy import Policy
 from ccproxy.config.prices import Prices
@@ -189,6 +190,8 @@ class Config:
     redis: RedisAddress | None = None
     """`state: {redis: URL}`: client limits, budgets and breakers shared through
     Redis by every process pointing at it (None: kept in this process)."""
+    ledger: LedgerURL | None = field(factory=defaultLedger)
+    """Where each request's row is kept (`ledger:`; None: `off`)."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
@@ -207,6 +210,8 @@ class Config:
         yield self.metricsToken
         if self.redis is not None:
             yield self.redis.password
+        if self.ledger is not None:
+            yield from self.ledger.secrets()
 
     # The readers live in `ccproxy.config.load`; these are their usual front doors.
 

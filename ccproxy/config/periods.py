@@ -32,3 +32,27 @@ def periodEnd(now: float, period: str) -> float:
     else:
         end = (start + timedelta(days=32)).replace(day=1)
     return end.timestamp()
+
+
+def parseMoment(text: str, endOfDay: bool = False) -> float:
+    """Unix seconds of an ISO date (`2025-01-31`: its 00:00 UTC, or with `endOfDay`
+    the next day's, so that the day counts whole) or datetime (UTC unless it says
+    otherwise). `ValueError` says what is wrong."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            return (day + timedelta(days=1 if endOfDay else 0)).timestamp()
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r} is not an ISO date or datetime (2025-01-31, 2025-01-31T12:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def isoMoment(moment: float) -> str:
+    """Unix seconds as an ISO datetime in UTC, to the second (`2025-01-31T00:00:00Z`)."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

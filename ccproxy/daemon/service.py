@@ -15,6 +15,7 @@ import stat
 from collections.abc import Sequence
 from typing import IO, Any, ClassVar
 
+from attrs import evolve
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
@@ -23,6 +24,7 @@ from twisted.python.logfile import LogFile
 from ccproxy import compat
 from ccproxy.config import Config, ConfigError
 from ccproxy.daemon.logs import PrettyObserver, isTerminal
+from ccproxy.ledger.store import SQLLedger
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State
 from ccproxy.upstream.pool import UpstreamPool
@@ -34,7 +36,8 @@ class ProxyService(MultiService):
     """Starts and stops the listening port (its child named "http") around the app.
 
     It builds nothing: binding the port is the child's `privilegedStartService`,
-    and stopping drains the app, then closes the pool's cached connections.
+    starting opens the ledger, and stopping drains the app, writes the ledger's
+    last rows, then closes the pool's cached connections.
     """
 
     log: ClassVar[Logger] = Logger()
@@ -47,6 +50,7 @@ class ProxyService(MultiService):
         reactor: Any,
         site: ProxySite,
         state: State | None = None,
+        ledger: SQLLedger | None = None,
         configPath: str | None = None,
         logFile: LogFile | None = None,
         logObserver: ILogObserver | None = None,
@@ -54,12 +58,14 @@ class ProxyService(MultiService):
         startupWarnings: Sequence[str] = (),
     ) -> None:
         """`site`: what `http` serves, whose client connections stopping drains;
-        `state`: the state backend, started and stopped with the service;
+        `state`: the state backend, started and stopped with the service; `ledger`:
+        the database ledger, likewise (None: none, or one the caller owns);
         `logObserver`: handed to twistd as the application's (None: twistd's
         own); `panels`: where `pretty` panels go, if it is a terminal once started."""
         super().__init__()
         self.app = app
         self.state = state if state is not None else LocalState(reactor)
+        self.ledger = ledger
         self.pool = pool
         self.reactor = reactor
         self.site = site
@@ -95,6 +101,12 @@ class ProxyService(MultiService):
             self._pretty = PrettyObserver(self._panels)
             globalLogPublisher.addObserver(self._pretty)
         self._warnAboutSecrets(config)
+        if self.ledger is not None:
+            # After twistd has daemonized: a thread does not survive its fork.
+            self.ledger.start()
+            self.log.info("ledger: {url}", url=str(self.ledger.url))
+        elif self.app.ledger is None:
+            self.log.info("ledger: off (/v1/usage counts in this process, since it started)")
         for warning in self._startupWarnings:
             self.log.warn("settings of the user running ccproxy: {warning}", warning=warning)
         self.log.info(
@@ -168,6 +180,13 @@ class ProxyService(MultiService):
                 "until it is restarted",
                 path=self.configPath,
             )
+        if config.ledger != self.app.config.ledger:
+            self.log.warn(
+                "ledger changed in {path}: the daemon keeps writing to {url} until it is restarted",
+                path=self.configPath,
+                url=str(self.app.config.ledger or "off"),
+            )
+            config = evolve(config, ledger=self.app.config.ledger)
         if config.log != self.app.config.log:
             self.log.warn(
                 "log settings changed in {path}: the daemon keeps logging as it started "
@@ -220,6 +239,8 @@ class ProxyService(MultiService):
         finally:
             if timer.active():
                 timer.cancel()
+        if self.ledger is not None:
+            await self.ledger.stop()  # every request has left its row by now
         await self.pool.closeCachedConnections()
         await self.state.stop()
 

@@ -16,6 +16,7 @@ from twisted.python import usage
 from ccproxy.config import Config, ConfigError
 from ccproxy.config.claudesettings import defaultSettingsPath, settingsWarnings
 from ccproxy.config.endpoints import endpoint
+from ccproxy.config.ledger import ledgerProblem
 from ccproxy.config.load import checkOpenListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.daemon.listen import raiseOpenFilesLimit
@@ -52,6 +53,9 @@ class Options(usage.Options):
                 raise usage.UsageError(f"{path}: log.file: {problem}")
         else:
             config = _fromEnvironment()
+        problem = ledgerProblem(config.ledger)
+        if problem:
+            raise usage.UsageError(f"{path}: ledger: {problem}" if path else f"ledger: {problem}")
         if self["listen"]:
             try:
                 config = evolve(config, listen=endpoint(self["listen"], "--listen"))

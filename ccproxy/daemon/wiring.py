@@ -31,6 +31,7 @@ from ccproxy.daemon.logs import (
 )
 from ccproxy.daemon.service import ProxyService
 from ccproxy.ledger.model import Ledger
+from ccproxy.ledger.store import SQLLedger
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State
 from ccproxy.state.shared import RedisLink, RedisState
@@ -57,7 +58,8 @@ def buildService(
     ledger: Ledger | None = None,
 ) -> ProxyService:
     """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool,
-    with client limits, budgets and breakers in the state backend (`stateFor`).
+    with client limits, budgets and breakers in the state backend (`stateFor`), and
+    each request's row in the ledger (`ledger`, when given, takes the config's place).
 
     `configPath` is what SIGHUP reads again (None: the config came from the
     environment); `stdout` is where `pretty` panels go; `twistdLogsToStdout` says
@@ -97,6 +99,9 @@ def buildService(
     dispatcher = Dispatcher(
         client, reactor, UpstreamState(reactor, state), offload=Offload(reactor)
     )
+    # Nothing is opened here: the ledger's thread and database start with the service.
+    if ledger is None and config.ledger is not None:
+        ledger = SQLLedger.at(config.ledger, reactor)
     app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor, ledger=ledger)
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     http = listenService(config.listen, config.reusePort, site, reactor)
@@ -109,6 +114,7 @@ def buildService(
         reactor,
         site,
         state=state,
+        ledger=ledger if isinstance(ledger, SQLLedger) else None,
         configPath=configPath,
         logFile=logFile,
         logObserver=logObserver,

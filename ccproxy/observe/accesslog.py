@@ -3,7 +3,8 @@
 The record is filled in as the request goes (who, which route, each upstream
 attempt, how long it took, how many tokens) and written once at the end, so a
 user's `request_id` from an error message finds the whole story in one log line.
-The same fields feed the metrics and the per-client usage totals.
+The same fields feed the metrics and the per-client usage totals, and a request
+that reached routing leaves its row in the ledger.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 from attrs import define, field
 from twisted.logger import Logger
 
+from ccproxy.config.prices import Prices
 from ccproxy.errors import Redact
+from ccproxy.ledger.model import Ledger, Row
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
 
@@ -72,6 +75,7 @@ class AccessRecord:
     inputTokens: int = 0
     outputTokens: int = 0
     cacheReadTokens: int = 0
+    cacheWriteTokens: int = 0
     errorType: str | None = None
     errorMessage: str | None = None
     attempts: list[Attempt] = field(factory=list)
@@ -84,6 +88,7 @@ class AccessRecord:
         self.inputTokens = usage.get("input_tokens", 0)
         self.outputTokens = usage.get("output_tokens", 0)
         self.cacheReadTokens = usage.get("cache_read_input_tokens", 0)
+        self.cacheWriteTokens = usage.get("cache_creation_input_tokens", 0)
 
     def fail(self, status: int, errorType: str, message: str) -> None:
         self.status = status
@@ -113,6 +118,7 @@ class AccessRecord:
             "input_tokens": self.inputTokens,
             "output_tokens": self.outputTokens,
             "cache_read_tokens": self.cacheReadTokens,
+            "cache_write_tokens": self.cacheWriteTokens,
             "error_type": self.errorType,
             "error_message": self.errorMessage,
             "error_suffix": f" error={self.errorType}: {self.errorMessage}"
@@ -123,30 +129,76 @@ class AccessRecord:
             "failed_attempts": [(a.upstream, a.errorType) for a in self.attempts if a.errorType],
         }
 
+    def row(self, now: float, prices: Prices) -> Row:
+        """The ledger's row for this request, its cost by `prices` on the upstream model."""
+        price = prices.find(self.upstreamModel) if self.upstreamModel else None
+        cost = 0.0
+        if price is not None:
+            cost = price.cost(
+                self.inputTokens, self.outputTokens, self.cacheReadTokens, self.cacheWriteTokens
+            )
+        ttfb, duration = _ms(self.firstByte, self.started), _ms(now, self.started)
+        return Row(
+            time=self.started,
+            requestId=self.requestId,
+            client=self.client or "-",
+            model=self.model or "-",
+            upstream=self.upstream,
+            upstreamModel=self.upstreamModel,
+            stream=self.stream,
+            status=self.status,
+            errorType=self.errorType,
+            inputTokens=self.inputTokens,
+            outputTokens=self.outputTokens,
+            cacheReadTokens=self.cacheReadTokens,
+            cacheWriteTokens=self.cacheWriteTokens,
+            cost=cost,
+            ttfbMs=ttfb if isinstance(ttfb, int) else None,
+            durationMs=duration if isinstance(duration, int) else None,
+            route=self.route,
+            priced=price is not None,
+        )
+
 
 @define
 class AccessLog:
-    """Where finished requests go: the log, the metrics and the usage totals."""
+    """Where finished requests go: the log, the metrics, the usage totals, and the
+    ledger (when there is one)."""
 
     metrics: Metrics
     usage: UsageBook
+    ledger: Ledger | None = None
 
     def write(
-        self, record: AccessRecord, now: float, payloadMaxChars: int | None, redact: Redact
+        self,
+        record: AccessRecord,
+        now: float,
+        payloadMaxChars: int | None,
+        redact: Redact,
+        prices: Prices | None = None,
     ) -> None:
         """Emit one request's event; `payloadMaxChars` set means payload logging is on.
         The error message and the payloads go through `redact` (an upstream's words,
-        and a prompt, may hold a key); the operator still reads the rest in full."""
+        and a prompt, may hold a key); the operator still reads the rest in full.
+        A Messages request that reached routing leaves its row in the ledger, its
+        cost by `prices`."""
         if record.errorMessage:
             record.errorMessage = redact(record.errorMessage)
         fields = record.fields(now)
+        row = None
+        if record.endpoint == "messages" and record.model is not None:  # it reached routing
+            row = record.row(now, prices or Prices())
+            fields["cost"] = row.cost
         if record.status >= 500:
             _accessLog.warn(_FORMAT, **fields)
         else:
             _accessLog.info(_FORMAT, **fields)
         self.metrics.observe(fields)
-        if record.endpoint == "messages":
-            self.usage.add(fields["client"], fields["route"], fields)
+        if row is not None:
+            if self.ledger is not None:
+                self.ledger.record(row)
+            else:  # `ledger: off`: `/v1/usage` counts in this process
+                self.usage.add(row)
         if payloadMaxChars is not None and record.requestPayload is not None:
             _payloadLog.info(
                 "{request_id} request {request_body}\n{request_id} response {response_body}",

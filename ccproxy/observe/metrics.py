@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from ccproxy.ledger.store import LedgerStats
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -76,6 +78,11 @@ class Metrics:
         """Export each upstream's breaker state (0 closed, 1 open, 2 half-open)."""
         self.registry.register(_BreakerCollector(states))
 
+    def watchLedger(self, stats: Callable[[], LedgerStats]) -> None:
+        """Export the ledger's rows waiting, written and dropped, and whether its
+        database took the last write."""
+        self.registry.register(_LedgerCollector(stats))
+
     def observe(self, fields: dict[str, Any]) -> None:
         """Count one finished request from its access-log fields."""
         upstream = fields["upstream"] or "-"
@@ -93,6 +100,7 @@ class Metrics:
             ("input", "input_tokens"),
             ("output", "output_tokens"),
             ("cache_read", "cache_read_tokens"),
+            ("cache_write", "cache_write_tokens"),
         ):
             if fields[key]:
                 self.tokens.labels(client, upstream, kind).inc(fields[key])
@@ -116,3 +124,29 @@ class _BreakerCollector(Collector):
         for name, state in self._states():
             family.add_metric([name], _BREAKER_STATES[state])
         yield family
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, stats: Callable[[], LedgerStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._stats()
+        yield GaugeMetricFamily(
+            "ccproxy_ledger_rows_pending",
+            "Ledger rows waiting in this process to be written",
+            value=stats.pending,
+        )
+        yield CounterMetricFamily(
+            "ccproxy_ledger_rows_written", "Ledger rows written", value=stats.written
+        )
+        yield CounterMetricFamily(
+            "ccproxy_ledger_rows_dropped",
+            "Ledger rows dropped: the database was away and the buffer full",
+            value=stats.dropped,
+        )
+        yield GaugeMetricFamily(
+            "ccproxy_ledger_up",
+            "1 when the ledger's database took the last write, 0 while it fails",
+            value=1 if stats.up else 0,
+        )

@@ -1,62 +1,72 @@
-"""Token and request totals per client and model since start, for the admin.
+"""Usage totals per client and model, for `/v1/usage`: read from the ledger, or,
+with `ledger: off`, counted in this process since it started.
 
-Kept in the process (not in the config), so a reload does not reset them.
+Both count the same rows (one per Messages request that reached routing) by the
+model as the config routes it, and answer in one shape:
+`{since, until, currency, clients: {NAME: {total, models: {MODEL: totals}}},
+unpriced}`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from attrs import define
+from ccproxy.ledger.model import NONE, Group, Row, Tally, Usage
 
-
-@define
-class Totals:
-    requests: int = 0
-    errors: int = 0
-    inputTokens: int = 0
-    outputTokens: int = 0
-    cacheReadTokens: int = 0
-
-    def asDict(self) -> dict[str, int]:
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "input_tokens": self.inputTokens,
-            "output_tokens": self.outputTokens,
-            "cache_read_input_tokens": self.cacheReadTokens,
-        }
+MAX_UNPRICED = 64
+"""Upstream model names kept as having had no price (a route that passes the
+client's name through could otherwise grow the set without end)."""
 
 
 class UsageBook:
     """Totals keyed by (client, model), the model as the config routes it (an exact
-    name, or a glob's pattern), so the keys are bounded by the config."""
+    name, or a glob's pattern), so the keys are bounded by the config. Kept in the
+    process (not in the config), so a reload does not reset them."""
 
     def __init__(self, startedAt: str) -> None:
         self.startedAt = startedAt
-        self._totals: dict[tuple[str, str], Totals] = {}
+        self._totals: dict[tuple[str, str], Tally] = {}
+        self._unpriced: set[tuple[str, str]] = set()
+        """(client, upstream model)."""
 
-    def add(self, client: str, model: str, fields: dict[str, Any]) -> None:
-        totals = self._totals.setdefault((client, model), Totals())
-        totals.requests += 1
-        if fields["status"] >= 400 or fields["error_type"]:
-            totals.errors += 1
-        totals.inputTokens += fields["input_tokens"]
-        totals.outputTokens += fields["output_tokens"]
-        totals.cacheReadTokens += fields["cache_read_tokens"]
+    def add(self, row: Row) -> None:
+        key = (row.client, row.route or "-")
+        self._totals[key] = self._totals.get(key, NONE) + Tally.of(row)
+        if (
+            row.priced is False
+            and row.upstreamModel is not None
+            and Tally.of(row).tokens + row.cacheReadTokens
+            and len(self._unpriced) < MAX_UNPRICED
+        ):
+            self._unpriced.add((row.client, row.upstreamModel))
 
-    def report(self) -> dict[str, Any]:
-        """`{since, clients: {client: {total, models: {model: totals}}}}`."""
-        clients: dict[str, Any] = {}
-        for (client, model), totals in sorted(self._totals.items()):
-            entry = clients.setdefault(client, {"total": Totals(), "models": {}})
-            entry["models"][model] = totals.asDict()
-            total = entry["total"]
-            total.requests += totals.requests
-            total.errors += totals.errors
-            total.inputTokens += totals.inputTokens
-            total.outputTokens += totals.outputTokens
-            total.cacheReadTokens += totals.cacheReadTokens
-        for entry in clients.values():
-            entry["total"] = entry["total"].asDict()
-        return {"since": self.startedAt, "clients": clients}
+    def usage(self, client: str | None = None) -> Usage:
+        """Every client's totals (or one `client`'s), by model, since the start."""
+        groups = tuple(
+            Group(c, m, "", t) for (c, m), t in sorted(self._totals.items()) if client in (None, c)
+        )
+        unpriced = {m for c, m in self._unpriced if client in (None, c)}
+        return Usage(groups, tuple(sorted(unpriced)))
+
+
+def report(usage: Usage, since: str, until: str | None, currency: str) -> dict[str, Any]:
+    """`/v1/usage`'s answer: `{since, until, currency, clients: {client: {total,
+    models: {model: totals}}}, unpriced}`."""
+    clients: dict[str, dict[str, Any]] = {}
+    for group in usage.groups:
+        entry = clients.setdefault(group.client, {"total": NONE, "models": {}})
+        entry["models"][group.model] = entry["models"].get(group.model, NONE) + group.tally
+        entry["total"] += group.tally
+    return {
+        "since": since,
+        "until": until,
+        "currency": currency,
+        "clients": {
+            name: {
+                "total": entry["total"].asDict(),
+                "models": {model: t.asDict() for model, t in sorted(entry["models"].items())},
+            }
+            for name, entry in sorted(clients.items())
+        },
+        "unpriced": list(usage.unpriced),
+    }

@@ -187,18 +187,28 @@ def stopReasonFor(
 
 
 def anthropicUsage(usage: Any) -> dict[str, int]:
-    """OpenAI usage as Anthropic counts it: cached prompt tokens apart from the rest."""
+    """OpenAI usage as Anthropic counts it: prompt tokens read from the cache and
+    written to it apart from the rest. Cache reads are `prompt_tokens_details.
+    cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`); cache writes, which
+    cost more than plain input, are `prompt_tokens_details.cache_write_tokens`
+    (OpenRouter) or `cache_creation_input_tokens` (LiteLLM); both are part of
+    `prompt_tokens`."""
     if not isinstance(usage, dict):
         usage = {}
     prompt = _count(usage.get("prompt_tokens"))
     details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    cached = cached or _count(usage.get("prompt_cache_hit_tokens"))
+    if not isinstance(details, dict):
+        details = {}
+    cached = _count(details.get("cached_tokens")) or _count(usage.get("prompt_cache_hit_tokens"))
     cached = min(cached, prompt)
+    written = _count(details.get("cache_write_tokens")) or _count(
+        usage.get("cache_creation_input_tokens")
+    )
+    written = min(written, prompt - cached)
     return {
-        "input_tokens": prompt - cached,
+        "input_tokens": prompt - cached - written,
         "output_tokens": _count(usage.get("completion_tokens")),
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
 

@@ -28,11 +28,13 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ccproxy.config.model import Config, keyDigest
-from ccproxy.errors import ProxyError
+from ccproxy.config.periods import MONTH, isoMoment, parseMoment, periodStart
+from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.ledger.model import Ledger
+from ccproxy.ledger.store import LedgerUnavailable, SQLLedger
 from ccproxy.observe.accesslog import AccessLog, AccessRecord
 from ccproxy.observe.metrics import Metrics
-from ccproxy.observe.usage import UsageBook
+from ccproxy.observe.usage import UsageBook, report
 from ccproxy.upstream.dispatch import Dispatcher
 from ccproxy.web.admission import Admission, mayUse
 from ccproxy.web.auth import authenticate, callerKey
@@ -116,10 +118,12 @@ class ProxyApp:
     dispatcher: Dispatcher
     clock: IReactorTime
     metrics: Metrics = field(factory=Metrics)
-    ledger: Ledger | None = None
-    """Where budgets read what a client already spent (None: they count from the start)."""
     makeId: Callable[[], str] = newId
     startedAt: str = field(factory=_now)
+    ledger: Ledger | None = None
+    """Where each Messages request leaves its row, `/v1/usage` reads and budgets read
+    what a client already spent (None: `ledger: off`, and usage is counted in this
+    process, budgets from the start)."""
     usage: UsageBook = field(init=False)
     accessLog: AccessLog = field(init=False)
     messagesAPI: MessagesAPI = field(init=False)
@@ -132,7 +136,7 @@ class ProxyApp:
 
     def __attrs_post_init__(self) -> None:
         self.usage = UsageBook(self.startedAt)
-        self.accessLog = AccessLog(self.metrics, self.usage)
+        self.accessLog = AccessLog(self.metrics, self.usage, self.ledger)
         state = self.dispatcher.state.state
         self.messagesAPI = MessagesAPI(
             self.dispatcher,
@@ -145,6 +149,8 @@ class ProxyApp:
             lambda: [(name, h.breaker) for name, h in self._health().items()]
         )
         self.metrics.watchState(lambda: state.up)
+        if isinstance(self.ledger, SQLLedger):  # a database's buffer and its health
+            self.metrics.watchLedger(self.ledger.stats)
 
     @property
     def streamsInFlight(self) -> int:
@@ -213,10 +219,38 @@ class ProxyApp:
         return self.metrics.render()
 
     @router.route("/v1/usage", methods=["GET"])
-    @api("usage", admin=True)
-    def usageReport(self, call: Call) -> bytes:
-        """Usage totals per client and model since the start (the admin's key only)."""
-        return jsonReply(call.request, self.usage.report())
+    @api("usage")
+    async def usageReport(self, call: Call) -> bytes:
+        """Tokens, requests and cost per client and model in a period (`?since=`,
+        `?until=`: ISO dates or datetimes, UTC; by default the current month), read
+        from the ledger, so every process and host sharing it is counted. An admin
+        sees every client, another client its own entry."""
+        client = call.client
+        if client is None:
+            raise ProxyError(
+                403, "usage is counted per client: the config has no clients", "permission_error"
+            )
+        request = call.request
+        sinceText, untilText = queryText(request, b"since"), queryText(request, b"until")
+        if self.ledger is None:
+            if sinceText is not None or untilText is not None:
+                raise invalidRequest(
+                    "since and until need a ledger (ledger is off: usage is counted "
+                    "in this process since it started)"
+                )
+            usage = self.usage.usage(None if client.admin else client.name)
+            since, until = self.startedAt, None
+        else:
+            start, end = _period(sinceText, untilText, self.clock.seconds())
+            try:
+                usage = await self.ledger.usage(start, end, None if client.admin else client.name)
+            except LedgerUnavailable as e:
+                raise ProxyError(503, str(e), "api_error") from None
+            since, until = isoMoment(start), None if end is None else isoMoment(end)
+        if not client.admin:
+            usage = usage.only(client.name)
+        call.record.status = 200
+        return jsonReply(request, report(usage, since, until, call.config.prices.currency))
 
     # -- models -------------------------------------------------------------------
 
@@ -318,6 +352,7 @@ class ProxyApp:
                 self.clock.seconds(),
                 config.logPayloadMaxChars if config.logPayloads else None,
                 call.redact,
+                config.prices,
             )
             if self.inFlight == 0:
                 waiters, self._idle = self._idle, []
@@ -407,3 +442,19 @@ class ProxyApp:
             return None
         self.log.failure("Unexpected error answering {path}", failure, path=request.path)
         return self._errorReply(request, ProxyError(500, "internal error in ccproxy", "api_error"))
+
+
+def _period(since: str | None, until: str | None, now: float) -> tuple[float, float | None]:
+    """`?since=` and `?until=` as Unix seconds: since the start of the current UTC
+    month, until now, by default. A date alone as `until` counts that whole day."""
+    try:
+        start = periodStart(now, MONTH) if since is None else parseMoment(since)
+    except ValueError as e:
+        raise invalidRequest(f"since: {e}") from None
+    try:
+        end = None if until is None else parseMoment(until, endOfDay=True)
+    except ValueError as e:
+        raise invalidRequest(f"until: {e}") from None
+    if end is not None and end <= start:
+        raise invalidRequest("until: must be after since")
+    return start, end

@@ -88,12 +88,14 @@ class Harness:
         configText: str = BASE_CONFIG,
         env: dict[str, str] | None = None,
         http: Callable[[Clock, StubTreq], HTTPClient] | None = None,
-        ledger: Ledger | None = None,
+        ledger: Callable[[Clock], Ledger] | None = None,
     ) -> Harness:
         """The app on `configText`, its upstreams served by a `FakeOpenAI`; `http`
         makes the upstream HTTP client instead (from the clock and the fake's
         StubTreq), for tests of what a real connection does that a stub cannot;
-        `ledger` is where budgets read what was spent before."""
+        `ledger` makes the app's ledger on the clock, where each request leaves its
+        row and budgets read what was spent before (without it, none: the config's
+        `ledger:` is not opened, and `/v1/usage` counts in memory)."""
         clock = Clock()
         upstream = FakeOpenAI(clock=clock)
         upstreamTreq = StubTreq(upstream.resource())
@@ -103,7 +105,7 @@ class Harness:
             config=config,
             dispatcher=Dispatcher(client, clock, UpstreamState(clock), random=lambda: 0.5),
             clock=clock,
-            ledger=ledger,
+            ledger=None if ledger is None else ledger(clock),
         )
         return cls(app, upstream, StubTreq(app.resource()), upstreamTreq, clock)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attrs import define
+from attrs import define, evolve
 from twisted.internet import reactor
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.server import Site
 
 from ccproxy.config import Config
+from ccproxy.config.ledger import defaultLedger
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.wiring import buildService
 from tests.support.fakes import FakeOpenAI
@@ -36,7 +37,11 @@ def baseURL(port: IListeningPort) -> str:
 
 async def startProxy(config: Config) -> tuple[ProxyService, str]:
     """A started `ProxyService` (its `listen` on 127.0.0.1) and its base URL, once it
-    listens."""
+    listens. A config that leaves `ledger:` to its default (`ccproxy.db` in the
+    working directory: the repository) runs without a ledger; a test that wants one
+    puts it in its tmp_path."""
+    if config.ledger == defaultLedger():
+        config = evolve(config, ledger=None)
     service = buildService(config, reactor)
     service.startService()
     return service, baseURL(await within(service.listeningPort()))
