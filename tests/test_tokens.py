@@ -268,3 +268,36 @@ def test_tool_heavy_fixture_magnitude() -> None:
     withoutTools = estimate({**body, "tools": []})
     assert withoutTools < 20
     assert tokens - withoutTools >= 12 * 8
+
+
+def test_past_a_mib_of_text_the_rest_is_counted_at_the_rate_of_the_first() -> None:
+    """A 30 MiB body cost 3.7 s of counting: only the first EXACT_CHARS characters
+    are counted piece by piece, the rest at their rate, whatever the request's size."""
+    from ccproxy.translate import tokens
+
+    prose = 'The parser reads a line, 12 fields; café ✓ then {"key": [1, 2]}\n' * 50
+    code = "def f(x):\n    return x * 2  # twice\n" * 80
+    request = {"messages": [{"role": "user", "content": (prose, code)[i % 2]} for i in range(3000)]}
+    counted: list[int] = []
+    real = tokens.textTokens
+
+    def spy(text: str) -> int:
+        counted.append(len(text))
+        return real(text)
+
+    exact = sum(real(m["content"]) for m in request["messages"]) + 3 + 4 * 3000
+    tokens.textTokens = spy  # type: ignore[assignment]
+    try:
+        estimate = tokens.estimateTokens(request)
+    finally:
+        tokens.textTokens = real  # type: ignore[assignment]
+    assert sum(counted) == tokens.EXACT_CHARS  # the work is bounded, not the text
+    assert abs(estimate - exact) / exact < 0.02  # and the count barely moves
+
+
+def test_a_request_within_the_budget_is_counted_exactly() -> None:
+    from ccproxy.translate import tokens
+
+    request = {"messages": [{"role": "user", "content": "hello world " * 1000}] * 10}
+    expected = 3 + 10 * (4 + tokens.textTokens("hello world " * 1000))
+    assert tokens.estimateTokens(request) == expected
