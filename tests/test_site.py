@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -19,7 +20,13 @@ from twisted.python.failure import Failure
 
 from ccproxy.daemon.listen import connectionCap, raiseOpenFilesLimit
 from ccproxy.web.site import LINGER, ProxySite, isCanonicalPath
+from tests.support.fakes import sseReply
 from tests.support.harness import Harness, message
+
+
+def completionChunk(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+
 
 CONFIG = """
 max_body_bytes: 1000000
@@ -256,3 +263,26 @@ def test_the_open_files_limit_is_raised_as_far_as_allowed() -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert connectionCap(512) == 224  # half of what is left for client sockets
+
+
+def test_a_body_holds_its_room_until_its_request_lets_go_of_it(h: Harness, site: ProxySite) -> None:
+    """Parsed, a body is larger than its bytes: its room is held while the request
+    keeps it (waiting for an upstream), and comes free once the upstream has
+    answered and the request let it go, though the stream goes on."""
+    later: Deferred[None] = Deferred()
+    stream = sseReply([completionChunk("a"), completionChunk("b")], delay=5.0)
+    h.upstream.queue(lambda request, fake: later.addCallback(lambda _: stream(request, fake)))
+    body = orjson.dumps(message(stream=True))
+    conn = Conn(site).head(len(body))
+    conn.send(body)
+    h.flush()
+    assert site.bodyBytes == len(body)  # read; the upstream has not answered yet
+    later.callback(None)
+    h.flush()
+    assert site.bodyBytes == 0  # answered: the plan and the body are let go
+    assert b"event: message_start" in conn.written and b"message_stop" not in conn.written
+    h.clock.advance(5)
+    h.clock.advance(5)
+    h.clock.advance(5)
+    h.flush()
+    assert b"message_stop" in conn.written

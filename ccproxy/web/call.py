@@ -60,6 +60,14 @@ def redactFor(request: IRequest, config: Config) -> Redact:
     return lambda text: config.redactor.redact(text, key)
 
 
+def releaseBody(call: Call) -> None:
+    """Tell the site this request no longer holds its body (nor what it was parsed
+    into), so the room it took among the bodies in memory comes free."""
+    release = getattr(call.request, "releaseBody", None)
+    if release is not None:
+        release()
+
+
 def requestId(request: IRequest, makeId: Callable[[], str] = newId) -> str:
     """The request's id, made on first use and sent as the `request-id` header."""
     value = request.responseHeaders.getRawHeaders(b"request-id")

@@ -31,7 +31,7 @@ from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, nestedTooDeep
 from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.auth import callerKey
-from ccproxy.web.call import Call, jsonReply, modelName, readJSON
+from ccproxy.web.call import Call, jsonReply, modelName, readJSON, releaseBody
 
 
 @define
@@ -73,6 +73,7 @@ class MessagesAPI:
                     record.attempts,
                 ) as answer:
                     del plan  # the request is not kept for a long stream
+                    releaseBody(call)
                     self._answered(call, answer, model, standing)
                     if answer.message is not None and not record.stream:
                         return self._whole(call, answer)

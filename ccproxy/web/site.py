@@ -84,6 +84,9 @@ class LimitedRequest(Request):
             self._refuse(e)
             return
         self._reserved = length or 0
+        # The room is the body's until its request lets go of it (`releaseBody`)
+        # or ends: what a body becomes once parsed is larger than its bytes.
+        self.notifyFinish().addBoth(lambda _: self._release())
         if bodyComing:
             self._bodyTimer = self.channel.callLater(config.bodyTimeout, self._bodyLate)
 
@@ -114,11 +117,7 @@ class LimitedRequest(Request):
         if self._refused:
             self.channel.loseConnection()  # the rest of the body is in: now close
             return
-        try:
-            super().requestReceived(command, path, version)
-        finally:
-            # The handler has read the body into its own objects by now.
-            self._release()
+        super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopBodyTimer()
@@ -141,6 +140,10 @@ class LimitedRequest(Request):
         # twisted.web answers `Expect: 100-continue` right after this: not for us.
         self.requestHeaders.removeHeader(b"expect")
         self.channel.refuse(error, requestLine or pendingRequestLine(self.channel))
+
+    def releaseBody(self) -> None:
+        """The request's handler has let go of its body (and what it made of it)."""
+        self._release()
 
     def _release(self) -> None:
         if self._reserved:
