@@ -102,8 +102,11 @@ class EventWriter:
 
     def writeError(self, error: ProxyError) -> None:
         """End a started stream with an error Claude Code reads (and retries on); its
-        message goes through `redact`, as an upstream's words may hold its key."""
-        errorType = "overloaded_error" if error.errorType == "overloaded_error" else "api_error"
+        message goes through `redact`, as an upstream's words may hold its key. A
+        prompt too long for the model keeps its type: Claude Code compacts on it."""
+        errorType = "api_error"
+        if error.errorType == "overloaded_error" or error.verbatim:
+            errorType = error.errorType
         message = self._redact(error.message)
         self.write([{"type": "error", "error": {"type": errorType, "message": message}}])
 
@@ -183,7 +186,7 @@ class StreamRelay:
 
     async def _relayStream(self, answer: Answer) -> Verdict:
         request, upstream = self._request, answer.upstream
-        translator = answer.rendering.streamTranslator(upstream)
+        translator = answer.rendering.streamTranslator(upstream, answer.target)
         startStream(request)
         writer = EventWriter(request, self._clock, self._pingInterval, self._capture, self._redact)
         writer.write(translator.start())

@@ -55,14 +55,18 @@ class Rendering:
         except ProxyError as e:  # an answer the translator cannot use
             raise e.naming(upstream.name) from None
 
-    def streamTranslator(self, upstream: Upstream) -> StreamTranslator:
-        """A translator of `upstream`'s stream into this client's events."""
+    def streamTranslator(
+        self, upstream: Upstream, target: Target | None = None
+    ) -> StreamTranslator:
+        """A translator of `upstream`'s stream (serving `target`) into this client's
+        events."""
         return StreamTranslator(
             self.messageId,
             self.model,
             self.stops,
             thinkTags=upstream.profile.thinkTags,
             toolName=self.names.fromUpstream,
+            contextWindow=target.contextWindow if target is not None else None,
         )
 
 

@@ -17,6 +17,14 @@ JSON line (`{"path": …, "body": …}`). Answers to POST …/chat/completions:
 Streamed requests get SSE chunks (with a usage chunk and `data: [DONE]`), others
 one JSON completion. It is `tests.support.fakes.FakeOpenAI` on a real port, with
 this script as the reply when none is queued.
+
+With `--overflow-wording SERVER --overflow-over CHARS` it plays a model with a small
+context window instead: any request whose tool results hold more than CHARS
+characters is refused (400) with SERVER's words for a context overflow (from
+tests/support/overflow_wordings.py); a request to summarize the conversation (Claude
+Code compacting) gets a `<summary>` holding SUMMARY_MARK; a request after that
+summary gets --answer; the main loop otherwise keeps calling Read on --file, so the
+conversation grows until it is refused.
 """
 
 from __future__ import annotations
@@ -35,9 +43,12 @@ from twisted.web.server import Site
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
+from tests.support.fakes import FakeOpenAI, completion, jsonReply, rawReply, sseReply, toolCall
+from tests.support.overflow_wordings import BY_SERVER
 
 CALL_ID = "call_read_1"
+SUMMARY_MARK = "SUMMARY-OF-THE-READS"
+SUMMARIZE = "create a detailed summary"
 USAGE = {"prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132}
 
 
@@ -67,11 +78,11 @@ def fragments(text: str, parts: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def toolCallChunks(arguments: str) -> list[dict[str, Any]]:
+def toolCallChunks(arguments: str, callId: str = CALL_ID) -> list[dict[str, Any]]:
     pieces = fragments(arguments, 4)
     first = {
         "index": 0,
-        "id": CALL_ID,
+        "id": callId,
         "type": "function",
         "function": {"name": "Read", "arguments": ""},
     }
@@ -100,6 +111,41 @@ def hasToolMessage(body: dict[str, Any]) -> bool:
     return any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or [])
 
 
+def texts(body: dict[str, Any], role: str | None = None) -> list[str]:
+    """The text of each message (of `role`, when given)."""
+    found = []
+    for m in body.get("messages") or []:
+        if not isinstance(m, dict) or (role is not None and m.get("role") != role):
+            continue
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        found.append(str(content or ""))
+    return found
+
+
+@define
+class Overflowing:
+    """A model with a small window: `over` characters of tool results are too many."""
+
+    wording: str
+    over: int
+
+    def reply(self, body: dict[str, Any], readPath: str, answer: str) -> Any:
+        if sum(len(t) for t in texts(body, "tool")) > self.over:
+            return rawReply(BY_SERVER[self.wording][1].encode(), 400, "application/json")
+        everything = "\n".join(texts(body))
+        if SUMMARIZE in everything.lower() and SUMMARY_MARK not in everything:
+            return f"<summary>{SUMMARY_MARK}: the file was read several times.</summary>"
+        if SUMMARY_MARK in everything:
+            return answer
+        if offersRead(body):
+            reads = len(texts(body, "tool"))
+            arguments = orjson.dumps({"file_path": readPath}).decode()
+            return sseReply(toolCallChunks(arguments, f"call_read_{reads + 1}"), delay=0.01)
+        return "Scripted reply."
+
+
 @define
 class Script:
     """The scripted answers, as the reply of a `FakeOpenAI` that has none queued."""
@@ -107,6 +153,7 @@ class Script:
     readPath: str
     answer: str
     log: IO[bytes]
+    overflowing: Overflowing | None = None
 
     def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
         body = fake.last
@@ -118,6 +165,13 @@ class Script:
                 request, fake
             )
         stream = bool(body.get("stream"))
+        if self.overflowing is not None:
+            said = self.overflowing.reply(body, self.readPath, self.answer)
+            if not isinstance(said, str):
+                return said(request, fake)
+            if stream:
+                return sseReply(textChunks(said), delay=0.01)(request, fake)
+            return jsonReply(completion(said, usage=USAGE))(request, fake)
         if hasToolMessage(body):
             text = self.answer
         elif offersRead(body):
@@ -140,9 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", required=True, type=Path)
     parser.add_argument("--file", default=str(Path("notes.txt").resolve()))
     parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
+    parser.add_argument("--overflow-wording", choices=sorted(BY_SERVER))
+    parser.add_argument("--overflow-over", type=int, default=60000)
     args = parser.parse_args(argv)
+    overflowing = None
+    if args.overflow_wording:
+        overflowing = Overflowing(args.overflow_wording, args.overflow_over)
     with args.log.open("ab") as log:
-        upstream = FakeOpenAI(clock=reactor, otherwise=Script(args.file, args.answer, log))
+        script = Script(args.file, args.answer, log, overflowing)
+        upstream = FakeOpenAI(clock=reactor, otherwise=script)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
         tmp = args.port_file.with_name(args.port_file.name + ".tmp")
         tmp.write_text(str(port.getHost().port))
