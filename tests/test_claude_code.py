@@ -252,3 +252,98 @@ def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_
     assert mainLoop and all(b.get("stream") is True for b in mainLoop), explain(
         "Claude Code fell back to non-streaming requests"
     )
+
+
+# -- compaction on an upstream's overflow ---------------------------------------------
+
+OVERFLOW_OVER = 60000
+"""Characters of tool results the scripted upstream takes; the third Read is refused."""
+
+
+def overflowConfig(upstreamPort: int, window: int) -> Callable[[int], str]:
+    return lambda port: (
+        f"""
+listen: "tcp:{port}:interface=127.0.0.1"
+clients:
+  - name: claude-code-test
+    key: "{CLIENT_KEY}"
+upstreams:
+  scripted:
+    url: "http://127.0.0.1:{upstreamPort}/v1"
+    api_key: upstream-key
+    timeout: 60
+models:
+  "*": {{target: scripted/scripted-model, context_window: {window}}}
+"""
+    )
+
+
+@pytest.mark.claude_code
+@pytest.mark.parametrize(
+    ("server", "inStream"),
+    [
+        # Wordings Claude Code 2.1.330 also recognized before ccproxy translated them:
+        ("anthropic", False),
+        ("openai", False),
+        ("llama-server", False),
+        ("gemini", False),
+        ("litellm", False),
+        ("llama-server", True),  # inside the stream: it falls back to a plain request
+        # Wordings it did not: before the translation, its session ended in an error.
+        ("ollama-no-shift", False),
+        ("llama-cpp-python", False),
+    ],
+)
+def test_claude_code_compacts_when_the_upstream_refuses_a_long_prompt(
+    processes: Processes, tmp_path: Path, server: str, inStream: bool
+) -> None:
+    """The upstream refuses any request holding more than OVERFLOW_OVER characters of
+    tool results, in `server`'s words (before the stream, or inside it); Claude Code,
+    told `prompt is too long`, summarizes the conversation and the session goes on
+    to its answer."""
+    from tests.support.scripted_upstream import SUMMARIZE, SUMMARY_MARK
+
+    claude = installClaudeCode()
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    big = workspace / "big.txt"
+    big.write_text(
+        "".join(f"line {i}: the quick brown fox jumps over the dog\n" for i in range(400))
+    )
+    upstreamPort = processes.scriptedUpstream(
+        "--file",
+        str(big),
+        "--answer",
+        ANSWER,
+        "--overflow-wording",
+        server,
+        "--overflow-over",
+        str(OVERFLOW_OVER),
+        *(["--overflow-in-stream"] if inStream else []),
+    )
+    proxyPort = processes.ccproxy(overflowConfig(upstreamPort, 20000))
+    code, stdout, stderr = runClaude(
+        claude,
+        workspace,
+        home,
+        proxyPort,
+        "Read big.txt five times, then say what it holds.",
+    )
+    received = [r["body"] for r in processes.received() if isinstance(r["body"], dict)]
+    said = [json.dumps(b.get("messages")) for b in received]
+
+    def explain(what: str) -> str:
+        return (
+            f"{what}\n--- claude exit code {code}\n--- claude stdout\n{stdout}\n"
+            f"--- claude stderr\n{stderr}\n--- ccproxy log\n{tail(processes.proxyLog)}"
+        )
+
+    refused = [s for s in said if s.count('"role": "tool"') >= 3]
+    assert refused, explain("the conversation never grew past the upstream's window")
+    assert any(SUMMARIZE in s.lower() for s in said), explain("Claude Code did not compact")
+    assert code == 0, explain("claude exited with an error")
+    result = json.loads(stdout)
+    assert result.get("is_error") is False, explain("claude reports an error")
+    assert MARKER in result.get("result", ""), explain("the session did not go on")
+    assert SUMMARY_MARK in said[-1], explain("the last request did not carry the summary")

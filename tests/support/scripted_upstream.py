@@ -24,7 +24,8 @@ characters is refused (400) with SERVER's words for a context overflow (from
 tests/support/overflow_wordings.py); a request to summarize the conversation (Claude
 Code compacting) gets a `<summary>` holding SUMMARY_MARK; a request after that
 summary gets --answer; the main loop otherwise keeps calling Read on --file, so the
-conversation grows until it is refused.
+conversation grows until it is refused. With `--overflow-in-stream` the refusal comes
+inside a 200 stream, after a first chunk (as llama-server sends it).
 """
 
 from __future__ import annotations
@@ -130,10 +131,17 @@ class Overflowing:
 
     wording: str
     over: int
+    inStream: bool = False
+    """Refuse inside a 200 stream (as llama-server does once it has begun) instead."""
 
     def reply(self, body: dict[str, Any], readPath: str, answer: str) -> Any:
         if sum(len(t) for t in texts(body, "tool")) > self.over:
-            return rawReply(BY_SERVER[self.wording][1].encode(), 400, "application/json")
+            refusal = BY_SERVER[self.wording][1]
+            if self.inStream and body.get("stream"):
+                error = orjson.loads(refusal)
+                error = error[0] if isinstance(error, list) else error
+                return sseReply([chunk({"role": "assistant", "content": ""}), error], done=False)
+            return rawReply(refusal.encode(), 400, "application/json")
         everything = "\n".join(texts(body))
         if SUMMARIZE in everything.lower() and SUMMARY_MARK not in everything:
             return f"<summary>{SUMMARY_MARK}: the file was read several times.</summary>"
@@ -196,10 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
     parser.add_argument("--overflow-wording", choices=sorted(BY_SERVER))
     parser.add_argument("--overflow-over", type=int, default=60000)
+    parser.add_argument("--overflow-in-stream", action="store_true")
     args = parser.parse_args(argv)
     overflowing = None
     if args.overflow_wording:
-        overflowing = Overflowing(args.overflow_wording, args.overflow_over)
+        overflowing = Overflowing(
+            args.overflow_wording, args.overflow_over, args.overflow_in_stream
+        )
     with args.log.open("ab") as log:
         script = Script(args.file, args.answer, log, overflowing)
         upstream = FakeOpenAI(clock=reactor, otherwise=script)
