@@ -158,7 +158,7 @@ models:
 
 
 def runClaude(
-    claude: Path, workspace: Path, home: Path, port: int, prompt: str
+    claude: Path, workspace: Path, home: Path, port: int, prompt: str, **extra: str
 ) -> tuple[int, str, str]:
     env = minimalEnv(
         home,
@@ -166,6 +166,7 @@ def runClaude(
         ANTHROPIC_AUTH_TOKEN=CLIENT_KEY,
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         CLAUDE_CODE_MAX_RETRIES="1",
+        **extra,
     )
     process = subprocess.Popen(
         [str(claude), "-p", prompt, "--output-format", "json"],
@@ -347,3 +348,54 @@ def test_claude_code_compacts_when_the_upstream_refuses_a_long_prompt(
     assert result.get("is_error") is False, explain("claude reports an error")
     assert MARKER in result.get("result", ""), explain("the session did not go on")
     assert SUMMARY_MARK in said[-1], explain("the last request did not carry the summary")
+
+
+@pytest.mark.claude_code
+def test_claude_code_compacts_at_the_window_the_doctor_advises(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """`CLAUDE_CODE_AUTO_COMPACT_WINDOW` is what Claude Code 2.1.330 reads: with
+    100000 it summarizes the conversation long before the 1M it believes a Claude
+    name holds (it keys on the prompt tokens the upstream reports). The upstream here
+    refuses nothing."""
+    from tests.support.scripted_upstream import SUMMARIZE, SUMMARY_MARK
+
+    claude = installClaudeCode()
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    big = workspace / "big.txt"
+    big.write_text(
+        "".join(f"line {i}: the quick brown fox jumps over the dog\n" for i in range(400))
+    )
+    upstreamPort = processes.scriptedUpstream(
+        "--file",
+        str(big),
+        "--answer",
+        ANSWER,
+        "--overflow-wording",
+        "openai",
+        "--overflow-over",
+        str(10**9),
+    )
+    proxyPort = processes.ccproxy(proxyConfig(upstreamPort))
+    code, stdout, stderr = runClaude(
+        claude,
+        workspace,
+        home,
+        proxyPort,
+        "Read big.txt many times, then say what it holds.",
+        CLAUDE_CODE_AUTO_COMPACT_WINDOW="100000",
+    )
+    said = [
+        json.dumps(r["body"].get("messages"))
+        for r in processes.received()
+        if isinstance(r["body"], dict)
+    ]
+    explain = f"--- claude exit code {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    summaries = [i for i, s in enumerate(said) if SUMMARIZE in s.lower()]
+    assert summaries, explain
+    # Some 62000 tokens (4 characters each) in: well under 100000, far under 1M.
+    assert len(said[summaries[0]]) < 400_000, explain
+    assert code == 0 and MARKER in json.loads(stdout).get("result", ""), explain
+    assert SUMMARY_MARK in said[-1], explain

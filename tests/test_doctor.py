@@ -432,7 +432,9 @@ LIMITS = """
 upstreams:
   corp: {url: "https://gw.example/v1", max_tokens: 16384}
   big: {url: "https://big.example/v1"}
+  mid: {url: "https://mid.example/v1", max_tokens: 64000}
 models:
+  gpt-mid: mid/x
   claude-haiku-*: big/mini
   claude-sonnet-*: {target: corp/gpt-4.1, context_window: 1047576}
   claude-opus-*: [{target: big/large, context_window: 262144}, {target: corp/x}]
@@ -495,6 +497,15 @@ def test_limitFindings_read_what_is_set(
 ) -> None:
     findings = limits(**environ)
     assert [(f.level, f.fix if f.level != OK else None) for f in findings] == expected
+
+
+def test_limitFindings_know_claude_code_asks_less_of_a_name_it_does_not_know() -> None:
+    """32000 output tokens for a name not in its catalog: a 64000 cap is no trouble."""
+    everywhere = dict.fromkeys(
+        ["ANTHROPIC_MODEL", *(f"ANTHROPIC_DEFAULT_{m}_MODEL" for m in ("OPUS", "SONNET", "HAIKU"))],
+        "gpt-mid",
+    )
+    assert limits(**everywhere) == []
 
 
 def test_limitFindings_say_nothing_for_routes_without_limits() -> None:

@@ -384,12 +384,15 @@ def modelFindings(
 # -- the limits Claude Code should know ------------------------------------------------
 
 CLAUDE_CODE_OUTPUT = 128_000
-"""The output limit Claude Code 2.1.330 asks for with current model names (32000 for
-names it does not know): an upstream cap below it ends long answers at the cap, and
-Claude Code, after three retries, says its own 128000 maximum was exceeded."""
+"""The output limit Claude Code 2.1.330 asks for with the model names it knows: an
+upstream cap below it ends long answers at the cap, and Claude Code, after three
+retries, says its own 128000 maximum was exceeded."""
+UNKNOWN_MODEL_OUTPUT = 32_000
+"""What it asks for with a name it does not know (`ANTHROPIC_MODEL=gpt-4.1`)."""
 COMPACT_WINDOW_MINIMUM = 100_000
 """The smallest `CLAUDE_CODE_AUTO_COMPACT_WINDOW` Claude Code takes (a smaller value
-reads as this)."""
+reads as this). It compacts well before the window it is given: with 100000, at
+about 60000 prompt tokens (as the upstream reports them) in tests/test_claude_code.py."""
 _CLAUDE_NAME = re.compile(r"claude-(?:[\d.]+-)*(?:opus|sonnet|haiku|fable)\b")
 """A name Claude Code finds in its own catalog (so it believes the catalog's window);
 any other name is one it does not know."""
@@ -429,28 +432,26 @@ def routeLimits(config: Config, checks: Iterable[ModelCheck]) -> list[RouteLimit
 
 def limitFindings(env: Mapping[str, Setting], limits: Iterable[RouteLimits]) -> list[Finding]:
     """The `CLAUDE_CODE_MAX_OUTPUT_TOKENS` and compaction window that match the routes
-    the user's model names take. Claude Code believes its own catalog (200K or 1M
-    tokens for a Claude name, whatever model serves it) and asks for 128000 output
-    tokens: a smaller window makes it compact too late (the upstream refuses, and
+    the user's model names take. Claude Code 2.1.330 believes a window of 1000000
+    tokens for the Claude names it sends and for names it does not know, whatever
+    model serves them, and asks for 128000 output tokens (32000 for names it does not
+    know): a smaller window makes it compact too late (the upstream refuses, and
     ccproxy's `prompt is too long` makes it compact then), a smaller output cap ends
     long answers in its "exceeded the 128000 output token maximum"."""
     limits = list(limits)
-    findings = []
-    if not limits:
-        return findings
-    cap = min(limit.outputCap for limit in limits)
-    if cap < CLAUDE_CODE_OUTPUT:
-        capped = ", ".join(
-            repr(r) for r in sorted({lim.route for lim in limits if lim.outputCap == cap})
-        )
+    findings: list[Finding] = []
+    short = [lim for lim in limits if lim.outputCap < _asked(lim.check.name)]
+    if short:
+        cap = min(lim.outputCap for lim in short)
+        capped = ", ".join(repr(r) for r in sorted({lim.route for lim in short}))
         findings.append(
             _limitFinding(
                 env,
                 MAX_OUTPUT_TOKENS,
                 cap,
                 f"the upstream behind {capped} writes at most {cap} tokens an answer, and"
-                f" Claude Code asks for up to {CLAUDE_CODE_OUTPUT}: a longer answer ends at"
-                f" the cap and Claude Code reports its own {CLAUDE_CODE_OUTPUT} maximum",
+                f" Claude Code asks for up to {_asked(short[0].check.name)}: a longer answer"
+                " ends at the cap, and Claude Code says its own maximum was exceeded",
             )
         )
     main = [
@@ -464,8 +465,8 @@ def limitFindings(env: Mapping[str, Setting], limits: Iterable[RouteLimits]) -> 
     window = smallest.contextWindow or 0
     why = (
         f"the route {smallest.route!r} ({smallest.check.name}) holds {window} tokens, and"
-        " Claude Code compacts by its own idea of the model's window (200000 or more"
-        " for a Claude name)"
+        " Claude Code compacts by its own idea of the model's window (1000000 for the"
+        " names it sends)"
     )
     if not _CLAUDE_NAME.match(smallest.check.name):
         # A name Claude Code does not know: this sets the window it assumes.
@@ -484,6 +485,11 @@ def limitFindings(env: Mapping[str, Setting], limits: Iterable[RouteLimits]) -> 
     else:
         findings.append(_limitFinding(env, AUTO_COMPACT_WINDOW, window, why))
     return findings
+
+
+def _asked(name: str) -> int:
+    """The output limit Claude Code asks for with a model name."""
+    return CLAUDE_CODE_OUTPUT if _CLAUDE_NAME.match(name) else UNKNOWN_MODEL_OUTPUT
 
 
 def _limitFinding(env: Mapping[str, Setting], variable: str, best: int, why: str) -> Finding:

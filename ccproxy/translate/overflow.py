@@ -3,7 +3,7 @@
 Claude Code compacts the conversation when a request is refused with Anthropic's own
 sentence, `prompt is too long: N tokens > M maximum` (it reads N and M with a
 regex, and drops as many older messages as the gap asks when even the summary
-request is too long); it retries with a smaller `max_tokens` when told
+request is too long); it reads I, T and W from
 ``input length and `max_tokens` exceed context limit: I + T > W``. Every server says
 it differently, so each wording known here is read for its numbers and said again
 in Anthropic's words. Bedrock's `Input is too long.` and Vertex's size sentence are

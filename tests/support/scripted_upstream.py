@@ -63,14 +63,14 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None) -> dic
     }
 
 
-def usageChunk() -> dict[str, Any]:
+def usageChunk(usage: dict[str, int] = USAGE) -> dict[str, Any]:
     return {
         "id": "chatcmpl-scripted",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "scripted-model",
         "choices": [],
-        "usage": USAGE,
+        "usage": usage,
     }
 
 
@@ -79,7 +79,9 @@ def fragments(text: str, parts: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def toolCallChunks(arguments: str, callId: str = CALL_ID) -> list[dict[str, Any]]:
+def toolCallChunks(
+    arguments: str, callId: str = CALL_ID, usage: dict[str, int] = USAGE
+) -> list[dict[str, Any]]:
     pieces = fragments(arguments, 4)
     first = {
         "index": 0,
@@ -89,14 +91,14 @@ def toolCallChunks(arguments: str, callId: str = CALL_ID) -> list[dict[str, Any]
     }
     events = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
     events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
-    events += [chunk(finish="tool_calls"), usageChunk()]
+    events += [chunk(finish="tool_calls"), usageChunk(usage)]
     return events
 
 
-def textChunks(text: str) -> list[dict[str, Any]]:
+def textChunks(text: str, usage: dict[str, int] = USAGE) -> list[dict[str, Any]]:
     events = [chunk({"role": "assistant", "content": ""})]
     events += [chunk({"content": p}) for p in fragments(text, 3)]
-    events += [chunk(finish="stop"), usageChunk()]
+    events += [chunk(finish="stop"), usageChunk(usage)]
     return events
 
 
@@ -125,6 +127,13 @@ def texts(body: dict[str, Any], role: str | None = None) -> list[str]:
     return found
 
 
+def promptUsage(body: dict[str, Any]) -> dict[str, int]:
+    """Usage that grows with the prompt (about 4 characters a token), as a real
+    model's does: Claude Code's own compaction keys on it."""
+    prompt = len(orjson.dumps(body.get("messages"))) // 4
+    return {"prompt_tokens": prompt, "completion_tokens": 12, "total_tokens": prompt + 12}
+
+
 @define
 class Overflowing:
     """A model with a small window: `over` characters of tool results are too many."""
@@ -150,7 +159,8 @@ class Overflowing:
         if offersRead(body):
             reads = len(texts(body, "tool"))
             arguments = orjson.dumps({"file_path": readPath}).decode()
-            return sseReply(toolCallChunks(arguments, f"call_read_{reads + 1}"), delay=0.01)
+            events = toolCallChunks(arguments, f"call_read_{reads + 1}", promptUsage(body))
+            return sseReply(events, delay=0.01)
         return "Scripted reply."
 
 
