@@ -138,8 +138,12 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         running.close()
 
 
-def proxyConfig(upstreamPort: int) -> Callable[[int], str]:
-    """ccproxy's config for a port: one client key, everything to the scripted upstream."""
+def proxyConfig(upstreamPort: int, window: int | None = None) -> Callable[[int], str]:
+    """ccproxy's config for a port: one client key, everything to the scripted upstream
+    (whose model holds `window` tokens, when given)."""
+    target = "scripted/scripted-model"
+    if window is not None:
+        target = f"{{target: {target}, context_window: {window}}}"
     return lambda port: (
         f"""
 listen: "tcp:{port}:interface=127.0.0.1"
@@ -152,7 +156,7 @@ upstreams:
     api_key: upstream-key
     timeout: 60
 models:
-  "*": scripted/scripted-model
+  "*": {target}
 """
     )
 
@@ -261,22 +265,29 @@ OVERFLOW_OVER = 60000
 """Characters of tool results the scripted upstream takes; the third Read is refused."""
 
 
-def overflowConfig(upstreamPort: int, window: int) -> Callable[[int], str]:
-    return lambda port: (
-        f"""
-listen: "tcp:{port}:interface=127.0.0.1"
-clients:
-  - name: claude-code-test
-    key: "{CLIENT_KEY}"
-upstreams:
-  scripted:
-    url: "http://127.0.0.1:{upstreamPort}/v1"
-    api_key: upstream-key
-    timeout: 60
-models:
-  "*": {{target: scripted/scripted-model, context_window: {window}}}
-"""
+def readingSession(
+    processes: Processes, tmp_path: Path, upstreamArgs: list[str], prompt: str, **env: str
+) -> tuple[int, str, str, list[str]]:
+    """Claude Code asked to read a 20 KB file again and again, through ccproxy, from
+    the scripted upstream in its overflowing mode (`upstreamArgs`): its exit code,
+    output, and the messages of each request the upstream got (as JSON)."""
+    claude = installClaudeCode()
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    big = workspace / "big.txt"
+    big.write_text(
+        "".join(f"line {i}: the quick brown fox jumps over the dog\n" for i in range(400))
     )
+    upstreamPort = processes.scriptedUpstream("--file", str(big), "--answer", ANSWER, *upstreamArgs)
+    proxyPort = processes.ccproxy(proxyConfig(upstreamPort, window=20000))
+    code, stdout, stderr = runClaude(claude, workspace, home, proxyPort, prompt, **env)
+    said = [
+        json.dumps(r["body"].get("messages"))
+        for r in processes.received()
+        if isinstance(r["body"], dict)
+    ]
+    return code, stdout, stderr, said
 
 
 @pytest.mark.claude_code
@@ -304,35 +315,12 @@ def test_claude_code_compacts_when_the_upstream_refuses_a_long_prompt(
     to its answer."""
     from tests.support.scripted_upstream import SUMMARIZE, SUMMARY_MARK
 
-    claude = installClaudeCode()
-    workspace, home = tmp_path / "workspace", tmp_path / "home"
-    workspace.mkdir()
-    home.mkdir()
-    big = workspace / "big.txt"
-    big.write_text(
-        "".join(f"line {i}: the quick brown fox jumps over the dog\n" for i in range(400))
+    upstreamArgs = ["--overflow-wording", server, "--overflow-over", str(OVERFLOW_OVER)]
+    if inStream:
+        upstreamArgs.append("--overflow-in-stream")
+    code, stdout, stderr, said = readingSession(
+        processes, tmp_path, upstreamArgs, "Read big.txt five times, then say what it holds."
     )
-    upstreamPort = processes.scriptedUpstream(
-        "--file",
-        str(big),
-        "--answer",
-        ANSWER,
-        "--overflow-wording",
-        server,
-        "--overflow-over",
-        str(OVERFLOW_OVER),
-        *(["--overflow-in-stream"] if inStream else []),
-    )
-    proxyPort = processes.ccproxy(overflowConfig(upstreamPort, 20000))
-    code, stdout, stderr = runClaude(
-        claude,
-        workspace,
-        home,
-        proxyPort,
-        "Read big.txt five times, then say what it holds.",
-    )
-    received = [r["body"] for r in processes.received() if isinstance(r["body"], dict)]
-    said = [json.dumps(b.get("messages")) for b in received]
 
     def explain(what: str) -> str:
         return (
@@ -360,38 +348,13 @@ def test_claude_code_compacts_at_the_window_the_doctor_advises(
     refuses nothing."""
     from tests.support.scripted_upstream import SUMMARIZE, SUMMARY_MARK
 
-    claude = installClaudeCode()
-    workspace, home = tmp_path / "workspace", tmp_path / "home"
-    workspace.mkdir()
-    home.mkdir()
-    big = workspace / "big.txt"
-    big.write_text(
-        "".join(f"line {i}: the quick brown fox jumps over the dog\n" for i in range(400))
-    )
-    upstreamPort = processes.scriptedUpstream(
-        "--file",
-        str(big),
-        "--answer",
-        ANSWER,
-        "--overflow-wording",
-        "openai",
-        "--overflow-over",
-        str(10**9),
-    )
-    proxyPort = processes.ccproxy(proxyConfig(upstreamPort))
-    code, stdout, stderr = runClaude(
-        claude,
-        workspace,
-        home,
-        proxyPort,
+    code, stdout, stderr, said = readingSession(
+        processes,
+        tmp_path,
+        ["--overflow-wording", "openai", "--overflow-over", str(10**9)],
         "Read big.txt many times, then say what it holds.",
         CLAUDE_CODE_AUTO_COMPACT_WINDOW="100000",
     )
-    said = [
-        json.dumps(r["body"].get("messages"))
-        for r in processes.received()
-        if isinstance(r["body"], dict)
-    ]
     explain = f"--- claude exit code {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     summaries = [i for i, s in enumerate(said) if SUMMARIZE in s.lower()]
     assert summaries, explain
