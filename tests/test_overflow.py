@@ -198,3 +198,15 @@ def test_other_refusals_keep_the_upstreams_name_and_words() -> None:
     h = Harness.build()
     h.upstream.queue(refusal(openAI("Rate limit reached", code="rate_limit"), 400))
     assert h.post(message()).json()["error"]["message"] == "up: Rate limit reached"
+
+
+def test_an_overflow_says_only_numbers_whatever_else_the_upstream_said() -> None:
+    """Gateways echo keys and account ids; the translated refusal keeps none of it."""
+    h = Harness.build()
+    words = (
+        "This model's maximum context length is 8192 tokens. However, your messages"
+        " resulted in 9003 tokens. Key sk-upstream-secret, deployment arn:aws:acct:12345."
+    )
+    h.upstream.queue(refusal(openAI(words)))
+    said = h.post(message()).json()["error"]["message"]
+    assert said == "prompt is too long: 9003 tokens > 8192 maximum"
