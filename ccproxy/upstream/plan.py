@@ -19,7 +19,7 @@ from ccproxy.config.model import Upstream
 from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody, upstreamError
 from ccproxy.translate.names import ToolNames
-from ccproxy.translate.request import stopSequences, toOpenAI
+from ccproxy.translate.request import refuseSafeguards, stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
 from ccproxy.translate.stream import StreamTranslator
 
@@ -84,7 +84,10 @@ class Plan:
 
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
-        """A plan for `body`, with the stop sequences and tool names read from it."""
+        """A plan for `body`, with the stop sequences and tool names read from it;
+        a 400 for what none of the targets can do (every upstream is OpenAI-compatible:
+        `safeguards`)."""
+        refuseSafeguards(body)
         rendering = Rendering(messageId, model, stopSequences(body), ToolNames.fromRequest(body))
         return cls(body, rendering, **kwargs)
 
