@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -158,8 +158,17 @@ models:
 
 
 def runClaude(
-    claude: Path, workspace: Path, home: Path, port: int, prompt: str
+    claude: Path,
+    workspace: Path,
+    home: Path,
+    port: int,
+    prompt: str,
+    *args: str,
+    timeout: float = 180,
+    environ: Mapping[str, str | None] | None = None,
 ) -> tuple[int, str, str]:
+    """`claude -p prompt --output-format json *args` against ccproxy on `port`;
+    `environ` adds variables to its environment, or takes them out (None)."""
     env = minimalEnv(
         home,
         ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}",
@@ -167,8 +176,13 @@ def runClaude(
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         CLAUDE_CODE_MAX_RETRIES="1",
     )
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     process = subprocess.Popen(
-        [str(claude), "-p", prompt, "--output-format", "json"],
+        [str(claude), "-p", prompt, "--output-format", "json", *args],
         cwd=workspace,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -178,11 +192,11 @@ def runClaude(
         start_new_session=True,  # so a timeout can end it with anything it started
     )
     try:
-        stdout, stderr = process.communicate(timeout=180)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        stderr += "\n<killed after 180 s>"
+        stderr += f"\n<killed after {timeout:g} s>"
         return -9, stdout, stderr
     return process.returncode, stdout, stderr
 
