@@ -138,8 +138,9 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         running.close()
 
 
-def proxyConfig(upstreamPort: int) -> Callable[[int], str]:
-    """ccproxy's config for a port: one client key, everything to the scripted upstream."""
+def proxyConfig(upstreamPort: int, upstreamKeys: str = "") -> Callable[[int], str]:
+    """ccproxy's config for a port: one client key, everything to the scripted upstream
+    (with `upstreamKeys`, one more line of its YAML keys, e.g. `count_tokens: false`)."""
     return lambda port: (
         f"""
 listen: "tcp:{port}:interface=127.0.0.1"
@@ -151,6 +152,7 @@ upstreams:
     url: "http://127.0.0.1:{upstreamPort}/v1"
     api_key: upstream-key
     timeout: 60
+    {upstreamKeys}
 models:
   "*": scripted/scripted-model
 """

@@ -5,7 +5,9 @@ rules of its gateway protocol that change what the user sees:
 - a wrong key: its 401 carries `x-should-retry: false`, so Claude Code says so at
   once, where it used to retry with backoff for minutes first;
 - auto mode: the request carrying `safeguards` gets a 400 naming them, Claude Code
-  sends it again without them, sends them no more, and the session completes.
+  sends it again without them, sends them no more, and the session completes;
+- `count_tokens: false`: its 501 `not_supported` (with `x-should-retry: false`)
+  makes Claude Code estimate on its own (`/context` still answers).
 
 The install and the run are those of tests/test_claude_code.py.
 """
@@ -43,19 +45,27 @@ PROMPT = "Read the file notes.txt and tell me the secret word."
 
 
 def session(
-    processes: Processes, tmp_path: Path, *args: str, extraConfig: str = "", **kwargs: Any
+    processes: Processes,
+    tmp_path: Path,
+    *args: str,
+    extraConfig: str = "",
+    upstreamKeys: str = "",
+    prompt: str = PROMPT,
+    **kwargs: Any,
 ) -> tuple[int, str, str]:
-    """Claude Code asked PROMPT, with `args`, through ccproxy (its config with
-    `extraConfig` added) to the scripted upstream, in a workspace holding notes.txt."""
+    """Claude Code asked `prompt`, with `args`, through ccproxy (its config with
+    `extraConfig` added, and `upstreamKeys` in its upstream's) to the scripted
+    upstream, in a workspace holding notes.txt."""
     claude = installClaudeCode()
     workspace, home = tmp_path / "workspace", tmp_path / "home"
     workspace.mkdir()
     home.mkdir()
     notes = workspace / "notes.txt"
     notes.write_text(SECRET + "\n")
-    config = proxyConfig(processes.scriptedUpstream("--file", str(notes), "--answer", ANSWER))
+    upstream = processes.scriptedUpstream("--file", str(notes), "--answer", ANSWER)
+    config = proxyConfig(upstream, upstreamKeys)
     port = processes.ccproxy(lambda port: config(port) + extraConfig)
-    return runClaude(claude, workspace, home, port, PROMPT, *args, **kwargs)
+    return runClaude(claude, workspace, home, port, prompt, *args, **kwargs)
 
 
 def explain(what: str, processes: Processes, code: int, stdout: str, stderr: str) -> str:
@@ -122,3 +132,27 @@ def test_auto_mode_runs_its_check_itself_once_safeguards_are_refused(
     assert len(statuses) >= 3, why  # the retry, the tool's turn, the answer
     assert carried == [True] + [False] * (len(bodies) - 1), why
     assert "invalid_request_error: safeguards:" in log, why
+
+
+COUNT = re.compile(r"POST /v1/messages/count_tokens\S* \S+ -> \S+ (\d{3}) \(upstream")
+
+
+@pytest.mark.claude_code
+def test_count_tokens_switched_off_makes_claude_code_count_on_its_own(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """`/context` asks count_tokens some 25 times at once; every answer is a 501, and
+    Claude Code shows its own estimate instead of failing."""
+    code, stdout, stderr = session(
+        processes,
+        tmp_path,
+        prompt="/context",
+        upstreamKeys="count_tokens: false",
+        environ={"CLAUDE_CODE_MAX_RETRIES": None},
+    )
+    why = explain("", processes, code, stdout, stderr)
+    assert code == 0, why
+    result = json.loads(stdout)
+    assert result.get("is_error") is False and "Context Usage" in result.get("result", ""), why
+    statuses = COUNT.findall(processes.proxyLog.read_text())
+    assert len(statuses) >= 10 and set(statuses) == {"501"}, why
