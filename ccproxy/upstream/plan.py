@@ -21,7 +21,7 @@ from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody,
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.request import stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
-from ccproxy.translate.stream import StreamTranslator
+from ccproxy.translate.stream import Event, StreamTranslator, messageStart
 
 
 @frozen
@@ -54,6 +54,10 @@ class Rendering:
             )
         except ProxyError as e:  # an answer the translator cannot use
             raise e.naming(upstream.name) from None
+
+    def start(self) -> list[Event]:
+        """The stream's `message_start`, the same whichever upstream answers."""
+        return [messageStart(self.messageId, self.model)]
 
     def streamTranslator(self, upstream: Upstream) -> StreamTranslator:
         """A translator of `upstream`'s stream into this client's events."""
