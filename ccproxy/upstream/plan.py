@@ -85,6 +85,8 @@ class Plan:
     maxResponseBytes: int
     size: int = 0
     """Bytes of the request as it came (how much work translating it is)."""
+    cacheKey: str | None = None
+    """The client's session, sent as `prompt_cache_key` where a profile wants it."""
 
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
@@ -106,6 +108,7 @@ class Plan:
             profile=upstream.profile,
             defaultMaxTokens=self.defaultMaxTokens,
             names=self.rendering.names,
+            cacheKey=self.cacheKey,
         )
         try:
             return orjson.dumps(translated)

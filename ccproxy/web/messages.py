@@ -33,7 +33,7 @@ from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError
 from ccproxy.relay.relay import StreamRelay, Verdict, nestedTooDeepAnswer
 from ccproxy.translate.dialect import Profile
-from ccproxy.translate.request import toOpenAI
+from ccproxy.translate.request import sessionKey, toOpenAI
 from ccproxy.translate.tokens import estimateTokens
 from ccproxy.upstream.dispatch import Answer, Dispatcher
 from ccproxy.upstream.offload import Offload
@@ -72,6 +72,7 @@ class MessagesAPI:
                 defaultMaxTokens=config.defaultMaxTokens,
                 maxResponseBytes=config.maxResponseBytes,
                 size=call.bodySize,
+                cacheKey=sessionKey(_header(call.request, b"x-claude-code-session-id"), body),
             )
             del body
             relay = None
@@ -235,6 +236,11 @@ def _modelAt(targets: Sequence[Target], upstream: str, model: str) -> str | None
         if target.upstream == upstream:
             return target.modelFor(model)
     return None
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def deadline(request: IRequest, started: float, config: Config) -> float | None:
