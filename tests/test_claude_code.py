@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import Processes, tail
+from tests.support.processes import Processes, tail, testCache
 
 VERSION = "2.1.330"
 PACKAGE = f"@anthropic-ai/claude-code@{VERSION}"
@@ -38,13 +38,7 @@ CLIENT_KEY = "test-client-key"
 
 
 def cacheDir() -> Path:
-    base = os.environ.get("CCPROXY_TEST_CACHE")
-    if base:
-        root = Path(base)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = (Path(xdg) if xdg else Path.home() / ".cache") / "ccproxy-tests"
-    path = root / f"claude-code-{VERSION}"
+    path = testCache() / f"claude-code-{VERSION}"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -127,15 +121,6 @@ def installClaudeCode() -> Path:
                 f"--- npm stdout\n{done.stdout}\n--- npm stderr\n{done.stderr}"
             )
     return claude
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def proxyConfig(upstreamPort: int) -> Callable[[int], str]:

@@ -13,6 +13,7 @@ asked for them, in call order; fields with no OpenAI meaning (`top_k`, `thinking
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -37,13 +38,16 @@ def toOpenAI(
     profile: Profile,
     defaultMaxTokens: int,
     names: ToolNames | None = None,
+    cacheKey: str | None = None,
 ) -> dict[str, Any]:
     """Translate a Messages request body (already JSON-decoded) for an OpenAI upstream.
 
     `model` is the upstream's model name, chosen by the router; `names` maps tool
     names the upstream would reject (over 64 characters, or outside
     `[a-zA-Z0-9_-]`) to ones it takes, the same way in the tools, the history and
-    `tool_choice` (made from the body when not given).
+    `tool_choice` (made from the body when not given). `cacheKey` (the client's
+    session, `sessionKey`) goes as `prompt_cache_key` where the profile says the
+    upstream takes it.
     """
     if not isinstance(body, dict):
         raise invalidRequest("the request body must be a JSON object")
@@ -82,6 +86,8 @@ def toOpenAI(
     user = _metadataUser(body.get("metadata"))
     if user:
         out["user"] = user
+    if cacheKey is not None and profile.promptCacheKey:
+        out["prompt_cache_key"] = cacheKey
 
     tools, serverTools = _tools(body.get("tools"), profile, names)
     if tools:
@@ -514,6 +520,40 @@ def _stopSequences(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise invalidRequest("stop_sequences: must be a list of strings")
     return [s for s in value if s]
+
+
+MAX_CACHE_KEY_CHARS = 64
+"""The longest session identity sent as `prompt_cache_key` (Claude Code's is a
+36-character UUID); a longer one, or one with other than printable ASCII, is
+not sent: it is no session of Claude Code's, and must not fail the request."""
+_CACHE_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_CACHE_KEY_CHARS}}}")
+_LEGACY_SESSION = re.compile(r"_session_([0-9A-Za-z-]+)$")
+
+
+def sessionKey(header: str | None, body: Any) -> str | None:
+    """Claude Code's session identity, to keep one user's turns on one upstream
+    prompt cache: its `X-Claude-Code-Session-Id` header, else the `session_id` in
+    `metadata.user_id` (a JSON text; older releases wrote `…_session_<uuid>`).
+    None when neither says (another client), never an error."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    for candidate in (header, _metadataSession(metadata)):
+        if candidate is not None and _CACHE_KEY.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def _metadataSession(metadata: Any) -> str | None:
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user, str):
+        return None
+    if user.startswith("{"):
+        try:
+            session = orjson.loads(user).get("session_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return session if isinstance(session, str) else None
+    legacy = _LEGACY_SESSION.search(user)
+    return legacy.group(1) if legacy else None
 
 
 def _metadataUser(metadata: Any) -> str | None:

@@ -262,26 +262,7 @@ class StreamTranslator:
 
     def start(self) -> list[Event]:
         """The `message_start` event, sent as soon as the upstream answered 2xx."""
-        return [
-            {
-                "type": "message_start",
-                "message": {
-                    "id": self.messageId,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {
-                        "input_tokens": 0,
-                        "output_tokens": 0,
-                        "cache_creation_input_tokens": 0,
-                        "cache_read_input_tokens": 0,
-                    },
-                },
-            }
-        ]
+        return [messageStart(self.messageId, self.model)]
 
     def feed(self, chunk: Any) -> list[Event]:
         """Events for one decoded `data:` payload. Raises `ProxyError` for an error
@@ -557,6 +538,30 @@ def streamError(chunk: dict[str, Any]) -> ProxyError:
 def _groqUsage(chunk: dict[str, Any]) -> Any:
     extra = chunk.get("x_groq")
     return extra.get("usage") if isinstance(extra, dict) else None
+
+
+def messageStart(messageId: str, model: str) -> Event:
+    """A stream's `message_start`: nothing in it depends on the upstream (the id and
+    model are the client's), so it may go out before any upstream has answered, and
+    a failover partner's answer follows it without contradiction."""
+    return {
+        "type": "message_start",
+        "message": {
+            "id": messageId,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        },
+    }
 
 
 def eventsForMessage(message: dict[str, Any]) -> list[Event]:

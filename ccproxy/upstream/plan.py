@@ -21,7 +21,7 @@ from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody,
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.request import stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
-from ccproxy.translate.stream import StreamTranslator
+from ccproxy.translate.stream import Event, StreamTranslator, messageStart
 
 
 @frozen
@@ -55,6 +55,10 @@ class Rendering:
         except ProxyError as e:  # an answer the translator cannot use
             raise e.naming(upstream.name) from None
 
+    def start(self) -> list[Event]:
+        """The stream's `message_start`, the same whichever upstream answers."""
+        return [messageStart(self.messageId, self.model)]
+
     def streamTranslator(self, upstream: Upstream) -> StreamTranslator:
         """A translator of `upstream`'s stream into this client's events."""
         return StreamTranslator(
@@ -81,6 +85,8 @@ class Plan:
     maxResponseBytes: int
     size: int = 0
     """Bytes of the request as it came (how much work translating it is)."""
+    cacheKey: str | None = None
+    """The client's session, sent as `prompt_cache_key` where a profile wants it."""
 
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
@@ -102,6 +108,7 @@ class Plan:
             profile=upstream.profile,
             defaultMaxTokens=self.defaultMaxTokens,
             names=self.rendering.names,
+            cacheKey=self.cacheKey,
         )
         try:
             return orjson.dumps(translated)

@@ -2,7 +2,7 @@
 and test_daemon.py (with `Processes.scriptedUpstream` of tests/support/processes.py).
 
     python tests/support/scripted_upstream.py --port-file PATH --log PATH \\
-        [--file /abs/path/notes.txt] [--answer TEXT]
+        [--file /abs/path/notes.txt] [--answer TEXT] [--hold-file PATH]
 
 It listens on 127.0.0.1 on a port the OS picks and writes that port to --port-file
 (atomically) once it is listening. Every request body is appended to --log as one
@@ -15,8 +15,11 @@ JSON line (`{"path": …, "body": …}`). Answers to POST …/chat/completions:
 - anything else (titles, background work): a short plain text.
 
 Streamed requests get SSE chunks (with a usage chunk and `data: [DONE]`), others
-one JSON completion. It is `tests.support.fakes.FakeOpenAI` on a real port, with
-this script as the reply when none is queued.
+one JSON completion. With --hold-file, a stream's status and headers go at once but
+its first chunk only once that file exists: a model slow to start (a gateway in
+front of it, such as LiteLLM, then sends no headers of its own until then). It is
+`tests.support.fakes.FakeOpenAI` on a real port, with this script as the reply
+when none is queued.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import IO, Any
 import orjson
 from attrs import define
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
@@ -107,6 +111,7 @@ class Script:
     readPath: str
     answer: str
     log: IO[bytes]
+    hold: Path | None = None
 
     def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
         body = fake.last
@@ -117,6 +122,11 @@ class Script:
             return jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)(
                 request, fake
             )
+        if body.get("stream") and self.hold is not None and not self.hold.exists():
+            return self.held(request, fake, body)
+        return self.reply(request, fake, body)
+
+    def reply(self, request: IRequest, fake: FakeOpenAI, body: dict[str, Any]) -> Any:
         stream = bool(body.get("stream"))
         if hasToolMessage(body):
             text = self.answer
@@ -133,6 +143,33 @@ class Script:
             return sseReply(textChunks(text), delay=0.01)(request, fake)
         return jsonReply(completion(text, usage=USAGE))(request, fake)
 
+    def held(self, request: IRequest, fake: FakeOpenAI, body: dict[str, Any]) -> Any:
+        """The head now, the answer once the hold file exists (looked for every 50
+        ms); a client that leaves first cancels it."""
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.write(b": held\n\n")
+        polling: dict[str, Any] = {"call": None}
+
+        def poll() -> None:
+            if self.hold is not None and not self.hold.exists():
+                polling["call"] = reactor.callLater(0.05, poll)
+                return
+            result = self.reply(request, fake, body)
+            if isinstance(result, Deferred):
+                result.chainDeferred(answered)
+            else:
+                answered.callback(result)
+
+        def cancel(_: Deferred[Any]) -> None:
+            call = polling["call"]
+            if call is not None and call.active():
+                call.cancel()
+
+        answered: Deferred[Any] = Deferred(cancel)
+        poll()
+        return answered
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -140,9 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", required=True, type=Path)
     parser.add_argument("--file", default=str(Path("notes.txt").resolve()))
     parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
+    parser.add_argument("--hold-file", type=Path, default=None)
     args = parser.parse_args(argv)
     with args.log.open("ab") as log:
-        upstream = FakeOpenAI(clock=reactor, otherwise=Script(args.file, args.answer, log))
+        script = Script(args.file, args.answer, log, args.hold_file)
+        upstream = FakeOpenAI(clock=reactor, otherwise=script)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
         tmp = args.port_file.with_name(args.port_file.name + ".tmp")
         tmp.write_text(str(port.getHost().port))
