@@ -18,7 +18,7 @@ Claude Code retries rather than trusting half an answer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from attrs import frozen
@@ -28,8 +28,8 @@ from twisted.web.iweb import IRequest
 from ccproxy.compat import writeNow
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway
 from ccproxy.relay.sse import SSEParser
-from ccproxy.translate.response import anthropicUsage
-from ccproxy.translate.stream import eventsForMessage
+from ccproxy.translate.stream import StreamTranslator, eventsForMessage
+from ccproxy.translate.toolsearch import Blocks, ToolSearch, parsedInput
 from ccproxy.upstream.dispatch import Answer
 
 
@@ -164,12 +164,14 @@ class StreamRelay:
         if self._parser is not None:
             self._parser.fail(error)
 
-    async def relay(self, answer: Answer) -> Verdict:
+    async def relay(self, answer: Answer, rounds: Rounds | None = None) -> Verdict:
         """Relay `answer` whole; its JSON `message` as events when it was read whole
-        (a server that ignored `stream: true`), else its event stream."""
+        (a server that ignored `stream: true`), else its event stream. `rounds`:
+        ccproxy's tool search, whose calls continue the answer with more upstream
+        answers."""
         if answer.message is not None:
             return self._relayMessage(answer)
-        return await self._relayStream(answer)
+        return await self._relayStream(answer, rounds)
 
     def _relayMessage(self, answer: Answer) -> Verdict:
         try:
@@ -181,12 +183,67 @@ class StreamRelay:
         self.verdict = Verdict(True, copy=frames[: self._capture] if self._capture else None)
         return self.verdict
 
-    async def _relayStream(self, answer: Answer) -> Verdict:
-        request, upstream = self._request, answer.upstream
-        translator = answer.rendering.streamTranslator(upstream)
+    async def _relayStream(self, answer: Answer, rounds: Rounds | None) -> Verdict:
+        request = self._request
+        translator = answer.rendering.streamTranslator(answer.upstream)
         startStream(request)
         writer = EventWriter(request, self._clock, self._pingInterval, self._capture, self._redact)
-        writer.write(translator.start())
+        blocks = Blocks() if rounds is not None else None
+
+        def emit(events: list[dict[str, Any]]) -> None:
+            writer.add(events)
+            if blocks is not None:
+                blocks.add(events)
+
+        emit(translator.start())
+        writer.flush()
+        ok: bool | None = None
+        errorType = errorMessage = None
+        try:
+            # The head goes out before the body is read, which may have arrived whole.
+            writeNow(request)
+            while True:
+                sawDone = await self._pump(answer, translator, writer, emit)
+                calls = translator.serverCalls() if rounds is not None else []
+                if rounds is None or not calls:
+                    writer.write(self._named(answer, translator.finish, sawDone))
+                    break
+                emit(self._named(answer, translator.endBlocks, sawDone))
+                for blockId, arguments in calls:
+                    emit(translator.addBlock(rounds.search.result(blockId, parsedInput(arguments))))
+                if translator.clientCalls() or not rounds.more():
+                    paused = None if translator.clientCalls() else "pause_turn"
+                    writer.write(translator.endMessage(paused))
+                    break
+                writer.flush()
+                translator.nextRound()
+                answer = await rounds.next(answer, list(blocks.content) if blocks else [])
+                if self._expiry is not None:
+                    raise self._expiry
+            ok = True
+        except ProxyError as e:
+            writer.writeError(e)
+            if self._expiry is not None:
+                errorType, errorMessage = "timeout", e.message
+            else:
+                ok, errorType, errorMessage = False, e.errorType, e.message
+        finally:
+            self._parser = None
+            writer.stop()
+            usage = translator.knownUsage()
+            self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
+        return self.verdict
+
+    async def _pump(
+        self,
+        answer: Answer,
+        translator: StreamTranslator,
+        writer: EventWriter,
+        emit: Callable[[list[dict[str, Any]]], None],
+    ) -> bool:
+        """Relay one upstream answer's stream through `translator`, until it ends;
+        whether it ended with `[DONE]`."""
+        request, upstream = self._request, answer.upstream
 
         def onData(data: bytes) -> None:
             try:
@@ -196,7 +253,7 @@ class StreamRelay:
                     upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
                 ) from None
             try:
-                writer.add(translator.feed(chunk))
+                emit(translator.feed(chunk))
             except ProxyError as e:  # the upstream's own error, said inside the stream
                 raise e.naming(upstream.name) from None
 
@@ -208,34 +265,38 @@ class StreamRelay:
             self._maxLineBytes,
             onBatch=writer.flush,
         )
-        ok: bool | None = None
-        errorType = errorMessage = None
+        answer.response.deliverBody(parser)
+        # A slow reader pauses the upstream instead of making us buffer its stream.
+        request.registerProducer(parser.transport, True)
         try:
-            # The head goes out before the body is read, which may have arrived whole.
-            writeNow(request)
-            answer.response.deliverBody(parser)
-            # A slow reader pauses the upstream instead of making us buffer its stream.
-            request.registerProducer(parser.transport, True)
             await parser.finished
-            try:
-                writer.write(translator.finish(parser.sawDone))
-            except ProxyError as e:  # cut short
-                raise e.naming(upstream.name) from None
-            ok = True
-        except ProxyError as e:
-            writer.writeError(e)
-            if self._expiry is not None:
-                errorType, errorMessage = "timeout", e.message
-            else:
-                ok, errorType, errorMessage = False, e.errorType, e.message
         finally:
-            self._parser = None
-            writer.stop()
             if request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
-            usage = anthropicUsage(translator.usage) if translator.usage is not None else None
-            self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
-        return self.verdict
+        return parser.sawDone
+
+    @staticmethod
+    def _named(
+        answer: Answer, end: Callable[[bool], list[dict[str, Any]]], sawDone: bool
+    ) -> list[dict[str, Any]]:
+        """`end(sawDone)`'s events; a stream cut short is the upstream's fault, named."""
+        try:
+            return end(sawDone)
+        except ProxyError as e:
+            raise e.naming(answer.upstream.name) from None
+
+
+class Rounds(Protocol):
+    """ccproxy's tool search inside one streamed answer (`ccproxy.web.searching`)."""
+
+    search: ToolSearch
+
+    def more(self) -> bool:
+        """Whether the answer may go on after this round's searches."""
+
+    async def next(self, previous: Answer, prefix: list[dict[str, Any]]) -> Answer:
+        """The upstream answer that continues an answer begun with `prefix` (the
+        previous round's slot given back first)."""
 
 
 def nestedTooDeepAnswer(upstream: str) -> ProxyError:

@@ -12,6 +12,7 @@ its usage goes to the client's budgets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from ccproxy.upstream.plan import Plan, nestedTooDeep
 from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.auth import callerKey
 from ccproxy.web.call import Call, jsonReply, modelName, readJSON, releaseBody
+from ccproxy.web.searching import SearchRounds
 
 
 @define
@@ -66,18 +68,23 @@ class MessagesAPI:
             )
             del body
             try:
-                async with self.dispatcher.send(
-                    plan,
-                    callerKey(call.request),
-                    deadline(call.request, record.started, config),
-                    record.attempts,
-                ) as answer:
-                    del plan  # the request is not kept for a long stream
+                key = callerKey(call.request)
+                until = deadline(call.request, record.started, config)
+                async with self.dispatcher.send(plan, key, until, record.attempts) as answer:
+                    # The request is not kept for a long stream, unless ccproxy's tool
+                    # search may have to send it again.
+                    rounds = SearchRounds.forPlan(
+                        self.dispatcher, plan, key, until, record.attempts
+                    )
+                    del plan
                     releaseBody(call)
-                    self._answered(call, answer, model, standing)
-                    if answer.message is not None and not record.stream:
-                        return self._whole(call, answer)
-                    return await self._relay(call, answer, standing)
+                    async with rounds or nullcontext():
+                        if rounds is not None and answer.message is not None:
+                            answer.message = await rounds.whole(answer)
+                        self._answered(call, answer, model, standing)
+                        if answer.message is not None and not record.stream:
+                            return self._whole(call, answer)
+                        return await self._relay(call, answer, standing, rounds)
             except ProxyError as e:
                 if e.upstream is not None and record.upstream is None:
                     record.upstream, record.upstreamStatus = e.upstream, e.upstreamStatus
@@ -136,8 +143,15 @@ class MessagesAPI:
             call.record.responsePayload = reply
         return reply
 
-    async def _relay(self, call: Call, answer: Answer, standing: Standing | None) -> None:
-        """A streamed answer, relayed by a `StreamRelay` until it ends."""
+    async def _relay(
+        self,
+        call: Call,
+        answer: Answer,
+        standing: Standing | None,
+        rounds: SearchRounds | None = None,
+    ) -> None:
+        """A streamed answer, relayed by a `StreamRelay` until it ends (with more
+        upstream answers when ccproxy's tool search continues it)."""
         config = call.config
         relay = call.relay = StreamRelay(
             call.request,
@@ -149,13 +163,16 @@ class MessagesAPI:
         )
         self.streamsInFlight += 1
         try:
-            await relay.relay(answer)
+            await relay.relay(answer, rounds)
         finally:
             self.streamsInFlight -= 1
             call.relay = None
             if relay.verdict is not None:
                 _record(call, relay.verdict)
-                answer.settle(relay.verdict.ok)
+                if rounds is not None:
+                    rounds.settle(answer, relay.verdict.ok)
+                else:
+                    answer.settle(relay.verdict.ok)
                 if standing is not None and relay.verdict.usage is not None:
                     standing.usage = relay.verdict.usage
         return None

@@ -14,6 +14,16 @@ JSON line (`{"path": …, "body": …}`). Answers to POST …/chat/completions:
   `finish_reason: "tool_calls"`;
 - anything else (titles, background work): a short plain text.
 
+With --tool-search (Claude Code's tool search, test_claude_code.py), instead:
+
+- a request whose last tool message holds --answer-after (the deferred tool's
+  result): --answer as text;
+- one whose tool messages say a tool "is now available to call" (ccproxy's reading
+  of the `tool_reference` blocks Claude Code's ToolSearch answers with): a call of
+  that tool (the first offered whose name ends with --tool-search) with
+  --tool-input;
+- one offering Claude Code's `ToolSearch`: a call of it, with --tool-search as query.
+
 Streamed requests get SSE chunks (with a usage chunk and `data: [DONE]`), others
 one JSON completion. It is `tests.support.fakes.FakeOpenAI` on a real port, with
 this script as the reply when none is queued.
@@ -67,13 +77,15 @@ def fragments(text: str, parts: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def toolCallChunks(arguments: str) -> list[dict[str, Any]]:
+def toolCallChunks(
+    arguments: str, name: str = "Read", callId: str = CALL_ID
+) -> list[dict[str, Any]]:
     pieces = fragments(arguments, 4)
     first = {
         "index": 0,
-        "id": CALL_ID,
+        "id": callId,
         "type": "function",
-        "function": {"name": "Read", "arguments": ""},
+        "function": {"name": name, "arguments": ""},
     }
     events = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
     events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
@@ -100,23 +112,45 @@ def hasToolMessage(body: dict[str, Any]) -> bool:
     return any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or [])
 
 
-@define
-class Script:
-    """The scripted answers, as the reply of a `FakeOpenAI` that has none queued."""
+NOT_FOUND = jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)
 
-    readPath: str
-    answer: str
+
+def logged(log: IO[bytes], request: IRequest, fake: FakeOpenAI) -> dict[str, Any] | None:
+    """Log the request's body; the body, or None when it is no chat completion."""
+    body = fake.last
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    log.write(orjson.dumps({"path": request.uri.decode(), "body": text}) + b"\n")
+    log.flush()
+    if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
+        return None
+    return body
+
+
+@define
+class Logged:
+    """A reply of a `FakeOpenAI` that has none queued: each request logged, then
+    answered by `reply` (a chat completion) or 404."""
+
     log: IO[bytes]
 
     def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
-        body = fake.last
-        logged = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        self.log.write(orjson.dumps({"path": request.uri.decode(), "body": logged}) + b"\n")
-        self.log.flush()
-        if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
-            return jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)(
-                request, fake
-            )
+        body = logged(self.log, request, fake)
+        if body is None:
+            return NOT_FOUND(request, fake)
+        return self.reply(body, request, fake)
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        raise NotImplementedError
+
+
+@define
+class Script(Logged):
+    """The scripted answers (Read, then --answer)."""
+
+    readPath: str
+    answer: str
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
         stream = bool(body.get("stream"))
         if hasToolMessage(body):
             text = self.answer
@@ -134,15 +168,68 @@ class Script:
         return jsonReply(completion(text, usage=USAGE))(request, fake)
 
 
+def toolTexts(body: dict[str, Any]) -> list[str]:
+    """The text of each tool message, in order."""
+    texts = []
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "tool":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            texts.append(str(content))
+    return texts
+
+
+def offered(body: dict[str, Any]) -> list[str]:
+    return [
+        (t.get("function") or {}).get("name", "")
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
+
+
+@define
+class ToolSearchScript(Logged):
+    """Claude Code's tool search: ToolSearch, then the tool it found, then text."""
+
+    wanted: str
+    """The end of the deferred tool's name, and the query of the search."""
+    toolInput: str
+    resultHolds: str
+    answer: str
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        texts = toolTexts(body)
+        found = [n for n in offered(body) if n.endswith(self.wanted)]
+        if texts and self.resultHolds in texts[-1]:
+            return sseReply(textChunks(self.answer), delay=0.01)(request, fake)
+        if found and any("is now available to call" in t for t in texts):
+            chunks = toolCallChunks(self.toolInput, found[0], "call_found_1")
+            return sseReply(chunks, delay=0.01)(request, fake)
+        if "ToolSearch" in offered(body):
+            query = orjson.dumps({"query": self.wanted.replace("_", " "), "max_results": 5})
+            chunks = toolCallChunks(query.decode(), "ToolSearch", "call_search_1")
+            return sseReply(chunks, delay=0.01)(request, fake)
+        return sseReply(textChunks("Scripted reply."), delay=0.01)(request, fake)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port-file", required=True, type=Path)
     parser.add_argument("--log", required=True, type=Path)
     parser.add_argument("--file", default=str(Path("notes.txt").resolve()))
     parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
+    parser.add_argument("--tool-search", default=None)
+    parser.add_argument("--tool-input", default="{}")
+    parser.add_argument("--answer-after", default="")
     args = parser.parse_args(argv)
     with args.log.open("ab") as log:
-        upstream = FakeOpenAI(clock=reactor, otherwise=Script(args.file, args.answer, log))
+        script: Logged = Script(log, args.file, args.answer)
+        if args.tool_search:
+            script = ToolSearchScript(
+                log, args.tool_search, args.tool_input, args.answer_after, args.answer
+            )
+        upstream = FakeOpenAI(clock=reactor, otherwise=script)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
         tmp = args.port_file.with_name(args.port_file.name + ".tmp")
         tmp.write_text(str(port.getHost().port))
