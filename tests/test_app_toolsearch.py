@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from ccproxy.translate.toolsearch import MAX_ROUNDS
-from tests.support.fakes import completion, jsonReply, sseReply, toolCall
-from tests.support.harness import Harness, message, parseSSE, resultOf
+from tests.support.fakes import completion, jsonReply, sseReply, stallReply, toolCall
+from tests.support.harness import BASE_CONFIG, Harness, fired, message, parseSSE, resultOf
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 SEARCH = {"type": "tool_search_tool_regex_20251119", "name": "tool_search_tool_regex"}
@@ -267,3 +267,40 @@ def test_a_later_turn_carries_the_search_back_as_its_call_and_answer() -> None:
         "assistant",
         "tool",
     ]
+
+
+def test_max_duration_ends_a_stream_that_waits_on_its_next_round() -> None:
+    h = Harness.build(BASE_CONFIG + "max_duration: 10\n")
+    h.upstream.queue(searchReply(True), stallReply())
+    d = h.request("POST", "/v1/messages", message("weather?", tools=TOOLS, stream=True))
+    h.flush()
+    assert len(h.upstream.received) == 2 and not fired(d)  # the second call hangs
+    h.clock.advance(11)
+    h.flush()
+    frames = parseSSE(resultOf(d).body)
+    named = [n for n, _ in frames]
+    assert "ping" in named  # the client heard from ccproxy while the next round was awaited
+    assert [n for n in named if n != "ping"][-3:] == [
+        "content_block_start",
+        "content_block_stop",
+        "error",
+    ]
+    assert "longer than 10 s" in frames[-1][1]["error"]["message"]
+    assert h.upstream.disconnected == 1
+    assert h.app.inFlight == 0
+
+
+def test_a_client_that_leaves_while_the_next_round_is_awaited_stops_it() -> None:
+    from tests.test_disconnect import connect, hangUp
+
+    h = Harness.build()
+    h.upstream.queue(searchReply(True), stallReply())
+    channel, _ = connect(h, message("weather?", tools=TOOLS, stream=True))
+    for _ in range(5):
+        h.flush()
+    assert len(h.upstream.received) == 2
+    hangUp(channel)
+    h.flush()
+    assert h.upstream.disconnected == 1
+    assert h.app.inFlight == 0
+    assert h.app.dispatcher.health(["up"])["up"].active == 0  # every slot given back

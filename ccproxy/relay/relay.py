@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IRequest
 
@@ -154,6 +155,8 @@ class StreamRelay:
         self._capture = capture
         self._redact = redact
         self._parser: SSEParser | None = None
+        self._waiting: Deferred[Answer] | None = None
+        """The next round's upstream answer, while ccproxy's tool search waits for it."""
         self._expiry: ProxyError | None = None
         self.verdict: Verdict | None = None
 
@@ -163,6 +166,8 @@ class StreamRelay:
         self._expiry = error
         if self._parser is not None:
             self._parser.fail(error)
+        elif self._waiting is not None:
+            self._waiting.cancel()
 
     async def relay(self, answer: Answer, rounds: Rounds | None = None) -> Verdict:
         """Relay `answer` whole; its JSON `message` as events when it was read whole
@@ -217,9 +222,7 @@ class StreamRelay:
                     break
                 writer.flush()
                 translator.nextRound()
-                answer = await rounds.next(answer, list(blocks.content) if blocks else [])
-                if self._expiry is not None:
-                    raise self._expiry
+                answer = await self._next(rounds, answer, blocks.content if blocks else [])
             ok = True
         except ProxyError as e:
             writer.writeError(e)
@@ -233,6 +236,18 @@ class StreamRelay:
             usage = translator.knownUsage()
             self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
         return self.verdict
+
+    async def _next(self, rounds: Rounds, answer: Answer, prefix: list[dict[str, Any]]) -> Answer:
+        """The next round's answer; `max_duration` running out meanwhile ends it."""
+        waiting = self._waiting = Deferred.fromCoroutine(rounds.next(answer, list(prefix)))
+        try:
+            return await waiting
+        except CancelledError:
+            if self._expiry is None:
+                raise  # the client left
+            raise self._expiry from None
+        finally:
+            self._waiting = None
 
     async def _pump(
         self,
@@ -271,6 +286,7 @@ class StreamRelay:
         try:
             await parser.finished
         finally:
+            self._parser = None
             if request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
         return parser.sawDone
