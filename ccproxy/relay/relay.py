@@ -19,18 +19,19 @@ Claude Code retries rather than trusting half an answer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IRequest
 
 from ccproxy.compat import writeNow
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
 from ccproxy.relay.sse import SSEParser
-from ccproxy.translate.response import anthropicUsage
-from ccproxy.translate.stream import eventsForMessage
+from ccproxy.translate.stream import StreamTranslator, eventsForMessage
+from ccproxy.translate.toolsearch import Blocks, ToolSearch, parsedInput
 from ccproxy.upstream.dispatch import Answer
 
 
@@ -172,6 +173,8 @@ class StreamRelay:
         self._capture = capture
         self._redact = redact
         self._parser: SSEParser | None = None
+        self._waiting: Deferred[Answer] | None = None
+        """The next round's upstream answer, while ccproxy's tool search waits for it."""
         self._expiry: ProxyError | None = None
         self._headTimer: IDelayedCall | None = None
         self._start: list[dict[str, Any]] = []
@@ -236,14 +239,18 @@ class StreamRelay:
         self._expiry = error
         if self._parser is not None:
             self._parser.fail(error)
+        elif self._waiting is not None:
+            self._waiting.cancel()
 
-    async def relay(self, answer: Answer) -> Verdict:
+    async def relay(self, answer: Answer, rounds: Rounds | None = None) -> Verdict:
         """Relay `answer` whole; its JSON `message` as events when it was read whole
-        (a server that ignored `stream: true`), else its event stream."""
+        (a server that ignored `stream: true`), else its event stream. `rounds`:
+        ccproxy's tool search, whose calls continue the answer with more upstream
+        answers."""
         self._stopHeadTimer()
         if answer.message is not None:
             return self._relayMessage(answer)
-        return await self._relayStream(answer)
+        return await self._relayStream(answer, rounds)
 
     def _relayMessage(self, answer: Answer) -> Verdict:
         writer = self._writer
@@ -265,14 +272,75 @@ class StreamRelay:
         self.verdict = Verdict(True, copy=copy)
         return self.verdict
 
-    async def _relayStream(self, answer: Answer) -> Verdict:
-        request, upstream = self._request, answer.upstream
-        translator = answer.rendering.streamTranslator(upstream)
+    async def _relayStream(self, answer: Answer, rounds: Rounds | None) -> Verdict:
+        translator = answer.rendering.streamTranslator(answer.upstream)
         if self._writer is None:
             self._start = translator.start()
             self.commit()
         writer = self._writer
         assert writer is not None
+        blocks = Blocks() if rounds is not None else None
+
+        def emit(events: list[dict[str, Any]]) -> None:
+            writer.add(events)
+            if blocks is not None:
+                blocks.add(events)
+
+        ok: bool | None = None
+        errorType = errorMessage = None
+        try:
+            while True:
+                sawDone = await self._pump(answer, translator, writer, emit)
+                calls = translator.serverCalls() if rounds is not None else []
+                if rounds is None or not calls:
+                    writer.write(self._named(answer, translator.finish, sawDone))
+                    break
+                emit(self._named(answer, translator.endBlocks, sawDone))
+                for blockId, arguments in calls:
+                    emit(translator.addBlock(rounds.search.result(blockId, parsedInput(arguments))))
+                if translator.clientCalls() or not rounds.more():
+                    paused = None if translator.clientCalls() else "pause_turn"
+                    writer.write(translator.endMessage(paused))
+                    break
+                writer.flush()
+                translator.nextRound()
+                answer = await self._next(rounds, answer, blocks.content if blocks else [])
+            ok = True
+        except ProxyError as e:
+            writer.writeError(e)
+            if self._expiry is not None:
+                errorType, errorMessage = "timeout", e.message
+            else:
+                ok, errorType, errorMessage = False, e.errorType, e.message
+        finally:
+            self._parser = None
+            writer.stop()
+            usage = translator.knownUsage()
+            self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
+        return self.verdict
+
+    async def _next(self, rounds: Rounds, answer: Answer, prefix: list[dict[str, Any]]) -> Answer:
+        """The next round's answer; `max_duration` running out meanwhile ends it."""
+        waiting = self._waiting = Deferred.fromCoroutine(rounds.next(answer, list(prefix)))
+        try:
+            return await waiting
+        except CancelledError:
+            if self._expiry is None:
+                raise  # the client left
+            raise self._expiry from None
+        finally:
+            self._waiting = None
+
+    async def _pump(
+        self,
+        answer: Answer,
+        translator: StreamTranslator,
+        writer: EventWriter,
+        emit: Callable[[list[dict[str, Any]]], None],
+    ) -> bool:
+        """Relay one upstream answer's stream through `translator`, until it ends;
+        whether it ended with `[DONE]`."""
+        request, upstream = self._request, answer.upstream
 
         def onData(data: bytes) -> None:
             try:
@@ -282,7 +350,7 @@ class StreamRelay:
                     upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
                 ) from None
             try:
-                writer.add(translator.feed(chunk))
+                emit(translator.feed(chunk))
             except ProxyError as e:  # the upstream's own error, said inside the stream
                 raise e.naming(upstream.name) from None
 
@@ -294,32 +362,39 @@ class StreamRelay:
             self._maxLineBytes,
             onBatch=writer.flush,
         )
-        ok: bool | None = None
-        errorType = errorMessage = None
         try:
             answer.response.deliverBody(parser)
             # A slow reader pauses the upstream instead of making us buffer its stream.
             request.registerProducer(parser.transport, True)
             await parser.finished
-            try:
-                writer.write(translator.finish(parser.sawDone))
-            except ProxyError as e:  # cut short
-                raise e.naming(upstream.name) from None
-            ok = True
-        except ProxyError as e:
-            writer.writeError(e)
-            if self._expiry is not None:
-                errorType, errorMessage = "timeout", e.message
-            else:
-                ok, errorType, errorMessage = False, e.errorType, e.message
         finally:
             self._parser = None
-            writer.stop()
             if request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
-            usage = anthropicUsage(translator.usage) if translator.usage is not None else None
-            self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
-        return self.verdict
+        return parser.sawDone
+
+    @staticmethod
+    def _named(
+        answer: Answer, end: Callable[[bool], list[dict[str, Any]]], sawDone: bool
+    ) -> list[dict[str, Any]]:
+        """`end(sawDone)`'s events; a stream cut short is the upstream's fault, named."""
+        try:
+            return end(sawDone)
+        except ProxyError as e:
+            raise e.naming(answer.upstream.name) from None
+
+
+class Rounds(Protocol):
+    """ccproxy's tool search inside one streamed answer (`ccproxy.web.searching`)."""
+
+    search: ToolSearch
+
+    def more(self) -> bool:
+        """Whether the answer may go on after this round's searches."""
+
+    async def next(self, previous: Answer, prefix: list[dict[str, Any]]) -> Answer:
+        """The upstream answer that continues an answer begun with `prefix` (the
+        previous round's slot given back first)."""
 
 
 def nestedTooDeepAnswer(upstream: str) -> ProxyError:

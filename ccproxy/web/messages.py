@@ -20,6 +20,7 @@ any upstream's answer may follow it), and a refusal reaches the client as the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ from ccproxy.upstream.plan import Plan, nestedTooDeep
 from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.auth import callerKey
 from ccproxy.web.call import Call, jsonReply, modelName, overTime, readJSON, releaseBody
+from ccproxy.web.searching import SearchRounds
 
 
 @define
@@ -81,18 +83,23 @@ class MessagesAPI:
                 headWait = config.upstreams[route.targets[0].upstream].policy.headWait
                 relay.holdHead(headWait, plan.rendering.start())
             try:
-                async with self.dispatcher.send(
-                    plan,
-                    callerKey(call.request),
-                    deadline(call.request, record.started, config),
-                    record.attempts,
-                ) as answer:
-                    del plan  # the request is not kept for a long stream
+                key = callerKey(call.request)
+                until = deadline(call.request, record.started, config)
+                async with self.dispatcher.send(plan, key, until, record.attempts) as answer:
+                    # The request is not kept for a long stream, unless ccproxy's tool
+                    # search may have to send it again.
+                    rounds = SearchRounds.forPlan(
+                        self.dispatcher, plan, key, until, record.attempts
+                    )
+                    del plan
                     releaseBody(call)
-                    self._answered(call, answer, model, standing)
-                    if relay is None:
-                        return self._whole(call, answer)
-                    return await self._relay(call, answer, standing, relay)
+                    async with rounds or nullcontext():
+                        if rounds is not None and answer.message is not None:
+                            answer.message = await rounds.whole(answer)
+                        self._answered(call, answer, model, standing)
+                        if relay is None:
+                            return self._whole(call, answer)
+                        return await self._relay(call, answer, standing, relay, rounds)
             except ProxyError as e:
                 if e.upstream is not None and record.upstream is None:
                     record.upstream, record.upstreamStatus = e.upstream, e.upstreamStatus
@@ -191,19 +198,28 @@ class MessagesAPI:
         _record(call, relay.refuse(error, timeout))
 
     async def _relay(
-        self, call: Call, answer: Answer, standing: Standing | None, relay: StreamRelay
+        self,
+        call: Call,
+        answer: Answer,
+        standing: Standing | None,
+        relay: StreamRelay,
+        rounds: SearchRounds | None = None,
     ) -> None:
-        """A streamed answer, relayed by its `StreamRelay` until it ends."""
+        """A streamed answer, relayed by its `StreamRelay` until it ends (with more
+        upstream answers when ccproxy's tool search continues it)."""
         call.relay = relay
         self.streamsInFlight += 1
         try:
-            await relay.relay(answer)
+            await relay.relay(answer, rounds)
         finally:
             self.streamsInFlight -= 1
             call.relay = None
             if relay.verdict is not None:
                 _record(call, relay.verdict)
-                answer.settle(relay.verdict.ok)
+                if rounds is not None:
+                    rounds.settle(answer, relay.verdict.ok)
+                else:
+                    answer.settle(relay.verdict.ok)
                 if standing is not None and relay.verdict.usage is not None:
                     standing.usage = relay.verdict.usage
         return None
