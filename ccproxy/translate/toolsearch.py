@@ -227,37 +227,50 @@ def continued(body: dict[str, Any], prefix: list[dict[str, Any]]) -> dict[str, A
 
 class Blocks:
     """An answer's content blocks, rebuilt from the events streamed to the client,
-    so that the request continuing it can carry them."""
+    so that the request continuing it can carry them. A block's text, thinking and
+    tool input are kept as pieces and joined once, at its `content_block_stop`: a long
+    answer in small deltas costs linear time."""
 
     def __init__(self) -> None:
         self.content: list[dict[str, Any]] = []
-        self._json: dict[int, list[str]] = {}
+        self._pieces: dict[tuple[int, str], list[str]] = {}
 
     def add(self, events: Sequence[dict[str, Any]]) -> None:
         for event in events:
             kind = event.get("type")
             if kind == "content_block_start":
-                block = dict(event["content_block"])
-                if block.get("type") in ("tool_use", "server_tool_use"):
-                    self._json[len(self.content)] = []
-                self.content.append(block)
+                self.content.append(dict(event["content_block"]))
             elif kind == "content_block_delta":
-                self._delta(self.content[event["index"]], event["index"], event["delta"])
+                self._delta(event["index"], event["delta"])
             elif kind == "content_block_stop":
-                pieces = self._json.pop(event["index"], None)
-                if pieces is not None:
-                    self.content[event["index"]]["input"] = parsedInput("".join(pieces))
+                self._join(event["index"])
 
-    def _delta(self, block: dict[str, Any], index: int, delta: dict[str, Any]) -> None:
+    def _delta(self, index: int, delta: dict[str, Any]) -> None:
         kind = delta.get("type")
-        if kind == "text_delta":
-            block["text"] = block.get("text", "") + delta["text"]
-        elif kind == "thinking_delta":
-            block["thinking"] = block.get("thinking", "") + delta["thinking"]
-        elif kind == "signature_delta":
-            block["signature"] = delta["signature"]
-        elif kind == "input_json_delta" and index in self._json:
-            self._json[index].append(delta["partial_json"])
+        if kind == "signature_delta":
+            self.content[index]["signature"] = delta["signature"]
+            return
+        key = _DELTA_FIELDS.get(kind)  # type: ignore[arg-type]
+        if key is not None:
+            self._pieces.setdefault((index, key[0]), []).append(delta[key[1]])
+
+    def _join(self, index: int) -> None:
+        block = self.content[index]
+        for name in ("text", "thinking"):
+            pieces = self._pieces.pop((index, name), None)
+            if pieces is not None:
+                block[name] = block.get(name, "") + "".join(pieces)
+        pieces = self._pieces.pop((index, "input"), None)
+        if block.get("type") in ("tool_use", "server_tool_use"):
+            block["input"] = parsedInput("".join(pieces or ()))
+
+
+# A delta's type: the block's field it adds to, and the delta's field that holds it.
+_DELTA_FIELDS = {
+    "text_delta": ("text", "text"),
+    "thinking_delta": ("thinking", "thinking"),
+    "input_json_delta": ("input", "partial_json"),
+}
 
 
 def parsedInput(text: str) -> Any:
