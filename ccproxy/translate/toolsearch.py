@@ -8,7 +8,8 @@ request's tool names are unique, so it clashes with none of the client's), runs
 the search itself when the model calls it, and asks the upstream again with the
 found tools defined. This module is the pure part: which search the request asks
 for, the search over the deferred tools' names, descriptions and argument names
-and descriptions (Python `re.search` or BM25, as the tool's type says), and the
+and descriptions (a regular expression run by RE2, or BM25, as the tool's type
+says), and the
 blocks the client gets, shaped as the Messages API shapes them:
 
     {"type": "server_tool_use", "id": "srvtoolu_…", "name": …, "input": {"query": …}}
@@ -17,18 +18,23 @@ blocks the client gets, shaped as the Messages API shapes them:
                  "tool_references": [{"type": "tool_reference", "tool_name": …}]}}
 
 (or `content: {"type": "tool_search_tool_result_error", "error_code": …}`).
+
+The pattern is the model's, and the search runs on the reactor: RE2 matches in time
+linear in the text (Python's `re` backtracks, and `a*a*a*x` over one 4,000-character
+description takes minutes), and refuses what only a backtracking engine can do
+(lookaround, backreferences) as `invalid_pattern`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
+import re2
 from attrs import frozen
 
 SEARCH_TYPES = {"tool_search_tool_regex": "regex", "tool_search_tool_bm25": "bm25"}
@@ -46,8 +52,9 @@ _FIELD_CHARS = 4000
 
 _DESCRIPTIONS = {
     "regex": (
-        "Search the catalog of tools that are not loaded yet, by a Python regular"
-        " expression (re.search, case-sensitive; (?i) for any case) matched against"
+        "Search the catalog of tools that are not loaded yet, by a regular expression"
+        " (Python re syntax without lookaround or backreferences, case-sensitive;"
+        " (?i) for any case) searched for in"
         " each tool's name, description and argument names and descriptions. The"
         " tools found become available to call."
     ),
@@ -57,7 +64,7 @@ _DESCRIPTIONS = {
         " and argument names and descriptions. The tools found become available to call."
     ),
 }
-_QUERY = {"regex": "A Python regular expression, at most 200 characters.", "bm25": "What to find."}
+_QUERY = {"regex": "A regular expression, at most 200 characters.", "bm25": "What to find."}
 
 
 @frozen
@@ -298,18 +305,13 @@ def _entry(tool: dict[str, Any]) -> Entry:
 
 
 def regexSearch(pattern: str, catalog: Sequence[Entry]) -> list[str] | str:
-    """Tools whose text `re.search` finds `pattern` in: those matched by name first,
-    in catalog order. A pattern that could backtrack without end (a repeated group
-    that itself repeats or alternates) is refused, since it would hold the reactor."""
+    """Tools whose text `pattern` is found in (anywhere, as `re.search` would): those
+    matched by name first, in catalog order."""
     if len(pattern) > MAX_PATTERN:
         return "pattern_too_long"
-    if _mayBacktrack(pattern):
-        return "invalid_pattern"
     try:
-        with warnings.catch_warnings():  # "possible nested set" and the like
-            warnings.simplefilter("ignore")
-            compiled = re.compile(pattern)
-    except (re.error, RecursionError, OverflowError):
+        compiled = re2.compile(pattern, _RE2)
+    except re2.error:
         return "invalid_pattern"
     byName = [e.name for e in catalog if compiled.search(e.name)]
     named = set(byName)
@@ -317,37 +319,8 @@ def regexSearch(pattern: str, catalog: Sequence[Entry]) -> list[str] | str:
     return (byName + rest)[:MAX_RESULTS]
 
 
-_REPEAT = "*+{"
-
-
-def _mayBacktrack(pattern: str) -> bool:
-    """Whether a group holding a repeat or an alternation is itself repeated, as in
-    `(a+)+` or `(a|aa)*`: the shapes whose matching time can grow exponentially."""
-    groups: list[bool] = []  # per open group: whether it holds a repeat or a `|`
-    i, inClass = 0, False
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
-        if inClass:
-            inClass = c != "]"
-        elif c == "[":
-            inClass = True
-            if pattern[i + 1 : i + 2] == "]":
-                i += 1  # a leading `]` is a literal
-        elif c == "(":
-            groups.append(False)
-        elif c == ")" and groups:
-            risky = groups.pop()
-            if risky and pattern[i + 1 : i + 2] in tuple(_REPEAT):
-                return True
-            if groups:
-                groups[-1] = groups[-1] or risky
-        elif (c in _REPEAT or c == "|") and groups:
-            groups[-1] = True
-        i += 1
-    return False
+_RE2 = re2.Options()
+_RE2.log_errors = False  # a model's bad pattern is its answer, not the daemon's stderr
 
 
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
