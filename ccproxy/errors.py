@@ -78,6 +78,14 @@ class ProxyError(Exception):
         return f"ProxyError({self.status}, {self.errorType}, {self.message!r})"
 
 
+def committedErrorType(error: ProxyError) -> str:
+    """The `error.type` of the `event: error` that ends a stream committed to `200`
+    before `error` came (an upstream that kept its headers past `head_wait`): the
+    type its status would have had, except that every 5xx says `overloaded_error`,
+    the type Claude Code retries on when it comes inside a stream."""
+    return "overloaded_error" if error.status >= 500 else error.errorType
+
+
 def invalidRequest(message: str) -> ProxyError:
     """A 400 for a request the client got wrong."""
     return ProxyError(400, message, "invalid_request_error")

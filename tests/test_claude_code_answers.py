@@ -22,18 +22,16 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import Processes, tail
+from tests.support.processes import Processes
 from tests.test_claude_code import (
     ANSWER,
     MARKER,
     SECRET,
+    explanation,
     installClaudeCode,
-    processes,
     proxyConfig,
     runClaude,
 )
-
-__all__ = ["processes"]  # the fixture, shared with tests/test_claude_code.py
 
 WRONG_KEY_BOUND = 60
 """Seconds a wrong key may take to reach the user. Measured with 2.1.330 in print
@@ -68,13 +66,6 @@ def session(
     return runClaude(claude, workspace, home, port, prompt, *args, **kwargs)
 
 
-def explain(what: str, processes: Processes, code: int, stdout: str, stderr: str) -> str:
-    return (
-        f"{what}\n--- claude exit code {code}\n--- claude stdout\n{stdout}\n"
-        f"--- claude stderr\n{stderr}\n--- ccproxy log\n{tail(processes.proxyLog)}"
-    )
-
-
 @pytest.mark.claude_code
 @pytest.mark.parametrize("variable", ["ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_API_KEY"])
 def test_a_wrong_key_reaches_the_user_at_once(
@@ -93,7 +84,9 @@ def test_a_wrong_key_reaches_the_user_at_once(
         },
     )
     took = time.monotonic() - started
-    why = explain(f"after {took:.1f} s", processes, code, stdout, stderr)
+    why = explanation(
+        f"after {took:.1f} s", (code, stdout, stderr), processes, processes.received()
+    )
     assert code not in (0, -9), why  # it ended, in error, within the bound
     result = json.loads(stdout)
     assert result.get("is_error") is True, why
@@ -117,7 +110,7 @@ def test_auto_mode_runs_its_check_itself_once_safeguards_are_refused(
         "auto",
         extraConfig="log_payloads: true\nlog_payload_max_chars: 10000000\n",
     )
-    why = explain("", processes, code, stdout, stderr)
+    why = explanation("", (code, stdout, stderr), processes, processes.received())
     assert code == 0, why
     result = json.loads(stdout)
     assert result.get("is_error") is False and MARKER in result.get("result", ""), why
@@ -150,7 +143,7 @@ def test_count_tokens_switched_off_makes_claude_code_count_on_its_own(
         upstreamKeys="count_tokens: false",
         environ={"CLAUDE_CODE_MAX_RETRIES": None},
     )
-    why = explain("", processes, code, stdout, stderr)
+    why = explanation("", (code, stdout, stderr), processes, processes.received())
     assert code == 0, why
     result = json.loads(stdout)
     assert result.get("is_error") is False and "Context Usage" in result.get("result", ""), why

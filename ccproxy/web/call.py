@@ -132,6 +132,11 @@ def readJSON(call: Call) -> dict[str, Any]:
     return body
 
 
+def overTime(config: Config) -> ProxyError:
+    """`max_duration` ran out before the answer was done."""
+    return ProxyError(504, f"the request took longer than {config.maxDuration:g} s", "api_error")
+
+
 def bodyTooLarge(config: Config) -> ProxyError:
     return ProxyError(
         413, f"the request body is larger than {config.maxBodyBytes} bytes", "request_too_large"

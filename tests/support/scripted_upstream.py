@@ -2,7 +2,7 @@
 and test_daemon.py (with `Processes.scriptedUpstream` of tests/support/processes.py).
 
     python tests/support/scripted_upstream.py --port-file PATH --log PATH \\
-        [--file /abs/path/notes.txt] [--answer TEXT]
+        [--file /abs/path/notes.txt] [--answer TEXT] [--hold-file PATH]
 
 It listens on 127.0.0.1 on a port the OS picks and writes that port to --port-file
 (atomically) once it is listening. Every request body is appended to --log as one
@@ -14,9 +14,22 @@ JSON line (`{"path": …, "body": …}`). Answers to POST …/chat/completions:
   `finish_reason: "tool_calls"`;
 - anything else (titles, background work): a short plain text.
 
+With --tool-search (Claude Code's tool search, test_claude_code.py), instead:
+
+- a request whose last tool message holds --answer-after (the deferred tool's
+  result): --answer as text;
+- one whose tool messages say a tool "is now available to call" (ccproxy's reading
+  of the `tool_reference` blocks Claude Code's ToolSearch answers with): a call of
+  that tool (the first offered whose name ends with --tool-search) with
+  --tool-input;
+- one offering Claude Code's `ToolSearch`: a call of it, with --tool-search as query.
+
 Streamed requests get SSE chunks (with a usage chunk and `data: [DONE]`), others
-one JSON completion. It is `tests.support.fakes.FakeOpenAI` on a real port, with
-this script as the reply when none is queued.
+one JSON completion. With --hold-file, a stream's status and headers go at once but
+its first chunk only once that file exists: a model slow to start (a gateway in
+front of it, such as LiteLLM, then sends no headers of its own until then). It is
+`tests.support.fakes.FakeOpenAI` on a real port, with this script as the reply
+when none is queued.
 """
 
 from __future__ import annotations
@@ -28,8 +41,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from attrs import define
+from attrs import define, field
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
@@ -67,13 +81,15 @@ def fragments(text: str, parts: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def toolCallChunks(arguments: str) -> list[dict[str, Any]]:
+def toolCallChunks(
+    arguments: str, name: str = "Read", callId: str = CALL_ID
+) -> list[dict[str, Any]]:
     pieces = fragments(arguments, 4)
     first = {
         "index": 0,
-        "id": CALL_ID,
+        "id": callId,
         "type": "function",
-        "function": {"name": "Read", "arguments": ""},
+        "function": {"name": name, "arguments": ""},
     }
     events = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
     events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
@@ -100,23 +116,76 @@ def hasToolMessage(body: dict[str, Any]) -> bool:
     return any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or [])
 
 
+NOT_FOUND = jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)
+
+
+def logged(log: IO[bytes], request: IRequest, fake: FakeOpenAI) -> dict[str, Any] | None:
+    """Log the request's body; the body, or None when it is no chat completion."""
+    body = fake.last
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    log.write(orjson.dumps({"path": request.uri.decode(), "body": text}) + b"\n")
+    log.flush()
+    if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
+        return None
+    return body
+
+
 @define
-class Script:
-    """The scripted answers, as the reply of a `FakeOpenAI` that has none queued."""
+class Logged:
+    """A reply of a `FakeOpenAI` that has none queued: each request logged, then
+    answered by `reply` (a chat completion) or 404; with `hold`, a stream's answer
+    waits for that file."""
+
+    log: IO[bytes]
+    hold: Path | None = field(default=None, kw_only=True)
+
+    def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
+        body = logged(self.log, request, fake)
+        if body is None:
+            return NOT_FOUND(request, fake)
+        if body.get("stream") and self.hold is not None and not self.hold.exists():
+            return self.held(body, request, fake)
+        return self.reply(body, request, fake)
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        raise NotImplementedError
+
+    def held(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        """The head now, the answer once the hold file exists (looked for every 50
+        ms); a client that leaves first cancels it."""
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.write(b": held\n\n")
+        polling: dict[str, Any] = {"call": None}
+
+        def poll() -> None:
+            if self.hold is not None and not self.hold.exists():
+                polling["call"] = reactor.callLater(0.05, poll)
+                return
+            result = self.reply(body, request, fake)
+            if isinstance(result, Deferred):
+                result.chainDeferred(answered)
+            else:
+                answered.callback(result)
+
+        def cancel(_: Deferred[Any]) -> None:
+            call = polling["call"]
+            if call is not None and call.active():
+                call.cancel()
+
+        answered: Deferred[Any] = Deferred(cancel)
+        poll()
+        return answered
+
+
+@define
+class Script(Logged):
+    """The scripted answers (Read, then --answer)."""
 
     readPath: str
     answer: str
-    log: IO[bytes]
 
-    def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
-        body = fake.last
-        logged = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        self.log.write(orjson.dumps({"path": request.uri.decode(), "body": logged}) + b"\n")
-        self.log.flush()
-        if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
-            return jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)(
-                request, fake
-            )
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
         stream = bool(body.get("stream"))
         if hasToolMessage(body):
             text = self.answer
@@ -134,15 +203,69 @@ class Script:
         return jsonReply(completion(text, usage=USAGE))(request, fake)
 
 
+def toolTexts(body: dict[str, Any]) -> list[str]:
+    """The text of each tool message, in order."""
+    texts = []
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "tool":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            texts.append(str(content))
+    return texts
+
+
+def offered(body: dict[str, Any]) -> list[str]:
+    return [
+        (t.get("function") or {}).get("name", "")
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
+
+
+@define
+class ToolSearchScript(Logged):
+    """Claude Code's tool search: ToolSearch, then the tool it found, then text."""
+
+    wanted: str
+    """The end of the deferred tool's name, and the query of the search."""
+    toolInput: str
+    resultHolds: str
+    answer: str
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        texts = toolTexts(body)
+        found = [n for n in offered(body) if n.endswith(self.wanted)]
+        if texts and self.resultHolds in texts[-1]:
+            return sseReply(textChunks(self.answer), delay=0.01)(request, fake)
+        if found and any("is now available to call" in t for t in texts):
+            chunks = toolCallChunks(self.toolInput, found[0], "call_found_1")
+            return sseReply(chunks, delay=0.01)(request, fake)
+        if "ToolSearch" in offered(body):
+            query = orjson.dumps({"query": self.wanted.replace("_", " "), "max_results": 5})
+            chunks = toolCallChunks(query.decode(), "ToolSearch", "call_search_1")
+            return sseReply(chunks, delay=0.01)(request, fake)
+        return sseReply(textChunks("Scripted reply."), delay=0.01)(request, fake)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port-file", required=True, type=Path)
     parser.add_argument("--log", required=True, type=Path)
     parser.add_argument("--file", default=str(Path("notes.txt").resolve()))
     parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
+    parser.add_argument("--tool-search", default=None)
+    parser.add_argument("--tool-input", default="{}")
+    parser.add_argument("--answer-after", default="")
+    parser.add_argument("--hold-file", type=Path, default=None)
     args = parser.parse_args(argv)
     with args.log.open("ab") as log:
-        upstream = FakeOpenAI(clock=reactor, otherwise=Script(args.file, args.answer, log))
+        script: Logged = Script(log, args.file, args.answer, hold=args.hold_file)
+        if args.tool_search:
+            script = ToolSearchScript(
+                log, args.tool_search, args.tool_input, args.answer_after, args.answer
+            )
+        upstream = FakeOpenAI(clock=reactor, otherwise=script)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
         tmp = args.port_file.with_name(args.port_file.name + ".tmp")
         tmp.write_text(str(port.getHost().port))
