@@ -91,6 +91,16 @@ def invalidRequest(message: str) -> ProxyError:
     return ProxyError(400, message, "invalid_request_error")
 
 
+NOT_SUPPORTED = "not_supported"
+"""The error type of an endpoint this backend does not have (with status 501)."""
+
+
+def notSupported(message: str) -> ProxyError:
+    """A 501 `not_supported`: the endpoint has no backing here. Claude Code then
+    falls back to doing without it (`count_tokens`: it estimates locally)."""
+    return ProxyError(501, message, NOT_SUPPORTED)
+
+
 def badGateway(upstream: str, why: str, status: int = 502) -> ProxyError:
     """The upstream failed us (unreachable, silent, cut off, unreadable): a 502 (or
     the given 5xx, e.g. 504 for silence) whose message starts with its name."""

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,8 +126,9 @@ def installClaudeCode() -> Path:
     return claude
 
 
-def proxyConfig(upstreamPort: int) -> Callable[[int], str]:
-    """ccproxy's config for a port: one client key, everything to the scripted upstream."""
+def proxyConfig(upstreamPort: int, upstreamKeys: str = "") -> Callable[[int], str]:
+    """ccproxy's config for a port: one client key, everything to the scripted upstream
+    (with `upstreamKeys`, one more line of its YAML keys, e.g. `count_tokens: false`)."""
     return lambda port: (
         f"""
 listen: "tcp:{port}:interface=127.0.0.1"
@@ -139,6 +140,7 @@ upstreams:
     url: "http://127.0.0.1:{upstreamPort}/v1"
     api_key: upstream-key
     timeout: 60
+    {upstreamKeys}
 models:
   "*": scripted/scripted-model
 """
@@ -146,9 +148,18 @@ models:
 
 
 def runClaude(
-    claude: Path, workspace: Path, home: Path, port: int, prompt: str, *args: str, **extra: str
+    claude: Path,
+    workspace: Path,
+    home: Path,
+    port: int,
+    prompt: str,
+    *args: str,
+    timeout: float = 180,
+    environ: Mapping[str, str | None] | None = None,
+    **extra: str,
 ) -> tuple[int, str, str]:
-    """`claude -p prompt` with more `args`, and `extra` environment variables."""
+    """`claude -p prompt` with more `args`, and `extra` environment variables;
+    `environ` also takes variables out (None)."""
     env = minimalEnv(
         home,
         ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}",
@@ -157,6 +168,11 @@ def runClaude(
         CLAUDE_CODE_MAX_RETRIES="1",
         **extra,
     )
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     process = subprocess.Popen(
         [str(claude), "-p", prompt, "--output-format", "json", *args],
         cwd=workspace,
@@ -168,11 +184,11 @@ def runClaude(
         start_new_session=True,  # so a timeout can end it with anything it started
     )
     try:
-        stdout, stderr = process.communicate(timeout=180)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        stderr += "\n<killed after 180 s>"
+        stderr += f"\n<killed after {timeout:g} s>"
         return -9, stdout, stderr
     return process.returncode, stdout, stderr
 

@@ -125,6 +125,23 @@ def toOpenAI(
     return out
 
 
+def refuseSafeguards(body: dict[str, Any]) -> None:
+    """A 400 naming `safeguards` when the request carries it.
+
+    In auto mode Claude Code adds a top-level `safeguards` field (and a beta)
+    asking the upstream to run auto mode's safety check on the conversation, and
+    reads `safeguard_results` from the reply. No OpenAI-compatible upstream can:
+    dropped like any other unknown field, the check would silently not run. Its
+    gateway protocol asks for this refusal instead; Claude Code then resends the
+    request without the field and runs the check itself for the rest of the session.
+    """
+    if "safeguards" in body:
+        raise invalidRequest(
+            "safeguards: this gateway's upstreams are OpenAI-compatible and cannot run"
+            " auto mode's safety check; send the request without safeguards"
+        )
+
+
 def reasoningEffort(thinking: Any, outputConfig: Any) -> str | None:
     """OpenAI's `reasoning_effort` for Claude's thinking settings (None: send none).
 

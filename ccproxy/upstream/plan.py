@@ -19,7 +19,7 @@ from ccproxy.config.model import Upstream
 from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody, upstreamError
 from ccproxy.translate.names import ToolNames
-from ccproxy.translate.request import stopSequences, toOpenAI
+from ccproxy.translate.request import refuseSafeguards, stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
 from ccproxy.translate.stream import Event, StreamTranslator, messageStart
 from ccproxy.translate.toolsearch import ToolSearch, continued
@@ -97,7 +97,9 @@ class Plan:
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
         """A plan for `body`, with the stop sequences, tool names and tool search
-        read from it."""
+        read from it; a 400 for what none of the targets can do (every upstream is
+        OpenAI-compatible: `safeguards`)."""
+        refuseSafeguards(body)
         names = ToolNames.fromRequest(body)
         search = ToolSearch.fromRequest(body)
         server = frozenset({names.toUpstream(search.name)}) if search is not None else frozenset()

@@ -31,7 +31,7 @@ from twisted.web.iweb import IRequest
 
 from ccproxy.config.model import Config
 from ccproxy.config.routing import Target
-from ccproxy.errors import ProxyError
+from ccproxy.errors import ProxyError, notSupported
 from ccproxy.relay.relay import StreamRelay, Verdict, nestedTooDeepAnswer
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import sessionKey, toOpenAI
@@ -119,7 +119,8 @@ class MessagesAPI:
 
     async def countTokens(self, call: Call) -> bytes:
         """`POST /v1/messages/count_tokens`: estimated on the request as the route's
-        first upstream would receive it."""
+        first upstream would receive it; 501 `not_supported` where that upstream
+        has `count_tokens: false`."""
         config, record = call.config, call.record
         body = readJSON(call)
         model = record.model = modelName(body)
@@ -131,7 +132,13 @@ class MessagesAPI:
             if route is not None:
                 record.route = route.pattern
                 target = route.targets[0]
-                profile = config.upstreams[target.upstream].profile
+                upstream = config.upstreams[target.upstream]
+                if not upstream.countTokens:
+                    raise notSupported(
+                        f"count_tokens is not available for {model} (its upstream"
+                        f" {upstream.name} has count_tokens: false): count locally"
+                    )
+                profile = upstream.profile
                 upstreamModel = record.upstreamModel = target.modelFor(model)
                 record.upstream = target.upstream
             tokens = await self.offload.run(
