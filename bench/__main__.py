@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import signal
 import sys
 from typing import Any
 
 from bench import report
-from bench.procs import log
+from bench.procs import log, save_results
 from bench.runner import SCENARIOS, Bench
 
 # name, type, full default, quick default, help
@@ -81,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--python",
         default=_env("python", sys.executable),
         help="interpreter with ccproxy's dependencies [this one]",
+    )
+    p.add_argument(
+        "--ccproxy-root",
+        default=_env("ccproxy_root", ""),
+        help="run the ccproxy of this checkout (e.g. a git worktree of an older commit) [this one]",
     )
     p.add_argument(
         "--processes",
@@ -163,11 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     finally:
         bench.procs.stop_all()
-        bench.results["exit_status"] = status
-        for path in (os.path.join(bench.workdir, "results.json"), args.json):
-            if path:
-                with contextlib.suppress(OSError), open(path, "w") as f:
-                    json.dump(bench.results, f, indent=1, default=str)
+        save_results(bench.results, status, os.path.join(bench.workdir, "results.json"), args.json)
     return status
 
 

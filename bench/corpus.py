@@ -407,7 +407,9 @@ def _exchange(rng: random.Random, k: int) -> list[dict]:
     return [assistant, user]
 
 
-def build(rng: random.Random, index: int, target_bytes: int, model: str) -> dict:
+def build(
+    rng: random.Random, index: int, target_bytes: int, model: str, max_pairs: int = 1000
+) -> dict:
     """One request body, grown turn by turn to about target_bytes."""
     system = [
         {
@@ -456,7 +458,7 @@ def build(rng: random.Random, index: int, target_bytes: int, model: str) -> dict
     # Grow by whole exchanges while the body stays under the target (the
     # closing turns below add ~300 bytes).
     size = len(json.dumps(body, ensure_ascii=False).encode())
-    for k in range(1000):
+    for k in range(max_pairs):
         pair = _exchange(rng, k)
         grown = size + len(json.dumps(pair, ensure_ascii=False).encode()) + 2
         if k >= 4 and grown > target_bytes - 400:
@@ -503,6 +505,17 @@ def bodies(
         body["stream"] = stream
         out.append(json.dumps(body, ensure_ascii=False).encode())
     return out
+
+
+def large_body(target_bytes: int, model: str, count_tokens: bool = False) -> bytes:
+    """One body of about target_bytes, grown without a cap on its turns (30 MiB is
+    some 16,000 tool_use/tool_result pairs): for `/v1/messages`, not streamed, or
+    with `count_tokens` the fields Claude Code sends to `/v1/messages/count_tokens`
+    (model, system, messages, tools)."""
+    body = build(random.Random(SEED), 0, target_bytes, model, max_pairs=sys.maxsize)
+    if count_tokens:
+        body = {k: body[k] for k in ("model", "system", "messages", "tools")}
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def main() -> None:

@@ -795,9 +795,12 @@ def measure(
         for label, (tokenize, vocab) in vocabs.items():
             row.others[label] = countWith(tokenize, vocab, prompt)
 
+    # Without auto mode's `safeguards`, as Claude Code sends it again once ccproxy
+    # has refused them (no upstream can run that check).
+    resent = {k: v for k, v in body.items() if k != "safeguards"}
     status, answer = httpJSON(
         f"{proxy}/v1/messages",
-        {**body, "max_tokens": 1, "stream": False, "temperature": 0},
+        {**resent, "max_tokens": 1, "stream": False, "temperature": 0},
         timeout=1800,
     )
     if status != 200:

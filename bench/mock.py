@@ -14,7 +14,8 @@ bypassing the proxy): those are not checked. Other requests come from the proxy
 and a sample of them (the first 20 of each kind, then one in 25) is parsed and
 checked as an OpenAI chat request (model, a leading system message, 15 function
 tools, tool messages answering the calls, a token limit); every request is
-checked for leaked Anthropic headers. Problems are counted by kind.
+checked for leaked Anthropic headers. Problems are counted by kind. ``--no-check``
+checks nothing (bench/heavy.py's mock for 30 MiB bodies).
 
 ``GET /__stats`` returns the counters as JSON; ``GET /v1/models`` lists the model.
 Listens on loopback unless told otherwise. Uses uvloop when importable.
@@ -223,7 +224,7 @@ class Upstream(asyncio.Protocol):
         stats.requests += 1
         segments = path.split(b"/")
         stream = _STREAM_TRUE.search(body) is not None
-        if b"direct" not in segments:
+        if b"direct" not in segments and server.check:
             if any(h.startswith(b"anthropic-") or h == b"x-api-key" for h in headers):
                 stats.problems["anthropic_header_forwarded"] += 1
             kind = "stream" if stream else "json"
@@ -308,7 +309,8 @@ def _chunked(frame: bytes) -> bytes:
 
 
 class MockServer:
-    def __init__(self) -> None:
+    def __init__(self, check: bool = True) -> None:
+        self.check = check
         self.stats = Stats()
         body = payloads.completion_bytes()
         self.json_response = (
@@ -345,8 +347,8 @@ class MockServer:
         return self._drips[key]
 
 
-async def serve(host: str, port: int) -> None:
-    server = MockServer()
+async def serve(host: str, port: int, check: bool = True) -> None:
+    server = MockServer(check)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(
         lambda: Upstream(server), host, port, backlog=4096, reuse_address=True
@@ -363,6 +365,12 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--no-uvloop", action="store_true")
+    ap.add_argument(
+        "--no-check",
+        action="store_true",
+        help="check no request (bench.heavy's mock for 30 MiB bodies: parsing one costs "
+        "the load side's core half a second)",
+    )
     args = ap.parse_args()
     if not args.no_uvloop:
         try:
@@ -372,7 +380,7 @@ def main() -> None:
         except ImportError:
             pass
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, not args.no_check))
     except KeyboardInterrupt:
         pass
 

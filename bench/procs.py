@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -25,6 +26,22 @@ LISTEN_BACKLOG = 50  # Twisted's default for tcp: endpoints; used for handed-ove
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def argument_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A bench command's parser, with its module's docstring as the help."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def save_results(results: dict[str, Any], status: int, *paths: str) -> None:
+    """`results`, with the exit status, as JSON to each of `paths` ('' is skipped)."""
+    results["exit_status"] = status
+    for path in paths:
+        if path:
+            with contextlib.suppress(OSError), open(path, "w") as f:
+                json.dump(results, f, indent=1, default=str)
 
 
 def free_port() -> int:
@@ -166,19 +183,36 @@ except ConfigError as e:
 """
 
 
-def ccproxy_accepts_reuse_port(python: str) -> tuple[bool, str]:
+def ccproxy_accepts_reuse_port(python: str, root: str = "") -> tuple[bool, str]:
     """Whether this ccproxy's config knows `reuse_port` (asked of its own parser)."""
-    cfg = proxy_config(1, "tcp:0:interface=127.0.0.1", 10, 20, True)
-    env = dict(os.environ, PYTHONPATH=REPO)
-    r = subprocess.run(
-        [python, "-c", _CONFIG_CHECK, json.dumps(cfg)],
+    return ccproxy_knows(python, "reuse_port", True, root)
+
+
+def ccproxy_knows(python: str, key: str, value: Any, root: str = "") -> tuple[bool, str]:
+    """Whether the config of the ccproxy under `root` (else this checkout's) takes
+    `key: value` (asked of its own parser), and what the parser said."""
+    cfg = proxy_config(1, "tcp:0:interface=127.0.0.1", 10, 20, False)
+    cfg[key] = value
+    where = os.path.abspath(root) if root else REPO
+    exe = os.path.abspath(python) if os.sep in python else python
+    r = subprocess.run(  # `-c` puts the working directory first on sys.path
+        [exe, "-c", _CONFIG_CHECK, json.dumps(cfg)],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=where),
+        cwd=where,
         timeout=60,
     )
     return r.returncode == 0, (r.stdout + r.stderr).strip()
+
+
+def ledger_setting(choice: str, workdir: str, python: str, root: str = "") -> str | None:
+    """ccproxy's `ledger` for the bench's --ledger choice: `sqlite` is WORKDIR/ccproxy.db,
+    never the default (ccproxy.db in the working directory: the repository); None for
+    a ccproxy (an older checkout) that has no ledger."""
+    if root and not ccproxy_knows(python, "ledger", "off", root)[0]:
+        return None
+    return {"sqlite": f"sqlite:///{os.path.abspath(workdir)}/ccproxy.db"}.get(choice, choice)
 
 
 def reuseport_sockets(n: int, backlog: int) -> tuple[int, list[socket.socket]]:

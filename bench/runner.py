@@ -23,6 +23,7 @@ from bench.procs import (
     cpu_list,
     free_port,
     http_get,
+    ledger_setting,
     log,
     pin_self,
     proxy_config,
@@ -35,7 +36,31 @@ PROXY_MODEL = "claude-sonnet-4-5-20250929"
 DRIP_MODEL = "claude-drip-sonnet-4-5"  # routed to the dripping upstream
 CLIENT_KEY = "sk-ant-bench-0000000000000000"
 SCENARIOS = ("lat", "tput", "stream", "drip")
+PROXY_PATH = "/v1/messages?beta=true"
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+def twistd_command(python: str, cfg_path: str, logpath: str, ccproxy_root: str = "") -> list[str]:
+    """`twistd -n ccproxy --config cfg_path`, logging to logpath; with `ccproxy_root`,
+    the ccproxy package (and its twistd plugin) of that checkout is imported first."""
+    code = _TWISTD
+    if ccproxy_root:
+        # Its package first on sys.path, and its plugin first among twisted.plugins'
+        # directories: else the installed ccproxy's plugin would import the
+        # installed ccproxy's module layout.
+        root = os.path.abspath(ccproxy_root)
+        plugins = os.path.join(root, "twisted", "plugins")
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); import twisted.plugins; "
+            f"twisted.plugins.__path__.insert(0, {plugins!r}); " + code
+        )
+    cmd = [python, "-c", code, "-n", "--pidfile=", "--logfile", logpath]
+    return [*cmd, "ccproxy", "--config", cfg_path]
+
+
+def proxy_headers(key: str = CLIENT_KEY) -> dict[str, str]:
+    """Claude Code's headers, with its key sent both ways."""
+    return {**corpus.HEADERS, "X-Api-Key": key, "Authorization": f"Bearer {key}"}
 
 
 class Bench:
@@ -91,7 +116,7 @@ class Bench:
             return "tcp"
         if a.multi_listen == "systemd":
             return "systemd"
-        ok, why = ccproxy_accepts_reuse_port(a.python)
+        ok, why = ccproxy_accepts_reuse_port(a.python, a.ccproxy_root)
         if ok:
             return "reuse_port"
         if a.multi_listen == "reuse_port":
@@ -131,21 +156,21 @@ class Bench:
             "listen": listen,
             "ledger": a.ledger,
         }
+        ledger = ledger_setting(a.ledger, self.workdir, a.python, a.ccproxy_root)
+        if ledger is None:
+            self.results["notes"].append("this ccproxy has no ledger: --ledger is ignored")
         started = []
         for i in range(a.processes):
             cfg = proxy_config(
                 self.mock_port, listen, a.drip_rate, a.drip_seconds, mode == "reuse_port"
             )
-            # Never the default (ccproxy.db in the working directory: the repository).
-            cfg["ledger"] = {"sqlite": f"sqlite:///{os.path.abspath(self.workdir)}/ccproxy.db"}.get(
-                a.ledger, a.ledger
-            )
+            if ledger is not None:
+                cfg["ledger"] = ledger
             cfg_path = os.path.join(self.workdir, f"ccproxy-{i}.yaml")
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=1)  # JSON is YAML
             logpath = os.path.join(self.workdir, f"ccproxy-{i}.log")
-            cmd = [a.python, "-c", _TWISTD, "-n", "--pidfile=", "--logfile", logpath]
-            cmd += ["ccproxy", "--config", cfg_path]
+            cmd = twistd_command(a.python, cfg_path, logpath, a.ccproxy_root)
             fd = socks[i].fileno() if socks else -1
             p = self.procs.start(cmd, self.proxy_cpus, self.nofile, logpath + ".out", fd)
             started.append((p, logpath + ".out"))
@@ -187,9 +212,7 @@ class Bench:
                 "Authorization": f"Bearer {UPSTREAM_KEY}",
             }
         else:
-            path, port = "/v1/messages?beta=true", self.proxy_port
-            headers = dict(corpus.HEADERS)
-            headers.update({"X-Api-Key": CLIENT_KEY, "Authorization": f"Bearer {CLIENT_KEY}"})
+            path, port, headers = PROXY_PATH, self.proxy_port, proxy_headers()
         if drip:
             n_text = payloads.drip_text_deltas(a.drip_rate, a.drip_seconds)
         else:

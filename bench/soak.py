@@ -4,7 +4,8 @@ dripping upstream that faults now and then, with clients hanging up at random.
     python -m bench.soak [--streams 300] [--seconds 180] [--warmup 20] [--drip 0.1]
 
 From the repository root, with an interpreter that has ccproxy's dependencies
-(`--python` picks another one for ccproxy). Linux only (/proc). Everything listens
+(`--python` picks another one for ccproxy, `--ccproxy-root` another checkout's
+ccproxy). Linux only (/proc). Everything listens
 on 127.0.0.1. It starts `bench/soak_upstream.py` (two ports: a primary that faults
 on request, a healthy backup) and `twistd -n --pidfile= ccproxy --config …` with
 PYTHONPATH set to the checkout, routing `solo-*` to the primary alone and everything
@@ -26,10 +27,24 @@ samples the same every second during the run. The report gives requests complete
 outcomes and errors by type as the client saw them, disconnects, fds and RSS at
 start/peak/end, and the upstream connections left open.
 
+With --hostile, the config sets `clients` (the normal load sends its key) and the
+soak runs three phases of --seconds each after the warm-up: the normal load alone
+("calm"), the same with bench/hostile.py's clients beside it in a process of their
+own ("hostile": slowloris heads and bodies, 30 MiB bodies without a key, bodies over
+max_body_bytes, a 5 MB model name, thousands of distinct 250-character model names,
+30 MiB count_tokens bodies; --hostile-mix sets how many of each), and alone again
+("calm again"). Every phase replays the same requests (one seed). The report gives,
+phase by phase, the normal clients' errors, full time and time to the first byte of
+their streams (p50/p95/p99/max), ccproxy's peak RSS, fds and CPU, and the size of
+/metrics; then what each hostile kind got. The end checks are the soak's own, from
+the start of the first phase to the end of the last.
+
 Exit status: 0 when all holds; 1 when open fds grew by more than --fd-bound, RSS by
-more than --rss-bound-mib MiB, any upstream connection was left open, a request was
-still in flight at the end, or an answer failed validation; 2 when the soak could not
-run. The report also goes to WORKDIR/soak-report.json.
+more than --rss-bound-mib MiB (with --hostile: over the last calm phase, as the
+hostile one leaves the allocator at its high-water), any upstream connection was
+left open, a request was still in flight at the end, or an answer failed
+validation (with --hostile: or a hostile client got other than it should); 2 when
+the soak could not run. The report also goes to WORKDIR/soak-report.json.
 """
 
 from __future__ import annotations
@@ -51,10 +66,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import corpus
+from bench.procstat import runqueue_wait_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UPSTREAM_TIMEOUT = 2.0
+MESSAGES = "/v1/messages?beta=true"
 
 # (route, directive, stream): weight. Routes: "p" fails over to the backup, "solo" not.
 MIX: dict[tuple[str, str, bool], int] = {
@@ -91,6 +110,24 @@ models:
   "solo-*": up
   "*": [up, backup]
 """
+
+# With --hostile: callers need a key. The normal load is one client, the hostile mix
+# another (a teammate's runaway script has a key too), the soak's probes an admin.
+CLIENTS = """
+clients:
+  - name: soak
+    key: "${CCPROXY_SOAK_KEY}"
+  - name: hostile
+    key: "${CCPROXY_SOAK_HOSTILE_KEY}"
+  - name: soak-admin
+    key: "${CCPROXY_SOAK_ADMIN_KEY}"
+    admin: true
+"""
+KEYS = {
+    "CCPROXY_SOAK_KEY": "sk-soak-client-000000000000000000",
+    "CCPROXY_SOAK_HOSTILE_KEY": "sk-soak-hostile-00000000000000000",
+    "CCPROXY_SOAK_ADMIN_KEY": "sk-soak-admin-0000000000000000000",
+}
 
 
 # -- /proc ------------------------------------------------------------------------------
@@ -175,6 +212,8 @@ class Answer:
     body: bytes
     keepAlive: bool
     hungUp: bool = False
+    headAt: float = 0.0
+    """time.monotonic() when the answer's head was in."""
 
 
 @dataclass
@@ -186,6 +225,14 @@ class Tally:
     invalid: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    firstBytes: list[float] = field(default_factory=list)
+    """Seconds to the answer's head, of the completed 200 streams (a whole answer's
+    head comes with its body, after the upstream's)."""
+
+    def fail(self, kind: str, detail: str) -> None:
+        """One answer its scenario does not allow, and the first example of its kind."""
+        self.invalid[kind] += 1
+        self.examples.setdefault(kind, detail[:300])
 
 
 def parseFrames(buffer: bytearray, events: list[tuple[str, Any]]) -> None:
@@ -207,20 +254,40 @@ def parseFrames(buffer: bytearray, events: list[tuple[str, Any]]) -> None:
         events.append((name, json.loads(b"\n".join(data))))
 
 
+def requestHead(length: int, key: str | None = None, path: str = MESSAGES) -> bytes:
+    """A POST's head, with `key` as x-api-key when given."""
+    return (
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % path.encode()
+        + b"Content-Type: application/json\r\nAnthropic-Version: 2023-06-01\r\n"
+        + (b"X-Api-Key: %s\r\n" % key.encode() if key else b"")
+        + b"Content-Length: %d\r\n\r\n" % length
+    )
+
+
 async def exchange(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     body: bytes,
     hangUpAfter: int | None,
     abort: bool,
+    key: str | None = None,
+    path: str = MESSAGES,
 ) -> Answer:
-    writer.write(
-        b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nAnthropic-Version: 2023-06-01\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body) + body
-    )
+    writer.write(requestHead(len(body), key, path) + body)
     await writer.drain()
+    return await readAnswer(reader, writer, hangUpAfter, abort)
+
+
+async def readAnswer(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    hangUpAfter: int | None = None,
+    abort: bool = False,
+) -> Answer:
+    """One answer, read to its end (or to `hangUpAfter` SSE events, then a close or,
+    with `abort`, a reset)."""
     head = await reader.readuntil(b"\r\n\r\n")
+    headAt = time.monotonic()
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])
     headers = {}
@@ -248,7 +315,7 @@ async def exchange(
                         writer.transport.abort()
                     else:
                         writer.close()
-                    return Answer(status, headers, events, b"", False, hungUp=True)
+                    return Answer(status, headers, events, b"", False, True, headAt)
             else:
                 raw += data
     elif "content-length" in headers:
@@ -258,7 +325,7 @@ async def exchange(
         keepAlive = False
     if sse and buffer.strip():
         raise Invalid("sse_trailing_bytes", repr(bytes(buffer[:120])))
-    return Answer(status, headers, events, bytes(raw), keepAlive)
+    return Answer(status, headers, events, bytes(raw), keepAlive, headAt=headAt)
 
 
 def streamText(events: list[tuple[str, Any]]) -> str:
@@ -307,6 +374,22 @@ STREAM_ERRORS = {
 }
 
 
+def envelope(answer: Answer) -> tuple[str, str]:
+    """The error type and message of an error answer; Invalid when it is not an
+    Anthropic error envelope with a request id, or shows a Python repr."""
+    try:
+        body = json.loads(answer.body)
+        kind = body["error"]["type"]
+        message = body["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        raise Invalid(f"http_{answer.status}_not_an_envelope", repr(answer.body[:200])) from None
+    if not body.get("request_id"):
+        raise Invalid("envelope_without_request_id")
+    if "<twisted." in message or "Address(" in message or "Traceback" in message:
+        raise Invalid("python_repr_in_message", message[:200])
+    return kind, message
+
+
 def classify(answer: Answer, route: str, directive: str, stream: bool, n: int) -> str:
     """The outcome as the client saw it; raises Invalid if the scenario forbids it."""
     if answer.hungUp:
@@ -320,19 +403,8 @@ def classify(answer: Answer, route: str, directive: str, stream: bool, n: int) -
             raise Invalid("text_mismatch_before_hangup", repr(text[:80]))
         return "client disconnect (on purpose)"
     if answer.status != 200:
-        try:
-            body = json.loads(answer.body)
-            kind = body["error"]["type"]
-            message = body["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            raise Invalid(
-                f"http_{answer.status}_not_an_envelope", repr(answer.body[:200])
-            ) from None
-        if not body.get("request_id"):
-            raise Invalid("envelope_without_request_id")
+        kind, message = envelope(answer)
         outcome = f"{answer.status} {kind}"
-        if "<twisted." in message or "Address(" in message or "Traceback" in message:
-            raise Invalid("python_repr_in_message", message[:200])
         if route == "solo" and answer.status == 503 and "circuit open" in message:
             return outcome + " (circuit open)"
         if route == "solo" and answer.status == 504 and "before answering" in message:
@@ -383,6 +455,8 @@ class Load:
     disconnectRate: float
     clientTimeout: float
     tally: Tally = field(default_factory=Tally)
+    key: str | None = None
+    """Sent as x-api-key (the config sets clients with --hostile)."""
 
     def pick(self) -> tuple[str, str, bool]:
         choices = list(MIX)
@@ -415,7 +489,7 @@ class Load:
                 began = time.monotonic()
                 try:
                     answer = await asyncio.wait_for(
-                        exchange(*conn, body, hangUp, abort=self.rng.random() < 0.5),
+                        exchange(*conn, body, hangUp, self.rng.random() < 0.5, self.key),
                         self.clientTimeout,
                     )
                     outcome = classify(answer, route, directive, stream, n)
@@ -438,14 +512,15 @@ class Load:
                 else:
                     self.tally.completed += 1
                     self.tally.latencies.append(time.monotonic() - began)
+                    if stream and answer.status == 200:
+                        self.tally.firstBytes.append(answer.headAt - began)
                     if not answer.keepAlive:
                         conn = close(conn)
         finally:
             close(conn)
 
     def invalid(self, kind: str, detail: str) -> None:
-        self.tally.invalid[kind] += 1
-        self.tally.examples.setdefault(kind, detail[:300])
+        self.tally.fail(kind, detail)
 
     async def run(self, streams: int, seconds: float, ramp: float) -> Tally:
         until = time.monotonic() + seconds
@@ -468,11 +543,17 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
-def getJSON(url: str, timeout: float = 5) -> Any:
+def getJSON(url: str, timeout: float = 5, key: str | None = None) -> Any:
+    return json.loads(getBytes(url, timeout, key))
+
+
+def getBytes(url: str, timeout: float = 5, key: str | None = None) -> bytes:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
+    request = urllib.request.Request(url, headers={"x-api-key": key} if key else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        data: bytes = response.read()
+        return data
 
 
 def waitFor(check: Any, seconds: float) -> Any:
@@ -500,6 +581,10 @@ class Rig:
     workdir: Path
     python: str
     drip: float
+    clients: bool = False
+    """Whether the config sets `clients` (then every caller sends a key)."""
+    root: Path = ROOT
+    """The checkout whose ccproxy runs (--ccproxy-root)."""
     upstream: subprocess.Popen[bytes] | None = None
     proxy: subprocess.Popen[bytes] | None = None
     primary: int = 0
@@ -536,6 +621,7 @@ class Rig:
                 backup=self.backup,
                 timeout=UPSTREAM_TIMEOUT,
             )
+            + (CLIENTS if self.clients else "")
         )
         twistd = Path(self.python).parent / "twistd"
         command = ([str(twistd)] if twistd.exists() else [self.python, "-m", "twisted"]) + [
@@ -548,12 +634,12 @@ class Rig:
         self.proxy = subprocess.Popen(
             command,
             cwd=self.workdir,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(self.root), **(KEYS if self.clients else {})},
             stdout=open(self.workdir / "ccproxy.log", "wb"),
             stderr=subprocess.STDOUT,
         )
         healthy = waitFor(
-            lambda: self.proxy.poll() is None and getJSON(self.url("/healthz"))["status"] == "ok",
+            lambda: self.proxy.poll() is None and self.get("/healthz")["status"] == "ok",
             30,
         )
         if not healthy:
@@ -561,6 +647,14 @@ class Rig:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def adminKey(self) -> str | None:
+        return KEYS["CCPROXY_SOAK_ADMIN_KEY"] if self.clients else None
+
+    def get(self, path: str) -> Any:
+        """GET `path` of ccproxy as JSON, with the admin key when there are clients."""
+        return getJSON(self.url(path), key=self.adminKey)
 
     @property
     def ports(self) -> set[int]:
@@ -577,7 +671,7 @@ class Rig:
         started = time.monotonic()
 
         def state() -> dict[str, Any]:
-            health = getJSON(self.url("/healthz"))
+            health = self.get("/healthz")
             stats = self.upstreamStats()
             return {
                 "proxy_in_flight": health["in_flight"],
@@ -629,6 +723,7 @@ async def drive(
     load = Load(
         "127.0.0.1", rig.port, random.Random(seed), args.disconnect_rate, args.client_timeout
     )
+    load.key = KEYS["CCPROXY_SOAK_KEY"] if rig.clients else None
     samples: list[Sample] = []
     stop = asyncio.Event()
     began = time.monotonic()
@@ -697,7 +792,26 @@ def main() -> int:
         "25k-request run, once the warm-up at full load has grown the heap)",
     )
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--hostile",
+        action="store_true",
+        help="three phases of --seconds each: the normal load alone, with hostile clients "
+        "beside it (bench/hostile.py), alone again; clients with keys in the config",
+    )
+    ap.add_argument(
+        "--hostile-mix",
+        default="",
+        help="KIND=N,... over bench/hostile.py's defaults (e.g. count_tokens=0)",
+    )
+    ap.add_argument(
+        "--hostile-source",
+        default="127.0.0.2",
+        help="loopback address the hostile clients connect from (127.0.0.2)",
+    )
     ap.add_argument("--python", default=sys.executable, help="interpreter for ccproxy")
+    ap.add_argument(
+        "--ccproxy-root", default="", help="run the ccproxy of this checkout (this one)"
+    )
     ap.add_argument(
         "--workdir", default="", help="where configs, logs and the report go (a new temp dir)"
     )
@@ -713,7 +827,10 @@ def main() -> int:
         return 2
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ccproxy-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    rig = Rig(workdir, args.python, args.drip)
+    root = Path(args.ccproxy_root).resolve() if args.ccproxy_root else ROOT
+    rig = Rig(workdir, args.python, args.drip, clients=args.hostile, root=root)
+    if args.hostile:
+        return hostileSoak(rig, args, workdir)
     try:
         rig.start()
         assert rig.proxy is not None
@@ -750,31 +867,11 @@ def main() -> int:
         "stalls_ended_by_peer": statsAfter["stalls_ended_by_peer"]
         - statsBefore["stalls_ended_by_peer"],
     }
-    problems = []
-    if end.fds - start.fds > args.fd_bound:
-        problems.append(f"open fds grew by {end.fds - start.fds} (bound {args.fd_bound})")
-    if (end.rss - start.rss) / 2**20 > args.rss_bound_mib:
-        problems.append(
-            f"RSS grew by {mib(end.rss - start.rss)} (bound {args.rss_bound_mib:g} MiB)"
-        )
-    if quietAfter.get("proxy_upstream_connections"):
-        problems.append(
-            f"{quietAfter['proxy_upstream_connections']} upstream connections left open"
-        )
-    if quietAfter.get("proxy_in_flight") or quietAfter.get("proxy_streams_in_flight"):
-        problems.append("requests still in flight in the proxy at the end")
-    if quietAfter.get("upstream_active_requests"):
-        problems.append(f"{quietAfter['upstream_active_requests']} upstream requests never ended")
-    if sum(tally.invalid.values()):
-        problems.append(f"{sum(tally.invalid.values())} answers failed validation")
-    if warm.invalid:
-        problems.append(f"{sum(warm.invalid.values())} warm-up answers failed validation")
-    if not alive:
-        problems.append("ccproxy exited during the soak")
     logText = (workdir / "ccproxy.log").read_text(errors="replace")
     tracebacks = logText.count("Traceback (most recent call last)")
-    if tracebacks:
-        problems.append(f"{tracebacks} tracebacks in ccproxy's log")
+    problems = endProblems(args, start, end, quietAfter, warm, alive, tracebacks)
+    if sum(tally.invalid.values()):
+        problems.append(f"{sum(tally.invalid.values())} answers failed validation")
     report = {
         "streams": args.streams,
         "seconds": round(elapsed, 1),
@@ -811,6 +908,238 @@ def main() -> int:
     (workdir / "soak-report.json").write_text(json.dumps(report, indent=2))
     printReport(report, workdir)
     return 1 if problems else 0
+
+
+# -- --hostile ------------------------------------------------------------------------------
+
+PHASES = (("calm", False), ("hostile", True), ("calm again", False))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {f"p{p}": round(percentile(values, p), 4) for p in (50, 95, 99)} | {
+        "max": round(max(values, default=0.0), 4)
+    }
+
+
+def hostilePhase(
+    rig: Rig, args: argparse.Namespace, name: str, hostile: bool, ctBody: Path
+) -> dict[str, Any]:
+    """The normal load for --seconds, with the hostile clients beside it or not."""
+    assert rig.proxy is not None
+    pid = rig.proxy.pid
+    quiet = rig.quiet(90)
+    before = sample(pid, rig.ports, time.monotonic())
+    metricsBefore = len(getBytes(rig.url("/metrics"), key=rig.adminKey))
+    cpu0 = cpuSeconds(pid)
+    waited0 = runqueue_wait_seconds([pid])
+    process, out = None, rig.workdir / "hostile.json"
+    if hostile:
+        out.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "bench.hostile", "--port", str(rig.port)]
+        command += ["--key", KEYS["CCPROXY_SOAK_HOSTILE_KEY"], "--seconds", str(args.seconds)]
+        command += ["--source", args.hostile_source, "--mix", args.hostile_mix]
+        command += ["--count-tokens-body", str(ctBody), "--json", str(out)]
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=open(rig.workdir / "hostile.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
+    print(f"soak: phase '{name}', {args.streams} streams for {args.seconds:g} s", flush=True)
+    tally, samples, elapsed = asyncio.run(drive(rig, args, args.seconds, args.seed))
+    report: dict[str, Any] = {}
+    if process is not None:
+        try:
+            process.wait(60)
+            report = json.loads(out.read_text())
+        except (subprocess.TimeoutExpired, OSError, ValueError) as e:
+            process.kill()
+            process.wait(5)
+            report = {"error": f"no report from bench.hostile ({e}; see hostile.log)"}
+    cpu = cpuSeconds(pid) - cpu0
+    errors = sum(tally.invalid.values())
+    return {
+        "phase": name,
+        "seconds": round(elapsed, 1),
+        "quiet_before": quiet,
+        "started": tally.started,
+        "completed": tally.completed,
+        "client_disconnects": tally.disconnects,
+        "errors": errors,
+        "error_rate": errors / tally.started if tally.started else 0.0,
+        "errors_by_kind": dict(tally.invalid),
+        "error_examples": tally.examples,
+        "outcomes": dict(tally.outcomes.most_common()),
+        "full_s": spread(tally.latencies),
+        "first_byte_s": spread(tally.firstBytes),
+        "rss_before": before.rss,
+        "fds_before": before.fds,
+        "rss_peak": max((x.rss for x in samples), default=0),
+        "rss_slope_mib_per_min_second_half": round(slopeMiBPerMinute(samples), 2),
+        "fds_peak": max((x.fds for x in samples), default=0),
+        "cpu_share_of_a_core": round(cpu / elapsed, 2) if elapsed else 0,
+        "proxy_waited_for_cpu": round((runqueue_wait_seconds([pid]) - waited0) / elapsed, 3),
+        "metrics_bytes": [metricsBefore, len(getBytes(rig.url("/metrics"), key=rig.adminKey))],
+        "hostile": report,
+    }
+
+
+def hostileSoak(rig: Rig, args: argparse.Namespace, workdir: Path) -> int:
+    """--hostile: warm-up, then the normal load calm, beside the hostile mix, and calm
+    again; the same checks as the soak (fds, RSS, upstream connections, validation)
+    over the three, and the normal clients' figures phase by phase."""
+    ctBody = workdir / "count_tokens-30MiB.json"
+    ctBody.write_bytes(corpus.large_body(30 * 2**20, "claude-sonnet-4-5", count_tokens=True))
+    try:
+        rig.start()
+        assert rig.proxy is not None
+        pid = rig.proxy.pid
+        print(f"soak --hostile: ccproxy pid {pid} on :{rig.port}, workdir {workdir}", flush=True)
+        fresh = sample(pid, rig.ports, time.monotonic())
+        warm, _, _ = asyncio.run(drive(rig, args, args.warmup, args.seed + 1))
+        rig.quiet(90)
+        start = sample(pid, rig.ports, time.monotonic())
+        phases = [hostilePhase(rig, args, name, bad, ctBody) for name, bad in PHASES]
+        quietAfter = rig.quiet(90)
+        end = sample(pid, rig.ports, time.monotonic())
+        alive = rig.proxy.poll() is None
+    finally:
+        rig.stop()
+    logText = (workdir / "ccproxy.log").read_text(errors="replace")
+    tracebacks = logText.count("Traceback (most recent call last)")
+    # Leaks are judged over the last calm phase: the hostile one leaves the allocator
+    # at the high-water of the bodies it held (body_memory_bytes bounds them), which
+    # the process keeps but does not grow from. The hostile phase's peak is reported.
+    calmAgain = phases[-1]
+    leakStart = Sample(start.t, calmAgain["rss_before"], calmAgain["fds_before"], 0, 0.0)
+    problems = endProblems(args, leakStart, end, quietAfter, warm, alive, tracebacks)
+    for phase in phases:
+        if phase["errors"]:
+            problems.append(f"{phase['errors']} normal answers failed in '{phase['phase']}'")
+        for kind, seen in phase["hostile"].items():
+            if kind == "error":
+                problems.append(seen)
+            elif seen["unexpected"]:
+                problems.append(f"hostile {kind}: unexpected {seen['unexpected']}")
+    report = {
+        "streams": args.streams,
+        "seconds_per_phase": args.seconds,
+        "drip_s": args.drip,
+        "hostile_mix": args.hostile_mix or "defaults",
+        "phases": phases,
+        "proxy": {
+            "rss": {
+                "fresh": fresh.rss,
+                "start": start.rss,
+                "calm_again_start": calmAgain["rss_before"],
+                "end": end.rss,
+            },
+            "fds": {"fresh": fresh.fds, "start": start.fds, "end": end.fds},
+            "quiet_after": quietAfter,
+        },
+        "warmup": {"completed": warm.completed, "invalid": dict(warm.invalid)},
+        "tracebacks": tracebacks,
+        "problems": problems,
+    }
+    (workdir / "soak-report.json").write_text(json.dumps(report, indent=2))
+    printHostileReport(report, workdir)
+    return 1 if problems else 0
+
+
+def printHostileReport(r: dict[str, Any], workdir: Path) -> None:
+    print()
+    print(
+        f"## ccproxy soak --hostile: {r['streams']} normal streams, {r['seconds_per_phase']:g} s "
+        f"a phase (drip {r['drip_s']} s); hostile mix: {r['hostile_mix']}"
+    )
+    print()
+    print(
+        "| phase | completed | errors (rate) | full time p50/p95/p99/max s "
+        "| first byte (streams) p50/p95/p99/max ms | ccproxy RSS peak (slope, 2nd half) "
+        "| fds peak | CPU | waited for CPU | /metrics bytes |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for p in r["phases"]:
+        full = " / ".join(f"{v:.2f}" for v in p["full_s"].values())
+        first = " / ".join(f"{v * 1000:.1f}" for v in p["first_byte_s"].values())
+        print(
+            f"| {p['phase']} | {p['completed']} | {p['errors']} ({p['error_rate']:.2%}) "
+            f"| {full} | {first} | {mib(p['rss_peak'])} "
+            f"({p['rss_slope_mib_per_min_second_half']:+.1f} MiB/min) | {p['fds_peak']} "
+            f"| {p['cpu_share_of_a_core']:.0%} | {p['proxy_waited_for_cpu']:.1%} "
+            f"| {p['metrics_bytes'][0]} → {p['metrics_bytes'][1]} |"
+        )
+    for p in r["phases"]:
+        for kind, example in p["error_examples"].items():
+            print(f"- {p['phase']}: e.g. {kind}: {example}")
+    print()
+    print("| hostile kind | clients | attempts | outcomes | to the answer p50/max s | unfinished |")
+    print("|---|---|---|---|---|---|")
+    for p in r["phases"]:
+        for kind, seen in p["hostile"].items():
+            if kind == "error":
+                print(f"| {seen} |")
+                continue
+            answer = seen["seconds_to_answer"] or {}
+            cut = seen["seconds_to_cut"]
+            outcomes = "; ".join(f"{n} x {o}" for o, n in seen["outcomes"].items())
+            if cut:
+                outcomes += f"; cut {cut['p50']:.1f} s (max {cut['max']:.1f}) after the answer"
+            print(
+                f"| {kind} | {seen['clients']} | {seen['attempts']} | {outcomes} "
+                f"| {answer.get('p50', '-')} / {answer.get('max', '-')} "
+                f"| {seen['unfinished_at_the_end']} |"
+            )
+            for outcome, example in seen["examples"].items():
+                print(f"|  | e.g. {outcome}: {example[:160]!r} | | | | |")
+    x = r["proxy"]
+    print()
+    print(
+        f"- ccproxy RSS fresh {mib(x['rss']['fresh'])}, start {mib(x['rss']['start'])}, "
+        f"calm again from {mib(x['rss']['calm_again_start'])} (the leak check's start), "
+        f"end {mib(x['rss']['end'])}; fds fresh {x['fds']['fresh']}, start {x['fds']['start']}, "
+        f"end {x['fds']['end']}; at the end: {x['quiet_after']}"
+    )
+    print(f"- ccproxy log: {r['tracebacks']} tracebacks")
+    print()
+    print("PASS" if not r["problems"] else "FAIL: " + "; ".join(r["problems"]))
+    print(f"(report: {workdir / 'soak-report.json'})")
+
+
+def endProblems(
+    args: argparse.Namespace,
+    start: Sample,
+    end: Sample,
+    quietAfter: dict[str, Any],
+    warm: Tally,
+    alive: bool,
+    tracebacks: int,
+) -> list[str]:
+    """What the end of a soak shows wrong: fds or RSS grown past their bounds (start
+    to end), upstream connections or requests left over, failed warm-up answers,
+    ccproxy gone, tracebacks in its log."""
+    problems = []
+    if end.fds - start.fds > args.fd_bound:
+        problems.append(f"open fds grew by {end.fds - start.fds} (bound {args.fd_bound})")
+    if (end.rss - start.rss) / 2**20 > args.rss_bound_mib:
+        problems.append(
+            f"RSS grew by {mib(end.rss - start.rss)} (bound {args.rss_bound_mib:g} MiB)"
+        )
+    if quietAfter.get("proxy_upstream_connections"):
+        problems.append(
+            f"{quietAfter['proxy_upstream_connections']} upstream connections left open"
+        )
+    if quietAfter.get("proxy_in_flight") or quietAfter.get("proxy_streams_in_flight"):
+        problems.append("requests still in flight in the proxy at the end")
+    if quietAfter.get("upstream_active_requests"):
+        problems.append(f"{quietAfter['upstream_active_requests']} upstream requests never ended")
+    if warm.invalid:
+        problems.append(f"{sum(warm.invalid.values())} warm-up answers failed validation")
+    if not alive:
+        problems.append("ccproxy exited during the soak")
+    if tracebacks:
+        problems.append(f"{tracebacks} tracebacks in ccproxy's log")
+    return problems
 
 
 def printReport(r: dict[str, Any], workdir: Path) -> None:

@@ -84,6 +84,14 @@ class ProxyError(Exception):
         return f"ProxyError({self.status}, {self.errorType}, {self.message!r})"
 
 
+def committedErrorType(error: ProxyError) -> str:
+    """The `error.type` of the `event: error` that ends a stream committed to `200`
+    before `error` came (an upstream that kept its headers past `head_wait`): the
+    type its status would have had, except that every 5xx says `overloaded_error`,
+    the type Claude Code retries on when it comes inside a stream."""
+    return "overloaded_error" if error.status >= 500 else error.errorType
+
+
 def invalidRequest(message: str) -> ProxyError:
     """A 400 for a request the client got wrong."""
     return ProxyError(400, message, "invalid_request_error")
@@ -107,6 +115,16 @@ def promptTooLong(
         upstreamStatus=upstreamStatus,
         verbatim=True,
     )
+
+
+NOT_SUPPORTED = "not_supported"
+"""The error type of an endpoint this backend does not have (with status 501)."""
+
+
+def notSupported(message: str) -> ProxyError:
+    """A 501 `not_supported`: the endpoint has no backing here. Claude Code then
+    falls back to doing without it (`count_tokens`: it estimates locally)."""
+    return ProxyError(501, message, NOT_SUPPORTED)
 
 
 def badGateway(upstream: str, why: str, status: int = 502) -> ProxyError:

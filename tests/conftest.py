@@ -12,6 +12,8 @@ import pytest
 from hypothesis import settings
 from twisted.logger import globalLogPublisher
 
+from tests.support.processes import Processes
+
 # Hypothesis profiles. CI runs with CI=true, so hypothesis loads its built-in "ci"
 # profile: derandomize=True and database=None (the same examples on every run, nothing
 # kept between runs), print_blob=True, deadline=None. A plain local run gets the
@@ -120,3 +122,13 @@ def noLoggedFailures() -> Iterator[list[dict[str, Any]]]:
     finally:
         globalLogPublisher.removeObserver(observer)
     failOn(failures, "logged failures")
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """The subprocesses a test starts (tests/support/processes.py), stopped after it."""
+    running = Processes(tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()

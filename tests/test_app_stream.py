@@ -246,7 +246,11 @@ def test_silence_mid_stream_past_timeout_is_an_error_event() -> None:
 
 
 def test_silence_before_headers_is_504() -> None:
-    h = Harness.build()
+    """With a `head_wait` past the timeout (the status is kept that long): a 504.
+    With the default, the stream is committed first (tests/test_head_wait.py)."""
+    h = Harness.build(
+        BASE_CONFIG.replace("    retries: 0\n", "    retries: 0\n    head_wait: 60\n", 1)
+    )
     h.upstream.queue(stallReply())
     d = h.request("POST", "/v1/messages", message(stream=True))
     h.clock.advance(30)

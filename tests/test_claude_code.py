@@ -19,15 +19,17 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.processes import Processes, tail
+from tests.support.mcp_server import FORECAST_SECRET
+from tests.support.processes import Processes, tail, testCache
 
 VERSION = "2.1.330"
 PACKAGE = f"@anthropic-ai/claude-code@{VERSION}"
@@ -35,16 +37,11 @@ SECRET = "The secret word is PERIWINKLE-4711."
 ANSWER = "The file says the secret word is PERIWINKLE-4711. SCRIPTED-END"
 MARKER = "SCRIPTED-END"
 CLIENT_KEY = "test-client-key"
+MCP_SERVER = Path(__file__).resolve().parent / "support" / "mcp_server.py"
 
 
 def cacheDir() -> Path:
-    base = os.environ.get("CCPROXY_TEST_CACHE")
-    if base:
-        root = Path(base)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = (Path(xdg) if xdg else Path.home() / ".cache") / "ccproxy-tests"
-    path = root / f"claude-code-{VERSION}"
+    path = testCache() / f"claude-code-{VERSION}"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -129,18 +126,12 @@ def installClaudeCode() -> Path:
     return claude
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-def proxyConfig(upstreamPort: int, window: int | None = None) -> Callable[[int], str]:
+def proxyConfig(
+    upstreamPort: int, upstreamKeys: str = "", window: int | None = None
+) -> Callable[[int], str]:
     """ccproxy's config for a port: one client key, everything to the scripted upstream
-    (whose model holds `window` tokens, when given)."""
+    (with `upstreamKeys`, one more line of its YAML keys, e.g. `count_tokens: false`;
+    its model holding `window` tokens, when given)."""
     target = "scripted/scripted-model"
     if window is not None:
         target = f"{{target: {target}, context_window: {window}}}"
@@ -155,6 +146,7 @@ upstreams:
     url: "http://127.0.0.1:{upstreamPort}/v1"
     api_key: upstream-key
     timeout: 60
+    {upstreamKeys}
 models:
   "*": {target}
 """
@@ -162,8 +154,18 @@ models:
 
 
 def runClaude(
-    claude: Path, workspace: Path, home: Path, port: int, prompt: str, **extra: str
+    claude: Path,
+    workspace: Path,
+    home: Path,
+    port: int,
+    prompt: str,
+    *args: str,
+    timeout: float = 180,
+    environ: Mapping[str, str | None] | None = None,
+    **extra: str,
 ) -> tuple[int, str, str]:
+    """`claude -p prompt` with more `args`, and `extra` environment variables;
+    `environ` also takes variables out (None)."""
     env = minimalEnv(
         home,
         ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}",
@@ -172,8 +174,13 @@ def runClaude(
         CLAUDE_CODE_MAX_RETRIES="1",
         **extra,
     )
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     process = subprocess.Popen(
-        [str(claude), "-p", prompt, "--output-format", "json"],
+        [str(claude), "-p", prompt, "--output-format", "json", *args],
         cwd=workspace,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -183,11 +190,11 @@ def runClaude(
         start_new_session=True,  # so a timeout can end it with anything it started
     )
     try:
-        stdout, stderr = process.communicate(timeout=180)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        stderr += "\n<killed after 180 s>"
+        stderr += f"\n<killed after {timeout:g} s>"
         return -9, stdout, stderr
     return process.returncode, stdout, stderr
 
@@ -207,6 +214,21 @@ def toolMessages(received: list[dict[str, Any]]) -> list[str]:
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             found.append(str(content))
     return found
+
+
+def explanation(
+    what: str, run: tuple[int, str, str], processes: Processes, received: list[dict[str, Any]]
+) -> str:
+    """A failure's message: what went wrong, Claude Code's output, the logs, the
+    requests the upstream got."""
+    code, stdout, stderr = run
+    requests = "\n".join(json.dumps(r)[:4000] for r in received)
+    return (
+        f"{what}\n--- claude exit code {code}\n--- claude stdout\n{stdout}\n"
+        f"--- claude stderr\n{stderr}\n--- ccproxy log\n{tail(processes.proxyLog)}\n"
+        f"--- upstream output\n{tail(processes.upstreamOutput)}\n"
+        f"--- upstream requests ({len(received)})\n{requests}"
+    )
 
 
 @pytest.mark.claude_code
@@ -231,13 +253,7 @@ def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_
     received = processes.received()
 
     def explain(what: str) -> str:
-        requests = "\n".join(json.dumps(r)[:4000] for r in received)
-        return (
-            f"{what}\n--- claude exit code {code}\n--- claude stdout\n{stdout}\n"
-            f"--- claude stderr\n{stderr}\n--- ccproxy log\n{tail(processes.proxyLog)}\n"
-            f"--- upstream output\n{tail(processes.upstreamOutput)}\n"
-            f"--- upstream requests ({len(received)})\n{requests}"
-        )
+        return explanation(what, (code, stdout, stderr), processes, received)
 
     assert code == 0, explain("claude exited with an error")
     try:
@@ -257,6 +273,77 @@ def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_
     assert mainLoop and all(b.get("stream") is True for b in mainLoop), explain(
         "Claude Code fell back to non-streaming requests"
     )
+
+
+@pytest.mark.claude_code
+def test_claude_code_finds_and_calls_a_deferred_mcp_tool(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """Tool search (`ENABLE_TOOL_SEARCH=true`) with an MCP server of 100 tools.
+
+    Claude Code marks the MCP tools `defer_loading: true` and offers its own
+    `ToolSearch`; ccproxy holds the deferred schemas back from the upstream. The
+    scripted model calls ToolSearch, Claude Code answers with `tool_reference`
+    blocks, ccproxy defines the tools found on the next request, the model calls
+    the MCP tool, Claude Code runs it on the MCP server, and the model answers
+    with what it returned."""
+    claude = installClaudeCode()
+    workspace = tmp_path / "workspace"
+    home = tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    wanted = "weather_forecast"
+    upstreamPort = processes.scriptedUpstream(
+        "--tool-search",
+        wanted,
+        "--tool-input",
+        '{"city": "Lyon"}',
+        "--answer-after",
+        "ABRICOT-9",
+        "--answer",
+        f"Sunny in Lyon, the wind is ABRICOT-9. {MARKER}",
+    )
+    proxyPort = processes.ccproxy(proxyConfig(upstreamPort))
+    servers = {"mcpServers": {"many-tools": {"command": sys.executable, "args": [str(MCP_SERVER)]}}}
+    code, stdout, stderr = runClaude(
+        claude,
+        workspace,
+        home,
+        proxyPort,
+        "What is the weather forecast for Lyon?",
+        "--mcp-config",
+        json.dumps(servers),
+        "--allowedTools",
+        "mcp__many-tools",
+        ENABLE_TOOL_SEARCH="true",
+    )
+    received = processes.received()
+
+    def explain(what: str) -> str:
+        return explanation(what, (code, stdout, stderr), processes, received)
+
+    assert code == 0, explain("claude exited with an error")
+    result = json.loads(stdout)
+    assert result.get("is_error") is False, explain("claude reports an error")
+    assert MARKER in result.get("result", ""), explain("the final text is not the upstream's")
+    mainLoop = [
+        r["body"]
+        for r in received
+        if isinstance(r["body"], dict) and "ToolSearch" in functionNames(r["body"])
+    ]
+    assert len(mainLoop) == 3, explain("not three turns: search, MCP tool, answer")
+    first, second, _ = (functionNames(b) for b in mainLoop)
+    assert not [n for n in first if n.startswith("mcp__")], explain("deferred schemas sent")
+    assert [n for n in second if n.startswith("mcp__")] == [f"mcp__many-tools__{wanted}"], explain(
+        "the tool found is not the one defined"
+    )
+    assert any(FORECAST_SECRET in text for text in toolMessages(received)), explain(
+        "the MCP tool's result never reached the upstream"
+    )
+
+
+def functionNames(body: dict[str, Any]) -> list[str]:
+    return [(t.get("function") or {}).get("name", "") for t in body.get("tools") or []]
 
 
 # -- compaction on an upstream's overflow ---------------------------------------------

@@ -225,3 +225,69 @@ async def test_sdk_sees_anthropic_errors(running: tuple[str, FakeOpenAI], sdk: A
     assert len(upstream.received) == 2
     with pytest.raises(anthropic.NotFoundError):
         await deferToThread(client.messages.create, **body(model="gpt-4o"))
+
+
+def searchAnswer(name: str, arguments: str, callId: str) -> list[dict[str, Any]]:
+    """An upstream stream that calls one function."""
+    call = {"index": 0, "id": callId, "type": "function", "function": {"name": name}}
+    return [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}}]},
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]},
+                }
+            ]
+        },
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 5}},
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sdk_reads_the_tool_search_ccproxy_runs(
+    running: tuple[str, FakeOpenAI], sdk: Any
+) -> None:
+    """The Anthropic SDK's beta client, offering the regex tool search with a deferred
+    tool: streamed and whole, the same blocks, parsed into the SDK's own types."""
+    base, upstream = running
+    search = ("tool_search_tool_regex", '{"query": "weather"}', "call_s")
+    weather = ("get_weather", '{"city": "Paris"}', "call_w")
+    upstream.queue(
+        sseReply(searchAnswer(*search)),
+        sseReply(searchAnswer(*weather)),
+        jsonReply(completion(None, [toolCall(*search)], "tool_calls")),
+        jsonReply(completion(None, [toolCall(*weather)], "tool_calls")),
+    )
+    client = sdk(base)
+    request = {
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 100,
+        "betas": ["advanced-tool-use-2025-11-20"],
+        "tools": [
+            {"type": "tool_search_tool_regex_20251119", "name": "tool_search_tool_regex"},
+            {"name": "Bash", "description": "Run", "input_schema": {"type": "object"}},
+            {**TOOLS[0], "defer_loading": True},
+        ],
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    }
+
+    def viaStream() -> Any:
+        with client.beta.messages.stream(**request) as stream:
+            return stream.get_final_message()
+
+    streamed = await deferToThread(viaStream)
+    created = await deferToThread(client.beta.messages.create, **request)
+    for message in (streamed, created):
+        assert [type(b).__name__ for b in message.content] == [
+            "BetaServerToolUseBlock",
+            "BetaToolSearchToolResultBlock",
+            "BetaToolUseBlock",
+        ]
+        assert message.content[0].input == {"query": "weather"}
+        assert [r.tool_name for r in message.content[1].content.tool_references] == ["get_weather"]
+        assert message.content[2].input == {"city": "Paris"}
+        assert message.stop_reason == "tool_use"
+    assert streamed.usage.input_tokens == 80
+    assert len(upstream.received) == 4

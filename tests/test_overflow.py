@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from ccproxy.translate.overflow import Overflow, readOverflow
-from tests.support.fakes import jsonReply, rawReply, sseReply
+from tests.support.fakes import jsonReply, lateReply, rawReply, sseReply
 from tests.support.harness import BASE_CONFIG, Harness, message, parseSSE
 from tests.support.overflow_wordings import LLAMA_SERVER, WORDINGS, body, openAI
+from tests.test_head_wait import CONFIG as HEAD_WAIT_CONFIG
+from tests.test_head_wait import Stream
 
 # Claude Code 2.1.330's own readers of the message (from its binary):
 CLAUDE_CODE_NUMBERS = re.compile(r"prompt is too long[^0-9]*(\d+)\s*tokens?\s*>\s*(\d+)", re.I)
@@ -210,3 +212,25 @@ def test_an_overflow_says_only_numbers_whatever_else_the_upstream_said() -> None
     h.upstream.queue(refusal(openAI(words)))
     said = h.post(message()).json()["error"]["message"]
     assert said == "prompt is too long: 9003 tokens > 8192 maximum"
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_an_overflow_after_head_wait_committed_the_stream_is_the_same_error_event(
+    status: int,
+) -> None:
+    """A gateway that keeps its headers past `head_wait` and then refuses the prompt
+    as too long: the committed stream ends with the words Claude Code compacts on."""
+    h = Harness.build(HEAD_WAIT_CONFIG)
+    h.upstream.queue(lateReply(8, refusal(body(LLAMA_SERVER), status)))
+    stream = Stream(h, message(model="solo", stream=True)).at(9)
+    assert stream.status == 200
+    assert stream.frames()[-1] == (
+        "error",
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "prompt is too long: 4476 tokens > 4096 maximum",
+            },
+        },
+    )

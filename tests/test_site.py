@@ -115,6 +115,16 @@ def test_a_wrong_key_is_refused_at_the_headers_too(site: ProxySite) -> None:
     assert conn.status() == 401 and conn.envelope()["error"]["message"] == "invalid API key"
 
 
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_a_401_at_the_headers_tells_claude_code_not_to_retry(
+    site: ProxySite, key: str | None
+) -> None:
+    """Without it Claude Code retries for minutes before it says the key is wrong."""
+    conn = Conn(site).head(100, key=key)
+    assert conn.status() == 401
+    assert b"\r\nx-should-retry: false\r\n" in conn.written.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+
+
 def test_100_continue_only_for_a_request_that_will_be_read(site: ProxySite) -> None:
     assert b"HTTP/1.1 100 Continue" in Conn(site).head(100, expect=True).written
     tooBig = Conn(site, "10.0.0.2").head(2_000_000, expect=True)

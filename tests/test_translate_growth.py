@@ -37,6 +37,7 @@ from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.stream import StreamTranslator
 from ccproxy.translate.tokens import estimateTokens
+from ccproxy.translate.toolsearch import Blocks
 
 GROWTH = 10
 # Linear work grows 10 times (a little more for a fixed start-up cost that is amortized
@@ -400,6 +401,21 @@ def streamed(build: Callable[[int], list[Any]], **options: Any) -> Callable:
     return sized(lambda n: [*build(n), chunk({}, "stop")], run)
 
 
+def rebuilt(build: Callable[[int], list[Any]]) -> Callable:
+    """The same, with the events rebuilt into content blocks as ccproxy's tool search
+    does to continue an answer (`toolsearch.Blocks`)."""
+
+    def run(chunks: list[Any]) -> list[Any]:
+        translator = StreamTranslator("msg_1", "claude")
+        blocks = Blocks()
+        for events in (translator.start(), *(translator.feed(c) for c in chunks)):
+            blocks.add(events)
+        blocks.add(translator.finish())
+        return blocks.content
+
+    return sized(lambda n: [*build(n), chunk({}, "stop")], run)
+
+
 STREAMS = [
     pytest.param(streamed(twoCalls), 400, id="fragments-two-calls"),
     pytest.param(streamed(oneCall), 400, id="argument-bytes"),
@@ -409,6 +425,9 @@ STREAMS = [
     pytest.param(streamed(blankDeltas), 100, id="blank-text-deltas"),
     pytest.param(streamed(lambda n: blankDeltas(n, "reasoning")), 100, id="blank-reasoning"),
     pytest.param(streamed(blankDeltas, thinkTags=True), 100, id="blank-deltas-think-tags"),
+    pytest.param(rebuilt(textDeltas), 100, id="tool-search-text-blocks"),
+    pytest.param(rebuilt(lambda n: blankDeltas(n, "reasoning")), 100, id="tool-search-thinking"),
+    pytest.param(rebuilt(oneCall), 400, id="tool-search-tool-input"),
 ]
 
 

@@ -697,9 +697,9 @@ WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5
 TOOLS_CASES = [
     pytest.param([BASH], [BASH_OUT], id="function-tool"),
     pytest.param(
-        [{**BASH, "cache_control": EPHEMERAL, "defer_loading": True}],
+        [{**BASH, "cache_control": EPHEMERAL, "defer_loading": False}],
         [BASH_OUT],
-        id="cache-control-and-defer-loading-dropped",
+        id="cache-control-and-defer-loading-dropped",  # deferred: test_translate_toolsearch
     ),
     pytest.param(
         [{**BASH, "type": "custom"}],

@@ -125,6 +125,7 @@ def _parseUpstream(name: str, node: Node) -> Upstream:
         headers=node.get("headers", headerMap, {}),
         profile=parseProfile(node),
         policy=parsePolicy(node),
+        countTokens=node.get("count_tokens", boolean, True),
     )
     node.finish()
     return upstream

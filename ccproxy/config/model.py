@@ -117,6 +117,9 @@ class Upstream:
     headers: Mapping[str, str] = field(factory=dict, repr=False)
     profile: Profile = field(factory=Profile)
     policy: Policy = field(factory=Policy)
+    countTokens: bool = True
+    """`count_tokens` for a route it serves first is estimated here; False: it is
+    501 `not_supported`, and Claude Code counts (estimates) on its own."""
 
     def secrets(self) -> Iterator[str | None]:
         """Its key and the secrets in its headers (see `headerSecrets`)."""

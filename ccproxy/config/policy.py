@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from attrs import fields, frozen
 
-from ccproxy.config.schema import Node, nonNegativeInt, positiveInt, positiveNumber
+from ccproxy.config.schema import (
+    Node,
+    nonNegativeInt,
+    nonNegativeNumber,
+    positiveInt,
+    positiveNumber,
+)
 
 
 @frozen
@@ -29,6 +35,11 @@ class Policy:
     """Requests in flight at once (None: no limit); the excess waits in a queue."""
     queueSize: int = 100
     queueTimeout: float = 30.0
+    headWait: float = 5.0
+    """Seconds a streaming request waits for this upstream's headers (it being the
+    route's first target) before its client gets `200`, `message_start` and pings:
+    a gateway that sends nothing until the model's first token (LiteLLM) must not
+    look dead to Claude Code. A refusal sooner keeps its own status."""
 
 
 def parsePolicy(node: Node) -> Policy:
@@ -46,4 +57,5 @@ def parsePolicy(node: Node) -> Policy:
         maxConcurrent=node.get("max_concurrent", positiveInt, default.maxConcurrent.default),
         queueSize=node.get("queue_size", nonNegativeInt, default.queueSize.default),
         queueTimeout=node.get("queue_timeout", positiveNumber, default.queueTimeout.default),
+        headWait=node.get("head_wait", nonNegativeNumber, default.headWait.default),
     )

@@ -37,11 +37,12 @@ _KNOBS: dict[str, tuple[str, Any, tuple[Any, ...] | None]] = {
     "web_search": ("webSearch", string, WEB_SEARCH_MODES),
     "extra_body": ("extraBody", lambda v, p: _mapping(v, p), None),
     "auth_header": ("authHeader", string, AUTH_HEADERS),
+    "prompt_cache_key": ("promptCacheKey", boolean, None),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "openai": {},
-    "azure": {"auth_header": "api-key"},
+    "openai": {"prompt_cache_key": True},
+    "azure": {"auth_header": "api-key", "prompt_cache_key": True},
     "gemini": {
         "schema": "gemini",
         "max_tokens_param": "max_tokens",

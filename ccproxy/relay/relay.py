@@ -2,7 +2,8 @@
 client bytes, as they arrive.
 
 `StreamRelay` owns a started stream from its head to its end: the status and
-headers (sent the moment the upstream answers), each upstream read parsed
+headers (sent the moment the upstream answers, or after `head_wait` seconds without
+its headers, with `message_start`: `holdHead`), each upstream read parsed
 (`SSEParser`), translated (`StreamTranslator`) and written as one batch of frames
 (`EventWriter`), a ping in every silence, backpressure from a slow reader to the
 upstream, and every way a stream can end — done, an upstream error inside it, a
@@ -18,18 +19,19 @@ Claude Code retries rather than trusting half an answer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IRequest
 
 from ccproxy.compat import writeNow
-from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway
+from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
 from ccproxy.relay.sse import SSEParser
-from ccproxy.translate.response import anthropicUsage
-from ccproxy.translate.stream import eventsForMessage
+from ccproxy.translate.stream import StreamTranslator, eventsForMessage
+from ccproxy.translate.toolsearch import Blocks, ToolSearch, parsedInput
 from ccproxy.upstream.dispatch import Answer
 
 
@@ -92,6 +94,10 @@ class EventWriter:
             return
         frames = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending = []
+        self.writeFrames(frames)
+
+    def writeFrames(self, frames: bytes) -> None:
+        """Send frames already encoded."""
         self._request.write(frames)
         if self._timer.active():
             self._timer.reset(self._interval)
@@ -100,13 +106,16 @@ class EventWriter:
             self._copy.append(piece)
             self._captured += len(piece)
 
-    def writeError(self, error: ProxyError) -> None:
+    def writeError(self, error: ProxyError, errorType: str | None = None) -> None:
         """End a started stream with an error Claude Code reads (and retries on); its
-        message goes through `redact`, as an upstream's words may hold its key. A
-        prompt too long for the model keeps its type: Claude Code compacts on it."""
-        errorType = "api_error"
-        if error.errorType == "overloaded_error" or error.verbatim:
-            errorType = error.errorType
+        message goes through `redact`, as an upstream's words may hold its key.
+        `errorType`: the frame's type (by default `overloaded_error` or `api_error`,
+        for a stream that broke off; a prompt too long for the model keeps its own
+        type: Claude Code compacts on it)."""
+        if errorType is None:
+            errorType = "api_error"
+            if error.errorType == "overloaded_error" or error.verbatim:
+                errorType = error.errorType
         message = self._redact(error.message)
         self.write([{"type": "error", "error": {"type": errorType, "message": message}}])
 
@@ -137,6 +146,12 @@ class Verdict:
 class StreamRelay:
     """Relays one 2xx answer to one client as an Anthropic event stream.
 
+    Made before the answer is asked for: `holdHead` commits the client's stream
+    (`200`, `message_start`, pings) if no upstream has answered within `head_wait`;
+    after that, whatever the dispatch ends with reaches the client inside the
+    stream (`relay` continues it, `refuse` ends it with an `event: error`). `close`
+    ends the wait and the pings on every path.
+
     `verdict` is set however the relay ends, a client that left included (then
     `relay` raises `CancelledError` after setting it).
     """
@@ -149,16 +164,77 @@ class StreamRelay:
         maxLineBytes: int,
         capture: int = 0,
         redact: Callable[[str], str] = KEY_SHAPES.redact,
+        onCommit: Callable[[], None] | None = None,
     ) -> None:
+        """`onCommit` is called as the stream's head is made, before it goes out
+        (it may still set headers)."""
         self._request = request
         self._clock = clock
+        self._onCommit = onCommit
         self._pingInterval = pingInterval
         self._maxLineBytes = maxLineBytes
         self._capture = capture
         self._redact = redact
         self._parser: SSEParser | None = None
+        self._waiting: Deferred[Answer] | None = None
+        """The next round's upstream answer, while ccproxy's tool search waits for it."""
         self._expiry: ProxyError | None = None
+        self._headTimer: IDelayedCall | None = None
+        self._start: list[dict[str, Any]] = []
+        self._writer: EventWriter | None = None
         self.verdict: Verdict | None = None
+
+    @property
+    def committed(self) -> bool:
+        """Whether the client has its `200` and `message_start` (the status is spent)."""
+        return self._writer is not None
+
+    def holdHead(self, seconds: float, start: list[dict[str, Any]]) -> None:
+        """Commit the stream with `start` (its `message_start`) unless an answer
+        begins within `seconds`."""
+        self._start = start
+        self._headTimer = self._clock.callLater(seconds, self.commit)
+
+    def commit(self) -> None:
+        """Commit the client's stream now: `200`, the event-stream head and
+        `message_start` on the wire, and a ping after each silent `pingInterval`."""
+        self._stopHeadTimer()
+        if self._writer is not None:
+            return
+        self._head()
+        self._writer = EventWriter(
+            self._request, self._clock, self._pingInterval, self._capture, self._redact
+        )
+        self._writer.write(self._start)
+        writeNow(self._request)
+
+    def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
+        """End a committed stream whose answer never came (`error`: the upstream's
+        refusal, its silence, a failed connection, or `max_duration` with
+        `timeout`) with the `event: error` its status would have meant."""
+        writer = self._writer
+        assert writer is not None, "only a committed stream is refused inside it"
+        writer.writeError(error, committedErrorType(error))
+        writer.stop()
+        errorType = "timeout" if timeout else error.errorType
+        self.verdict = Verdict(None, errorType, error.message, copy=writer.copy)
+        return self.verdict
+
+    def close(self) -> None:
+        """The request is over, however it ended: no commit any more, no pings."""
+        self._stopHeadTimer()
+        if self._writer is not None:
+            self._writer.stop()
+
+    def _head(self) -> None:
+        startStream(self._request)
+        if self._onCommit is not None:
+            self._onCommit()
+
+    def _stopHeadTimer(self) -> None:
+        timer, self._headTimer = self._headTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def expire(self, error: ProxyError) -> None:
         """`max_duration` ran out: end the stream now with `error` (not the
@@ -166,30 +242,108 @@ class StreamRelay:
         self._expiry = error
         if self._parser is not None:
             self._parser.fail(error)
+        elif self._waiting is not None:
+            self._waiting.cancel()
 
-    async def relay(self, answer: Answer) -> Verdict:
+    async def relay(self, answer: Answer, rounds: Rounds | None = None) -> Verdict:
         """Relay `answer` whole; its JSON `message` as events when it was read whole
-        (a server that ignored `stream: true`), else its event stream."""
+        (a server that ignored `stream: true`), else its event stream. `rounds`:
+        ccproxy's tool search, whose calls continue the answer with more upstream
+        answers."""
+        self._stopHeadTimer()
         if answer.message is not None:
             return self._relayMessage(answer)
-        return await self._relayStream(answer)
+        return await self._relayStream(answer, rounds)
 
     def _relayMessage(self, answer: Answer) -> Verdict:
+        writer = self._writer
+        events = eventsForMessage(answer.message or {})
+        if writer is not None:  # committed: its message_start is out already
+            events = events[1:]
         try:
-            frames = b"".join(encodeEvent(e) for e in eventsForMessage(answer.message or {}))
+            frames = b"".join(encodeEvent(e) for e in events)
         except orjson.JSONEncodeError:
             raise nestedTooDeepAnswer(answer.upstream.name) from None
-        startStream(self._request)
-        self._request.write(frames)
-        self.verdict = Verdict(True, copy=frames[: self._capture] if self._capture else None)
+        if writer is None:
+            self._head()
+            self._request.write(frames)
+            copy = frames[: self._capture] if self._capture else None
+        else:
+            writer.stop()
+            writer.writeFrames(frames)
+            copy = writer.copy
+        self.verdict = Verdict(True, copy=copy)
         return self.verdict
 
-    async def _relayStream(self, answer: Answer) -> Verdict:
+    async def _relayStream(self, answer: Answer, rounds: Rounds | None) -> Verdict:
+        translator = answer.rendering.streamTranslator(answer.upstream, answer.target)
+        if self._writer is None:
+            self._start = translator.start()
+            self.commit()
+        writer = self._writer
+        assert writer is not None
+        blocks = Blocks() if rounds is not None else None
+
+        def emit(events: list[dict[str, Any]]) -> None:
+            writer.add(events)
+            if blocks is not None:
+                blocks.add(events)
+
+        ok: bool | None = None
+        errorType = errorMessage = None
+        try:
+            while True:
+                sawDone = await self._pump(answer, translator, writer, emit)
+                calls = translator.serverCalls() if rounds is not None else []
+                if rounds is None or not calls:
+                    writer.write(self._named(answer, translator.finish, sawDone))
+                    break
+                emit(self._named(answer, translator.endBlocks, sawDone))
+                for blockId, arguments in calls:
+                    emit(translator.addBlock(rounds.search.result(blockId, parsedInput(arguments))))
+                if translator.clientCalls() or not rounds.more():
+                    paused = None if translator.clientCalls() else "pause_turn"
+                    writer.write(translator.endMessage(paused))
+                    break
+                writer.flush()
+                translator.nextRound()
+                answer = await self._next(rounds, answer, blocks.content if blocks else [])
+            ok = True
+        except ProxyError as e:
+            writer.writeError(e)
+            if self._expiry is not None:
+                errorType, errorMessage = "timeout", e.message
+            else:
+                ok, errorType, errorMessage = False, e.errorType, e.message
+        finally:
+            self._parser = None
+            writer.stop()
+            usage = translator.knownUsage()
+            self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
+        return self.verdict
+
+    async def _next(self, rounds: Rounds, answer: Answer, prefix: list[dict[str, Any]]) -> Answer:
+        """The next round's answer; `max_duration` running out meanwhile ends it."""
+        waiting = self._waiting = Deferred.fromCoroutine(rounds.next(answer, list(prefix)))
+        try:
+            return await waiting
+        except CancelledError:
+            if self._expiry is None:
+                raise  # the client left
+            raise self._expiry from None
+        finally:
+            self._waiting = None
+
+    async def _pump(
+        self,
+        answer: Answer,
+        translator: StreamTranslator,
+        writer: EventWriter,
+        emit: Callable[[list[dict[str, Any]]], None],
+    ) -> bool:
+        """Relay one upstream answer's stream through `translator`, until it ends;
+        whether it ended with `[DONE]`."""
         request, upstream = self._request, answer.upstream
-        translator = answer.rendering.streamTranslator(upstream, answer.target)
-        startStream(request)
-        writer = EventWriter(request, self._clock, self._pingInterval, self._capture, self._redact)
-        writer.write(translator.start())
 
         def onData(data: bytes) -> None:
             try:
@@ -199,7 +353,7 @@ class StreamRelay:
                     upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
                 ) from None
             try:
-                writer.add(translator.feed(chunk))
+                emit(translator.feed(chunk))
             except ProxyError as e:  # the upstream's own error, said inside the stream
                 raise e.naming(upstream.name) from None
 
@@ -211,34 +365,39 @@ class StreamRelay:
             self._maxLineBytes,
             onBatch=writer.flush,
         )
-        ok: bool | None = None
-        errorType = errorMessage = None
         try:
-            # The head goes out before the body is read, which may have arrived whole.
-            writeNow(request)
             answer.response.deliverBody(parser)
             # A slow reader pauses the upstream instead of making us buffer its stream.
             request.registerProducer(parser.transport, True)
             await parser.finished
-            try:
-                writer.write(translator.finish(parser.sawDone))
-            except ProxyError as e:  # cut short
-                raise e.naming(upstream.name) from None
-            ok = True
-        except ProxyError as e:
-            writer.writeError(e)
-            if self._expiry is not None:
-                errorType, errorMessage = "timeout", e.message
-            else:
-                ok, errorType, errorMessage = False, e.errorType, e.message
         finally:
             self._parser = None
-            writer.stop()
             if request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
-            usage = anthropicUsage(translator.usage) if translator.usage is not None else None
-            self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
-        return self.verdict
+        return parser.sawDone
+
+    @staticmethod
+    def _named(
+        answer: Answer, end: Callable[[bool], list[dict[str, Any]]], sawDone: bool
+    ) -> list[dict[str, Any]]:
+        """`end(sawDone)`'s events; a stream cut short is the upstream's fault, named."""
+        try:
+            return end(sawDone)
+        except ProxyError as e:
+            raise e.naming(answer.upstream.name) from None
+
+
+class Rounds(Protocol):
+    """ccproxy's tool search inside one streamed answer (`ccproxy.web.searching`)."""
+
+    search: ToolSearch
+
+    def more(self) -> bool:
+        """Whether the answer may go on after this round's searches."""
+
+    async def next(self, previous: Answer, prefix: list[dict[str, Any]]) -> Answer:
+        """The upstream answer that continues an answer begun with `prefix` (the
+        previous round's slot given back first)."""
 
 
 def nestedTooDeepAnswer(upstream: str) -> ProxyError:

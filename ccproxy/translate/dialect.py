@@ -64,3 +64,7 @@ class Profile:
     """Merged into every request body."""
     authHeader: str = "authorization"
     """`api-key` for Azure OpenAI (the key without `Bearer`)."""
+    promptCacheKey: bool = False
+    """Send the client's session as `prompt_cache_key`, so one user's turns reach
+    the same prompt cache (OpenAI, Azure). Off unless a preset says the server
+    takes it: some reject a field they do not know (Gemini, older vLLM)."""

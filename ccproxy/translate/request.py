@@ -9,10 +9,23 @@ system blocks and mid-list `role: "system"` messages become one leading system
 message; `tool_result` blocks become `tool` messages right after the call that
 asked for them, in call order; fields with no OpenAI meaning (`top_k`, `thinking`,
 `cache_control`, `context_management`, …) are never forwarded.
+
+Tool search (Claude Code's `ENABLE_TOOL_SEARCH`): a tool with `defer_loading: true`
+is held back, as Anthropic holds it back from the model, until the conversation
+loads it: Claude Code's own `ToolSearch` tool answers with `tool_reference` blocks
+in its `tool_result`, and from then on the named tools are defined for the
+upstream (so are deferred tools the history calls, and one `tool_choice` names).
+A request that asks for Anthropic's server-side search instead
+(`tool_search_tool_regex_*`, `…_bm25_*`) has it run by ccproxy
+(`ccproxy.translate.toolsearch`): the model gets a function of that name, and the
+`server_tool_use` and `tool_search_tool_result` blocks of earlier turns come back
+as its call and the call's answer.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -21,6 +34,7 @@ from ccproxy.errors import invalidRequest
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.schema import SchemaBudget, SchemaTooComplex, geminiSchema
+from ccproxy.translate.toolsearch import ToolSearch, loadedLine, resultText, searchKind
 from ccproxy.translate.values import isInt, isNumber
 
 # OpenAI accepts at most this many stop sequences; more is a 400 there.
@@ -37,13 +51,16 @@ def toOpenAI(
     profile: Profile,
     defaultMaxTokens: int,
     names: ToolNames | None = None,
+    cacheKey: str | None = None,
 ) -> dict[str, Any]:
     """Translate a Messages request body (already JSON-decoded) for an OpenAI upstream.
 
     `model` is the upstream's model name, chosen by the router; `names` maps tool
     names the upstream would reject (over 64 characters, or outside
     `[a-zA-Z0-9_-]`) to ones it takes, the same way in the tools, the history and
-    `tool_choice` (made from the body when not given).
+    `tool_choice` (made from the body when not given). `cacheKey` (the client's
+    session, `sessionKey`) goes as `prompt_cache_key` where the profile says the
+    upstream takes it.
     """
     if not isinstance(body, dict):
         raise invalidRequest("the request body must be a JSON object")
@@ -82,8 +99,10 @@ def toOpenAI(
     user = _metadataUser(body.get("metadata"))
     if user:
         out["user"] = user
+    if cacheKey is not None and profile.promptCacheKey:
+        out["prompt_cache_key"] = cacheKey
 
-    tools, serverTools = _tools(body.get("tools"), profile, names)
+    tools, serverTools = _tools(body.get("tools"), profile, names, writer.loaded, body)
     if tools:
         out["tools"] = tools
         _toolChoice(body.get("tool_choice"), out, names)
@@ -104,6 +123,23 @@ def toOpenAI(
         out["stream_options"] = {"include_usage": True}
     out.update(profile.extraBody)
     return out
+
+
+def refuseSafeguards(body: dict[str, Any]) -> None:
+    """A 400 naming `safeguards` when the request carries it.
+
+    In auto mode Claude Code adds a top-level `safeguards` field (and a beta)
+    asking the upstream to run auto mode's safety check on the conversation, and
+    reads `safeguard_results` from the reply. No OpenAI-compatible upstream can:
+    dropped like any other unknown field, the check would silently not run. Its
+    gateway protocol asks for this refusal instead; Claude Code then resends the
+    request without the field and runs the check itself for the rest of the session.
+    """
+    if "safeguards" in body:
+        raise invalidRequest(
+            "safeguards: this gateway's upstreams are OpenAI-compatible and cannot run"
+            " auto mode's safety check; send the request without safeguards"
+        )
 
 
 def reasoningEffort(thinking: Any, outputConfig: Any) -> str | None:
@@ -168,6 +204,9 @@ class _MessageWriter:
         self._openIds: set[str] = set()
         """The same ids, to match each tool_result in constant time: a turn may
         hold many thousands of parallel calls."""
+        self.loaded: set[str] = set()
+        """Tools the conversation has loaded: named by a `tool_reference` in a
+        tool_result, or called in an assistant turn (deferred ones are then sent)."""
 
     def add(self, message: Any, path: str) -> None:
         if not isinstance(message, dict):
@@ -239,9 +278,28 @@ class _MessageWriter:
                     texts.append(_blockText(block, where))
                 elif kind == "tool_use":
                     calls.append(_toolCall(block, where, self.names))
+                    self.loaded.add(block["name"])
                 elif kind == "thinking" and isinstance(block.get("thinking"), str):
                     thinking.append(block["thinking"])
-                # redacted_thinking and server tool blocks: nothing OpenAI can take
+                elif kind == "server_tool_use" and str(block.get("name")).startswith(
+                    "tool_search_tool"
+                ):
+                    calls.append(_toolCall(block, where, self.names))
+                elif kind == "tool_search_tool_result":
+                    # ccproxy's own tool search (or Anthropic's) answered inside the
+                    # turn: the call and its answer, then the turn goes on.
+                    self._assistantMessage(texts, thinking, calls)
+                    texts, thinking, calls = [], [], []
+                    callId = _require(block, "tool_use_id", str, "a string", where)
+                    text, found = resultText(block, self.names.toUpstream)
+                    self.loaded.update(found)
+                    self._closeCalls({callId: text})
+                # redacted_thinking and other server tool blocks: nothing OpenAI can take
+        self._assistantMessage(texts, thinking, calls)
+
+    def _assistantMessage(
+        self, texts: list[str], thinking: list[str], calls: list[dict[str, Any]]
+    ) -> None:
         text = "\n\n".join(t for t in texts if t.strip())
         if not text and not calls:
             return
@@ -270,7 +328,9 @@ class _MessageWriter:
             where = f"{path}.content.{j}"
             kind = _blockType(block, where)
             if kind == "tool_result":
-                callId, text = _toolResult(block, where, resultParts, self.profile.vision)
+                callId, text = _toolResult(
+                    block, where, resultParts, self.profile.vision, self._reference
+                )
                 if callId in self._openIds and callId not in results:
                     results[callId] = text
                 else:
@@ -285,6 +345,13 @@ class _MessageWriter:
         # Images from tool results follow the tool messages (a tool message takes
         # only text), ahead of the user's own words.
         self._userMessage(resultParts + parts)
+
+    def _reference(self, block: dict[str, Any], path: str) -> str:
+        """A `tool_reference` (a tool search's find): that tool is loaded, and the
+        model reads that it may call it, by the name the upstream knows it by."""
+        name = _require(block, "tool_name", str, "a string", path)
+        self.loaded.add(name)
+        return loadedLine(self.names.toUpstream(name))
 
     def _closeCalls(self, results: dict[str, str]) -> None:
         """Answer every open call, in call order; a missing result gets a placeholder
@@ -382,10 +449,15 @@ def _toolCall(block: dict[str, Any], path: str, names: ToolNames) -> dict[str, A
 
 
 def _toolResult(
-    block: dict[str, Any], path: str, images: list[dict[str, Any]], vision: bool = True
+    block: dict[str, Any],
+    path: str,
+    images: list[dict[str, Any]],
+    vision: bool = True,
+    reference: Callable[[dict[str, Any], str], str] | None = None,
 ) -> tuple[str, str]:
     """A tool_result's call id and text; its images go to `images` (or, for an
-    upstream without vision, a placeholder goes in the text)."""
+    upstream without vision, a placeholder goes in the text); each `tool_reference`
+    is read by `reference` into a line of text."""
     callId = _require(block, "tool_use_id", str, "a string", path)
     content = block.get("content")
     texts: list[str] = []
@@ -413,6 +485,8 @@ def _toolResult(
                     texts.append("[document attached below]")
                 elif part is not None:
                     texts.append(_NO_FILES)
+            elif kind == "tool_reference" and reference is not None:
+                texts.append(reference(inner, where))
     elif content is not None:
         raise invalidRequest(f"{path}.content: must be a string or a list of blocks")
     isError = block.get("is_error")
@@ -448,14 +522,17 @@ def _systemParts(system: Any, path: str) -> list[dict[str, Any]]:
 
 
 def _tools(
-    tools: Any, profile: Profile, names: ToolNames
+    tools: Any, profile: Profile, names: ToolNames, loaded: set[str], body: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Function tools, and the types of the server tools that were left out."""
+    """Function tools (a deferred one only once `loaded`), and the types of the
+    server tools that were left out."""
     if tools is None:
         return [], []
     if not isinstance(tools, list):
         raise invalidRequest("tools: must be a list")
+    loaded = loaded | _chosen(body.get("tool_choice"))
     out = []
+    searching = False
     serverTools: list[str] = []
     budget = SchemaBudget()  # one for all the tools: the request's work is bounded
     for i, tool in enumerate(tools):
@@ -463,12 +540,20 @@ def _tools(
         if not isinstance(tool, dict):
             raise invalidRequest(f"{path}: must be an object")
         kind = tool.get("type")
+        if searchKind(tool) is not None and not searching and isinstance(tool.get("name"), str):
+            # Anthropic's tool search, which ccproxy runs: the model gets a function.
+            search = ToolSearch(tool["name"], searchKind(tool) or "", ())
+            out.append(search.function(names.toUpstream(search.name)))
+            searching = True
+            continue
         if kind is not None and kind != "custom":
             # A server tool (web search, code execution, …) runs at Anthropic; an
             # OpenAI upstream has no such function, so it is not offered.
             serverTools.append(str(kind))
             continue
         name = _require(tool, "name", str, "a string", path)
+        if tool.get("defer_loading") is True and name not in loaded:
+            continue  # its schema waits until a tool search finds it
         schema = tool.get("input_schema")
         if schema is None:
             schema = {"type": "object", "properties": {}}
@@ -486,6 +571,13 @@ def _tools(
         function["parameters"] = schema
         out.append({"type": "function", "function": function})
     return out, serverTools
+
+
+def _chosen(choice: Any) -> set[str]:
+    """The tool `tool_choice` names, if any (it must be defined, deferred or not)."""
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        return {choice["name"]}
+    return set()
 
 
 def _toolChoice(choice: Any, out: dict[str, Any], names: ToolNames) -> None:
@@ -514,6 +606,40 @@ def _stopSequences(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise invalidRequest("stop_sequences: must be a list of strings")
     return [s for s in value if s]
+
+
+MAX_CACHE_KEY_CHARS = 64
+"""The longest session identity sent as `prompt_cache_key` (Claude Code's is a
+36-character UUID); a longer one, or one with other than printable ASCII, is
+not sent: it is no session of Claude Code's, and must not fail the request."""
+_CACHE_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_CACHE_KEY_CHARS}}}")
+_LEGACY_SESSION = re.compile(r"_session_([0-9A-Za-z-]+)$")
+
+
+def sessionKey(header: str | None, body: Any) -> str | None:
+    """Claude Code's session identity, to keep one user's turns on one upstream
+    prompt cache: its `X-Claude-Code-Session-Id` header, else the `session_id` in
+    `metadata.user_id` (a JSON text; older releases wrote `…_session_<uuid>`).
+    None when neither says (another client), never an error."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    for candidate in (header, _metadataSession(metadata)):
+        if candidate is not None and _CACHE_KEY.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def _metadataSession(metadata: Any) -> str | None:
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user, str):
+        return None
+    if user.startswith("{"):
+        try:
+            session = orjson.loads(user).get("session_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return session if isinstance(session, str) else None
+    legacy = _LEGACY_SESSION.search(user)
+    return legacy.group(1) if legacy else None
 
 
 def _metadataUser(metadata: Any) -> str | None:

@@ -213,6 +213,17 @@ def anthropicUsage(usage: Any) -> dict[str, int]:
     }
 
 
+def sumUsage(usages: Sequence[dict[str, int]]) -> dict[str, int]:
+    """Anthropic usages added up (one answer made of several upstream calls)."""
+    keys = (
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    )
+    return {key: sum(u.get(key, 0) for u in usages) for key in keys}
+
+
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return 0

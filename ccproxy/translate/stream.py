@@ -32,9 +32,11 @@ from ccproxy.translate.response import (
     argumentsText,
     contentText,
     stopReasonFor,
+    sumUsage,
     syntheticToolId,
 )
 from ccproxy.translate.thinking import ThinkTagSplitter, reasoningText, signatureFor
+from ccproxy.translate.toolsearch import serverCallId
 
 Event = dict[str, Any]
 
@@ -42,10 +44,22 @@ Event = dict[str, Any]
 class _Call:
     """One tool call being assembled from fragments."""
 
-    __slots__ = ("_parts", "_progress", "_unsent", "block", "closed", "id", "length", "name")
+    __slots__ = (
+        "_parts",
+        "_progress",
+        "_unsent",
+        "block",
+        "blockId",
+        "closed",
+        "id",
+        "length",
+        "name",
+    )
 
     def __init__(self, callId: str) -> None:
         self.id = callId
+        self.blockId = callId
+        """The id of its block (a server call's is made unique in the message)."""
         self.name: str | None = None
         self._parts: list[str] = []
         """The arguments so far, as the pieces they came in."""
@@ -234,8 +248,12 @@ class StreamTranslator:
         stopSequences: Sequence[str] = (),
         thinkTags: bool = False,
         toolName: Callable[[str], str] = str,
+        serverTools: frozenset[str] = frozenset(),
         contextWindow: int | None = None,
     ) -> None:
+        """`serverTools`: upstream names of the functions ccproxy runs itself (its
+        tool search): their calls are `server_tool_use` blocks, and a round that
+        makes one can go on with another upstream answer (`nextRound`)."""
         self.messageId = messageId
         self.model = model
         self.contextWindow = contextWindow
@@ -261,31 +279,18 @@ class StreamTranslator:
         self._textTail = ""
         self._blank: list[str] = []
         self._blankThinking: list[str] = []
+        self._serverTools = serverTools
+        self._made = 0
+        """Calls made in every round (each without an id of its own gets a new one)."""
+        self._serverIds: set[str] = set()
+        self._spent: list[dict[str, int]] = []
+        """Anthropic usage of the rounds before this one."""
 
     # -- input ------------------------------------------------------------------
 
     def start(self) -> list[Event]:
         """The `message_start` event, sent as soon as the upstream answered 2xx."""
-        return [
-            {
-                "type": "message_start",
-                "message": {
-                    "id": self.messageId,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {
-                        "input_tokens": 0,
-                        "output_tokens": 0,
-                        "cache_creation_input_tokens": 0,
-                        "cache_read_input_tokens": 0,
-                    },
-                },
-            }
-        ]
+        return [messageStart(self.messageId, self.model)]
 
     def feed(self, chunk: Any) -> list[Event]:
         """Events for one decoded `data:` payload. Raises `ProxyError` for an error
@@ -324,9 +329,8 @@ class StreamTranslator:
         if isinstance(finish, str) and finish:
             if finish == "error":
                 if chunk.get("error"):
-                    raise streamError(
-                        chunk, self.contextWindow
-                    )  # OpenRouter says why beside the finish
+                    # OpenRouter says why beside the finish
+                    raise streamError(chunk, self.contextWindow)
                 raise brokenAnswer("the upstream ended its answer with an error")
             self.finishReason = finish
             if choice.get("matched_stop") is not None:
@@ -340,6 +344,10 @@ class StreamTranslator:
         that is an error, not a clean stop, so Claude Code retries instead of
         taking half an answer for a whole one.
         """
+        return self.endBlocks(sawDone) + self.endMessage()
+
+    def endBlocks(self, sawDone: bool = True) -> list[Event]:
+        """Close this upstream answer's blocks (the message may go on: `nextRound`)."""
         if self.finishReason is None and not sawDone:
             raise brokenAnswer("the upstream ended the stream before finishing its answer")
         events: list[Event] = []
@@ -347,23 +355,70 @@ class StreamTranslator:
             self._tagged(self._tags.finish(), events)
         self._flushCalls(events)
         self._close(events)
-        stopReason, stopSequence = stopReasonFor(
+        return events
+
+    def endMessage(self, stopReason: str | None = None) -> list[Event]:
+        """`message_delta` and `message_stop`, with the usage of every round;
+        `stopReason` is one ccproxy decided (`pause_turn`: its tool search ran out
+        of rounds), else it is read from the upstream's finish."""
+        reason, stopSequence = stopReasonFor(
             self.finishReason,
-            bool(self._calls),
+            self.clientCalls(),
             self._textTail,
             self.stopSequences,
             self.matchedStop,
         )
         self.done = True
-        events.append(
+        return [
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": stopReason, "stop_sequence": stopSequence},
-                "usage": anthropicUsage(self.usage),
-            }
-        )
-        events.append({"type": "message_stop"})
-        return events
+                "delta": {"stop_reason": stopReason or reason, "stop_sequence": stopSequence},
+                "usage": self.totalUsage(),
+            },
+            {"type": "message_stop"},
+        ]
+
+    def serverCalls(self) -> list[tuple[str, str]]:
+        """This round's calls of ccproxy's own functions (its tool search): each
+        block's id and arguments text."""
+        return [(c.blockId, c.arguments()) for c in self._calls if c.name in self._serverTools]
+
+    def clientCalls(self) -> bool:
+        """Whether this round called any of the client's tools."""
+        return any(c.name not in self._serverTools for c in self._calls)
+
+    def addBlock(self, block: dict[str, Any]) -> list[Event]:
+        """A whole block of ccproxy's own (a tool search's result), after the
+        round's blocks are ended."""
+        index = self._blocks
+        self._blocks += 1
+        return [
+            {"type": "content_block_start", "index": index, "content_block": block},
+            {"type": "content_block_stop", "index": index},
+        ]
+
+    def nextRound(self) -> None:
+        """Another upstream answer continues this message: its blocks are numbered
+        on from these, its usage added to this one's."""
+        self._spent.append(anthropicUsage(self.usage))
+        self.usage = None
+        self.finishReason = self.matchedStop = None
+        self._calls, self._placed, self._byIndex, self._byId = [], 0, {}, {}
+        self._liveCall = None
+        if self._tags is not None:  # the next answer may begin with its own <think>
+            self._tags = ThinkTagSplitter()
+
+    def knownUsage(self) -> dict[str, int] | None:
+        """`totalUsage`, or None when no round said what it used."""
+        if self.usage is None and not self._spent:
+            return None
+        return self.totalUsage()
+
+    def totalUsage(self) -> dict[str, int]:
+        """Anthropic usage of every round so far, summed."""
+        if not self._spent:
+            return anthropicUsage(self.usage)
+        return sumUsage([*self._spent, anthropicUsage(self.usage)])
 
     # -- blocks -----------------------------------------------------------------
 
@@ -487,7 +542,8 @@ class StreamTranslator:
         return call
 
     def _newCall(self, callId: str | None) -> _Call:
-        call = _Call(callId or syntheticToolId(self.messageId, len(self._calls)))
+        call = _Call(callId or syntheticToolId(self.messageId, self._made))
+        self._made += 1
         self._calls.append(call)
         self._byId[call.id] = call
         return call
@@ -515,11 +571,15 @@ class StreamTranslator:
         return self._calls[self._placed] if self._placed < len(self._calls) else None
 
     def _startCall(self, call: _Call, events: list[Event]) -> None:
+        server = call.name in self._serverTools
+        if server:
+            call.blockId = serverCallId(call.id, self._serverIds)
+            self._serverIds.add(call.blockId)
         call.block = self._openBlock(
             "tool_use",
             {
-                "type": "tool_use",
-                "id": call.id,
+                "type": "server_tool_use" if server else "tool_use",
+                "id": call.blockId,
                 "name": self._toolName(call.name or ""),
                 "input": {},
             },
@@ -572,13 +632,41 @@ def _groqUsage(chunk: dict[str, Any]) -> Any:
     return extra.get("usage") if isinstance(extra, dict) else None
 
 
+def messageStart(messageId: str, model: str) -> Event:
+    """A stream's `message_start`: nothing in it depends on the upstream (the id and
+    model are the client's), so it may go out before any upstream has answered, and
+    a failover partner's answer follows it without contradiction."""
+    return {
+        "type": "message_start",
+        "message": {
+            "id": messageId,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        },
+    }
+
+
 def eventsForMessage(message: dict[str, Any]) -> list[Event]:
     """A whole Anthropic message as a stream, for upstreams that answer a stream
     request with one JSON completion."""
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
     events: list[Event] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(message["content"]):
-        if block["type"] == "tool_use":
+        if block["type"] == "tool_search_tool_result":  # ccproxy's own, whole at once
+            events.append({"type": "content_block_start", "index": index, "content_block": block})
+            events.append({"type": "content_block_stop", "index": index})
+            continue
+        if block["type"] in ("tool_use", "server_tool_use"):
             opening = {**block, "input": {}}
             deltas = [
                 {"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()}

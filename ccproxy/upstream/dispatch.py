@@ -1,10 +1,12 @@
 """Getting an answer started: retries, failover across a route's targets, the
 circuit breaker and the upstream's concurrency slots.
 
-Everything here happens before any byte goes to the client, so trying again is
-safe: a failed attempt is retried on the same upstream (with backoff, honouring
-`retry-after`) and then on the route's next target. Errors that retrying cannot fix
-(400, 401, 403, 404, 413, …) go straight back to the client.
+Everything here happens before any byte of an answer goes to the client (at most a
+stream's `message_start` and pings, which no upstream's answer contradicts: see
+`ccproxy.web.messages`), so trying again is safe: a failed attempt is retried on the
+same upstream (with backoff, honouring `retry-after`) and then on the route's next
+target. Errors that retrying cannot fix (400, 401, 403, 404, 413, …) go straight
+back to the client.
 
 The attempt is owned here from start to end: `Dispatcher.send(plan, …)` is an
 async context manager whose `Answer` holds the upstream's slot for as long as the

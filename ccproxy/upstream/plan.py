@@ -13,15 +13,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from ccproxy.config.model import Upstream
 from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody, upstreamError
 from ccproxy.translate.names import ToolNames
-from ccproxy.translate.request import stopSequences, toOpenAI
+from ccproxy.translate.request import refuseSafeguards, stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
-from ccproxy.translate.stream import StreamTranslator
+from ccproxy.translate.stream import Event, StreamTranslator, messageStart
+from ccproxy.translate.toolsearch import ToolSearch, continued
 
 
 @frozen
@@ -34,6 +35,8 @@ class Rendering:
     model: str
     stops: Sequence[str] = ()
     names: ToolNames = field(factory=ToolNames)
+    serverTools: frozenset[str] = frozenset()
+    """Upstream names of the functions ccproxy runs itself (its tool search)."""
 
     def message(self, upstream: Upstream, raw: bytes) -> dict[str, Any]:
         """A whole JSON answer as an Anthropic message (a 502 when it is none)."""
@@ -55,6 +58,10 @@ class Rendering:
         except ProxyError as e:  # an answer the translator cannot use
             raise e.naming(upstream.name) from None
 
+    def start(self) -> list[Event]:
+        """The stream's `message_start`, the same whichever upstream answers."""
+        return [messageStart(self.messageId, self.model)]
+
     def streamTranslator(
         self, upstream: Upstream, target: Target | None = None
     ) -> StreamTranslator:
@@ -66,6 +73,7 @@ class Rendering:
             self.stops,
             thinkTags=upstream.profile.thinkTags,
             toolName=self.names.fromUpstream,
+            serverTools=self.serverTools,
             contextWindow=target.contextWindow if target is not None else None,
         )
 
@@ -85,12 +93,27 @@ class Plan:
     maxResponseBytes: int
     size: int = 0
     """Bytes of the request as it came (how much work translating it is)."""
+    cacheKey: str | None = None
+    """The client's session, sent as `prompt_cache_key` where a profile wants it."""
+    search: ToolSearch | None = None
+    """The tool search ccproxy runs for this request, if it asks for one."""
 
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
-        """A plan for `body`, with the stop sequences and tool names read from it."""
-        rendering = Rendering(messageId, model, stopSequences(body), ToolNames.fromRequest(body))
-        return cls(body, rendering, **kwargs)
+        """A plan for `body`, with the stop sequences, tool names and tool search
+        read from it; a 400 for what none of the targets can do (every upstream is
+        OpenAI-compatible: `safeguards`)."""
+        refuseSafeguards(body)
+        names = ToolNames.fromRequest(body)
+        search = ToolSearch.fromRequest(body)
+        server = frozenset({names.toUpstream(search.name)}) if search is not None else frozenset()
+        rendering = Rendering(messageId, model, stopSequences(body), names, server)
+        return cls(body, rendering, search=search, **kwargs)
+
+    def continued(self, prefix: list[dict[str, Any]]) -> Plan:
+        """The plan that has an upstream go on with an answer begun with `prefix`
+        (ccproxy's tool search ran in it): the same message, one more request."""
+        return evolve(self, request=continued(self.request, prefix))
 
     @property
     def stream(self) -> bool:
@@ -106,6 +129,7 @@ class Plan:
             profile=upstream.profile,
             defaultMaxTokens=self.defaultMaxTokens,
             names=self.rendering.names,
+            cacheKey=self.cacheKey,
         )
         try:
             return orjson.dumps(translated)

@@ -44,6 +44,7 @@ from ccproxy.web.call import (
     errorReply,
     jsonReply,
     newId,
+    overTime,
     queryInt,
     queryText,
     redactFor,
@@ -383,11 +384,7 @@ class ProxyApp:
             return errorReply(call.request, e, call.redact)
         except CancelledError:
             if call.expired:
-                error = ProxyError(
-                    504,
-                    f"the request took longer than {call.config.maxDuration:g} s",
-                    "api_error",
-                )
+                error = overTime(call.config)
                 record.fail(error.status, error.errorType, error.message)
                 return errorReply(call.request, error, call.redact)
             record.fail(499, "cancelled", "the client went away")
@@ -398,9 +395,7 @@ class ProxyApp:
         or stop the request wherever it is."""
         call.expired = True
         if call.relay is not None:
-            call.relay.expire(
-                ProxyError(504, f"the request took longer than {call.config.maxDuration:g} s")
-            )
+            call.relay.expire(overTime(call.config))
         else:
             work.cancel()
 

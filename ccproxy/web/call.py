@@ -18,7 +18,7 @@ from attrs import define
 from twisted.web.iweb import IRequest
 
 from ccproxy.config.model import Client, Config
-from ccproxy.errors import ProxyError, Redact, errorBody, invalidRequest
+from ccproxy.errors import NOT_SUPPORTED, ProxyError, Redact, errorBody, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.relay.relay import StreamRelay
 from ccproxy.web.auth import callerKey
@@ -88,10 +88,15 @@ def jsonReply(request: IRequest, value: Any) -> bytes:
 
 def errorHeaders(error: ProxyError) -> dict[bytes, bytes]:
     """The headers an error answer carries: its own (`retry-after`, a billing
-    error's `x-should-retry: false`), and `x-should-retry: true` where Claude Code
-    should try again."""
+    error's `x-should-retry: false`), `x-should-retry: true` where Claude Code
+    should try again, and `x-should-retry: false` where it would try again in vain:
+    a key that is missing or wrong (401: without the header Claude Code retries
+    with backoff for minutes before it says so) and an endpoint this backend does
+    not have (501 `not_supported`: without it, Claude Code asks once more)."""
     headers = {name.encode(): value.encode() for name, value in error.headers.items()}
-    if error.status in (408, 429) or error.status >= 500:
+    if error.status == 401 or error.errorType == NOT_SUPPORTED:
+        headers.setdefault(b"x-should-retry", b"false")
+    elif error.status in (408, 429) or error.status >= 500:
         headers.setdefault(b"x-should-retry", b"true")
     return headers
 
@@ -125,6 +130,11 @@ def readJSON(call: Call) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalidRequest("the request body must be a JSON object")
     return body
+
+
+def overTime(config: Config) -> ProxyError:
+    """`max_duration` ran out before the answer was done."""
+    return ProxyError(504, f"the request took longer than {config.maxDuration:g} s", "api_error")
 
 
 def bodyTooLarge(config: Config) -> ProxyError:

@@ -7,31 +7,42 @@ dispatched along the route (`ccproxy.upstream.dispatch`), and the `Answer`
 either sent whole or handed to a `StreamRelay` (`ccproxy.relay.relay`), whose
 `Verdict` goes back to the answer (for the breaker) and into the access record;
 its usage goes to the client's budgets.
+
+A stream request's relay is made before the dispatch: when no upstream has
+answered within the route's `head_wait`, the client gets `200`, `message_start`
+and pings, so that a gateway that withholds its headers until the model's first
+token does not look dead. From then on the dispatch carries on as before (retries
+and failover included: `message_start` names only the client's id and model, so
+any upstream's answer may follow it), and a refusal reaches the client as the
+`event: error` its status would have meant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
 from attrs import define, field
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from ccproxy.config.model import Config
 from ccproxy.config.routing import Target
-from ccproxy.errors import ProxyError
+from ccproxy.errors import ProxyError, notSupported
 from ccproxy.relay.relay import StreamRelay, Verdict, nestedTooDeepAnswer
 from ccproxy.translate.dialect import Profile
-from ccproxy.translate.request import toOpenAI
+from ccproxy.translate.request import sessionKey, toOpenAI
 from ccproxy.translate.tokens import estimateTokens
 from ccproxy.upstream.dispatch import Answer, Dispatcher
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, nestedTooDeep
 from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.auth import callerKey
-from ccproxy.web.call import Call, jsonReply, modelName, readJSON, releaseBody
+from ccproxy.web.call import Call, jsonReply, modelName, overTime, readJSON, releaseBody
+from ccproxy.web.searching import SearchRounds
 
 
 @define
@@ -63,33 +74,53 @@ class MessagesAPI:
                 defaultMaxTokens=config.defaultMaxTokens,
                 maxResponseBytes=config.maxResponseBytes,
                 size=call.bodySize,
+                cacheKey=sessionKey(_header(call.request, b"x-claude-code-session-id"), body),
             )
             del body
+            relay = None
+            if record.stream:
+                relay = self._streamRelay(call, standing)
+                headWait = config.upstreams[route.targets[0].upstream].policy.headWait
+                relay.holdHead(headWait, plan.rendering.start())
             try:
-                async with self.dispatcher.send(
-                    plan,
-                    callerKey(call.request),
-                    deadline(call.request, record.started, config),
-                    record.attempts,
-                ) as answer:
-                    del plan  # the request is not kept for a long stream
+                key = callerKey(call.request)
+                until = deadline(call.request, record.started, config)
+                async with self.dispatcher.send(plan, key, until, record.attempts) as answer:
+                    # The request is not kept for a long stream, unless ccproxy's tool
+                    # search may have to send it again.
+                    rounds = SearchRounds.forPlan(
+                        self.dispatcher, plan, key, until, record.attempts
+                    )
+                    del plan
                     releaseBody(call)
-                    self._answered(call, answer, model, standing)
-                    if answer.message is not None and not record.stream:
-                        return self._whole(call, answer)
-                    return await self._relay(call, answer, standing)
+                    async with rounds or nullcontext():
+                        if rounds is not None and answer.message is not None:
+                            answer.message = await rounds.whole(answer)
+                        self._answered(call, answer, model, standing)
+                        if relay is None:
+                            return self._whole(call, answer)
+                        return await self._relay(call, answer, standing, relay, rounds)
             except ProxyError as e:
                 if e.upstream is not None and record.upstream is None:
                     record.upstream, record.upstreamStatus = e.upstream, e.upstreamStatus
                     record.upstreamModel = _modelAt(route.targets, e.upstream, model)
+                if relay is not None and relay.committed:
+                    return self._refused(call, relay, e)
+                raise
+            except CancelledError:
+                if relay is not None and relay.committed and call.expired:
+                    return self._refused(call, relay, overTime(config), timeout=True)
                 raise
             finally:
+                if relay is not None:
+                    relay.close()
                 if standing is not None:
                     self.admission.charge(config, standing, record.upstreamModel)
 
     async def countTokens(self, call: Call) -> bytes:
         """`POST /v1/messages/count_tokens`: estimated on the request as the route's
-        first upstream would receive it."""
+        first upstream would receive it; 501 `not_supported` where that upstream
+        has `count_tokens: false`."""
         config, record = call.config, call.record
         body = readJSON(call)
         model = record.model = modelName(body)
@@ -101,7 +132,13 @@ class MessagesAPI:
             if route is not None:
                 record.route = route.pattern
                 target = route.targets[0]
-                profile = config.upstreams[target.upstream].profile
+                upstream = config.upstreams[target.upstream]
+                if not upstream.countTokens:
+                    raise notSupported(
+                        f"count_tokens is not available for {model} (its upstream"
+                        f" {upstream.name} has count_tokens: false): count locally"
+                    )
+                profile = upstream.profile
                 upstreamModel = record.upstreamModel = target.modelFor(model)
                 record.upstream = target.upstream
             tokens = await self.offload.run(
@@ -112,21 +149,24 @@ class MessagesAPI:
 
     def _answered(self, call: Call, answer: Answer, model: str, standing: Standing | None) -> None:
         """An upstream answered 2xx: recorded, and the client's budget standing set
-        on the answer's head (nothing has been written yet)."""
+        on a whole answer's head (a stream's goes with its own, `_streamRelay`)."""
         record = call.record
-        record.firstByte = self.clock.seconds()
+        if record.firstByte is None:  # else the stream was committed earlier
+            record.firstByte = self.clock.seconds()
         record.upstream = answer.upstream.name
         record.upstreamModel = answer.target.modelFor(model)
         record.upstreamStatus = answer.response.code
         if answer.message is not None:
             record.countUsage(answer.message["usage"])
         if standing is not None:
-            standing.show(call.request)
+            if not record.stream:  # a stream's go out with its head (`_streamRelay`)
+                standing.show(call.request)
             if answer.message is not None:
                 standing.usage = answer.message["usage"]
 
     def _whole(self, call: Call, answer: Answer) -> bytes:
         """A non-streaming answer: one translated message."""
+        assert answer.message is not None, "a request without a stream is read whole"
         call.record.status = 200
         try:
             reply = jsonReply(call.request, answer.message)
@@ -136,26 +176,57 @@ class MessagesAPI:
             call.record.responsePayload = reply
         return reply
 
-    async def _relay(self, call: Call, answer: Answer, standing: Standing | None) -> None:
-        """A streamed answer, relayed by a `StreamRelay` until it ends."""
+    def _streamRelay(self, call: Call, standing: Standing | None) -> StreamRelay:
+        """The relay of a stream request's answer, made before it is asked for; its
+        head carries the client's usage-limit headers, and `firstByte` is when it
+        went out."""
         config = call.config
-        relay = call.relay = StreamRelay(
+
+        def committed() -> None:
+            call.record.firstByte = self.clock.seconds()
+            if standing is not None:
+                standing.show(call.request)
+
+        return StreamRelay(
             call.request,
             self.clock,
             config.pingInterval,
             config.maxLineBytes,
             config.logPayloadMaxChars if config.logPayloads else 0,
             call.redact,
+            onCommit=committed,
         )
+
+    def _refused(
+        self, call: Call, relay: StreamRelay, error: ProxyError, timeout: bool = False
+    ) -> None:
+        """The answer failed after the client's stream was committed: the stream ends
+        with an `event: error` (the status is spent), recorded as such."""
+        _record(call, relay.refuse(error, timeout))
+
+    async def _relay(
+        self,
+        call: Call,
+        answer: Answer,
+        standing: Standing | None,
+        relay: StreamRelay,
+        rounds: SearchRounds | None = None,
+    ) -> None:
+        """A streamed answer, relayed by its `StreamRelay` until it ends (with more
+        upstream answers when ccproxy's tool search continues it)."""
+        call.relay = relay
         self.streamsInFlight += 1
         try:
-            await relay.relay(answer)
+            await relay.relay(answer, rounds)
         finally:
             self.streamsInFlight -= 1
             call.relay = None
             if relay.verdict is not None:
                 _record(call, relay.verdict)
-                answer.settle(relay.verdict.ok)
+                if rounds is not None:
+                    rounds.settle(answer, relay.verdict.ok)
+                else:
+                    answer.settle(relay.verdict.ok)
                 if standing is not None and relay.verdict.usage is not None:
                     standing.usage = relay.verdict.usage
         return None
@@ -188,6 +259,11 @@ def _modelAt(targets: Sequence[Target], upstream: str, model: str) -> str | None
         if target.upstream == upstream:
             return target.modelFor(model)
     return None
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def deadline(request: IRequest, started: float, config: Config) -> float | None:

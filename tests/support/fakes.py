@@ -182,3 +182,25 @@ def sseReply(
         return finished
 
     return reply
+
+
+def lateReply(delay: float, reply: Responder) -> Responder:
+    """`reply`, headers and all, only after `delay` seconds on the fake's clock: a
+    gateway (LiteLLM) that sends nothing until its model's first token, or that
+    takes its time to refuse. A client that leaves first cancels it."""
+
+    def late(request: IRequest, fake: FakeOpenAI) -> Any:
+        assert fake.clock is not None, "a late reply needs the fake's clock"
+
+        def answer() -> None:
+            result = reply(request, fake)
+            if isinstance(result, Deferred):
+                result.chainDeferred(answered)
+            else:
+                answered.callback(result)
+
+        call = fake.clock.callLater(delay, answer)
+        answered: Deferred[Any] = Deferred(lambda _: call.cancel() if call.active() else None)
+        return answered
+
+    return late

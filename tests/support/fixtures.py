@@ -40,6 +40,12 @@ def requestBody(number: str) -> dict[str, Any]:
     return body
 
 
+def requestHeaders(number: str) -> dict[str, str]:
+    """The headers of captured request `number`, by lower-case name."""
+    (path,) = REQUESTS.glob(f"{number}-*.json")
+    return {name.lower(): value for name, value in json.loads(path.read_text())["headers"]}
+
+
 TOOLS = [
     {
         "name": "get_weather",

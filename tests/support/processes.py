@@ -36,6 +36,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTED_UPSTREAM = ROOT / "tests" / "support" / "scripted_upstream.py"
 
 
+def testCache() -> Path:
+    """Where the tests keep what they install once (Claude Code, LiteLLM):
+    $CCPROXY_TEST_CACHE, else ~/.cache/ccproxy-tests."""
+    base = os.environ.get("CCPROXY_TEST_CACHE")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "ccproxy-tests"
+
+
 def freePort() -> int:
     """A loopback port that was bound and closed again: free now, refused if connected to."""
     with socket.socket() as s:

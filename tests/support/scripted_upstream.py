@@ -2,7 +2,7 @@
 and test_daemon.py (with `Processes.scriptedUpstream` of tests/support/processes.py).
 
     python tests/support/scripted_upstream.py --port-file PATH --log PATH \\
-        [--file /abs/path/notes.txt] [--answer TEXT]
+        [--file /abs/path/notes.txt] [--answer TEXT] [--hold-file PATH]
 
 It listens on 127.0.0.1 on a port the OS picks and writes that port to --port-file
 (atomically) once it is listening. Every request body is appended to --log as one
@@ -14,9 +14,22 @@ JSON line (`{"path": …, "body": …}`). Answers to POST …/chat/completions:
   `finish_reason: "tool_calls"`;
 - anything else (titles, background work): a short plain text.
 
+With --tool-search (Claude Code's tool search, test_claude_code.py), instead:
+
+- a request whose last tool message holds --answer-after (the deferred tool's
+  result): --answer as text;
+- one whose tool messages say a tool "is now available to call" (ccproxy's reading
+  of the `tool_reference` blocks Claude Code's ToolSearch answers with): a call of
+  that tool (the first offered whose name ends with --tool-search) with
+  --tool-input;
+- one offering Claude Code's `ToolSearch`: a call of it, with --tool-search as query.
+
 Streamed requests get SSE chunks (with a usage chunk and `data: [DONE]`), others
-one JSON completion. It is `tests.support.fakes.FakeOpenAI` on a real port, with
-this script as the reply when none is queued.
+one JSON completion. With --hold-file, a stream's status and headers go at once but
+its first chunk only once that file exists: a model slow to start (a gateway in
+front of it, such as LiteLLM, then sends no headers of its own until then). It is
+`tests.support.fakes.FakeOpenAI` on a real port, with this script as the reply
+when none is queued.
 
 With `--overflow-wording SERVER --overflow-over CHARS` it plays a model with a small
 context window instead: any request whose tool results hold more than CHARS
@@ -37,8 +50,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from attrs import define
+from attrs import define, field
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
@@ -80,14 +94,14 @@ def fragments(text: str, parts: int) -> list[str]:
 
 
 def toolCallChunks(
-    arguments: str, callId: str = CALL_ID, usage: dict[str, int] = USAGE
+    arguments: str, name: str = "Read", callId: str = CALL_ID, usage: dict[str, int] = USAGE
 ) -> list[dict[str, Any]]:
     pieces = fragments(arguments, 4)
     first = {
         "index": 0,
         "id": callId,
         "type": "function",
-        "function": {"name": "Read", "arguments": ""},
+        "function": {"name": name, "arguments": ""},
     }
     events = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
     events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
@@ -114,7 +128,139 @@ def hasToolMessage(body: dict[str, Any]) -> bool:
     return any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or [])
 
 
-def texts(body: dict[str, Any], role: str | None = None) -> list[str]:
+NOT_FOUND = jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)
+
+
+def logged(log: IO[bytes], request: IRequest, fake: FakeOpenAI) -> dict[str, Any] | None:
+    """Log the request's body; the body, or None when it is no chat completion."""
+    body = fake.last
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    log.write(orjson.dumps({"path": request.uri.decode(), "body": text}) + b"\n")
+    log.flush()
+    if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
+        return None
+    return body
+
+
+@define
+class Logged:
+    """A reply of a `FakeOpenAI` that has none queued: each request logged, then
+    answered by `reply` (a chat completion) or 404; with `hold`, a stream's answer
+    waits for that file."""
+
+    log: IO[bytes]
+    hold: Path | None = field(default=None, kw_only=True)
+
+    def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
+        body = logged(self.log, request, fake)
+        if body is None:
+            return NOT_FOUND(request, fake)
+        if body.get("stream") and self.hold is not None and not self.hold.exists():
+            return self.held(body, request, fake)
+        return self.reply(body, request, fake)
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        raise NotImplementedError
+
+    def held(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        """The head now, the answer once the hold file exists (looked for every 50
+        ms); a client that leaves first cancels it."""
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.write(b": held\n\n")
+        polling: dict[str, Any] = {"call": None}
+
+        def poll() -> None:
+            if self.hold is not None and not self.hold.exists():
+                polling["call"] = reactor.callLater(0.05, poll)
+                return
+            result = self.reply(body, request, fake)
+            if isinstance(result, Deferred):
+                result.chainDeferred(answered)
+            else:
+                answered.callback(result)
+
+        def cancel(_: Deferred[Any]) -> None:
+            call = polling["call"]
+            if call is not None and call.active():
+                call.cancel()
+
+        answered: Deferred[Any] = Deferred(cancel)
+        poll()
+        return answered
+
+
+@define
+class Script(Logged):
+    """The scripted answers (Read, then --answer)."""
+
+    readPath: str
+    answer: str
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        stream = bool(body.get("stream"))
+        if hasToolMessage(body):
+            text = self.answer
+        elif offersRead(body):
+            arguments = orjson.dumps({"file_path": self.readPath}).decode()
+            if stream:
+                return sseReply(toolCallChunks(arguments), delay=0.01)(request, fake)
+            return jsonReply(
+                completion(None, [toolCall("Read", arguments, CALL_ID)], finish="tool_calls")
+            )(request, fake)
+        else:
+            text = "Scripted reply."
+        if stream:
+            return sseReply(textChunks(text), delay=0.01)(request, fake)
+        return jsonReply(completion(text, usage=USAGE))(request, fake)
+
+
+def toolTexts(body: dict[str, Any]) -> list[str]:
+    """The text of each tool message, in order."""
+    texts = []
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "tool":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            texts.append(str(content))
+    return texts
+
+
+def offered(body: dict[str, Any]) -> list[str]:
+    return [
+        (t.get("function") or {}).get("name", "")
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
+
+
+@define
+class ToolSearchScript(Logged):
+    """Claude Code's tool search: ToolSearch, then the tool it found, then text."""
+
+    wanted: str
+    """The end of the deferred tool's name, and the query of the search."""
+    toolInput: str
+    resultHolds: str
+    answer: str
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        texts = toolTexts(body)
+        found = [n for n in offered(body) if n.endswith(self.wanted)]
+        if texts and self.resultHolds in texts[-1]:
+            return sseReply(textChunks(self.answer), delay=0.01)(request, fake)
+        if found and any("is now available to call" in t for t in texts):
+            chunks = toolCallChunks(self.toolInput, found[0], "call_found_1")
+            return sseReply(chunks, delay=0.01)(request, fake)
+        if "ToolSearch" in offered(body):
+            query = orjson.dumps({"query": self.wanted.replace("_", " "), "max_results": 5})
+            chunks = toolCallChunks(query.decode(), "ToolSearch", "call_search_1")
+            return sseReply(chunks, delay=0.01)(request, fake)
+        return sseReply(textChunks("Scripted reply."), delay=0.01)(request, fake)
+
+
+def messageTexts(body: dict[str, Any], role: str | None = None) -> list[str]:
     """The text of each message (of `role`, when given)."""
     found = []
     for m in body.get("messages") or []:
@@ -135,75 +281,47 @@ def promptUsage(body: dict[str, Any]) -> dict[str, int]:
 
 
 @define
-class Overflowing:
-    """A model with a small window: `over` characters of tool results are too many."""
+class OverflowScript(Logged):
+    """A model with a small window: `over` characters of tool results are too many,
+    refused in `wording`'s words (inside a 200 stream with `inStream`, as
+    llama-server does once it has begun); Read again and again until then."""
 
+    readPath: str
+    answer: str
     wording: str
     over: int
     inStream: bool = False
-    """Refuse inside a 200 stream (as llama-server does once it has begun) instead."""
 
-    def reply(self, body: dict[str, Any], readPath: str, answer: str) -> Any:
-        if sum(len(t) for t in texts(body, "tool")) > self.over:
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        said = self.said(body)
+        if not isinstance(said, str):
+            return said(request, fake)
+        if body.get("stream"):
+            return sseReply(textChunks(said), delay=0.01)(request, fake)
+        return jsonReply(completion(said, usage=USAGE))(request, fake)
+
+    def said(self, body: dict[str, Any]) -> Any:
+        """The text to answer, or a reply of its own (a refusal, a call of Read)."""
+        if sum(len(t) for t in messageTexts(body, "tool")) > self.over:
             refusal = BY_SERVER[self.wording][1]
             if self.inStream and body.get("stream"):
                 error = orjson.loads(refusal)
                 error = error[0] if isinstance(error, list) else error
                 return sseReply([chunk({"role": "assistant", "content": ""}), error], done=False)
             return rawReply(refusal.encode(), 400, "application/json")
-        everything = "\n".join(texts(body))
+        everything = "\n".join(messageTexts(body))
         if SUMMARIZE in everything.lower() and SUMMARY_MARK not in everything:
             return f"<summary>{SUMMARY_MARK}: the file was read several times.</summary>"
         if SUMMARY_MARK in everything:
-            return answer
+            return self.answer
         if offersRead(body):
-            reads = len(texts(body, "tool"))
-            arguments = orjson.dumps({"file_path": readPath}).decode()
-            events = toolCallChunks(arguments, f"call_read_{reads + 1}", promptUsage(body))
-            return sseReply(events, delay=0.01)
-        return "Scripted reply."
-
-
-@define
-class Script:
-    """The scripted answers, as the reply of a `FakeOpenAI` that has none queued."""
-
-    readPath: str
-    answer: str
-    log: IO[bytes]
-    overflowing: Overflowing | None = None
-
-    def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
-        body = fake.last
-        logged = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        self.log.write(orjson.dumps({"path": request.uri.decode(), "body": logged}) + b"\n")
-        self.log.flush()
-        if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
-            return jsonReply({"error": {"message": "scripted upstream: not found"}}, status=404)(
-                request, fake
-            )
-        stream = bool(body.get("stream"))
-        if self.overflowing is not None:
-            said = self.overflowing.reply(body, self.readPath, self.answer)
-            if not isinstance(said, str):
-                return said(request, fake)
-            if stream:
-                return sseReply(textChunks(said), delay=0.01)(request, fake)
-            return jsonReply(completion(said, usage=USAGE))(request, fake)
-        if hasToolMessage(body):
-            text = self.answer
-        elif offersRead(body):
+            reads = len(messageTexts(body, "tool"))
             arguments = orjson.dumps({"file_path": self.readPath}).decode()
-            if stream:
-                return sseReply(toolCallChunks(arguments), delay=0.01)(request, fake)
-            return jsonReply(
-                completion(None, [toolCall("Read", arguments, CALL_ID)], finish="tool_calls")
-            )(request, fake)
-        else:
-            text = "Scripted reply."
-        if stream:
-            return sseReply(textChunks(text), delay=0.01)(request, fake)
-        return jsonReply(completion(text, usage=USAGE))(request, fake)
+            calls = toolCallChunks(
+                arguments, callId=f"call_read_{reads + 1}", usage=promptUsage(body)
+            )
+            return sseReply(calls, delay=0.01)
+        return "Scripted reply."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,17 +330,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", required=True, type=Path)
     parser.add_argument("--file", default=str(Path("notes.txt").resolve()))
     parser.add_argument("--answer", default="The secret word is PERIWINKLE.")
+    parser.add_argument("--tool-search", default=None)
+    parser.add_argument("--tool-input", default="{}")
+    parser.add_argument("--answer-after", default="")
+    parser.add_argument("--hold-file", type=Path, default=None)
     parser.add_argument("--overflow-wording", choices=sorted(BY_SERVER))
     parser.add_argument("--overflow-over", type=int, default=60000)
     parser.add_argument("--overflow-in-stream", action="store_true")
     args = parser.parse_args(argv)
-    overflowing = None
-    if args.overflow_wording:
-        overflowing = Overflowing(
-            args.overflow_wording, args.overflow_over, args.overflow_in_stream
-        )
     with args.log.open("ab") as log:
-        script = Script(args.file, args.answer, log, overflowing)
+        script: Logged = Script(log, args.file, args.answer, hold=args.hold_file)
+        if args.tool_search:
+            script = ToolSearchScript(
+                log, args.tool_search, args.tool_input, args.answer_after, args.answer
+            )
+        if args.overflow_wording:
+            script = OverflowScript(
+                log,
+                args.file,
+                args.answer,
+                args.overflow_wording,
+                args.overflow_over,
+                args.overflow_in_stream,
+            )
         upstream = FakeOpenAI(clock=reactor, otherwise=script)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
         tmp = args.port_file.with_name(args.port_file.name + ".tmp")
