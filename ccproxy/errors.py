@@ -53,6 +53,7 @@ class ProxyError(Exception):
         headers: Mapping[str, str] | None = None,
         upstream: str | None = None,
         upstreamStatus: int | None = None,
+        verbatim: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -62,16 +63,21 @@ class ProxyError(Exception):
         self.upstream = upstream
         """The upstream the failure came from (for the access log), if any."""
         self.upstreamStatus = upstreamStatus
+        self.verbatim = verbatim
+        """The client acts on the message's exact words (`prompt is too long: …`):
+        nothing is put in front of it."""
 
     def naming(self, upstream: str) -> ProxyError:
-        """This error as one of `upstream`'s: its message starts with the name."""
+        """This error as one of `upstream`'s: its message starts with the name
+        (unless the client reads the message word for word)."""
         return ProxyError(
             self.status,
-            f"{upstream}: {self.message}",
+            self.message if self.verbatim else f"{upstream}: {self.message}",
             self.errorType,
             self.headers,
             upstream,
             self.upstreamStatus,
+            self.verbatim,
         )
 
     def __repr__(self) -> str:
@@ -89,6 +95,26 @@ def committedErrorType(error: ProxyError) -> str:
 def invalidRequest(message: str) -> ProxyError:
     """A 400 for a request the client got wrong."""
     return ProxyError(400, message, "invalid_request_error")
+
+
+def promptTooLong(
+    message: str,
+    upstream: str | None = None,
+    upstreamStatus: int | None = None,
+    status: int = 400,
+) -> ProxyError:
+    """The prompt does not fit the model's context window, said in the words Claude
+    Code compacts on (`ccproxy.translate.overflow` makes them): an
+    `invalid_request_error` (400, or the 413 Bedrock and Vertex use), whatever status
+    the upstream used, never prefixed."""
+    return ProxyError(
+        status,
+        message,
+        "invalid_request_error",
+        upstream=upstream,
+        upstreamStatus=upstreamStatus,
+        verbatim=True,
+    )
 
 
 NOT_SUPPORTED = "not_supported"
@@ -135,38 +161,13 @@ def upstreamError(
             passOn["retry-after"] = retryAfter.strip()
     message = extractMessage(body) or f"HTTP {status} with an empty body"
     clientStatus = status if 400 <= status <= 599 else 502
-    if not isContextOverflow(status, body):
-        message = f"{upstream}: {message}"
     return ProxyError(
         clientStatus,
-        message,
+        f"{upstream}: {message}",
         headers=passOn,
         upstream=upstream,
         upstreamStatus=status,
     )
-
-
-_OVERFLOW = re.compile(
-    r"prompt is too long\b.*"
-    r"|Input is too long\."
-    r"|The (request|message) size \(\d+ bytes\) exceeds .*",
-    re.DOTALL,
-)
-
-
-def isContextOverflow(status: int, body: bytes) -> bool:
-    """A 400/413 in Anthropic's own envelope saying the prompt is too long: Claude
-    Code's recovery (auto-compact) matches its `error.message`, so it must reach
-    the client as it is, without the upstream's name in front."""
-    if status not in (400, 413):
-        return False
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    error = data.get("error") if isinstance(data, dict) and data.get("type") == "error" else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return isinstance(message, str) and _OVERFLOW.fullmatch(message) is not None
 
 
 def statusInBody(data: Any) -> int:

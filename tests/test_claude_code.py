@@ -126,9 +126,15 @@ def installClaudeCode() -> Path:
     return claude
 
 
-def proxyConfig(upstreamPort: int, upstreamKeys: str = "") -> Callable[[int], str]:
+def proxyConfig(
+    upstreamPort: int, upstreamKeys: str = "", window: int | None = None
+) -> Callable[[int], str]:
     """ccproxy's config for a port: one client key, everything to the scripted upstream
-    (with `upstreamKeys`, one more line of its YAML keys, e.g. `count_tokens: false`)."""
+    (with `upstreamKeys`, one more line of its YAML keys, e.g. `count_tokens: false`;
+    its model holding `window` tokens, when given)."""
+    target = "scripted/scripted-model"
+    if window is not None:
+        target = f"{{target: {target}, context_window: {window}}}"
     return lambda port: (
         f"""
 listen: "tcp:{port}:interface=127.0.0.1"
@@ -142,7 +148,7 @@ upstreams:
     timeout: 60
     {upstreamKeys}
 models:
-  "*": scripted/scripted-model
+  "*": {target}
 """
     )
 
@@ -338,3 +344,108 @@ def test_claude_code_finds_and_calls_a_deferred_mcp_tool(
 
 def functionNames(body: dict[str, Any]) -> list[str]:
     return [(t.get("function") or {}).get("name", "") for t in body.get("tools") or []]
+
+
+# -- compaction on an upstream's overflow ---------------------------------------------
+
+OVERFLOW_OVER = 60000
+"""Characters of tool results the scripted upstream takes; the third Read is refused."""
+
+
+def readingSession(
+    processes: Processes, tmp_path: Path, upstreamArgs: list[str], prompt: str, **env: str
+) -> tuple[int, str, str, list[str]]:
+    """Claude Code asked to read a 20 KB file again and again, through ccproxy, from
+    the scripted upstream in its overflowing mode (`upstreamArgs`): its exit code,
+    output, and the messages of each request the upstream got (as JSON)."""
+    claude = installClaudeCode()
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    big = workspace / "big.txt"
+    big.write_text(
+        "".join(f"line {i}: the quick brown fox jumps over the dog\n" for i in range(400))
+    )
+    upstreamPort = processes.scriptedUpstream("--file", str(big), "--answer", ANSWER, *upstreamArgs)
+    proxyPort = processes.ccproxy(proxyConfig(upstreamPort, window=20000))
+    code, stdout, stderr = runClaude(claude, workspace, home, proxyPort, prompt, **env)
+    said = [
+        json.dumps(r["body"].get("messages"))
+        for r in processes.received()
+        if isinstance(r["body"], dict)
+    ]
+    return code, stdout, stderr, said
+
+
+@pytest.mark.claude_code
+@pytest.mark.parametrize(
+    ("server", "inStream"),
+    [
+        # Wordings Claude Code 2.1.330 also recognized before ccproxy translated them:
+        ("anthropic", False),
+        ("openai", False),
+        ("llama-server", False),
+        ("gemini", False),
+        ("litellm", False),
+        ("llama-server", True),  # inside the stream: it falls back to a plain request
+        # Wordings it did not: before the translation, its session ended in an error.
+        ("ollama-no-shift", False),
+        ("llama-cpp-python", False),
+    ],
+)
+def test_claude_code_compacts_when_the_upstream_refuses_a_long_prompt(
+    processes: Processes, tmp_path: Path, server: str, inStream: bool
+) -> None:
+    """The upstream refuses any request holding more than OVERFLOW_OVER characters of
+    tool results, in `server`'s words (before the stream, or inside it); Claude Code,
+    told `prompt is too long`, summarizes the conversation and the session goes on
+    to its answer."""
+    from tests.support.scripted_upstream import SUMMARIZE, SUMMARY_MARK
+
+    upstreamArgs = ["--overflow-wording", server, "--overflow-over", str(OVERFLOW_OVER)]
+    if inStream:
+        upstreamArgs.append("--overflow-in-stream")
+    code, stdout, stderr, said = readingSession(
+        processes, tmp_path, upstreamArgs, "Read big.txt five times, then say what it holds."
+    )
+
+    def explain(what: str) -> str:
+        return (
+            f"{what}\n--- claude exit code {code}\n--- claude stdout\n{stdout}\n"
+            f"--- claude stderr\n{stderr}\n--- ccproxy log\n{tail(processes.proxyLog)}"
+        )
+
+    refused = [s for s in said if s.count('"role": "tool"') >= 3]
+    assert refused, explain("the conversation never grew past the upstream's window")
+    assert any(SUMMARIZE in s.lower() for s in said), explain("Claude Code did not compact")
+    assert code == 0, explain("claude exited with an error")
+    result = json.loads(stdout)
+    assert result.get("is_error") is False, explain("claude reports an error")
+    assert MARKER in result.get("result", ""), explain("the session did not go on")
+    assert SUMMARY_MARK in said[-1], explain("the last request did not carry the summary")
+
+
+@pytest.mark.claude_code
+def test_claude_code_compacts_at_the_window_the_doctor_advises(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """`CLAUDE_CODE_AUTO_COMPACT_WINDOW` is what Claude Code 2.1.330 reads: with
+    100000 it summarizes the conversation long before the 1M it believes a Claude
+    name holds (it keys on the prompt tokens the upstream reports). The upstream here
+    refuses nothing."""
+    from tests.support.scripted_upstream import SUMMARIZE, SUMMARY_MARK
+
+    code, stdout, stderr, said = readingSession(
+        processes,
+        tmp_path,
+        ["--overflow-wording", "openai", "--overflow-over", str(10**9)],
+        "Read big.txt many times, then say what it holds.",
+        CLAUDE_CODE_AUTO_COMPACT_WINDOW="100000",
+    )
+    explain = f"--- claude exit code {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    summaries = [i for i, s in enumerate(said) if SUMMARIZE in s.lower()]
+    assert summaries, explain
+    # Some 62000 tokens (4 characters each) in: well under 100000, far under 1M.
+    assert len(said[summaries[0]]) < 400_000, explain
+    assert code == 0 and MARKER in json.loads(stdout).get("result", ""), explain
+    assert SUMMARY_MARK in said[-1], explain

@@ -135,6 +135,47 @@ def test_routes_in_file_order_with_targets() -> None:
     assert router.resolve("gpt-4o").targets == (Target("corp", None),)
 
 
+def test_a_target_may_say_its_models_context_window() -> None:
+    """The short forms stay; a target written as a mapping may add `context_window`,
+    alone or in a failover list; a route's window is the smallest of its targets'."""
+    config = load(
+        MINIMAL.replace(
+            '  "*": corp\n',
+            "  claude-sonnet-*: {target: corp/gpt-4.1, context_window: 1047576}\n"
+            "  claude-opus-*: [{target: corp/big, context_window: 200000}, corp/other,"
+            " {target: corp/small, context_window: 32768}]\n"
+            "  claude-haiku-*: corp/mini\n"
+            '  "*": corp\n',
+        )
+    )
+    router = config.router
+    sonnet = router.resolve("claude-sonnet-5-5")
+    assert sonnet.targets == (Target("corp", "gpt-4.1", 1047576),)
+    assert sonnet.contextWindow == 1047576
+    opus = router.resolve("claude-opus-5-5")
+    assert [t.contextWindow for t in opus.targets] == [200000, None, 32768]
+    assert opus.contextWindow == 32768
+    assert router.resolve("claude-haiku-5-5").contextWindow is None
+    assert router.resolve("gpt-4o").targets == (Target("corp", None),)
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ("{target: corp/x, context_window: 0}", "models.*.context_window: must be a positive"),
+        ("{target: corp/x, context_window: big}", "models.*.context_window: must be a positive"),
+        ("{target: corp/x, window: 5}", "models.*.window: unknown key"),
+        ("{context_window: 5}", 'models.*: must be "UPSTREAM", "UPSTREAM/MODEL" or a list'),
+        ("[corp, {target: nowhere/x}]", "models.*.1: unknown upstream 'nowhere'"),
+        ("[corp, {target: ''}]", "models.*.1.target: must be"),
+    ],
+)
+def test_context_window_problems_name_the_key(route: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(MINIMAL.replace('"*": corp', f'"*": {route}'))
+    assert message in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

@@ -428,6 +428,99 @@ def test_modelFindings_main_model_default(environ: dict[str, str], expected: lis
     assert levels(findings) == expected
 
 
+LIMITS = """
+upstreams:
+  corp: {url: "https://gw.example/v1", max_tokens: 16384}
+  big: {url: "https://big.example/v1"}
+  mid: {url: "https://mid.example/v1", max_tokens: 64000}
+models:
+  gpt-mid: mid/x
+  claude-haiku-*: big/mini
+  claude-sonnet-*: {target: corp/gpt-4.1, context_window: 1047576}
+  claude-opus-*: [{target: big/large, context_window: 262144}, {target: corp/x}]
+  small: {target: big/qwen, context_window: 32768}
+  claude-sonnet-small: {target: big/qwen, context_window: 32768}
+"""
+
+
+def limits(**environ: str) -> list[Finding]:
+    env = shell(**environ)
+    return doctor.limitFindings(env, doctor.routeLimits(config(LIMITS), doctor.modelChecks(env)))
+
+
+def test_limitFindings_tell_the_output_cap_and_the_window_of_the_users_routes() -> None:
+    """Claude Code asks for 128000 output tokens and compacts by its own idea of a
+    Claude model's window: the doctor says the values that match the routes."""
+    findings = limits()
+    assert levels(findings) == [WARNING, WARNING]
+    assert findings[0].fix == "export CLAUDE_CODE_MAX_OUTPUT_TOKENS=16384"
+    assert "'claude-opus-*', 'claude-sonnet-*'" in findings[0].what
+    assert "128000" in findings[0].what
+    # Opus (262144) is the smallest window of the main models; haiku's route has none.
+    assert findings[1].fix == "export CLAUDE_CODE_AUTO_COMPACT_WINDOW=262144"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        (
+            {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "16000", "CLAUDE_CODE_AUTO_COMPACT_WINDOW": "262144"},
+            [(OK, None), (OK, None)],
+        ),
+        (
+            {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "32000", "CLAUDE_CODE_AUTO_COMPACT_WINDOW": "1m"},
+            [
+                (WARNING, "export CLAUDE_CODE_MAX_OUTPUT_TOKENS=16384"),
+                (WARNING, "export CLAUDE_CODE_AUTO_COMPACT_WINDOW=262144"),
+            ],
+        ),
+        # A name Claude Code does not know: CLAUDE_CODE_MAX_CONTEXT_TOKENS is its window.
+        (
+            {"ANTHROPIC_MODEL": "small"},
+            [
+                (WARNING, "export CLAUDE_CODE_MAX_OUTPUT_TOKENS=16384"),
+                (WARNING, "export CLAUDE_CODE_MAX_CONTEXT_TOKENS=32768"),
+            ],
+        ),
+        # A Claude name on a window below what Claude Code can be told: its least.
+        (
+            {"ANTHROPIC_MODEL": "claude-sonnet-small"},
+            [
+                (WARNING, "export CLAUDE_CODE_MAX_OUTPUT_TOKENS=16384"),
+                (WARNING, "export CLAUDE_CODE_AUTO_COMPACT_WINDOW=100000"),
+            ],
+        ),
+    ],
+)
+def test_limitFindings_read_what_is_set(
+    environ: dict[str, str], expected: list[tuple[str, str | None]]
+) -> None:
+    findings = limits(**environ)
+    assert [(f.level, f.fix if f.level != OK else None) for f in findings] == expected
+
+
+def test_limitFindings_know_claude_code_asks_less_of_a_name_it_does_not_know() -> None:
+    """32000 output tokens for a name not in its catalog: a 64000 cap is no trouble."""
+    everywhere = dict.fromkeys(
+        ["ANTHROPIC_MODEL", *(f"ANTHROPIC_DEFAULT_{m}_MODEL" for m in ("OPUS", "SONNET", "HAIKU"))],
+        "gpt-mid",
+    )
+    assert limits(**everywhere) == []
+
+
+def test_limitFindings_say_nothing_for_routes_without_limits() -> None:
+    assert (
+        limits(ANTHROPIC_DEFAULT_SONNET_MODEL="claude-haiku-4", ANTHROPIC_DEFAULT_OPUS_MODEL="x")
+        == []
+    )
+
+
+def test_diagnose_gives_the_limit_advice_with_a_config() -> None:
+    fetch = ScriptedFetch({})
+    findings = doctor.diagnose(None, GOOD_ENV, config(LIMITS), None, fetch)
+    assert "export CLAUDE_CODE_MAX_OUTPUT_TOKENS=16384" in text(findings)
+
+
 def test_modelFindings_skips_names_not_checked() -> None:
     env = shell(ANTHROPIC_MODEL="gpt-5")
     checks = doctor.modelChecks(env)

@@ -32,16 +32,22 @@ MODEL_VARIABLES = (MODEL, SMALL_FAST_MODEL, OPUS_MODEL, SONNET_MODEL, HAIKU_MODE
 KEY_VARIABLES = (AUTH_TOKEN, API_KEY)
 HTTP_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
+MAX_OUTPUT_TOKENS = "CLAUDE_CODE_MAX_OUTPUT_TOKENS"
+AUTO_COMPACT_WINDOW = "CLAUDE_CODE_AUTO_COMPACT_WINDOW"
+MAX_CONTEXT_TOKENS = "CLAUDE_CODE_MAX_CONTEXT_TOKENS"
+LIMIT_VARIABLES = (MAX_OUTPUT_TOKENS, AUTO_COMPACT_WINDOW, MAX_CONTEXT_TOKENS)
+"""What Claude Code (2.1.330) believes of a model's limits, where a route's differ."""
 VARIABLES = (
     BASE_URL,
     *KEY_VARIABLES,
     *MODEL_VARIABLES,
     *HTTP_PROXY_VARIABLES,
     *NO_PROXY_VARIABLES,
+    *LIMIT_VARIABLES,
 )
-"""The variables that decide whether Claude Code reaches the proxy; Claude Code reads
-them from the shell and settings.json."""
-_SHOWN = frozenset((BASE_URL, *MODEL_VARIABLES, *NO_PROXY_VARIABLES))
+"""The variables that decide whether Claude Code reaches the proxy, and how much it
+sends and asks for; Claude Code reads them from the shell and settings.json."""
+_SHOWN = frozenset((BASE_URL, *MODEL_VARIABLES, *NO_PROXY_VARIABLES, *LIMIT_VARIABLES))
 """Variables whose values are not secrets and help the user when shown."""
 
 

@@ -230,11 +230,7 @@ def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, 
         targets = []
         for i, item in enumerate(items):
             where = join(path, str(i)) if isinstance(raw, list) else path
-            if not isinstance(item, str) or not item:
-                raise ConfigError(
-                    where, 'must be "UPSTREAM", "UPSTREAM/MODEL" or a list of those (failover)'
-                )
-            target = Target.parse(item)
+            target = _parseTarget(item, where)
             if target.upstream not in upstreams:
                 known = ", ".join(sorted(upstreams))
                 raise ConfigError(where, f"unknown upstream {target.upstream!r} (known: {known})")
@@ -243,6 +239,26 @@ def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, 
             targets.append(target)
         routes.append(Route(pattern, tuple(targets)))
     return tuple(routes)
+
+
+def _parseTarget(item: Any, path: str) -> Target:
+    """`UPSTREAM[/MODEL]`, or `{target: UPSTREAM[/MODEL], context_window: TOKENS}`."""
+    contextWindow = None
+    if isinstance(item, dict) and "target" in item:
+        node = Node(item, path)
+        text = node.require("target", string)
+        contextWindow = node.get("context_window", positiveInt, None)
+        node.finish()
+        path = node.at("target")
+    else:
+        text = item
+    if not isinstance(text, str) or not text:
+        raise ConfigError(
+            path,
+            'must be "UPSTREAM", "UPSTREAM/MODEL" or a list of those (failover), each'
+            " also as {target: …, context_window: TOKENS}",
+        )
+    return Target.parse(text, contextWindow)
 
 
 def _metricsAuth(value: Any, path: str) -> str:

@@ -19,12 +19,16 @@ class Target:
     upstream: str
     model: str | None = None
     """None: the client's model name is passed through unchanged."""
+    contextWindow: int | None = None
+    """The tokens its model takes in all (`context_window:`), when the config says:
+    what ccproxy tells Claude Code the limit is when the upstream refuses a prompt
+    as too long without saying it, and what the doctor advises compacting at."""
 
     @classmethod
-    def parse(cls, text: str) -> Target:
+    def parse(cls, text: str, contextWindow: int | None = None) -> Target:
         """`UPSTREAM/MODEL` (split at the first slash) or `UPSTREAM` alone."""
         upstream, slash, model = text.partition("/")
-        return cls(upstream, model if slash else None)
+        return cls(upstream, model if slash else None, contextWindow)
 
     def modelFor(self, requested: str) -> str:
         """The model name to send upstream for a client's requested name."""
@@ -44,6 +48,13 @@ class Route:
     @property
     def isGlob(self) -> bool:
         return not GLOB_CHARS.isdisjoint(self.pattern)
+
+    @property
+    def contextWindow(self) -> int | None:
+        """The smallest window its targets declare (a conversation must fit whichever
+        serves it, failover included), or None when none declares one."""
+        windows = [t.contextWindow for t in self.targets if t.contextWindow is not None]
+        return min(windows) if windows else None
 
 
 @frozen

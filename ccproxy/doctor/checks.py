@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -22,15 +23,19 @@ from ccproxy.config import Config, Upstream, keyDigest
 from ccproxy.config.claudesettings import (
     API_KEY,
     AUTH_TOKEN,
+    AUTO_COMPACT_WINDOW,
     BASE_URL,
     HAIKU_MODEL,
     HTTP_PROXY_VARIABLES,
+    MAX_CONTEXT_TOKENS,
+    MAX_OUTPUT_TOKENS,
     MODEL,
     MODEL_VARIABLES,
     NO_PROXY_VARIABLES,
     OK,
     OPUS_MODEL,
     PROBLEM,
+    SMALL_FAST_MODEL,
     SONNET_MODEL,
     VARIABLES,
     WARNING,
@@ -42,6 +47,7 @@ from ccproxy.config.claudesettings import (
 )
 from ccproxy.config.endpoints import Origin, originOf, originOfListen
 from ccproxy.config.model import COMPLETIONS_PATH
+from ccproxy.translate.dialect import MAX_TOKENS_CEILING
 from ccproxy.upstream.client import upstreamHeaders
 
 DEFAULT_MODELS = {
@@ -375,6 +381,126 @@ def modelFindings(
     return findings
 
 
+# -- the limits Claude Code should know ------------------------------------------------
+
+CLAUDE_CODE_OUTPUT = 128_000
+"""The output limit Claude Code 2.1.330 asks for with the model names it knows: an
+upstream cap below it ends long answers at the cap, and Claude Code, after three
+retries, says its own 128000 maximum was exceeded."""
+UNKNOWN_MODEL_OUTPUT = 32_000
+"""What it asks for with a name it does not know (`ANTHROPIC_MODEL=gpt-4.1`)."""
+COMPACT_WINDOW_MINIMUM = 100_000
+"""The smallest `CLAUDE_CODE_AUTO_COMPACT_WINDOW` Claude Code takes (a smaller value
+reads as this). It compacts well before the window it is given: with 100000, at
+about 60000 prompt tokens (as the upstream reports them) in tests/test_claude_code.py."""
+_CLAUDE_NAME = re.compile(r"claude-(?:[\d.]+-)*(?:opus|sonnet|haiku|fable)\b")
+"""A name Claude Code finds in its own catalog (so it believes the catalog's window);
+any other name is one it does not know."""
+_BACKGROUND = frozenset((SMALL_FAST_MODEL, HAIKU_MODEL))
+"""Models for Claude Code's background work: they never hold the conversation."""
+
+
+@frozen
+class RouteLimits:
+    """What the route a model name takes can hold and write."""
+
+    check: ModelCheck
+    route: str
+    outputCap: int
+    """The smallest `max_tokens` cap among its targets' upstreams."""
+    contextWindow: int | None
+
+
+def routeLimits(config: Config, checks: Iterable[ModelCheck]) -> list[RouteLimits]:
+    """The limits of each checked name's route (names no route serves are left out)."""
+    found = []
+    for check in checks:
+        route = config.router.find(check.name)
+        if route is None:
+            continue
+        caps = [config.upstreams[t.upstream].profile.maxTokens for t in route.targets]
+        found.append(
+            RouteLimits(
+                check,
+                route.pattern,
+                min(MAX_TOKENS_CEILING if c is None else c for c in caps),
+                route.contextWindow,
+            )
+        )
+    return found
+
+
+def limitFindings(env: Mapping[str, Setting], limits: Iterable[RouteLimits]) -> list[Finding]:
+    """The `CLAUDE_CODE_MAX_OUTPUT_TOKENS` and compaction window that match the routes
+    the user's model names take. Claude Code 2.1.330 believes a window of 1000000
+    tokens for the Claude names it sends and for names it does not know, whatever
+    model serves them, and asks for 128000 output tokens (32000 for names it does not
+    know): a smaller window makes it compact too late (the upstream refuses, and
+    ccproxy's `prompt is too long` makes it compact then), a smaller output cap ends
+    long answers in its "exceeded the 128000 output token maximum"."""
+    limits = list(limits)
+    findings: list[Finding] = []
+    short = [lim for lim in limits if lim.outputCap < _asked(lim.check.name)]
+    if short:
+        cap = min(lim.outputCap for lim in short)
+        capped = ", ".join(repr(r) for r in sorted({lim.route for lim in short}))
+        findings.append(
+            _limitFinding(
+                env,
+                MAX_OUTPUT_TOKENS,
+                cap,
+                f"the upstream behind {capped} writes at most {cap} tokens an answer, and"
+                f" Claude Code asks for up to {_asked(short[0].check.name)}: a longer answer"
+                " ends at the cap, and Claude Code says its own maximum was exceeded",
+            )
+        )
+    main = [
+        lim
+        for lim in limits
+        if lim.contextWindow is not None and lim.check.variable not in _BACKGROUND
+    ]
+    if not main:
+        return findings
+    smallest = min(main, key=lambda lim: lim.contextWindow or 0)
+    window = smallest.contextWindow or 0
+    why = (
+        f"the route {smallest.route!r} ({smallest.check.name}) holds {window} tokens, and"
+        " Claude Code compacts by its own idea of the model's window (1000000 for the"
+        " names it sends)"
+    )
+    if not _CLAUDE_NAME.match(smallest.check.name):
+        # A name Claude Code does not know: this sets the window it assumes.
+        findings.append(_limitFinding(env, MAX_CONTEXT_TOKENS, window, why))
+    elif window < COMPACT_WINDOW_MINIMUM:
+        findings.append(
+            _limitFinding(
+                env,
+                AUTO_COMPACT_WINDOW,
+                COMPACT_WINDOW_MINIMUM,
+                why + f"; it compacts no earlier than {COMPACT_WINDOW_MINIMUM} tokens, so past"
+                " that the upstream's refusal makes it compact (ccproxy says it as `prompt is"
+                " too long`)",
+            )
+        )
+    else:
+        findings.append(_limitFinding(env, AUTO_COMPACT_WINDOW, window, why))
+    return findings
+
+
+def _asked(name: str) -> int:
+    """The output limit Claude Code asks for with a model name."""
+    return CLAUDE_CODE_OUTPUT if _CLAUDE_NAME.match(name) else UNKNOWN_MODEL_OUTPUT
+
+
+def _limitFinding(env: Mapping[str, Setting], variable: str, best: int, why: str) -> Finding:
+    """OK when `variable` is set at or below `best`, else a warning saying to set it."""
+    value = _value(env, variable)
+    if value is not None and value.isdigit() and int(value) <= best:
+        return Finding(OK, f"{variable}={value}: {why}")
+    said = "is not set" if value is None else f"is {value!r}"
+    return Finding(WARNING, f"{variable} {said}: {why}", f"export {variable}={best}")
+
+
 # -- the proxy, over HTTP ------------------------------------------------------------
 
 
@@ -590,6 +716,7 @@ def diagnose(
     checks = modelChecks(env)
     if config is not None:
         findings += modelFindings(env, checks, configRoutes(config, checks))
+        findings += limitFindings(env, routeLimits(config, checks))
 
     url = target.url()
     root = fetch(Request("GET", url + "/"))

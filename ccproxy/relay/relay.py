@@ -110,9 +110,12 @@ class EventWriter:
         """End a started stream with an error Claude Code reads (and retries on); its
         message goes through `redact`, as an upstream's words may hold its key.
         `errorType`: the frame's type (by default `overloaded_error` or `api_error`,
-        for a stream that broke off)."""
+        for a stream that broke off; a prompt too long for the model keeps its own
+        type: Claude Code compacts on it)."""
         if errorType is None:
-            errorType = "overloaded_error" if error.errorType == "overloaded_error" else "api_error"
+            errorType = "api_error"
+            if error.errorType == "overloaded_error" or error.verbatim:
+                errorType = error.errorType
         message = self._redact(error.message)
         self.write([{"type": "error", "error": {"type": errorType, "message": message}}])
 
@@ -273,7 +276,7 @@ class StreamRelay:
         return self.verdict
 
     async def _relayStream(self, answer: Answer, rounds: Rounds | None) -> Verdict:
-        translator = answer.rendering.streamTranslator(answer.upstream)
+        translator = answer.rendering.streamTranslator(answer.upstream, answer.target)
         if self._writer is None:
             self._start = translator.start()
             self.commit()

@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from ccproxy.errors import ProxyError, brokenAnswer, extractMessage, statusInBody
+from ccproxy.errors import ProxyError, brokenAnswer, extractMessage, promptTooLong, statusInBody
+from ccproxy.translate.overflow import readOverflow
 from ccproxy.translate.response import (
     anthropicUsage,
     argumentsText,
@@ -248,12 +249,15 @@ class StreamTranslator:
         thinkTags: bool = False,
         toolName: Callable[[str], str] = str,
         serverTools: frozenset[str] = frozenset(),
+        contextWindow: int | None = None,
     ) -> None:
         """`serverTools`: upstream names of the functions ccproxy runs itself (its
         tool search): their calls are `server_tool_use` blocks, and a round that
         makes one can go on with another upstream answer (`nextRound`)."""
         self.messageId = messageId
         self.model = model
+        self.contextWindow = contextWindow
+        """The target's `context_window`, for an overflow the upstream says mid-stream."""
         self.stopSequences = tuple(stopSequences)
         self._tags = ThinkTagSplitter() if thinkTags else None
         self._toolName = toolName
@@ -294,7 +298,7 @@ class StreamTranslator:
         if not isinstance(chunk, dict):
             raise brokenAnswer("the upstream sent a stream chunk that is not an object")
         if chunk.get("error") and not chunk.get("choices"):
-            raise streamError(chunk)
+            raise streamError(chunk, self.contextWindow)
         events: list[Event] = []
         choices = chunk.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
@@ -325,7 +329,8 @@ class StreamTranslator:
         if isinstance(finish, str) and finish:
             if finish == "error":
                 if chunk.get("error"):
-                    raise streamError(chunk)  # OpenRouter says why beside the finish
+                    # OpenRouter says why beside the finish
+                    raise streamError(chunk, self.contextWindow)
                 raise brokenAnswer("the upstream ended its answer with an error")
             self.finishReason = finish
             if choice.get("matched_stop") is not None:
@@ -607,10 +612,17 @@ class StreamTranslator:
             self._startCall(waiting, events)
 
 
-def streamError(chunk: dict[str, Any]) -> ProxyError:
-    """An error the upstream sent inside the stream, as a ProxyError for `event: error`."""
+def streamError(chunk: dict[str, Any], contextWindow: int | None = None) -> ProxyError:
+    """An error the upstream sent inside the stream, as a ProxyError for `event: error`;
+    a prompt too long for the model in the words Claude Code compacts on (the
+    request is no longer at hand to be counted: without the upstream's count, the
+    prompt is said to be one token over `contextWindow`)."""
+    raw = orjson.dumps(chunk)
+    overflow = readOverflow(raw.decode())
+    if overflow is not None:
+        return promptTooLong(overflow.message(None, contextWindow))
     status = statusInBody(chunk)
-    message = extractMessage(orjson.dumps(chunk)) or "the upstream sent an error"
+    message = extractMessage(raw) or "the upstream sent an error"
     errorType = "overloaded_error" if status in (429, 503, 529) else "api_error"
     return ProxyError(status, message, errorType)
 

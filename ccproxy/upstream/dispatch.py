@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, ClassVar
 
+import orjson
 from attrs import Factory, define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -34,10 +35,12 @@ from twisted.web.iweb import IResponse
 from ccproxy.config.model import Config, Upstream
 from ccproxy.config.policy import Policy
 from ccproxy.config.routing import Target
-from ccproxy.errors import ProxyError, upstreamError
+from ccproxy.errors import ProxyError, promptTooLong, upstreamError
 from ccproxy.observe.accesslog import Attempt
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State, UpstreamBreaker
+from ccproxy.translate.overflow import readOverflow
+from ccproxy.translate.tokens import estimateTokens
 from ccproxy.upstream.client import MAX_ERROR_BYTES, UpstreamClient, isEventStream, responseHeaders
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, Rendering
@@ -344,12 +347,37 @@ class Dispatcher:
         response = await self.client.post(upstream, hop.body, hop.callerKey)
         if not 200 <= response.code < 300:
             raw = await self.client.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
-            raise upstreamError(upstream.name, response.code, raw, responseHeaders(response))
+            error = upstreamError(upstream.name, response.code, raw, responseHeaders(response))
+            raise await self._overflowOr(error, hop, raw)
         message = None
         if plan.readsWhole(isEventStream(response)):
             raw = await self.client.readBody(upstream, response, plan.maxResponseBytes)
-            message = plan.rendering.message(upstream, raw)
+            try:
+                message = plan.rendering.message(upstream, raw)
+            except ProxyError as e:
+                if e.upstreamStatus is None:  # ours: an answer we cannot read
+                    raise
+                raise await self._overflowOr(e, hop, raw) from None  # its error object
         return Answer(hop.gate, upstream, hop.target, response, message, plan.rendering)
+
+    async def _overflowOr(self, error: ProxyError, hop: _Hop, raw: bytes) -> ProxyError:
+        """The upstream's refusal as Claude Code compacts on when it says the prompt
+        does not fit (`ccproxy.translate.overflow`), else `error` as it is. Missing
+        numbers come from ccproxy's estimate of the body sent and the target's
+        `context_window`."""
+        overflow = readOverflow(raw.decode("utf-8", "replace"))
+        if overflow is None:
+            return error
+        estimate = None
+        if overflow.needsEstimate:
+            estimate = await self.offload.run(len(hop.body), _estimate, hop.body)
+        status = 413 if overflow.verbatim and error.status == 413 else 400
+        return promptTooLong(
+            overflow.message(estimate, hop.target.contextWindow),
+            hop.upstream.name,
+            error.upstreamStatus,
+            status,
+        )
 
     def _retryDelay(self, error: ProxyError, tries: int, cap: float) -> float | None:
         """Seconds before the next attempt: the upstream's `retry-after` when it
@@ -360,6 +388,12 @@ class Dispatcher:
             return retryAfter if retryAfter <= cap else None
         backoff = min(cap, 0.5 * 2**tries)
         return backoff * (0.5 + self.random() / 2)
+
+
+def _estimate(body: bytes) -> int:
+    """ccproxy's count of the prompt tokens in a body sent upstream (pure, so it can
+    run in a thread)."""
+    return estimateTokens(orjson.loads(body))
 
 
 def _retryAfterSeconds(value: str | None, now: float) -> float | None:

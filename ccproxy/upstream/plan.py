@@ -62,8 +62,11 @@ class Rendering:
         """The stream's `message_start`, the same whichever upstream answers."""
         return [messageStart(self.messageId, self.model)]
 
-    def streamTranslator(self, upstream: Upstream) -> StreamTranslator:
-        """A translator of `upstream`'s stream into this client's events."""
+    def streamTranslator(
+        self, upstream: Upstream, target: Target | None = None
+    ) -> StreamTranslator:
+        """A translator of `upstream`'s stream (serving `target`) into this client's
+        events."""
         return StreamTranslator(
             self.messageId,
             self.model,
@@ -71,6 +74,7 @@ class Rendering:
             thinkTags=upstream.profile.thinkTags,
             toolName=self.names.fromUpstream,
             serverTools=self.serverTools,
+            contextWindow=target.contextWindow if target is not None else None,
         )
 
 

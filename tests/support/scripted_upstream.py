@@ -30,6 +30,15 @@ its first chunk only once that file exists: a model slow to start (a gateway in
 front of it, such as LiteLLM, then sends no headers of its own until then). It is
 `tests.support.fakes.FakeOpenAI` on a real port, with this script as the reply
 when none is queued.
+
+With `--overflow-wording SERVER --overflow-over CHARS` it plays a model with a small
+context window instead: any request whose tool results hold more than CHARS
+characters is refused (400) with SERVER's words for a context overflow (from
+tests/support/overflow_wordings.py); a request to summarize the conversation (Claude
+Code compacting) gets a `<summary>` holding SUMMARY_MARK; a request after that
+summary gets --answer; the main loop otherwise keeps calling Read on --file, so the
+conversation grows until it is refused. With `--overflow-in-stream` the refusal comes
+inside a 200 stream, after a first chunk (as llama-server sends it).
 """
 
 from __future__ import annotations
@@ -49,9 +58,12 @@ from twisted.web.server import Site
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.fakes import FakeOpenAI, completion, jsonReply, sseReply, toolCall
+from tests.support.fakes import FakeOpenAI, completion, jsonReply, rawReply, sseReply, toolCall
+from tests.support.overflow_wordings import BY_SERVER
 
 CALL_ID = "call_read_1"
+SUMMARY_MARK = "SUMMARY-OF-THE-READS"
+SUMMARIZE = "create a detailed summary"
 USAGE = {"prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132}
 
 
@@ -65,14 +77,14 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None) -> dic
     }
 
 
-def usageChunk() -> dict[str, Any]:
+def usageChunk(usage: dict[str, int] = USAGE) -> dict[str, Any]:
     return {
         "id": "chatcmpl-scripted",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "scripted-model",
         "choices": [],
-        "usage": USAGE,
+        "usage": usage,
     }
 
 
@@ -82,7 +94,7 @@ def fragments(text: str, parts: int) -> list[str]:
 
 
 def toolCallChunks(
-    arguments: str, name: str = "Read", callId: str = CALL_ID
+    arguments: str, name: str = "Read", callId: str = CALL_ID, usage: dict[str, int] = USAGE
 ) -> list[dict[str, Any]]:
     pieces = fragments(arguments, 4)
     first = {
@@ -93,14 +105,14 @@ def toolCallChunks(
     }
     events = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
     events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
-    events += [chunk(finish="tool_calls"), usageChunk()]
+    events += [chunk(finish="tool_calls"), usageChunk(usage)]
     return events
 
 
-def textChunks(text: str) -> list[dict[str, Any]]:
+def textChunks(text: str, usage: dict[str, int] = USAGE) -> list[dict[str, Any]]:
     events = [chunk({"role": "assistant", "content": ""})]
     events += [chunk({"content": p}) for p in fragments(text, 3)]
-    events += [chunk(finish="stop"), usageChunk()]
+    events += [chunk(finish="stop"), usageChunk(usage)]
     return events
 
 
@@ -248,6 +260,70 @@ class ToolSearchScript(Logged):
         return sseReply(textChunks("Scripted reply."), delay=0.01)(request, fake)
 
 
+def messageTexts(body: dict[str, Any], role: str | None = None) -> list[str]:
+    """The text of each message (of `role`, when given)."""
+    found = []
+    for m in body.get("messages") or []:
+        if not isinstance(m, dict) or (role is not None and m.get("role") != role):
+            continue
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        found.append(str(content or ""))
+    return found
+
+
+def promptUsage(body: dict[str, Any]) -> dict[str, int]:
+    """Usage that grows with the prompt (about 4 characters a token), as a real
+    model's does: Claude Code's own compaction keys on it."""
+    prompt = len(orjson.dumps(body.get("messages"))) // 4
+    return {"prompt_tokens": prompt, "completion_tokens": 12, "total_tokens": prompt + 12}
+
+
+@define
+class OverflowScript(Logged):
+    """A model with a small window: `over` characters of tool results are too many,
+    refused in `wording`'s words (inside a 200 stream with `inStream`, as
+    llama-server does once it has begun); Read again and again until then."""
+
+    readPath: str
+    answer: str
+    wording: str
+    over: int
+    inStream: bool = False
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        said = self.said(body)
+        if not isinstance(said, str):
+            return said(request, fake)
+        if body.get("stream"):
+            return sseReply(textChunks(said), delay=0.01)(request, fake)
+        return jsonReply(completion(said, usage=USAGE))(request, fake)
+
+    def said(self, body: dict[str, Any]) -> Any:
+        """The text to answer, or a reply of its own (a refusal, a call of Read)."""
+        if sum(len(t) for t in messageTexts(body, "tool")) > self.over:
+            refusal = BY_SERVER[self.wording][1]
+            if self.inStream and body.get("stream"):
+                error = orjson.loads(refusal)
+                error = error[0] if isinstance(error, list) else error
+                return sseReply([chunk({"role": "assistant", "content": ""}), error], done=False)
+            return rawReply(refusal.encode(), 400, "application/json")
+        everything = "\n".join(messageTexts(body))
+        if SUMMARIZE in everything.lower() and SUMMARY_MARK not in everything:
+            return f"<summary>{SUMMARY_MARK}: the file was read several times.</summary>"
+        if SUMMARY_MARK in everything:
+            return self.answer
+        if offersRead(body):
+            reads = len(messageTexts(body, "tool"))
+            arguments = orjson.dumps({"file_path": self.readPath}).decode()
+            calls = toolCallChunks(
+                arguments, callId=f"call_read_{reads + 1}", usage=promptUsage(body)
+            )
+            return sseReply(calls, delay=0.01)
+        return "Scripted reply."
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port-file", required=True, type=Path)
@@ -258,12 +334,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tool-input", default="{}")
     parser.add_argument("--answer-after", default="")
     parser.add_argument("--hold-file", type=Path, default=None)
+    parser.add_argument("--overflow-wording", choices=sorted(BY_SERVER))
+    parser.add_argument("--overflow-over", type=int, default=60000)
+    parser.add_argument("--overflow-in-stream", action="store_true")
     args = parser.parse_args(argv)
     with args.log.open("ab") as log:
         script: Logged = Script(log, args.file, args.answer, hold=args.hold_file)
         if args.tool_search:
             script = ToolSearchScript(
                 log, args.tool_search, args.tool_input, args.answer_after, args.answer
+            )
+        if args.overflow_wording:
+            script = OverflowScript(
+                log,
+                args.file,
+                args.answer,
+                args.overflow_wording,
+                args.overflow_over,
+                args.overflow_in_stream,
             )
         upstream = FakeOpenAI(clock=reactor, otherwise=script)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
