@@ -307,6 +307,20 @@ def sse_line(size: int) -> Callable[[], Any]:
     return run
 
 
+def overflow_error(n: int) -> Callable[[], Any]:
+    """An upstream's error body read for a context overflow (`readOverflow`, on the
+    reactor): n repetitions of the phrase and no number after it, the shape on which
+    an unbounded `[^0-9]*` rescans the rest of the body from every occurrence."""
+    from ccproxy.translate.overflow import readOverflow
+
+    text = "prompt is too long " * n
+
+    def run() -> None:
+        readOverflow(text)
+
+    return run
+
+
 DIMENSIONS = [
     Dimension("messages", 2000, "messages", *_request(conversation)),
     Dimension("tools", 200, "tools", *_request(tools)),
@@ -336,6 +350,13 @@ DIMENSIONS = [
     Dimension("stream: blank text deltas", 20_000, "deltas", *_stream(blank_deltas)),
     Dimension("stream: blank deltas, think tags", 20_000, "deltas", *_stream(blank_deltas, True)),
     Dimension("sse: one long line, 1460-byte reads", 256 * 1024, "bytes", sse_line, lambda n: n),
+    Dimension(
+        "upstream error: overflow phrase repeated",
+        350,
+        "phrases",
+        overflow_error,
+        lambda n: 19 * n,
+    ),
 ]
 
 

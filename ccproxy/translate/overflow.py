@@ -70,7 +70,7 @@ _N = r"(\d[\d,]*)"
 _Q = r'\\*"'  # a quote, escaped once or more when an error is nested in a string
 _TOKENS = (
     # Anthropic
-    re.compile(r"prompt is too long[^0-9]*" + _N + r"\s*tokens?\s*>\s*" + _N),
+    re.compile(r"prompt is too long[^0-9]{0,100}" + _N + r"\s*tokens?\s*>\s*" + _N),
     # llama-server (also inside Ollama's string)
     re.compile(r"request \(" + _N + r" tokens\) exceeds the available context size \(" + _N),
     # Gemini
@@ -80,7 +80,7 @@ _TOKENS = (
     # llama-cpp-python
     re.compile(r"requested tokens \(" + _N + r"\) exceed context window of " + _N),
     # Mistral
-    re.compile(r"prompt contains " + _N + r" tokens.*?too large for model with " + _N),
+    re.compile(r"prompt contains " + _N + r" tokens.{0,200}?too large for model with " + _N),
 )
 _PROMPT = (
     re.compile(_Q + r"n_prompt_tokens" + _Q + r"\s*:\s*" + _N),
