@@ -289,3 +289,10 @@ def test_no_pattern_rescans_the_rest_of_an_error_body(pattern: re.Pattern[str]) 
     from re import _parser  # type: ignore[attr-defined]
 
     assert _unboundedBroadRepeats(_parser.parse(pattern.pattern)) == []
+
+
+def test_only_the_start_of_a_long_error_is_read() -> None:
+    """An error inside a stream may be a line of megabytes: the first 64 KiB are read."""
+    sentence = "prompt is too long: 5000 tokens > 4096 maximum"
+    assert readOverflow("x" * 60_000 + sentence) == Overflow(5000, 4096)
+    assert readOverflow("x" * 70_000 + sentence) is None

@@ -66,6 +66,10 @@ _VERBATIM = re.compile(
     r"|The (?:request|message) size \(\d+ bytes\) exceeds [\d.]+ ?MB limit\.?",  # Vertex
 )
 
+_READ_CHARS = 64 * 1024
+"""Characters of an error read for an overflow at most: an upstream's error body is
+cut there already (`MAX_ERROR_BYTES`), an error inside a stream may be a whole
+line of up to `max_line_bytes`; the sentence and its numbers come first."""
 _N = r"(\d[\d,]*)"
 _Q = r'\\*"'  # a quote, escaped once or more when an error is nested in a string
 _TOKENS = (
@@ -156,6 +160,7 @@ def readOverflow(text: str) -> Overflow | None:
     plain line): the numbers may sit in fields beside the message (llama-server's
     `n_prompt_tokens`, `n_ctx`) or in a message nested in a string (Ollama).
     """
+    text = text[:_READ_CHARS]
     verbatim = _verbatim(text)
     if verbatim is not None:
         return Overflow(verbatim=verbatim)
