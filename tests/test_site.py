@@ -296,3 +296,24 @@ def test_a_body_holds_its_room_until_its_request_lets_go_of_it(h: Harness, site:
     h.clock.advance(5)
     h.flush()
     assert b"message_stop" in conn.written
+
+
+def test_a_request_kept_for_tool_search_rounds_keeps_its_room(h: Harness, site: ProxySite) -> None:
+    """A request offering the tool search tool is kept while its answer streams (each
+    search round sends it again): its room among the bodies stays held until the
+    request ends, so body_memory_bytes still bounds what such streams keep."""
+    stream = sseReply([completionChunk("a"), completionChunk("b")], delay=5.0)
+    h.upstream.queue(stream)
+    searching = message(stream=True)
+    searching["tools"] = [{"type": "tool_search_tool_regex_20251119", "name": "search"}]
+    body = orjson.dumps(searching)
+    conn = Conn(site).head(len(body))
+    conn.send(body)
+    h.flush()
+    assert b"event: message_start" in conn.written and b"message_stop" not in conn.written
+    assert site.bodyBytes == len(body)  # answered, but the request is kept
+    for _ in range(3):
+        h.clock.advance(5)
+    h.flush()
+    assert b"message_stop" in conn.written
+    assert site.bodyBytes == 0

@@ -92,7 +92,8 @@ class MessagesAPI:
                         self.dispatcher, plan, key, until, record.attempts
                     )
                     del plan
-                    releaseBody(call)
+                    if rounds is None:  # else its room is held until the request ends
+                        releaseBody(call)
                     async with rounds or nullcontext():
                         if rounds is not None and answer.message is not None:
                             answer.message = await rounds.whole(answer)
