@@ -37,7 +37,7 @@ from ccproxy.translate.dialect import Profile
 from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.stream import StreamTranslator
 from ccproxy.translate.tokens import estimateTokens
-from ccproxy.translate.toolsearch import Blocks
+from ccproxy.translate.toolsearch import Blocks, Entry, bm25Search
 
 GROWTH = 10
 # Linear work grows 10 times (a little more for a fixed start-up cost that is amortized
@@ -434,3 +434,18 @@ STREAMS = [
 @pytest.mark.parametrize(("make", "n"), STREAMS)
 def test_stream_work_is_linear(monkeypatch: pytest.MonkeyPatch, make: Callable, n: int) -> None:
     assertLinear(monkeypatch, make, n)
+
+
+# -- ccproxy's tool search --------------------------------------------------------------
+
+
+def bm25Searched(n: int) -> Callable[[], Any]:
+    """A BM25 search of n query terms (the model's, unbounded) over n deferred tools
+    (the client's): the work must follow the words read, not terms x tools."""
+    catalog = [Entry(f"tool_{i}", f"tool_{i}\ndoes thing{i} for project{i}") for i in range(n)]
+    query = " ".join(f"word{k}" for k in range(n)) + " thing1"
+    return lambda: bm25Search(query, catalog)
+
+
+def test_tool_search_work_is_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    assertLinear(monkeypatch, bm25Searched, 200)

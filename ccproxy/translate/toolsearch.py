@@ -343,15 +343,16 @@ def bm25Search(query: str, catalog: Sequence[Entry]) -> list[str]:
     documents = [Counter(words(e.text) + words(e.name)) for e in catalog]
     lengths = [sum(d.values()) for d in documents]
     average = sum(lengths) / len(lengths) or 1.0
-    frequency = {t: sum(1 for d in documents if t in d) for t in terms}
+    # Each document meets only the query's terms it holds: the query is the model's
+    # and may be long, so the work is the catalog's words, not terms x tools.
+    shared = [terms & document.keys() for document in documents]
+    frequency = Counter(term for found in shared for term in found)
     count = len(documents)
     scored = []
     for position, (document, length) in enumerate(zip(documents, lengths, strict=True)):
         score = 0.0
-        for term in terms:
-            tf = document.get(term, 0)
-            if not tf:
-                continue
+        for term in shared[position]:
+            tf = document[term]
             idf = math.log(1 + (count - frequency[term] + 0.5) / (frequency[term] + 0.5))
             score += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / average))
         if score > 0:
