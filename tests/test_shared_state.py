@@ -371,3 +371,31 @@ async def test_a_half_open_breaker_lets_one_trial_through_for_all_processes(
     finally:
         for state in states:
             await state.stop()
+
+
+def test_after_stop_a_failing_write_starts_no_probe_and_a_closed_link_fails_calls() -> None:
+    """A write that fails as the link closes (the daemon stopping) used to start the
+    probe again, whose ping on the closed link raised an unhandled error. Stopped,
+    the state probes no more; a call on a closed link fails as a lost connection."""
+    import txredisapi
+    from twisted.internet.defer import fail
+    from twisted.internet.task import Clock
+
+    config = Config.fromYAML(
+        'upstreams: {up: {url: "http://u.test/v1"}}\nmodels: {"*": up}\n'
+        'state: {redis: "redis://127.0.0.1:1/0"}\n',
+        {},
+    )
+    assert config.redis is not None
+    clock = Clock()
+    link = RedisLink(config.redis, clock)
+    state = RedisState(link, clock, LocalState(clock))
+    stopped = ensureDeferred(state.stop())
+    assert stopped.called
+    state._fire(fail(txredisapi.ConnectionError("the connection to Redis is lost")))
+    assert not state.up
+    assert not state._probe.running
+    clock.advance(60)
+    failures: list[Any] = []
+    link.ping().addErrback(failures.append)
+    assert failures and failures[0].check(txredisapi.ConnectionError)

@@ -251,7 +251,8 @@ class RedisLink:
         """The connection itself once there is one (a call through txredisapi's
         handler costs some 20 µs more CPU); the handler, which waits for it, before."""
         factory = self._factory
-        assert factory is not None, "connect first"
+        if factory is None:  # not connected yet, or disconnected: a late call fails
+            raise txredisapi.ConnectionError("there is no connection to Redis")
         if factory.size:
             self._connected = True
             return factory.pool[0]
@@ -312,6 +313,7 @@ class RedisState:
         self._probe = LoopingCall(self._probeOnce)
         self._probe.clock = reactor
         self._probing = False
+        self._stopped = False
         self.outages = 0
         """How many times Redis stopped answering (for tests and logs)."""
         self.lastFallback: float | None = None
@@ -329,6 +331,7 @@ class RedisState:
         self._renewal.start(self.leaseTTL / 3, now=False)
 
     async def stop(self) -> None:
+        self._stopped = True  # a write failing as the link closes starts no probe
         for loop in (self._renewal, self._probe):
             if loop.running:
                 loop.stop()
@@ -365,7 +368,7 @@ class RedisState:
             redis=self.link.where,
             why=why,
         )
-        if not self._probe.running:
+        if not self._probe.running and not self._stopped:
             self._probe.start(self.probeEvery, now=False)
 
     def _probeOnce(self) -> None:
