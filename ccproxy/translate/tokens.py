@@ -15,6 +15,9 @@ from typing import Any
 
 import orjson
 
+from ccproxy.translate.dialect import Profile
+from ccproxy.translate.request import toOpenAI
+
 # Words in any script, single digits, whitespace runs, ASCII punctuation runs, and
 # any other single character.
 _PIECE = re.compile(r"[^\W\d_]+|\d|\s+|[!-/:-@\[-`{-~]+|.", re.DOTALL)
@@ -36,6 +39,29 @@ counted at the rate the first ones gave. Counting is a Python loop over every wo
 (some 0.15 s a MiB): a 30 MiB body took 3.7 s of one core, and one caller sending
 such bodies in a loop halved everyone else's share of it. A request Claude Code
 sends holds far less text than this, so its count is exact as before."""
+
+
+def requestTokens(body: Any, model: str, profile: Profile, defaultMaxTokens: int) -> int:
+    """The estimate of a Messages request as `model` on an upstream of `profile` gets
+    it: what `count_tokens` answers and `input_tokens_over` compares. Raises the
+    translation's `ProxyError`, or `orjson.JSONEncodeError` for a body nested too
+    deeply to encode."""
+    translated = toOpenAI(body, model=model, profile=profile, defaultMaxTokens=defaultMaxTokens)
+    return estimateTokens(translated)
+
+
+def tokensAtMost(bodyBytes: int, images: int) -> int:
+    """A bound on `estimateTokens` of any translation of a Messages body of
+    `bodyBytes` bytes holding `images` image blocks, known without counting.
+
+    A text's estimate is at most its length (no piece gives more tokens than it has
+    characters), and each character of a translated text stands for at least a
+    byte of the body; the translation restates no part twice, but reformats tool
+    inputs and schemas, so its texts are taken as twice the body. An image counts
+    `_PER_IMAGE` however few bytes name it; the constant covers the few fixed
+    texts a translation adds. Routing (`input_tokens_over`) counts only requests
+    whose bound exceeds its threshold: most requests are never counted."""
+    return 2 * bodyBytes + _PER_IMAGE * images + 4096
 
 
 def estimateTokens(request: dict[str, Any]) -> int:
