@@ -88,7 +88,9 @@ def test_the_tool_result_with_an_image_goes_to_the_vision_upstream(
 
     mainPort, mainLog = scripted(processes, "main", "--file", str(picture), "--answer", WRONG)
     eyesPort, eyesLog = scripted(processes, "eyes", "--file", str(picture), "--answer", SEEN)
-    config = lambda port: f"""
+
+    def config(port: int) -> str:
+        return f"""
 listen: "tcp:{port}:interface=127.0.0.1"
 ledger: off
 clients:
@@ -107,6 +109,7 @@ routes:
 models:
   "*": main/other-model
 """
+
     proxyPort = processes.ccproxy(config)
     run = runClaude(
         claude, workspace, home, proxyPort, "Look at red.png and tell me what it shows."

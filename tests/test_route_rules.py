@@ -249,7 +249,7 @@ def test_a_huge_content_array_is_read_once() -> None:
         ("[{when: {input_tokens_over: 0}, target: corp}]", "routes.0.when.input_tokens_over:"),
         ("[{when: {tools: []}, target: corp}]", "routes.0.when.tools: the list is empty"),
         ("[{when: {model: [3]}, target: corp}]", "routes.0.when.model.0: must be a name"),
-        ("[{when: {}, target: corp}]", "routes.0.when: names no condition"),
+        ("[{when: {}, target: corp}]", "routes.0.when: names no condition (one of model, images"),
         ("[{when: {images: true}, target: nowhere}]", "routes.0.target: unknown upstream"),
         ("[{when: {images: true}, target: [corp, nowhere/x]}]", "routes.0.target.1: unknown"),
         ("[{when: {images: true}, target: []}]", "routes.0.target: the list of targets is empty"),
@@ -417,3 +417,12 @@ def test_route_command_explains_the_choice(
 
     body.write_text("[1]")
     assert main(["route", "--config", str(path), str(body)]) == 2
+
+
+def test_the_bench_row_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.routing import main as bench
+
+    assert bench(["--n", "6", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "6 rules tried + models: (claude-* chosen)" in out  # every rule was tried
+    assert "input_tokens_over 120000 (long)" in out

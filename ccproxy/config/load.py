@@ -275,22 +275,11 @@ def _ruleName(value: Any, path: str) -> str:
 
 def _parseWhen(value: Any, path: str) -> When:
     node = Node(value, path)
-    when = When(
-        model=node.get("model", _globList, None),
-        images=node.get("images", boolean, None),
-        inputTokensOver=node.get("input_tokens_over", positiveInt, None),
-        thinking=node.get("thinking", boolean, None),
-        tools=node.get("tools", _globList, None),
-        background=node.get("background", boolean, None),
-        client=node.get("client", _globList, None),
-    )
+    when = When(**{name: node.get(key, kind, None) for key, name, kind in _WHEN_KEYS})
     node.finish()
     if when == When():
-        raise ConfigError(
-            path,
-            "names no condition: model, images, input_tokens_over, thinking, tools,"
-            " background or client",
-        )
+        names = ", ".join(key for key, _, _ in _WHEN_KEYS)
+        raise ConfigError(path, f"names no condition (one of {names})")
     return when
 
 
@@ -306,6 +295,18 @@ def _globList(value: Any, path: str) -> tuple[str, ...]:
             raise ConfigError(where, "must be a name or a glob (a string)")
         found.append(item)
     return tuple(found)
+
+
+_WHEN_KEYS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = (
+    ("model", "model", _globList),
+    ("images", "images", boolean),
+    ("input_tokens_over", "inputTokensOver", positiveInt),
+    ("thinking", "thinking", boolean),
+    ("tools", "tools", _globList),
+    ("background", "background", boolean),
+    ("client", "client", _globList),
+)
+"""`routes[].when`'s conditions: key, `When` field, reader."""
 
 
 def _parseTarget(item: Any, path: str) -> Target:
