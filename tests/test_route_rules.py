@@ -426,3 +426,18 @@ def test_the_bench_row_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "6 rules tried + models: (claude-* chosen)" in out  # every rule was tried
     assert "input_tokens_over 120000 (long)" in out
+
+
+def test_the_daemon_logs_its_rules_first(tmp_path: Path) -> None:
+    service, path = serviceFor(tmp_path, RELOAD_RULES)
+    path.write_text(RELOAD_RULES.replace("images: true", "images: true, tools: [a*]"))
+    events, stop = capture()
+    try:
+        assert service.reload() is True
+    finally:
+        stop()
+    lines = [formatEvent(e) for e in events if formatEvent(e).startswith("route ")]
+    assert lines == [
+        "route routes.0 when {images: true, tools: [a*]} -> b/vision",
+        "route claude-* -> a/first",
+    ]

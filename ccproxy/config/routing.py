@@ -114,6 +114,26 @@ class When:
             return None
         return True
 
+    def __str__(self) -> str:
+        """Its conditions as the config writes them: `{images: true, model: [claude-*]}`."""
+        said = []
+        for key, value in (
+            ("model", self.model),
+            ("images", self.images),
+            ("input_tokens_over", self.inputTokensOver),
+            ("thinking", self.thinking),
+            ("tools", self.tools),
+            ("background", self.background),
+            ("client", self.client),
+        ):
+            if isinstance(value, bool):
+                said.append(f"{key}: {_yaml(value)}")
+            elif isinstance(value, tuple):
+                said.append(f"{key}: [{', '.join(value)}]")
+            elif value is not None:
+                said.append(f"{key}: {value}")
+        return "{" + ", ".join(said) + "}"
+
     def explain(
         self, model: str, facts: RequestFacts, client: str | None
     ) -> Iterator[tuple[str, str, bool | None]]:
