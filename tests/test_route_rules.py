@@ -441,3 +441,16 @@ def test_the_daemon_logs_its_rules_first(tmp_path: Path) -> None:
         "route routes.0 when {images: true, tools: [a*]} -> b/vision",
         "route claude-* -> a/first",
     ]
+
+
+def test_the_bound_holds_where_every_character_is_a_token() -> None:
+    """Digits are a token each: the densest text there is still fits the bound."""
+    use = {"type": "tool_use", "id": "t", "name": "f", "input": {"a": "1" * 5000}}
+    result = {"type": "tool_result", "tool_use_id": "t", "content": "1," * 3000, "is_error": True}
+    body = message("1 " * 20_000)
+    body["messages"] += [
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [result, *[{"type": "text", "text": "9"}] * 500]},
+    ]
+    facts = RequestFacts(body, len(orjson.dumps(body)))
+    assert 20_000 < estimateInputTokens(body, "m", Profile(), 100) <= facts.tokenBound
