@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ccproxy.doctor import cli as doctor
+from ccproxy.doctor import route
 from ccproxy.ledger import cli as usage
 
 
@@ -18,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor.addParser(subparsers)
     usage.addParser(subparsers)
+    route.addParser(subparsers)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

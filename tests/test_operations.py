@@ -336,7 +336,7 @@ def test_metrics_after_a_few_requests() -> None:
     text = h.call("GET", "/metrics", headers={"x-api-key": "root-key"}).body.decode()
     assert (
         'ccproxy_requests_total{client="alice",endpoint="messages",model="claude-*",'
-        'status="200",upstream="up"} 2.0'
+        'route="claude-*",status="200",upstream="up"} 2.0'
     ) in text
     assert 'status="503"' in text
     assert 'ccproxy_tokens_total{client="alice",kind="input",upstream="up"} 22.0' in text

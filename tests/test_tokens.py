@@ -6,6 +6,7 @@ Anthropic body first, exactly as `/v1/messages/count_tokens` does.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import orjson
@@ -287,10 +288,12 @@ def test_past_a_mib_of_text_the_rest_is_counted_at_the_rate_of_the_first() -> No
 
     exact = sum(real(m["content"]) for m in request["messages"]) + 3 + 4 * 3000
     tokens.textTokens = spy  # type: ignore[assignment]
+    remembered, tokens.MEMO_CHARS = tokens.MEMO_CHARS, sys.maxsize  # each text counted
     try:
         estimate = tokens.estimateTokens(request)
     finally:
         tokens.textTokens = real  # type: ignore[assignment]
+        tokens.MEMO_CHARS = remembered
     assert sum(counted) == tokens.EXACT_CHARS  # the work is bounded, not the text
     assert abs(estimate - exact) / exact < 0.02  # and the count barely moves
 
@@ -301,3 +304,34 @@ def test_a_request_within_the_budget_is_counted_exactly() -> None:
     request = {"messages": [{"role": "user", "content": "hello world " * 1000}] * 10}
     expected = 3 + 10 * (4 + tokens.textTokens("hello world " * 1000))
     assert tokens.estimateTokens(request) == expected
+
+
+def test_a_text_sent_again_is_not_counted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversation sends its earlier turns on every request: their texts are
+    counted once per process, and the estimate is the same."""
+    from ccproxy.translate import tokens
+
+    counted: list[str] = []
+    real = tokens.textTokens
+
+    def spy(text: str) -> int:
+        counted.append(text)
+        return real(text)
+
+    monkeypatch.setattr(tokens, "_memo", {})
+    monkeypatch.setattr(tokens, "textTokens", spy)
+    turn = "The parser reads a line of 12 fields and says which one is wrong. " * 40
+    earlier = {"messages": [{"role": "user", "content": turn}]}
+    later = {"messages": [*earlier["messages"], {"role": "user", "content": turn + " And?"}]}
+    first = tokens.estimateTokens(earlier)
+    assert tokens.estimateTokens(later) == first + 4 + real(turn + " And?")
+    assert counted == [turn, turn + " And?"]  # the first turn's text once
+    assert tokens.estimateTokens(later) == first + 4 + real(turn + " And?")
+    assert len(counted) == 2
+    short = {"messages": [{"role": "user", "content": "hi"}]}
+    tokens.estimateTokens(short)
+    tokens.estimateTokens(short)
+    assert counted[2:] == ["hi", "hi"]  # a short text costs less to count than to look up
+    monkeypatch.setattr(tokens, "MEMO_ENTRIES", 2)
+    tokens.estimateTokens({"messages": [{"role": "user", "content": "x" * 40 + "!"}]})
+    assert len(tokens._memo) == 1  # full, it started over: bounded

@@ -44,7 +44,7 @@ from ccproxy.config.model import (
 from ccproxy.config.policy import parsePolicy
 from ccproxy.config.prices import parsePrices
 from ccproxy.config.profile import parseProfile
-from ccproxy.config.routing import ModelRouter, Route, Target
+from ccproxy.config.routing import ModelRouter, Route, Rule, Target, When
 from ccproxy.config.schema import (
     ConfigError,
     Node,
@@ -220,25 +220,93 @@ def _redisAddress(value: Any, path: str) -> RedisAddress:
 
 
 def _parseRoutes(node: Node, upstreams: Mapping[str, Upstream]) -> tuple[Route, ...]:
-    routes = []
-    for pattern in node.value:
-        path = node.at(pattern)
-        raw = node.value[pattern]
-        items = raw if isinstance(raw, list) else [raw]
-        if not items:
-            raise ConfigError(path, "the list of targets is empty")
-        targets = []
-        for i, item in enumerate(items):
-            where = join(path, str(i)) if isinstance(raw, list) else path
-            target = _parseTarget(item, where)
-            if target.upstream not in upstreams:
-                known = ", ".join(sorted(upstreams))
-                raise ConfigError(where, f"unknown upstream {target.upstream!r} (known: {known})")
-            if target.model == "":
-                raise ConfigError(where, "the model after the slash is empty")
-            targets.append(target)
-        routes.append(Route(pattern, tuple(targets)))
-    return tuple(routes)
+    return tuple(
+        Route(pattern, _parseTargets(node.value[pattern], node.at(pattern), upstreams))
+        for pattern in node.value
+    )
+
+
+def _parseTargets(raw: Any, path: str, upstreams: Mapping[str, Upstream]) -> tuple[Target, ...]:
+    """A target, or a list of them (failover), each on a known upstream."""
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise ConfigError(path, "the list of targets is empty")
+    targets = []
+    for i, item in enumerate(items):
+        where = join(path, str(i)) if isinstance(raw, list) else path
+        target = _parseTarget(item, where)
+        if target.upstream not in upstreams:
+            known = ", ".join(sorted(upstreams))
+            raise ConfigError(where, f"unknown upstream {target.upstream!r} (known: {known})")
+        if target.model == "":
+            raise ConfigError(where, "the model after the slash is empty")
+        targets.append(target)
+    return tuple(targets)
+
+
+def _parseRules(value: Any, path: str, upstreams: Mapping[str, Upstream]) -> tuple[Rule, ...]:
+    """`routes:`, a list of `{name?, when, target}` tried in file order."""
+    if not isinstance(value, list):
+        raise ConfigError(path, "must be a list of {when: {…}, target: …}")
+    rules: list[Rule] = []
+    for i, item in enumerate(value):
+        node = Node(item, join(path, str(i)))
+        name = node.get("name", _ruleName, None)
+        when = node.require("when", _parseWhen)
+        targets = _parseTargets(node.require("target", _present), node.at("target"), upstreams)
+        node.finish()
+        label = name or node.path
+        if any(r.label == label for r in rules):
+            raise ConfigError(node.at("name"), f"two rules are named {label!r}")
+        rules.append(Rule(when, Route(label, targets)))
+    return tuple(rules)
+
+
+def _present(value: Any, path: str) -> Any:
+    return value
+
+
+def _ruleName(value: Any, path: str) -> str:
+    name = string(value, path)
+    if not _NAME.fullmatch(name):
+        raise ConfigError(path, "rule names may hold only A-Z a-z 0-9 _ -")
+    return name
+
+
+def _parseWhen(value: Any, path: str) -> When:
+    node = Node(value, path)
+    when = When(**{name: node.get(key, kind, None) for key, name, kind in _WHEN_KEYS})
+    node.finish()
+    if when == When():
+        names = ", ".join(key for key, _, _ in _WHEN_KEYS)
+        raise ConfigError(path, f"names no condition (one of {names})")
+    return when
+
+
+def _globList(value: Any, path: str) -> tuple[str, ...]:
+    """A name or glob, or a non-empty list of them."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(path, "the list is empty")
+    found = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            where = join(path, str(i)) if isinstance(value, list) else path
+            raise ConfigError(where, "must be a name or a glob (a string)")
+        found.append(item)
+    return tuple(found)
+
+
+_WHEN_KEYS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = (
+    ("model", "model", _globList),
+    ("images", "images", boolean),
+    ("input_tokens_over", "inputTokensOver", positiveInt),
+    ("thinking", "thinking", boolean),
+    ("tools", "tools", _globList),
+    ("background", "background", boolean),
+    ("client", "client", _globList),
+)
+"""`routes[].when`'s conditions: key, `When` field, reader."""
 
 
 def _parseTarget(item: Any, path: str) -> Target:
@@ -346,9 +414,10 @@ def _parseConfig(root: Node, source: str | None) -> Config:
     if not modelsNode.value:
         raise ConfigError("models", 'at least one route is required (e.g. "*": UPSTREAM)')
     routes = _parseRoutes(modelsNode, upstreams)
+    rules = root.get("routes", lambda value, path: _parseRules(value, path, upstreams), ())
     config = Config(
         upstreams=upstreams,
-        router=ModelRouter.fromRoutes(routes),
+        router=ModelRouter.fromRoutes(routes, rules),
         listen=listen,
         clients=clients,
         defaultMaxTokens=root.get("default_max_tokens", positiveInt, DEFAULT_MAX_TOKENS),
@@ -388,6 +457,14 @@ def _parseConfig(root: Node, source: str | None) -> Config:
                 raise ConfigError(
                     f"clients.{i}.budget",
                     "a cost budget needs prices: (every model would cost 0)",
+                )
+    names = {client.name for client in config.clients}
+    for i, rule in enumerate(config.router.rules):
+        for name in rule.when.client or ():
+            if name not in names:
+                known = ", ".join(sorted(names)) or "none: clients is not set"
+                raise ConfigError(
+                    f"routes.{i}.when.client", f"unknown client {name!r} (known: {known})"
                 )
     if config.bodyMemoryBytes < config.maxBodyBytes:
         raise ConfigError(

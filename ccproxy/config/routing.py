@@ -1,13 +1,16 @@
-"""Which upstream serves a model: exact names first, then globs in file order."""
+"""Which upstream serves a request: `routes:` rules on what it holds, in file order,
+then `models:` on its model name (exact names first, then globs in file order)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from fnmatch import fnmatchcase
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from fnmatch import fnmatchcase, translate
 
 from attrs import field, frozen
 
 from ccproxy.errors import ProxyError
+from ccproxy.translate.facts import RequestFacts
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -57,11 +60,152 @@ class Route:
         return min(windows) if windows else None
 
 
+def globs(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One regular expression matching any of the shell-style `patterns` (as
+    `fnmatchcase`): a rule's globs are tried in one match per name."""
+    return re.compile("|".join(translate(p) for p in patterns))
+
+
+@frozen
+class When:
+    """A rule's conditions (`routes[].when`); those not None must all hold."""
+
+    model: tuple[str, ...] | None = None
+    """Globs of the model name the client asked for."""
+    images: bool | None = None
+    """Whether an image or document block is there, tool results included."""
+    inputTokensOver: int | None = None
+    """The count_tokens estimate of the request is over this."""
+    thinking: bool | None = None
+    """Thinking on (enabled or adaptive), or effort high, xhigh or max."""
+    tools: tuple[str, ...] | None = None
+    """Globs: any tool offered whose name (or server tool's type) matches."""
+    background: bool | None = None
+    """No tool offered: Claude Code's side calls (titles, summaries, quota)."""
+    client: tuple[str, ...] | None = None
+    """Names of the clients (`clients[].name`) it applies to."""
+    _model: re.Pattern[str] | None = field(init=False, repr=False, eq=False)
+    _tools: re.Pattern[str] | None = field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_model", None if self.model is None else globs(self.model))
+        object.__setattr__(self, "_tools", None if self.tools is None else globs(self.tools))
+
+    def holds(self, model: str, facts: RequestFacts, client: str | None) -> bool | None:
+        """Whether every condition holds; None when that turns on the token estimate
+        alone and `facts` has none yet. The cheap conditions go first."""
+        if self._model is not None and self._model.match(model) is None:
+            return False
+        if self.client is not None and client not in self.client:
+            return False
+        if self.background is not None and facts.background != self.background:
+            return False
+        if self.thinking is not None and facts.thinking != self.thinking:
+            return False
+        if self._tools is not None and not any(map(self._tools.match, facts.tools)):
+            return False
+        if self.images is not None and (facts.images > 0) != self.images:
+            return False
+        if self.inputTokensOver is not None:
+            if facts.inputTokens is not None:
+                return facts.inputTokens > self.inputTokensOver
+            if facts.tokenBound <= self.inputTokensOver:
+                return False
+            return None
+        return True
+
+    def __str__(self) -> str:
+        """Its conditions as the config writes them: `{images: true, model: [claude-*]}`."""
+        said = []
+        for key, value in (
+            ("model", self.model),
+            ("images", self.images),
+            ("input_tokens_over", self.inputTokensOver),
+            ("thinking", self.thinking),
+            ("tools", self.tools),
+            ("background", self.background),
+            ("client", self.client),
+        ):
+            if isinstance(value, bool):
+                said.append(f"{key}: {_yaml(value)}")
+            elif isinstance(value, tuple):
+                said.append(f"{key}: [{', '.join(value)}]")
+            elif value is not None:
+                said.append(f"{key}: {value}")
+        return "{" + ", ".join(said) + "}"
+
+    def explain(
+        self, model: str, facts: RequestFacts, client: str | None
+    ) -> Iterator[tuple[str, str, bool | None]]:
+        """Each condition as (condition, what the request holds, whether it holds)."""
+        if self._model is not None:
+            yield f"model {list(self.model or ())}", model, self._model.match(model) is not None
+        if self.client is not None:
+            yield f"client {list(self.client)}", str(client), client in self.client
+        if self.background is not None:
+            tools = len(facts.tools)
+            yield (
+                f"background {_yaml(self.background)}",
+                f"{tools} tools offered",
+                facts.background == self.background,
+            )
+        if self.thinking is not None:
+            yield (
+                f"thinking {_yaml(self.thinking)}",
+                f"thinking {_yaml(facts.thinking)}",
+                facts.thinking == self.thinking,
+            )
+        if self._tools is not None:
+            matched = [t for t in facts.tools if self._tools.match(t)]
+            shown = ", ".join(matched) if matched else f"none of {len(facts.tools)} offered"
+            yield f"tools {list(self.tools or ())}", shown, bool(matched)
+        if self.images is not None:
+            yield (
+                f"images {_yaml(self.images)}",
+                f"{facts.images} image or document blocks",
+                (facts.images > 0) == self.images,
+            )
+        if self.inputTokensOver is not None:
+            if facts.inputTokens is not None:
+                held: bool | None = facts.inputTokens > self.inputTokensOver
+                value = f"{facts.inputTokens} tokens (estimated)"
+            elif facts.tokenBound <= self.inputTokensOver:
+                held, value = False, f"at most {facts.tokenBound} tokens (not counted)"
+            else:
+                held, value = None, "not estimated"
+            yield f"input_tokens_over {self.inputTokensOver}", value, held
+
+
+def _yaml(value: bool) -> str:
+    return "true" if value else "false"
+
+
+@frozen
+class Rule:
+    """A `routes:` entry: when its conditions hold, the request goes to its route."""
+
+    when: When
+    route: Route
+    """Its targets, under its label (`pattern`): the rule's `name`, else
+    `routes.N`; what the access log, metrics and ledger name it by."""
+
+    @property
+    def label(self) -> str:
+        return self.route.pattern
+
+
+NEEDS_TOKENS = Route("<needs the token estimate>", ())
+"""What `ModelRouter.choose` answers when the first rule that might hold turns on
+the token estimate, which the caller then computes (`RequestFacts.inputTokens`)."""
+
+
 @frozen
 class ModelRouter:
-    """Resolves a client's model name to its route."""
+    """Resolves a request to its route: a `routes:` rule, else its model's entry."""
 
     routes: tuple[Route, ...]
+    rules: tuple[Rule, ...] = ()
+    """`routes:`, in file order: tried before `routes` (`models:`)."""
     _exact: Mapping[str, Route] = field(init=False, repr=False)
     _globs: tuple[Route, ...] = field(init=False, repr=False)
 
@@ -70,8 +214,23 @@ class ModelRouter:
         object.__setattr__(self, "_globs", tuple(r for r in self.routes if r.isGlob))
 
     @classmethod
-    def fromRoutes(cls, routes: Iterable[Route]) -> ModelRouter:
-        return cls(tuple(routes))
+    def fromRoutes(cls, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> ModelRouter:
+        return cls(tuple(routes), tuple(rules))
+
+    def choose(self, model: str, facts: RequestFacts, client: str | None) -> Route | None:
+        """The first rule that holds, else `model`'s entry (`find`); `NEEDS_TOKENS`
+        when that turns on an estimate `facts` does not hold yet."""
+        for rule in self.rules:
+            held = rule.when.holds(model, facts, client)
+            if held is None:
+                return NEEDS_TOKENS
+            if held:
+                return rule.route
+        return self.find(model)
+
+    def needsTokens(self) -> bool:
+        """Whether a rule may ask for the token estimate."""
+        return any(rule.when.inputTokensOver is not None for rule in self.rules)
 
     def find(self, model: str) -> Route | None:
         """The route for `model`, or None when no rule matches."""
@@ -87,11 +246,14 @@ class ModelRouter:
         """Like `find`, but a model no rule matches is the client's 404."""
         route = self.find(model)
         if route is None:
-            raise ProxyError(
-                404, f"model {model!r} is not served by this proxy (no route matches it)"
-            )
+            raise notRouted(model)
         return route
 
     def exactNames(self) -> list[str]:
         """The non-glob model names, in file order: what `/v1/models` lists."""
         return list(self._exact)
+
+
+def notRouted(model: str) -> ProxyError:
+    """The client's 404 for a request no rule and no `models:` entry serves."""
+    return ProxyError(404, f"model {model!r} is not served by this proxy (no route matches it)")

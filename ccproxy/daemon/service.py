@@ -141,6 +141,13 @@ class ProxyService(MultiService):
             )
 
     def _logRoutes(self, config: Config) -> None:
+        for rule in config.router.rules:
+            self.log.info(
+                "route {label} when {when} -> {targets}",
+                label=rule.label,
+                when=str(rule.when),
+                targets=", ".join(str(t) for t in rule.route.targets),
+            )
         for route in config.router.routes:
             self.log.info(
                 "route {pattern} -> {targets}",

@@ -38,7 +38,8 @@ class Row:
     ttfbMs: int | None = None
     durationMs: int | None = None
     route: str | None = None
-    """The `models:` entry `model` matched (the name, or the glob's pattern): what
+    """What chose the upstream: the `routes:` rule (its name, or `routes.N`), else
+    the `models:` entry `model` matched (the name, or the glob's pattern): what
     `/v1/usage` counts by, so that its keys are the config's."""
     priced: bool | None = None
     """Whether `prices:` had a price for the upstream model (None: not known)."""

@@ -26,7 +26,7 @@ _accessLog = Logger(namespace="ccproxy.access")
 _payloadLog = Logger(namespace="ccproxy.payload")
 
 _FORMAT = (
-    "{request_id} {client} {method} {path} {model} -> {target}{stream_mark} "
+    "{request_id} {client} {method} {path} {model}{route_suffix} -> {target}{stream_mark} "
     "{status} (upstream {upstream_status}) ttfb={ttfb_ms}ms total={duration_ms}ms "
     "tokens in={input_tokens} out={output_tokens} cached={cache_read_tokens}"
     "{attempts_suffix}{error_suffix}"
@@ -63,9 +63,14 @@ class AccessRecord:
     client: str | None = None
     model: str | None = None
     route: str | None = None
-    """The `models:` entry `model` matched: the name itself when the config lists it,
-    else the glob's pattern (`claude-*`). Metrics and usage count by it, so that
-    their series and keys are the config's, however many names clients invent."""
+    """What chose the upstream: the `routes:` rule that held (its `name`, else
+    `routes.N`), else the `models:` entry `model` matched (the name itself when the
+    config lists it, else the glob's pattern, `claude-*`). Metrics, usage and the
+    ledger count by it, so that their series and keys are the config's, however
+    many names clients invent."""
+    modelRoute: str | None = None
+    """The `models:` entry `model` matched, whether or not a rule chose instead:
+    the `model` label of the metrics."""
     upstream: str | None = None
     upstreamModel: str | None = None
     stream: bool = False
@@ -106,6 +111,11 @@ class AccessRecord:
             "endpoint": self.endpoint,
             "model": self.model or "-",
             "route": self.route or "-",
+            "model_route": self.modelRoute or "-",
+            # A `routes:` rule chose: the text line names it.
+            "route_suffix": f" route={self.route}"
+            if self.route is not None and self.route != self.modelRoute
+            else "",
             "upstream": self.upstream,
             "upstream_model": self.upstreamModel,
             "target": _target(self.upstream, self.upstreamModel),

@@ -30,7 +30,7 @@ class Metrics:
         self.requests = Counter(
             "ccproxy_requests",
             "Requests answered",
-            ["client", "model", "upstream", "status", "endpoint"],
+            ["client", "model", "route", "upstream", "status", "endpoint"],
             registry=r,
         )
         self.latency = Histogram(
@@ -87,10 +87,16 @@ class Metrics:
         """Count one finished request from its access-log fields."""
         upstream = fields["upstream"] or "-"
         client = fields["client"]
-        # The model label is the route (the config's name for it), never the name a
-        # client sent: their number is the config's, not the clients'.
+        # The model label is the model's `models:` entry and the route label what
+        # chose the upstream (a `routes:` rule, else that entry): the config's
+        # names, never the name a client sent, so their number is the config's.
         self.requests.labels(
-            client, fields["route"], upstream, str(fields["status"]), fields["endpoint"]
+            client,
+            fields["model_route"],
+            fields["route"],
+            upstream,
+            str(fields["status"]),
+            fields["endpoint"],
         ).inc()
         if fields["endpoint"] == "messages" and isinstance(fields["duration_ms"], int):
             self.latency.labels(upstream).observe(fields["duration_ms"] / 1000)

@@ -15,6 +15,9 @@ from typing import Any
 
 import orjson
 
+from ccproxy.translate.dialect import Profile
+from ccproxy.translate.request import toOpenAI
+
 # Words in any script, single digits, whitespace runs, ASCII punctuation runs, and
 # any other single character.
 _PIECE = re.compile(r"[^\W\d_]+|\d|\s+|[!-/:-@\[-`{-~]+|.", re.DOTALL)
@@ -36,6 +39,31 @@ counted at the rate the first ones gave. Counting is a Python loop over every wo
 (some 0.15 s a MiB): a 30 MiB body took 3.7 s of one core, and one caller sending
 such bodies in a loop halved everyone else's share of it. A request Claude Code
 sends holds far less text than this, so its count is exact as before."""
+
+
+def requestTokens(body: Any, model: str, profile: Profile, defaultMaxTokens: int) -> int:
+    """The estimate of a Messages request as `model` on an upstream of `profile` gets
+    it: what `count_tokens` answers and `input_tokens_over` compares. Raises the
+    translation's `ProxyError`, or `orjson.JSONEncodeError` for a body nested too
+    deeply to encode."""
+    translated = toOpenAI(body, model=model, profile=profile, defaultMaxTokens=defaultMaxTokens)
+    return estimateTokens(translated)
+
+
+def tokensAtMost(bodyBytes: int, images: int) -> int:
+    """A bound on `requestTokens` of a Messages body of `bodyBytes` bytes holding
+    `images` image or document blocks, known without counting.
+
+    A text's estimate is at most its length (no piece gives more tokens than it has
+    characters), and a translated text is a text of the body (its JSON at least as
+    long) or a few fixed words standing for a block whose JSON is longer than their
+    tokens (`[image attached below]`, a missing tool result's line); each message
+    and tool costs fewer tokens than its JSON has bytes. An image counts
+    `_PER_IMAGE` however few bytes name it; the constant covers the request's own
+    and the tool search function ccproxy may add. Routing (`input_tokens_over`)
+    counts only requests whose bound exceeds its threshold: a body is never counted
+    for a threshold over its size in bytes."""
+    return bodyBytes + _PER_IMAGE * images + 4096
 
 
 def estimateTokens(request: dict[str, Any]) -> int:
@@ -72,7 +100,7 @@ class _Tally:
         return head + self._rate(len(text) - cut)
 
     def _exact(self, text: str) -> int:
-        tokens = textTokens(text)
+        tokens = _rememberedTokens(text)
         self._left -= len(text)
         self._chars += len(text)
         self._tokens += tokens
@@ -92,6 +120,31 @@ def _contentTokens(content: Any, tally: _Tally) -> int:
         else:
             total += _PER_IMAGE
     return total
+
+
+MEMO_CHARS = 32
+"""Texts from this long are counted once per process (`_rememberedTokens`)."""
+MEMO_ENTRIES = 32768
+_memo: dict[tuple[int, int], int] = {}
+
+
+def _rememberedTokens(text: str) -> int:
+    """`textTokens`, remembered by the text's length and hash. A conversation sends
+    its system prompt, tools and every earlier turn again on each request: counted
+    once, each request counts only what is new (some 0.15 s a MiB saved on a long
+    session's every turn, for `count_tokens` and `input_tokens_over` both). A
+    memo of a pure function: the count is the same, only not done again. Full, it
+    starts over (a hostile stream of new texts costs what it would without it)."""
+    if len(text) < MEMO_CHARS:
+        return textTokens(text)
+    key = (len(text), hash(text))
+    tokens = _memo.get(key)
+    if tokens is None:
+        tokens = textTokens(text)
+        if len(_memo) >= MEMO_ENTRIES:
+            _memo.clear()
+        _memo[key] = tokens
+    return tokens
 
 
 def textTokens(text: str) -> int:

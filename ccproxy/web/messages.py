@@ -30,12 +30,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from ccproxy.config.model import Config
-from ccproxy.config.routing import Target
+from ccproxy.config.routing import NEEDS_TOKENS, Route, Target, notRouted
 from ccproxy.errors import ProxyError, notSupported
 from ccproxy.relay.relay import StreamRelay, Verdict, nestedTooDeepAnswer
 from ccproxy.translate.dialect import Profile
-from ccproxy.translate.request import sessionKey, toOpenAI
-from ccproxy.translate.tokens import estimateTokens
+from ccproxy.translate.facts import RequestFacts
+from ccproxy.translate.request import sessionKey
+from ccproxy.translate.tokens import requestTokens
 from ccproxy.upstream.dispatch import Answer, Dispatcher
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, nestedTooDeep
@@ -43,6 +44,10 @@ from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.auth import callerKey
 from ccproxy.web.call import Call, jsonReply, modelName, overTime, readJSON, releaseBody
 from ccproxy.web.searching import SearchRounds
+
+ESTIMATE_WEIGHT = 16
+"""How much heavier a byte is to count tokens in than to translate: the offload's
+threshold, set for translating, is reached 16 times sooner by a count."""
 
 
 @define
@@ -62,8 +67,9 @@ class MessagesAPI:
         model = record.model = modelName(body)
         mayUse(call.client, model)
         async with self.admission.admitted(call.client, config) as standing:
-            route = config.router.resolve(model)
-            record.route = route.pattern
+            route, _ = await self._route(call, body, model)
+            if route is None:
+                raise notRouted(model)
             record.stream = body.get("stream") is True
             plan = Plan.forRequest(
                 body,
@@ -127,11 +133,10 @@ class MessagesAPI:
         model = record.model = modelName(body)
         mayUse(call.client, model)
         async with self.admission.admitted(call.client, config, budgets=False):
-            route = config.router.find(model)
+            route, estimate = await self._route(call, body, model)
             profile = Profile()
             upstreamModel = model
             if route is not None:
-                record.route = route.pattern
                 target = route.targets[0]
                 upstream = config.upstreams[target.upstream]
                 if not upstream.countTokens:
@@ -142,11 +147,46 @@ class MessagesAPI:
                 profile = upstream.profile
                 upstreamModel = record.upstreamModel = target.modelFor(model)
                 record.upstream = target.upstream
-            tokens = await self.offload.run(
-                call.bodySize, _countTokens, body, upstreamModel, profile, config.defaultMaxTokens
-            )
+            if estimate is None or profile != Profile():  # else counted already, as here
+                estimate = await self._estimate(call, body, upstreamModel, profile)
             record.status = 200
-            return jsonReply(call.request, {"input_tokens": tokens})
+            return jsonReply(call.request, {"input_tokens": estimate})
+
+    async def _route(
+        self, call: Call, body: dict[str, Any], model: str
+    ) -> tuple[Route | None, int | None]:
+        """The route for the request (None: none serves it) and the token estimate
+        when a rule needed it. `routes:` rules first, each reading what the request
+        holds (`RequestFacts`, computed once); the estimate only when a rule's
+        threshold is under what the body could hold (`tokensAtMost`)."""
+        config, record = call.config, call.record
+        router = config.router
+        route = entry = router.find(model)
+        facts = None
+        if router.rules:
+            facts = RequestFacts(body, call.bodySize)
+            client = call.client.name if call.client is not None else None
+            route = router.choose(model, facts, client)
+            if route is NEEDS_TOKENS:
+                facts.inputTokens = await self._estimate(call, body, model, Profile())
+                route = router.choose(model, facts, client)
+        record.modelRoute = entry.pattern if entry is not None else None
+        record.route = route.pattern if route is not None else None
+        return route, facts.inputTokens if facts is not None else None
+
+    async def _estimate(
+        self, call: Call, body: dict[str, Any], model: str, profile: Profile
+    ) -> int:
+        """count_tokens' estimate of the request, off the reactor when the body is
+        large (counting a byte costs some 20 times translating it)."""
+        return await self.offload.run(
+            call.bodySize * ESTIMATE_WEIGHT,
+            estimateInputTokens,
+            body,
+            model,
+            profile,
+            call.config.defaultMaxTokens,
+        )
 
     def _answered(self, call: Call, answer: Answer, model: str, standing: Standing | None) -> None:
         """An upstream answered 2xx: recorded, and the client's budget standing set
@@ -233,12 +273,13 @@ class MessagesAPI:
         return None
 
 
-def _countTokens(body: dict[str, Any], model: str, profile: Profile, defaultMaxTokens: int) -> int:
-    """The estimate for `body` as `model` on an upstream of `profile` would get it
-    (pure, so it can run in a thread)."""
-    translated = toOpenAI(body, model=model, profile=profile, defaultMaxTokens=defaultMaxTokens)
+def estimateInputTokens(
+    body: dict[str, Any], model: str, profile: Profile, defaultMaxTokens: int
+) -> int:
+    """`requestTokens`, a body nested too deeply the client's 400 (pure, so it can
+    run in a thread)."""
     try:
-        return estimateTokens(translated)
+        return requestTokens(body, model, profile, defaultMaxTokens)
     except orjson.JSONEncodeError:
         raise nestedTooDeep() from None
 
