@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from ccproxy.errors import ProxyError
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.names import ToolNames
+from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.responses import (
     SIGNATURE_PREFIX,
     encryptedContent,
@@ -28,6 +29,7 @@ from ccproxy.translate.responses import (
 )
 from ccproxy.translate.responsestream import ResponsesStreamTranslator
 from ccproxy.translate.thinking import SIGNATURE_PREFIX as OWN_SIGNATURE
+from ccproxy.translate.tokens import estimateTokens
 from tests.support.examples import examples
 from tests.test_translate_stream import accumulate, checkGrammar
 
@@ -964,3 +966,25 @@ def test_any_event_sequence_equals_the_whole_answer(
         events = eventsFor(answer, response, data)
     streamed = accumulate(run(events))
     assert streamed == whole(response)
+
+
+def test_a_responses_body_is_estimated_like_the_chat_body_of_the_same_request() -> None:
+    """An overflow without numbers is said with ccproxy's estimate of the body sent."""
+    body = request(
+        [
+            {"role": "user", "content": "read the file " * 200},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "c1", "name": "Read", "input": {"p": "x"}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "y " * 500}],
+            },
+        ],
+        system="be brief " * 50,
+        tools=[{"name": "Read", "input_schema": {"type": "object"}}],
+    )
+    chat = toOpenAI(body, model="m", profile=Profile(), defaultMaxTokens=10)
+    chatCount, responsesCount = estimateTokens(chat), estimateTokens(translate(body))
+    assert abs(chatCount - responsesCount) <= 0.05 * chatCount
