@@ -329,3 +329,4 @@ def test_example_config_in_etc_loads() -> None:
     path = Path(__file__).parent.parent / "etc" / "ccproxy.yaml"
     config = Config.fromPath(str(path), environ={})
     assert config.router.find("claude-sonnet-5-5") is not None
+    assert config.upstreams["codex"].api == "responses"
