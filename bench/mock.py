@@ -69,17 +69,22 @@ class Stats:
         }
 
 
-def check_openai_request(body: bytes, stream: bool) -> list[str]:
-    """What is wrong with a chat/completions request the proxy sent (sampled)."""
+def _parsed(body: bytes) -> tuple[dict | None, list[str]]:
+    """A request the proxy sent, decoded, and what is wrong with it so far."""
     try:
         req = json.loads(body)
     except ValueError:
-        return ["not_json"]
+        return None, ["not_json"]
     if not isinstance(req, dict):
-        return ["not_an_object"]
-    problems = []
-    if req.get("model") != payloads.MODEL:
-        problems.append("model")
+        return None, ["not_an_object"]
+    return req, [] if req.get("model") == payloads.MODEL else ["model"]
+
+
+def check_openai_request(body: bytes, stream: bool) -> list[str]:
+    """What is wrong with a chat/completions request the proxy sent (sampled)."""
+    req, problems = _parsed(body)
+    if req is None:
+        return problems
     msgs = req.get("messages")
     if not isinstance(msgs, list) or not msgs:
         return [*problems, "messages_missing"]
@@ -126,15 +131,9 @@ def check_openai_request(body: bytes, stream: bool) -> list[str]:
 
 def check_responses_request(body: bytes) -> list[str]:
     """What is wrong with a Responses request the proxy sent (sampled)."""
-    try:
-        req = json.loads(body)
-    except ValueError:
-        return ["not_json"]
-    if not isinstance(req, dict):
-        return ["not_an_object"]
-    problems = []
-    if req.get("model") != payloads.MODEL:
-        problems.append("model")
+    req, problems = _parsed(body)
+    if req is None:
+        return problems
     if not isinstance(req.get("instructions"), str):
         problems.append("no_instructions")
     items = req.get("input")

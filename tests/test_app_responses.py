@@ -10,7 +10,12 @@ from typing import Any
 from ccproxy.translate.responses import responsesSignature
 from tests.support.fakes import jsonReply, sseReply
 from tests.support.harness import Harness, message, parseSSE
-from tests.test_translate_responses import LITELLM_ANSWER, OPENAI_ANSWER, openaiStream
+from tests.test_translate_responses import (
+    LITELLM_ANSWER,
+    OPENAI_ANSWER,
+    OVERFLOW_FAILED,
+    openaiStream,
+)
 from tests.test_translate_stream import accumulate, checkGrammar
 
 CONFIG = """
@@ -114,17 +119,7 @@ def test_a_stream_cut_before_it_completes_ends_with_an_error_event() -> None:
 
 def test_an_overflow_said_in_response_failed_is_prompt_too_long() -> None:
     h = Harness.build(CONFIG)
-    failed = {
-        "type": "response.failed",
-        "response": {
-            "status": "failed",
-            "error": {
-                "code": "context_length_exceeded",
-                "message": "Your input exceeds the context window of this model.",
-            },
-        },
-    }
-    h.upstream.queue(sseReply([openaiStream()[0], failed], done=False))
+    h.upstream.queue(sseReply([openaiStream()[0], OVERFLOW_FAILED], done=False))
     streamed = events(h.post(message(model=HAIKU, stream=True)).body)
     assert streamed[-1]["type"] == "error"
     assert streamed[-1]["error"]["type"] == "invalid_request_error"

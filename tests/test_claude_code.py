@@ -231,15 +231,33 @@ def explanation(
     )
 
 
-@pytest.mark.claude_code
-def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_path: Path) -> None:
-    claude = installClaudeCode()
+def claudeResult(run: tuple[int, str, str], explain: Callable[[str], str]) -> dict[str, Any]:
+    """The JSON result of a `claude -p` run that must have ended well."""
+    code, stdout, _ = run
+    assert code == 0, explain("claude exited with an error")
+    try:
+        result = json.loads(stdout)
+    except json.JSONDecodeError:
+        pytest.fail(explain("claude's stdout is not one JSON object"))
+    assert result.get("is_error") is False, explain("claude reports an error")
+    return result
+
+
+def notesWorkspace(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Claude Code's workspace holding notes.txt with SECRET, and its home."""
     workspace = tmp_path / "workspace"
     home = tmp_path / "home"
     workspace.mkdir()
     home.mkdir()
     notes = workspace / "notes.txt"
     notes.write_text(SECRET + "\n")
+    return workspace, home, notes
+
+
+@pytest.mark.claude_code
+def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_path: Path) -> None:
+    claude = installClaudeCode()
+    workspace, home, notes = notesWorkspace(tmp_path)
 
     upstreamPort = processes.scriptedUpstream("--file", str(notes), "--answer", ANSWER)
     proxyPort = processes.ccproxy(proxyConfig(upstreamPort))
@@ -255,12 +273,7 @@ def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_
     def explain(what: str) -> str:
         return explanation(what, (code, stdout, stderr), processes, received)
 
-    assert code == 0, explain("claude exited with an error")
-    try:
-        result = json.loads(stdout)
-    except json.JSONDecodeError:
-        pytest.fail(explain("claude's stdout is not one JSON object"))
-    assert result.get("is_error") is False, explain("claude reports an error")
+    result = claudeResult((code, stdout, stderr), explain)
     assert result.get("num_turns", 0) >= 2, explain("fewer than two turns")
     assert MARKER in result.get("result", ""), explain("the final text is not the upstream's")
     assert any(SECRET in content for content in toolMessages(received)), explain(
@@ -284,12 +297,7 @@ def test_claude_code_runs_a_tool_loop_through_a_responses_upstream(
     `/responses`, the tool's result back as a `function_call_output`, and the
     reasoning item of the Read turn back with its encrypted content."""
     claude = installClaudeCode()
-    workspace = tmp_path / "workspace"
-    home = tmp_path / "home"
-    workspace.mkdir()
-    home.mkdir()
-    notes = workspace / "notes.txt"
-    notes.write_text(SECRET + "\n")
+    workspace, home, notes = notesWorkspace(tmp_path)
 
     upstreamPort = processes.scriptedUpstream(
         "--api", "responses", "--file", str(notes), "--answer", ANSWER
@@ -304,13 +312,7 @@ def test_claude_code_runs_a_tool_loop_through_a_responses_upstream(
     def explain(what: str) -> str:
         return explanation(what, run, processes, received)
 
-    code, stdout, _ = run
-    assert code == 0, explain("claude exited with an error")
-    try:
-        result = json.loads(stdout)
-    except json.JSONDecodeError:
-        pytest.fail(explain("claude's stdout is not one JSON object"))
-    assert result.get("is_error") is False, explain("claude reports an error")
+    result = claudeResult(run, explain)
     assert MARKER in result.get("result", ""), explain("the final text is not the upstream's")
     assert "(reasoning kept)" in result.get("result", ""), explain(
         "the reasoning item did not come back with its encrypted content"

@@ -683,6 +683,19 @@ def test_incomplete_is_max_tokens() -> None:
     assert accumulate(run(events))["stop_reason"] == "max_tokens"
 
 
+# OpenAI's words for a prompt too long, in a stream (`context_length_exceeded`).
+OVERFLOW_FAILED = {
+    "type": "response.failed",
+    "response": {
+        "status": "failed",
+        "error": {
+            "code": "context_length_exceeded",
+            "message": "Your input exceeds the context window of this model.",
+        },
+    },
+}
+
+
 @pytest.mark.parametrize(
     ("event", "status", "errorType", "words"),
     [
@@ -692,6 +705,13 @@ def test_incomplete_is_max_tokens() -> None:
             "api_error",
             "Slow down",
             id="error-event",
+        ),
+        pytest.param(
+            {"error": {"code": 503, "message": "Overloaded, chat style"}},
+            503,
+            "overloaded_error",
+            "Overloaded, chat style",
+            id="chat-style-error",
         ),
         pytest.param(
             {"type": "error", "error": {"code": "429", "message": "Too many"}},
@@ -714,16 +734,7 @@ def test_incomplete_is_max_tokens() -> None:
             id="failed",
         ),
         pytest.param(
-            {
-                "type": "response.failed",
-                "response": {
-                    "status": "failed",
-                    "error": {
-                        "code": "context_length_exceeded",
-                        "message": "Your input exceeds the context window of this model.",
-                    },
-                },
-            },
+            OVERFLOW_FAILED,
             400,
             "invalid_request_error",
             "prompt is too long",

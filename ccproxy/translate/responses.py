@@ -29,6 +29,7 @@ from ccproxy.translate.dialect import Profile
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.request import THINKING_BLOCKS, reasoningEffort, toOpenAI
 from ccproxy.translate.response import (
+    anthropicMessage,
     anthropicUsage,
     contentText,
     parseArguments,
@@ -243,16 +244,8 @@ def fromResponses(
     stopReason, stopSequence = stopReasonFor(
         finishReason(data, refused), hasCalls, text, stopSequences
     )
-    return {
-        "id": messageId,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stopReason,
-        "stop_sequence": stopSequence,
-        "usage": anthropicUsage(chatUsage(data.get("usage"))),
-    }
+    usage = anthropicUsage(chatUsage(data.get("usage")))
+    return anthropicMessage(messageId, model, content, stopReason, stopSequence, usage)
 
 
 def reasoningBlock(item: dict[str, Any], upstream: str) -> dict[str, Any] | None:

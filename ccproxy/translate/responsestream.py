@@ -149,7 +149,8 @@ class ResponsesStreamTranslator(StreamTranslator):
             error = response.get("error") if isinstance(response, dict) else None
             error = error or {"message": "the response failed"}
             raise streamError({"error": error}, self.contextWindow)
-        elif kind == "error":
+        elif kind == "error" or (kind is None and chunk.get("error")):
+            # OpenAI's `error` event; or a chat-style error object some servers send
             raise streamError({"error": _errorObject(chunk)}, self.contextWindow)
         elif not isinstance(kind, str):
             raise brokenAnswer("the upstream sent a stream event without a type")
@@ -290,26 +291,9 @@ class ResponsesStreamTranslator(StreamTranslator):
         self._live = None
 
     def _text(self, item: _Item, text: str, events: list[Event]) -> None:
-        if not text:
-            return
-        item.said = True
-        if item.block is None:
-            if not text.strip():
-                item.held.append(text)
-                return
-            self._openItem(item, "text", events)
-            text = "".join([*item.held, text])
-            item.held = []
-        elif self._live is not item:
-            return  # its block was closed by another item's: nothing more goes in it
-        events.append(
-            {
-                "type": "content_block_delta",
-                "index": item.block,
-                "delta": {"type": "text_delta", "text": text},
-            }
-        )
-        if self.stopSequences:
+        if text:
+            item.said = True
+        if self._place(item, "text", text, events) and self.stopSequences:
             self._textTail = (self._textTail + text)[-256:]
 
     def _reasoning(self, chunk: dict[str, Any], source: str, events: list[Event]) -> None:
@@ -326,25 +310,29 @@ class ResponsesStreamTranslator(StreamTranslator):
         self._thinking(item, _delta(chunk), events)
 
     def _thinking(self, item: _Item, text: str, events: list[Event]) -> None:
+        self._place(item, "thinking", text, events)
+
+    def _place(self, item: _Item, kind: str, text: str, events: list[Event]) -> bool:
+        """Send `text` in the item's block (`text` or `thinking`), opening it at the
+        first text that is not whitespace alone; whether it went out."""
         if not text:
-            return
+            return False
         if item.block is None:
             if not text.strip():
                 item.held.append(text)
-                return
-            self._openItem(item, "thinking", events)
+                return False
+            self._openItem(item, kind, events)
             text = "".join([*item.held, text])
             item.held = []
         elif self._live is not item:
-            return
-        item.digest.update(text.encode())
-        events.append(
-            {
-                "type": "content_block_delta",
-                "index": item.block,
-                "delta": {"type": "thinking_delta", "thinking": text},
-            }
-        )
+            return False  # its block was closed by another item's: nothing more goes in it
+        if kind == "thinking":
+            item.digest.update(text.encode())
+            delta = {"type": "thinking_delta", "thinking": text}
+        else:
+            delta = {"type": "text_delta", "text": text}
+        events.append({"type": "content_block_delta", "index": item.block, "delta": delta})
+        return True
 
     def _flushHeld(self, item: _Item, events: list[Event]) -> None:
         """A block opened without text of its own (encrypted reasoning) takes its
