@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ccproxy.translate.responses import responsesSignature
 from tests.support.fakes import jsonReply, sseReply
 from tests.support.harness import Harness, message, parseSSE
+from tests.test_app_toolsearch import ask, content
 from tests.test_translate_responses import (
     LITELLM_ANSWER,
     OPENAI_ANSWER,
@@ -176,3 +179,54 @@ def test_failover_to_a_responses_upstream_for_a_whole_answer() -> None:
     reply = h.post(message("list"))
     assert reply.status == 200
     assert reply.json()["content"][1] == {"type": "text", "text": "Listing."}
+
+
+def callResponse(name: str, arguments: str, callId: str, used: tuple[int, int]) -> dict[str, Any]:
+    call = {"type": "function_call", "call_id": callId, "name": name, "arguments": arguments}
+    usage = {"input_tokens": used[0], "output_tokens": used[1]}
+    return {"status": "completed", "output": [call], "usage": usage}
+
+
+def callReply(stream: bool, response: dict[str, Any]) -> Any:
+    if not stream:
+        return jsonReply(response)
+    call = response["output"][0]
+    return sseReply(
+        [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**call, "arguments": ""},
+            },
+            {
+                "type": "response.function_call_arguments.delta",
+                "output_index": 0,
+                "delta": call["arguments"],
+            },
+            {"type": "response.output_item.done", "output_index": 0, "item": call},
+            {"type": "response.completed", "response": response},
+        ],
+        done=False,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_ccproxys_tool_search_runs_its_rounds_on_a_responses_upstream(stream: bool) -> None:
+    """Anthropic's server-side tool search, run by ccproxy: the Responses upstream
+    calls the search function, ccproxy searches and asks again with the tool found
+    (its call and result as function_call and function_call_output items)."""
+    h = Harness.build(CONFIG)
+    search = callResponse("tool_search_tool_regex", '{"query": "weather"}', "call_s", (100, 10))
+    weather = callResponse("get_weather", '{"city": "Lyon"}', "call_w", (150, 12))
+    reply = ask(h, stream, callReply(stream, search), callReply(stream, weather), model=HAIKU)
+    assert reply.status == 200
+    blocks, stop, used = content(reply, stream)
+    assert [b["type"] for b in blocks] == ["server_tool_use", "tool_search_tool_result", "tool_use"]
+    assert blocks[2]["name"] == "get_weather" and blocks[2]["input"] == {"city": "Lyon"}
+    assert stop == "tool_use"
+    assert (used["input_tokens"], used["output_tokens"]) == (250, 22)
+    first, second = (r.body for r in h.upstream.received[-2:])
+    assert [t["name"] for t in first["tools"]] == ["tool_search_tool_regex", "Bash"]
+    assert [t["name"] for t in second["tools"]] == ["tool_search_tool_regex", "Bash", "get_weather"]
+    assert [i["type"] for i in second["input"][-2:]] == ["function_call", "function_call_output"]
+    assert "get_weather" in second["input"][-1]["output"]
