@@ -140,6 +140,16 @@ def test_a_conversation_becomes_instructions_and_input_items() -> None:
     }
 
 
+def test_system_blocks_are_one_instructions_text_whatever_the_profile() -> None:
+    system = [
+        {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "Use tools."},
+    ]
+    body = request([{"role": "user", "content": "go"}], system=system)
+    for profile in (Profile(), Profile(cacheControl=True, systemRole="developer")):
+        assert translate(body, profile)["instructions"] == "You are terse.\n\nUse tools."
+
+
 def test_tools_and_tool_choice_are_flat_function_tools_with_shortened_names() -> None:
     long = "mcp__server__" + "x" * 80
     body = request(

@@ -97,7 +97,9 @@ def _inputItems(messages: list[dict[str, Any]], upstream: str) -> tuple[str, lis
     for position, message in enumerate(messages):
         role = message["role"]
         if position == 0 and role in ("system", "developer"):
-            instructions = contentText(message["content"])
+            content = message["content"]  # parts when cache_control passes through
+            parts = [content] if isinstance(content, str) else [p["text"] for p in content]
+            instructions = "\n\n".join(parts)
         elif role == "tool":
             items.append(
                 {

@@ -155,9 +155,11 @@ class Plan:
     def bodyFor(self, upstream: Upstream, target: Target) -> bytes:
         """The request body in `upstream`'s dialect; a client's mistake is a 400
         here, before any attempt."""
-        translate = toOpenAI
-        if upstream.api == "responses":
-            translate = partial(toResponses, upstream=upstream.name)
+        translate = (
+            partial(toResponses, upstream=upstream.name)
+            if upstream.api == "responses"
+            else toOpenAI
+        )
         translated = translate(
             self.request,
             model=target.modelFor(self.rendering.model),
