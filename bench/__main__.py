@@ -1,7 +1,7 @@
 """ccproxy's benchmark: ``python -m bench`` (or ``make bench``) from the repo root.
 
 Starts a mock OpenAI upstream and ccproxy (twistd -n, pinned to CPU 0 when the
-host has two CPUs or more; mock and load driver on CPU 1), drives four
+host has two CPUs or more; mock and load driver on CPU 1), drives the
 scenarios straight at the mock (the "direct" baseline) and through ccproxy,
 validates every answer, and prints a table of the figures against the targets.
 
@@ -10,6 +10,8 @@ validates every answer, and prints a table of the figures against the targets.
   (c) stream  streaming, concurrency 1, N streams: CPU per stream, time to first byte
   (d) drip    1000 concurrent slow streams (10 chunks/s for 20 s) opened over 5 s:
               peak RSS, time to first text, full stream time vs direct
+  (e) responses  streaming from an `api: responses` upstream (the mock's Responses
+              API), concurrency 1, N streams: CPU per stream (ccproxy only)
 
 Every option also reads BENCH_<NAME> from the environment (BENCH_LAT_N=500).
 Exit status: 0 if every answer was valid, 1 if any failed validation, 2 if the
@@ -63,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--scenarios",
         default=_env("scenarios", ",".join(SCENARIOS)),
-        help="comma list of lat,tput,stream,drip [all]",
+        help="comma list of lat,tput,stream,drip,responses [all]",
     )
     ap.add_argument("--no-direct", action="store_true", help="skip the direct baseline runs")
     g = ap.add_argument_group("counts and durations [full; --quick]")

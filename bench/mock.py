@@ -6,6 +6,8 @@
 
 - without ``"stream": true`` in the body: the JSON completion (one tool call);
 - with it: the ~57 KB SSE stream, chunked, written at once;
+- ``POST <prefix>/v1/responses`` with ``"stream": true``: the same answer as an
+  OpenAI Responses stream (``api: responses``), written at once;
 - under a ``/drip/RATE/SECONDS`` prefix, the stream is sent one frame every
   1/RATE s, RATE*SECONDS frames in all (same structure, fewer text deltas).
 
@@ -67,17 +69,22 @@ class Stats:
         }
 
 
-def check_openai_request(body: bytes, stream: bool) -> list[str]:
-    """What is wrong with a chat/completions request the proxy sent (sampled)."""
+def _parsed(body: bytes) -> tuple[dict | None, list[str]]:
+    """A request the proxy sent, decoded, and what is wrong with it so far."""
     try:
         req = json.loads(body)
     except ValueError:
-        return ["not_json"]
+        return None, ["not_json"]
     if not isinstance(req, dict):
-        return ["not_an_object"]
-    problems = []
-    if req.get("model") != payloads.MODEL:
-        problems.append("model")
+        return None, ["not_an_object"]
+    return req, [] if req.get("model") == payloads.MODEL else ["model"]
+
+
+def check_openai_request(body: bytes, stream: bool) -> list[str]:
+    """What is wrong with a chat/completions request the proxy sent (sampled)."""
+    req, problems = _parsed(body)
+    if req is None:
+        return problems
     msgs = req.get("messages")
     if not isinstance(msgs, list) or not msgs:
         return [*problems, "messages_missing"]
@@ -119,6 +126,32 @@ def check_openai_request(body: bytes, stream: bool) -> list[str]:
         problems.append("no_token_limit")
     if bool(req.get("stream")) != stream:
         problems.append("stream_flag")
+    return problems
+
+
+def check_responses_request(body: bytes) -> list[str]:
+    """What is wrong with a Responses request the proxy sent (sampled)."""
+    req, problems = _parsed(body)
+    if req is None:
+        return problems
+    if not isinstance(req.get("instructions"), str):
+        problems.append("no_instructions")
+    items = req.get("input")
+    if not isinstance(items, list) or not items:
+        return [*problems, "input_missing"]
+    calls = [i.get("call_id") for i in items if i.get("type") == "function_call"]
+    outputs = [i.get("call_id") for i in items if i.get("type") == "function_call_output"]
+    if calls != outputs:
+        problems.append("tool_results_misplaced")
+    tools = req.get("tools")
+    if not isinstance(tools, list) or len(tools) != 15:
+        problems.append("tools_count")
+    elif any(t.get("type") != "function" or not t.get("name") for t in tools):
+        problems.append("tool_shape")
+    if not isinstance(req.get("max_output_tokens"), int):
+        problems.append("no_token_limit")
+    if req.get("store") is not False or req.get("stream") is not True:
+        problems.append("store_or_stream")
     return problems
 
 
@@ -218,6 +251,9 @@ class Upstream(asyncio.Protocol):
         if method == b"GET" and path.endswith(b"/models"):
             self._reply(200, b"application/json", server.models, close)
             return
+        if method == b"POST" and path.endswith(b"/responses"):
+            self._responses(headers, body, close)
+            return
         if method != b"POST" or not path.endswith(b"/chat/completions"):
             self._reply(404, b"application/json", b'{"error":{"message":"not found"}}', close)
             return
@@ -280,6 +316,21 @@ class Upstream(asyncio.Protocol):
 
         self.timer = loop.call_at(t0 + interval, send, 1)
 
+    def _responses(self, headers: dict[bytes, bytes], body: bytes, close: bool) -> None:
+        """A Responses API request: its stream (streams only, as the bench sends)."""
+        server, stats = self.server, self.server.stats
+        stats.requests += 1
+        if _STREAM_TRUE.search(body) is None:
+            self._reply(400, b"application/json", b'{"error":{"message":"stream only"}}', close)
+            return
+        if server.check and stats.should_check("responses"):
+            stats.checked += 1
+            stats.problems.update(check_responses_request(body))
+        stats.streams += 1
+        self.transport.write(server.responses_response)
+        if close:
+            self.transport.close()
+
 
 def _dechunk(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
     """A whole chunked body starting at pos, and where it ends; (None, 0) if incomplete."""
@@ -323,6 +374,11 @@ class MockServer:
         )
         self.stream_response = (
             self.stream_head + b"".join(_chunked(f) for f in payloads.sse_frames()) + b"0\r\n\r\n"
+        )
+        self.responses_response = (
+            self.stream_head
+            + b"".join(_chunked(f) for f in payloads.responses_frames())
+            + b"0\r\n\r\n"
         )
         self.models = json.dumps(
             {

@@ -241,6 +241,73 @@ def sse_frames(n_text: int = FAST_TEXT_DELTAS) -> list[bytes]:
     return [b"data: " + p.encode() + b"\n\n" for p in stream_payloads(n_text)]
 
 
+RESPONSE_ID = "resp_bench000000000000000000000001"
+
+
+def responses_payloads(n_text: int = FAST_TEXT_DELTAS) -> list[dict]:
+    """The same answer as an OpenAI Responses stream (`api: responses`): a message
+    item of `n_text` output_text deltas, then a function_call item of the same
+    argument fragments, then `response.completed` with the same usage."""
+    message = {"id": "msg_bench1", "type": "message", "role": "assistant", "status": "completed"}
+    text = {"type": "output_text", "text": expected_text(n_text), "annotations": []}
+    call = {
+        "id": "fc_bench1",
+        "type": "function_call",
+        "call_id": TOOL_CALL_ID,
+        "name": TOOL_NAME,
+        "arguments": TOOL_ARGS_JSON,
+        "status": "completed",
+    }
+    where = {"item_id": "msg_bench1", "output_index": 0, "content_index": 0}
+    events: list[dict] = [
+        {"type": "response.created", "response": {"id": RESPONSE_ID, "status": "in_progress"}},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**message, "status": "in_progress", "content": []}},
+    ]  # fmt: skip
+    events += [
+        {"type": "response.output_text.delta", **where, "delta": t, "logprobs": []}
+        for t in text_deltas(n_text)
+    ]
+    done = {**message, "content": [text]}
+    events.append({"type": "response.output_item.done", "output_index": 0, "item": done})
+    events.append(
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {**call, "arguments": "", "status": "in_progress"}}
+    )  # fmt: skip
+    events += [
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_bench1",
+         "output_index": 1, "delta": a}
+        for a in arg_fragments()
+    ]  # fmt: skip
+    events.append({"type": "response.output_item.done", "output_index": 1, "item": call})
+    usage = {
+        "input_tokens": PROMPT_TOKENS,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": COMPLETION_TOKENS,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+    }
+    response = {
+        "id": RESPONSE_ID,
+        "object": "response",
+        "model": MODEL,
+        "status": "completed",
+        "output": [{**message, "content": [text]}, call],
+        "usage": usage,
+    }
+    events.append({"type": "response.completed", "response": response})
+    return [{**e, "sequence_number": n} for n, e in enumerate(events)]
+
+
+def responses_frames(n_text: int = FAST_TEXT_DELTAS) -> list[bytes]:
+    """One `event: TYPE` + `data: ...` frame per Responses event, UTF-8 (no [DONE])."""
+    return [
+        b"event: " + e["type"].encode() + b"\ndata: "
+        + json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        for e in responses_payloads(n_text)
+    ]  # fmt: skip
+
+
 # Frames of a stream that are not text deltas: role, tool header, argument
 # fragments, finish, usage, [DONE].
 NON_TEXT_FRAMES = 5 + len(arg_fragments())

@@ -151,9 +151,15 @@ def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], logpath: str,
 
 
 def proxy_config(
-    mock_port: int, listen: str, rate: float, seconds: float, reuse_port: bool
+    mock_port: int,
+    listen: str,
+    rate: float,
+    seconds: float,
+    reuse_port: bool,
+    responses: bool = False,
 ) -> dict[str, Any]:
-    """ccproxy's config: claude-drip-* to the dripping upstream, the rest to the fast one."""
+    """ccproxy's config: claude-drip-* to the dripping upstream, the rest to the fast one;
+    with `responses`, claude-responses-* to the mock's Responses API (`api: responses`)."""
     base = f"http://127.0.0.1:{mock_port}"
     cfg: dict[str, Any] = {
         "listen": listen,
@@ -167,9 +173,20 @@ def proxy_config(
         },
         "models": {"claude-drip-*": f"drip/{payloads.MODEL}", "*": f"mock/{payloads.MODEL}"},
     }
+    if responses:
+        cfg["upstreams"]["responses"] = {
+            "api": "responses",
+            "url": f"{base}/v1",
+            "api_key": UPSTREAM_KEY,
+            "timeout": 120,
+        }
+        cfg["models"] = {RESPONSES_ROUTE: f"responses/{payloads.MODEL}", **cfg["models"]}
     if reuse_port:
         cfg["reuse_port"] = True
     return cfg
+
+
+RESPONSES_ROUTE = "claude-responses-*"
 
 
 _CONFIG_CHECK = """

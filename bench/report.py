@@ -56,6 +56,9 @@ def figures(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "stream_cpu_ms": both("stream", "proxy_cpu_ms_per_req"),
         "ttfb_added_ms": both("stream", "t_first_byte_p50", 1000),
         "stream_total_ms": both("stream", "t_done_p50", 1000),
+        "responses_cpu_ms": both("responses", "proxy_cpu_ms_per_req"),
+        "responses_ttfb_ms": both("responses", "t_first_byte_p50", 1000),
+        "responses_total_ms": both("responses", "t_done_p50", 1000),
         "drip_rss_mb": both("drip", "rss_peak_mb"),
         "drip_ttft_s": both("drip", "t_first_text_p50"),
         "drip_ratio": both("drip", "t_done_p50"),
@@ -185,6 +188,22 @@ def table(results: dict[str, Any], a: argparse.Namespace) -> str:
             "stream_total_ms",
             num(f["stream_total_ms"]["direct"], "ms"),
             num(f["stream_total_ms"]["ccproxy"], "ms"),
+        )
+    if "responses" in s:
+        frames = payloads.responses_frames()
+        size = f"{sum(map(len, frames)) / 1024:.0f} KB SSE, {len(frames)} events, one tool call"
+        row(
+            f"(e) CPU per streamed answer from an `api: responses` upstream ({size})",
+            "responses_cpu_ms",
+            "-",
+            num(f["responses_cpu_ms"]["ccproxy"], "ms"),
+        )
+        row(
+            "(e) same: time to first byte p50; full stream time p50",
+            "responses_ttfb_ms",
+            "-",
+            f"{num(f['responses_ttfb_ms']['ccproxy'], 'ms')}; "
+            f"{num(f['responses_total_ms']['ccproxy'], 'ms')}",
         )
     if "drip" in s:
         what = (

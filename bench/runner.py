@@ -35,7 +35,10 @@ from bench.procs import (
 PROXY_MODEL = "claude-sonnet-4-5-20250929"
 DRIP_MODEL = "claude-drip-sonnet-4-5"  # routed to the dripping upstream
 CLIENT_KEY = "sk-ant-bench-0000000000000000"
-SCENARIOS = ("lat", "tput", "stream", "drip")
+RESPONSES_MODEL = "claude-responses-sonnet-4-5"  # routed to the mock's Responses API
+SCENARIOS = ("lat", "tput", "stream", "drip", "responses")
+PROXY_ONLY = ("responses",)
+"""Scenarios without a direct run: the load driver speaks only chat to the mock."""
 PROXY_PATH = "/v1/messages?beta=true"
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
@@ -78,6 +81,7 @@ class Bench:
         self.skipped = ""
         self.py_spy = ""
         self.bodies: dict[tuple[bool, bool], list[bytes]] = {}
+        self.responses_bodies: list[bytes] = []
 
     # ------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -162,7 +166,12 @@ class Bench:
         started = []
         for i in range(a.processes):
             cfg = proxy_config(
-                self.mock_port, listen, a.drip_rate, a.drip_seconds, mode == "reuse_port"
+                self.mock_port,
+                listen,
+                a.drip_rate,
+                a.drip_seconds,
+                mode == "reuse_port",
+                responses="responses" in a.scenarios,
             )
             if ledger is not None:
                 cfg["ledger"] = ledger
@@ -200,9 +209,11 @@ class Bench:
         except (OSError, ValueError):
             return {}
 
-    def target(self, direct: bool, stream: bool, drip: bool) -> client.Target:
+    def target(
+        self, direct: bool, stream: bool, drip: bool, responses: bool = False
+    ) -> client.Target:
         a = self.a
-        model = DRIP_MODEL if drip else PROXY_MODEL
+        model = RESPONSES_MODEL if responses else DRIP_MODEL if drip else PROXY_MODEL
         if direct:
             prefix = f"/direct/drip/{a.drip_rate:g}/{a.drip_seconds:g}" if drip else "/direct"
             path, port = prefix + "/v1/chat/completions", self.mock_port
@@ -223,7 +234,7 @@ class Bench:
             port,
             path,
             headers,
-            self.bodies[(stream, drip)],
+            self.responses_bodies if responses else self.bodies[(stream, drip)],
             lambda: validate.make(direct, stream, expect),
             stream,
         )
@@ -241,8 +252,9 @@ class Bench:
         warmup: int,
         ramp: float = 0.0,
         timeout: float | None = None,
+        responses: bool = False,
     ) -> dict[str, Any]:
-        target = self.target(direct, stream, drip)
+        target = self.target(direct, stream, drip, responses)
         pids = [] if direct else self.proxy_pids
         timeout = timeout or self.a.timeout
         warm_problems: Counter[str] = Counter()
@@ -354,6 +366,7 @@ class Bench:
             (True, False): corpus.bodies(stream=True, model=PROXY_MODEL),
             (True, True): corpus.bodies(stream=True, model=DRIP_MODEL),
         }
+        self.responses_bodies = corpus.bodies(stream=True, model=RESPONSES_MODEL)
         sizes = [len(b) for b in self.bodies[(False, False)]]
         self.results["corpus_bytes"] = sizes
         log(f"corpus: {len(sizes)} bodies of {min(sizes)}-{max(sizes)} bytes")
@@ -370,11 +383,15 @@ class Bench:
             "drip": {"stream": True, "drip": True, "concurrency": a.drip_streams,
                      "total": a.drip_streams, "duration": None, "warmup": 0,
                      "ramp": a.drip_ramp, "timeout": a.drip_seconds * 4 + 30},
+            "responses": {"stream": True, "drip": False, "concurrency": 1, "total": a.stream_n,
+                          "duration": None, "warmup": 10, "responses": True},
         }  # fmt: skip
         for name in SCENARIOS:
             if name in a.scenarios:
                 res = {}
                 for direct in who:
+                    if direct and name in PROXY_ONLY:
+                        continue
                     key = "direct" if direct else "ccproxy"
                     res[key] = await self.measure(name, direct, **plans[name])
                 self.results["scenarios"][name] = res

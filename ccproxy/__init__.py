@@ -25,7 +25,8 @@ contract in setup.cfg, checked in CI):
                usage` read it.
 - `config/`    YAML (or the seed environment) to frozen values: upstreams,
                profiles, policies, routes, endpoint descriptions.
-- `translate/` pure Anthropic <-> OpenAI translation over dicts; no Twisted.
+- `translate/` pure Anthropic <-> OpenAI translation over dicts (chat/completions,
+               and the Responses API for `api: responses`); no Twisted.
 - `errors`     the Anthropic error envelope and `ProxyError`; `compat`, Twisted's
                private APIs behind one door.
 

@@ -92,9 +92,10 @@ def weatherReply(stream: bool) -> Any:
     )
 
 
-def ask(h: Harness, stream: bool, *replies: Any) -> Any:
+def ask(h: Harness, stream: bool, *replies: Any, **extra: Any) -> Any:
     h.upstream.queue(*replies)
-    d = h.request("POST", "/v1/messages", message("weather in Lyon?", tools=TOOLS, stream=stream))
+    body = message("weather in Lyon?", tools=TOOLS, stream=stream, **extra)
+    d = h.request("POST", "/v1/messages", body)
     for _ in range(10):
         h.flush()
     return resultOf(d)

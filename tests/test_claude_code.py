@@ -231,15 +231,33 @@ def explanation(
     )
 
 
-@pytest.mark.claude_code
-def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_path: Path) -> None:
-    claude = installClaudeCode()
+def claudeResult(run: tuple[int, str, str], explain: Callable[[str], str]) -> dict[str, Any]:
+    """The JSON result of a `claude -p` run that must have ended well."""
+    code, stdout, _ = run
+    assert code == 0, explain("claude exited with an error")
+    try:
+        result = json.loads(stdout)
+    except json.JSONDecodeError:
+        pytest.fail(explain("claude's stdout is not one JSON object"))
+    assert result.get("is_error") is False, explain("claude reports an error")
+    return result
+
+
+def notesWorkspace(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Claude Code's workspace holding notes.txt with SECRET, and its home."""
     workspace = tmp_path / "workspace"
     home = tmp_path / "home"
     workspace.mkdir()
     home.mkdir()
     notes = workspace / "notes.txt"
     notes.write_text(SECRET + "\n")
+    return workspace, home, notes
+
+
+@pytest.mark.claude_code
+def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_path: Path) -> None:
+    claude = installClaudeCode()
+    workspace, home, notes = notesWorkspace(tmp_path)
 
     upstreamPort = processes.scriptedUpstream("--file", str(notes), "--answer", ANSWER)
     proxyPort = processes.ccproxy(proxyConfig(upstreamPort))
@@ -255,12 +273,7 @@ def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_
     def explain(what: str) -> str:
         return explanation(what, (code, stdout, stderr), processes, received)
 
-    assert code == 0, explain("claude exited with an error")
-    try:
-        result = json.loads(stdout)
-    except json.JSONDecodeError:
-        pytest.fail(explain("claude's stdout is not one JSON object"))
-    assert result.get("is_error") is False, explain("claude reports an error")
+    result = claudeResult((code, stdout, stderr), explain)
     assert result.get("num_turns", 0) >= 2, explain("fewer than two turns")
     assert MARKER in result.get("result", ""), explain("the final text is not the upstream's")
     assert any(SECRET in content for content in toolMessages(received)), explain(
@@ -273,6 +286,53 @@ def test_claude_code_runs_a_tool_loop_through_ccproxy(processes: Processes, tmp_
     assert mainLoop and all(b.get("stream") is True for b in mainLoop), explain(
         "Claude Code fell back to non-streaming requests"
     )
+
+
+@pytest.mark.claude_code
+def test_claude_code_runs_a_tool_loop_through_a_responses_upstream(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """The same tool loop against an `api: responses` upstream (the scripted one
+    playing OpenAI's Responses API): every main-loop request streamed to
+    `/responses`, the tool's result back as a `function_call_output`, and the
+    reasoning item of the Read turn back with its encrypted content."""
+    claude = installClaudeCode()
+    workspace, home, notes = notesWorkspace(tmp_path)
+
+    upstreamPort = processes.scriptedUpstream(
+        "--api", "responses", "--file", str(notes), "--answer", ANSWER
+    )
+    keys = "api: responses\n    reasoning: reasoning_effort"
+    proxyPort = processes.ccproxy(proxyConfig(upstreamPort, keys))
+    run = runClaude(
+        claude, workspace, home, proxyPort, "Read the file notes.txt and tell me the secret word."
+    )
+    received = processes.received()
+
+    def explain(what: str) -> str:
+        return explanation(what, run, processes, received)
+
+    result = claudeResult(run, explain)
+    assert MARKER in result.get("result", ""), explain("the final text is not the upstream's")
+    assert "(reasoning kept)" in result.get("result", ""), explain(
+        "the reasoning item did not come back with its encrypted content"
+    )
+    bodies = [r["body"] for r in received if isinstance(r["body"], dict)]
+    assert all(r["path"].endswith("/v1/responses") for r in received), explain("not /responses")
+    outputs = [
+        str(item.get("output"))
+        for body in bodies
+        for item in body.get("input") or []
+        if item.get("type") == "function_call_output"
+    ]
+    assert any(SECRET in output for output in outputs), explain(
+        "the upstream never got the file's content in a function_call_output"
+    )
+    mainLoop = [b for b in bodies if b.get("tools")]
+    assert mainLoop and all(b.get("stream") is True for b in mainLoop), explain(
+        "Claude Code fell back to non-streaming requests"
+    )
+    assert all(b.get("store") is False for b in bodies), explain("a request was stored")
 
 
 @pytest.mark.claude_code

@@ -127,6 +127,34 @@ def test_url_gets_chat_completions_once(url: str, expected: str) -> None:
     assert load(text).upstreams["corp"].url == expected
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com/v1/responses"),
+        ("https://api.openai.com/v1/responses/", "https://api.openai.com/v1/responses"),
+        (
+            "http://h/openai/v1?api-version=preview",
+            "http://h/openai/v1/responses?api-version=preview",
+        ),
+    ],
+)
+def test_a_responses_upstreams_url_gets_responses_once(url: str, expected: str) -> None:
+    text = MINIMAL.replace(
+        "    url: https://llm-gateway.example.com/v1", f"    api: responses\n    url: {url}"
+    )
+    upstream = load(text).upstreams["corp"]
+    assert (upstream.api, upstream.url) == ("responses", expected)
+    assert load(MINIMAL).upstreams["corp"].api == "chat"
+
+
+@pytest.mark.parametrize("api", ["anthropic", 3, "Responses"])
+def test_an_unknown_api_is_refused_with_its_key_path(api: object) -> None:
+    text = MINIMAL.replace("    url:", f"    api: {api}\n    url:")
+    with pytest.raises(ConfigError) as raised:
+        load(text)
+    assert str(raised.value).startswith("upstreams.corp.api:")
+
+
 def test_routes_in_file_order_with_targets() -> None:
     config = load(CONTRACT)
     router = config.router
@@ -301,3 +329,4 @@ def test_example_config_in_etc_loads() -> None:
     path = Path(__file__).parent.parent / "etc" / "ccproxy.yaml"
     config = Config.fromPath(str(path), environ={})
     assert config.router.find("claude-sonnet-5-5") is not None
+    assert config.upstreams["codex"].api == "responses"

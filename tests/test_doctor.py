@@ -622,6 +622,23 @@ def test_upstream_requests() -> None:
     }
 
 
+def test_a_responses_upstreams_probes() -> None:
+    codex = config(
+        "upstreams: {codex: {api: responses, url: 'https://api.example/v1'}}\n"
+        "models: {'*': codex}\n"
+    ).upstreams["codex"]
+    assert doctor.modelsURL(codex) == "https://api.example/v1/models"
+    probe = doctor.upstreamChatRequest(codex, ALICE, "gpt-5-codex")
+    assert probe.url == "https://api.example/v1/responses"
+    assert probe.body is not None
+    assert json.loads(probe.body) == {
+        "model": "gpt-5-codex",
+        "input": "Say ok.",
+        "max_output_tokens": 16,
+        "store": False,
+    }
+
+
 AZURE = f"""
 upstreams:
   az: {{url: "https://az.example/openai/v1", api_key: {CORP}, preset: azure}}

@@ -30,12 +30,12 @@ MODEL = "scripted-model"
 pytestmark = pytest.mark.skipif(litellmCommand() is None, reason="LiteLLM is not installed")
 
 
-def startLiteLLM(processes: Processes, upstreamPort: int) -> int:
+def startLiteLLM(processes: Processes, upstreamPort: int, provider: str = "openai") -> int:
     command = litellmCommand()
     assert command is not None
     directory = processes.directory
     config = directory / "litellm.yaml"
-    config.write_text(litellmConfig(upstreamPort, MODEL))
+    config.write_text(litellmConfig(upstreamPort, MODEL, provider))
     port = freePort()
     log = directory / "litellm.log"
     home = directory / "litellm-home"

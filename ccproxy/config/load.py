@@ -19,7 +19,7 @@ from attrs import evolve, fields
 from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
 from ccproxy.config.ledger import defaultLedger, parseLedger
 from ccproxy.config.model import (
-    COMPLETIONS_PATH,
+    API_PATHS,
     DEFAULT_BODY_MEMORY_BYTES,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -96,7 +96,10 @@ def fromMapping(
     return evolve(config, literalSecrets=tuple(literalSecrets(data)))
 
 
-def _chatCompletionsURL(value: Any, path: str) -> str:
+def upstreamURL(value: Any, path: str, api: str = "chat") -> str:
+    """An upstream's `url` as the full URL of its `api`: a base URL gets the API's
+    path (`/chat/completions`, `/responses`), a URL that already ends with it is
+    kept."""
     url = string(value, path).strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -109,26 +112,35 @@ def _chatCompletionsURL(value: Any, path: str) -> str:
         )
     base = url.split("?", 1)[0].rstrip("/")
     query = url[len(url.split("?", 1)[0]) :]
-    if not base.endswith(COMPLETIONS_PATH):
-        base += COMPLETIONS_PATH
+    if not base.endswith(API_PATHS[api]):
+        base += API_PATHS[api]
     return base + query
 
 
 def _parseUpstream(name: str, node: Node) -> Upstream:
     if not _NAME.fullmatch(name):
         raise ConfigError(node.path, "upstream names may hold only A-Z a-z 0-9 _ -")
+    api = node.get("api", _api, "chat")
     upstream = Upstream(
         name=name,
-        url=node.require("url", _chatCompletionsURL),
+        url=node.require("url", lambda value, path: upstreamURL(value, path, api)),
         apiKey=node.get("api_key", string, "") or None,
         timeout=node.get("timeout", positiveNumber, DEFAULT_TIMEOUT),
         headers=node.get("headers", headerMap, {}),
         profile=parseProfile(node),
         policy=parsePolicy(node),
         countTokens=node.get("count_tokens", boolean, True),
+        api=api,
     )
     node.finish()
     return upstream
+
+
+def _api(value: Any, path: str) -> str:
+    api = string(value, path)
+    if api not in API_PATHS:
+        raise ConfigError(path, f"must be one of: {', '.join(API_PATHS)}")
+    return api
 
 
 def _parseClients(value: Any, path: str) -> tuple[Client, ...]:

@@ -39,7 +39,9 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_MAX_DURATION = 3600.0
 DEFAULT_LOG_PAYLOAD_MAX_CHARS = 1400
 COMPLETIONS_PATH = "/chat/completions"
-"""What every upstream URL ends with (before its query string)."""
+"""What a `chat` upstream's URL ends with (before its query string)."""
+API_PATHS = {"chat": COMPLETIONS_PATH, "responses": "/responses"}
+"""`upstreams.NAME.api`: the API an upstream speaks, and what its URL ends with."""
 
 
 @frozen
@@ -110,7 +112,7 @@ class Upstream:
 
     name: str
     url: str
-    """The full chat/completions URL (it ends with `COMPLETIONS_PATH`)."""
+    """The full URL of its API (it ends with `API_PATHS[api]`)."""
     apiKey: str | None = field(repr=False)
     """None: the caller's own key is forwarded."""
     timeout: float
@@ -120,6 +122,9 @@ class Upstream:
     countTokens: bool = True
     """`count_tokens` for a route it serves first is estimated here; False: it is
     501 `not_supported`, and Claude Code counts (estimates) on its own."""
+    api: str = "chat"
+    """The API it speaks: `chat` (chat/completions) or `responses` (OpenAI's
+    Responses API)."""
 
     def secrets(self) -> Iterator[str | None]:
         """Its key and the secrets in its headers (see `headerSecrets`)."""

@@ -42,6 +42,8 @@ MAX_STOP_SEQUENCES = 4
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _NO_RESULT = "No result was returned for this tool call."
+THINKING_BLOCKS = "thinking_blocks"
+"""Where `toOpenAI(keepThinking=True)` keeps an assistant message's thinking blocks."""
 
 
 def toOpenAI(
@@ -52,6 +54,7 @@ def toOpenAI(
     defaultMaxTokens: int,
     names: ToolNames | None = None,
     cacheKey: str | None = None,
+    keepThinking: bool = False,
 ) -> dict[str, Any]:
     """Translate a Messages request body (already JSON-decoded) for an OpenAI upstream.
 
@@ -60,7 +63,9 @@ def toOpenAI(
     `[a-zA-Z0-9_-]`) to ones it takes, the same way in the tools, the history and
     `tool_choice` (made from the body when not given). `cacheKey` (the client's
     session, `sessionKey`) goes as `prompt_cache_key` where the profile says the
-    upstream takes it.
+    upstream takes it. `keepThinking`: each assistant message keeps its turn's
+    thinking blocks under `THINKING_BLOCKS`, for a translator built on this one
+    (`ccproxy.translate.responses`) to take out.
     """
     if not isinstance(body, dict):
         raise invalidRequest("the request body must be a JSON object")
@@ -71,7 +76,7 @@ def toOpenAI(
 
     if names is None:
         names = ToolNames.fromRequest(body)
-    writer = _MessageWriter(profile, names)
+    writer = _MessageWriter(profile, names, keepThinking)
     writer.addSystem(body.get("system"), "system")
     for i, message in enumerate(messages):
         writer.add(message, f"messages.{i}")
@@ -193,9 +198,10 @@ def stopSequences(body: dict[str, Any]) -> list[str]:
 class _MessageWriter:
     """Builds the OpenAI message list, keeping tool messages next to their calls."""
 
-    def __init__(self, profile: Profile, names: ToolNames) -> None:
+    def __init__(self, profile: Profile, names: ToolNames, keepThinking: bool = False) -> None:
         self.profile = profile
         self.names = names
+        self.keepThinking = keepThinking
         self.system: list[dict[str, Any]] = []
         """System texts as text parts (with their cache_control when passed through)."""
         self.out: list[dict[str, Any]] = []
@@ -266,7 +272,7 @@ class _MessageWriter:
 
     def _assistant(self, content: str | list[Any], path: str) -> None:
         texts: list[str] = []
-        thinking: list[str] = []
+        thinking: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         if isinstance(content, str):
             texts.append(content)
@@ -280,7 +286,7 @@ class _MessageWriter:
                     calls.append(_toolCall(block, where, self.names))
                     self.loaded.add(block["name"])
                 elif kind == "thinking" and isinstance(block.get("thinking"), str):
-                    thinking.append(block["thinking"])
+                    thinking.append(block)
                 elif kind == "server_tool_use" and str(block.get("name")).startswith(
                     "tool_search_tool"
                 ):
@@ -298,7 +304,7 @@ class _MessageWriter:
         self._assistantMessage(texts, thinking, calls)
 
     def _assistantMessage(
-        self, texts: list[str], thinking: list[str], calls: list[dict[str, Any]]
+        self, texts: list[str], thinking: list[dict[str, Any]], calls: list[dict[str, Any]]
     ) -> None:
         text = "\n\n".join(t for t in texts if t.strip())
         if not text and not calls:
@@ -310,7 +316,9 @@ class _MessageWriter:
                 message["content"] = self.profile.assistantEmptyContent
         if thinking and self.profile.reasoning == "deepseek":
             # DeepSeek's thinking mode answers 400 unless its reasoning comes back.
-            message["reasoning_content"] = "".join(thinking)
+            message["reasoning_content"] = "".join(b["thinking"] for b in thinking)
+        if thinking and self.keepThinking:
+            message[THINKING_BLOCKS] = thinking
         self.out.append(message)
         self._openCalls = [c["id"] for c in calls]
         self._openIds = set(self._openCalls)

@@ -66,6 +66,19 @@ def fromOpenAI(
     if text.strip():
         content.append({"type": "text", "text": text})
     content.extend(calls)
+    usage = anthropicUsage(data.get("usage") or choice.get("usage"))
+    return anthropicMessage(messageId, model, content, stopReason, stopSequence, usage)
+
+
+def anthropicMessage(
+    messageId: str,
+    model: str,
+    content: list[dict[str, Any]],
+    stopReason: str,
+    stopSequence: str | None,
+    usage: dict[str, int],
+) -> dict[str, Any]:
+    """A whole Anthropic message, whichever API the answer came in."""
     return {
         "id": messageId,
         "type": "message",
@@ -74,7 +87,7 @@ def fromOpenAI(
         "content": content,
         "stop_reason": stopReason,
         "stop_sequence": stopSequence,
-        "usage": anthropicUsage(data.get("usage") or choice.get("usage")),
+        "usage": usage,
     }
 
 

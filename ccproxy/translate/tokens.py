@@ -67,9 +67,17 @@ def tokensAtMost(bodyBytes: int, images: int) -> int:
 
 
 def estimateTokens(request: dict[str, Any]) -> int:
-    """Estimated prompt tokens of a translated chat/completions request."""
+    """Estimated prompt tokens of a translated chat/completions request (or a
+    Responses one: its `instructions` and `input` items)."""
     tally = _Tally()
     total = _PER_REQUEST
+    if isinstance(request.get("instructions"), str):
+        total += _PER_MESSAGE + tally.text(request["instructions"])
+    for item in request.get("input", ()):
+        total += _PER_MESSAGE + _contentTokens(item.get("content"), tally)
+        for key in ("name", "arguments", "output", "encrypted_content"):
+            if isinstance(item.get(key), str):
+                total += tally.text(item[key])
     for message in request.get("messages", ()):
         total += _PER_MESSAGE + _contentTokens(message.get("content"), tally)
         for call in message.get("tool_calls", ()):
@@ -80,7 +88,7 @@ def estimateTokens(request: dict[str, Any]) -> int:
     if tools:
         total += _PER_TOOLS
     for tool in tools:
-        total += _PER_TOOL + tally.text(orjson.dumps(tool.get("function", {})).decode())
+        total += _PER_TOOL + tally.text(orjson.dumps(tool.get("function", tool)).decode())
     return max(total, 1)
 
 
@@ -115,7 +123,7 @@ def _contentTokens(content: Any, tally: _Tally) -> int:
         return tally.text(content)
     total = 0
     for part in content or ():
-        if part.get("type") == "text":
+        if part.get("type") in ("text", "input_text", "output_text"):
             total += tally.text(part.get("text", ""))
         else:
             total += _PER_IMAGE

@@ -10,6 +10,7 @@ The dispatcher asks; nothing here calls back into the web layer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -21,6 +22,8 @@ from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody,
 from ccproxy.translate.names import ToolNames
 from ccproxy.translate.request import refuseSafeguards, stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
+from ccproxy.translate.responses import fromResponses, toResponses
+from ccproxy.translate.responsestream import ResponsesStreamTranslator
 from ccproxy.translate.stream import Event, StreamTranslator, messageStart
 from ccproxy.translate.toolsearch import ToolSearch, continued
 
@@ -44,6 +47,8 @@ class Rendering:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise badGateway(upstream.name, f"the answer is not JSON: {raw[:200]!r}") from None
+        if upstream.api == "responses":
+            return self._response(upstream, raw, data)
         if isinstance(data, dict) and "error" in data and not data.get("choices"):
             raise errorInBody(upstream.name, raw, data)
         try:
@@ -58,6 +63,22 @@ class Rendering:
         except ProxyError as e:  # an answer the translator cannot use
             raise e.naming(upstream.name) from None
 
+    def _response(self, upstream: Upstream, raw: bytes, data: Any) -> dict[str, Any]:
+        """A whole Responses answer (its `error` set, or `status: failed`: an error)."""
+        if isinstance(data, dict) and (data.get("error") or data.get("status") == "failed"):
+            raise errorInBody(upstream.name, raw, data)
+        try:
+            return fromResponses(
+                data,
+                messageId=self.messageId,
+                model=self.model,
+                upstream=upstream.name,
+                stopSequences=self.stops,
+                toolName=self.names.fromUpstream,
+            )
+        except ProxyError as e:
+            raise e.naming(upstream.name) from None
+
     def start(self) -> list[Event]:
         """The stream's `message_start`, the same whichever upstream answers."""
         return [messageStart(self.messageId, self.model)]
@@ -67,6 +88,17 @@ class Rendering:
     ) -> StreamTranslator:
         """A translator of `upstream`'s stream (serving `target`) into this client's
         events."""
+        contextWindow = target.contextWindow if target is not None else None
+        if upstream.api == "responses":
+            return ResponsesStreamTranslator(
+                self.messageId,
+                self.model,
+                self.stops,
+                toolName=self.names.fromUpstream,
+                serverTools=self.serverTools,
+                contextWindow=contextWindow,
+                upstream=upstream.name,
+            )
         return StreamTranslator(
             self.messageId,
             self.model,
@@ -74,7 +106,7 @@ class Rendering:
             thinkTags=upstream.profile.thinkTags,
             toolName=self.names.fromUpstream,
             serverTools=self.serverTools,
-            contextWindow=target.contextWindow if target is not None else None,
+            contextWindow=contextWindow,
         )
 
 
@@ -123,7 +155,12 @@ class Plan:
     def bodyFor(self, upstream: Upstream, target: Target) -> bytes:
         """The request body in `upstream`'s dialect; a client's mistake is a 400
         here, before any attempt."""
-        translated = toOpenAI(
+        translate = (
+            partial(toResponses, upstream=upstream.name)
+            if upstream.api == "responses"
+            else toOpenAI
+        )
+        translated = translate(
             self.request,
             model=target.modelFor(self.rendering.model),
             profile=upstream.profile,

@@ -35,6 +35,8 @@ class FakeOpenAI:
     finished: int = 0
     otherwise: Responder | None = None
     """The reply when none is queued; by default a plain completion saying "hello"."""
+    path: bytes = b"/chat/completions"
+    """What the path of the API it plays ends with (`/responses`: OpenAI's Responses)."""
 
     router = Klein()
 

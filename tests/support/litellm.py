@@ -35,13 +35,16 @@ def litellmCommand() -> list[str] | None:
     return None
 
 
-def litellmConfig(upstreamPort: int, model: str) -> str:
-    """A LiteLLM proxy config serving `model` from an OpenAI-compatible server."""
+def litellmConfig(upstreamPort: int, model: str, provider: str = "openai") -> str:
+    """A LiteLLM proxy config serving `model` from an OpenAI-compatible server.
+    `provider` `openai` forwards `/v1/responses` to the server's own; another one
+    without a Responses API of its own in LiteLLM (`custom_openai`) has LiteLLM
+    serve `/v1/responses` itself from the server's chat/completions."""
     return (
         "model_list:\n"
         f"  - model_name: {model}\n"
         "    litellm_params:\n"
-        f"      model: openai/{model}\n"
+        f"      model: {provider}/{model}\n"
         f"      api_base: http://127.0.0.1:{upstreamPort}/v1\n"
         "      api_key: sk-scripted\n"
     )

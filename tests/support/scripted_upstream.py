@@ -31,6 +31,13 @@ front of it, such as LiteLLM, then sends no headers of its own until then). It i
 `tests.support.fakes.FakeOpenAI` on a real port, with this script as the reply
 when none is queued.
 
+With `--api responses` it plays an OpenAI Responses API upstream instead (POST
+…/responses; `ResponsesScript`): the same Read-then-answer script, as Responses
+events with `event:` names and no `[DONE]` (whole `response` objects when not
+streamed). Its Read turn opens with a reasoning item (a summary and
+`encrypted_content` REASONING_SECRET); the answer after the tool's result says
+whether that reasoning item came back (`reasoning kept` / `reasoning LOST`).
+
 With `--overflow-wording SERVER --overflow-over CHARS` it plays a model with a small
 context window instead: any request whose tool results hold more than CHARS
 characters is refused (400) with SERVER's words for a context overflow (from
@@ -137,7 +144,7 @@ def logged(log: IO[bytes], request: IRequest, fake: FakeOpenAI) -> dict[str, Any
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     log.write(orjson.dumps({"path": request.uri.decode(), "body": text}) + b"\n")
     log.flush()
-    if not isinstance(body, dict) or not request.path.endswith(b"/chat/completions"):
+    if not isinstance(body, dict) or not request.path.endswith(fake.path):
         return None
     return body
 
@@ -324,6 +331,105 @@ class OverflowScript(Logged):
         return "Scripted reply."
 
 
+REASONING_SECRET = "gAAAAB-scripted-encrypted-reasoning"
+
+
+def responsesFrames(items: list[dict[str, Any]], deltas: bool = True) -> list[bytes]:
+    """A Responses stream of the output `items`, as OpenAI sends it: `event:` lines,
+    each item added, its deltas in fragments, done; then `response.completed`."""
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}
+    ]
+    for index, item in enumerate(items):
+        kind = item["type"]
+        added = {**item, "arguments": ""} if kind == "function_call" else {"type": kind}
+        events.append({"type": "response.output_item.added", "output_index": index, "item": added})
+        where = {"output_index": index, "item_id": item.get("id", f"item_{index}")}
+        if kind == "message" and deltas:
+            for piece in fragments(item["content"][0]["text"], 3):
+                events.append({"type": "response.output_text.delta", **where, "delta": piece})
+        elif kind == "reasoning" and deltas:
+            for part, summary in enumerate(item["summary"]):
+                for piece in fragments(summary["text"], 2):
+                    delta = {"summary_index": part, "delta": piece}
+                    events.append(
+                        {"type": "response.reasoning_summary_text.delta", **where, **delta}
+                    )
+        elif kind == "function_call" and deltas:
+            for piece in fragments(item["arguments"], 4):
+                events.append(
+                    {"type": "response.function_call_arguments.delta", **where, "delta": piece}
+                )
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": responseObject(items)})
+    return [
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(
+            {**e, "sequence_number": n}
+        ) + b"\n\n"
+        for n, e in enumerate(events)
+    ]  # fmt: skip
+
+
+def responseObject(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "status": "completed",
+        "error": None,
+        "output": items,
+        "usage": {
+            "input_tokens": 120,
+            "input_tokens_details": {"cached_tokens": 100},
+            "output_tokens": 12,
+            "total_tokens": 132,
+        },
+    }
+
+
+def outputText(text: str) -> dict[str, Any]:
+    content = [{"type": "output_text", "text": text, "annotations": []}]
+    return {"type": "message", "id": "msg_1", "role": "assistant", "content": content}
+
+
+@define
+class ResponsesScript(Logged):
+    """The scripted answers (a reasoning item and a call of Read, then --answer and
+    whether the reasoning came back) as an OpenAI Responses API upstream."""
+
+    readPath: str
+    answer: str
+
+    def reply(self, body: dict[str, Any], request: IRequest, fake: FakeOpenAI) -> Any:
+        items = [i for i in body.get("input") or [] if isinstance(i, dict)]
+        tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+        if any(i.get("type") == "function_call_output" for i in items):
+            kept = any(i.get("encrypted_content") == REASONING_SECRET for i in items)
+            output = [outputText(f"{self.answer} (reasoning {'kept' if kept else 'LOST'})")]
+        elif "Read" in tools:
+            arguments = orjson.dumps({"file_path": self.readPath}).decode()
+            output = [
+                {
+                    "type": "reasoning",
+                    "id": "rs_1",
+                    "summary": [{"type": "summary_text", "text": "I should read the file."}],
+                    "encrypted_content": REASONING_SECRET,
+                },
+                {
+                    "type": "function_call",
+                    "id": "fc_1",
+                    "call_id": CALL_ID,
+                    "name": "Read",
+                    "arguments": arguments,
+                    "status": "completed",
+                },
+            ]
+        else:
+            output = [outputText("Scripted reply.")]
+        if body.get("stream"):
+            return sseReply(responsesFrames(output), delay=0.01, done=False)(request, fake)
+        return jsonReply(responseObject(output))(request, fake)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port-file", required=True, type=Path)
@@ -337,9 +443,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overflow-wording", choices=sorted(BY_SERVER))
     parser.add_argument("--overflow-over", type=int, default=60000)
     parser.add_argument("--overflow-in-stream", action="store_true")
+    parser.add_argument("--api", choices=["chat", "responses"], default="chat")
     args = parser.parse_args(argv)
     with args.log.open("ab") as log:
         script: Logged = Script(log, args.file, args.answer, hold=args.hold_file)
+        if args.api == "responses":
+            script = ResponsesScript(log, args.file, args.answer)
         if args.tool_search:
             script = ToolSearchScript(
                 log, args.tool_search, args.tool_input, args.answer_after, args.answer
@@ -353,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.overflow_over,
                 args.overflow_in_stream,
             )
-        upstream = FakeOpenAI(clock=reactor, otherwise=script)
+        path = b"/responses" if args.api == "responses" else b"/chat/completions"
+        upstream = FakeOpenAI(clock=reactor, otherwise=script, path=path)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
         tmp = args.port_file.with_name(args.port_file.name + ".tmp")
         tmp.write_text(str(port.getHost().port))
