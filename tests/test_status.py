@@ -21,7 +21,7 @@ from ccproxy.upstream.dispatch import UpstreamHealth
 from ccproxy.web.status import page as statuspage
 from ccproxy.web.status.render import e, fragments
 from ccproxy.web.status.session import Sessions
-from ccproxy.web.status.view import detail, percentile, statusView
+from ccproxy.web.status.view import IN_FLIGHT_SHOWN, detail, percentile, statusView
 from tests.support.fakes import jsonReply, sseReply
 from tests.support.harness import BASE_CONFIG, ClientReply, Harness, message, resultOf
 
@@ -94,6 +94,17 @@ def test_requests_in_flight_show_their_age_and_tokens_so_far() -> None:
     assert v.uptimeSeconds == 112.5 and v.generation == 3 and v.version == "9.9"
     watch.end(r, T0 + 13, r.fields(T0 + 13))
     assert view(watch, T0 + 14).inFlight == ()
+
+
+def test_only_the_oldest_requests_in_flight_are_listed() -> None:
+    watch = Watch()
+    count = IN_FLIGHT_SHOWN + 20
+    for i in range(count):
+        watch.begin(AccessRecord(f"r{i}", "POST", "/v1/messages", T0 + count - i), lambda: 0)
+    v = view(watch, T0 + 1000)
+    assert v.inFlightCount == count and len(v.inFlight) == IN_FLIGHT_SHOWN
+    assert v.inFlight[0].requestId == f"r{count - 1}"  # the oldest first
+    assert "and 20 more" in fragments(v)["inflight"]
 
 
 def test_an_upstream_shows_its_last_five_minutes_and_its_last_error() -> None:

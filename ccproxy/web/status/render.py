@@ -122,7 +122,7 @@ def _summary(v: StatusView) -> str:
         f"<div><dt>version</dt><dd>{e(v.version)}</dd></div>"
         f"<div><dt>config generation</dt><dd>{v.generation}</dd></div>"
         f"<div><dt>uptime</dt><dd>{e(_span(v.uptimeSeconds))}</dd></div>"
-        f"<div><dt>in flight</dt><dd>{len(v.inFlight)}</dd></div>"
+        f"<div><dt>in flight</dt><dd>{v.inFlightCount}</dd></div>"
         f"<div><dt>last reload</dt><dd>{reload}</dd></div>"
         f"<div><dt>updated</dt><dd>{e(_clock(v.now))} UTC</dd></div>"
         "</dl>"
@@ -137,12 +137,18 @@ def _inflight(v: StatusView) -> str:
             f"<td>{'stream' if r.stream else 'whole'}</td>"
             f'<td class="n">{e(_span(r.ageSeconds))}</td><td class="n">{r.tokens:,}</td></tr>'
         )
-        for r in sorted(v.inFlight, key=lambda r: -r.ageSeconds)
+        for r in v.inFlight
     ]
-    return "<h2>In flight</h2>" + _table(
-        ("client", "model", "upstream", "kind", "age", "tokens so far"),
-        rows,
-        "nothing in flight",
+    more = v.inFlightCount - len(v.inFlight)
+    tail = f'<p class="dim">and {more:,} more</p>' if more > 0 else ""
+    return (
+        "<h2>In flight</h2>"
+        + _table(
+            ("client", "model", "upstream", "kind", "age", "tokens so far"),
+            rows,
+            "nothing in flight",
+        )
+        + tail
     )
 
 

@@ -25,6 +25,9 @@ WINDOW_MINUTES = 5
 """Per upstream, the attempts, error rate and TTFB percentiles are of this many
 minutes (the current one included)."""
 RECENT_SHOWN = 30
+IN_FLIGHT_SHOWN = 50
+"""Requests in flight listed (the oldest first): a daemon relaying a thousand
+streams shows their count, not a thousand rows every tick."""
 
 
 @frozen
@@ -106,6 +109,8 @@ class StatusView:
     uptimeSeconds: float
     reload: Reload | None
     inFlight: tuple[InFlight, ...]
+    """The `IN_FLIGHT_SHOWN` oldest requests in flight."""
+    inFlightCount: int
     upstreams: tuple[UpstreamView, ...]
     clients: tuple[ClientView, ...] | None
     """None: the usage has not been read yet (or the ledger did not answer)."""
@@ -132,13 +137,15 @@ def statusView(
     currency: str = "USD",
 ) -> StatusView:
     """The page's data at `now`."""
+    live = sorted(watch.inFlight(), key=lambda live: live.record.started)
     return StatusView(
         now=now,
         version=version,
         generation=generation,
         uptimeSeconds=max(0.0, now - startedAt),
         reload=reload,
-        inFlight=tuple(_inFlight(now, live) for live in watch.inFlight()),
+        inFlight=tuple(_inFlight(now, one) for one in live[:IN_FLIGHT_SHOWN]),
+        inFlightCount=len(live),
         upstreams=tuple(
             _upstream(name, h, watch.upstreams.get(name), now) for name, h in sorted(health.items())
         ),
