@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from ccproxy.config import Config
 from ccproxy.config.model import Budget, Client
 from ccproxy.ledger.model import Group, Tally, Usage
+from ccproxy.ledger.store import LedgerUnavailable
 from ccproxy.observe.accesslog import AccessRecord, Attempt
 from ccproxy.observe.watch import HOUR, MAX_UPSTREAMS, RECENT, TTFB_SAMPLES, Watch
 from ccproxy.upstream.dispatch import UpstreamHealth
@@ -492,3 +493,61 @@ def test_the_last_reload_is_shown() -> None:
     h.app.status.noteReload(False, "ccproxy.yaml: upstreams.up.url: <not a URL>")
     sections = sectionsOf(h.call("GET", "/status/snapshot", headers=ROOT))
     assert "refused" in sections["summary"] and "&lt;not a URL&gt;" in sections["summary"]
+
+
+class AskedLedger:
+    """A ledger whose `usage` answers when the test says (`answer`), or never."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.pending: list[Deferred[Usage]] = []
+
+    def record(self, row: Any) -> None:
+        pass
+
+    async def spent(self, client: str, since: float, until: float | None = None) -> Any:
+        raise AssertionError("not asked here")
+
+    async def usage(
+        self, since: float, until: float | None = None, client: str | None = None
+    ) -> Usage:
+        self.asked.append(since)
+        waiting: Deferred[Usage] = Deferred()
+        self.pending.append(waiting)
+        return await waiting
+
+
+def test_today_s_usage_is_read_from_the_ledger_at_most_every_ten_seconds() -> None:
+    ledger = AskedLedger()
+    h = Harness.build(TEAM, ledger=lambda clock: ledger)  # type: ignore[arg-type, return-value]
+    h.clock.advance(T0)
+    assert ledger.asked == []  # nobody looked yet
+    first = sectionsOf(h.call("GET", "/status/snapshot", headers=ROOT))["clients"]
+    assert "reading the ledger" in first and ledger.asked == [T0 - T0 % 86400]
+    today = Usage((Group("alice", "claude-*", "2026-06-01", Tally(2, 0, 400, 100, 0, 0, 0.0)),))
+    ledger.pending[0].callback(today)
+    for _ in range(4):  # ticks within ten seconds: no new read
+        h.clock.advance(statuspage.TICK)
+        sections = sectionsOf(h.call("GET", "/status/snapshot", headers=ROOT))
+    assert len(ledger.asked) == 1
+    assert "<meter" in sections["clients"] and "50%" in sections["clients"]  # 500 of 1000
+    h.clock.advance(statuspage.TICK)
+    h.call("GET", "/status/snapshot", headers=ROOT)
+    assert len(ledger.asked) == 2  # ten seconds on
+    # A read that never comes back: said so after LEDGER_TIMEOUT, the last figures kept.
+    h.clock.advance(statuspage.LEDGER_TIMEOUT)
+    sections = sectionsOf(h.call("GET", "/status/snapshot", headers=ROOT))
+    assert "did not answer within 5 s" in sections["clients"] and "<meter" in sections["clients"]
+    h.clock.advance(statuspage.LEDGER_EVERY)
+    h.call("GET", "/status/snapshot", headers=ROOT)
+    assert len(ledger.asked) == 3
+
+
+def test_a_ledger_that_is_down_is_said_so() -> None:
+    ledger = AskedLedger()
+    h = Harness.build(TEAM, ledger=lambda clock: ledger)  # type: ignore[arg-type, return-value]
+    h.call("GET", "/status/snapshot", headers=ROOT)
+    ledger.pending[0].errback(LedgerUnavailable("the database is away"))
+    h.clock.advance(statuspage.TICK)
+    sections = sectionsOf(h.call("GET", "/status/snapshot", headers=ROOT))
+    assert "the ledger is unavailable: the database is away" in sections["clients"]
