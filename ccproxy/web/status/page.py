@@ -1,10 +1,10 @@
 """`/status`: the live status page for the person who runs ccproxy.
 
-Who may see it: an admin client (its key or gateway token, given once as
-`x-api-key` or `Authorization: Bearer` (the sign-in form's script sends it so),
-then a session cookie,
-`session`), or anyone when the config has no clients (the API itself is then open
-to whoever can reach it). Everyone else gets 401 (the sign-in page) or 403.
+Who may see it: an admin client, whose key (whatever `authenticate` accepts) is
+given once as `x-api-key` or `Authorization: Bearer` (the sign-in form's script
+sends it so) and is then a session cookie (`session`); or anyone when the config
+has no clients (the API itself is then open to whoever can reach it). Everyone
+else gets 401 (the sign-in page) or 403.
 
 What it costs: the data is computed once per `TICK` for every viewer (`current`),
 and pushed to at most `MAX_STREAMS` server-sent event streams; a tab past that
@@ -292,6 +292,7 @@ class StatusPage:
         self._tick = None
         if not self.streams:
             return
+        self._snapshot = None  # the streams get this tick's, however recent a poll's was
         frame = _event(self.current()[1])
         for request in list(self.streams):
             request.write(frame)
