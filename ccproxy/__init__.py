@@ -11,13 +11,15 @@ contract in setup.cfg, checked in CI):
                authenticates and writes one access event per request, the
                Messages flow (`messages`), keys (`auth`), the
                HTTP site with its body limit (`site`); a client's models,
-               limits and budgets (`admission`).
+               limits and budgets (`admission`); the live status page for
+               admins (`status`: its view model, HTML and sessions).
 - `relay/`     an answer streamed to the client: upstream SSE bytes (`sse`) ->
                Anthropic events -> client frames (`relay.StreamRelay`).
 - `upstream/`  talking to gateways: what to send (`plan`), attempts, retries and
                failover (`dispatch`), breaker and slots, the treq client, the
                connection pool.
-- `observe/`   the access record and log, Prometheus metrics, usage totals.
+- `observe/`   the access record and log, Prometheus metrics, usage totals,
+               the bounded watch of recent traffic the status page reads.
 - `state/`     client limits, budget counters and breakers: in this process, or
                in Redis for every process pointing at it (`shared`).
 - `ledger/`    one row per Messages request in SQLite or PostgreSQL, written in

@@ -234,6 +234,26 @@ def test_sigterm_lets_the_stream_finish_whole_and_exits_0(
     assert log.rstrip().endswith("Server Shut Down.")
 
 
+def test_a_status_page_stream_does_not_hold_the_drain(
+    tmp_path: Path, daemons: list[Daemon], upstream: HeldUpstream
+) -> None:
+    """The status page's event stream never ends on its own: the drain ends it, and
+    the daemon exits 0 at once instead of waiting out `shutdown_grace`."""
+    daemons.append(startDaemon(tmp_path, config(upstream, grace=60)))
+    daemon = daemons[-1]
+    with connect(daemon) as sock:
+        sock.sendall(b"GET /status/events HTTP/1.1\r\nHost: ccproxy\r\n\r\n")
+        seen = readUntil(sock, b"", b"event: status")
+        began = time.monotonic()
+        terminate(daemon)
+        status, headers, body = splitResponse(readToEnd(sock, seen))
+    assert status == b"HTTP/1.1 200 OK" and headers["content-type"] == "text/event-stream"
+    assert dechunk(body)[1]  # ended whole
+    assert daemon.process.wait(WAIT) == 0
+    assert time.monotonic() - began < 30  # well within the grace
+    assert "stopping anyway" not in (tmp_path / "ccproxy.log").read_text()
+
+
 def test_no_kept_alive_connection_starts_a_request_during_the_drain(
     tmp_path: Path, daemons: list[Daemon], upstream: HeldUpstream
 ) -> None:

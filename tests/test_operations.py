@@ -76,6 +76,8 @@ def test_reload_good_file_swaps_config(tmp_path: Path) -> None:
     path.write_text(RELOAD.replace("claude-*: a/first", "claude-*: b/second"))
     assert service.reload() is True
     assert service.app.generation == 2
+    shown = service.app.status.reload  # on the status page
+    assert shown is not None and shown.ok and shown.message == "generation 2"
     target = service.app.config.router.resolve("claude-x").targets[0]
     assert (target.upstream, target.model) == ("b", "second")
 
@@ -102,6 +104,8 @@ def test_reload_bad_file_keeps_running_config(
         stop()
     assert service.app.config is before
     assert service.app.generation == 1
+    shown = service.app.status.reload  # on the status page
+    assert shown is not None and not shown.ok and logged in shown.message
     errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
     assert any(logged in line and "keeping the running config" in line for line in errors)
     noLoggedFailures.clear()  # the refusal is logged as an error on purpose

@@ -159,11 +159,20 @@ class ProxyService(MultiService):
         """Read the config file again; serve new requests from it if it is good.
 
         A bad file, or one that changes `listen` (a restart is needed for that), is
-        logged and the running config is kept.
+        logged and the running config is kept. The status page shows the outcome.
         """
+        refusal = self._reload()
+        if refusal is None:
+            self.app.status.noteReload(True, f"generation {self.app.generation}")
+        else:
+            self.app.status.noteReload(False, refusal)
+        return refusal is None
+
+    def _reload(self) -> str | None:
+        """`reload`'s work: None once the new config serves, else why not."""
         if self.configPath is None:
             self.log.warn("reload asked, but the config came from the environment: nothing to read")
-            return False
+            return "the config came from the environment: nothing to read"
         try:
             config = Config.fromPath(self.configPath)
         except ConfigError as e:
@@ -172,7 +181,7 @@ class ProxyService(MultiService):
                 path=self.configPath,
                 problem=str(e),
             )
-            return False
+            return f"{self.configPath}: {e}"
         if config.listen != self.app.config.listen:
             self.log.error(
                 "reload refused, keeping the running config: listen changed from "
@@ -180,7 +189,7 @@ class ProxyService(MultiService):
                 old=self.app.config.listen,
                 new=config.listen,
             )
-            return False
+            return "listen changed, which needs a restart"
         if config.redis != self.app.config.redis:
             self.log.warn(
                 "state changed in {path}: the daemon keeps the state it started with "
@@ -208,7 +217,7 @@ class ProxyService(MultiService):
         )
         self._logRoutes(config)
         self._warnAboutSecrets(config)
-        return True
+        return None
 
     async def _stop(self) -> None:
         for number, previous in self._signals.items():
@@ -218,6 +227,7 @@ class ProxyService(MultiService):
             globalLogPublisher.removeObserver(self._pretty)
         await super().stopService()  # the port stops accepting
         self.site.beginDrain()
+        self.app.status.closeStreams()  # a status page's stream would hold the drain
         grace = self.app.config.shutdownGrace
         if self.app.inFlight:
             self.log.info(

@@ -9,6 +9,7 @@ that reached routing leaves its row in the ledger.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -19,6 +20,7 @@ from ccproxy.errors import Redact
 from ccproxy.ledger.model import Ledger, Row
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
+from ccproxy.observe.watch import Watch
 
 # Module-level on purpose: a Logger that is a class attribute takes the class's
 # name as its namespace, and these namespaces are what log readers filter on.
@@ -178,6 +180,13 @@ class AccessLog:
     metrics: Metrics
     usage: UsageBook
     ledger: Ledger | None = None
+    watch: Watch = field(factory=Watch)
+    """The requests in flight and the last ones, for the status page."""
+
+    def begin(self, record: AccessRecord, tokensSoFar: Callable[[], int]) -> None:
+        """A request is being served: the status page shows it in flight until
+        `write` has its event."""
+        self.watch.begin(record, tokensSoFar)
 
     def write(
         self,
@@ -209,15 +218,21 @@ class AccessLog:
                 self.ledger.record(row)
             else:  # `ledger: off`: `/v1/usage` counts in this process
                 self.usage.add(row)
+        payloads = None
         if payloadMaxChars is not None and record.requestPayload is not None:
+            payloads = (
+                _excerpt(record.requestPayload, payloadMaxChars, redact),
+                _excerpt(record.responsePayload or b"", payloadMaxChars, redact),
+            )
             _payloadLog.info(
                 "{request_id} request {request_body}\n{request_id} response {response_body}",
                 request_id=record.requestId,
-                request_body=_excerpt(record.requestPayload, payloadMaxChars, redact),
-                response_body=_excerpt(record.responsePayload or b"", payloadMaxChars, redact),
+                request_body=payloads[0],
+                response_body=payloads[1],
                 status=record.status,
                 stream=record.stream,
             )
+        self.watch.end(record, now, fields, payloads)
 
 
 _KEY_MARGIN = 4096

@@ -183,6 +183,9 @@ class StreamRelay:
         self._start: list[dict[str, Any]] = []
         self._writer: EventWriter | None = None
         self.verdict: Verdict | None = None
+        self.chunks = 0
+        """Upstream chunks relayed so far (about one token each): the status page's
+        tokens so far of a stream whose usage is not known until its end."""
 
     @property
     def committed(self) -> bool:
@@ -346,6 +349,7 @@ class StreamRelay:
         request, upstream = self._request, answer.upstream
 
         def onData(data: bytes) -> None:
+            self.chunks += 1
             try:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:

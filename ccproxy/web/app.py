@@ -16,6 +16,7 @@ import hmac
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from attrs import define, field
@@ -51,6 +52,7 @@ from ccproxy.web.call import (
     requestId,
 )
 from ccproxy.web.messages import MessagesAPI
+from ccproxy.web.status.page import StatusPage
 
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -128,6 +130,8 @@ class ProxyApp:
     usage: UsageBook = field(init=False)
     accessLog: AccessLog = field(init=False)
     messagesAPI: MessagesAPI = field(init=False)
+    status: StatusPage = field(init=False)
+    """`/status`, the live page for the person who runs the daemon."""
     generation: int = 1
     inFlight: int = 0
     _idle: list[Deferred[None]] = field(factory=list)
@@ -152,6 +156,16 @@ class ProxyApp:
         self.metrics.watchState(lambda: state.up)
         if isinstance(self.ledger, SQLLedger):  # a database's buffer and its health
             self.metrics.watchLedger(self.ledger.stats)
+        self.status = StatusPage(
+            self.clock,
+            config=lambda: self.config,
+            generation=lambda: self.generation,
+            health=self._health,
+            watch=self.accessLog.watch,
+            usageBook=self.usage,
+            ledger=self.ledger,
+            startedAt=self.clock.seconds(),
+        )
 
     @property
     def streamsInFlight(self) -> int:
@@ -253,6 +267,37 @@ class ProxyApp:
         call.record.status = 200
         return jsonReply(request, report(usage, since, until, call.config.prices.currency))
 
+    # -- the status page (ccproxy.web.status) ------------------------------------------
+
+    @router.route("/status", methods=["GET", "HEAD"])
+    def statusPage(self, request: IRequest) -> bytes:
+        """The live status page, for admin clients."""
+        return self.status.page(request)
+
+    @router.route("/status/login", methods=["POST"])
+    def statusLogin(self, request: IRequest) -> bytes:
+        return self.status.login(request)
+
+    @router.route("/status/logout", methods=["POST"])
+    def statusLogout(self, request: IRequest) -> bytes:
+        return self.status.logout(request)
+
+    @router.route("/status/events", methods=["GET"])
+    def statusEvents(self, request: IRequest) -> Deferred[None] | bytes:
+        return self.status.events(request)
+
+    @router.route("/status/snapshot", methods=["GET"])
+    def statusSnapshot(self, request: IRequest) -> bytes:
+        return self.status.snapshot(request)
+
+    @router.route("/status/requests/<requestId>", methods=["GET"])
+    def statusRequest(self, request: IRequest, requestId: str) -> bytes:
+        return self.status.requestDetail(request, requestId)
+
+    @router.route("/status/static/<name>", methods=["GET", "HEAD"])
+    def statusAsset(self, request: IRequest, name: str) -> bytes:
+        return self.status.asset(request, name)
+
     # -- models -------------------------------------------------------------------
 
     @router.route("/v1/models", methods=["GET"])
@@ -338,6 +383,7 @@ class ProxyApp:
             ),
         )
         self.inFlight += 1
+        self.accessLog.begin(call.record, partial(_tokensSoFar, call))
         work = Deferred.fromCoroutine(self._handle(call, admin, handler))
         expiry = None
         if config.maxDuration is not None:
@@ -437,6 +483,13 @@ class ProxyApp:
             return None
         self.log.failure("Unexpected error answering {path}", failure, path=request.path)
         return self._errorReply(request, ProxyError(500, "internal error in ccproxy", "api_error"))
+
+
+def _tokensSoFar(call: Call) -> int:
+    """Output tokens of `call`'s answer so far, for the status page: the stream's
+    chunks relayed while it lasts, the usage once known."""
+    relay = call.relay
+    return relay.chunks if relay is not None else call.record.outputTokens
 
 
 def _period(since: str | None, until: str | None, now: float) -> tuple[float, float | None]:
