@@ -19,7 +19,7 @@ from attrs import evolve, fields
 from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
 from ccproxy.config.ledger import defaultLedger, parseLedger
 from ccproxy.config.model import (
-    COMPLETIONS_PATH,
+    API_PATHS,
     DEFAULT_BODY_MEMORY_BYTES,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -96,7 +96,9 @@ def fromMapping(
     return evolve(config, literalSecrets=tuple(literalSecrets(data)))
 
 
-def _chatCompletionsURL(value: Any, path: str) -> str:
+def apiURL(value: Any, path: str, api: str = "chat") -> str:
+    """The full endpoint URL of an upstream speaking `api`: its path (`API_PATHS`)
+    appended to the configured base, unless the URL ends with it already."""
     url = string(value, path).strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -109,23 +111,32 @@ def _chatCompletionsURL(value: Any, path: str) -> str:
         )
     base = url.split("?", 1)[0].rstrip("/")
     query = url[len(url.split("?", 1)[0]) :]
-    if not base.endswith(COMPLETIONS_PATH):
-        base += COMPLETIONS_PATH
+    if not base.endswith(API_PATHS[api]):
+        base += API_PATHS[api]
     return base + query
+
+
+def _api(value: Any, path: str) -> str:
+    text = string(value, path)
+    if text not in API_PATHS:
+        raise ConfigError(path, f"must be one of {', '.join(API_PATHS)}")
+    return text
 
 
 def _parseUpstream(name: str, node: Node) -> Upstream:
     if not _NAME.fullmatch(name):
         raise ConfigError(node.path, "upstream names may hold only A-Z a-z 0-9 _ -")
+    api = node.get("api", _api, "chat")
     upstream = Upstream(
         name=name,
-        url=node.require("url", _chatCompletionsURL),
+        url=node.require("url", lambda value, path: apiURL(value, path, api)),
         apiKey=node.get("api_key", string, "") or None,
         timeout=node.get("timeout", positiveNumber, DEFAULT_TIMEOUT),
         headers=node.get("headers", headerMap, {}),
         profile=parseProfile(node),
         policy=parsePolicy(node),
         countTokens=node.get("count_tokens", boolean, True),
+        api=api,
     )
     node.finish()
     return upstream

@@ -39,7 +39,12 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_MAX_DURATION = 3600.0
 DEFAULT_LOG_PAYLOAD_MAX_CHARS = 1400
 COMPLETIONS_PATH = "/chat/completions"
-"""What every upstream URL ends with (before its query string)."""
+"""What a `chat` upstream's URL ends with (before its query string)."""
+API_PATHS: Mapping[str, str] = {"chat": COMPLETIONS_PATH, "messages": "/messages"}
+"""`upstreams.NAME.api` -> the path its requests go to under the configured base
+URL (`ccproxy.config.load.apiURL` builds the URL; a new API is one entry here)."""
+COUNT_TOKENS_PATH = "/count_tokens"
+"""After a `messages` upstream's URL: its `count_tokens` endpoint."""
 
 
 @frozen
@@ -106,11 +111,11 @@ def keyDigest(key: str) -> bytes:
 
 @frozen
 class Upstream:
-    """One OpenAI-compatible gateway."""
+    """One gateway, speaking the API `api` names."""
 
     name: str
     url: str
-    """The full chat/completions URL (it ends with `COMPLETIONS_PATH`)."""
+    """The full URL of its endpoint (it ends with its API's path in `API_PATHS`)."""
     apiKey: str | None = field(repr=False)
     """None: the caller's own key is forwarded."""
     timeout: float
@@ -118,8 +123,18 @@ class Upstream:
     profile: Profile = field(factory=Profile)
     policy: Policy = field(factory=Policy)
     countTokens: bool = True
-    """`count_tokens` for a route it serves first is estimated here; False: it is
-    501 `not_supported`, and Claude Code counts (estimates) on its own."""
+    """`chat`: `count_tokens` for a route it serves first is estimated here; False:
+    it is 501 `not_supported`, and Claude Code counts (estimates) on its own.
+    `messages`: forwarded to the upstream's own endpoint; False: estimated here."""
+    api: str = "chat"
+    """`chat` (OpenAI chat/completions: translated) or `messages` (Anthropic
+    Messages: passed through)."""
+
+    @property
+    def countTokensURL(self) -> str:
+        """A `messages` upstream's `count_tokens` URL (its query string kept)."""
+        base, question, query = self.url.partition("?")
+        return f"{base}{COUNT_TOKENS_PATH}{question}{query}"
 
     def secrets(self) -> Iterator[str | None]:
         """Its key and the secrets in its headers (see `headerSecrets`)."""

@@ -134,3 +134,57 @@ class SSEParser(BodyReader):
             self._onData(data)
         except Exception as e:
             self.fail(e)
+
+
+class SSEFrames(SSEParser):
+    """Parses an Anthropic event stream into whole frames, for passing them on as
+    they came: `onFrame(event, data, frame)` gets each frame's `event:` name, its
+    data (unparsed), and the frame's own lines ready to write (ending in a blank
+    line). Comments and blank keep-alive lines are dropped, as `SSEParser` does."""
+
+    def __init__(
+        self,
+        onFrame: Callable[[bytes, bytes, bytes], None],
+        clock: IReactorTime,
+        timeout: float,
+        upstream: str,
+        maxLineLength: int = DEFAULT_MAX_LINE_BYTES,
+        onBatch: Callable[[], None] = lambda: None,
+    ) -> None:
+        SSEParser.__init__(self, _noData, clock, timeout, upstream, maxLineLength, onBatch)
+        self._onFrame = onFrame
+        self._event = b""
+        self._frame: list[bytes] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.finished.called:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            self._dispatch()
+            return
+        if line[0] == 0x3A:  # ":" starts a comment
+            return
+        self._frame.append(line)
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._lines.append(value[1:] if value[:1] == b" " else value)
+        elif line.startswith(b"event:"):
+            self._event = line[6:].strip()
+
+    def _dispatch(self) -> None:
+        if not self._frame:
+            return
+        frame, self._frame = self._frame, []
+        event, self._event = self._event, b""
+        lines, self._lines = self._lines, []
+        data = lines[0] if len(lines) == 1 else b"\n".join(lines)
+        try:
+            self._onFrame(event, data, b"\n".join(frame) + b"\n\n")
+        except Exception as e:
+            self.fail(e)
+
+
+def _noData(data: bytes) -> None:
+    """`SSEFrames` hands over frames, never bare data."""
