@@ -35,7 +35,7 @@ from bench.procs import (
 PROXY_MODEL = "claude-sonnet-4-5-20250929"
 DRIP_MODEL = "claude-drip-sonnet-4-5"  # routed to the dripping upstream
 CLIENT_KEY = "sk-ant-bench-0000000000000000"
-SCENARIOS = ("lat", "tput", "stream", "drip")
+SCENARIOS = ("lat", "tput", "stream", "drip", "pass_lat", "pass_stream")
 PROXY_PATH = "/v1/messages?beta=true"
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
@@ -77,7 +77,7 @@ class Bench:
         self.profiles: list[str] = []
         self.skipped = ""
         self.py_spy = ""
-        self.bodies: dict[tuple[bool, bool], list[bytes]] = {}
+        self.bodies: dict[tuple[bool, bool | str], list[bytes]] = {}
 
     # ------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -200,9 +200,26 @@ class Bench:
         except (OSError, ValueError):
             return {}
 
-    def target(self, direct: bool, stream: bool, drip: bool) -> client.Target:
+    def target(
+        self, direct: bool, stream: bool, drip: bool, passthrough: bool = False
+    ) -> client.Target:
         a = self.a
         model = DRIP_MODEL if drip else PROXY_MODEL
+        if passthrough:  # an `api: messages` upstream: Anthropic on both sides
+            model = payloads.PASS_MODEL
+            path, port = PROXY_PATH, self.proxy_port
+            headers = proxy_headers()
+            if direct:
+                path, port = "/direct/v1/messages", self.mock_port
+            return client.Target(
+                "127.0.0.1",
+                port,
+                path,
+                headers,
+                self.bodies[(stream, "pass")],
+                lambda: validate.make(False, stream, payloads.Expect(model=model)),
+                stream,
+            )
         if direct:
             prefix = f"/direct/drip/{a.drip_rate:g}/{a.drip_seconds:g}" if drip else "/direct"
             path, port = prefix + "/v1/chat/completions", self.mock_port
@@ -236,13 +253,14 @@ class Bench:
         stream: bool,
         drip: bool,
         concurrency: int,
+        passthrough: bool = False,
         total: int | None,
         duration: float | None,
         warmup: int,
         ramp: float = 0.0,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        target = self.target(direct, stream, drip)
+        target = self.target(direct, stream, drip, passthrough)
         pids = [] if direct else self.proxy_pids
         timeout = timeout or self.a.timeout
         warm_problems: Counter[str] = Counter()
@@ -353,6 +371,8 @@ class Bench:
             (False, False): corpus.bodies(stream=False, model=PROXY_MODEL),
             (True, False): corpus.bodies(stream=True, model=PROXY_MODEL),
             (True, True): corpus.bodies(stream=True, model=DRIP_MODEL),
+            (False, "pass"): corpus.bodies(stream=False, model=payloads.PASS_MODEL),
+            (True, "pass"): corpus.bodies(stream=True, model=payloads.PASS_MODEL),
         }
         sizes = [len(b) for b in self.bodies[(False, False)]]
         self.results["corpus_bytes"] = sizes
@@ -370,6 +390,13 @@ class Bench:
             "drip": {"stream": True, "drip": True, "concurrency": a.drip_streams,
                      "total": a.drip_streams, "duration": None, "warmup": 0,
                      "ramp": a.drip_ramp, "timeout": a.drip_seconds * 4 + 30},
+            # (a) and (c) again, through an `api: messages` upstream (passed through)
+            "pass_lat": {"stream": False, "drip": False, "concurrency": 1, "total": a.lat_n,
+                         "duration": None, "warmup": 20 if a.quick else 50,
+                         "passthrough": True},
+            "pass_stream": {"stream": True, "drip": False, "concurrency": 1,
+                            "total": a.stream_n, "duration": None, "warmup": 10,
+                            "passthrough": True},
         }  # fmt: skip
         for name in SCENARIOS:
             if name in a.scenarios:

@@ -4,15 +4,23 @@ memory (StubTreq, Clock)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 
 from ccproxy.config import Config
 from ccproxy.config.schema import ConfigError
+from ccproxy.relay.sse import SSEFrames
 from ccproxy.translate.passthrough import MessageStream, usageOf, wholeMessage
 from ccproxy.upstream.client import anthropicHeaders, upstreamHeaders
 from ccproxy.upstream.plan import messagesBody
@@ -560,3 +568,75 @@ def test_max_duration_ends_a_trickling_stream() -> None:
     frames = parseSSE(ended[0])
     assert frames[-1][0] == "error" and "longer than 100 s" in str(frames[-1][1])
     assert h.upstream.disconnected == 1
+
+
+# -- SSEFrames: frames cut anywhere ------------------------------------------------------
+
+
+class Frames:
+    """An SSEFrames fed a body, with what it handed on."""
+
+    def __init__(self, maxLine: int = 1 << 20) -> None:
+        self.out: list[bytes] = []
+        self.read: list[tuple[bytes, bytes]] = []
+        self.parser = SSEFrames(
+            self._frame,
+            Clock(),
+            30,
+            "up",
+            maxLine,
+            wants=MessageStream.reads,
+            onUnread=self.out.append,
+        )
+        self.parser.makeConnection(StringTransport())
+
+    def _frame(self, event: bytes, data: bytes, frame: bytes) -> None:
+        self.read.append((event, data))
+        self.out.append(frame)
+
+    def feed(self, *pieces: bytes) -> Frames:
+        for piece in pieces:
+            self.parser.dataReceived(piece)
+        self.parser.connectionLost(Failure(ResponseDone()))
+        return self
+
+
+WIRE = b"".join(TEXT_STREAM)
+READ = [(b"message_start", orjson.dumps(START)), (b"message_delta", orjson.dumps(TEXT_EVENTS[5]))]
+READ.append((b"message_stop", orjson.dumps(TEXT_EVENTS[6])))
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(WIRE)), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_frames_cut_anywhere_go_on_byte_for_byte(cuts: list[int]) -> None:
+    points = sorted({0, len(WIRE), *cuts})
+    body = Frames().feed(*(WIRE[a:b] for a, b in itertools.pairwise(points)))
+    assert b"".join(body.out) == WIRE
+    # The events MessageStream reads are read (and those cut across reads: whole).
+    assert [e for e in body.read if MessageStream.reads(e[0])] == READ
+    if len(points) == 2:
+        assert body.read == READ  # in one read: none but those
+
+
+def test_comments_and_blank_lines_are_dropped_and_crlf_is_read() -> None:
+    wire = b": open\n\n" + TEXT_STREAM[0] + b"\n\n" + b": keep\nevent: ping\ndata: {}\n\n"
+    body = Frames().feed(wire + b"".join(TEXT_STREAM[1:]))
+    assert b"".join(body.out) == b"event: ping\ndata: {}\n\n".join(
+        [TEXT_STREAM[0], b""]
+    ) + b"".join(TEXT_STREAM[1:])
+    crlf = Frames().feed(WIRE.replace(b"\n", b"\r\n"))
+    assert b"".join(crlf.out) == WIRE  # read line by line: every frame's data is read
+    assert [e for e in crlf.read if MessageStream.reads(e[0])] == READ
+
+
+def test_a_last_frame_without_its_blank_line_still_counts() -> None:
+    body = Frames().feed(WIRE[:-2])
+    assert b"".join(body.out) == WIRE and body.read == READ
+
+
+def test_a_frame_over_the_limit_fails_the_stream() -> None:
+    body = Frames(maxLine=64)
+    failures: list[Failure] = []
+    body.parser.finished.addErrback(failures.append)
+    body.parser.dataReceived(b"event: content_block_delta\ndata: " + b"x" * 100)
+    assert "longer than 64 bytes" in str(failures[0].value)

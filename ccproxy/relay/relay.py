@@ -359,6 +359,8 @@ class StreamRelay:
                 upstream.name,
                 self._maxLineBytes,
                 onBatch=writer.flush,
+                wants=stream.reads,
+                onUnread=writer.addFrame,
             )
             await self._drain(answer, parser)
             writer.flush()

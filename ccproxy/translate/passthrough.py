@@ -51,6 +51,12 @@ class MessageStream:
         self.usage: dict[str, int] = {}
         self.stopped = False
 
+    @staticmethod
+    def reads(event: bytes) -> bool:
+        """Whether `keep` needs the data of an event of this name (the rest go on
+        unread)."""
+        return event in _READ or not event
+
     def keep(self, event: bytes, data: bytes) -> bool:
         """Whether the frame of `event` (its name) with `data` goes to the client;
         a `ProxyError` for the upstream's own `event: error`, or a frame that
