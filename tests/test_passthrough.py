@@ -20,6 +20,7 @@ from twisted.web.client import ResponseDone
 
 from ccproxy.config import Config
 from ccproxy.config.schema import ConfigError
+from ccproxy.doctor.checks import modelsURL, upstreamChatRequest
 from ccproxy.relay.sse import SSEFrames
 from ccproxy.translate.passthrough import MessageStream, usageOf, wholeMessage
 from ccproxy.upstream.client import anthropicHeaders, upstreamHeaders
@@ -640,3 +641,21 @@ def test_a_frame_over_the_limit_fails_the_stream() -> None:
     body.parser.finished.addErrback(failures.append)
     body.parser.dataReceived(b"event: content_block_delta\ndata: " + b"x" * 100)
     assert "longer than 64 bytes" in str(failures[0].value)
+
+
+def test_the_doctor_probes_a_messages_upstream_in_its_own_api() -> None:
+    config = Config.fromYAML(
+        "upstreams: {u: {url: 'http://h/v1?x=1', api: messages, api_key: sk-native-secret-key}}\n"
+        "models: {'*': u/m}\n",
+        {},
+    )
+    upstream = config.upstreams["u"]
+    assert modelsURL(upstream) == "http://h/v1/models?x=1"
+    probe = upstreamChatRequest(upstream, None, "m")
+    assert probe.url == "http://h/v1/messages?x=1"
+    assert orjson.loads(probe.body) == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Say ok."}],
+        "max_tokens": 1,
+    }
+    assert probe.headers["x-api-key"] == "sk-native-secret-key"

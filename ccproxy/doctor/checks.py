@@ -46,7 +46,7 @@ from ccproxy.config.claudesettings import (
     settingsEnv,
 )
 from ccproxy.config.endpoints import Origin, originOf, originOfListen
-from ccproxy.config.model import COMPLETIONS_PATH
+from ccproxy.config.model import API_PATHS
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING
 from ccproxy.upstream.client import upstreamHeaders
 
@@ -580,10 +580,11 @@ def servedByProxy(probes: Mapping[str, Probe]) -> dict[str, str | None]:
 
 
 def modelsURL(upstream: Upstream) -> str:
-    """The gateway's GET /models URL: its chat/completions URL with that suffix replaced."""
+    """The gateway's GET /models URL: its endpoint URL with the API's path replaced."""
     base, question, query = upstream.url.partition("?")
-    if base.endswith(COMPLETIONS_PATH):
-        base = base[: -len(COMPLETIONS_PATH)]
+    path = API_PATHS[upstream.api]
+    if base.endswith(path):
+        base = base[: -len(path)]
     return f"{base}/models{question}{query}"
 
 
@@ -599,11 +600,8 @@ def upstreamModelsRequest(upstream: Upstream, key: str | None) -> Request:
 
 def upstreamChatRequest(upstream: Upstream, key: str | None, model: str) -> Request:
     """The smallest real request: one user word, one output token."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Say ok."}],
-        upstream.profile.maxTokensParam: 1,
-    }
+    limit = "max_tokens" if upstream.api == "messages" else upstream.profile.maxTokensParam
+    body = {"model": model, "messages": [{"role": "user", "content": "Say ok."}], limit: 1}
     return Request("POST", upstream.url, _headers(upstream, key), json.dumps(body).encode())
 
 
