@@ -59,7 +59,7 @@ def startLiteLLM(processes: Processes, upstreamPort: int, provider: str = "opena
     return port
 
 
-def ccproxyConfig(litellmPort: int, headWait: float) -> Any:
+def ccproxyConfig(litellmPort: int, headWait: float, api: str = "chat") -> Any:
     return lambda port: (
         f"""
 listen: "tcp:{port}:interface=127.0.0.1"
@@ -67,6 +67,7 @@ ledger: "off"
 upstreams:
   gateway:
     url: http://127.0.0.1:{litellmPort}/v1
+    api: {api}
     api_key: sk-anything
     preset: litellm
     timeout: 120
@@ -151,32 +152,13 @@ def test_message_start_arrives_while_litellm_withholds_its_head(processes: Proce
     assert rest.count(b"event: message_start") == 0  # one, before the model started
 
 
-def passthroughConfig(litellmPort: int) -> Any:
-    return lambda port: (
-        f"""
-listen: "tcp:{port}:interface=127.0.0.1"
-ledger: "off"
-upstreams:
-  gateway:
-    url: http://127.0.0.1:{litellmPort}/v1
-    api: messages
-    api_key: sk-anything
-    preset: litellm
-    timeout: 120
-    retries: 0
-models:
-  "*": gateway/{MODEL}
-"""
-    )
-
-
 def test_litellm_s_own_messages_endpoint_is_passed_through(processes: Processes) -> None:
     """`api: messages` in front of LiteLLM's `/v1/messages` (which translates to the
     scripted chat upstream itself): a stream and a whole answer come back as
     LiteLLM wrote them, count_tokens is LiteLLM's."""
     upstream = processes.scriptedUpstream()
     litellm = startLiteLLM(processes, upstream, "hosted_vllm")
-    proxy = processes.ccproxy(passthroughConfig(litellm), seconds=60)
+    proxy = processes.ccproxy(ccproxyConfig(litellm, 5, "messages"), seconds=60)
 
     connection = http.client.HTTPConnection("127.0.0.1", proxy, timeout=60)
     headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01"}

@@ -317,11 +317,7 @@ class StreamRelay:
                 answer = await self._next(rounds, answer, blocks.content if blocks else [])
             ok = True
         except ProxyError as e:
-            writer.writeError(e)
-            if self._expiry is not None:
-                errorType, errorMessage = "timeout", e.message
-            else:
-                ok, errorType, errorMessage = False, e.errorType, e.message
+            ok, errorType, errorMessage = self._broken(writer, e)
         finally:
             self._parser = None
             writer.stop()
@@ -370,16 +366,21 @@ class StreamRelay:
                 raise e.naming(upstream.name) from None
             ok = True
         except ProxyError as e:
-            writer.writeError(e)
-            if self._expiry is not None:
-                errorType, errorMessage = "timeout", e.message
-            else:
-                ok, errorType, errorMessage = False, e.errorType, e.message
+            ok, errorType, errorMessage = self._broken(writer, e)
         finally:
             self._parser = None
             writer.stop()
             self.verdict = Verdict(ok, errorType, errorMessage, stream.knownUsage(), writer.copy)
         return self.verdict
+
+    def _broken(self, writer: EventWriter, error: ProxyError) -> tuple[bool | None, str, str]:
+        """A started stream that failed: ended with `event: error`; its verdict (no
+        verdict when `max_duration` ran out: not the upstream's fault), error type
+        and message."""
+        writer.writeError(error)
+        if self._expiry is not None:
+            return None, "timeout", error.message
+        return False, error.errorType, error.message
 
     async def _next(self, rounds: Rounds, answer: Answer, prefix: list[dict[str, Any]]) -> Answer:
         """The next round's answer; `max_duration` running out meanwhile ends it."""

@@ -82,15 +82,19 @@ class SSEParser(BodyReader):
             complete = b"".join(self._partial)
         self._partial = [rest] if rest else []
         self._partialSize = len(rest)
-        for line in complete.split(b"\n"):
+        self._readLines(complete.split(b"\n"))
+        if not self.finished.called and self._partialSize > self.MAX_LENGTH:
+            self.lineLengthExceeded()
+
+    def _readLines(self, lines: list[bytes]) -> None:
+        """Each line in turn, within the line limit, until the body is finished."""
+        for line in lines:
             if self.finished.called:
                 return
             if len(line) > self.MAX_LENGTH:
                 self.lineLengthExceeded()
                 return
             self.lineReceived(line)
-        if self._partialSize > self.MAX_LENGTH:
-            self.lineLengthExceeded()
 
     def lineReceived(self, line: bytes) -> None:
         if self.finished.called:
@@ -102,6 +106,10 @@ class SSEParser(BodyReader):
             return
         if line[0] == 0x3A:  # ":" starts a comment
             return
+        self.fieldReceived(line)
+
+    def fieldReceived(self, line: bytes) -> None:
+        """One `name: value` line of an event."""
         name, _, value = line.partition(b":")
         if name == b"data":
             self._lines.append(value[1:] if value[:1] == b" " else value)
@@ -235,29 +243,15 @@ class SSEFrames(SSEParser):
     def _whole(self, frame: bytes) -> None:
         """One frame of the bare-`\\n` stream (without its blank line), read line by
         line: its data, its comments, the line limit."""
-        for line in frame.split(b"\n"):
-            if self.finished.called:
-                return
-            if len(line) > self.MAX_LENGTH:
-                self.lineLengthExceeded()
-                return
-            self.lineReceived(line)
-        self._dispatch()
+        self._readLines(frame.split(b"\n"))
+        if not self.finished.called:
+            self._dispatch()
 
     def _onRaw(self, frames: bytes) -> None:
         """Frames that go on unread, as they came."""
         self._hand(b"", b"", frames, unread=True)
 
-    def lineReceived(self, line: bytes) -> None:
-        if self.finished.called:
-            return
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line:
-            self._dispatch()
-            return
-        if line[0] == 0x3A:  # ":" starts a comment
-            return
+    def fieldReceived(self, line: bytes) -> None:
         self._frame.append(line)
         if line.startswith(b"data:"):
             value = line[5:]
