@@ -13,7 +13,8 @@ contract in setup.cfg, checked in CI):
                HTTP site with its body limit (`site`); a client's models,
                limits and budgets (`admission`).
 - `relay/`     an answer streamed to the client: upstream SSE bytes (`sse`) ->
-               Anthropic events -> client frames (`relay.StreamRelay`).
+               Anthropic events -> client frames (`relay.StreamRelay`); an
+               `api: messages` upstream's frames go on as they came.
 - `upstream/`  talking to gateways: what to send (`plan`), attempts, retries and
                failover (`dispatch`), breaker and slots, the treq client, the
                connection pool.
@@ -25,7 +26,8 @@ contract in setup.cfg, checked in CI):
                usage` read it.
 - `config/`    YAML (or the seed environment) to frozen values: upstreams,
                profiles, policies, routes, endpoint descriptions.
-- `translate/` pure Anthropic <-> OpenAI translation over dicts; no Twisted.
+- `translate/` pure Anthropic <-> OpenAI translation over dicts; no Twisted;
+               what a passed-through Anthropic answer is read for (`passthrough`).
 - `errors`     the Anthropic error envelope and `ProxyError`; `compat`, Twisted's
                private APIs behind one door.
 
