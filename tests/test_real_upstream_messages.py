@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.processes import Processes
-from tests.test_real_upstream import REQUEST_TIMEOUT, llamaServer, workdir
+from tests.test_real_upstream import REQUEST_TIMEOUT, TOOL_TURN, WEATHER, llamaServer, workdir
 
 __all__ = ["llamaServer", "workdir"]  # the fixtures this module shares
 
@@ -56,7 +56,9 @@ HEADERS = {
 @pytest.fixture(scope="module")
 def passthrough(workdir: Path, llamaServer: str) -> Iterator[str]:
     """ccproxy with llama-server as an `api: messages` upstream: its base URL."""
-    processes = Processes(workdir / "messages")
+    directory = workdir / "messages"
+    directory.mkdir(exist_ok=True)
+    processes = Processes(directory)
     try:
         port = processes.ccproxy(
             lambda port: CONFIG.format(
@@ -132,3 +134,31 @@ def test_a_prompt_over_the_context_keeps_the_server_s_refusal(passthrough: str) 
     assert 400 <= status < 500 and kind.startswith("application/json"), body
     error = json.loads(body)
     assert error["type"] == "error" and error["error"]["message"]
+
+
+def test_a_streamed_tool_call_is_the_server_s_own(passthrough: str, llamaServer: str) -> None:
+    ask = {
+        **ASK,
+        "max_tokens": 120,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "any"},
+        "messages": TOOL_TURN,
+        "stream": True,
+    }
+    status, _, through = post(f"{passthrough}/v1/messages", ask)
+    assert status == 200, through
+    events = frames(through)
+    direct = frames(post(f"{llamaServer}/messages", {**ask, "model": "smollm2"})[2])
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert any(block["type"] == "tool_use" for block in starts), events
+    assert [n for n, _ in events] == [n for n, _ in direct]
+    partial = [
+        d["delta"]["partial_json"]
+        for n, d in events
+        if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta"
+    ]
+    assert partial == [
+        d["delta"]["partial_json"]
+        for n, d in direct
+        if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta"
+    ]
