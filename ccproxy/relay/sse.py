@@ -199,8 +199,9 @@ class SSEFrames(SSEParser):
             self._whole(b"".join(self._pieces)[:-1])  # a blank line split across reads
             self._pieces, self._size, start = [], 0, 1
         run = start  # frames from here to `start` go on as they are, in one piece
-        while not self.finished.called:
-            end = data.find(b"\n\n", start)
+        find, wants, finished = data.find, self._wants, self.finished
+        while not finished.called:
+            end = find(b"\n\n", start)
             if end == -1:
                 break
             if self._pieces:
@@ -209,11 +210,19 @@ class SSEFrames(SSEParser):
                 self._pieces, self._size = [], 0
                 self._whole(frame)
                 run = end + 2
-            elif not self._unread(data, start, end):
-                if run < start:
-                    self._onRaw(data[run:start])
-                self._whole(data[start:end])
-                run = end + 2
+            else:
+                # Unread: it names its event first, `wants` does not want it, and
+                # it holds no comment line.
+                newline = find(b"\n", start, end)
+                if (
+                    not data.startswith(b"event:", start)
+                    or wants(data[start + 6 : end if newline == -1 else newline].strip())
+                    or find(b"\n:", start, end) != -1
+                ):
+                    if run < start:
+                        self._onRaw(data[run:start])
+                    self._whole(data[start:end])
+                    run = end + 2
             start = end + 2
         if self.finished.called:
             return
@@ -230,15 +239,6 @@ class SSEFrames(SSEParser):
                 )
                 return
         self._onBatch()
-
-    def _unread(self, data: bytes, start: int, end: int) -> bool:
-        """Whether the frame `data[start:end]` goes on unread: it names its event
-        first, `wants` does not want it, and it holds no comment."""
-        if not data.startswith(b"event:", start):
-            return False
-        newline = data.find(b"\n", start, end)
-        event = data[start + 6 : end if newline == -1 else newline].strip()
-        return not self._wants(event) and data.find(b"\n:", start, end) == -1
 
     def _whole(self, frame: bytes) -> None:
         """One frame of the bare-`\\n` stream (without its blank line), read line by
