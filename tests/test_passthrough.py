@@ -659,3 +659,11 @@ def test_the_doctor_probes_a_messages_upstream_in_its_own_api() -> None:
         "max_tokens": 1,
     }
     assert probe.headers["x-api-key"] == "sk-native-secret-key"
+
+
+def test_the_caller_s_key_goes_as_x_api_key_to_a_keyless_messages_upstream() -> None:
+    h = Harness.build(CONFIG.replace("    api_key: sk-native-secret-key\n", "", 1))
+    h.upstream.queue(jsonReply(anthropicMessage()))
+    h.post(message(model="claude-haiku-4-5"), headers={"authorization": "Bearer caller-own-key"})
+    received = h.upstream.received[-1].headers
+    assert received["x-api-key"] == "caller-own-key" and "authorization" not in received
