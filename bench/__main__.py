@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--scenarios",
         default=_env("scenarios", ",".join(SCENARIOS)),
-        help="comma list of lat,tput,stream,drip,responses [all]",
+        help="comma list of lat,tput,stream,drip,pass_lat,pass_stream,responses [all]",
     )
     ap.add_argument("--no-direct", action="store_true", help="skip the direct baseline runs")
     g = ap.add_argument_group("counts and durations [full; --quick]")

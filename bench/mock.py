@@ -19,6 +19,9 @@ tools, tool messages answering the calls, a token limit); every request is
 checked for leaked Anthropic headers. Problems are counted by kind. ``--no-check``
 checks nothing (bench/heavy.py's mock for 30 MiB bodies).
 
+``POST <prefix>/v1/messages`` answers the same content in Anthropic's shape (one
+JSON message, or its event stream), for the passthrough runs (`api: messages`).
+
 ``GET /__stats`` returns the counters as JSON; ``GET /v1/models`` lists the model.
 Listens on loopback unless told otherwise. Uses uvloop when importable.
 """
@@ -254,6 +257,17 @@ class Upstream(asyncio.Protocol):
         if method == b"POST" and path.endswith(b"/responses"):
             self._responses(headers, body, close)
             return
+        if method == b"POST" and path.endswith(b"/messages"):
+            stats.requests += 1
+            if _STREAM_TRUE.search(body) is not None:
+                stats.streams += 1
+                self.transport.write(server.anthropic_stream)
+            else:
+                stats.json += 1
+                self.transport.write(server.anthropic_json)
+            if close:
+                self.transport.close()
+            return
         if method != b"POST" or not path.endswith(b"/chat/completions"):
             self._reply(404, b"application/json", b'{"error":{"message":"not found"}}', close)
             return
@@ -378,6 +392,18 @@ class MockServer:
         self.responses_response = (
             self.stream_head
             + b"".join(_chunked(f) for f in payloads.responses_frames())
+            + b"0\r\n\r\n"
+        )
+        message = json.dumps(
+            payloads.anthropic_message(), ensure_ascii=False, separators=(",", ":")
+        ).encode()
+        self.anthropic_json = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(message)
+        ) + message
+        self.anthropic_stream = (
+            self.stream_head
+            + b"".join(_chunked(f) for f in payloads.anthropic_sse_frames())
             + b"0\r\n\r\n"
         )
         self.models = json.dumps(

@@ -358,6 +358,83 @@ def completion_bytes(n_text: int = FAST_TEXT_DELTAS) -> bytes:
     return json.dumps(completion(n_text), ensure_ascii=False, separators=(",", ":")).encode()
 
 
+PASS_MODEL = "claude-pass-sonnet-4-5"
+"""The model of the passthrough runs: routed to an `api: messages` upstream (the
+mock's `/v1/messages`) under its own name, so the answer names it too."""
+
+
+def anthropic_message(n_text: int = FAST_TEXT_DELTAS) -> dict:
+    """The mock's Anthropic answer: the same text and tool call as `completion`."""
+    return {
+        "id": "msg_bench000000000000000001",
+        "type": "message",
+        "role": "assistant",
+        "model": PASS_MODEL,
+        "content": [
+            {"type": "text", "text": expected_text(n_text)},
+            {"type": "tool_use", "id": "toolu_bench01", "name": TOOL_NAME, "input": TOOL_ARGS},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": PROMPT_TOKENS,
+            "output_tokens": COMPLETION_TOKENS,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def anthropic_sse_frames(n_text: int = FAST_TEXT_DELTAS) -> list[bytes]:
+    """The same answer as Anthropic's event stream: one frame per event, as many
+    text deltas and argument fragments as the chat stream has."""
+    whole = anthropic_message(n_text)
+    start = {
+        **whole,
+        "content": [],
+        "stop_reason": None,
+        "usage": {**whole["usage"], "output_tokens": 1},
+    }
+    tool = {**whole["content"][1], "input": {}}
+    events: list[dict] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ]
+    events += [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}
+        for t in text_deltas(n_text)
+    ]
+    events += [
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": tool},
+    ]
+    events += [
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": a},
+        }
+        for a in arg_fragments()
+    ]
+    events += [
+        {"type": "content_block_stop", "index": 1},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": COMPLETION_TOKENS},
+        },
+        {"type": "message_stop"},
+    ]
+    return [
+        b"event: "
+        + e["type"].encode()
+        + b"\ndata: "
+        + json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"\n\n"
+        for e in events
+    ]
+
+
 class Expect:
     """What a correct answer holds, for one stream length."""
 

@@ -170,8 +170,19 @@ def proxy_config(
                 "api_key": UPSTREAM_KEY,
                 "timeout": 120,
             },
+            # The passthrough runs: the same mock, in the Messages API's own words.
+            "native": {
+                "url": f"{base}/v1",
+                "api": "messages",
+                "api_key": UPSTREAM_KEY,
+                "timeout": 120,
+            },
         },
-        "models": {"claude-drip-*": f"drip/{payloads.MODEL}", "*": f"mock/{payloads.MODEL}"},
+        "models": {
+            "claude-drip-*": f"drip/{payloads.MODEL}",
+            "claude-pass-*": "native",
+            "*": f"mock/{payloads.MODEL}",
+        },
     }
     if responses:
         cfg["upstreams"]["responses"] = {

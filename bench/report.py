@@ -67,9 +67,15 @@ def figures(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "drip_ttfb_s": both("drip", "t_first_byte_p50"),
         "drip_ttfb_p90_s": both("drip", "t_first_byte_p90"),
         "drip_overflows": both("drip", "listen_overflows"),
+        "pass_lat_cpu_ms": both("pass_lat", "proxy_cpu_ms_per_req"),
+        "pass_lat_ms": both("pass_lat", "t_done_p50", 1000),
+        "pass_stream_cpu_ms": both("pass_stream", "proxy_cpu_ms_per_req"),
+        "pass_ttfb_ms": both("pass_stream", "t_first_byte_p50", 1000),
     }
     f["lat_added_ms"]["value"] = _diff(f["lat_added_ms"]["ccproxy"], f["lat_added_ms"]["direct"])
     f["ttfb_added_ms"]["value"] = _diff(f["ttfb_added_ms"]["ccproxy"], f["ttfb_added_ms"]["direct"])
+    for k in ("pass_lat_ms", "pass_ttfb_ms"):
+        f[k]["value"] = _diff(f[k]["ccproxy"], f[k]["direct"])
     r = f["drip_ratio"]
     r["value"] = r["ccproxy"] / r["direct"] if r["ccproxy"] is not None and r["direct"] else None
     f["drip_rss_mb"]["idle"] = g("drip", "ccproxy", "rss_before_mb")
@@ -250,6 +256,34 @@ def table(results: dict[str, Any], a: argparse.Namespace) -> str:
             num(f["drip_overflows"]["ccproxy"], "", 0),
         )
         row("(d) same: peak open fds", "drip_fds", "-", num(f["drip_fds"]["ccproxy"], "", 0))
+    if "pass_lat" in s:
+        row(
+            "(p) passthrough (`api: messages`): CPU per non-streaming request",
+            "pass_lat_cpu_ms",
+            "-",
+            num(f["pass_lat_cpu_ms"]["ccproxy"], "ms"),
+        )
+        row(
+            "(p) same: latency at concurrency 1, p50",
+            "pass_lat_ms",
+            num(f["pass_lat_ms"]["direct"], "ms"),
+            added("pass_lat_ms"),
+        )
+    if "pass_stream" in s:
+        frames = payloads.anthropic_sse_frames()
+        size = f"{sum(map(len, frames)) / 1024:.0f} KB SSE, {len(frames)} events"
+        row(
+            f"(p) passthrough: CPU per streamed answer ({size})",
+            "pass_stream_cpu_ms",
+            "-",
+            num(f["pass_stream_cpu_ms"]["ccproxy"], "ms"),
+        )
+        row(
+            "(p) same: time to first byte, p50",
+            "pass_ttfb_ms",
+            num(f["pass_ttfb_ms"]["direct"], "ms"),
+            added("pass_ttfb_ms"),
+        )
     totals = {}
     for who in ("direct", "ccproxy"):
         n = ok = 0

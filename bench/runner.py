@@ -36,7 +36,7 @@ PROXY_MODEL = "claude-sonnet-4-5-20250929"
 DRIP_MODEL = "claude-drip-sonnet-4-5"  # routed to the dripping upstream
 CLIENT_KEY = "sk-ant-bench-0000000000000000"
 RESPONSES_MODEL = "claude-responses-sonnet-4-5"  # routed to the mock's Responses API
-SCENARIOS = ("lat", "tput", "stream", "drip", "responses")
+SCENARIOS = ("lat", "tput", "stream", "drip", "pass_lat", "pass_stream", "responses")
 PROXY_ONLY = ("responses",)
 """Scenarios without a direct run: the load driver speaks only chat to the mock."""
 PROXY_PATH = "/v1/messages?beta=true"
@@ -80,7 +80,7 @@ class Bench:
         self.profiles: list[str] = []
         self.skipped = ""
         self.py_spy = ""
-        self.bodies: dict[tuple[bool, bool], list[bytes]] = {}
+        self.bodies: dict[tuple[bool, bool | str], list[bytes]] = {}
         self.responses_bodies: list[bytes] = []
 
     # ------------------------------------------------------------ set-up
@@ -210,10 +210,30 @@ class Bench:
             return {}
 
     def target(
-        self, direct: bool, stream: bool, drip: bool, responses: bool = False
+        self,
+        direct: bool,
+        stream: bool,
+        drip: bool,
+        passthrough: bool = False,
+        responses: bool = False,
     ) -> client.Target:
         a = self.a
         model = RESPONSES_MODEL if responses else DRIP_MODEL if drip else PROXY_MODEL
+        if passthrough:  # an `api: messages` upstream: Anthropic on both sides
+            model = payloads.PASS_MODEL
+            path, port = PROXY_PATH, self.proxy_port
+            headers = proxy_headers()
+            if direct:
+                path, port = "/direct/v1/messages", self.mock_port
+            return client.Target(
+                "127.0.0.1",
+                port,
+                path,
+                headers,
+                self.bodies[(stream, "pass")],
+                lambda: validate.make(False, stream, payloads.Expect(model=model)),
+                stream,
+            )
         if direct:
             prefix = f"/direct/drip/{a.drip_rate:g}/{a.drip_seconds:g}" if drip else "/direct"
             path, port = prefix + "/v1/chat/completions", self.mock_port
@@ -247,6 +267,7 @@ class Bench:
         stream: bool,
         drip: bool,
         concurrency: int,
+        passthrough: bool = False,
         total: int | None,
         duration: float | None,
         warmup: int,
@@ -254,7 +275,7 @@ class Bench:
         timeout: float | None = None,
         responses: bool = False,
     ) -> dict[str, Any]:
-        target = self.target(direct, stream, drip, responses)
+        target = self.target(direct, stream, drip, passthrough, responses)
         pids = [] if direct else self.proxy_pids
         timeout = timeout or self.a.timeout
         warm_problems: Counter[str] = Counter()
@@ -365,6 +386,8 @@ class Bench:
             (False, False): corpus.bodies(stream=False, model=PROXY_MODEL),
             (True, False): corpus.bodies(stream=True, model=PROXY_MODEL),
             (True, True): corpus.bodies(stream=True, model=DRIP_MODEL),
+            (False, "pass"): corpus.bodies(stream=False, model=payloads.PASS_MODEL),
+            (True, "pass"): corpus.bodies(stream=True, model=payloads.PASS_MODEL),
         }
         self.responses_bodies = corpus.bodies(stream=True, model=RESPONSES_MODEL)
         sizes = [len(b) for b in self.bodies[(False, False)]]
@@ -383,6 +406,13 @@ class Bench:
             "drip": {"stream": True, "drip": True, "concurrency": a.drip_streams,
                      "total": a.drip_streams, "duration": None, "warmup": 0,
                      "ramp": a.drip_ramp, "timeout": a.drip_seconds * 4 + 30},
+            # (a) and (c) again, through an `api: messages` upstream (passed through)
+            "pass_lat": {"stream": False, "drip": False, "concurrency": 1, "total": a.lat_n,
+                         "duration": None, "warmup": 20 if a.quick else 50,
+                         "passthrough": True},
+            "pass_stream": {"stream": True, "drip": False, "concurrency": 1,
+                            "total": a.stream_n, "duration": None, "warmup": 10,
+                            "passthrough": True},
             "responses": {"stream": True, "drip": False, "concurrency": 1, "total": a.stream_n,
                           "duration": None, "warmup": 10, "responses": True},
         }  # fmt: skip

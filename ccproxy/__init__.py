@@ -14,7 +14,8 @@ contract in setup.cfg, checked in CI):
                limits and budgets (`admission`); the live status page for
                admins (`status`: its view model, HTML and sessions).
 - `relay/`     an answer streamed to the client: upstream SSE bytes (`sse`) ->
-               Anthropic events -> client frames (`relay.StreamRelay`).
+               Anthropic events -> client frames (`relay.StreamRelay`); an
+               `api: messages` upstream's frames go on as they came.
 - `upstream/`  talking to gateways: what to send (`plan`), attempts, retries and
                failover (`dispatch`), breaker and slots, the treq client, the
                connection pool.
@@ -28,7 +29,8 @@ contract in setup.cfg, checked in CI):
 - `config/`    YAML (or the seed environment) to frozen values: upstreams,
                profiles, policies, routes, endpoint descriptions.
 - `translate/` pure Anthropic <-> OpenAI translation over dicts (chat/completions,
-               and the Responses API for `api: responses`); no Twisted.
+               and the Responses API for `api: responses`); no Twisted; what a
+               passed-through Anthropic answer is read for (`passthrough`).
 - `errors`     the Anthropic error envelope and `ProxyError`; `compat`, Twisted's
                private APIs behind one door.
 

@@ -170,6 +170,49 @@ def upstreamError(
     )
 
 
+_ERROR_TYPE = re.compile(r"[a-z_]{1,64}")
+
+
+def anthropicError(
+    data: Any, status: int, upstream: str | None = None, upstreamStatus: int | None = None
+) -> ProxyError | None:
+    """An Anthropic error envelope (`{"type": "error", "error": {"type", "message"}}`,
+    from an upstream that speaks the Messages API) kept as it is: its own type and
+    words, with `status`; None for any other shape."""
+    if not isinstance(data, dict) or data.get("type") != "error":
+        return None
+    error = data.get("error")
+    if not isinstance(error, dict):
+        return None
+    errorType, message = error.get("type"), error.get("message")
+    if not isinstance(errorType, str) or not _ERROR_TYPE.fullmatch(errorType):
+        return None
+    text = message if isinstance(message, str) and message else errorType
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE] + "…"
+    return ProxyError(
+        status, text, errorType, upstream=upstream, upstreamStatus=upstreamStatus, verbatim=True
+    )
+
+
+def messagesUpstreamError(
+    upstream: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> ProxyError:
+    """A non-2xx answer of an upstream speaking the Messages API: its status, and its
+    body's type and words where that is an Anthropic envelope; else as any other
+    upstream's (`upstreamError`)."""
+    error = upstreamError(upstream, status, body, headers)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return error
+    kept = anthropicError(data, error.status, upstream, status)
+    if kept is None:
+        return error
+    kept.headers = error.headers
+    return kept
+
+
 def statusInBody(data: Any) -> int:
     """The HTTP status an error object sent with a 2xx (or inside a stream) claims in
     its `code`, when that is one (vLLM, llama.cpp, OpenRouter put it there); else 502."""

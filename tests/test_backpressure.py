@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -20,6 +21,13 @@ from ccproxy.config import Config
 from ccproxy.daemon.wiring import buildService
 
 FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 4000 + b'"}}]}\n\n'
+ANTHROPIC_FRAME = (
+    b"event: content_block_delta\ndata: "
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
+    + b"x" * 4000
+    + b'"}}\n\n'
+)
+"""The same flood from an `api: messages` upstream (passed on unread)."""
 TOTAL_FRAMES = 50_000  # 200 MB if nothing pushed back
 
 
@@ -51,7 +59,8 @@ class FloodingUpstream(Protocol):
     def resumeProducing(self) -> None:
         self.paused = False
         while not self.paused and self.factory.sent < TOTAL_FRAMES:
-            self.transport.write(b"%x\r\n%s\r\n" % (len(FRAME), FRAME))
+            frame = self.factory.frame
+            self.transport.write(b"%x\r\n%s\r\n" % (len(frame), frame))
             self.factory.sent += 1
 
     def stopProducing(self) -> None:
@@ -77,10 +86,12 @@ class Sleeper(Protocol):
         self.transport.pauseProducing()  # stop reading from the socket
 
 
+@pytest.mark.parametrize(("api", "frame"), [("chat", FRAME), ("messages", ANTHROPIC_FRAME)])
 @pytest_twisted.ensureDeferred
-async def test_a_client_that_stops_reading_pauses_the_upstream() -> None:
+async def test_a_client_that_stops_reading_pauses_the_upstream(api: str, frame: bytes) -> None:
     factory: Any = Factory.forProtocol(FloodingUpstream)
     factory.sent = factory.pauses = 0
+    factory.frame = frame
     factory.pausedOnce = Deferred()
     upstreamPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
     config = Config.fromYAML(
@@ -88,7 +99,7 @@ async def test_a_client_that_stops_reading_pauses_the_upstream() -> None:
 listen: "tcp:0:interface=127.0.0.1"
 ledger: off
 upstreams:
-  flood: {{url: "http://127.0.0.1:{upstreamPort.getHost().port}/v1", timeout: 60}}
+  flood: {{url: "http://127.0.0.1:{upstreamPort.getHost().port}/v1", timeout: 60, api: {api}}}
 models: {{"*": flood}}
 """,
         {},
@@ -109,7 +120,7 @@ models: {{"*": flood}}
         reactor.connectTCP("127.0.0.1", port, clientFactory)
         client = await connected
         await factory.pausedOnce.addTimeout(20, reactor)
-        sentBytes = factory.sent * len(FRAME)
+        sentBytes = factory.sent * len(frame)
         # Socket buffers on the way hold a few MB at most; the upstream was stopped
         # long before its 200 MB.
         assert factory.pauses >= 1

@@ -31,6 +31,9 @@ pytestmark = pytest.mark.skipif(litellmCommand() is None, reason="LiteLLM is not
 
 
 def startLiteLLM(processes: Processes, upstreamPort: int, provider: str = "openai") -> int:
+    """LiteLLM in front of the scripted upstream; `provider`: LiteLLM's name for
+    it (its `/v1/messages` sends an `openai` model to `/v1/responses`, a
+    `hosted_vllm` one to `/v1/chat/completions`)."""
     command = litellmCommand()
     assert command is not None
     directory = processes.directory
@@ -56,7 +59,7 @@ def startLiteLLM(processes: Processes, upstreamPort: int, provider: str = "opena
     return port
 
 
-def ccproxyConfig(litellmPort: int, headWait: float) -> Any:
+def ccproxyConfig(litellmPort: int, headWait: float, api: str = "chat") -> Any:
     return lambda port: (
         f"""
 listen: "tcp:{port}:interface=127.0.0.1"
@@ -64,6 +67,7 @@ ledger: "off"
 upstreams:
   gateway:
     url: http://127.0.0.1:{litellmPort}/v1
+    api: {api}
     api_key: sk-anything
     preset: litellm
     timeout: 120
@@ -146,3 +150,50 @@ def test_message_start_arrives_while_litellm_withholds_its_head(processes: Proce
     )
     assert text == "Scripted reply."
     assert rest.count(b"event: message_start") == 0  # one, before the model started
+
+
+def test_litellm_s_own_messages_endpoint_is_passed_through(processes: Processes) -> None:
+    """`api: messages` in front of LiteLLM's `/v1/messages` (which translates to the
+    scripted chat upstream itself): a stream and a whole answer come back as
+    LiteLLM wrote them, count_tokens is LiteLLM's."""
+    upstream = processes.scriptedUpstream()
+    litellm = startLiteLLM(processes, upstream, "hosted_vllm")
+    proxy = processes.ccproxy(ccproxyConfig(litellm, 5, "messages"), seconds=60)
+
+    connection = http.client.HTTPConnection("127.0.0.1", proxy, timeout=60)
+    headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01"}
+    connection.request("POST", "/v1/messages", streamRequest(), headers)
+    response = connection.getresponse()
+    streamed = response.read()
+    assert response.status == 200, streamed
+    events = [
+        line[len(b"event: ") :] for line in streamed.splitlines() if line.startswith(b"event: ")
+    ]
+    assert events[0] == b"message_start" and events[-1] == b"message_stop"
+    assert b"event: error" not in streamed
+    text = "".join(
+        json.loads(line[len(b"data: ") :])["delta"].get("text", "")
+        for line in streamed.splitlines()
+        if line.startswith(b"data: ") and b'"content_block_delta"' in line
+    )
+    assert text == "Scripted reply."
+
+    whole = json.loads(streamRequest())
+    del whole["stream"]
+    connection.request("POST", "/v1/messages", json.dumps(whole).encode(), headers)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 200
+    assert answer["type"] == "message"
+    assert answer["content"][0]["text"] == "Scripted reply."
+    assert answer["usage"]["input_tokens"] > 0
+
+    connection.request("POST", "/v1/messages/count_tokens", json.dumps(whole).encode(), headers)
+    response = connection.getresponse()
+    counted = json.loads(response.read())
+    connection.close()
+    assert response.status == 200, counted
+    assert isinstance(counted["input_tokens"], int)
+
+    paths = [r["path"] for r in processes.received()]
+    assert paths.count("/v1/chat/completions") >= 2  # LiteLLM translated, not ccproxy

@@ -96,10 +96,9 @@ def fromMapping(
     return evolve(config, literalSecrets=tuple(literalSecrets(data)))
 
 
-def upstreamURL(value: Any, path: str, api: str = "chat") -> str:
-    """An upstream's `url` as the full URL of its `api`: a base URL gets the API's
-    path (`/chat/completions`, `/responses`), a URL that already ends with it is
-    kept."""
+def apiURL(value: Any, path: str, api: str = "chat") -> str:
+    """The full endpoint URL of an upstream speaking `api`: its path (`API_PATHS`)
+    appended to the configured base, unless the URL ends with it already."""
     url = string(value, path).strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -117,13 +116,20 @@ def upstreamURL(value: Any, path: str, api: str = "chat") -> str:
     return base + query
 
 
+def _api(value: Any, path: str) -> str:
+    text = string(value, path)
+    if text not in API_PATHS:
+        raise ConfigError(path, f"must be one of {', '.join(API_PATHS)}")
+    return text
+
+
 def _parseUpstream(name: str, node: Node) -> Upstream:
     if not _NAME.fullmatch(name):
         raise ConfigError(node.path, "upstream names may hold only A-Z a-z 0-9 _ -")
     api = node.get("api", _api, "chat")
     upstream = Upstream(
         name=name,
-        url=node.require("url", lambda value, path: upstreamURL(value, path, api)),
+        url=node.require("url", lambda value, path: apiURL(value, path, api)),
         apiKey=node.get("api_key", string, "") or None,
         timeout=node.get("timeout", positiveNumber, DEFAULT_TIMEOUT),
         headers=node.get("headers", headerMap, {}),
@@ -134,13 +140,6 @@ def _parseUpstream(name: str, node: Node) -> Upstream:
     )
     node.finish()
     return upstream
-
-
-def _api(value: Any, path: str) -> str:
-    api = string(value, path)
-    if api not in API_PATHS:
-        raise ConfigError(path, f"must be one of: {', '.join(API_PATHS)}")
-    return api
 
 
 def _parseClients(value: Any, path: str) -> tuple[Client, ...]:

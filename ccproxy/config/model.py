@@ -40,8 +40,15 @@ DEFAULT_MAX_DURATION = 3600.0
 DEFAULT_LOG_PAYLOAD_MAX_CHARS = 1400
 COMPLETIONS_PATH = "/chat/completions"
 """What a `chat` upstream's URL ends with (before its query string)."""
-API_PATHS = {"chat": COMPLETIONS_PATH, "responses": "/responses"}
-"""`upstreams.NAME.api`: the API an upstream speaks, and what its URL ends with."""
+API_PATHS: Mapping[str, str] = {
+    "chat": COMPLETIONS_PATH,
+    "messages": "/messages",
+    "responses": "/responses",
+}
+"""`upstreams.NAME.api` -> the path its requests go to under the configured base
+URL (`ccproxy.config.load.apiURL` builds the URL; a new API is one entry here)."""
+COUNT_TOKENS_PATH = "/count_tokens"
+"""After a `messages` upstream's URL: its `count_tokens` endpoint."""
 
 
 @frozen
@@ -108,11 +115,11 @@ def keyDigest(key: str) -> bytes:
 
 @frozen
 class Upstream:
-    """One OpenAI-compatible gateway."""
+    """One gateway, speaking the API `api` names."""
 
     name: str
     url: str
-    """The full URL of its API (it ends with `API_PATHS[api]`)."""
+    """The full URL of its endpoint (it ends with its API's path in `API_PATHS`)."""
     apiKey: str | None = field(repr=False)
     """None: the caller's own key is forwarded."""
     timeout: float
@@ -120,11 +127,19 @@ class Upstream:
     profile: Profile = field(factory=Profile)
     policy: Policy = field(factory=Policy)
     countTokens: bool = True
-    """`count_tokens` for a route it serves first is estimated here; False: it is
-    501 `not_supported`, and Claude Code counts (estimates) on its own."""
+    """`chat`, `responses`: `count_tokens` for a route it serves first is estimated here; False:
+    it is 501 `not_supported`, and Claude Code counts (estimates) on its own.
+    `messages`: forwarded to the upstream's own endpoint; False: estimated here."""
     api: str = "chat"
-    """The API it speaks: `chat` (chat/completions) or `responses` (OpenAI's
-    Responses API)."""
+    """`chat` (OpenAI chat/completions: translated), `responses` (OpenAI's
+    Responses API: translated) or `messages` (Anthropic Messages: passed
+    through)."""
+
+    @property
+    def countTokensURL(self) -> str:
+        """A `messages` upstream's `count_tokens` URL (its query string kept)."""
+        base, question, query = self.url.partition("?")
+        return f"{base}{COUNT_TOKENS_PATH}{question}{query}"
 
     def secrets(self) -> Iterator[str | None]:
         """Its key and the secrets in its headers (see `headerSecrets`)."""

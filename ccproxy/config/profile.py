@@ -12,6 +12,7 @@ from typing import Any
 from ccproxy.config.schema import ConfigError, Node, boolean, positiveInt, string
 from ccproxy.translate.dialect import (
     AUTH_HEADERS,
+    BETAS,
     MAX_TOKENS_PARAMS,
     REASONING_MODES,
     SCHEMA_MODES,
@@ -38,6 +39,7 @@ _KNOBS: dict[str, tuple[str, Any, tuple[Any, ...] | None]] = {
     "extra_body": ("extraBody", lambda v, p: _mapping(v, p), None),
     "auth_header": ("authHeader", string, AUTH_HEADERS),
     "prompt_cache_key": ("promptCacheKey", boolean, None),
+    "betas": ("betas", lambda v, p: _betas(v, p), None),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -48,16 +50,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_tokens_param": "max_tokens",
         "reasoning": "reasoning_effort",
     },
-    "deepseek": {"reasoning": "deepseek", "max_tokens_param": "max_tokens", "vision": False},
+    # For `api: messages` (README, "Passthrough"): DeepSeek documents
+    # anthropic-beta as ignored and x-api-key as supported.
+    "deepseek": {
+        "reasoning": "deepseek",
+        "max_tokens_param": "max_tokens",
+        "vision": False,
+        "betas": "none",
+    },
+    # OpenRouter's Claude Code guide sends the key as a bearer token
+    # (ANTHROPIC_AUTH_TOKEN, with ANTHROPIC_API_KEY explicitly empty); it serves
+    # Anthropic's own models, whose betas matter: all pass.
     "openrouter": {
         "cache_control": True,
         "reasoning": "reasoning_effort",
         "web_search": "openrouter",
+        "auth_header": "authorization",
     },
     "vllm": {"max_tokens_param": "max_tokens"},
     "ollama": {"max_tokens_param": "max_tokens"},
-    "llama.cpp": {"vision": False},
+    # llama-server reads no anthropic-beta: nothing to send.
+    "llama.cpp": {"vision": False, "betas": "none"},
     "litellm": {},
+    # Anthropic-compatible endpoints of model vendors whose models have none of
+    # Claude's betas; their Claude Code guides send the key as a bearer token.
+    "moonshot": {"auth_header": "authorization", "betas": "none"},
+    "glm": {"auth_header": "authorization", "betas": "none"},
+    "minimax": {"auth_header": "authorization", "betas": "none"},
 }
 
 
@@ -82,6 +101,14 @@ def parseProfile(node: Node) -> Profile:
     if "assistant_empty_content" in node.value and node.value["assistant_empty_content"] is None:
         values["assistantEmptyContent"] = None
     return Profile(**values)
+
+
+def _betas(value: Any, path: str) -> str | tuple[str, ...]:
+    if isinstance(value, str) and value in BETAS:
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+        return tuple(v.strip() for v in value)
+    raise ConfigError(path, "must be all, none, or a list of beta names")
 
 
 def _emptyContent(value: Any, path: str) -> str | None:

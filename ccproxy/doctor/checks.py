@@ -580,8 +580,7 @@ def servedByProxy(probes: Mapping[str, Probe]) -> dict[str, str | None]:
 
 
 def modelsURL(upstream: Upstream) -> str:
-    """The gateway's GET /models URL: its API's URL (chat/completions, responses)
-    with that suffix replaced."""
+    """The gateway's GET /models URL: its endpoint URL with the API's path replaced."""
     base, question, query = upstream.url.partition("?")
     path = API_PATHS[upstream.api]
     if base.endswith(path):
@@ -602,13 +601,16 @@ def upstreamModelsRequest(upstream: Upstream, key: str | None) -> Request:
 def upstreamChatRequest(upstream: Upstream, key: str | None, model: str) -> Request:
     """The smallest real request: one user word, one output token (16 for the
     Responses API, its least)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Say ok."}],
-        upstream.profile.maxTokensParam: 1,
-    }
     if upstream.api == "responses":
-        body = {"model": model, "input": "Say ok.", "max_output_tokens": 16, "store": False}
+        body: dict[str, Any] = {
+            "model": model,
+            "input": "Say ok.",
+            "max_output_tokens": 16,
+            "store": False,
+        }
+    else:
+        limit = "max_tokens" if upstream.api == "messages" else upstream.profile.maxTokensParam
+        body = {"model": model, "messages": [{"role": "user", "content": "Say ok."}], limit: 1}
     return Request("POST", upstream.url, _headers(upstream, key), json.dumps(body).encode())
 
 

@@ -29,7 +29,8 @@ from twisted.web.iweb import IRequest
 
 from ccproxy.compat import writeNow
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
-from ccproxy.relay.sse import SSEParser
+from ccproxy.relay.sse import SSEFrames, SSEParser
+from ccproxy.translate.passthrough import MessageStream
 from ccproxy.translate.stream import StreamTranslator, eventsForMessage
 from ccproxy.translate.toolsearch import Blocks, ToolSearch, parsedInput
 from ccproxy.upstream.dispatch import Answer
@@ -95,6 +96,10 @@ class EventWriter:
         frames = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending = []
         self.writeFrames(frames)
+
+    def addFrame(self, frame: bytes) -> None:
+        """Queue a frame already encoded (an upstream's, passed on as it came)."""
+        self._pending.append(frame)
 
     def writeFrames(self, frames: bytes) -> None:
         """Send frames already encoded."""
@@ -280,6 +285,8 @@ class StreamRelay:
 
     async def _relayStream(self, answer: Answer, rounds: Rounds | None) -> Verdict:
         translator = answer.rendering.streamTranslator(answer.upstream, answer.target)
+        if isinstance(translator, MessageStream):
+            return await self._passStream(answer, translator)
         if self._writer is None:
             self._start = translator.start()
             self.commit()
@@ -313,17 +320,75 @@ class StreamRelay:
                 answer = await self._next(rounds, answer, blocks.content if blocks else [])
             ok = True
         except ProxyError as e:
-            writer.writeError(e)
-            if self._expiry is not None:
-                errorType, errorMessage = "timeout", e.message
-            else:
-                ok, errorType, errorMessage = False, e.errorType, e.message
+            ok, errorType, errorMessage = self._broken(writer, e)
         finally:
             self._parser = None
             writer.stop()
             usage = translator.knownUsage()
             self.verdict = Verdict(ok, errorType, errorMessage, usage, writer.copy)
         return self.verdict
+
+    async def _passStream(self, answer: Answer, stream: MessageStream) -> Verdict:
+        """Relay an Anthropic event stream as it came, frame by frame (`SSEFrames`),
+        reading only what `MessageStream` needs; the upstream's `message_start` is
+        held back when the client has ccproxy's already."""
+        stream.skipStart = self._writer is not None
+        if self._writer is None:
+            self._start = []
+            self.commit()
+        writer = self._writer
+        assert writer is not None
+        upstream = answer.upstream
+
+        def onFrame(event: bytes, data: bytes, frame: bytes) -> None:
+            try:
+                keep = stream.keep(event, data)
+            except ProxyError as e:  # the upstream's own error, said inside the stream
+                raise e.naming(upstream.name) from None
+            self.chunks += 1
+            if keep:
+                writer.addFrame(frame)
+
+        def onUnread(frames: bytes) -> None:
+            self.chunks += max(1, frames.count(b"\n\n"))
+            writer.addFrame(frames)
+
+        ok: bool | None = None
+        errorType = errorMessage = None
+        try:
+            parser = self._parser = SSEFrames(
+                onFrame,
+                self._clock,
+                upstream.timeout,
+                upstream.name,
+                self._maxLineBytes,
+                onBatch=writer.flush,
+                wants=stream.reads,
+                onUnread=onUnread,
+            )
+            await self._drain(answer, parser)
+            writer.flush()
+            try:
+                stream.finish()
+            except ProxyError as e:
+                raise e.naming(upstream.name) from None
+            ok = True
+        except ProxyError as e:
+            ok, errorType, errorMessage = self._broken(writer, e)
+        finally:
+            self._parser = None
+            writer.stop()
+            self.verdict = Verdict(ok, errorType, errorMessage, stream.knownUsage(), writer.copy)
+        return self.verdict
+
+    def _broken(self, writer: EventWriter, error: ProxyError) -> tuple[bool | None, str, str]:
+        """A started stream that failed: ended with `event: error`; its verdict (no
+        verdict when `max_duration` ran out: not the upstream's fault), error type
+        and message."""
+        writer.writeError(error)
+        if self._expiry is not None:
+            return None, "timeout", error.message
+        return False, error.errorType, error.message
 
     async def _next(self, rounds: Rounds, answer: Answer, prefix: list[dict[str, Any]]) -> Answer:
         """The next round's answer; `max_duration` running out meanwhile ends it."""
@@ -346,7 +411,7 @@ class StreamRelay:
     ) -> bool:
         """Relay one upstream answer's stream through `translator`, until it ends;
         whether it ended with `[DONE]`."""
-        request, upstream = self._request, answer.upstream
+        upstream = answer.upstream
 
         def onData(data: bytes) -> None:
             self.chunks += 1
@@ -369,6 +434,13 @@ class StreamRelay:
             self._maxLineBytes,
             onBatch=writer.flush,
         )
+        await self._drain(answer, parser)
+        return parser.sawDone
+
+    async def _drain(self, answer: Answer, parser: SSEParser) -> None:
+        """Feed `answer`'s body to `parser` until it ends, the client's reading
+        pacing the upstream's sending."""
+        request = self._request
         try:
             answer.response.deliverBody(parser)
             # A slow reader pauses the upstream instead of making us buffer its stream.
@@ -378,7 +450,6 @@ class StreamRelay:
             self._parser = None
             if request.channel is not None:  # None once the client has gone
                 request.unregisterProducer()
-        return parser.sawDone
 
     @staticmethod
     def _named(

@@ -82,15 +82,19 @@ class SSEParser(BodyReader):
             complete = b"".join(self._partial)
         self._partial = [rest] if rest else []
         self._partialSize = len(rest)
-        for line in complete.split(b"\n"):
+        self._readLines(complete.split(b"\n"))
+        if not self.finished.called and self._partialSize > self.MAX_LENGTH:
+            self.lineLengthExceeded()
+
+    def _readLines(self, lines: list[bytes]) -> None:
+        """Each line in turn, within the line limit, until the body is finished."""
+        for line in lines:
             if self.finished.called:
                 return
             if len(line) > self.MAX_LENGTH:
                 self.lineLengthExceeded()
                 return
             self.lineReceived(line)
-        if self._partialSize > self.MAX_LENGTH:
-            self.lineLengthExceeded()
 
     def lineReceived(self, line: bytes) -> None:
         if self.finished.called:
@@ -102,6 +106,10 @@ class SSEParser(BodyReader):
             return
         if line[0] == 0x3A:  # ":" starts a comment
             return
+        self.fieldReceived(line)
+
+    def fieldReceived(self, line: bytes) -> None:
+        """One `name: value` line of an event."""
         name, _, value = line.partition(b":")
         if name == b"data":
             self._lines.append(value[1:] if value[:1] == b" " else value)
@@ -134,3 +142,152 @@ class SSEParser(BodyReader):
             self._onData(data)
         except Exception as e:
             self.fail(e)
+
+
+class SSEFrames(SSEParser):
+    """Parses an Anthropic event stream into whole frames, for passing them on as
+    they came: `onFrame(event, data, frame)` gets each frame's `event:` name, its
+    data, and the frame's bytes ready to write (ending in a blank line).
+
+    Most frames are deltas that go on untouched, so the usual stream (lines ending
+    in a bare `\\n`, as Anthropic and llama-server send) is cut on blank lines
+    with `bytes.find` and only the `event:` line of each frame is looked at: the
+    frames `wants(event)` does not want go to `onUnread` as they came, those of
+    one read in one piece; the others (and any frame without an `event:` line
+    first) are read line by line, their data handed to `onFrame`. A stream with `\\r\\n`
+    line ends is read line by line, as `SSEParser` reads. Comments and blank
+    keep-alive lines are dropped. The line limit bounds a frame here.
+    """
+
+    def __init__(
+        self,
+        onFrame: Callable[[bytes, bytes, bytes], None],
+        clock: IReactorTime,
+        timeout: float,
+        upstream: str,
+        maxLineLength: int = DEFAULT_MAX_LINE_BYTES,
+        onBatch: Callable[[], None] = lambda: None,
+        wants: Callable[[bytes], bool] = lambda event: True,
+        onUnread: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """`onUnread` gets the frames `wants` does not want, several at once when
+        they came together (by default each goes to `onFrame` with empty data)."""
+        SSEParser.__init__(self, _noData, clock, timeout, upstream, maxLineLength, onBatch)
+        self._onFrame = onFrame
+        self._wants = wants
+        self._onUnread = onUnread or (lambda frames: onFrame(b"", b"", frames))
+        self._event = b""
+        self._frame: list[bytes] = []
+        """Line mode: the lines of the frame being read."""
+        self._mode: str | None = None
+        """`frames` (bare `\\n`) or `lines`, from the first read."""
+        self._pieces: list[bytes] = []
+        """Frame mode: the frame being read, in the pieces it came in."""
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called or not data:
+            return
+        if self._mode is None:
+            self._mode = "lines" if b"\r" in data else "frames"
+        if self._mode == "lines":
+            SSEParser.dataReceived(self, data)
+            return
+        self.heard()
+        start = 0
+        if self._pieces and self._pieces[-1].endswith(b"\n") and data[:1] == b"\n":
+            self._whole(b"".join(self._pieces)[:-1])  # a blank line split across reads
+            self._pieces, self._size, start = [], 0, 1
+        run = start  # frames from here to `start` go on as they are, in one piece
+        find, wants, finished = data.find, self._wants, self.finished
+        while not finished.called:
+            end = find(b"\n\n", start)
+            if end == -1:
+                break
+            if self._pieces:
+                self._pieces.append(data[start:end])
+                frame = b"".join(self._pieces)
+                self._pieces, self._size = [], 0
+                self._whole(frame)
+                run = end + 2
+            else:
+                # Unread: it names its event first, `wants` does not want it, and
+                # it holds no comment line.
+                newline = find(b"\n", start, end)
+                if (
+                    not data.startswith(b"event:", start)
+                    or wants(data[start + 6 : end if newline == -1 else newline].strip())
+                    or find(b"\n:", start, end) != -1
+                ):
+                    if run < start:
+                        self._onRaw(data[run:start])
+                    self._whole(data[start:end])
+                    run = end + 2
+            start = end + 2
+        if self.finished.called:
+            return
+        if run < start:
+            self._onRaw(data[run:start])
+        if start < len(data):
+            rest = data[start:] if start else data
+            self._pieces.append(rest)
+            self._size += len(rest)
+            if self._size > self.MAX_LENGTH:
+                self._pieces, self._size = [], 0
+                self.fail(
+                    badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes")
+                )
+                return
+        self._onBatch()
+
+    def _whole(self, frame: bytes) -> None:
+        """One frame of the bare-`\\n` stream (without its blank line), read line by
+        line: its data, its comments, the line limit."""
+        self._readLines(frame.split(b"\n"))
+        if not self.finished.called:
+            self._dispatch()
+
+    def _onRaw(self, frames: bytes) -> None:
+        """Frames that go on unread, as they came."""
+        self._hand(b"", b"", frames, unread=True)
+
+    def fieldReceived(self, line: bytes) -> None:
+        self._frame.append(line)
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._lines.append(value[1:] if value[:1] == b" " else value)
+        elif line.startswith(b"event:"):
+            self._event = line[6:].strip()
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        if not self.finished.called and not reason.check(ResponseDone, PotentialDataLoss):
+            self._pieces, self._frame = [], []
+        SSEParser.connectionLost(self, reason)
+
+    def ended(self) -> None:
+        if self._pieces:  # a last frame without its blank line
+            frame, self._pieces = b"".join(self._pieces), []
+            self._whole(frame.rstrip(b"\n"))
+        SSEParser.ended(self)
+
+    def _dispatch(self) -> None:
+        if not self._frame:
+            return
+        frame, self._frame = self._frame, []
+        event, self._event = self._event, b""
+        lines, self._lines = self._lines, []
+        data = lines[0] if len(lines) == 1 else b"\n".join(lines)
+        self._hand(event, data, b"\n".join(frame) + b"\n\n")
+
+    def _hand(self, event: bytes, data: bytes, frame: bytes, unread: bool = False) -> None:
+        try:
+            if unread:
+                self._onUnread(frame)
+            else:
+                self._onFrame(event, data, frame)
+        except Exception as e:
+            self.fail(e)
+
+
+def _noData(data: bytes) -> None:
+    """`SSEFrames` hands over frames, never bare data."""

@@ -20,7 +20,9 @@ SYSTEM_ROLES = ("system", "developer")
 REASONING_MODES = ("none", "reasoning_effort", "deepseek")
 SCHEMA_MODES = ("full", "gemini")
 WEB_SEARCH_MODES = ("none", "openai", "openrouter")
-AUTH_HEADERS = ("authorization", "api-key")
+AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
+BETAS = ("all", "none")
+"""`betas:` as a word; otherwise a list of the beta names an upstream takes."""
 # The output limit sent upstream at most when a profile sets no cap of its own: the
 # largest any current model writes (Claude Code asks for up to 128000). A client's
 # 2**63 would otherwise go upstream as is, and fail there, or worse, be taken.
@@ -62,8 +64,14 @@ class Profile:
     (`web_search_options`) or `openrouter` (the `web` plugin)."""
     extraBody: Mapping[str, Any] = field(factory=dict)
     """Merged into every request body."""
-    authHeader: str = "authorization"
-    """`api-key` for Azure OpenAI (the key without `Bearer`)."""
+    authHeader: str | None = None
+    """How the key goes: `authorization` (`Bearer`), `api-key` (Azure OpenAI, the key
+    without `Bearer`) or `x-api-key` (Anthropic's). None: the API's own way
+    (`authorization` for `chat`, `x-api-key` for `messages`)."""
+    betas: str | tuple[str, ...] = "all"
+    """Which of the client's `anthropic-beta` values a `messages` upstream gets:
+    `all`, `none`, or only those listed (some servers refuse a beta they do not
+    know: "invalid beta flag")."""
     promptCacheKey: bool = False
     """Send the client's session as `prompt_cache_key`, so one user's turns reach
     the same prompt cache (OpenAI, Azure). Off unless a preset says the server

@@ -662,7 +662,9 @@ def eventsForMessage(message: dict[str, Any]) -> list[Event]:
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
     events: list[Event] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(message["content"]):
-        if block["type"] == "tool_search_tool_result":  # ccproxy's own, whole at once
+        if block["type"] not in ("text", "tool_use", "server_tool_use", "thinking"):
+            # ccproxy's own tool_search_tool_result, or (from an upstream that
+            # speaks the Messages API) any other kind: whole at once
             events.append({"type": "content_block_start", "index": index, "content_block": block})
             events.append({"type": "content_block_stop", "index": index})
             continue

@@ -8,7 +8,7 @@ that no one reads. Failures come out as `ProxyError`s naming the upstream.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
@@ -70,18 +70,48 @@ class BytesProducer:
         self._body = b""
 
 
-def upstreamHeaders(upstream: Upstream, callerKey: str | None) -> dict[str, str]:
-    """Only what the upstream needs: its auth and its configured headers (which win:
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+"""The only client headers that may reach an upstream, and only one that speaks
+the Messages API (`anthropicHeaders`): nothing else a client sends goes on."""
+ANTHROPIC_VERSION = "2023-06-01"
+"""Sent to a `messages` upstream when the client named no version."""
+_AUTH_BY_API = {"chat": "authorization", "messages": "x-api-key"}
+
+
+def upstreamHeaders(
+    upstream: Upstream, callerKey: str | None, client: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Only what the upstream needs: its auth, the client's Anthropic headers for a
+    `messages` upstream (`anthropicHeaders`), and its configured headers (which win:
     a gateway may want its key in a header of its own). The caller's key goes
     upstream only when the upstream has none of its own. The doctor's probes send
     the same, so that they are judged as the daemon's requests would be."""
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     key = upstream.apiKey or callerKey
-    if key and upstream.profile.authHeader == "api-key":
-        headers["api-key"] = key  # Azure OpenAI's own header
-    elif key:
+    how = upstream.profile.authHeader or _AUTH_BY_API.get(upstream.api, "authorization")
+    if key and how == "authorization":
         headers["Authorization"] = f"Bearer {key}"
+    elif key:
+        headers[how] = key  # Azure OpenAI's `api-key`, Anthropic's `x-api-key`
+    if upstream.api == "messages":
+        headers.update(anthropicHeaders(upstream.profile.betas, client or {}))
     headers.update(upstream.headers)
+    return headers
+
+
+def anthropicHeaders(betas: str | tuple[str, ...], client: Mapping[str, str]) -> dict[str, str]:
+    """The client's `anthropic-version` (or the current one) and the `anthropic-beta`
+    values `betas` lets through: `all`, `none`, or those listed. `client` holds
+    the `FORWARDED_HEADERS` the client sent, by lower-case name."""
+    headers = {"anthropic-version": client.get("anthropic-version") or ANTHROPIC_VERSION}
+    sent = client.get("anthropic-beta", "")
+    if betas == "none" or not sent.strip():
+        return headers
+    if betas != "all":
+        allowed = set(betas)
+        sent = ",".join(b for b in (v.strip() for v in sent.split(",")) if b in allowed)
+    if sent:
+        headers["anthropic-beta"] = sent
     return headers
 
 
@@ -95,18 +125,28 @@ class UpstreamClient:
     """When set, the client for each upstream (each has its own connect timeout)."""
     log: ClassVar[Logger] = Logger()
 
-    def headersFor(self, upstream: Upstream, callerKey: str | None) -> dict[str, str]:
+    def headersFor(
+        self, upstream: Upstream, callerKey: str | None, client: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """The headers of a request to `upstream` (see `upstreamHeaders`)."""
-        return upstreamHeaders(upstream, callerKey)
+        return upstreamHeaders(upstream, callerKey, client)
 
-    async def post(self, upstream: Upstream, body: bytes, callerKey: str | None) -> IResponse:
-        """POST `body`; return once the upstream's status and headers are in."""
+    async def post(
+        self,
+        upstream: Upstream,
+        body: bytes,
+        callerKey: str | None,
+        client: Mapping[str, str] | None = None,
+        url: str | None = None,
+    ) -> IResponse:
+        """POST `body` to the upstream's endpoint (or `url`); return once its status
+        and headers are in. `client`: the client's `FORWARDED_HEADERS`."""
         http = self.http if self.httpFor is None else self.httpFor(upstream)
         requested = http.request(
             "POST",
-            upstream.url,
+            url or upstream.url,
             data=body,
-            headers=self.headersFor(upstream, callerKey),
+            headers=self.headersFor(upstream, callerKey, client),
             unbuffered=True,
             allow_redirects=False,
             reactor=self.clock,

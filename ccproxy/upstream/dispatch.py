@@ -35,15 +35,17 @@ from twisted.web.iweb import IResponse
 from ccproxy.config.model import Config, Upstream
 from ccproxy.config.policy import Policy
 from ccproxy.config.routing import Target
-from ccproxy.errors import ProxyError, promptTooLong, upstreamError
+from ccproxy.errors import ProxyError, promptTooLong
 from ccproxy.observe.accesslog import Attempt
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State, UpstreamBreaker
+from ccproxy.translate.dialect import Profile
 from ccproxy.translate.overflow import readOverflow
+from ccproxy.translate.request import toOpenAI
 from ccproxy.translate.tokens import estimateTokens
 from ccproxy.upstream.client import MAX_ERROR_BYTES, UpstreamClient, isEventStream, responseHeaders
 from ccproxy.upstream.offload import Offload
-from ccproxy.upstream.plan import Plan, Rendering
+from ccproxy.upstream.plan import Plan, Rendering, apiOf
 from ccproxy.upstream.slots import Slots
 
 RETRYABLE_4XX = frozenset({408, 429})
@@ -164,6 +166,12 @@ class Answer:
         self.response = response
         self.message = message
         self.rendering = rendering
+        self.raw: bytes | None = None
+        """The whole answer's bytes, when they go to the client as they came (an
+        upstream speaking the Messages API): `message` is then read only for its
+        usage."""
+        self.searches = False
+        """Whether ccproxy runs the request's tool search in this answer."""
         self._gate: Gate | None = gate
         self._ok: bool | None = True
 
@@ -344,12 +352,14 @@ class Dispatcher:
         """One request to one upstream: a 2xx `Answer` (read whole when the plan
         says so), or the failure as a `ProxyError`."""
         plan, upstream = hop.plan, hop.upstream
-        response = await self.client.post(upstream, hop.body, hop.callerKey)
+        api = apiOf(upstream)
+        response = await self.client.post(upstream, hop.body, hop.callerKey, plan.clientHeaders)
         if not 200 <= response.code < 300:
             raw = await self.client.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
-            error = upstreamError(upstream.name, response.code, raw, responseHeaders(response))
+            error = api.error(upstream.name, response.code, raw, responseHeaders(response))
             raise await self._overflowOr(error, hop, raw)
         message = None
+        verbatim = None
         if plan.readsWhole(isEventStream(response)):
             raw = await self.client.readBody(upstream, response, plan.maxResponseBytes)
             try:
@@ -358,7 +368,12 @@ class Dispatcher:
                 if e.upstreamStatus is None:  # ours: an answer we cannot read
                     raise
                 raise await self._overflowOr(e, hop, raw) from None  # its error object
-        return Answer(hop.gate, upstream, hop.target, response, message, plan.rendering)
+            if not api.translates:
+                verbatim = raw
+        answer = Answer(hop.gate, upstream, hop.target, response, message, plan.rendering)
+        answer.raw = verbatim
+        answer.searches = plan.searchesFor(upstream)
+        return answer
 
     async def _overflowOr(self, error: ProxyError, hop: _Hop, raw: bytes) -> ProxyError:
         """The upstream's refusal as Claude Code compacts on when it says the prompt
@@ -370,7 +385,8 @@ class Dispatcher:
             return error
         estimate = None
         if overflow.needsEstimate:
-            estimate = await self.offload.run(len(hop.body), _estimate, hop.body)
+            translated = apiOf(hop.upstream).translates
+            estimate = await self.offload.run(len(hop.body), _estimate, hop.body, translated)
         status = 413 if overflow.verbatim and error.status == 413 else 400
         return promptTooLong(
             overflow.message(estimate, hop.target.contextWindow),
@@ -390,10 +406,19 @@ class Dispatcher:
         return backoff * (0.5 + self.random() / 2)
 
 
-def _estimate(body: bytes) -> int:
+def _estimate(body: bytes, translated: bool = True) -> int:
     """ccproxy's count of the prompt tokens in a body sent upstream (pure, so it can
-    run in a thread)."""
-    return estimateTokens(orjson.loads(body))
+    run in a thread); an Anthropic body (`translated` False) is counted as its
+    chat/completions translation would be."""
+    request = orjson.loads(body)
+    if not translated:
+        try:
+            request = toOpenAI(
+                request, model=str(request.get("model")), profile=Profile(), defaultMaxTokens=1
+            )
+        except ProxyError:  # passed through as it came, it may hold what ccproxy refuses
+            return max(len(body) // 4, 1)
+    return estimateTokens(request)
 
 
 def _retryAfterSeconds(value: str | None, now: float) -> float | None:

@@ -10,7 +10,6 @@ The dispatcher asks; nothing here calls back into the web layer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import orjson
@@ -18,8 +17,16 @@ from attrs import evolve, field, frozen
 
 from ccproxy.config.model import Upstream
 from ccproxy.config.routing import Target
-from ccproxy.errors import ProxyError, badGateway, invalidRequest, statusInBody, upstreamError
+from ccproxy.errors import (
+    ProxyError,
+    badGateway,
+    invalidRequest,
+    messagesUpstreamError,
+    statusInBody,
+    upstreamError,
+)
 from ccproxy.translate.names import ToolNames
+from ccproxy.translate.passthrough import MessageStream, wholeMessage
 from ccproxy.translate.request import refuseSafeguards, stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
 from ccproxy.translate.responses import fromResponses, toResponses
@@ -43,41 +50,7 @@ class Rendering:
 
     def message(self, upstream: Upstream, raw: bytes) -> dict[str, Any]:
         """A whole JSON answer as an Anthropic message (a 502 when it is none)."""
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise badGateway(upstream.name, f"the answer is not JSON: {raw[:200]!r}") from None
-        if upstream.api == "responses":
-            return self._response(upstream, raw, data)
-        if isinstance(data, dict) and "error" in data and not data.get("choices"):
-            raise errorInBody(upstream.name, raw, data)
-        try:
-            return fromOpenAI(
-                data,
-                messageId=self.messageId,
-                model=self.model,
-                stopSequences=self.stops,
-                thinkTags=upstream.profile.thinkTags,
-                toolName=self.names.fromUpstream,
-            )
-        except ProxyError as e:  # an answer the translator cannot use
-            raise e.naming(upstream.name) from None
-
-    def _response(self, upstream: Upstream, raw: bytes, data: Any) -> dict[str, Any]:
-        """A whole Responses answer (its `error` set, or `status: failed`: an error)."""
-        if isinstance(data, dict) and (data.get("error") or data.get("status") == "failed"):
-            raise errorInBody(upstream.name, raw, data)
-        try:
-            return fromResponses(
-                data,
-                messageId=self.messageId,
-                model=self.model,
-                upstream=upstream.name,
-                stopSequences=self.stops,
-                toolName=self.names.fromUpstream,
-            )
-        except ProxyError as e:
-            raise e.naming(upstream.name) from None
+        return apiOf(upstream).message(self, upstream, raw)
 
     def start(self) -> list[Event]:
         """The stream's `message_start`, the same whichever upstream answers."""
@@ -85,29 +58,11 @@ class Rendering:
 
     def streamTranslator(
         self, upstream: Upstream, target: Target | None = None
-    ) -> StreamTranslator:
-        """A translator of `upstream`'s stream (serving `target`) into this client's
-        events."""
-        contextWindow = target.contextWindow if target is not None else None
-        if upstream.api == "responses":
-            return ResponsesStreamTranslator(
-                self.messageId,
-                self.model,
-                self.stops,
-                toolName=self.names.fromUpstream,
-                serverTools=self.serverTools,
-                contextWindow=contextWindow,
-                upstream=upstream.name,
-            )
-        return StreamTranslator(
-            self.messageId,
-            self.model,
-            self.stops,
-            thinkTags=upstream.profile.thinkTags,
-            toolName=self.names.fromUpstream,
-            serverTools=self.serverTools,
-            contextWindow=contextWindow,
-        )
+    ) -> StreamTranslator | MessageStream:
+        """A reader of `upstream`'s stream (serving `target`): a translator into this
+        client's events, or a `MessageStream` when its events pass through as
+        they are."""
+        return apiOf(upstream).stream(self, upstream, target)
 
 
 @frozen
@@ -129,13 +84,20 @@ class Plan:
     """The client's session, sent as `prompt_cache_key` where a profile wants it."""
     search: ToolSearch | None = None
     """The tool search ccproxy runs for this request, if it asks for one."""
+    raw: bytes | None = field(default=None, repr=False)
+    """The client's body as it came, kept when an upstream of the route passes it
+    through (`api: messages`): sent with only its model changed."""
+    clientHeaders: Mapping[str, str] = field(factory=dict, repr=False)
+    """The client's headers an upstream may get (`upstream.client.FORWARDED_HEADERS`)."""
 
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
         """A plan for `body`, with the stop sequences, tool names and tool search
-        read from it; a 400 for what none of the targets can do (every upstream is
-        OpenAI-compatible: `safeguards`)."""
-        refuseSafeguards(body)
+        read from it; a 400 for what a target that translates cannot do
+        (`safeguards`, which only an upstream speaking the Messages API can run)."""
+        upstreams, targets = kwargs["upstreams"], kwargs["targets"]
+        if any(apiOf(upstreams[t.upstream]).translates for t in targets):
+            refuseSafeguards(body)
         names = ToolNames.fromRequest(body)
         search = ToolSearch.fromRequest(body)
         server = frozenset({names.toUpstream(search.name)}) if search is not None else frozenset()
@@ -155,29 +117,190 @@ class Plan:
     def bodyFor(self, upstream: Upstream, target: Target) -> bytes:
         """The request body in `upstream`'s dialect; a client's mistake is a 400
         here, before any attempt."""
-        translate = (
-            partial(toResponses, upstream=upstream.name)
-            if upstream.api == "responses"
-            else toOpenAI
-        )
-        translated = translate(
-            self.request,
-            model=target.modelFor(self.rendering.model),
-            profile=upstream.profile,
-            defaultMaxTokens=self.defaultMaxTokens,
-            names=self.rendering.names,
-            cacheKey=self.cacheKey,
-        )
-        try:
-            return orjson.dumps(translated)
-        except orjson.JSONEncodeError:
-            raise nestedTooDeep() from None
+        return apiOf(upstream).body(self, upstream, target)
+
+    def searchesFor(self, upstream: Upstream) -> bool:
+        """Whether ccproxy runs the request's tool search in `upstream`'s answer (an
+        upstream speaking the Messages API runs its own)."""
+        return self.search is not None and apiOf(upstream).translates
 
     def readsWhole(self, isEventStream: bool) -> bool:
         """Whether a 2xx answer is read whole before the client gets a byte: every
         answer but a stream to a stream request, so that a failure reading it
         still fails over."""
         return not (self.stream and isEventStream)
+
+
+class ChatAPI:
+    """`api: chat`: OpenAI chat/completions, translated both ways."""
+
+    translates = True
+    """ccproxy shapes the request and reads the answer (its own tool search included)."""
+
+    def body(self, plan: Plan, upstream: Upstream, target: Target) -> bytes:
+        translated = toOpenAI(
+            plan.request,
+            model=target.modelFor(plan.rendering.model),
+            profile=upstream.profile,
+            defaultMaxTokens=plan.defaultMaxTokens,
+            names=plan.rendering.names,
+            cacheKey=plan.cacheKey,
+        )
+        try:
+            return orjson.dumps(translated)
+        except orjson.JSONEncodeError:
+            raise nestedTooDeep() from None
+
+    def message(self, rendering: Rendering, upstream: Upstream, raw: bytes) -> dict[str, Any]:
+        data = _json(upstream, raw)
+        if isinstance(data, dict) and "error" in data and not data.get("choices"):
+            raise errorInBody(upstream.name, raw, data)
+        try:
+            return fromOpenAI(
+                data,
+                messageId=rendering.messageId,
+                model=rendering.model,
+                stopSequences=rendering.stops,
+                thinkTags=upstream.profile.thinkTags,
+                toolName=rendering.names.fromUpstream,
+            )
+        except ProxyError as e:  # an answer the translator cannot use
+            raise e.naming(upstream.name) from None
+
+    def stream(
+        self, rendering: Rendering, upstream: Upstream, target: Target | None
+    ) -> StreamTranslator:
+        return StreamTranslator(
+            rendering.messageId,
+            rendering.model,
+            rendering.stops,
+            thinkTags=upstream.profile.thinkTags,
+            toolName=rendering.names.fromUpstream,
+            serverTools=rendering.serverTools,
+            contextWindow=target.contextWindow if target is not None else None,
+        )
+
+    def error(
+        self, upstream: str, status: int, raw: bytes, headers: Mapping[str, str]
+    ) -> ProxyError:
+        return upstreamError(upstream, status, raw, headers)
+
+
+class MessagesAPI:
+    """`api: messages`: the Anthropic Messages API, passed through. The body goes
+    with only its model changed, the answer comes back as it was sent
+    (`ccproxy.translate.passthrough` reads its usage and its end)."""
+
+    translates = False
+
+    def body(self, plan: Plan, upstream: Upstream, target: Target) -> bytes:
+        return messagesBody(plan.raw, plan.request, target.modelFor(plan.rendering.model))
+
+    def message(self, rendering: Rendering, upstream: Upstream, raw: bytes) -> dict[str, Any]:
+        try:
+            return wholeMessage(_json(upstream, raw))
+        except ProxyError as e:
+            raise e.naming(upstream.name) from None
+
+    def stream(
+        self, rendering: Rendering, upstream: Upstream, target: Target | None
+    ) -> MessageStream:
+        return MessageStream()
+
+    def error(
+        self, upstream: str, status: int, raw: bytes, headers: Mapping[str, str]
+    ) -> ProxyError:
+        return messagesUpstreamError(upstream, status, raw, headers)
+
+
+class ResponsesAPI(ChatAPI):
+    """`api: responses`: OpenAI's Responses API, translated both ways (on the chat
+    translators: `ccproxy.translate.responses`). Its errors read as chat's."""
+
+    def body(self, plan: Plan, upstream: Upstream, target: Target) -> bytes:
+        translated = toResponses(
+            plan.request,
+            model=target.modelFor(plan.rendering.model),
+            profile=upstream.profile,
+            defaultMaxTokens=plan.defaultMaxTokens,
+            names=plan.rendering.names,
+            cacheKey=plan.cacheKey,
+            upstream=upstream.name,
+        )
+        try:
+            return orjson.dumps(translated)
+        except orjson.JSONEncodeError:
+            raise nestedTooDeep() from None
+
+    def message(self, rendering: Rendering, upstream: Upstream, raw: bytes) -> dict[str, Any]:
+        """A whole Responses answer (its `error` set, or `status: failed`: an error)."""
+        data = _json(upstream, raw)
+        if isinstance(data, dict) and (data.get("error") or data.get("status") == "failed"):
+            raise errorInBody(upstream.name, raw, data)
+        try:
+            return fromResponses(
+                data,
+                messageId=rendering.messageId,
+                model=rendering.model,
+                upstream=upstream.name,
+                stopSequences=rendering.stops,
+                toolName=rendering.names.fromUpstream,
+            )
+        except ProxyError as e:
+            raise e.naming(upstream.name) from None
+
+    def stream(
+        self, rendering: Rendering, upstream: Upstream, target: Target | None
+    ) -> StreamTranslator:
+        return ResponsesStreamTranslator(
+            rendering.messageId,
+            rendering.model,
+            rendering.stops,
+            toolName=rendering.names.fromUpstream,
+            serverTools=rendering.serverTools,
+            contextWindow=target.contextWindow if target is not None else None,
+            upstream=upstream.name,
+        )
+
+
+API = ChatAPI | MessagesAPI
+APIS: Mapping[str, API] = {
+    "chat": ChatAPI(),
+    "messages": MessagesAPI(),
+    "responses": ResponsesAPI(),
+}
+"""What each `upstreams.NAME.api` means for a request: how its body is made, its
+answer read and its errors kept. A new API is one class and one entry here."""
+
+
+def apiOf(upstream: Upstream) -> API:
+    return APIS[upstream.api]
+
+
+def messagesBody(raw: bytes | None, request: dict[str, Any], model: str) -> bytes:
+    """The client's Messages body for an upstream that speaks the Messages API, with
+    `model` as its model: the bytes as they came when the model is their first
+    key and is named once (as Claude Code sends it), with only that value
+    replaced; otherwise encoded once from the decoded request (a body whose
+    `model` comes twice must not reach the upstream with the one not checked)."""
+    if raw is not None:
+        head = b'{"model":' + orjson.dumps(request["model"])
+        if raw.startswith(head) and raw[len(head) : len(head) + 1] in (b",", b"}"):
+            if raw.count(b'"model"') == 1:
+                if model == request["model"]:
+                    return raw
+                return b'{"model":' + orjson.dumps(model) + raw[len(head) :]
+    try:
+        return orjson.dumps({**request, "model": model})
+    except orjson.JSONEncodeError:
+        raise nestedTooDeep() from None
+
+
+def _json(upstream: Upstream, raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise badGateway(upstream.name, f"the answer is not JSON: {raw[:200]!r}") from None
 
 
 def errorInBody(upstream: str, raw: bytes, data: dict[str, Any]) -> ProxyError:

@@ -112,6 +112,11 @@ def errorReply(request: IRequest, error: ProxyError, redact: Redact) -> bytes:
 
 def readJSON(call: Call) -> dict[str, Any]:
     """The request's JSON object body, read once (a long stream need not keep it)."""
+    return parseJSON(readRaw(call))
+
+
+def readRaw(call: Call) -> bytes:
+    """The request's body as it came, read once, within `max_body_bytes`."""
     request, config = call.request, call.config
     if getattr(request, "bodyTooLarge", False):
         raise bodyTooLarge(config)
@@ -123,6 +128,11 @@ def readJSON(call: Call) -> dict[str, Any]:
     call.bodySize = len(raw)
     if config.logPayloads:
         call.record.requestPayload = raw
+    return raw
+
+
+def parseJSON(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:

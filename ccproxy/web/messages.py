@@ -29,20 +29,34 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from ccproxy.config.model import Config
+from ccproxy.config.model import Config, Upstream
 from ccproxy.config.routing import NEEDS_TOKENS, Route, Target, notRouted
-from ccproxy.errors import ProxyError, notSupported
+from ccproxy.errors import ProxyError, badGateway, notSupported
 from ccproxy.relay.relay import StreamRelay, Verdict, nestedTooDeepAnswer
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.facts import RequestFacts
 from ccproxy.translate.request import sessionKey
 from ccproxy.translate.tokens import requestTokens
+from ccproxy.upstream.client import (
+    FORWARDED_HEADERS,
+    MAX_ERROR_BYTES,
+    responseHeaders,
+)
 from ccproxy.upstream.dispatch import Answer, Dispatcher
 from ccproxy.upstream.offload import Offload
-from ccproxy.upstream.plan import Plan, nestedTooDeep
+from ccproxy.upstream.plan import Plan, apiOf, messagesBody, nestedTooDeep
 from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.auth import callerKey
-from ccproxy.web.call import Call, jsonReply, modelName, overTime, readJSON, releaseBody
+from ccproxy.web.call import (
+    JSON,
+    Call,
+    jsonReply,
+    modelName,
+    overTime,
+    parseJSON,
+    readRaw,
+    releaseBody,
+)
 from ccproxy.web.searching import SearchRounds
 
 ESTIMATE_WEIGHT = 16
@@ -63,7 +77,8 @@ class MessagesAPI:
     async def create(self, call: Call) -> bytes | None:
         """`POST /v1/messages`: one answer, whole (JSON) or streamed (SSE)."""
         config, record = call.config, call.record
-        body = readJSON(call)
+        raw = readRaw(call)
+        body = parseJSON(raw)
         model = record.model = modelName(body)
         mayUse(call.client, model)
         async with self.admission.admitted(call.client, config) as standing:
@@ -71,6 +86,7 @@ class MessagesAPI:
             if route is None:
                 raise notRouted(model)
             record.stream = body.get("stream") is True
+            passes = _passesThrough(config, route.targets)
             plan = Plan.forRequest(
                 body,
                 model,
@@ -81,8 +97,10 @@ class MessagesAPI:
                 maxResponseBytes=config.maxResponseBytes,
                 size=call.bodySize,
                 cacheKey=sessionKey(_header(call.request, b"x-claude-code-session-id"), body),
+                raw=raw if passes else None,
+                clientHeaders=forwardedHeaders(call.request) if passes else {},
             )
-            del body
+            del body, raw
             relay = None
             if record.stream:
                 relay = self._streamRelay(call, standing)
@@ -94,8 +112,10 @@ class MessagesAPI:
                 async with self.dispatcher.send(plan, key, until, record.attempts) as answer:
                     # The request is not kept for a long stream, unless ccproxy's tool
                     # search may have to send it again.
-                    rounds = SearchRounds.forPlan(
-                        self.dispatcher, plan, key, until, record.attempts
+                    rounds = (
+                        SearchRounds.forPlan(self.dispatcher, plan, key, until, record.attempts)
+                        if answer.searches
+                        else None
                     )
                     del plan
                     if rounds is None:  # else its room is held until the request ends
@@ -127,9 +147,11 @@ class MessagesAPI:
     async def countTokens(self, call: Call) -> bytes:
         """`POST /v1/messages/count_tokens`: estimated on the request as the route's
         first upstream would receive it; 501 `not_supported` where that upstream
-        has `count_tokens: false`."""
+        has `count_tokens: false`. An upstream speaking the Messages API counts
+        itself (or, with `count_tokens: false`, is estimated for here)."""
         config, record = call.config, call.record
-        body = readJSON(call)
+        raw = readRaw(call)
+        body = parseJSON(raw)
         model = record.model = modelName(body)
         mayUse(call.client, model)
         async with self.admission.admitted(call.client, config, budgets=False):
@@ -139,7 +161,9 @@ class MessagesAPI:
             if route is not None:
                 target = route.targets[0]
                 upstream = config.upstreams[target.upstream]
-                if not upstream.countTokens:
+                if upstream.api == "messages" and upstream.countTokens:
+                    return await self._countUpstream(call, upstream, target, raw, body)
+                if not upstream.countTokens and apiOf(upstream).translates:
                     raise notSupported(
                         f"count_tokens is not available for {model} (its upstream"
                         f" {upstream.name} has count_tokens: false): count locally"
@@ -188,6 +212,40 @@ class MessagesAPI:
             call.config.defaultMaxTokens,
         )
 
+    async def _countUpstream(
+        self, call: Call, upstream: Upstream, target: Target, raw: bytes, body: dict[str, Any]
+    ) -> bytes:
+        """`count_tokens` asked of an upstream that speaks the Messages API: its
+        answer as it came, its refusal as any of its errors."""
+        record, client = call.record, self.dispatcher.client
+        model = record.upstreamModel = target.modelFor(body["model"])
+        record.upstream = upstream.name
+        sent = await self.offload.run(len(raw), messagesBody, raw, body, model)
+        response = await client.post(
+            upstream,
+            sent,
+            callerKey(call.request),
+            forwardedHeaders(call.request),
+            url=upstream.countTokensURL,
+        )
+        record.upstreamStatus = response.code
+        if not 200 <= response.code < 300:
+            error = await client.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
+            raise apiOf(upstream).error(
+                upstream.name, response.code, error, responseHeaders(response)
+            )
+        answer = await client.readBody(upstream, response, MAX_ERROR_BYTES)
+        try:
+            counted = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            counted = None
+        if not isinstance(counted, dict) or not isinstance(counted.get("input_tokens"), int):
+            raise badGateway(upstream.name, f"count_tokens answered {answer[:200]!r}")
+        record.status = 200
+        call.request.setHeader(b"content-type", JSON)
+        call.request.setHeader(b"content-length", b"%d" % len(answer))
+        return answer
+
     def _answered(self, call: Call, answer: Answer, model: str, standing: Standing | None) -> None:
         """An upstream answered 2xx: recorded, and the client's budget standing set
         on a whole answer's head (a stream's goes with its own, `_streamRelay`)."""
@@ -209,10 +267,15 @@ class MessagesAPI:
         """A non-streaming answer: one translated message."""
         assert answer.message is not None, "a request without a stream is read whole"
         call.record.status = 200
-        try:
-            reply = jsonReply(call.request, answer.message)
-        except orjson.JSONEncodeError:
-            raise nestedTooDeepAnswer(answer.upstream.name) from None
+        if answer.raw is not None:  # passed through: the upstream's own bytes
+            reply = answer.raw
+            call.request.setHeader(b"content-type", JSON)
+            call.request.setHeader(b"content-length", b"%d" % len(reply))
+        else:
+            try:
+                reply = jsonReply(call.request, answer.message)
+            except orjson.JSONEncodeError:
+                raise nestedTooDeepAnswer(answer.upstream.name) from None
         if call.config.logPayloads:
             call.record.responsePayload = reply
         return reply
@@ -293,6 +356,21 @@ def _record(call: Call, verdict: Verdict) -> None:
         record.countUsage(verdict.usage)
     if verdict.copy is not None:
         record.responsePayload = verdict.copy
+
+
+def _passesThrough(config: Config, targets: Sequence[Target]) -> bool:
+    """Whether some target of the route passes the client's body through."""
+    return any(not apiOf(config.upstreams[t.upstream]).translates for t in targets)
+
+
+def forwardedHeaders(request: IRequest) -> dict[str, str]:
+    """The client's headers an upstream may get (`FORWARDED_HEADERS`), as sent."""
+    found = {}
+    for name in FORWARDED_HEADERS:
+        value = _header(request, name.encode())
+        if value is not None:
+            found[name] = value
+    return found
 
 
 def _modelAt(targets: Sequence[Target], upstream: str, model: str) -> str | None:

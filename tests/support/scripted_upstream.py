@@ -38,6 +38,13 @@ streamed). Its Read turn opens with a reasoning item (a summary and
 `encrypted_content` REASONING_SECRET); the answer after the tool's result says
 whether that reasoning item came back (`reasoning kept` / `reasoning LOST`).
 
+With --anthropic it speaks the Anthropic Messages API instead (an `api: messages`
+upstream): POST …/messages answers as above (a streamed `tool_use` of Read whose
+`input_json_delta`s split its input, then --answer once a `tool_result` came
+back, other requests a short text), as Anthropic SSE events or one JSON message;
+POST …/messages/count_tokens answers `{"input_tokens": …}`. Each logged line
+also holds the request's `anthropic-beta` and `anthropic-version` headers.
+
 With `--overflow-wording SERVER --overflow-over CHARS` it plays a model with a small
 context window instead: any request whose tool results hold more than CHARS
 characters is refused (400) with SERVER's words for a context overflow (from
@@ -430,6 +437,115 @@ class ResponsesScript(Logged):
         return jsonReply(responseObject(output))(request, fake)
 
 
+ANTHROPIC_USAGE = {"input_tokens": 120, "output_tokens": 12, "cache_read_input_tokens": 0}
+
+
+def anthropicFrame(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def anthropicEvents(block: dict[str, Any], stop: str) -> list[bytes]:
+    """One content block as Anthropic's event stream, its text or input in pieces."""
+    start = {
+        "id": "msg_scripted",
+        "type": "message",
+        "role": "assistant",
+        "model": "scripted-model",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**ANTHROPIC_USAGE, "output_tokens": 1},
+    }
+    if block["type"] == "tool_use":
+        opening = {**block, "input": {}}
+        deltas = [
+            {"type": "input_json_delta", "partial_json": p}
+            for p in fragments(orjson.dumps(block["input"]).decode(), 4)
+        ]
+    else:
+        opening = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": p} for p in fragments(block["text"], 3)]
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": opening},
+        {"type": "ping"},
+        *({"type": "content_block_delta", "index": 0, "delta": d} for d in deltas),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]},
+        },
+        {"type": "message_stop"},
+    ]
+    return [anthropicFrame(e) for e in events]
+
+
+def hasToolResult(body: dict[str, Any]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "tool_result"
+        for message in body.get("messages") or []
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+@define
+class AnthropicScript:
+    """The scripted answers (Read, then --answer) in the Messages API's own words."""
+
+    log: IO[bytes]
+    readPath: str
+    answer: str
+
+    def __call__(self, request: IRequest, fake: FakeOpenAI) -> Any:
+        body = fake.last
+        headers = fake.received[-1].headers
+        record = {
+            "path": request.uri.decode(),
+            "body": body if isinstance(body, dict) else repr(body),
+            "anthropic-beta": headers.get("anthropic-beta"),
+            "anthropic-version": headers.get("anthropic-version"),
+        }
+        self.log.write(orjson.dumps(record) + b"\n")
+        self.log.flush()
+        if not isinstance(body, dict):
+            return NOT_FOUND(request, fake)
+        if request.path.endswith(b"/messages/count_tokens"):
+            counted = len(orjson.dumps(body.get("messages"))) // 4
+            return jsonReply({"input_tokens": counted})(request, fake)
+        if not request.path.endswith(b"/messages"):
+            return NOT_FOUND(request, fake)
+        offersRead = any(
+            isinstance(t, dict) and t.get("name") == "Read" for t in body.get("tools") or []
+        )
+        if hasToolResult(body):
+            block: dict[str, Any] = {"type": "text", "text": self.answer}
+        elif offersRead:
+            block = {
+                "type": "tool_use",
+                "id": "toolu_scripted_1",
+                "name": "Read",
+                "input": {"file_path": self.readPath},
+            }
+        else:
+            block = {"type": "text", "text": "Scripted reply."}
+        stop = "tool_use" if block["type"] == "tool_use" else "end_turn"
+        if body.get("stream"):
+            return sseReply(anthropicEvents(block, stop), delay=0.01, done=False)(request, fake)
+        message = {
+            "id": "msg_scripted",
+            "type": "message",
+            "role": "assistant",
+            "model": "scripted-model",
+            "content": [block],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": ANTHROPIC_USAGE,
+        }
+        return jsonReply(message)(request, fake)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port-file", required=True, type=Path)
@@ -444,6 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overflow-over", type=int, default=60000)
     parser.add_argument("--overflow-in-stream", action="store_true")
     parser.add_argument("--api", choices=["chat", "responses"], default="chat")
+    parser.add_argument("--anthropic", action="store_true")
     args = parser.parse_args(argv)
     with args.log.open("ab") as log:
         script: Logged = Script(log, args.file, args.answer, hold=args.hold_file)
@@ -462,6 +579,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.overflow_over,
                 args.overflow_in_stream,
             )
+        if args.anthropic:
+            script = AnthropicScript(log, args.file, args.answer)  # type: ignore[assignment]
         path = b"/responses" if args.api == "responses" else b"/chat/completions"
         upstream = FakeOpenAI(clock=reactor, otherwise=script, path=path)
         port = reactor.listenTCP(0, Site(upstream.resource()), interface="127.0.0.1")
