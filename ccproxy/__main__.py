@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ccproxy.doctor import cli as doctor
 from ccproxy.ledger import cli as usage
+from ccproxy.ledger import signincli as tokens
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor.addParser(subparsers)
     usage.addParser(subparsers)
+    tokens.addParser(subparsers)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
