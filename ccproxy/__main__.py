@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ccproxy.daemon import approve
 from ccproxy.doctor import cli as doctor
 from ccproxy.ledger import cli as usage
 from ccproxy.ledger import signincli as tokens
@@ -20,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doctor.addParser(subparsers)
     usage.addParser(subparsers)
     tokens.addParser(subparsers)
+    approve.addParser(subparsers)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -427,3 +427,8 @@ def tokenCLI(path: Path, *action: str, now: float) -> int:
         "name": action[1] if len(action) > 1 else None,
     }
     return signincli.run(argparse.Namespace(**names), now=now)
+
+
+def test_a_hostile_form_is_a_clean_400(h: Harness) -> None:
+    reply = h.call("POST", "/oauth/token", b"&".join([b"a=1"] * 100), headers=FORM)
+    assert reply.status == 400

@@ -20,6 +20,7 @@ from twisted.web.client import Agent
 
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
+from ccproxy.daemon.approve import approveService
 from ccproxy.daemon.listen import connectionCap, listenService
 from ccproxy.daemon.logs import (
     fileObserver,
@@ -107,7 +108,7 @@ def buildService(
     http = listenService(config.listen, config.reusePort, site, reactor)
 
     logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
-    return ProxyService(
+    service = ProxyService(
         app,
         pool,
         http,
@@ -121,6 +122,10 @@ def buildService(
         panels=panels,
         startupWarnings=startupWarnings,
     )
+    if config.login.approveSocket is not None and app.signIn.serving(config):
+        # `python -m ccproxy approve CODE`: the kernel names the local user.
+        approveService(app, reactor, config.login.approveSocket).setServiceParent(service)
+    return service
 
 
 def stateFor(config: Config, reactor: Any) -> State:

@@ -27,6 +27,7 @@ import secrets
 import uuid
 from collections import OrderedDict, deque
 from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
@@ -34,7 +35,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ccproxy.config.model import Client, Config
-from ccproxy.errors import ProxyError
+from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.ledger.signin import (
     ACCESS,
     PENDING,
@@ -95,11 +96,27 @@ def normalUserCode(text: str) -> str:
 
 
 def formValue(request: IRequest, name: str) -> str | None:
-    """A form (or query) parameter, the first when repeated; None when absent."""
-    values = request.args.get(name.encode())
-    if not values:
-        return None
-    return values[0].decode("utf-8", "replace")
+    """A parameter of the request's form body or query string (the body's first),
+    the first when repeated; None when absent. The site does not parse bodies
+    into `request.args` (`ProxySite`): the form, at most `FORM_MAX_BYTES`, is
+    read here once and kept on the request."""
+    fields = getattr(request, "_ccproxyForm", None)
+    if fields is None:
+        fields = {}
+        raw = request.content.read(FORM_MAX_BYTES + 1) if request.method == b"POST" else b""
+        if len(raw) > FORM_MAX_BYTES:
+            raise ProxyError(413, f"a sign-in form is at most {FORM_MAX_BYTES} bytes")
+        for source in (raw, ([*request.uri.split(b"?", 1), b""])[1]):
+            text = source.decode("utf-8", "replace")
+            try:
+                parsed = parse_qs(text, keep_blank_values=True, max_num_fields=64)
+            except ValueError:
+                raise invalidRequest("the form has too many fields") from None
+            for key, values in parsed.items():
+                fields.setdefault(key, values[0])
+        request._ccproxyForm = fields  # type: ignore[attr-defined]
+    value = fields.get(name)
+    return None if value is None else str(value)
 
 
 @frozen
