@@ -11,7 +11,9 @@ contract in setup.cfg, checked in CI):
                authenticates and writes one access event per request, the
                Messages flow (`messages`), keys (`auth`), the
                HTTP site with its body limit (`site`); a client's models,
-               limits and budgets (`admission`).
+               limits and budgets (`admission`); Claude Code's `/login`
+               and its gateway tokens (`signin`), managed settings, usage
+               and telemetry (`gateway`).
 - `relay/`     an answer streamed to the client: upstream SSE bytes (`sse`) ->
                Anthropic events -> client frames (`relay.StreamRelay`).
 - `upstream/`  talking to gateways: what to send (`plan`), attempts, retries and
@@ -22,7 +24,8 @@ contract in setup.cfg, checked in CI):
                in Redis for every process pointing at it (`shared`).
 - `ledger/`    one row per Messages request in SQLite or PostgreSQL, written in
                batches on its own thread; `/v1/usage` and `python -m ccproxy
-               usage` read it.
+               usage` read it. Sign-ins (device codes, hashed tokens) live in
+               the same database (`signin`).
 - `config/`    YAML (or the seed environment) to frozen values: upstreams,
                profiles, policies, routes, endpoint descriptions.
 - `translate/` pure Anthropic <-> OpenAI translation over dicts; no Twisted.
