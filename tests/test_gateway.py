@@ -8,9 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from attrs import evolve
+from treq.testing import StubTreq
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from ccproxy.config import Config
 from ccproxy.config.ledger import LedgerURL
@@ -209,3 +213,49 @@ def test_telemetry_is_taken_and_dropped(url: LedgerURL, signal: str) -> None:
     assert as_json.status == 200 and as_json.json() == {}
     assert h.call("POST", f"/v1/{signal}", b"{}").status == 401
     assert h.upstream.received == []
+
+
+class Collector(Resource):
+    """An OTLP/HTTP collector that records each export and, while `hold`, answers none."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[tuple[bytes, dict[bytes, list[bytes]], bytes]] = []
+        self.hold = False
+        self.waiting: list[Any] = []
+
+    def render_POST(self, request: Any) -> Any:
+        self.got.append(
+            (request.path, dict(request.requestHeaders.getAllRawHeaders()), request.content.read())
+        )
+        if self.hold:
+            self.waiting.append(request)
+            return NOT_DONE_YET
+        return b"{}"
+
+
+def test_telemetry_is_forwarded_without_the_bearer_and_bounded(url: LedgerURL) -> None:
+    h = signInHarness(
+        url, "telemetry: {forward: 'http://collector.test:4318', max_in_flight: 2, timeout: 5}"
+    )
+    collector = Collector()
+    stub = StubTreq(collector)
+    h.app.gateway.http = stub
+    tokens = signIn(h)
+    headers = {**bearer(tokens["access_token"]), "content-type": "application/x-protobuf"}
+    assert h.call("POST", "/v1/logs", b"\x0a\x02hi", headers=headers).status == 200
+    stub.flush()
+    ((path, sent, body),) = collector.got
+    assert path == b"/v1/logs" and body == b"\x0a\x02hi"
+    assert sent[b"Content-Type"] == [b"application/x-protobuf"]
+    assert b"Authorization" not in sent and b"X-Api-Key" not in sent
+    assert h.app.gateway.forwarding == 0
+    collector.hold = True
+    for _ in range(4):
+        assert h.call("POST", "/v1/traces", b"x", headers=headers).status == 200
+        stub.flush()
+    assert len(collector.got) == 3 and h.app.gateway.dropped == 2  # two held, two dropped
+    h.clock.advance(5)  # the collector never answers: each forward ends at its timeout
+    assert h.app.gateway.forwarding == 0

@@ -432,3 +432,37 @@ def tokenCLI(path: Path, *action: str, now: float) -> int:
 def test_a_hostile_form_is_a_clean_400(h: Harness) -> None:
     reply = h.call("POST", "/oauth/token", b"&".join([b"a=1"] * 100), headers=FORM)
     assert reply.status == 400
+
+
+BASE = "upstreams: {up: {url: 'http://u/v1'}}\nmodels: {'*': up}\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        (
+            "login: {access_token_lifetime: 100, refresh_token_lifetime: 10}",
+            "login.refresh_token_lifetime",
+        ),
+        ("login: {login_notice: '" + "x" * 501 + "'}", "login.login_notice"),
+        ("login: {public_url: 'ftp://x'}", "login.public_url"),
+        ("login: {poll_interval: 0}", "login.poll_interval"),
+        ("login: {nonsense: 1}", "login.nonsense"),
+        ("managed_settings: [1]", "managed_settings"),
+        ("telemetry: {forward: 'http://u:p@c/'}", "telemetry.forward"),
+        (
+            "clients: [{name: a, key: k1, unix_user: x}, {name: b, key: k2, unix_user: x}]",
+            "clients.1.unix_user",
+        ),
+        (
+            "clients: [{name: a, key: k1, managed_settings: {x: .inf}}]",
+            "clients.0.managed_settings.x",
+        ),
+    ],
+)
+def test_sign_in_config_errors_name_their_key(extra: str, path: str) -> None:
+    from ccproxy.config import Config, ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        Config.fromYAML(BASE + extra)
+    assert caught.value.path == path, str(caught.value)

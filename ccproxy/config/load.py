@@ -58,7 +58,13 @@ from ccproxy.config.schema import (
     positiveNumber,
     string,
 )
-from ccproxy.config.signin import LoginSettings, parseLogin, parseSettings
+from ccproxy.config.signin import (
+    LoginSettings,
+    TelemetrySettings,
+    parseLogin,
+    parseSettings,
+    parseTelemetry,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -396,6 +402,7 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         login=root.get("login", parseLogin, LoginSettings()),
         managedSettings=root.get("managed_settings", _managedSettings, None),
         managedDefault="managed_settings" not in root.value,
+        telemetry=root.get("telemetry", parseTelemetry, TelemetrySettings()),
         source=source,
     )
     root.finish()

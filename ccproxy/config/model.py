@@ -18,7 +18,7 @@ from ccproxy.config.periods import DAY, MONTH
 from ccproxy.config.policy import Policy
 from ccproxy.config.prices import Prices
 from ccproxy.config.routing import ModelRouter
-from ccproxy.config.signin import LoginSettings
+from ccproxy.config.signin import LoginSettings, TelemetrySettings
 from ccproxy.errors import Redactor, headerSecrets
 from ccproxy.translate.dialect import Profile
 
@@ -207,6 +207,8 @@ class Config:
     see `managedDefault`)."""
     managedDefault: bool = True
     """No `managed_settings:` was written: the default is served (`defaultSettings`)."""
+    telemetry: TelemetrySettings = field(factory=TelemetrySettings)
+    """`telemetry:`: Claude Code's OTLP exports forwarded to a collector, or dropped."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -75,6 +76,47 @@ class LoginSettings:
     scheme and `Host` each request came with."""
 
 
+TELEMETRY_IN_FLIGHT = 8
+TELEMETRY_TIMEOUT = 10.0
+
+
+@frozen
+class TelemetrySettings:
+    """`telemetry:`: where Claude Code's OTLP/HTTP exports go (None: dropped)."""
+
+    forward: str | None = None
+    """An OTLP/HTTP collector's base URL; each signal goes to `{forward}/v1/{signal}`."""
+    maxInFlight: int = TELEMETRY_IN_FLIGHT
+    """Exports being forwarded at once; past it, new ones are dropped."""
+    timeout: float = TELEMETRY_TIMEOUT
+
+
+def parseTelemetry(value: Any, path: str) -> TelemetrySettings:
+    node = Node(value, path)
+    settings = TelemetrySettings(
+        forward=node.get("forward", _collectorURL, None),
+        maxInFlight=node.get("max_in_flight", positiveInt, TELEMETRY_IN_FLIGHT),
+        timeout=node.get("timeout", positiveNumber, TELEMETRY_TIMEOUT),
+    )
+    node.finish()
+    return settings
+
+
+def _collectorURL(value: Any, path: str) -> str:
+    return baseURL(value, path).removesuffix("/v1")
+
+
+def baseURL(value: Any, path: str) -> str:
+    """An http(s) URL with no query and no credentials, without a trailing slash."""
+    url = string(value, path).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(path, "must be an http(s) URL without a query (https://gw.example.com)")
+    if "@" in parts.netloc:
+        raise ConfigError(path, "holds credentials (user:pass@): not supported")
+    return url
+
+
 def parseLogin(value: Any, path: str) -> LoginSettings:
     """`login:`: off, or a mapping of the settings above."""
     if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
@@ -98,7 +140,7 @@ def parseLogin(value: Any, path: str) -> LoginSettings:
         pageAttemptsPerMinute=node.get(
             "page_attempts_per_minute", positiveInt, default.pageAttemptsPerMinute
         ),
-        publicURL=node.get("public_url", _publicURL, None),
+        publicURL=node.get("public_url", baseURL, None),
     )
     node.finish()
     if settings.refreshTokenSeconds < settings.accessTokenSeconds:
@@ -107,14 +149,6 @@ def parseLogin(value: Any, path: str) -> LoginSettings:
         # Absolute now: twistd changes directory when it daemonizes.
         return evolve(settings, approveSocket=os.path.abspath(settings.approveSocket))
     return settings
-
-
-def _publicURL(value: Any, path: str) -> str:
-    url = string(value, path).strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
-        raise ConfigError(path, "must be an http(s) URL without a query (https://gw.example.com)")
-    return url
 
 
 def _notice(value: Any, path: str) -> str:
@@ -142,8 +176,8 @@ def _checkJSON(value: Any, path: str) -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _checkJSON(item, f"{path}.{i}")
-    elif isinstance(value, float) and value != value:
-        raise ConfigError(path, "NaN cannot be written in JSON")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(path, "infinity and NaN cannot be written in JSON")
     elif value is not None and not isinstance(value, str | int | float | bool):
         raise ConfigError(path, f"a {type(value).__name__} cannot be written in JSON")
 

@@ -103,7 +103,13 @@ def buildService(
     # Nothing is opened here: the ledger's thread and database start with the service.
     if ledger is None and config.ledger is not None:
         ledger = SQLLedger.at(config.ledger, reactor)
-    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor, ledger=ledger)
+    app = ProxyApp(
+        config=config,
+        dispatcher=dispatcher,
+        clock=reactor,
+        ledger=ledger,
+        http=httpWithTimeout(Policy().connectTimeout),
+    )
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     http = listenService(config.listen, config.reusePort, site, reactor)
 

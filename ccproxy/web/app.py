@@ -131,6 +131,8 @@ class ProxyApp:
     """Where each Messages request leaves its row, `/v1/usage` reads and budgets read
     what a client already spent (None: `ledger: off`, and usage is counted in this
     process, budgets from the start)."""
+    http: Any = None
+    """Outbound HTTP beside the upstreams' (a treq `HTTPClient`): telemetry forwarding."""
     usage: UsageBook = field(init=False)
     accessLog: AccessLog = field(init=False)
     messagesAPI: MessagesAPI = field(init=False)
@@ -157,7 +159,7 @@ class ProxyApp:
         self.signIn = SignIn(
             SignInStore(self.ledger) if isinstance(self.ledger, SQLLedger) else None, self.clock
         )
-        self.gateway = Gateway(self.clock, self.ledger)
+        self.gateway = Gateway(self.clock, self.ledger, self.http)
         self.metrics.generation.set(self.generation)
         self.metrics.watchBreakers(
             lambda: [(name, h.breaker) for name, h in self._health().items()]
@@ -381,7 +383,7 @@ class ProxyApp:
     @router.route("/v1/<any(metrics,logs,traces):signal>", methods=["POST"])
     @api("telemetry")
     def telemetry(self, call: Call, signal: str) -> bytes:
-        """Claude Code's OTLP/HTTP telemetry: taken and dropped (200)."""
+        """Claude Code's OTLP/HTTP telemetry: 200, forwarded to a collector or dropped."""
         return self.gateway.telemetry(call, signal)
 
     # -- serving an API request -----------------------------------------------------

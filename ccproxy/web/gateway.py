@@ -1,7 +1,7 @@
 """What a signed-in Claude Code reads from its gateway beside Messages: its
 managed settings (`/managed/settings`), its standing against its budget in
 cents and percents (`/api/oauth/usage`), and where its telemetry goes
-(`/v1/metrics`, `/v1/logs`, `/v1/traces`: taken and dropped).
+(`/v1/metrics`, `/v1/logs`, `/v1/traces`: forwarded to a collector, or dropped).
 
 The usage answer describes the same budget window as the usage-limit headers
 on each Messages answer (`ccproxy.web.admission.Standing.headers`: the fullest
@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
+import treq
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ccproxy.config.periods import MONTH, periodStart, weekStart
-from ccproxy.config.signin import settingsChecksum, settingsFor
+from ccproxy.config.signin import TelemetrySettings, settingsChecksum, settingsFor
 from ccproxy.errors import ProxyError
 from ccproxy.ledger.model import Ledger
 from ccproxy.ledger.store import LedgerUnavailable
@@ -56,6 +58,14 @@ def isoInstant(moment: float) -> str:
 class Gateway:
     clock: IReactorTime
     ledger: Ledger | None = None
+    http: Any = None
+    """A treq `HTTPClient` for forwarding telemetry (`telemetry.forward`); None: dropped."""
+    forwarding: int = 0
+    """Telemetry exports being forwarded now."""
+    dropped: int = 0
+    """Exports dropped because `telemetry.max_in_flight` were being forwarded."""
+
+    log: ClassVar[Logger] = Logger()
 
     # -- managed settings ----------------------------------------------------------
 
@@ -125,18 +135,53 @@ class Gateway:
 
     def telemetry(self, call: Call, signal: str) -> bytes:
         """OTLP/HTTP export, answered as a collector would (an empty
-        `Export…ServiceResponse`, in the request's encoding) and dropped."""
+        `Export…ServiceResponse`, in the request's encoding): forwarded to
+        `telemetry.forward` (without the caller's bearer), or dropped."""
         request = call.request
-        request.content.read()  # bounded by the site's max_body_bytes
+        body = request.content.read()  # bounded by the site's max_body_bytes
         releaseBody(call)
         call.record.status = 200
-        kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        contentType = request.getHeader(b"content-type") or b"application/x-protobuf"
+        settings = call.config.telemetry
+        if settings.forward is not None and self.http is not None:
+            self._forward(settings, signal, body, contentType)
+        kind = contentType.split(b";")[0].strip().lower()
         if kind == PROTOBUF:
             request.setHeader(b"content-type", PROTOBUF)
             request.setHeader(b"content-length", b"0")
             return b""
         request.setHeader(b"content-type", JSON)
         return b"{}"
+
+    def _forward(
+        self, settings: TelemetrySettings, signal: str, body: bytes, contentType: bytes
+    ) -> None:
+        """Post the export to the collector, at most `max_in_flight` at once (more
+        are dropped, counted), each within `timeout`; the client has its 200."""
+        if self.forwarding >= settings.maxInFlight:
+            if self.dropped == 0:
+                self.log.warn(
+                    "telemetry: {bound} exports are being forwarded; more are dropped",
+                    bound=settings.maxInFlight,
+                )
+            self.dropped += 1
+            return
+        self.forwarding += 1
+        url = f"{settings.forward}/v1/{signal}"
+        d = self.http.post(url, data=body, headers={b"content-type": [contentType]})
+        d.addCallback(treq.content)  # read to the end: the connection goes back to the pool
+        d.addTimeout(settings.timeout, self.clock)
+        d.addErrback(
+            lambda failure: self.log.warn(
+                "telemetry: forwarding to {url} failed: {why}",
+                url=url,
+                why=failure.getErrorMessage(),
+            )
+        )
+        d.addBoth(self._forwarded)
+
+    def _forwarded(self, _: object) -> None:
+        self.forwarding -= 1
 
 
 def _percent(window: Window, used: Used) -> int:
