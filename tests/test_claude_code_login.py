@@ -10,8 +10,8 @@ the VS Code extension uses), which this test does: it accepts the gateway URL
 and the loopback "certificate" (http on loopback has none), reads the user code
 off the polling state, and approves it with `python -m ccproxy approve CODE` from
 another process, as the user on the jump host would (their Unix account is the
-client's `unix_user`). The interactive `/login` under tmux was run by hand on the
-same setup (see the README).
+client's `unix_user`). The interactive `/login`, typed into a tmux terminal, is
+the test at the end.
 
 Then `claude -p` runs a prompt through the gateway token (the access log names
 the client, not a key), takes the managed settings (their
@@ -27,8 +27,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,14 +156,9 @@ def runSignedIn(claude: Path, home: Path, workspace: Path, prompt: str) -> list[
     return events
 
 
-def accessLines(processes: Processes, path: str) -> list[str]:
-    return [line for line in processes.proxyLog.read_text().splitlines() if f" {path} " in line]
-
-
-@pytest.mark.claude_code
-def test_claude_code_signs_in_with_login_and_works_through_the_gateway_token(
-    processes: Processes, tmp_path: Path
-) -> None:
+def gatewaySetup(processes: Processes, tmp_path: Path) -> tuple[Path, Path, Path, str]:
+    """Claude Code, a workspace with notes.txt, a HOME whose settings name the
+    gateway, ccproxy before the scripted upstream: (claude, workspace, home, URL)."""
     claude = installClaudeCode()
     workspace, home = tmp_path / "workspace", tmp_path / "home"
     workspace.mkdir()
@@ -174,6 +171,18 @@ def test_claude_code_signs_in_with_login_and_works_through_the_gateway_token(
     (home / ".claude" / "settings.json").write_text(
         json.dumps({"forceLoginMethod": "gateway", "forceLoginGatewayUrl": gateway})
     )
+    return claude, workspace, home, gateway
+
+
+def accessLines(processes: Processes, path: str) -> list[str]:
+    return [line for line in processes.proxyLog.read_text().splitlines() if f" {path} " in line]
+
+
+@pytest.mark.claude_code
+def test_claude_code_signs_in_with_login_and_works_through_the_gateway_token(
+    processes: Processes, tmp_path: Path
+) -> None:
+    claude, workspace, home, gateway = gatewaySetup(processes, tmp_path)
 
     def explain(what: str, more: Any = "") -> str:
         return f"{what}\n{more}\n--- ccproxy log\n{tail(processes.proxyLog)}"
@@ -218,3 +227,105 @@ def test_claude_code_signs_in_with_login_and_works_through_the_gateway_token(
     )
     log = processes.proxyLog.read_text()
     assert "ccpx_at_" not in log and "ccpx_rt_" not in log  # no token in the log
+
+
+# -- the interactive /login, under tmux ---------------------------------------------------
+
+
+class Screen:
+    """A terminal of tmux's own running one command; read as text, typed into."""
+
+    def __init__(self, tmux: str, socket: str, command: str) -> None:
+        self.tmux, self.socket = tmux, socket
+        self.run("new-session", "-d", "-s", "cc", "-x", "160", "-y", "50", command)
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.tmux, "-L", self.socket, *args], capture_output=True, text=True, timeout=30
+        )
+        return done.stdout
+
+    def text(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "cc")
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            self.run("send-keys", "-t", "cc", key)
+            time.sleep(1.0)  # a TUI reads keys typed at once as one paste
+
+    def waitFor(self, text: str, seconds: float = 30) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            screen = self.text()
+            if text in screen:
+                return screen
+            time.sleep(0.5)
+        raise AssertionError(f"{text!r} never showed; the screen:\n{self.text()}")
+
+    def close(self) -> None:
+        self.run("kill-server")
+
+
+@pytest.mark.claude_code
+def test_interactive_login_under_tmux(processes: Processes, tmp_path: Path) -> None:
+    """`/login` in the TUI, keys typed into a tmux terminal (about 12 s)."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        missing = "tmux is not installed (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)  # in CI, a skip would hide a missing install step
+        pytest.skip(missing)
+    claude, workspace, home, gateway = gatewaySetup(processes, tmp_path)
+    (home / ".claude.json").write_text(
+        json.dumps(
+            {
+                "hasCompletedOnboarding": True,
+                "theme": "dark",
+                "projects": {str(workspace): {"hasTrustDialogAccepted": True}},
+            }
+        )
+    )
+    env = " ".join(
+        f"{k}={v}"
+        for k, v in minimalEnv(home, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1").items()
+    )
+    screen = Screen(
+        tmux,
+        f"ccproxy-{os.getpid()}",
+        f"cd {workspace} && env -i {env} TERM=xterm-256color {claude}; sleep 60",
+    )
+    try:
+        screen.waitFor("\u276f")  # the prompt
+        screen.keys("/login", "Enter")
+        assert gateway in screen.waitFor("Enter to connect")
+        screen.keys("Enter")
+        screen.waitFor("Yes, trust this gateway")
+        screen.keys("Up", "Enter")
+        shown = screen.waitFor("Code:")
+        assert "ccproxy on this jump host" in shown  # login_notice
+        code = shown.split("Code:", 1)[1].split()[0]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ccproxy",
+                "approve",
+                code,
+                "--socket",
+                str(tmp_path / "approve.sock"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=checkoutEnvironment(),
+        )
+        assert done.returncode == 0, done.stderr
+        screen.waitFor("Connected to Cloud gateway")
+        screen.keys("Enter")
+        screen.waitFor("Cloud gateway", 20)
+        screen.keys("Read notes.txt and tell me the word.", "Enter")
+        screen.waitFor("SCRIPTED-END", 30)
+    finally:
+        screen.close()
+    messages = accessLines(processes, "/v1/messages")
+    assert messages and all("jump-host-user POST" in line for line in messages)

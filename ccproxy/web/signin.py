@@ -192,7 +192,7 @@ def noStore(request: IRequest) -> None:
     request.setHeader(b"pragma", b"no-cache")
 
 
-def baseURL(request: IRequest, config: Config) -> str:
+def gatewayURL(request: IRequest, config: Config) -> str:
     """Where the client reached us: `login.public_url`, else the scheme and the
     `Host` it sent (a malformed one: the address it connected to)."""
     if config.login.publicURL:
@@ -271,7 +271,7 @@ class SignIn:
     def metadata(self, request: IRequest, config: Config) -> bytes:
         """RFC 8414 authorization server metadata (no `authorization_endpoint`)."""
         self._require(config)
-        base = baseURL(request, config)
+        base = gatewayURL(request, config)
         return jsonReply(
             request,
             {
@@ -314,7 +314,7 @@ class SignIn:
                 break
         else:
             return self._unavailable(call, LedgerUnavailable("no free user code"))
-        base = baseURL(request, config)
+        base = gatewayURL(request, config)
         answer: dict[str, Any] = {
             "device_code": deviceCode,
             "user_code": userCode,
