@@ -466,3 +466,12 @@ def test_sign_in_config_errors_name_their_key(extra: str, path: str) -> None:
     with pytest.raises(ConfigError) as caught:
         Config.fromYAML(BASE + extra)
     assert caught.value.path == path, str(caught.value)
+
+
+def test_sign_ins_started_per_address_are_bounded(h: Harness) -> None:
+    codes = [form(h, "/oauth/device_authorization", {}).status for _ in range(21)]
+    assert codes == [200] * 20 + [429]
+    refused = form(h, "/oauth/device_authorization", {})
+    assert refused.json()["error"] == "slow_down" and refused.headers["retry-after"] == "60"
+    h.clock.advance(60)
+    assert form(h, "/oauth/device_authorization", {}).status == 200

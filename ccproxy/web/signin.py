@@ -60,6 +60,8 @@ CACHE_ENTRIES = 10_000
 NEGATIVE_SECONDS = 5.0
 """How long a token found unknown, revoked or expired is refused without asking
 the database again (a client retrying with a dead token costs one lookup)."""
+DEVICE_CODES_PER_MINUTE = 20
+"""Sign-ins one address may start per minute: each is a row in the database."""
 PAGE_ADDRESSES = 10_000
 """Addresses whose verification-page attempts are remembered (oldest forgotten)."""
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -180,6 +182,11 @@ class PageLimiter:
         return True
 
 
+def addressOf(request: IRequest) -> str:
+    """The peer's address, what the per-address limits count by."""
+    return str(getattr(request.getClientAddress(), "host", "?"))
+
+
 def oauthError(request: IRequest, status: int, error: str, description: str) -> bytes:
     """An RFC 6749 §5.2 error answer."""
     request.setResponseCode(status)
@@ -214,6 +221,8 @@ class SignIn:
     clock: IReactorTime
     cache: TokenCache = field(factory=TokenCache)
     limiter: PageLimiter | None = None
+    starts: PageLimiter = field(factory=lambda: PageLimiter(DEVICE_CODES_PER_MINUTE))
+    """Sign-ins started per address (`/oauth/device_authorization`)."""
 
     log: ClassVar[Logger] = Logger()
 
@@ -295,6 +304,11 @@ class SignIn:
         store = self._require(config)
         surface = (formValue(request, "surface") or "")[:64] or None
         now = self.clock.seconds()
+        if not self.starts.allow(addressOf(request), now):
+            request.setHeader(b"retry-after", b"60")
+            return self._refuse(
+                call, 429, "slow_down", "too many sign-ins started from this address"
+            )
         login = config.login
         deviceCode = DEVICE_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
         for _ in range(5):
@@ -509,8 +523,7 @@ class SignIn:
         limiter = self.limiter
         if limiter is None or limiter.perMinute != config.login.pageAttemptsPerMinute:
             limiter = self.limiter = PageLimiter(config.login.pageAttemptsPerMinute)
-        address = getattr(request.getClientAddress(), "host", "?")
-        if not limiter.allow(address, self.clock.seconds()):
+        if not limiter.allow(addressOf(request), self.clock.seconds()):
             request.setHeader(b"retry-after", b"60")
             return self._render(request, 429, code, "Too many attempts: wait a minute.")
         key = formValue(request, "key") or ""
