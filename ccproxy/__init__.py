@@ -12,7 +12,9 @@ contract in setup.cfg, checked in CI):
                Messages flow (`messages`), keys (`auth`), the
                HTTP site with its body limit (`site`); a client's models,
                limits and budgets (`admission`); the live status page for
-               admins (`status`: its view model, HTML and sessions).
+               admins (`status`: its view model, HTML and sessions); Claude
+               Code's `/login` and its gateway tokens (`signin`), managed
+               settings, usage and telemetry (`gateway`).
 - `relay/`     an answer streamed to the client: upstream SSE bytes (`sse`) ->
                Anthropic events -> client frames (`relay.StreamRelay`); an
                `api: messages` upstream's frames go on as they came.
@@ -25,7 +27,8 @@ contract in setup.cfg, checked in CI):
                in Redis for every process pointing at it (`shared`).
 - `ledger/`    one row per Messages request in SQLite or PostgreSQL, written in
                batches on its own thread; `/v1/usage` and `python -m ccproxy
-               usage` read it.
+               usage` read it. Sign-ins (device codes, hashed tokens) live in
+               the same database (`signin`).
 - `config/`    YAML (or the seed environment) to frozen values: upstreams,
                profiles, policies, routes, endpoint descriptions.
 - `translate/` pure Anthropic <-> OpenAI translation over dicts (chat/completions,

@@ -6,9 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ccproxy.daemon import approve
 from ccproxy.doctor import cli as doctor
 from ccproxy.doctor import route
 from ccproxy.ledger import cli as usage
+from ccproxy.ledger import signincli as tokens
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doctor.addParser(subparsers)
     usage.addParser(subparsers)
     route.addParser(subparsers)
+    tokens.addParser(subparsers)
+    approve.addParser(subparsers)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -311,13 +311,16 @@ def test_config_values() -> None:
 
 
 def test_the_example_config_shows_a_budget_that_loads() -> None:
-    """etc/ccproxy.yaml's commented clients and state blocks, uncommented, load."""
+    """etc/ccproxy.yaml's commented clients, login, managed_settings and state
+    blocks, uncommented, load."""
     path = Path(__file__).parent.parent / "etc" / "ccproxy.yaml"
     lines = path.read_text().splitlines()
     start = lines.index("# clients:")
     end = lines.index('#   redis: "redis://:${REDIS_PASSWORD}@10.0.0.5:6379/0"')
     block = [  # the YAML, not the prose around it
-        line[2:] if line[2:].startswith((" ", "clients:", "state:")) else line
+        line[2:]
+        if line[2:].startswith((" ", "clients:", "state:", "login:", "managed_settings:"))
+        else line
         for line in lines[start : end + 1]
     ]
     text = "\n".join([*lines[:start], *block, *lines[end + 1 :]])
@@ -326,6 +329,13 @@ def test_the_example_config_shows_a_budget_that_loads() -> None:
     assert alice.budget is not None and alice.budget.tokensPerDay == 2_000_000
     assert alice.models == ("claude-haiku-*", "claude-sonnet-*")
     assert config.redis is not None and config.redis.host == "10.0.0.5"
+    assert alice.unixUser == "alice" and alice.managedSettings is not None
+    assert config.login.accessTokenSeconds == 28800
+    assert config.login.approveSocket == "/run/ccproxy/approve.sock"
+    assert config.managedSettings == {
+        "env": {"CLAUDE_CODE_GATEWAY_HINT_HEADERS": "1"},
+        "permissions": {"deny": ["Bash(curl:*)"]},
+    }
 
 
 def test_without_state_the_backend_is_always_up() -> None:

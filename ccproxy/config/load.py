@@ -58,6 +58,13 @@ from ccproxy.config.schema import (
     positiveNumber,
     string,
 )
+from ccproxy.config.signin import (
+    LoginSettings,
+    TelemetrySettings,
+    parseLogin,
+    parseSettings,
+    parseTelemetry,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -156,6 +163,8 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
             requestsPerMinute=node.get("requests_per_minute", positiveInt, None),
             budget=node.get("budget", _parseBudget, None),
             models=node.get("models", _modelGlobs, None),
+            unixUser=node.get("unix_user", string, None),
+            managedSettings=node.get("managed_settings", parseSettings, None),
         )
         node.finish()
         if not client.key:
@@ -164,6 +173,10 @@ def _parseClients(value: Any, path: str) -> tuple[Client, ...]:
             raise ConfigError(node.at("name"), f"client {client.name!r} is listed twice")
         if any(c.key == client.key for c in clients):
             raise ConfigError(node.at("key"), "two clients share the same key")
+        if client.unixUser is not None and any(c.unixUser == client.unixUser for c in clients):
+            raise ConfigError(
+                node.at("unix_user"), f"Unix user {client.unixUser!r} is named by two clients"
+            )
         clients.append(client)
     return tuple(clients)
 
@@ -340,6 +353,13 @@ def _parseTarget(item: Any, path: str) -> Target:
     return Target.parse(text, contextWindow)
 
 
+def _managedSettings(value: Any, path: str) -> Any:
+    """`managed_settings:` a mapping, or off (no base: only clients' own)."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    return parseSettings(value, path)
+
+
 def _metricsAuth(value: Any, path: str) -> str:
     text = string(value, path)
     if text not in ("admin", "none"):
@@ -459,6 +479,10 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         prices=parsePrices(root),
         redis=root.get("state", _parseState, None),
         ledger=root.get("ledger", parseLedger, defaultLedger()),
+        login=root.get("login", parseLogin, LoginSettings()),
+        managedSettings=root.get("managed_settings", _managedSettings, None),
+        managedDefault="managed_settings" not in root.value,
+        telemetry=root.get("telemetry", parseTelemetry, TelemetrySettings()),
         source=source,
     )
     root.finish()

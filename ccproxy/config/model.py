@@ -18,6 +18,7 @@ from ccproxy.config.periods import DAY, MONTH
 from ccproxy.config.policy import Policy
 from ccproxy.config.prices import Prices
 from ccproxy.config.routing import ModelRouter
+from ccproxy.config.signin import LoginSettings, TelemetrySettings
 from ccproxy.errors import Redactor, headerSecrets
 from ccproxy.translate.dialect import Profile
 
@@ -98,6 +99,10 @@ class Client:
     budget: Budget | None = None
     models: tuple[str, ...] | None = None
     """Globs of the model names it may ask for (None: every route)."""
+    unixUser: str | None = None
+    """The Unix account that signs in as this client with `python -m ccproxy approve`."""
+    managedSettings: Mapping[str, Any] | None = field(default=None, eq=False)
+    """Its own managed settings, merged over `managed_settings:`."""
     digest: bytes = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -215,6 +220,15 @@ class Config:
     Redis by every process pointing at it (None: kept in this process)."""
     ledger: LedgerURL | None = field(factory=defaultLedger)
     """Where each request's row is kept (`ledger:`; None: `off`)."""
+    login: LoginSettings = field(factory=LoginSettings)
+    """`/login`: device sign-in, tokens kept in the ledger's database."""
+    managedSettings: Mapping[str, Any] | None = field(default=None, eq=False)
+    """`managed_settings:` for every signed-in client (None: `off`, or absent:
+    see `managedDefault`)."""
+    managedDefault: bool = True
+    """No `managed_settings:` was written: the default is served (`defaultSettings`)."""
+    telemetry: TelemetrySettings = field(factory=TelemetrySettings)
+    """`telemetry:`: Claude Code's OTLP exports forwarded to a collector, or dropped."""
     source: str | None = None
     literalSecrets: tuple[str, ...] = ()
     """Key paths holding a secret written in the file (not `${VAR}`): warned about."""
@@ -223,6 +237,15 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "redactor", Redactor.of(self.secrets()))
+
+    @property
+    def signIn(self) -> bool:
+        """Whether `/login` is served: it needs clients to sign in as, and the
+        ledger's database to keep tokens in."""
+        return self.login.enabled and bool(self.clients) and self.ledger is not None
+
+    def clientNamed(self, name: str) -> Client | None:
+        return next((c for c in self.clients if c.name == name), None)
 
     def secrets(self) -> Iterator[str | None]:
         """Every secret this config holds; a new kind of key or token goes here too."""

@@ -24,6 +24,12 @@ def periodStart(now: float, period: str) -> float:
     return start.timestamp()
 
 
+def weekStart(now: float) -> float:
+    """Unix seconds of the Monday 00:00 UTC that began the week holding `now`."""
+    day = datetime.fromtimestamp(periodStart(now, DAY), UTC)
+    return (day - timedelta(days=day.weekday())).timestamp()
+
+
 def periodEnd(now: float, period: str) -> float:
     """Unix seconds at which the `period` holding `now` ends (the next one begins)."""
     start = datetime.fromtimestamp(periodStart(now, period), UTC)

@@ -203,6 +203,12 @@ class ProxyService(MultiService):
                 url=str(self.app.config.ledger or "off"),
             )
             config = evolve(config, ledger=self.app.config.ledger)
+        if config.login.approveSocket != self.app.config.login.approveSocket:
+            self.log.warn(
+                "login.approve_socket changed in {path}: the daemon keeps the socket it "
+                "started with until it is restarted",
+                path=self.configPath,
+            )
         if config.log != self.app.config.log:
             self.log.warn(
                 "log settings changed in {path}: the daemon keeps logging as it started "

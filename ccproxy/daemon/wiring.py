@@ -20,6 +20,7 @@ from twisted.web.client import Agent
 
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
+from ccproxy.daemon.approve import approveService
 from ccproxy.daemon.listen import connectionCap, listenService
 from ccproxy.daemon.logs import (
     fileObserver,
@@ -102,12 +103,18 @@ def buildService(
     # Nothing is opened here: the ledger's thread and database start with the service.
     if ledger is None and config.ledger is not None:
         ledger = SQLLedger.at(config.ledger, reactor)
-    app = ProxyApp(config=config, dispatcher=dispatcher, clock=reactor, ledger=ledger)
+    app = ProxyApp(
+        config=config,
+        dispatcher=dispatcher,
+        clock=reactor,
+        ledger=ledger,
+        http=httpWithTimeout(Policy().connectTimeout),
+    )
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     http = listenService(config.listen, config.reusePort, site, reactor)
 
     logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
-    return ProxyService(
+    service = ProxyService(
         app,
         pool,
         http,
@@ -121,6 +128,10 @@ def buildService(
         panels=panels,
         startupWarnings=startupWarnings,
     )
+    if config.login.approveSocket is not None and app.signIn.serving(config):
+        # `python -m ccproxy approve CODE`: the kernel names the local user.
+        approveService(app, reactor, config.login.approveSocket).setServiceParent(service)
+    return service
 
 
 def stateFor(config: Config, reactor: Any) -> State:

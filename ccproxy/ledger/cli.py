@@ -29,13 +29,13 @@ counts: 0 tokens (input + output + cache-write), 1 cost."""
 
 def addParser(subparsers: Any) -> None:
     """The `usage` subcommand's options."""
-    parser = subparsers.add_parser(
+    parser = commandParser(
+        subparsers,
         "usage",
-        help="tokens, requests and cost per client, model or day, from the ledger",
-        description="Read the ledger the config names (ledger:) and print the totals of a"
+        "tokens, requests and cost per client, model or day, from the ledger",
+        "Read the ledger the config names (ledger:) and print the totals of a"
         " period, in UTC: by default the current month.",
     )
-    parser.add_argument("--config", metavar="PATH", required=True, help="the daemon's YAML config")
     parser.add_argument(
         "--since", metavar="DATE", help="ISO date or datetime (default: this month's 1st)"
     )
@@ -52,12 +52,9 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, now: float | None 
     cannot be read."""
     out = sys.stdout if out is None else out
     moment = time.time() if now is None else now
-    try:
-        config = Config.fromPath(args.config)
-    except ConfigError as e:
-        return _fail(f"{args.config}: {e}", 2)
-    if config.ledger is None:
-        return _fail(f"{args.config}: ledger is off: there is nothing to read", 2)
+    config = readConfig(args.config, "usage", "there is nothing to read")
+    if isinstance(config, int):
+        return config
     try:
         since = periodStart(moment, MONTH) if args.since is None else parseMoment(args.since)
         until = None if args.until is None else parseMoment(args.until, endOfDay=True)
@@ -99,6 +96,28 @@ def _budgets(database: Database, config: Config, now: float) -> dict[str, list[B
     return found
 
 
-def _fail(message: str, status: int) -> int:
-    print(f"ccproxy usage: {message}", file=sys.stderr)
+def commandParser(subparsers: Any, name: str, help: str, description: str) -> Any:
+    """A subcommand that reads the daemon's config (`--config PATH`)."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.add_argument("--config", metavar="PATH", required=True, help="the daemon's YAML config")
+    return parser
+
+
+def readConfig(path: str, command: str, whyLedger: str) -> Config | int:
+    """The config at `path` with a ledger, or the exit status (2) once said why not."""
+    try:
+        config = Config.fromPath(path)
+    except ConfigError as e:
+        return fail(command, f"{path}: {e}", 2)
+    if config.ledger is None:
+        return fail(command, f"{path}: ledger is off: {whyLedger}", 2)
+    return config
+
+
+def fail(command: str, message: str, status: int) -> int:
+    print(f"ccproxy {command}: {message}", file=sys.stderr)
     return status
+
+
+def _fail(message: str, status: int) -> int:
+    return fail("usage", message, status)

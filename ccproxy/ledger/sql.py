@@ -22,10 +22,13 @@ from attrs import frozen
 from ccproxy.config.ledger import POSTGRESQL, SQLITE, LedgerURL
 from ccproxy.ledger.model import Group, Row, Tally, Usage, gather
 
-SCHEMA_VERSION = 1
-"""The version this release writes; a later release migrates from the one it finds."""
+SCHEMA_VERSION = 2
+"""The version this release writes; a later release migrates from the one it finds.
+2: the sign-in tables (`ccproxy.ledger.signin`)."""
 TABLE = "ccproxy_ledger"
 VERSION_TABLE = "ccproxy_schema"
+TOKENS_TABLE = "ccproxy_tokens"
+DEVICE_TABLE = "ccproxy_device_codes"
 _ADVISORY_LOCK = 0x63637078  # "ccpx": two daemons starting at once make the schema once
 _DAY = 86400
 
@@ -194,7 +197,13 @@ class Database:
             cursor.execute(f"SELECT max(version) FROM {VERSION_TABLE}")
             found = cursor.fetchone()[0]
             if found is None:
-                for statement in self._schema():
+                for statement in self._schema() + self._signInSchema():
+                    cursor.execute(statement)
+                cursor.execute(
+                    f"INSERT INTO {VERSION_TABLE} (version) VALUES ({d.param})", (SCHEMA_VERSION,)
+                )
+            elif found < SCHEMA_VERSION:  # 1 -> 2: the sign-in tables
+                for statement in self._signInSchema():
                     cursor.execute(statement)
                 cursor.execute(
                     f"INSERT INTO {VERSION_TABLE} (version) VALUES ({d.param})", (SCHEMA_VERSION,)
@@ -204,7 +213,6 @@ class Database:
                     f"the ledger's schema is version {found}, made by a newer ccproxy "
                     f"(this one knows version {SCHEMA_VERSION}): upgrade this ccproxy"
                 )
-            # found < SCHEMA_VERSION: a later release migrates here, step by step.
 
     def _checkSchema(self, connection: Any) -> None:
         """What a reader checks: a schema is there, of a version it can read."""
@@ -247,6 +255,41 @@ class Database:
             f"CREATE INDEX {TABLE}_started ON {TABLE} (started)",
             f"CREATE INDEX {TABLE}_client_started ON {TABLE} (client, started)",
         ]
+
+    def _signInSchema(self) -> list[str]:
+        """Tokens (by the SHA-256 of their value: the value itself is never kept)
+        and device codes, shared by every process and host using this database."""
+        d = self.dialect
+        return [
+            f"""CREATE TABLE {TOKENS_TABLE} (
+                digest TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                client TEXT NOT NULL,
+                family TEXT NOT NULL,
+                surface TEXT,
+                issued {d.real} NOT NULL,
+                expires {d.real} NOT NULL,
+                revoked {d.real}
+            )""",
+            f"CREATE INDEX {TOKENS_TABLE}_family ON {TOKENS_TABLE} (family)",
+            f"CREATE INDEX {TOKENS_TABLE}_client ON {TOKENS_TABLE} (client)",
+            f"""CREATE TABLE {DEVICE_TABLE} (
+                digest TEXT PRIMARY KEY,
+                user_code TEXT NOT NULL UNIQUE,
+                surface TEXT,
+                issued {d.real} NOT NULL,
+                expires {d.real} NOT NULL,
+                last_poll {d.real},
+                client TEXT,
+                state TEXT NOT NULL
+            )""",
+        ]
+
+    @contextmanager
+    def using(self) -> Iterator[Any]:
+        """The connection, for the other modules' SQL (`ccproxy.ledger.signin`)."""
+        with self._using() as connection:
+            yield connection
 
     def write(self, rows: Sequence[Row]) -> int:
         """Store `rows` in one transaction (a row already there is kept: a batch

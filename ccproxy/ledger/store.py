@@ -270,6 +270,11 @@ class SQLLedger:
             tuple(sorted(set(stored.unpriced) | {m for m in unpriced if m is not None})),
         )
 
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the ledger's thread, as a read is (`_read`): for the
+        sign-in tables (`ccproxy.ledger.signin`), which share the database."""
+        return await self._read(fn, *args)
+
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` on the ledger's thread (after the writes before it), within
         `readSeconds`; `LedgerUnavailable` if the database does not answer."""

@@ -32,6 +32,7 @@ from ccproxy.config.model import Config, keyDigest
 from ccproxy.config.periods import MONTH, isoMoment, parseMoment, periodStart
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.ledger.model import Ledger
+from ccproxy.ledger.signin import SignInStore
 from ccproxy.ledger.store import LedgerUnavailable, SQLLedger
 from ccproxy.observe.accesslog import AccessLog, AccessRecord
 from ccproxy.observe.metrics import Metrics
@@ -51,7 +52,9 @@ from ccproxy.web.call import (
     redactFor,
     requestId,
 )
+from ccproxy.web.gateway import Gateway
 from ccproxy.web.messages import MessagesAPI
+from ccproxy.web.signin import SignIn
 from ccproxy.web.status.page import StatusPage
 
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -63,15 +66,18 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def api(endpoint: str, admin: bool = False) -> Callable[[Handler], Handler]:
+def api(endpoint: str, admin: bool = False, public: bool = False) -> Callable[[Handler], Handler]:
     """Make a method an API route handler taking a `Call`: the caller is
-    authenticated first (the admin's key only, with `admin`), and the request is
-    served by `ProxyApp.serve` (access record, `max_duration`, error envelope)."""
+    authenticated first (the admin's key only, with `admin`; nobody, with
+    `public`: the sign-in endpoints), and the request is served by
+    `ProxyApp.serve` (access record, `max_duration`, error envelope)."""
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         def route(self: ProxyApp, request: IRequest, **kwargs: Any) -> Awaitable[bytes | None]:
-            return self.serve(request, endpoint, admin, lambda call: handler(self, call, **kwargs))
+            return self.serve(
+                request, endpoint, admin, lambda call: handler(self, call, **kwargs), public
+            )
 
         return route  # type: ignore[return-value]
 
@@ -127,11 +133,16 @@ class ProxyApp:
     """Where each Messages request leaves its row, `/v1/usage` reads and budgets read
     what a client already spent (None: `ledger: off`, and usage is counted in this
     process, budgets from the start)."""
+    http: Any = None
+    """Outbound HTTP beside the upstreams' (a treq `HTTPClient`): telemetry forwarding."""
     usage: UsageBook = field(init=False)
     accessLog: AccessLog = field(init=False)
     messagesAPI: MessagesAPI = field(init=False)
     status: StatusPage = field(init=False)
     """`/status`, the live page for the person who runs the daemon."""
+    signIn: SignIn = field(init=False)
+    """`/login`'s endpoints and gateway tokens (`ccproxy.web.signin`)."""
+    gateway: Gateway = field(init=False)
     generation: int = 1
     inFlight: int = 0
     _idle: list[Deferred[None]] = field(factory=list)
@@ -149,6 +160,10 @@ class ProxyApp:
             Admission(state, self.clock, self.ledger),
             self.dispatcher.offload,
         )
+        self.signIn = SignIn(
+            SignInStore(self.ledger) if isinstance(self.ledger, SQLLedger) else None, self.clock
+        )
+        self.gateway = Gateway(self.clock, self.ledger, self.http)
         self.metrics.generation.set(self.generation)
         self.metrics.watchBreakers(
             lambda: [(name, h.breaker) for name, h in self._health().items()]
@@ -165,6 +180,7 @@ class ProxyApp:
             usageBook=self.usage,
             ledger=self.ledger,
             startedAt=self.clock.seconds(),
+            identify=self.signIn.identify,
         )
 
     @property
@@ -177,6 +193,7 @@ class ProxyApp:
     def reconfigure(self, config: Config) -> None:
         """Serve new requests from `config`; requests in flight keep their own."""
         self.config = config
+        self.signIn.cache.clear()  # a client removed signs out now
         self.dispatcher.reconfigure(config)
         self.generation += 1
         self.metrics.generation.set(self.generation)
@@ -270,13 +287,13 @@ class ProxyApp:
     # -- the status page (ccproxy.web.status) ------------------------------------------
 
     @router.route("/status", methods=["GET", "HEAD"])
-    def statusPage(self, request: IRequest) -> bytes:
+    async def statusPage(self, request: IRequest) -> bytes:
         """The live status page, for admin clients."""
-        return self.status.page(request)
+        return await self.status.page(request)
 
     @router.route("/status/login", methods=["POST"])
-    def statusLogin(self, request: IRequest) -> bytes:
-        return self.status.login(request)
+    async def statusLogin(self, request: IRequest) -> bytes:
+        return await self.status.login(request)
 
     @router.route("/status/logout", methods=["POST"])
     def statusLogout(self, request: IRequest) -> bytes:
@@ -359,6 +376,62 @@ class ProxyApp:
         """Claude Code's main call: one answer, whole or streamed."""
         return await self.messagesAPI.create(call)
 
+    # -- /login: Claude Code's gateway sign-in (ccproxy.web.signin) ------------------
+
+    @router.route("/.well-known/oauth-authorization-server", methods=["GET"])
+    @api("oauth_metadata", public=True)
+    def oauthMetadata(self, call: Call) -> bytes:
+        """Where Claude Code's device sign-in goes (RFC 8414)."""
+        call.record.status = 200
+        return self.signIn.metadata(call.request, call.config)
+
+    @router.route("/oauth/device_authorization", methods=["POST"])
+    @api("oauth_device", public=True)
+    async def oauthDevice(self, call: Call) -> bytes:
+        return await self.signIn.deviceAuthorization(call)
+
+    @router.route("/oauth/token", methods=["POST"])
+    @api("oauth_token", public=True)
+    async def oauthToken(self, call: Call) -> bytes:
+        return await self.signIn.token(call)
+
+    @router.route("/oauth/revoke", methods=["POST"])
+    @api("oauth_revoke", public=True)
+    async def oauthRevoke(self, call: Call) -> bytes:
+        return await self.signIn.revoke(call)
+
+    @router.route("/device", methods=["GET"])
+    @api("device_page", public=True)
+    def devicePage(self, call: Call) -> bytes:
+        """The verification page a person opens from Claude Code's sign-in screen."""
+        call.record.status = 200
+        return self.signIn.page(call.request, call.config)
+
+    @router.route("/device", methods=["POST"])
+    @api("device_page", public=True)
+    async def devicePageSubmit(self, call: Call) -> bytes:
+        body = await self.signIn.pageSubmit(call.request, call.config)
+        call.record.status = call.request.code
+        return body
+
+    @router.route("/managed/settings", methods=["GET"])
+    @api("managed_settings")
+    def managedSettings(self, call: Call) -> bytes:
+        """The signed-in user's Claude Code managed settings."""
+        return self.gateway.managedSettings(call)
+
+    @router.route("/api/oauth/usage", methods=["GET"])
+    @api("usage_limits")
+    async def usageLimits(self, call: Call) -> bytes:
+        """The caller's standing against its budget, in cents and percents."""
+        return await self.gateway.usage(call)
+
+    @router.route("/v1/<any(metrics,logs,traces):signal>", methods=["POST"])
+    @api("telemetry")
+    def telemetry(self, call: Call, signal: str) -> bytes:
+        """Claude Code's OTLP/HTTP telemetry: 200, forwarded to a collector or dropped."""
+        return self.gateway.telemetry(call, signal)
+
     # -- serving an API request -----------------------------------------------------
 
     async def serve(
@@ -367,9 +440,11 @@ class ProxyApp:
         endpoint: str,
         admin: bool,
         handler: Callable[[Call], bytes | Awaitable[bytes | None] | None],
+        public: bool = False,
     ) -> bytes | None:
-        """Serve one API request: authenticate, run `handler` within `max_duration`,
-        answer failures with an envelope, and write the access event."""
+        """Serve one API request: authenticate (unless `public`), run `handler`
+        within `max_duration`, answer failures with an envelope, and write the
+        access event."""
         config = self.config
         call = Call(
             request,
@@ -384,7 +459,7 @@ class ProxyApp:
         )
         self.inFlight += 1
         self.accessLog.begin(call.record, partial(_tokensSoFar, call))
-        work = Deferred.fromCoroutine(self._handle(call, admin, handler))
+        work = Deferred.fromCoroutine(self._handle(call, admin, handler, public))
         expiry = None
         if config.maxDuration is not None:
             expiry = self.clock.callLater(config.maxDuration, self._expire, call, work)
@@ -411,10 +486,12 @@ class ProxyApp:
         call: Call,
         admin: bool,
         handler: Callable[[Call], bytes | Awaitable[bytes | None] | None],
+        public: bool = False,
     ) -> bytes | None:
         record = call.record
         try:
-            call.client = authenticate(call.request, call.config)
+            if not public:
+                call.client, call.viaToken = await self.signIn.identify(call.request, call.config)
             if call.client is not None:
                 record.client = call.client.name
             if admin and (call.client is None or not call.client.admin):

@@ -32,11 +32,17 @@ def authenticate(request: IRequest, config: Config) -> Client | None:
     key = callerKey(request)
     if not key:
         raise ProxyError(401, "no API key: send it as x-api-key or Authorization: Bearer")
+    found = clientForKey(key, config)
+    if found is None:
+        raise ProxyError(401, "invalid API key")
+    return found
+
+
+def clientForKey(key: str, config: Config) -> Client | None:
+    """The client whose key `key` is, compared in constant time (None: no client)."""
     digest = keyDigest(key)
     found = None
     for client in config.clients:  # no early exit: the time must not tell which matched
         if hmac.compare_digest(digest, client.digest):
             found = client
-    if found is None:
-        raise ProxyError(401, "invalid API key")
     return found

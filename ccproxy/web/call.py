@@ -46,6 +46,14 @@ class Call:
     """`max_duration` ran out (a timeout, not a client that left)."""
     bodySize: int = 0
     """Bytes of the request body, once read."""
+    viaToken: bool = False
+    """The caller came with a `/login` token, not a client key."""
+
+    @property
+    def forwardedKey(self) -> str | None:
+        """The key an upstream without a key of its own is sent: the caller's
+        client key, never a gateway token (it is ccproxy's, not the upstream's)."""
+        return None if self.viaToken else callerKey(self.request)
 
     def redact(self, text: str) -> str:
         """`text` fit for the client or a log: see `redactFor`."""

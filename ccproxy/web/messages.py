@@ -46,7 +46,6 @@ from ccproxy.upstream.dispatch import Answer, Dispatcher
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.plan import Plan, apiOf, messagesBody, nestedTooDeep
 from ccproxy.web.admission import Admission, Standing, mayUse
-from ccproxy.web.auth import callerKey
 from ccproxy.web.call import (
     JSON,
     Call,
@@ -107,7 +106,7 @@ class MessagesAPI:
                 headWait = config.upstreams[route.targets[0].upstream].policy.headWait
                 relay.holdHead(headWait, plan.rendering.start())
             try:
-                key = callerKey(call.request)
+                key = call.forwardedKey
                 until = deadline(call.request, record.started, config)
                 async with self.dispatcher.send(plan, key, until, record.attempts) as answer:
                     # The request is not kept for a long stream, unless ccproxy's tool
@@ -224,7 +223,7 @@ class MessagesAPI:
         response = await client.post(
             upstream,
             sent,
-            callerKey(call.request),
+            call.forwardedKey,
             forwardedHeaders(call.request),
             url=upstream.countTokensURL,
         )

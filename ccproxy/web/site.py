@@ -40,8 +40,9 @@ from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, errorBody, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.web.app import ProxyApp
-from ccproxy.web.auth import authenticate
+from ccproxy.web.auth import authenticate, callerKey
 from ccproxy.web.call import bodyTooLarge, errorHeaders, newId
+from ccproxy.web.signin import FORM_MAX_BYTES, OPEN_PATHS, isGatewayToken
 
 _REASONS = {
     400: b"Bad Request",
@@ -55,6 +56,19 @@ LINGER = 5.0
 """Seconds a refused request's remaining body is read (and dropped) before the
 connection is cut: closing with unread bytes resets the connection, and the client
 might never see its error."""
+
+
+def _admitKey(request: Request, config: Config) -> None:
+    """A body is read only for a caller with a client key, or with a `/login`
+    token: that one is looked up in the database, which the route does without
+    blocking (`ccproxy.web.signin`); a dead token is refused there, its body
+    already bounded by `max_body_bytes` and `body_memory_bytes`."""
+    try:
+        authenticate(request, config)
+    except ProxyError:
+        key = callerKey(request)
+        if key is None or not isGatewayToken(key) or not config.signIn:
+            raise
 
 
 class LimitedRequest(Request):
@@ -73,9 +87,13 @@ class LimitedRequest(Request):
         site = self._site = self.channel.site  # the channel goes once the answer is out
         config = site.config()
         bodyComing = length is None or length > 0
+        path = pendingRequestLine(self.channel)[1].split(b"?", 1)[0]
         try:
-            if bodyComing:
-                authenticate(self, config)
+            if path in OPEN_PATHS:  # a sign-in form: no key, and a few fields
+                if length is None or length > FORM_MAX_BYTES:
+                    raise ProxyError(413, f"a sign-in form is at most {FORM_MAX_BYTES} bytes")
+            elif bodyComing:
+                _admitKey(self, config)
             if length is not None and length > config.maxBodyBytes:
                 raise bodyTooLarge(config)
             if length and not site.reserve(length):

@@ -19,7 +19,7 @@ from ccproxy only, no inline script), cannot be framed and is not cached.
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -87,6 +87,9 @@ class StatusPage:
     startedAt: float = 0.0
     sessions: Sessions = field(factory=Sessions)
     reload: Reload | None = None
+    identify: Identify | None = None
+    """How the API checks a caller (`SignIn.identify`: a client key or a gateway
+    token); without it, client keys only (`authenticate`)."""
     streams: dict[IRequest, Deferred[None]] = field(factory=dict)
     _snapshot: tuple[float, StatusView, bytes] | None = None
     _tick: IDelayedCall | None = None
@@ -100,11 +103,11 @@ class StatusPage:
 
     # -- what the routes answer ------------------------------------------------------
 
-    def page(self, request: IRequest) -> bytes:
+    async def page(self, request: IRequest) -> bytes:
         """`GET /status`: the page, or the sign-in page (401), or 403."""
         _secure(request)
         try:
-            client = self._viewer(request)
+            client = await self._signIn(request)
         except NotSignedIn:
             request.setResponseCode(401)
             return _html(request, render.signIn())
@@ -116,7 +119,7 @@ class StatusPage:
         view, _ = self.current()
         return _html(request, render.page(view, client.name if client else None))
 
-    def login(self, request: IRequest) -> bytes:
+    async def login(self, request: IRequest) -> bytes:
         """`POST /status/login`, the sign-in form's request (made by the page's
         script): the key as `x-api-key`, never in a body (the site reads no body
         from a caller without a valid key), for a session cookie (204). Refused: an
@@ -124,7 +127,7 @@ class StatusPage:
         _secure(request)
         if callerKey(request) is None:
             raise ProxyError(401, "no key given: send it as x-api-key")
-        self._viewer(request)
+        await self._signIn(request)
         request.setResponseCode(204)
         return b""
 
@@ -314,17 +317,32 @@ class StatusPage:
             return None
         now = self.clock.seconds()
         if callerKey(request) is not None:
-            client = authenticate(request, config)
-            if client is None or not client.admin:
-                raise ProxyError(403, "the status page is for admin clients", "permission_error")
-            _setCookie(request, self.sessions.make(client, now), self.sessions.ttl)
-            return client
+            return self._admit(request, authenticate(request, config), now)
         cookie = request.getCookie(COOKIE)
         if cookie:
             client = self.sessions.check(cookie.decode("latin-1"), config.clients, now)
             if client is not None:
                 return client
         raise NotSignedIn()
+
+    async def _signIn(self, request: IRequest) -> Client | None:
+        """`_viewer`, with a key given now checked as the API checks it: a client
+        key or a gateway token from `/login` (looked up off the reactor)."""
+        config = self.config()
+        if self.identify is None or not config.clients or callerKey(request) is None:
+            return self._viewer(request)
+        client, _ = await self.identify(request, config)
+        return self._admit(request, client, self.clock.seconds())
+
+    def _admit(self, request: IRequest, client: Client | None, now: float) -> Client:
+        """An admin client's session cookie; 403 for any other client."""
+        if client is None or not client.admin:
+            raise ProxyError(403, "the status page is for admin clients", "permission_error")
+        _setCookie(request, self.sessions.make(client, now), self.sessions.ttl)
+        return client
+
+
+Identify = Callable[[IRequest, Config], Awaitable[tuple[Client | None, bool]]]
 
 
 async def _read(ledger: Ledger, since: float) -> Usage:
