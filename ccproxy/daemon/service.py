@@ -117,13 +117,7 @@ class ProxyService(MultiService):
         self._logRoutes(config)
 
     def _onSignal(self, name: str, handler: Any) -> None:
-        """Run `handler` in the reactor when the signal comes (signal-safe, as
-        twistd's own SIGUSR1 rotation); the previous handler returns on stop."""
-        number = getattr(signal, name, None)
-        if number is not None:
-            self._signals[number] = signal.signal(
-                number, lambda *_: self.reactor.callFromThread(handler)
-            )
+        onSignal(self.reactor, self._signals, name, handler)
 
     def _warnAboutSecrets(self, config: Config) -> None:
         if not config.literalSecrets or config.source is None:
@@ -211,9 +205,7 @@ class ProxyService(MultiService):
         return True
 
     async def _stop(self) -> None:
-        for number, previous in self._signals.items():
-            signal.signal(number, previous)
-        self._signals = {}
+        restoreSignals(self._signals)
         if self._pretty is not None:
             globalLogPublisher.removeObserver(self._pretty)
         await super().stopService()  # the port stops accepting
@@ -259,3 +251,18 @@ class ProxyService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+
+def onSignal(reactor: Any, saved: dict[int, Any], name: str, handler: Any) -> None:
+    """Run `handler` in the reactor when the signal comes (signal-safe, as twistd's
+    own SIGUSR1 rotation); the previous handler is kept in `saved`."""
+    number = getattr(signal, name, None)
+    if number is not None:
+        saved[number] = signal.signal(number, lambda *_: reactor.callFromThread(handler))
+
+
+def restoreSignals(saved: dict[int, Any]) -> None:
+    """Put back the handlers `onSignal` replaced."""
+    for number, previous in saved.items():
+        signal.signal(number, previous)
+    saved.clear()
