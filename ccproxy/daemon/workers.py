@@ -326,6 +326,7 @@ class MasterService(MultiService):
             count=self.config.workers,
             how="a SO_REUSEPORT socket each" if self.config.reusePort else "one shared socket",
         )
+        self.log.info("workers count their metrics in {path}", path=self.metricsDir)
         super().startService()
 
     def _spawn(self, protocol: ProcessProtocol, id: int) -> IProcessTransport:
