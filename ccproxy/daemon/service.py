@@ -155,25 +155,8 @@ class ProxyService(MultiService):
         A bad file, or one that changes `listen` (a restart is needed for that), is
         logged and the running config is kept.
         """
-        if self.configPath is None:
-            self.log.warn("reload asked, but the config came from the environment: nothing to read")
-            return False
-        try:
-            config = Config.fromPath(self.configPath)
-        except ConfigError as e:
-            self.log.error(
-                "reload refused, keeping the running config: {path}: {problem}",
-                path=self.configPath,
-                problem=str(e),
-            )
-            return False
-        if config.listen != self.app.config.listen:
-            self.log.error(
-                "reload refused, keeping the running config: listen changed from "
-                "{old} to {new}, which needs a restart",
-                old=self.app.config.listen,
-                new=config.listen,
-            )
+        config = readForReload(self.log, self.configPath, self.app.config)
+        if config is None:
             return False
         if config.redis != self.app.config.redis:
             self.log.warn(
@@ -266,3 +249,33 @@ def restoreSignals(saved: dict[int, Any]) -> None:
     for number, previous in saved.items():
         signal.signal(number, previous)
     saved.clear()
+
+
+def readForReload(
+    log: Logger, path: str | None, running: Config, keeping: str = "the running config"
+) -> Config | None:
+    """The config file read again for a reload, or None (said in the log, with what
+    is kept) when it cannot be: no file, a bad one, or a new `listen`."""
+    if path is None:
+        log.warn("reload asked, but the config came from the environment: nothing to read")
+        return None
+    try:
+        config = Config.fromPath(path)
+    except ConfigError as e:
+        log.error(
+            "reload refused, keeping {keeping}: {path}: {problem}",
+            keeping=keeping,
+            path=path,
+            problem=str(e),
+        )
+        return None
+    if config.listen != running.listen:
+        log.error(
+            "reload refused, keeping {keeping}: listen changed from {old} to {new}, which "
+            "needs a restart",
+            keeping=keeping,
+            old=running.listen,
+            new=config.listen,
+        )
+        return None
+    return config

@@ -34,9 +34,9 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 
 from ccproxy import compat
-from ccproxy.config import Config, ConfigError
+from ccproxy.config import Config
 from ccproxy.daemon.listen import workerSockets
-from ccproxy.daemon.service import onSignal, restoreSignals
+from ccproxy.daemon.service import onSignal, readForReload, restoreSignals
 from ccproxy.observe.metrics import forgetWorker
 
 WORKER_FD = 3
@@ -345,25 +345,10 @@ class MasterService(MultiService):
         return transport
 
     def _checkReload(self) -> bool:
-        if self.configPath is None:
-            self.log.warn("reload asked, but the config came from the environment: nothing to read")
-            return False
-        try:
-            config = Config.fromPath(self.configPath)
-        except ConfigError as e:
-            self.log.error(
-                "reload refused, keeping the running config in every worker: {path}: {problem}",
-                path=self.configPath,
-                problem=str(e),
-            )
-            return False
-        if config.listen != self.config.listen:
-            self.log.error(
-                "reload refused, keeping the running config in every worker: listen "
-                "changed from {old} to {new}, which needs a restart",
-                old=self.config.listen,
-                new=config.listen,
-            )
+        config = readForReload(
+            self.log, self.configPath, self.config, "the running config in every worker"
+        )
+        if config is None:
             return False
         if (config.workers, config.reusePort) != (self.config.workers, self.config.reusePort):
             self.log.warn(
