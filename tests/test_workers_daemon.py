@@ -168,6 +168,16 @@ def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int])
         sent.append(post(base))
         assert log().count("config reloaded") == 2
 
+        # SIGUSR1: the master rotates the one log; a worker sent it ignores it.
+        two = workerPids(log())[2]
+        os.kill(two, signal.SIGUSR1)
+        os.kill(master, signal.SIGUSR1)
+        waitFor(lambda: Path(f"{logfile}.1").exists(), "the log's rotation")
+        sent.append(post(base))
+        waitFor(lambda: "POST /v1/messages" in log(), "a line in the new log")
+        assert _alive(two)
+        assert f"worker 2 (pid {two}) ended" not in Path(f"{logfile}.1").read_text() + log()
+
         # SIGTERM: the workers drain, the master exits, its pidfile goes.
         pids = workerPids(log())
         os.kill(master, signal.SIGTERM)
@@ -179,12 +189,50 @@ def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int])
         for pid in [master, *workerPids(log()).values()]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    text = log()
+    text = Path(f"{logfile}.1").read_text() + log()
     assert "every worker has ended: master stopping" in text
     assert text.count("POST /v1/messages") == len(sent)
     metricsDir = re.search(r"workers count their metrics in (\S+)", text)
     assert metricsDir and not Path(metricsDir[1]).exists()
     assert ledgerRows(db) == len(sent)  # the drain wrote the last rows
+
+
+def test_workers_end_with_their_master(tmp_path: Path) -> None:
+    """A master killed outright (SIGKILL: no drain, no signal passed on) leaves no
+    worker serving on alone: the kernel tells them (parent-death signal)."""
+    port = freePort()
+    config = tmp_path / "ccproxy.yaml"
+    config.write_text(
+        f'listen: "tcp:{port}:interface=127.0.0.1"\nworkers: 2\nledger: "off"\n'
+        'upstreams:\n  up: {url: "http://127.0.0.1:9/v1"}\nmodels:\n  "*": up\n'
+    )
+    out = tmp_path / "stdout"
+    with out.open("wb") as stdout:
+        master = subprocess.Popen(
+            [*twistd(), "-n", "--pidfile=", "ccproxy", "--config", str(config)],
+            cwd=tmp_path,
+            env=checkoutEnvironment(),
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        waitFor(
+            lambda: out.read_text().count("ccproxy serving on") == 2,
+            "both workers",
+            process=master,
+            log=out,
+        )
+        workers = workerPids(out.read_text())
+        master.kill()
+        master.wait(10)
+        waitFor(lambda: not any(_alive(p) for p in workers.values()), "the workers to exit")
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait(10)
+        for pid in workerPids(out.read_text()).values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def ledgerRows(db: Path) -> int:

@@ -23,7 +23,7 @@ from ccproxy.daemon.listen import raiseOpenFilesLimit
 from ccproxy.daemon.logs import logFileProblem
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.wiring import buildService, masterService
-from ccproxy.daemon.workers import MULTIPROC_ENV, MasterService, WorkerSeat, endWithMaster
+from ccproxy.daemon.workers import MULTIPROC_ENV, MasterService, WorkerSeat, workerSignals
 
 
 class Options(usage.Options):
@@ -112,7 +112,7 @@ def makeService(options: Options) -> ProxyService | MasterService:
             twistdLogFile=_twistdLogFile(options),
         )
     if seat is not None:
-        endWithMaster()
+        workerSignals()
     return buildService(
         options["loaded"],
         reactor,

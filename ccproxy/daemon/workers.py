@@ -78,10 +78,13 @@ class WorkerSeat:
         return f"{self.id}:{self.fd}"
 
 
-def endWithMaster() -> None:
-    """Have the kernel send this worker SIGTERM when its master dies (Linux's
-    PR_SET_PDEATHSIG), so a master killed with SIGKILL leaves no worker serving
-    on alone; it drains and exits as on any SIGTERM. Elsewhere, nothing."""
+def workerSignals() -> None:
+    """A worker's signals: SIGUSR1 (log rotation) is the master's, so a worker
+    sent one by a broad `kill` ignores it rather than dying of it; and the kernel
+    sends the worker SIGTERM when its master dies (Linux's PR_SET_PDEATHSIG), so a
+    master killed with SIGKILL leaves no worker serving on alone: it drains and
+    exits as on any SIGTERM."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
