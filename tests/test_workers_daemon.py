@@ -14,37 +14,27 @@ import signal
 import sqlite3
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.support.processes import (
+    alive,
+    checkoutEnvironment,
+    daemonize,
+    freePort,
+    twistd,
+    waitFor,
+)
+from tests.test_daemon import CONFIG as DAEMON_CONFIG
+from tests.test_daemon import upstream  # noqa: F401 (a fixture: the scripted upstream)
 
-from tests.support.processes import Processes, checkoutEnvironment, freePort, twistd, waitFor
-
-CONFIG = """
-listen: "tcp:{port}:interface=127.0.0.1"
-workers: 2
-upstreams:
-  up:
-    url: "{upstream}"
-    retries: 0
-models:
-  "*": up/{model}
-log:
-  file: {log}
+CONFIG = (
+    DAEMON_CONFIG
+    + """workers: 2
 ledger: "sqlite:///{db}"
 """
+)
 
 BODY = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[tuple[Processes, int]]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes, processes.scriptedUpstream()
-    finally:
-        processes.close()
 
 
 def post(base: str) -> str:
@@ -76,7 +66,10 @@ def workerPids(log: str) -> dict[int, int]:
     return {int(m[1]): int(m[2]) for m in re.finditer(r"worker (\d+) started \(pid (\d+)\)", log)}
 
 
-def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int]) -> None:
+def test_two_workers_one_daemon(
+    tmp_path: Path,
+    upstream: tuple[str, Path],  # noqa: F811 (the fixture)
+) -> None:
     port = freePort()
     config, pidfile, logfile, db = (
         tmp_path / "ccproxy.yaml",
@@ -84,8 +77,7 @@ def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int])
         tmp_path / "ccproxy.log",
         tmp_path / "ledger.db",
     )
-    processes, upstreamPort = upstream
-    upstreamURL = f"http://127.0.0.1:{upstreamPort}/v1"
+    upstreamURL, upstreamLog = upstream
 
     def writeConfig(model: str, extra: str = "") -> None:
         config.write_text(
@@ -96,16 +88,7 @@ def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int])
         return logfile.read_text() if logfile.exists() else ""
 
     writeConfig("model-one")
-    started = subprocess.run(
-        [*twistd(), "--pidfile", str(pidfile), "ccproxy", "--config", str(config)],
-        cwd=tmp_path,
-        env=checkoutEnvironment(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert started.returncode == 0, started.stderr
-    master = int(waitFor(lambda: pidfile.exists() and pidfile.read_text().strip(), "pidfile"))
+    master = daemonize(tmp_path, pidfile, config)
     base = f"http://127.0.0.1:{port}"
     try:
         waitFor(lambda: log().count("ccproxy serving on") == 2, "both workers to serve")
@@ -153,8 +136,7 @@ def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int])
         for _ in range(4):
             sent.append(post(base))
         models = [
-            json.loads(line)["body"]["model"]
-            for line in processes.upstreamLog.read_text().splitlines()
+            json.loads(line)["body"]["model"] for line in upstreamLog.read_text().splitlines()
         ]
         assert models[-4:] == ["model-two"] * 4
         # A bad file: refused once, by the master; no worker reloads.
@@ -175,7 +157,7 @@ def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int])
         waitFor(lambda: Path(f"{logfile}.1").exists(), "the log's rotation")
         sent.append(post(base))
         waitFor(lambda: "POST /v1/messages" in log(), "a line in the new log")
-        assert _alive(two)
+        assert alive(two)
         assert f"worker 2 (pid {two}) ended" not in Path(f"{logfile}.1").read_text() + log()
 
         # SIGTERM: the workers drain, the master exits, its pidfile goes.
@@ -183,11 +165,11 @@ def test_two_workers_one_daemon(tmp_path: Path, upstream: tuple[Processes, int])
         os.kill(master, signal.SIGTERM)
         waitFor(lambda: not pidfile.exists(), "the pidfile to go")
         waitFor(
-            lambda: not any(_alive(p) for p in [master, *pids.values()]), "every process to exit"
+            lambda: not any(alive(p) for p in [master, *pids.values()]), "every process to exit"
         )
     finally:
         for pid in [master, *workerPids(log()).values()]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     text = Path(f"{logfile}.1").read_text() + log()
     assert "every worker has ended: master stopping" in text
@@ -225,28 +207,16 @@ def test_workers_end_with_their_master(tmp_path: Path) -> None:
         workers = workerPids(out.read_text())
         master.kill()
         master.wait(10)
-        waitFor(lambda: not any(_alive(p) for p in workers.values()), "the workers to exit")
+        waitFor(lambda: not any(alive(p) for p in workers.values()), "the workers to exit")
     finally:
         if master.poll() is None:
             master.kill()
             master.wait(10)
         for pid in workerPids(out.read_text()).values():
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
 def ledgerRows(db: Path) -> int:
     with sqlite3.connect(db) as connection:
         return int(connection.execute("SELECT count(*) FROM ccproxy_ledger").fetchone()[0])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for this purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
