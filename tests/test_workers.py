@@ -109,6 +109,25 @@ def test_the_backoff_stops_growing_and_starts_again_after_a_long_life() -> None:
     assert 1 in master.live()  # at once
 
 
+def test_a_worker_that_cannot_be_started_is_tried_again_later() -> None:
+    master = Master(1)
+    real = master.spawn
+    failures = [OSError(11, "Resource temporarily unavailable")] * 2
+
+    def spawn(protocol: ProcessProtocol, id: int) -> FakeProcess:
+        if failures:
+            raise failures.pop()
+        return real(protocol, id)
+
+    master.supervisor._spawn = spawn
+    master.supervisor.startService()
+    assert master.live() == {}
+    master.clock.advance(1)
+    assert master.live() == {}
+    master.clock.advance(2)
+    assert master.live() == {1: 100}
+
+
 def test_reload_is_passed_on_only_when_the_config_reads_well() -> None:
     master = Master(2)
     master.supervisor.startService()

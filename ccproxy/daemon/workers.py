@@ -26,7 +26,7 @@ from typing import IO, Any, ClassVar
 from attrs import frozen
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger
@@ -175,7 +175,12 @@ class Supervisor(MultiService):
         self.restarts.pop(id, None)
         worker = _Worker(self, id, self.clock.seconds())
         self.workers[id] = worker
-        self._spawn(worker, id)
+        try:
+            self._spawn(worker, id)
+        except OSError as e:  # no process could be made (EAGAIN, ENOMEM...): later
+            self.log.error("worker {id} could not be started: {why}", id=id, why=str(e))
+            worker.processEnded(Failure(ProcessTerminated(exitCode=None)))
+            return
         self.log.info("worker {id} started (pid {pid})", id=id, pid=worker.pid)
 
     def output(self, id: int, data: bytes) -> None:
