@@ -15,9 +15,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, jsonFileLogObserver
 from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
 
 from ccproxy.config import Config, ConfigError
 from ccproxy.daemon.logs import textObserver, workerObserver
+from ccproxy.daemon.tap import Options
 from ccproxy.daemon.workers import Backoff, Supervisor, WorkerSeat
 
 
@@ -218,6 +220,14 @@ def test_workers_key() -> None:
     with pytest.raises(ConfigError, match="workers: more than one needs a plain tcp listen"):
         Config.fromMapping({**BASE, "workers": 2, "listen": "unix:/tmp/ccproxy.sock"})
     assert Config.fromMapping({**BASE, "workers": 1, "listen": "unix:/tmp/ccproxy.sock"})
+
+
+def test_workers_need_a_tcp_listen_given_on_the_command_line_too(tmp_path: Any) -> None:
+    path = tmp_path / "ccproxy.yaml"
+    path.write_text(json.dumps({**BASE, "workers": 2}))
+    options = Options()
+    with pytest.raises(UsageError, match="--listen: workers: more than one needs a plain tcp"):
+        options.parseOptions(["--config", str(path), "--listen", "unix:/tmp/ccproxy.sock"])
 
 
 def _event(**fields: Any) -> dict[str, Any]:

@@ -481,12 +481,18 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         problem = reusePortProblem(config.listen)
         if problem:
             raise ConfigError("reuse_port", problem)
+    checkWorkersListen(config)
+    return config
+
+
+def checkWorkersListen(config: Config) -> None:
+    """Workers share a TCP port the master binds: `listen` must be a plain `tcp:`."""
     if config.workers > 1 and tcpAddress(config.listen) is None:
         raise ConfigError(
             "workers",
-            'more than one needs a plain tcp listen such as "tcp:8000:interface=127.0.0.1"',
+            f"more than one needs a plain tcp listen such as "
+            f'"tcp:8000:interface=127.0.0.1", not {config.listen!r}',
         )
-    return config
 
 
 def _workers(value: Any, path: str) -> int:

@@ -17,7 +17,7 @@ from ccproxy.config import Config, ConfigError
 from ccproxy.config.claudesettings import defaultSettingsPath, settingsWarnings
 from ccproxy.config.endpoints import endpoint
 from ccproxy.config.ledger import ledgerProblem
-from ccproxy.config.load import checkOpenListen
+from ccproxy.config.load import checkOpenListen, checkWorkersListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.daemon.listen import raiseOpenFilesLimit
 from ccproxy.daemon.logs import logFileProblem
@@ -69,8 +69,10 @@ class Options(usage.Options):
             try:
                 config = evolve(config, listen=endpoint(self["listen"], "--listen"))
                 checkOpenListen(config)
+                checkWorkersListen(config)
             except ConfigError as e:
-                raise usage.UsageError(f"--listen: {e.problem}") from None
+                problem = e.problem if e.path == "listen" else str(e)
+                raise usage.UsageError(f"--listen: {problem}") from None
         self["loaded"] = config
 
     def workerArguments(self) -> list[str]:
