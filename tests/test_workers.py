@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+from twisted.application.internet import TimerService
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
@@ -20,6 +21,7 @@ from twisted.python.usage import UsageError
 from ccproxy.config import Config, ConfigError
 from ccproxy.daemon.logs import textObserver, workerObserver
 from ccproxy.daemon.tap import Options
+from ccproxy.daemon.wiring import buildService
 from ccproxy.daemon.workers import Backoff, Supervisor, WorkerSeat
 
 
@@ -253,3 +255,25 @@ def test_a_workers_json_records_name_it() -> None:
     record = json.loads(out.getvalue().strip("\x1e\n"))
     assert record["worker"] == 3
     assert record["who"] == "you"
+
+
+def test_a_worker_publishes_its_load_for_the_others_every_second(tmp_path: Any) -> None:
+    """The other workers read a worker's in-flight gauges from its files, which it
+    refreshes every second; a single process sets them when scraped, as before."""
+    clock = Clock()
+    config = Config.fromMapping(BASE)
+    single = buildService(config, clock, ledger=None)
+    assert not [s for s in single if isinstance(s, TimerService)]
+    service = buildService(
+        config, clock, stdout=io.StringIO(), worker=WorkerSeat(1, 99), metricsDir=str(tmp_path)
+    )
+    [timer] = [s for s in service if isinstance(s, TimerService)]
+    timer.startService()
+    service.app.inFlight = 3
+    clock.advance(1)
+    registry = service.app.metrics.registry
+    assert registry.get_sample_value("ccproxy_requests_in_flight") == 3
+    service.app.inFlight = 0
+    clock.advance(1)
+    assert registry.get_sample_value("ccproxy_requests_in_flight") == 0
+    timer.stopService()
