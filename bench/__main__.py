@@ -95,12 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--multi-listen",
-        choices=["auto", "reuse_port", "systemd"],
+        choices=["auto", "workers", "workers_reuse_port", "reuse_port", "systemd"],
         default=_env("multi_listen", "auto"),
-        help="how several processes share the port: reuse_port (a ccproxy config key; "
-        "skipped while ccproxy lacks it), systemd (SO_REUSEPORT sockets bound by the bench, "
-        "handed over as LISTEN_FDS; listen: systemd:domain=INET:index=0), auto (reuse_port "
-        "when ccproxy has it, else systemd) [auto]",
+        help="how several processes share the port: workers (one twistd with `workers: N`, "
+        "its workers sharing the socket the master bound), workers_reuse_port (the same "
+        "with `reuse_port: true`: one SO_REUSEPORT socket per worker), reuse_port (N "
+        "twistds, each binding the port with SO_REUSEPORT), systemd (SO_REUSEPORT sockets "
+        "bound by the bench, handed over as LISTEN_FDS; listen: systemd:domain=INET:index=0), "
+        "auto (workers when ccproxy has it, else reuse_port, else systemd) [auto]",
     )
     p.add_argument(
         "--backlog",

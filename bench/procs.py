@@ -211,6 +211,11 @@ except ConfigError as e:
 """
 
 
+def ccproxy_accepts_workers(python: str, root: str = "") -> tuple[bool, str]:
+    """Whether this ccproxy's config knows `workers` (one master, N workers)."""
+    return ccproxy_knows(python, "workers", 2, root)
+
+
 def ccproxy_accepts_reuse_port(python: str, root: str = "") -> tuple[bool, str]:
     """Whether this ccproxy's config knows `reuse_port` (asked of its own parser)."""
     return ccproxy_knows(python, "reuse_port", True, root)

@@ -130,3 +130,19 @@ async def settle(
         if (cpu_seconds(pids) - c0) / window <= idle:
             return True
     return False
+
+
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s child processes (/proc/PID/task/*/children)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return sorted(found)

@@ -10,6 +10,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections import Counter
 from typing import Any
 
@@ -20,6 +21,7 @@ from bench.procs import (
     Procs,
     PySpy,
     ccproxy_accepts_reuse_port,
+    ccproxy_accepts_workers,
     cpu_list,
     free_port,
     http_get,
@@ -114,12 +116,24 @@ class Bench:
         self.start_proxies()
 
     def listen_mode(self) -> str:
-        """tcp (one process), reuse_port or systemd; '' when the runs must be skipped."""
+        """tcp (one process), workers or workers_reuse_port (one twistd, `workers: N`),
+        reuse_port or systemd (N twistds); '' when the runs must be skipped."""
         a = self.a
         if a.processes == 1 and a.multi_listen == "auto":
             return "tcp"
         if a.multi_listen == "systemd":
             return "systemd"
+        if a.multi_listen in ("auto", "workers", "workers_reuse_port"):
+            ok, why = ccproxy_accepts_workers(a.python, a.ccproxy_root)
+            if ok:
+                return "workers" if a.multi_listen == "auto" else a.multi_listen
+            if a.multi_listen != "auto":
+                self.skipped = (
+                    "SKIPPED the ccproxy runs: this ccproxy has no `workers` config key "
+                    f"(its config check says: {why or 'refused'})"
+                )
+                log(self.skipped)
+                return ""
         ok, why = ccproxy_accepts_reuse_port(a.python, a.ccproxy_root)
         if ok:
             return "reuse_port"
@@ -164,15 +178,18 @@ class Bench:
         if ledger is None:
             self.results["notes"].append("this ccproxy has no ledger: --ledger is ignored")
         started = []
-        for i in range(a.processes):
+        workers = mode.startswith("workers")
+        for i in range(1 if workers else a.processes):
             cfg = proxy_config(
                 self.mock_port,
                 listen,
                 a.drip_rate,
                 a.drip_seconds,
-                mode == "reuse_port",
+                mode.endswith("reuse_port"),
                 responses="responses" in a.scenarios,
             )
+            if workers:
+                cfg["workers"] = a.processes
             if ledger is not None:
                 cfg["ledger"] = ledger
             cfg_path = os.path.join(self.workdir, f"ccproxy-{i}.yaml")
@@ -191,6 +208,8 @@ class Bench:
             if p.poll() is not None:
                 raise SystemExit(f"bench: a ccproxy process exited ({p.returncode}); see {out}")
         self.proxy_pids = [p.pid for p, _ in started]
+        if workers:  # the master and its workers, once each worker has answered
+            self.proxy_pids += self.wait_workers(started[0][0].pid, logpath)
         log(
             f"ccproxy x{a.processes} on 127.0.0.1:{self.proxy_port} ({mode}), "
             f"pids {self.proxy_pids}"
@@ -201,6 +220,22 @@ class Bench:
                 self.py_spy = exe
             else:
                 log("--py-spy: py-spy not found (pip install py-spy); no profile")
+
+    def wait_workers(self, master: int, logpath: str) -> list[int]:
+        """The pids of the master's `--processes` workers, once each has logged that
+        it serves (the master writes their lines to its log)."""
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            pids = procstat.children(master)
+            try:
+                with open(logpath, "rb") as f:
+                    serving = f.read().count(b"ccproxy serving on")
+            except OSError:
+                serving = 0
+            if len(pids) == self.a.processes and serving >= self.a.processes:
+                return pids
+            time.sleep(0.1)
+        raise SystemExit(f"bench: the workers did not all come up; see {logpath}")
 
     # ------------------------------------------------------------ runs
     def mock_stats(self) -> dict[str, Any]:
@@ -289,6 +324,7 @@ class Bench:
         load_pids = [os.getpid(), self.mock_pid]
         mock0 = self.mock_stats()
         rss0 = procstat.rss_bytes(pids)
+        cpu0_each = [procstat.cpu_seconds([p]) for p in pids]
         cpu0, mock_cpu0, me0 = (
             procstat.cpu_seconds(pids),
             procstat.cpu_seconds([self.mock_pid]),
@@ -346,6 +382,11 @@ class Bench:
         upstream_problems = {k: v for k, v in upstream.items() if v > 0}
         if upstream_problems:
             out["upstream_request_problems"] = upstream_problems
+        if len(pids) > 1:  # the balance between processes (a master uses ~0)
+            out["proxy_cpu_s_by_process"] = [
+                round(procstat.cpu_seconds([p]) - c, 3)
+                for p, c in zip(pids, cpu0_each, strict=True)
+            ]
         if pids:
             out.update(
                 {

@@ -5,7 +5,8 @@ contract in setup.cfg, checked in CI):
 
 - `daemon/`    twistd: options, the composition root (`tap.makeService`, the only
                code that touches the global reactor), the service's signals,
-               reload and drain, the listening port, log files.
+               reload and drain, the listening port, log files, and the master
+               that runs `workers: N` processes on one port (`workers`).
 - `doctor/`    `python -m ccproxy doctor`: checks a user's Claude Code setup.
 - `web/`       the Klein face: routes (`app`), the `api` decorator that
                authenticates and writes one access event per request, the

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import Processes, checkoutEnvironment, freePort, twistd, waitFor
+from tests.support.processes import Processes, alive, daemonize, freePort, waitFor
 
 
 def get(url: str) -> Any:
@@ -68,25 +67,7 @@ def test_daemon_pidfile_reload_and_stop(tmp_path: Path, upstream: tuple[str, Pat
         config.write_text(CONFIG.format(port=port, upstream=upstreamURL, model=model, log=logfile))
 
     writeConfig("model-one")
-    started = subprocess.run(
-        [
-            *twistd(),
-            "--pidfile",
-            str(pidfile),
-            "--logfile",
-            str(tmp_path / "twistd.log"),
-            "ccproxy",
-            "--config",
-            str(config),
-        ],
-        cwd=tmp_path,
-        env=checkoutEnvironment(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert started.returncode == 0, started.stderr
-    pid = int(waitFor(lambda: pidfile.exists() and pidfile.read_text().strip(), "pidfile"))
+    pid = daemonize(tmp_path, pidfile, config, "--logfile", str(tmp_path / "twistd.log"))
     base = f"http://127.0.0.1:{port}"
     try:
         waitFor(lambda: get(f"{base}/healthz")["status"] == "ok", "the daemon to answer")
@@ -106,24 +87,12 @@ def test_daemon_pidfile_reload_and_stop(tmp_path: Path, upstream: tuple[str, Pat
         assert models == ["model-one", "model-two"]
         os.kill(pid, signal.SIGTERM)
         waitFor(lambda: not pidfile.exists(), "the pidfile to go")
-        waitFor(lambda: not _alive(pid), "the daemon to exit")
+        waitFor(lambda: not alive(pid), "the daemon to exit")
     finally:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
     log = logfile.read_text()
     assert "config reloaded" in log
     assert "route * -> up/model-two" in log
     assert log.count("POST /v1/messages claude-x") == 2
     assert "Server Shut Down" in log or "Main loop terminated" in log
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours is gone for this purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False

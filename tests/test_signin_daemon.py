@@ -115,3 +115,27 @@ def test_an_account_that_is_no_clients_unix_user_is_refused(
     refused = approve(tmp_path, device["user_code"])
     assert refused.returncode == 1
     assert f"the Unix user {ME!r} is no client's unix_user" in refused.stderr
+
+
+def test_with_workers_the_first_worker_holds_the_approve_socket(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """`workers: 2`: one approve socket (a second process binding it would refuse to
+    start), and a sign-in approved there is good on whichever worker answers."""
+    daemon = startDaemon(tmp_path, config(tmp_path, ME) + "workers: 2\n")
+    daemons.append(daemon)
+    status, device = post(daemon, "/oauth/device_authorization", {"surface": "claude_code"})
+    assert status == 200
+    done = approve(tmp_path, device["user_code"])
+    assert done.returncode == 0, done.stderr
+    grant = {"grant_type": "urn:ietf:params:oauth:grant-type:device_code"}
+    status, tokens = post(daemon, "/oauth/token", {**grant, "device_code": device["device_code"]})
+    assert status == 200, tokens
+    # new connections: the kernel hands them to both workers over a few tries
+    assert all(models(daemon, tokens["access_token"]) == 200 for _ in range(8))
+    log = (tmp_path / "stdout").read_text()
+    assert "worker 1 started" in log and "worker 2 started" in log
+    assert "CannotListenError" not in log and "Cannot acquire lock" not in log
+    assert log.count("worker 1 started") == 1 and log.count("worker 2 started") == 1
+    assert daemon.stop() == 0
+    assert not (tmp_path / "approve.sock").exists()

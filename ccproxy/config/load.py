@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from attrs import evolve, fields
 
-from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem
+from ccproxy.config.endpoints import endpoint, listenIsLocal, reusePortProblem, tcpAddress
 from ccproxy.config.ledger import defaultLedger, parseLedger
 from ccproxy.config.model import (
     API_PATHS,
@@ -65,6 +65,9 @@ from ccproxy.config.signin import (
     parseSettings,
     parseTelemetry,
 )
+
+MAX_WORKERS = 256
+"""More processes than this is a typo, not a machine."""
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -474,6 +477,7 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         pretty=root.get("pretty", boolean, False),
         allowOpen=root.get("allow_open", boolean, False),
         reusePort=root.get("reuse_port", boolean, False),
+        workers=root.get("workers", _workers, 1),
         metricsAuth=root.get("metrics_auth", _metricsAuth, "admin"),
         metricsToken=root.get("metrics_token", string, "") or None,
         prices=parsePrices(root),
@@ -512,4 +516,27 @@ def _parseConfig(root: Node, source: str | None) -> Config:
         problem = reusePortProblem(config.listen)
         if problem:
             raise ConfigError("reuse_port", problem)
+    checkWorkersListen(config)
     return config
+
+
+def checkWorkersListen(config: Config) -> None:
+    """Workers share a TCP port the master binds: `listen` must be a plain `tcp:`."""
+    if config.workers > 1 and tcpAddress(config.listen) is None:
+        raise ConfigError(
+            "workers",
+            f"more than one needs a plain tcp listen such as "
+            f'"tcp:8000:interface=127.0.0.1", not {config.listen!r}',
+        )
+
+
+def _workers(value: Any, path: str) -> int:
+    """`auto`: one per core this process may run on; else a whole number."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(path, f'must be "auto" or a whole number from 1 to {MAX_WORKERS}')
+    return value

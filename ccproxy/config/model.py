@@ -208,6 +208,9 @@ class Config:
     allowOpen: bool = False
     reusePort: bool = False
     """Bind with SO_REUSEPORT, so several processes can serve one port."""
+    workers: int = 1
+    """Processes serving the port (`workers: N` or `auto`, one per core): more than
+    one makes `twistd ccproxy` a master that binds the port and supervises them."""
     metricsAuth: str = "admin"
     """Who may read `/metrics` and `/healthz`'s details: `admin` (an admin client's
     key or `metricsToken`; anyone while neither is configured) or `none` (anyone)."""

@@ -1,10 +1,10 @@
 """Where the daemon listens: a Twisted endpoint description, with a deep accept
 queue, and optionally a port shared by several processes (`reuse_port`).
 
-One Python process uses one core. On a jump host with more, several ccproxy
-processes can serve one port: each binds it with SO_REUSEPORT and the kernel
-spreads new connections between them. Each process keeps its own state (breakers,
-limits, usage) and its own `/metrics`, which Prometheus sums.
+One Python process uses one core. With `workers: N` the master binds the port
+(`workerSockets`) and each worker adopts what it inherited (`inheritedService`);
+with `reuse_port` alone, separately started processes each bind the port with
+SO_REUSEPORT and the kernel spreads new connections between them.
 """
 
 from __future__ import annotations
@@ -76,6 +76,46 @@ def listenService(listen: str, reusePort: bool, factory: Any, reactor: Any) -> I
     return service
 
 
+def listeningSocket(port: int, interface: str, backlog: int, reusePort: bool) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket (SO_REUSEPORT if asked), for the
+    reactor to adopt here or in a worker process. Raises `CannotListenError`."""
+    family = socket.AF_INET6 if isIPv6Address(interface) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reusePort:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise CannotListenError(interface, port, e) from None
+    return sock
+
+
+def workerSockets(listen: str, count: int, reusePort: bool) -> list[socket.socket]:
+    """What `count` worker processes accept on: one socket they all share (the
+    kernel wakes the workers that wait and the first to accept takes the
+    connection), or with `reuse_port` one SO_REUSEPORT socket each (the kernel
+    hashes each connection to one of them). Port 0 gets one free port for all."""
+    address = tcpAddress(listen)
+    assert address is not None, "checked when the config was read"
+    port, interface, backlog = address
+    if not reusePort:
+        return [listeningSocket(port, interface, backlog, False)]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(listeningSocket(port, interface, backlog, True))
+            port = sockets[0].getsockname()[1]
+    except CannotListenError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 @implementer(IStreamServerEndpoint)
 @frozen
 class ReusePortEndpoint:
@@ -91,16 +131,38 @@ class ReusePortEndpoint:
     backlog: int = LISTEN_BACKLOG
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        family = socket.AF_INET6 if isIPv6Address(self.interface) else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.interface, self.port))
-            sock.listen(self.backlog)
-            sock.setblocking(False)
-            return succeed(self.reactor.adoptStreamPort(sock.fileno(), family, factory))
-        except OSError as e:
-            return fail(CannotListenError(self.interface, self.port, e))
+            sock = listeningSocket(self.port, self.interface, self.backlog, True)
+        except CannotListenError as e:
+            return fail(e)
+        try:
+            return succeed(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
         finally:
             sock.close()  # the reactor holds its own duplicate
+
+
+@implementer(IStreamServerEndpoint)
+@frozen
+class InheritedEndpoint:
+    """A listening socket a worker process inherited from its master (at `fd`),
+    adopted by the reactor: the Twisted way for processes to share a port."""
+
+    reactor: Any
+    fd: int
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        try:
+            sock = socket.socket(fileno=self.fd)
+        except OSError as e:
+            return fail(CannotListenError("", f"inherited fd {self.fd}", e))
+        try:
+            return succeed(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
+        finally:
+            sock.close()  # the reactor holds its own duplicate
+
+
+def inheritedService(fd: int, factory: Any, reactor: Any) -> IService:
+    """The service that serves the socket a worker inherited at `fd`."""
+    service = StreamServerEndpointService(InheritedEndpoint(reactor, fd), factory)
+    compat.raiseListenErrorsAtStart(service)
+    return service

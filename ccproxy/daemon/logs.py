@@ -184,6 +184,20 @@ def terminalObserver(stream: IO[str]) -> ILogObserver:
     return PrettyObserver(stream, others=textObserver(stream))
 
 
+def workerObserver(observer: ILogObserver, worker: int) -> ILogObserver:
+    """A worker's events, each marked with its number: a `worker` field (JSON),
+    and `w2 ` before the namespace on a text line (`[w2 ccproxy.access#info]`)."""
+
+    def tagged(event: LogEvent) -> None:
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
+        observer({**event, "worker": worker, "log_system": f"w{worker} {system}"})
+
+    return tagged
+
+
 def quietLevels(observer: ILogObserver, level: LogLevel = LogLevel.info) -> ILogObserver:
     """Drop debug events before they are formatted."""
     return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])

@@ -117,13 +117,7 @@ class ProxyService(MultiService):
         self._logRoutes(config)
 
     def _onSignal(self, name: str, handler: Any) -> None:
-        """Run `handler` in the reactor when the signal comes (signal-safe, as
-        twistd's own SIGUSR1 rotation); the previous handler returns on stop."""
-        number = getattr(signal, name, None)
-        if number is not None:
-            self._signals[number] = signal.signal(
-                number, lambda *_: self.reactor.callFromThread(handler)
-            )
+        onSignal(self.reactor, self._signals, name, handler)
 
     def _warnAboutSecrets(self, config: Config) -> None:
         if not config.literalSecrets or config.source is None:
@@ -170,26 +164,9 @@ class ProxyService(MultiService):
 
     def _reload(self) -> str | None:
         """`reload`'s work: None once the new config serves, else why not."""
-        if self.configPath is None:
-            self.log.warn("reload asked, but the config came from the environment: nothing to read")
-            return "the config came from the environment: nothing to read"
-        try:
-            config = Config.fromPath(self.configPath)
-        except ConfigError as e:
-            self.log.error(
-                "reload refused, keeping the running config: {path}: {problem}",
-                path=self.configPath,
-                problem=str(e),
-            )
-            return f"{self.configPath}: {e}"
-        if config.listen != self.app.config.listen:
-            self.log.error(
-                "reload refused, keeping the running config: listen changed from "
-                "{old} to {new}, which needs a restart",
-                old=self.app.config.listen,
-                new=config.listen,
-            )
-            return "listen changed, which needs a restart"
+        config = readForReload(self.log, self.configPath, self.app.config)
+        if isinstance(config, str):
+            return config
         if config.redis != self.app.config.redis:
             self.log.warn(
                 "state changed in {path}: the daemon keeps the state it started with "
@@ -226,9 +203,7 @@ class ProxyService(MultiService):
         return None
 
     async def _stop(self) -> None:
-        for number, previous in self._signals.items():
-            signal.signal(number, previous)
-        self._signals = {}
+        restoreSignals(self._signals)
         if self._pretty is not None:
             globalLogPublisher.removeObserver(self._pretty)
         await super().stopService()  # the port stops accepting
@@ -275,3 +250,48 @@ class ProxyService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+
+def onSignal(reactor: Any, saved: dict[int, Any], name: str, handler: Any) -> None:
+    """Run `handler` in the reactor when the signal comes (signal-safe, as twistd's
+    own SIGUSR1 rotation); the previous handler is kept in `saved`."""
+    number = getattr(signal, name, None)
+    if number is not None:
+        saved[number] = signal.signal(number, lambda *_: reactor.callFromThread(handler))
+
+
+def restoreSignals(saved: dict[int, Any]) -> None:
+    """Put back the handlers `onSignal` replaced."""
+    for number, previous in saved.items():
+        signal.signal(number, previous)
+    saved.clear()
+
+
+def readForReload(
+    log: Logger, path: str | None, running: Config, keeping: str = "the running config"
+) -> Config | str:
+    """The config file read again for a reload, or why it cannot be (said in the
+    log too, with what is kept): no file, a bad one, or a new `listen`."""
+    if path is None:
+        log.warn("reload asked, but the config came from the environment: nothing to read")
+        return "the config came from the environment: nothing to read"
+    try:
+        config = Config.fromPath(path)
+    except ConfigError as e:
+        log.error(
+            "reload refused, keeping {keeping}: {path}: {problem}",
+            keeping=keeping,
+            path=path,
+            problem=str(e),
+        )
+        return f"{path}: {e}"
+    if config.listen != running.listen:
+        log.error(
+            "reload refused, keeping {keeping}: listen changed from {old} to {new}, which "
+            "needs a restart",
+            keeping=keeping,
+            old=running.listen,
+            new=config.listen,
+        )
+        return "listen changed, which needs a restart"
+    return config

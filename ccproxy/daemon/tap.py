@@ -17,12 +17,13 @@ from ccproxy.config import Config, ConfigError
 from ccproxy.config.claudesettings import defaultSettingsPath, settingsWarnings
 from ccproxy.config.endpoints import endpoint
 from ccproxy.config.ledger import ledgerProblem
-from ccproxy.config.load import checkOpenListen
+from ccproxy.config.load import checkOpenListen, checkWorkersListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
 from ccproxy.daemon.listen import raiseOpenFilesLimit
 from ccproxy.daemon.logs import logFileProblem
 from ccproxy.daemon.service import ProxyService
-from ccproxy.daemon.wiring import buildService
+from ccproxy.daemon.wiring import buildService, masterService
+from ccproxy.daemon.workers import MULTIPROC_ENV, MasterService, WorkerSeat, workerSignals
 
 
 class Options(usage.Options):
@@ -38,6 +39,14 @@ class Options(usage.Options):
             "original single-gateway proxy read it).",
         ],
         ["listen", "l", None, "Twisted endpoint to listen on (overrides the config's listen)."],
+        [
+            "worker",
+            None,
+            None,
+            "ID:FD: run as worker ID of a master (workers: N), serving the listening "
+            "socket inherited at FD (the master gives it; not for hand use).",
+            WorkerSeat.parse,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -60,9 +69,16 @@ class Options(usage.Options):
             try:
                 config = evolve(config, listen=endpoint(self["listen"], "--listen"))
                 checkOpenListen(config)
+                checkWorkersListen(config)
             except ConfigError as e:
-                raise usage.UsageError(f"--listen: {e.problem}") from None
+                problem = e.problem if e.path == "listen" else str(e)
+                raise usage.UsageError(f"--listen: {problem}") from None
         self["loaded"] = config
+
+    def workerArguments(self) -> list[str]:
+        """The options a master passes on to its workers (they read the same file)."""
+        arguments = ["--config", self["config"]] if self["config"] else []
+        return arguments + (["--listen", self["listen"]] if self["listen"] else [])
 
 
 def _fromEnvironment() -> Config:
@@ -78,10 +94,27 @@ def _fromEnvironment() -> Config:
     return config
 
 
-def makeService(options: Options) -> ProxyService:
-    """The service for twistd; the one place that touches the global reactor."""
+def makeService(options: Options) -> ProxyService | MasterService:
+    """The service for twistd; the one place that touches the global reactor.
+    With `workers: N` (N > 1), the master that runs N of these; with `--worker`,
+    one of them."""
     from twisted.internet import reactor
 
+    config: Config = options["loaded"]
+    seat: WorkerSeat | None = options["worker"]
+    if seat is None and config.workers > 1:
+        raiseOpenFilesLimit()  # the workers inherit it
+        return masterService(
+            config,
+            reactor,
+            options.workerArguments(),
+            configPath=options["config"],
+            stdout=sys.stdout,
+            twistdLogsToStdout=_twistdLogsToStdout(options),
+            twistdLogFile=_twistdLogFile(options),
+        )
+    if seat is not None:
+        workerSignals()
     return buildService(
         options["loaded"],
         reactor,
@@ -93,6 +126,8 @@ def makeService(options: Options) -> ProxyService:
         twistdLogsToStdout=_twistdLogsToStdout(options),
         twistdLogFile=_twistdLogFile(options),
         openFiles=raiseOpenFilesLimit(),
+        worker=seat,
+        metricsDir=os.environ.get(MULTIPROC_ENV) if seat is not None else None,
     )
 
 

@@ -14,6 +14,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import IO, Any
 
 from treq.client import HTTPClient
+from twisted.application.internet import TimerService
 from twisted.logger import ILogObserver
 from twisted.python.logfile import LogFile
 from twisted.web.client import Agent
@@ -21,7 +22,7 @@ from twisted.web.client import Agent
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
 from ccproxy.daemon.approve import approveService
-from ccproxy.daemon.listen import connectionCap, listenService
+from ccproxy.daemon.listen import connectionCap, inheritedService, listenService
 from ccproxy.daemon.logs import (
     fileObserver,
     isTerminal,
@@ -29,10 +30,13 @@ from ccproxy.daemon.logs import (
     quietLevels,
     terminalObserver,
     textObserver,
+    workerObserver,
 )
 from ccproxy.daemon.service import ProxyService
+from ccproxy.daemon.workers import MasterService, WorkerSeat
 from ccproxy.ledger.model import Ledger
 from ccproxy.ledger.store import SQLLedger
+from ccproxy.observe.metrics import Metrics
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State
 from ccproxy.state.shared import RedisLink, RedisState
@@ -57,6 +61,8 @@ def buildService(
     twistdLogFile: str | None = None,
     openFiles: int = 1024,
     ledger: Ledger | None = None,
+    worker: WorkerSeat | None = None,
+    metricsDir: str | None = None,
 ) -> ProxyService:
     """The daemon for `config`: port -> site -> app -> dispatcher -> client -> pool,
     with client limits, budgets and breakers in the state backend (`stateFor`), and
@@ -68,12 +74,12 @@ def buildService(
     go to that file (both are then written here, with control characters escaped);
     `openFiles` is the process's open-files limit, which caps the connections
     served at once; `ledger` is where budgets read what was spent before.
+
+    `worker`: this process is one of a master's workers (`workers: N`): it serves
+    the socket it inherited, logs to `stdout` (the master writes the log), and
+    counts its metrics in `metricsDir` beside the other workers.
     """
-    logFile = None
-    if config.log.file:
-        logFile = openLogFile(config.log)
-    elif twistdLogFile:
-        logFile = LogFile.fromFullPath(twistdLogFile)  # as twistd would: 1 MB, all kept
+    logFile = None if worker is not None else _openLog(config, twistdLogFile)
 
     pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
     # Upstream cookies (load-balancer stickiness, sessions) must not be shared
@@ -103,17 +109,22 @@ def buildService(
     # Nothing is opened here: the ledger's thread and database start with the service.
     if ledger is None and config.ledger is not None:
         ledger = SQLLedger.at(config.ledger, reactor)
+    metrics = Metrics(multiprocessDir=metricsDir)
     app = ProxyApp(
         config=config,
         dispatcher=dispatcher,
         clock=reactor,
         ledger=ledger,
+        metrics=metrics,
         http=httpWithTimeout(Policy().connectTimeout),
     )
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
-    http = listenService(config.listen, config.reusePort, site, reactor)
-
-    logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
+    if worker is None:
+        http = listenService(config.listen, config.reusePort, site, reactor)
+        logObserver, panels = _logging(config, logFile, stdout, twistdLogsToStdout)
+    else:
+        http = inheritedService(worker.fd, site, reactor)
+        logObserver, panels = _workerLogging(config, worker, stdout), None
     service = ProxyService(
         app,
         pool,
@@ -129,9 +140,66 @@ def buildService(
         startupWarnings=startupWarnings,
     )
     if config.login.approveSocket is not None and app.signIn.serving(config):
-        # `python -m ccproxy approve CODE`: the kernel names the local user.
-        approveService(app, reactor, config.login.approveSocket).setServiceParent(service)
+        # `python -m ccproxy approve CODE`: the kernel names the local user. One
+        # process holds the socket: the daemon, or with `workers: N` its first worker.
+        if worker is None or worker.id == 1:
+            approveService(app, reactor, config.login.approveSocket).setServiceParent(service)
+    if metricsDir is not None:
+        # The other workers read this one's gauges from its files: keep them fresh.
+        refresh = TimerService(METRICS_REFRESH, _publishLoad, app)
+        refresh.clock = reactor
+        refresh.setServiceParent(service)
     return service
+
+
+METRICS_REFRESH = 1.0
+"""Seconds between a worker's updates of its in-flight gauges for the others."""
+
+
+def _publishLoad(app: ProxyApp) -> None:
+    app.metrics.inFlight.set(app.inFlight)
+    app.metrics.streamsInFlight.set(app.streamsInFlight)
+
+
+def masterService(
+    config: Config,
+    reactor: Any,
+    workerArguments: Sequence[str],
+    configPath: str | None = None,
+    stdout: IO[str] | None = None,
+    twistdLogsToStdout: bool = False,
+    twistdLogFile: str | None = None,
+) -> MasterService:
+    """The master of `workers: N` (N > 1): it binds the port and runs the workers,
+    each `twistd ccproxy WORKERARGUMENTS --worker ID:FD`; it opens the log they all
+    write to, through it."""
+    logFile = _openLog(config, twistdLogFile)
+    logObserver, _ = _logging(config, logFile, stdout, twistdLogsToStdout)
+    return MasterService(
+        config,
+        reactor,
+        workerArguments,
+        configPath=configPath,
+        logFile=logFile,
+        logObserver=logObserver,
+        stdout=stdout if twistdLogsToStdout else None,
+    )
+
+
+def _openLog(config: Config, twistdLogFile: str | None) -> LogFile | None:
+    if config.log.file:
+        return openLogFile(config.log)
+    if twistdLogFile:
+        return LogFile.fromFullPath(twistdLogFile)  # as twistd would: 1 MB, all kept
+    return None
+
+
+def _workerLogging(config: Config, worker: WorkerSeat, stdout: IO[str] | None) -> ILogObserver:
+    """A worker's log: its lines on its stdout, in the log's format, marked with
+    its number; the master copies them into the one log file."""
+    assert stdout is not None, "a worker logs to its stdout"
+    observer = workerObserver(fileObserver(config.log, stdout), worker.id)
+    return quietLevels(observer) if config.log.file else observer
 
 
 def stateFor(config: Config, reactor: Any) -> State:

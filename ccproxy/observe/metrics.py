@@ -1,8 +1,11 @@
 """Prometheus metrics, fed from the access log's fields.
 
-One registry per app (injected, so tests read their own). Several ccproxy processes
-behind one port are aggregated by the scraper summing their series, never by a
-home-made cluster.
+One registry per app (injected, so tests read their own). The workers of one
+daemon (`workers: N`) count in prometheus_client's multiprocess mode: each writes
+its series to files in one directory the master made (`PROMETHEUS_MULTIPROC_DIR`,
+set before prometheus_client is imported), and whichever worker answers a scrape
+reads them all, so `/metrics` is the daemon's. Separately started processes are
+aggregated by the scraper summing their series, never by a home-made cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from ccproxy.ledger.store import LedgerStats
@@ -24,9 +28,18 @@ _BREAKER_STATES = {"closed": 0, "open": 1, "half_open": 2}
 class Metrics:
     """The proxy's series."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocessDir: str | None = None
+    ) -> None:
+        """`multiprocessDir`: this process is one of a daemon's workers, and the
+        directory is where they all count (the environment's
+        `PROMETHEUS_MULTIPROC_DIR`, which made prometheus_client count there)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._exposed = r
+        if multiprocessDir is not None:
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, path=multiprocessDir)
         self.requests = Counter(
             "ccproxy_requests",
             "Requests answered",
@@ -53,35 +66,46 @@ class Metrics:
         self.upstreamErrors = Counter(
             "ccproxy_upstream_errors", "Failed upstream attempts", ["upstream", "type"], registry=r
         )
-        self.inFlight = Gauge("ccproxy_requests_in_flight", "Requests being served", registry=r)
+        # multiprocess_mode: how the workers' values add up (ignored in one process).
+        self.inFlight = Gauge(
+            "ccproxy_requests_in_flight",
+            "Requests being served",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.streamsInFlight = Gauge(
-            "ccproxy_streams_in_flight", "Streams being relayed", registry=r
+            "ccproxy_streams_in_flight",
+            "Streams being relayed",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.generation = Gauge(
             "ccproxy_config_generation",
             "Config generation (1 at start, +1 per reload)",
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     def watchState(self, up: Callable[[], bool]) -> None:
         """Export whether the state backend answers (1; always, without `state:`)
         or this process counts on its own while Redis does not (0)."""
-        gauge = Gauge(
-            "ccproxy_state_backend_up",
-            "1 while the state backend answers (always without state:), 0 while this "
-            "process counts on its own",
-            registry=self.registry,
-        )
-        gauge.set_function(lambda: 1.0 if up() else 0.0)
+        self._watch(_StateCollector(up))
 
     def watchBreakers(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Export each upstream's breaker state (0 closed, 1 open, 2 half-open)."""
-        self.registry.register(_BreakerCollector(states))
+        self._watch(_BreakerCollector(states))
 
     def watchLedger(self, stats: Callable[[], LedgerStats]) -> None:
         """Export the ledger's rows waiting, written and dropped, and whether its
         database took the last write."""
-        self.registry.register(_LedgerCollector(stats))
+        self._watch(_LedgerCollector(stats))
+
+    def _watch(self, collector: Collector) -> None:
+        """A series read when scraped: among workers, the answering worker's view
+        (the README says which are per worker)."""
+        self.registry.register(collector)
+        if self._exposed is not self.registry:
+            self._exposed.register(collector)
 
     def observe(self, fields: dict[str, Any]) -> None:
         """Count one finished request from its access-log fields."""
@@ -114,7 +138,26 @@ class Metrics:
             self.upstreamErrors.labels(name, errorType).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
+
+
+def forgetWorker(pid: int, multiprocessDir: str) -> None:
+    """A worker has ended: its live gauges (requests in flight...) leave the sums;
+    its counters stay, as the daemon's totals must never go down."""
+    mark_process_dead(pid, multiprocessDir)
+
+
+class _StateCollector(Collector):
+    def __init__(self, up: Callable[[], bool]) -> None:
+        self._up = up
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "ccproxy_state_backend_up",
+            "1 while the state backend answers (always without state:), 0 while this "
+            "process counts on its own",
+            value=1.0 if self._up() else 0.0,
+        )
 
 
 class _BreakerCollector(Collector):

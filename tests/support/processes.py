@@ -127,6 +127,34 @@ def twistd() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def daemonize(home: Path, pidfile: Path, config: Path, *options: str) -> int:
+    """`twistd --pidfile PIDFILE [OPTIONS] ccproxy --config CONFIG` daemonized, run
+    in `home`: the daemon's pid, once its pidfile says it."""
+    started = subprocess.run(
+        [*twistd(), "--pidfile", str(pidfile), *options, "ccproxy", "--config", str(config)],
+        cwd=home,
+        env=checkoutEnvironment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert started.returncode == 0, started.stderr
+    return int(waitFor(lambda: pidfile.exists() and pidfile.read_text().strip(), "pidfile"))
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie child of ours does not, for this)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def checkoutEnvironment() -> dict[str, str]:
     """This environment with the checkout first on PYTHONPATH, so that twistd finds
     this checkout's ccproxy plugin whether ccproxy is installed or not."""
