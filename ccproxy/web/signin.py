@@ -45,7 +45,7 @@ from ccproxy.ledger.signin import (
 )
 from ccproxy.ledger.store import LedgerUnavailable
 from ccproxy.web.auth import authenticate, callerKey, clientForKey
-from ccproxy.web.call import JSON, Call, jsonReply
+from ccproxy.web.call import JSON, Call, jsonReply, oauthBody
 
 ACCESS_PREFIX = "ccpx_at_"
 REFRESH_PREFIX = "ccpx_rt_"
@@ -191,7 +191,7 @@ def oauthError(request: IRequest, status: int, error: str, description: str) -> 
     """An RFC 6749 §5.2 error answer."""
     request.setResponseCode(status)
     noStore(request)
-    return jsonReply(request, {"error": error, "error_description": description})
+    return jsonReply(request, oauthBody(error, description))
 
 
 def noStore(request: IRequest) -> None:

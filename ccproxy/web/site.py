@@ -37,11 +37,11 @@ from twisted.web.server import Request, Site
 
 from ccproxy.compat import pendingRequestLine
 from ccproxy.config.model import Config
-from ccproxy.errors import ProxyError, errorBody, invalidRequest
+from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.web.app import ProxyApp
 from ccproxy.web.auth import authenticate, callerKey
-from ccproxy.web.call import bodyTooLarge, errorHeaders, newId
+from ccproxy.web.call import bodyTooLarge, errorBodyFor, errorHeaders, newId
 from ccproxy.web.signin import FORM_MAX_BYTES, OPEN_PATHS, isGatewayToken
 
 _REASONS = {
@@ -207,7 +207,8 @@ class ProxyChannel(HTTPChannel):
             return
         self._closedByUs = True
         requestId = f"req_{newId()}"
-        body = orjson.dumps(errorBody(error.errorType, error.message, requestId))
+        path = requestLine[1].split(b"?", 1)[0]
+        body = orjson.dumps(errorBodyFor(path, error, error.message, requestId))
         headers = {
             b"content-type": b"application/json",
             b"content-length": b"%d" % len(body),
