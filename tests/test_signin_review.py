@@ -59,3 +59,36 @@ def test_the_api_keeps_its_anthropic_envelope_at_the_door(h: Harness) -> None:
     refused = Conn(site).send(_raw("/v1/messages", b"{}", {"x-api-key": "wrong"}))
     assert refused.status() == 401
     assert orjson.loads(refused.written.split(b"\r\n\r\n", 1)[1])["type"] == "error"
+
+
+# -- per-address limits count an IPv6 /64 as one address --------------------------------
+
+
+def _fromV6(site: ProxySite, host: str, data: bytes) -> bytes:
+    from twisted.internet.address import IPv6Address
+    from twisted.internet.testing import StringTransport
+
+    address = IPv6Address("TCP", host, 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport.value()
+
+
+def test_sign_ins_started_from_one_ipv6_64_are_bounded_together(h: Harness) -> None:
+    """One host holds a whole /64: counted per address, it could start sign-ins
+    (each a database row) without any bound."""
+    site = ProxySite.serving(h.app, h.clock, maxConnections=50)
+    statuses = []
+    for n in range(21):
+        written = _fromV6(
+            site, f"2001:db8:1:2::{n + 1:x}", _raw("/oauth/device_authorization", b"", FORM)
+        )
+        h.flush()
+        statuses.append(int(written.split(b" ", 2)[1]))
+    assert statuses[:20] == [200] * 20
+    assert statuses[20] == 429
+    other = _fromV6(site, "2001:db8:1:3::1", _raw("/oauth/device_authorization", b"", FORM))
+    h.flush()
+    assert other.split(b" ", 2)[1] == b"200"  # another /64 is another address

@@ -22,6 +22,7 @@ revoke` stops working within that; one revoked through this process at once.
 from __future__ import annotations
 
 import html
+import ipaddress
 import re
 import secrets
 import uuid
@@ -182,9 +183,24 @@ class PageLimiter:
         return True
 
 
+IPV6_PREFIX = 64
+"""An IPv6 peer is counted by its /64: one host is commonly given a whole /64,
+and counted address by address it would have no bound at all."""
+
+
 def addressOf(request: IRequest) -> str:
-    """The peer's address, what the per-address limits count by."""
-    return str(getattr(request.getClientAddress(), "host", "?"))
+    """What the per-address limits count by: the peer's IPv4 address, or its
+    IPv6 address's /64 (an IPv4-mapped one as the IPv4 address it is)."""
+    host = str(getattr(request.getClientAddress(), "host", "?"))
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return host
 
 
 def oauthError(request: IRequest, status: int, error: str, description: str) -> bytes:
