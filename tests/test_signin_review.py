@@ -92,3 +92,44 @@ def test_sign_ins_started_from_one_ipv6_64_are_bounded_together(h: Harness) -> N
     other = _fromV6(site, "2001:db8:1:3::1", _raw("/oauth/device_authorization", b"", FORM))
     h.flush()
     assert other.split(b" ", 2)[1] == b"200"  # another /64 is another address
+
+
+# -- the approve socket limits each account's attempts ------------------------------------
+
+
+def test_the_approve_socket_limits_attempts_per_account(h: Harness) -> None:
+    """The verification page allows `page_attempts_per_minute` codes a minute per
+    address (RFC 8628 §5.1); the socket let a local account try codes without end."""
+    import socket
+
+    from twisted.internet.defer import succeed
+    from twisted.internet.testing import StringTransport
+
+    from ccproxy.daemon.approve import ApproveFactory
+
+    factory = ApproveFactory(h.app, h.clock, accountOf=lambda uid: succeed("alice"))
+    answers = []
+    for n in range(11):
+        ours, theirs = socket.socketpair()
+        transport = StringTransport()
+        transport.getHandle = lambda sock=ours: sock  # type: ignore[method-assign]
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(f"approve BCDF-GHJ{'KLMNPQRSTVWXZBCDF'[n]}\n".encode())
+        h.flush()
+        answers.append(transport.value().decode())
+        ours.close()
+        theirs.close()
+    assert all("no pending code" in a for a in answers[:10]), answers
+    assert "too many" in answers[10], answers[10]
+    h.clock.advance(60)
+    ours, theirs = socket.socketpair()
+    transport = StringTransport()
+    transport.getHandle = lambda: ours  # type: ignore[method-assign]
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"approve BCDF-GHJK\n")
+    h.flush()
+    assert "no pending code" in transport.value().decode()
+    ours.close()
+    theirs.close()
