@@ -133,3 +133,31 @@ def test_the_approve_socket_limits_attempts_per_account(h: Harness) -> None:
     assert "no pending code" in transport.value().decode()
     ours.close()
     theirs.close()
+
+
+# -- the database's own words stay in the log --------------------------------------------
+
+DB_WORDS = 'connection to server at "db.internal" (10.9.8.7), port 5432 failed: user "ccproxy"'
+
+
+def test_a_ledger_outage_does_not_tell_strangers_about_the_database(h: Harness) -> None:
+    """The sign-in endpoints answer anyone: a database's error text (its host, its
+    user) is for the operator's log, not for the 503."""
+    from ccproxy.ledger.store import LedgerUnavailable
+    from tests.support.signin import bearer, form
+
+    async def down(*_: object) -> object:
+        raise LedgerUnavailable(f"the ledger is unavailable (OperationalError: {DB_WORDS})")
+
+    store = h.app.signIn.store
+    assert store is not None
+    store.run = down  # type: ignore[method-assign]
+    started = form(h, "/oauth/device_authorization", {})
+    polled = form(h, "/oauth/token", {"grant_type": "refresh_token", "refresh_token": "x"})
+    revoked = form(h, "/oauth/revoke", {"token": "x"})
+    looked = h.call("GET", "/v1/models", headers=bearer("ccpx_at_unknown"))
+    page = form(h, "/device", {"user_code": "BCDF-GHJK", "key": "alice-key"})
+    for reply in (started, polled, revoked, looked, page):
+        assert reply.status == 503, reply.body
+        assert b"db.internal" not in reply.body and b"10.9.8.7" not in reply.body, reply.body
+    assert _oauthShaped(started.body)["error"] == "temporarily_unavailable"

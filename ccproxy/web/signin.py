@@ -65,6 +65,7 @@ DEVICE_CODES_PER_MINUTE = 20
 """Sign-ins one address may start per minute: each is a row in the database."""
 PAGE_ADDRESSES = 10_000
 """Addresses whose verification-page attempts are remembered (oldest forgotten)."""
+UNAVAILABLE = "sign-in is unavailable for a moment (its database did not answer): try again"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 REFRESH_GRANT = "refresh_token"
 OPEN_PATHS = frozenset(
@@ -276,7 +277,7 @@ class SignIn:
             try:
                 row = await store.run(store.tables.token, digest)
             except LedgerUnavailable as e:
-                raise ProxyError(503, f"sign-in tokens cannot be checked: {e}", "api_error") from e
+                raise ProxyError(503, self._down(e), "api_error") from e
             if row is None or row.kind != ACCESS or row.revoked is not None or now >= row.expires:
                 known = Known(None, now + NEGATIVE_SECONDS)
             else:
@@ -360,8 +361,15 @@ class SignIn:
         return jsonReply(request, answer)
 
     def _unavailable(self, call: Call, e: Exception) -> bytes:
-        call.record.fail(503, "temporarily_unavailable", str(e))
-        return oauthError(call.request, 503, "temporarily_unavailable", str(e))
+        said = self._down(e)
+        call.record.fail(503, "temporarily_unavailable", said)
+        return oauthError(call.request, 503, "temporarily_unavailable", said)
+
+    def _down(self, e: Exception) -> str:
+        """The database failed: its words (its host, its user) go to the log, and
+        whoever asked, anyone at all on these endpoints, is told only that."""
+        self.log.warn("sign-in: the ledger's database failed: {why}", why=str(e))
+        return UNAVAILABLE
 
     def _refuse(self, call: Call, status: int, error: str, description: str) -> bytes:
         call.record.fail(status, error, description)
@@ -552,7 +560,7 @@ class SignIn:
         except ProxyError as e:
             return self._render(request, e.status, code, e.message)
         except LedgerUnavailable as e:
-            return self._render(request, 503, code, f"Try again: {e}")
+            return self._render(request, 503, code, self._down(e))
         return self._render(request, 200, "", f"{message.capitalize()}. Go back to Claude Code.")
 
     def _render(self, request: IRequest, status: int, code: str, note: str | None) -> bytes:
