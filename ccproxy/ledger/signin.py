@@ -139,6 +139,8 @@ class SignInTables:
                 f"WHERE user_code = {p} AND state = {p}",
                 (APPROVED if client else DENIED, client, userCode, PENDING),
             )
+            if cursor.rowcount != 1:  # decided through another process meanwhile
+                return "decided"
         return "done"
 
     def poll(
