@@ -161,3 +161,44 @@ def test_a_ledger_outage_does_not_tell_strangers_about_the_database(h: Harness) 
         assert reply.status == 503, reply.body
         assert b"db.internal" not in reply.body and b"10.9.8.7" not in reply.body, reply.body
     assert _oauthShaped(started.body)["error"] == "temporarily_unavailable"
+
+
+# -- the checksum is JavaScript's, numbers included ---------------------------------------
+
+_NODE_CHECKSUM = """
+const sorted = v => Array.isArray(v) ? v.map(sorted)
+  : v && typeof v === "object"
+    ? Object.fromEntries(Object.keys(v).sort().map(k => [k, sorted(v[k])])) : v;
+const text = JSON.stringify(sorted(JSON.parse(require("fs").readFileSync(0, "utf8"))));
+console.log("sha256:" + require("crypto").createHash("sha256").update(text).digest("hex"));
+"""
+
+
+def test_the_checksum_writes_numbers_as_javascript_does() -> None:
+    """Claude Code hashes `JSON.stringify` of the settings: `1.0` is `1` there,
+    `1e-05` is `0.00001`, `1.5e-07` is `1.5e-7`. Python's float text made another
+    checksum, so the ETag never matched what the client sends."""
+    import json
+    import shutil
+    import subprocess
+
+    from ccproxy.config.signin import settingsChecksum
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (.ci/run installs it)")
+    settings = {
+        "cleanupPeriodDays": 30.0,
+        "env": {"Z": "é", "A": "1"},
+        "numbers": [1.0, -2.0, 0.5, 1e-05, 1.5e-07, 2.5e-6, 1e21, 1.5e300, 123456.789, 0.0, -0.0],
+        "deep": {"b": [{"y": 1e16, "x": 3}], "a": True, "n": None},
+    }
+    expected = subprocess.run(
+        [node, "-e", _NODE_CHECKSUM],
+        input=json.dumps(settings),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    assert settingsChecksum(settings) == expected
