@@ -202,3 +202,16 @@ def test_the_checksum_writes_numbers_as_javascript_does() -> None:
         timeout=60,
     ).stdout.strip()
     assert settingsChecksum(settings) == expected
+
+
+def test_a_chunked_sign_in_form_is_411_not_too_large(h: Harness) -> None:
+    """A five-byte chunked form was refused as 'at most 16384 bytes' (413): the
+    gateway protocol's answer to a body without Content-Length is 411."""
+    site = ProxySite.serving(h.app, h.clock, maxConnections=5)
+    chunked = Conn(site).send(
+        b"POST /oauth/revoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\ntoken\r\n0\r\n\r\n"
+    )
+    assert chunked.status() == 411
+    answer = _oauthShaped(chunked.written.split(b"\r\n\r\n", 1)[1])
+    assert "Content-Length" in answer["error_description"]

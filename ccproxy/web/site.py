@@ -48,6 +48,7 @@ _REASONS = {
     400: b"Bad Request",
     401: b"Unauthorized",
     408: b"Request Timeout",
+    411: b"Length Required",
     413: b"Content Too Large",
     503: b"Service Unavailable",
 }
@@ -90,7 +91,9 @@ class LimitedRequest(Request):
         path = pendingRequestLine(self.channel)[1].split(b"?", 1)[0]
         try:
             if path in OPEN_PATHS:  # a sign-in form: no key, and a few fields
-                if length is None or length > FORM_MAX_BYTES:
+                if length is None:
+                    raise ProxyError(411, "a sign-in form is sent with its Content-Length")
+                if length > FORM_MAX_BYTES:
                     raise ProxyError(413, f"a sign-in form is at most {FORM_MAX_BYTES} bytes")
             elif bodyComing:
                 _admitKey(self, config)
