@@ -215,3 +215,66 @@ def test_a_chunked_sign_in_form_is_411_not_too_large(h: Harness) -> None:
     assert chunked.status() == 411
     answer = _oauthShaped(chunked.written.split(b"\r\n\r\n", 1)[1])
     assert "Content-Length" in answer["error_description"]
+
+
+# -- a dead token holds no body memory --------------------------------------------------
+
+
+def test_a_dead_token_is_refused_before_its_body_holds_memory(h: Harness) -> None:
+    """A body is read only for a caller let in; a token-shaped bearer was let in
+    unchecked, so anyone could hold `body_memory_bytes` with made-up tokens and
+    bodies sent slowly (until `body_timeout`), turning key holders away with 503.
+    The token is now looked up before the body is read."""
+    site = ProxySite.serving(h.app, h.clock, maxConnections=5)
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: proxy.test\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer ccpx_at_madeup\r\nContent-Length: 100000\r\n\r\n"
+    )
+    slow = Conn(site).send(head + b'{"model":')
+    h.flush()
+    assert slow.status() == 401, slow.written
+    assert b"x-should-retry: false" in slow.written.lower()
+    assert site.bodyBytes == 0
+
+
+def test_a_live_token_still_sends_its_body(h: Harness) -> None:
+    from tests.support.fakes import completion, jsonReply
+    from tests.support.harness import message
+    from tests.support.signin import bearer, signIn
+
+    tokens = signIn(h)
+    site = ProxySite.serving(h.app, h.clock, maxConnections=5)
+    h.upstream.queue(jsonReply(completion("hello")))
+    body = orjson.dumps(message())
+    good = Conn(site).send(_raw("/v1/messages", body, bearer(tokens["access_token"])))
+    h.flush()
+    assert good.status() == 200, good.written
+
+
+def test_the_body_waits_while_the_database_looks_the_token_up(h: Harness) -> None:
+    """A lookup that takes its time: nothing more of the body is read meanwhile;
+    a dead token is then refused, and reading resumes (the rest is dropped)."""
+    from twisted.internet.defer import Deferred
+
+    store = h.app.signIn.store
+    assert store is not None
+    answers: list[Deferred[object]] = []
+
+    async def slow(*_: object) -> object:
+        answer: Deferred[object] = Deferred()
+        answers.append(answer)
+        return await answer
+
+    store.run = slow  # type: ignore[method-assign]
+    site = ProxySite.serving(h.app, h.clock, maxConnections=5)
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: proxy.test\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer ccpx_at_madeup\r\nContent-Length: 100000\r\n\r\n"
+    )
+    conn = Conn(site).send(head)
+    assert conn.transport.producerState == "paused"
+    assert conn.written == b""
+    answers[0].callback(None)  # no such token
+    assert conn.transport.producerState == "producing"
+    assert conn.status() == 401
+    assert site.bodyBytes == 0

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 from attrs import define, field, frozen
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -291,6 +292,19 @@ class SignIn:
                 "authentication_error",
             )
         return client
+
+    def refusal(self, token: str, config: Config) -> Deferred[ProxyError | None]:
+        """The site's question before it reads a token bearer's body: the 401 the
+        route would answer, or None (a live token; or the database cannot say
+        now, and the route will answer that)."""
+        return Deferred.fromCoroutine(self._refusal(token, config))
+
+    async def _refusal(self, token: str, config: Config) -> ProxyError | None:
+        try:
+            await self.clientForToken(token, config)
+        except ProxyError as e:
+            return e if e.status == 401 else None
+        return None
 
     # -- discovery -----------------------------------------------------------------
 
