@@ -278,3 +278,24 @@ def test_the_body_waits_while_the_database_looks_the_token_up(h: Harness) -> Non
     assert conn.transport.producerState == "producing"
     assert conn.status() == 401
     assert site.bodyBytes == 0
+
+
+# -- signing a client out covers the sign-in it approved but has not collected --------------
+
+
+def test_tokens_revoke_also_ends_an_approved_code_not_yet_polled(h: Harness) -> None:
+    """`tokens revoke alice` (sign a client out everywhere) left a code alice had
+    approved, whose Claude Code had not polled yet: its next poll got fresh tokens."""
+    from ccproxy.ledger.signin import SignInTables
+    from tests.support.signin import approveOnPage, poll, startDevice
+
+    device = startDevice(h)
+    assert approveOnPage(h, device["user_code"]).status == 200
+    store = h.app.signIn.store
+    assert store is not None
+    tables: SignInTables = store.tables
+    tables.revokeClient("alice", h.clock.seconds())
+    h.clock.advance(5)
+    reply = poll(h, device["device_code"])
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"] == "access_denied"

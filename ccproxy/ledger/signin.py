@@ -268,7 +268,8 @@ class SignInTables:
             return _revokeAll(cursor, query, (now, found[0]))
 
     def revokeClient(self, client: str, now: float) -> int:
-        """End every sign-in of `client`; the sign-ins ended."""
+        """End every sign-in of `client`, those it approved but whose tokens were
+        not yet collected too (their poll is denied); the sign-ins ended."""
         p = self.p
         with self._transaction() as cursor:
             cursor.execute(
@@ -279,6 +280,12 @@ class SignInTables:
             live = int(cursor.fetchone()[0])
             query = (
                 f"UPDATE {TOKENS_TABLE} SET revoked = {p} WHERE client = {p} AND revoked IS NULL"
+            )
+            # The codes first: a poll collecting one in another process holds its
+            # row, and the tokens it stores are then seen by the UPDATEs after.
+            cursor.execute(
+                f"UPDATE {DEVICE_TABLE} SET state = {p} WHERE client = {p} AND state = {p}",
+                (DENIED, client, APPROVED),
             )
             _revokeAll(cursor, query, (now, client))
         return live
