@@ -299,3 +299,29 @@ def test_tokens_revoke_also_ends_an_approved_code_not_yet_polled(h: Harness) -> 
     reply = poll(h, device["device_code"])
     assert reply.status == 400, reply.body
     assert reply.json()["error"] == "access_denied"
+
+
+def test_a_code_approved_by_a_client_since_removed_yields_no_tokens(
+    h: Harness, url: LedgerURL
+) -> None:
+    """bob approved, then was removed from the config before Claude Code polled:
+    the poll handed out tokens for a client that no longer exists (tokens that
+    would work again were a client named bob ever configured)."""
+    from tests.support.signin import approveOnPage, poll, startDevice
+
+    device = startDevice(h)
+    assert approveOnPage(h, device["user_code"], key="bob-key").status == 200
+    config = h.app.config
+    h.app.reconfigure(
+        type(config).fromYAML(
+            "upstreams: {up: {url: 'http://upstream.test/v1'}}\nmodels: {'*': up}\n"
+            f"clients: [{{name: alice, key: alice-key}}]\nledger: 'sqlite:///{url.target}'\n"
+        )
+    )
+    h.clock.advance(5)
+    reply = poll(h, device["device_code"])
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"] == "access_denied"
+    store = h.app.signIn.store
+    assert store is not None
+    assert store.tables.summary(h.clock.seconds()) == []  # nothing live for bob

@@ -442,6 +442,14 @@ class SignIn:
             return self._refuse(call, 400, "expired_token", "the code has expired: sign in again")
         if poll.outcome != "issued" or poll.client is None:
             return self._refuse(call, 400, "invalid_grant", "unknown or already used device_code")
+        if call.config.clientNamed(poll.client) is None:  # removed since it approved
+            try:
+                await store.run(store.tables.revoke, issued.refresh, now)
+            except LedgerUnavailable as e:
+                return self._unavailable(call, e)
+            return self._refuse(
+                call, 400, "access_denied", "the client that approved is no longer configured"
+            )
         call.record.client = poll.client
         self.log.info(
             "sign-in: {client} signed in ({surface})",
