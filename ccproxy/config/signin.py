@@ -14,6 +14,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -184,8 +185,47 @@ def _checkJSON(value: Any, path: str) -> None:
 
 def canonicalJSON(settings: Mapping[str, Any]) -> bytes:
     """Keys sorted at every level, no whitespace, UTF-8 as it is (JavaScript's
-    `JSON.stringify` escapes nothing beyond ASCII): the bytes Claude Code hashes."""
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    `JSON.stringify` escapes nothing beyond ASCII), numbers as JavaScript writes
+    them (`1`, not `1.0`; `0.00001`, `1.5e-7`): the bytes Claude Code hashes."""
+    parts: list[str] = []
+    _writeJSON(settings, parts)
+    return "".join(parts).encode()
+
+
+def _writeJSON(value: Any, parts: list[str]) -> None:
+    if isinstance(value, Mapping):
+        parts.append("{")
+        for n, key in enumerate(sorted(value)):
+            parts.append(("," if n else "") + json.dumps(str(key), ensure_ascii=False) + ":")
+            _writeJSON(value[key], parts)
+        parts.append("}")
+    elif isinstance(value, list | tuple):
+        parts.append("[")
+        for n, item in enumerate(value):
+            if n:
+                parts.append(",")
+            _writeJSON(item, parts)
+        parts.append("]")
+    elif isinstance(value, float):
+        parts.append(jsNumber(value))
+    else:  # strings, ints, booleans, null: Python's text is JavaScript's
+        parts.append(json.dumps(value, ensure_ascii=False))
+
+
+def jsNumber(value: float) -> str:
+    """A float as JavaScript's `Number.prototype.toString` writes it: the shortest
+    digits that read back (Python's `repr` finds the same), positional from 1e-6
+    up to 1e21, else `1.5e-7` / `1e+21` (no padded exponent)."""
+    if not math.isfinite(value):
+        return "null"
+    if value == 0:
+        return "0"
+    shortest = repr(value)
+    if 1e-6 <= abs(value) < 1e21:
+        return format(Decimal(shortest).normalize(), "f")
+    mantissa, _, exponent = shortest.partition("e")
+    power = int(exponent)
+    return f"{mantissa}e{'+' if power >= 0 else '-'}{abs(power)}"
 
 
 def settingsChecksum(settings: Mapping[str, Any]) -> str:

@@ -11,6 +11,8 @@ that client. One line each way:
     deny WDJB-MJHT               ->   error no pending code WDJB-MJHT (…)
 
 The account name is looked up on the reactor's thread pool (NSS may ask LDAP).
+Each uid may try `login.page_attempts_per_minute` codes a minute, as an address
+may on the verification page.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ccproxy.config import Config, ConfigError
 from ccproxy.errors import ProxyError
 from ccproxy.ledger.store import LedgerUnavailable
 from ccproxy.web.app import ProxyApp
+from ccproxy.web.signin import PageLimiter
 
 LINE_BYTES = 256
 ANSWER_SECONDS = 15.0
@@ -103,6 +106,9 @@ class ApproveProtocol(LineOnlyReceiver):
             return
         app = self.factory.app
         config = app.config
+        if not self.factory.allow(uid, config):
+            self._answer("error", "too many codes tried: wait a minute")
+            return
         try:
             client = app.signIn.approverFor(config, account)
             message = await app.signIn.approve(config, code, client, allow)
@@ -136,11 +142,21 @@ class ApproveFactory(Factory):
     ) -> None:
         self.app = app
         self.reactor = reactor
+        self.limiter: PageLimiter | None = None
         self.accountOf = accountOf or (
             lambda uid: deferToThreadPool(
                 reactor, reactor.getThreadPool(), lambda: pwd.getpwuid(uid).pw_name
             )
         )
+
+    def allow(self, uid: int, config: Config) -> bool:
+        """One more code tried by `uid`? At most `login.page_attempts_per_minute`
+        a minute, as on the verification page (RFC 8628 §5.1): a local account
+        must not try codes without end."""
+        perMinute = config.login.pageAttemptsPerMinute
+        if self.limiter is None or self.limiter.perMinute != perMinute:
+            self.limiter = PageLimiter(perMinute)
+        return self.limiter.allow(f"uid {uid}", self.reactor.seconds())
 
 
 def approveService(app: ProxyApp, reactor: Any, path: str) -> StreamServerEndpointService:

@@ -139,6 +139,8 @@ class SignInTables:
                 f"WHERE user_code = {p} AND state = {p}",
                 (APPROVED if client else DENIED, client, userCode, PENDING),
             )
+            if cursor.rowcount != 1:  # decided through another process meanwhile
+                return "decided"
         return "done"
 
     def poll(
@@ -238,10 +240,15 @@ class SignInTables:
                 return None
             if row.kind != REFRESH or row.revoked is not None or now >= row.expires:
                 return None
+            # Still unrevoked, as the lock this takes sees it: a revocation committed
+            # since the read above (another process) leaves no row to extend.
             cursor.execute(
-                f"UPDATE {TOKENS_TABLE} SET expires = {p} WHERE digest = {p}",
-                (refreshExpires, refreshDigest),
+                f"UPDATE {TOKENS_TABLE} SET expires = {p} "
+                f"WHERE digest = {p} AND revoked IS NULL AND expires > {p}",
+                (refreshExpires, refreshDigest, now),
             )
+            if cursor.rowcount != 1:
+                return None
             self._insert(
                 cursor, accessDigest, ACCESS, row.client, row.family, None, now, accessExpires
             )
@@ -255,14 +262,14 @@ class SignInTables:
             found = cursor.fetchone()
             if found is None:
                 return 0
-            cursor.execute(
-                f"UPDATE {TOKENS_TABLE} SET revoked = {p} WHERE family = {p} AND revoked IS NULL",
-                (now, found[0]),
+            query = (
+                f"UPDATE {TOKENS_TABLE} SET revoked = {p} WHERE family = {p} AND revoked IS NULL"
             )
-            return int(cursor.rowcount)
+            return _revokeAll(cursor, query, (now, found[0]))
 
     def revokeClient(self, client: str, now: float) -> int:
-        """End every sign-in of `client`; the sign-ins ended."""
+        """End every sign-in of `client`, those it approved but whose tokens were
+        not yet collected too (their poll is denied); the sign-ins ended."""
         p = self.p
         with self._transaction() as cursor:
             cursor.execute(
@@ -271,10 +278,16 @@ class SignInTables:
                 (client, now),
             )
             live = int(cursor.fetchone()[0])
-            cursor.execute(
-                f"UPDATE {TOKENS_TABLE} SET revoked = {p} WHERE client = {p} AND revoked IS NULL",
-                (now, client),
+            query = (
+                f"UPDATE {TOKENS_TABLE} SET revoked = {p} WHERE client = {p} AND revoked IS NULL"
             )
+            # The codes first: a poll collecting one in another process holds its
+            # row, and the tokens it stores are then seen by the UPDATEs after.
+            cursor.execute(
+                f"UPDATE {DEVICE_TABLE} SET state = {p} WHERE client = {p} AND state = {p}",
+                (DENIED, client, APPROVED),
+            )
+            _revokeAll(cursor, query, (now, client))
         return live
 
     def summary(self, now: float) -> list[SignInSummary]:
@@ -292,6 +305,19 @@ class SignInTables:
                 SignInSummary(name, int(n), float(issued), float(expires))
                 for name, n, issued, expires in cursor.fetchall()
             ]
+
+
+def _revokeAll(cursor: Any, query: str, args: tuple[Any, ...]) -> int:
+    """Run a revoking UPDATE twice; the rows it revoked. A refresh under way in
+    another process holds its refresh token's row and has stored a new access
+    token: the first UPDATE waits for that row, but (PostgreSQL, read committed)
+    its snapshot predates the new token, which it would leave live. The second
+    statement's snapshot, taken once the refresh is committed, sees and ends it.
+    (SQLite's write lock serializes the two: the second finds nothing.)"""
+    cursor.execute(query, args)
+    count = int(cursor.rowcount)
+    cursor.execute(query, args)
+    return count + int(cursor.rowcount)
 
 
 def _first(cursor: Any, query: str, *args: Any) -> Any:

@@ -109,13 +109,42 @@ def errorHeaders(error: ProxyError) -> dict[bytes, bytes]:
     return headers
 
 
+OAUTH_PATHS = b"/oauth/"
+"""Where errors are RFC 6749's `{"error", "error_description"}` (the gateway
+protocol's OAuth endpoints), not the Anthropic envelope."""
+
+
+def oauthBody(error: str, description: str) -> dict[str, str]:
+    """An RFC 6749 §5.2 error body."""
+    return {"error": error, "error_description": description}
+
+
+def oauthCode(status: int) -> str:
+    """The RFC 6749 / 8628 error code for a failure that is not the grant's own."""
+    if status == 429:
+        return "slow_down"
+    if status == 503:
+        return "temporarily_unavailable"
+    return "server_error" if status >= 500 else "invalid_request"
+
+
+def errorBodyFor(path: bytes, error: ProxyError, message: str, made: str) -> dict[str, Any]:
+    """The error body `path`'s clients read: RFC 6749's on the OAuth endpoints,
+    the Anthropic envelope everywhere else."""
+    if path.startswith(OAUTH_PATHS):
+        return oauthBody(oauthCode(error.status), message)
+    return errorBody(error.errorType, message, made)
+
+
 def errorReply(request: IRequest, error: ProxyError, redact: Redact) -> bytes:
-    """An Anthropic error envelope with the error's status. The message goes
-    through `redact`: an upstream's words may hold the key it was sent."""
+    """An error answer with the error's status: an Anthropic envelope, or on the
+    OAuth endpoints RFC 6749's (`errorBodyFor`). The message goes through
+    `redact`: an upstream's words may hold the key it was sent."""
     request.setResponseCode(error.status)
     for name, value in errorHeaders(error).items():
         request.setHeader(name, value)
-    return jsonReply(request, errorBody(error.errorType, redact(error.message), requestId(request)))
+    body = errorBodyFor(request.path, error, redact(error.message), requestId(request))
+    return jsonReply(request, body)
 
 
 def readJSON(call: Call) -> dict[str, Any]:

@@ -22,6 +22,7 @@ revoke` stops working within that; one revoked through this process at once.
 from __future__ import annotations
 
 import html
+import ipaddress
 import re
 import secrets
 import uuid
@@ -30,6 +31,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 from attrs import define, field, frozen
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -45,7 +47,7 @@ from ccproxy.ledger.signin import (
 )
 from ccproxy.ledger.store import LedgerUnavailable
 from ccproxy.web.auth import authenticate, callerKey, clientForKey
-from ccproxy.web.call import JSON, Call, jsonReply
+from ccproxy.web.call import JSON, Call, jsonReply, oauthBody
 
 ACCESS_PREFIX = "ccpx_at_"
 REFRESH_PREFIX = "ccpx_rt_"
@@ -64,6 +66,7 @@ DEVICE_CODES_PER_MINUTE = 20
 """Sign-ins one address may start per minute: each is a row in the database."""
 PAGE_ADDRESSES = 10_000
 """Addresses whose verification-page attempts are remembered (oldest forgotten)."""
+UNAVAILABLE = "sign-in is unavailable for a moment (its database did not answer): try again"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 REFRESH_GRANT = "refresh_token"
 OPEN_PATHS = frozenset(
@@ -182,16 +185,31 @@ class PageLimiter:
         return True
 
 
+IPV6_PREFIX = 64
+"""An IPv6 peer is counted by its /64: one host is commonly given a whole /64,
+and counted address by address it would have no bound at all."""
+
+
 def addressOf(request: IRequest) -> str:
-    """The peer's address, what the per-address limits count by."""
-    return str(getattr(request.getClientAddress(), "host", "?"))
+    """What the per-address limits count by: the peer's IPv4 address, or its
+    IPv6 address's /64 (an IPv4-mapped one as the IPv4 address it is)."""
+    host = str(getattr(request.getClientAddress(), "host", "?"))
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return host
 
 
 def oauthError(request: IRequest, status: int, error: str, description: str) -> bytes:
     """An RFC 6749 §5.2 error answer."""
     request.setResponseCode(status)
     noStore(request)
-    return jsonReply(request, {"error": error, "error_description": description})
+    return jsonReply(request, oauthBody(error, description))
 
 
 def noStore(request: IRequest) -> None:
@@ -260,7 +278,7 @@ class SignIn:
             try:
                 row = await store.run(store.tables.token, digest)
             except LedgerUnavailable as e:
-                raise ProxyError(503, f"sign-in tokens cannot be checked: {e}", "api_error") from e
+                raise ProxyError(503, self._down(e), "api_error") from e
             if row is None or row.kind != ACCESS or row.revoked is not None or now >= row.expires:
                 known = Known(None, now + NEGATIVE_SECONDS)
             else:
@@ -274,6 +292,19 @@ class SignIn:
                 "authentication_error",
             )
         return client
+
+    def refusal(self, token: str, config: Config) -> Deferred[ProxyError | None]:
+        """The site's question before it reads a token bearer's body: the 401 the
+        route would answer, or None (a live token; or the database cannot say
+        now, and the route will answer that)."""
+        return Deferred.fromCoroutine(self._refusal(token, config))
+
+    async def _refusal(self, token: str, config: Config) -> ProxyError | None:
+        try:
+            await self.clientForToken(token, config)
+        except ProxyError as e:
+            return e if e.status == 401 else None
+        return None
 
     # -- discovery -----------------------------------------------------------------
 
@@ -344,8 +375,15 @@ class SignIn:
         return jsonReply(request, answer)
 
     def _unavailable(self, call: Call, e: Exception) -> bytes:
-        call.record.fail(503, "temporarily_unavailable", str(e))
-        return oauthError(call.request, 503, "temporarily_unavailable", str(e))
+        said = self._down(e)
+        call.record.fail(503, "temporarily_unavailable", said)
+        return oauthError(call.request, 503, "temporarily_unavailable", said)
+
+    def _down(self, e: Exception) -> str:
+        """The database failed: its words (its host, its user) go to the log, and
+        whoever asked, anyone at all on these endpoints, is told only that."""
+        self.log.warn("sign-in: the ledger's database failed: {why}", why=str(e))
+        return UNAVAILABLE
 
     def _refuse(self, call: Call, status: int, error: str, description: str) -> bytes:
         call.record.fail(status, error, description)
@@ -404,6 +442,14 @@ class SignIn:
             return self._refuse(call, 400, "expired_token", "the code has expired: sign in again")
         if poll.outcome != "issued" or poll.client is None:
             return self._refuse(call, 400, "invalid_grant", "unknown or already used device_code")
+        if call.config.clientNamed(poll.client) is None:  # removed since it approved
+            try:
+                await store.run(store.tables.revoke, issued.refresh, now)
+            except LedgerUnavailable as e:
+                return self._unavailable(call, e)
+            return self._refuse(
+                call, 400, "access_denied", "the client that approved is no longer configured"
+            )
         call.record.client = poll.client
         self.log.info(
             "sign-in: {client} signed in ({surface})",
@@ -536,7 +582,7 @@ class SignIn:
         except ProxyError as e:
             return self._render(request, e.status, code, e.message)
         except LedgerUnavailable as e:
-            return self._render(request, 503, code, f"Try again: {e}")
+            return self._render(request, 503, code, self._down(e))
         return self._render(request, 200, "", f"{message.capitalize()}. Go back to Claude Code.")
 
     def _render(self, request: IRequest, status: int, code: str, note: str | None) -> bytes:

@@ -37,17 +37,18 @@ from twisted.web.server import Request, Site
 
 from ccproxy.compat import pendingRequestLine
 from ccproxy.config.model import Config
-from ccproxy.errors import ProxyError, errorBody, invalidRequest
+from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.web.app import ProxyApp
 from ccproxy.web.auth import authenticate, callerKey
-from ccproxy.web.call import bodyTooLarge, errorHeaders, newId
+from ccproxy.web.call import bodyTooLarge, errorBodyFor, errorHeaders, newId
 from ccproxy.web.signin import FORM_MAX_BYTES, OPEN_PATHS, isGatewayToken
 
 _REASONS = {
     400: b"Bad Request",
     401: b"Unauthorized",
     408: b"Request Timeout",
+    411: b"Length Required",
     413: b"Content Too Large",
     503: b"Service Unavailable",
 }
@@ -58,17 +59,18 @@ connection is cut: closing with unread bytes resets the connection, and the clie
 might never see its error."""
 
 
-def _admitKey(request: Request, config: Config) -> None:
+def _admitKey(request: Request, config: Config) -> str | None:
     """A body is read only for a caller with a client key, or with a `/login`
-    token: that one is looked up in the database, which the route does without
-    blocking (`ccproxy.web.signin`); a dead token is refused there, its body
-    already bounded by `max_body_bytes` and `body_memory_bytes`."""
+    token, returned: that one is looked up in the database, without blocking,
+    before the body is read (`LimitedRequest._judgeToken`)."""
     try:
         authenticate(request, config)
     except ProxyError:
         key = callerKey(request)
         if key is None or not isGatewayToken(key) or not config.signIn:
             raise
+        return key
+    return None
 
 
 class LimitedRequest(Request):
@@ -77,6 +79,7 @@ class LimitedRequest(Request):
     channel: ProxyChannel
     _site: ProxySite
     _refused = False
+    _routed = False
     _reserved = 0
     _received = 0
     _bodyTimer: IDelayedCall | None = None
@@ -88,12 +91,15 @@ class LimitedRequest(Request):
         config = site.config()
         bodyComing = length is None or length > 0
         path = pendingRequestLine(self.channel)[1].split(b"?", 1)[0]
+        token = None
         try:
             if path in OPEN_PATHS:  # a sign-in form: no key, and a few fields
-                if length is None or length > FORM_MAX_BYTES:
+                if length is None:
+                    raise ProxyError(411, "a sign-in form is sent with its Content-Length")
+                if length > FORM_MAX_BYTES:
                     raise ProxyError(413, f"a sign-in form is at most {FORM_MAX_BYTES} bytes")
             elif bodyComing:
-                _admitKey(self, config)
+                token = _admitKey(self, config)
             if length is not None and length > config.maxBodyBytes:
                 raise bodyTooLarge(config)
             if length and not site.reserve(length):
@@ -107,6 +113,31 @@ class LimitedRequest(Request):
         self.notifyFinish().addBoth(lambda _: self._release())
         if bodyComing:
             self._bodyTimer = self.channel.callLater(config.bodyTimeout, self._bodyLate)
+        if token is not None:
+            self._judgeToken(token, config)
+
+    def _judgeToken(self, token: str, config: Config) -> None:
+        """A `/login` token's body waits for the token's lookup: no more of it is
+        read until the database has answered (a cached verdict answers at once),
+        and a dead token is refused then. Else anyone could hold body memory with
+        made-up tokens and bodies sent slowly."""
+        check = self._site.tokenRefusal
+        if check is None:
+            return
+        transport = self.channel.transport
+        verdict = check(token, config)
+        paused = not verdict.called
+        if paused:
+            transport.pauseProducing()
+
+        def judged(error: ProxyError | None) -> None:
+            if paused:
+                transport.resumeProducing()
+            if error is not None and not self._refused and not self._routed:
+                self._refuse(error)  # (once routed, the route refuses it itself)
+
+        verdict.addCallback(judged)
+        verdict.addErrback(lambda failure: self._site.logger.failure("judging a token", failure))
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -125,6 +156,7 @@ class LimitedRequest(Request):
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._routed = True
         self._stopBodyTimer()
         if not self._refused and self._site.draining:
             self._refuse(_shuttingDown(), (command, path))
@@ -207,7 +239,8 @@ class ProxyChannel(HTTPChannel):
             return
         self._closedByUs = True
         requestId = f"req_{newId()}"
-        body = orjson.dumps(errorBody(error.errorType, error.message, requestId))
+        path = requestLine[1].split(b"?", 1)[0]
+        body = orjson.dumps(errorBodyFor(path, error, error.message, requestId))
         headers = {
             b"content-type": b"application/json",
             b"content-length": b"%d" % len(body),
@@ -243,6 +276,10 @@ class ProxyChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
+TokenRefusal = Callable[[str, Config], "Deferred[ProxyError | None]"]
+"""The 401 a `/login` token would get (None: let in, or the route will say)."""
+
+
 class ProxySite(Site):
     """A `Site` serving the proxy's app through `ProxyChannel`s and `LimitedRequest`s.
 
@@ -263,6 +300,7 @@ class ProxySite(Site):
         config: Callable[[], Config],
         onRefused: Callable[[AccessRecord], None] = lambda record: None,
         maxConnections: int = 4096,
+        tokenRefusal: TokenRefusal | None = None,
         **kwargs: Any,
     ) -> None:
         # No form parsing: bodies are JSON, and parsing each POST's Content-Type
@@ -270,6 +308,8 @@ class ProxySite(Site):
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
         self.config = config
         self._onRefused = onRefused
+        self.tokenRefusal = tokenRefusal
+        """How a `/login` token is judged before its body is read (`SignIn.refusal`)."""
         self._defaultMaxConnections = maxConnections
         self.channels: set[ProxyChannel] = set()
         self.perAddress: Counter[str] = Counter()
@@ -288,6 +328,7 @@ class ProxySite(Site):
             lambda: app.config,
             app.logRefused,
             maxConnections,
+            app.signIn.refusal,
             reactor=reactor,
         )
 
