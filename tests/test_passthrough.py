@@ -174,6 +174,10 @@ def test_the_body_keeps_its_bytes_with_only_the_model_changed() -> None:
         b'{"max_tokens":5,"model":"claude-x","messages":[]}',  # the model not first
         b'{"model":"claude-y","max_tokens":5,"model":"claude-x"}',  # twice: the last counts
         b'{"model": "claude-x","messages":[]}',  # not as Claude Code writes it
+        # twice, the second spelled with escapes: the upstream reads the last one too
+        b'{"model":"claude-x","max_tokens":5,"\\u006dodel":"claude-x"}',
+        b'{"model":"claude-x","\\u006Dodel":"claude-y","m\\u006f\\u0064\\u0065\\u006c":"claude-x"}',
+        b'{"model":"claude-x","messages":[],"mode\\u006c" :"claude-x"}',
     ],
 )
 def test_any_other_body_is_encoded_once_from_what_was_checked(raw: bytes) -> None:
