@@ -23,6 +23,7 @@ from ccproxy.config.schema import ConfigError
 from ccproxy.doctor.checks import modelsURL, upstreamChatRequest
 from ccproxy.relay.sse import SSEFrames
 from ccproxy.translate.passthrough import MessageStream, usageOf, wholeMessage
+from ccproxy.translate.response import anthropicUsage
 from ccproxy.upstream.client import anthropicHeaders, upstreamHeaders
 from ccproxy.upstream.plan import messagesBody
 from tests.support.fakes import jsonReply, lateReply, rawReply, sseReply
@@ -516,6 +517,15 @@ def test_usage_takes_only_counts() -> None:
         "input_tokens": 3
     }
     assert usageOf("many") == {}
+
+
+def test_usage_counts_are_bounded_as_a_chat_upstream_s() -> None:
+    """An upstream's 2**64 - 1 would overflow the ledger's integers (SQLite refuses
+    the row): bounded as `anthropicUsage` bounds a chat upstream's."""
+    huge = (1 << 64) - 1
+    usage = usageOf(orjson.loads(b'{"input_tokens":%d,"output_tokens":7}' % huge))
+    assert usage == {"input_tokens": 1 << 53, "output_tokens": 7}
+    assert usage["input_tokens"] == anthropicUsage({"prompt_tokens": huge})["input_tokens"]
 
 
 def test_a_stream_without_event_lines_is_read_by_its_types() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ccproxy.errors import anthropicError, brokenAnswer
+from ccproxy.translate.response import MAX_COUNT
 
 USAGE_KEYS = (
     "input_tokens",
@@ -28,11 +29,12 @@ _READ = frozenset({b"message_start", b"message_delta", b"message_stop", b"error"
 
 
 def usageOf(value: Any) -> dict[str, int]:
-    """The token counts in an Anthropic `usage` object; anything else is ignored."""
+    """The token counts in an Anthropic `usage` object, each at most `MAX_COUNT`;
+    anything else is ignored."""
     if not isinstance(value, dict):
         return {}
     return {
-        key: count
+        key: min(count, MAX_COUNT)
         for key in USAGE_KEYS
         if isinstance(count := value.get(key), int) and not isinstance(count, bool) and count >= 0
     }
