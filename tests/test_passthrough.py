@@ -21,6 +21,7 @@ from twisted.web.client import ResponseDone
 from ccproxy.config import Config
 from ccproxy.config.schema import ConfigError
 from ccproxy.doctor.checks import modelsURL, upstreamChatRequest
+from ccproxy.errors import ProxyError
 from ccproxy.relay.sse import SSEFrames
 from ccproxy.translate.passthrough import MessageStream, usageOf, wholeMessage
 from ccproxy.translate.response import anthropicUsage
@@ -534,6 +535,17 @@ def test_a_stream_without_event_lines_is_read_by_its_types() -> None:
     assert stream.keep(b"", b'{"type":"content_block_delta"}') is True
     assert stream.keep(b"", b'{"type":"message_stop"}') is True
     stream.finish()
+    assert stream.knownUsage() == START["message"]["usage"]
+
+
+@pytest.mark.parametrize("skipStart", [False, True])
+def test_a_second_message_start_breaks_the_stream(skipStart: bool) -> None:
+    """One message per stream: a second `message_start` (a buggy upstream, or two
+    answers in one body) is not passed on, nor its usage taken over the first's."""
+    stream = MessageStream(skipStart=skipStart)
+    assert stream.keep(b"message_start", orjson.dumps(START)) is not skipStart
+    with pytest.raises(ProxyError, match="second message_start"):
+        stream.keep(b"message_start", orjson.dumps(START))
     assert stream.knownUsage() == START["message"]["usage"]
 
 

@@ -51,6 +51,7 @@ class MessageStream:
     def __init__(self, skipStart: bool = False) -> None:
         self.skipStart = skipStart
         self.usage: dict[str, int] = {}
+        self.started = False
         self.stopped = False
 
     @staticmethod
@@ -74,6 +75,9 @@ class MessageStream:
             self.usage.update(usageOf(payload.get("usage")))
             return True
         if event == b"message_start":
+            if self.started:  # the client would read a second message in this one
+                raise brokenAnswer("the stream holds a second message_start")
+            self.started = True
             message = payload.get("message")
             if isinstance(message, dict):
                 self.usage.update(usageOf(message.get("usage")))
