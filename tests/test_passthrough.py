@@ -669,6 +669,20 @@ def test_a_frame_over_the_limit_fails_the_stream() -> None:
     assert "longer than 64 bytes" in str(failures[0].value)
 
 
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+def test_a_frame_of_many_short_lines_over_the_limit_fails_the_stream(end: bytes) -> None:
+    """The limit bounds a frame however its lines are cut, and whichever line ends
+    the stream uses (a `\r\n` stream was read line by line, its frame unbounded)."""
+    body = Frames(maxLine=64)
+    failures: list[Failure] = []
+    body.parser.finished.addErrback(failures.append)
+    body.parser.dataReceived(b"event: content_block_delta" + end)
+    for _ in range(20):
+        body.parser.dataReceived(b"data: xxxxxxxx" + end)
+    assert failures and "longer than 64 bytes" in str(failures[0].value)
+    assert body.out == [] and body.read == []
+
+
 def test_the_doctor_probes_a_messages_upstream_in_its_own_api() -> None:
     config = Config.fromYAML(
         "upstreams: {u: {url: 'http://h/v1?x=1', api: messages, api_key: sk-native-secret-key}}\n"

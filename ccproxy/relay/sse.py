@@ -156,7 +156,7 @@ class SSEFrames(SSEParser):
     one read in one piece; the others (and any frame without an `event:` line
     first) are read line by line, their data handed to `onFrame`. A stream with `\\r\\n`
     line ends is read line by line, as `SSEParser` reads. Comments and blank
-    keep-alive lines are dropped. The line limit bounds a frame here.
+    keep-alive lines are dropped. The line limit bounds a frame here, in either mode.
     """
 
     def __init__(
@@ -184,6 +184,8 @@ class SSEFrames(SSEParser):
         self._pieces: list[bytes] = []
         """Frame mode: the frame being read, in the pieces it came in."""
         self._size = 0
+        self._frameSize = 0
+        """Bytes of the lines of `_frame`: the line limit bounds a frame in line mode."""
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called or not data:
@@ -234,11 +236,12 @@ class SSEFrames(SSEParser):
             self._size += len(rest)
             if self._size > self.MAX_LENGTH:
                 self._pieces, self._size = [], 0
-                self.fail(
-                    badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes")
-                )
+                self._frameTooLong()
                 return
         self._onBatch()
+
+    def _frameTooLong(self) -> None:
+        self.fail(badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes"))
 
     def _whole(self, frame: bytes) -> None:
         """One frame of the bare-`\\n` stream (without its blank line), read line by
@@ -252,6 +255,11 @@ class SSEFrames(SSEParser):
         self._hand(b"", b"", frames, unread=True)
 
     def fieldReceived(self, line: bytes) -> None:
+        self._frameSize += len(line) + 1
+        if self._frameSize > self.MAX_LENGTH:  # however many lines it is cut into
+            self._frame, self._lines = [], []
+            self._frameTooLong()
+            return
         self._frame.append(line)
         if line.startswith(b"data:"):
             value = line[5:]
@@ -274,6 +282,7 @@ class SSEFrames(SSEParser):
         if not self._frame:
             return
         frame, self._frame = self._frame, []
+        self._frameSize = 0
         event, self._event = self._event, b""
         lines, self._lines = self._lines, []
         data = lines[0] if len(lines) == 1 else b"\n".join(lines)
