@@ -656,6 +656,29 @@ def test_comments_and_blank_lines_are_dropped_and_crlf_is_read() -> None:
     assert [e for e in crlf.read if MessageStream.reads(e[0])] == READ
 
 
+@given(st.lists(st.integers(min_value=0, max_value=2 * len(WIRE)), max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_a_crlf_stream_cut_anywhere_is_read_frame_by_frame(cuts: list[int]) -> None:
+    """Whatever the first read holds (`event: mess`, no line end yet), a `\r\n`
+    stream's frames go on as they come, each whole, not held to the stream's end."""
+    crlf = WIRE.replace(b"\n", b"\r\n")
+    points = sorted({0, len(crlf), *(c for c in cuts if c < len(crlf))})
+    body = Frames()
+    for a, b in itertools.pairwise(points):
+        body.parser.dataReceived(crlf[a:b])
+        # every frame whose blank line has come is handed on at once
+        assert b"".join(body.out) == WIRE[: _frameEnd(b, crlf)]
+    body.parser.connectionLost(Failure(ResponseDone()))
+    assert b"".join(body.out) == WIRE
+    assert [e for e in body.read if MessageStream.reads(e[0])] == READ
+
+
+def _frameEnd(upTo: int, crlf: bytes) -> int:
+    """Bytes of WIRE up to the last frame end within `crlf[:upTo]`."""
+    frames = crlf[:upTo].count(b"\r\n\r\n")
+    return len(b"".join(TEXT_STREAM[:frames]))
+
+
 def test_a_last_frame_without_its_blank_line_still_counts() -> None:
     body = Frames().feed(WIRE[:-2])
     assert b"".join(body.out) == WIRE and body.read == READ

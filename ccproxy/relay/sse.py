@@ -180,7 +180,7 @@ class SSEFrames(SSEParser):
         self._frame: list[bytes] = []
         """Line mode: the lines of the frame being read."""
         self._mode: str | None = None
-        """`frames` (bare `\\n`) or `lines`, from the first read."""
+        """`frames` (bare `\\n`) or `lines`, from the first read with a line end."""
         self._pieces: list[bytes] = []
         """Frame mode: the frame being read, in the pieces it came in."""
         self._size = 0
@@ -190,7 +190,18 @@ class SSEFrames(SSEParser):
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called or not data:
             return
-        if self._mode is None:
+        if self._mode is None:  # read on the first line end: a first read may have none
+            if b"\n" not in data and b"\r" not in data:
+                self.heard()
+                self._pieces.append(data)
+                self._size += len(data)
+                if self._size > self.MAX_LENGTH:
+                    self._pieces, self._size = [], 0
+                    self._frameTooLong()
+                return
+            if self._pieces:
+                data = b"".join([*self._pieces, data])
+                self._pieces, self._size = [], 0
             self._mode = "lines" if b"\r" in data else "frames"
         if self._mode == "lines":
             SSEParser.dataReceived(self, data)
