@@ -423,6 +423,19 @@ def test_an_error_event_mid_stream_ends_it_as_a_failure(access: list[dict[str, A
     assert access[-1]["input_tokens"] == 40
 
 
+def test_an_error_event_s_words_are_redacted_and_a_second_start_is_an_error() -> None:
+    h = Harness.build(CONFIG)
+    leak = {"type": "error", "error": {"type": "api_error", "message": "sk-native-secret-key"}}
+    h.upstream.queue(anthropicStream([*TEXT_STREAM[:2], frame(leak)]))
+    reply = h.post(message(model="claude-haiku-4-5", stream=True))
+    assert b"sk-native" not in reply.body
+    assert parseSSE(reply.body)[-1][1]["error"]["type"] == "api_error"
+    h.upstream.queue(anthropicStream([*TEXT_STREAM[:2], *TEXT_STREAM]))
+    frames = parseSSE(h.post(message(model="claude-haiku-4-5", stream=True)).body)
+    assert [n for n, _ in frames] == ["message_start", "content_block_start", "error"]
+    assert "second message_start" in frames[-1][1]["error"]["message"]
+
+
 def test_a_stream_cut_before_message_stop_ends_with_an_error_event(
     access: list[dict[str, Any]],
 ) -> None:
