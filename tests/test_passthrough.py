@@ -436,6 +436,15 @@ def test_an_error_event_s_words_are_redacted_and_a_second_start_is_an_error() ->
     assert "second message_start" in frames[-1][1]["error"]["message"]
 
 
+def test_a_stream_ends_for_the_client_at_message_stop(access: list[dict[str, Any]]) -> None:
+    h = Harness.build(CONFIG)
+    late = {"type": "error", "error": {"type": "overloaded_error", "message": "late"}}
+    h.upstream.queue(anthropicStream([*TEXT_STREAM, *TEXT_STREAM[1:3], frame(late)]))
+    reply = h.post(message(model="claude-haiku-4-5", stream=True))
+    assert reply.body == b"".join(TEXT_STREAM)
+    assert access[-1]["error_type"] is None and access[-1]["output_tokens"] == 9
+
+
 def test_a_stream_cut_before_message_stop_ends_with_an_error_event(
     access: list[dict[str, Any]],
 ) -> None:
@@ -562,6 +571,22 @@ def test_a_second_message_start_breaks_the_stream(skipStart: bool) -> None:
     assert stream.knownUsage() == START["message"]["usage"]
 
 
+def test_what_follows_message_stop_is_not_read() -> None:
+    """The answer was whole at `message_stop`: an `event: error` after it does not
+    make it a failure, nor put an error event after the client's `message_stop`."""
+    stream = MessageStream()
+    for event in TEXT_EVENTS:
+        stream.keep(event["type"].encode(), orjson.dumps(event))
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "late"}}
+    assert stream.keep(b"error", orjson.dumps(error)) is False
+    assert stream.keep(b"message_start", orjson.dumps(START)) is False
+    assert stream.keep(b"message_delta", orjson.dumps(TEXT_EVENTS[5])) is False
+    assert stream.reads(b"content_block_delta") is True  # read, so as not to go on
+    assert stream.keep(b"content_block_delta", orjson.dumps(TEXT_EVENTS[3])) is False
+    stream.finish()
+    assert stream.knownUsage() == {**START["message"]["usage"], "output_tokens": 9}
+
+
 def test_a_whole_message_without_usage_counts_none() -> None:
     message = wholeMessage({"content": [], "type": "message"})
     assert message["usage"] == {} and message["stop_reason"] is None
@@ -625,7 +650,7 @@ class Frames:
             30,
             "up",
             maxLine,
-            wants=MessageStream.reads,
+            wants=MessageStream().reads,
             onUnread=self.out.append,
         )
         self.parser.makeConnection(StringTransport())
@@ -653,7 +678,7 @@ def test_frames_cut_anywhere_go_on_byte_for_byte(cuts: list[int]) -> None:
     body = Frames().feed(*(WIRE[a:b] for a, b in itertools.pairwise(points)))
     assert b"".join(body.out) == WIRE
     # The events MessageStream reads are read (and those cut across reads: whole).
-    assert [e for e in body.read if MessageStream.reads(e[0])] == READ
+    assert [e for e in body.read if MessageStream().reads(e[0])] == READ
     if len(points) == 2:
         assert body.read == READ  # in one read: none but those
 
@@ -666,7 +691,7 @@ def test_comments_and_blank_lines_are_dropped_and_crlf_is_read() -> None:
     ) + b"".join(TEXT_STREAM[1:])
     crlf = Frames().feed(WIRE.replace(b"\n", b"\r\n"))
     assert b"".join(crlf.out) == WIRE  # read line by line: every frame's data is read
-    assert [e for e in crlf.read if MessageStream.reads(e[0])] == READ
+    assert [e for e in crlf.read if MessageStream().reads(e[0])] == READ
 
 
 @given(st.lists(st.integers(min_value=0, max_value=2 * len(WIRE)), max_size=6))
@@ -683,7 +708,7 @@ def test_a_crlf_stream_cut_anywhere_is_read_frame_by_frame(cuts: list[int]) -> N
         assert b"".join(body.out) == WIRE[: _frameEnd(b, crlf)]
     body.parser.connectionLost(Failure(ResponseDone()))
     assert b"".join(body.out) == WIRE
-    assert [e for e in body.read if MessageStream.reads(e[0])] == READ
+    assert [e for e in body.read if MessageStream().reads(e[0])] == READ
 
 
 def _frameEnd(upTo: int, crlf: bytes) -> int:

@@ -54,16 +54,19 @@ class MessageStream:
         self.started = False
         self.stopped = False
 
-    @staticmethod
-    def reads(event: bytes) -> bool:
+    def reads(self, event: bytes) -> bool:
         """Whether `keep` needs the data of an event of this name (the rest go on
-        unread)."""
-        return event in _READ or not event
+        unread); after `message_stop`, every frame's (none goes on)."""
+        return event in _READ or not event or self.stopped
 
     def keep(self, event: bytes, data: bytes) -> bool:
         """Whether the frame of `event` (its name) with `data` goes to the client;
         a `ProxyError` for the upstream's own `event: error`, or a frame that
-        cannot be read where it must be."""
+        cannot be read where it must be. Nothing after `message_stop` goes on: the
+        answer was whole there (an error after it is no failure, and a second
+        message's frames are not the client's)."""
+        if self.stopped:
+            return False
         if event not in _READ:
             if event:
                 return True
