@@ -193,11 +193,7 @@ class SSEFrames(SSEParser):
         if self._mode is None:  # read on the first line end: a first read may have none
             if b"\n" not in data and b"\r" not in data:
                 self.heard()
-                self._pieces.append(data)
-                self._size += len(data)
-                if self._size > self.MAX_LENGTH:
-                    self._pieces, self._size = [], 0
-                    self._frameTooLong()
+                self._hold(data)
                 return
             if self._pieces:
                 data = b"".join([*self._pieces, data])
@@ -241,15 +237,20 @@ class SSEFrames(SSEParser):
             return
         if run < start:
             self._onRaw(data[run:start])
-        if start < len(data):
-            rest = data[start:] if start else data
-            self._pieces.append(rest)
-            self._size += len(rest)
-            if self._size > self.MAX_LENGTH:
-                self._pieces, self._size = [], 0
-                self._frameTooLong()
-                return
+        if start < len(data) and not self._hold(data[start:] if start else data):
+            return
         self._onBatch()
+
+    def _hold(self, piece: bytes) -> bool:
+        """Keep `piece` of a frame not whole yet; False (the stream failed) when that
+        makes the frame longer than the limit."""
+        self._pieces.append(piece)
+        self._size += len(piece)
+        if self._size > self.MAX_LENGTH:
+            self._pieces, self._size = [], 0
+            self._frameTooLong()
+            return False
+        return True
 
     def _frameTooLong(self) -> None:
         self.fail(badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes"))
