@@ -26,10 +26,12 @@ from ccproxy.relay.sse import SSEFrames
 from ccproxy.translate.passthrough import MessageStream, usageOf, wholeMessage
 from ccproxy.translate.response import anthropicUsage
 from ccproxy.upstream.client import anthropicHeaders, upstreamHeaders
-from ccproxy.upstream.plan import messagesBody
+from ccproxy.upstream.plan import Plan, messagesBody
 from tests.support.fakes import jsonReply, lateReply, rawReply, sseReply
 from tests.support.harness import Harness, message, parseSSE
 from tests.test_app_stream import TEXT_CHUNKS
+from tests.test_app_toolsearch import ask as askWithTools
+from tests.test_app_toolsearch import content, searchReply, weatherReply
 from tests.test_disconnect import connect, hangUp
 from tests.test_head_wait import Stream
 
@@ -768,3 +770,68 @@ def test_the_caller_s_key_goes_as_x_api_key_to_a_keyless_messages_upstream() -> 
     h.post(message(model="claude-haiku-4-5"), headers={"authorization": "Bearer caller-own-key"})
     received = h.upstream.received[-1].headers
     assert received["x-api-key"] == "caller-own-key" and "authorization" not in received
+
+
+# -- ccproxy's tool search: its rounds stay where they began ------------------------------
+
+
+def test_a_tool_search_round_does_not_fail_over_to_another_api() -> None:
+    """A round of ccproxy's tool search goes on with the answer the chat upstream
+    began: read by its translator, so never sent to an upstream speaking another API
+    (the messages upstream got the client's first body, and its events were read as
+    chat chunks)."""
+    h = Harness.build(CONFIG)
+    busy = jsonReply({"error": {"message": "busy"}}, 503)
+    reply = askWithTools(
+        h, True, searchReply(True), busy, anthropicStream(TEXT_STREAM), model="mixed"
+    )
+    assert [r.path for r in h.upstream.received] == ["/v1/chat/completions"] * 2
+    frames = parseSSE(reply.body)
+    assert [n for n, _ in frames].count("message_start") == 1
+    assert frames[-1][0] == "error" and "busy" in frames[-1][1]["error"]["message"]
+
+
+def test_a_tool_search_round_fails_over_among_chat_upstreams() -> None:
+    h = Harness.build(
+        CONFIG.replace("mixed: [chat/gpt-x, native/native-x]", "mixed: [chat/gpt-x, chat/gpt-y]")
+    )
+    busy = jsonReply({"error": {"message": "busy"}}, 503)
+    reply = askWithTools(h, True, searchReply(True), busy, weatherReply(True), model="mixed")
+    assert [r.body["model"] for r in h.upstream.received] == ["gpt-x", "gpt-x", "gpt-y"]
+    blocks, stop, _ = content(reply, True)
+    assert stop == "tool_use" and blocks[-1]["name"] == "get_weather"
+
+
+def test_a_continued_plan_keeps_the_targets_that_can_go_on() -> None:
+    config = Config.fromYAML(
+        "upstreams:\n"
+        + "".join(
+            f"  {name}: {{url: 'http://{name}.test/v1', api: {api}}}\n"
+            for name, api in [
+                ("c1", "chat"),
+                ("c2", "chat"),
+                ("r1", "responses"),
+                ("r2", "responses"),
+                ("m", "messages"),
+            ]
+        )
+        + "models: {'*': [c1, r1, m, c2, r2]}\n",
+        {},
+    )
+    body = message(model="x")
+    plan = Plan.forRequest(
+        body,
+        "x",
+        "msg_1",
+        targets=config.router.resolve("x").targets,
+        upstreams=config.upstreams,
+        defaultMaxTokens=100,
+        maxResponseBytes=1 << 20,
+    )
+
+    def after(began: str) -> list[str]:
+        return [t.upstream for t in plan.continued([], began).targets]
+
+    assert after("c2") == ["c1", "c2"]  # chat goes on in chat (failover kept)
+    assert after("r1") == ["r1"]  # its reasoning is signed with its name
+    assert after("r2") == ["r2"]

@@ -105,10 +105,20 @@ class Plan:
         rendering = Rendering(messageId, model, stopSequences(body), names, server)
         return cls(body, rendering, search=search, **kwargs)
 
-    def continued(self, prefix: list[dict[str, Any]]) -> Plan:
+    def continued(self, prefix: list[dict[str, Any]], began: str) -> Plan:
         """The plan that has an upstream go on with an answer begun with `prefix`
-        (ccproxy's tool search ran in it): the same message, one more request."""
-        return evolve(self, request=continued(self.request, prefix))
+        (ccproxy's tool search ran in it) by upstream `began`: the same message,
+        one more request, to the targets that can go on with it. The answer's
+        stream is read by `began`'s translator, so another upstream only when both
+        speak chat (a Responses answer's reasoning is signed with its upstream's
+        name, and an upstream speaking the Messages API would get the first body)."""
+        chat = self.upstreams[began].api == "chat"
+        targets = tuple(
+            t
+            for t in self.targets
+            if t.upstream == began or (chat and self.upstreams[t.upstream].api == "chat")
+        )
+        return evolve(self, request=continued(self.request, prefix), targets=targets)
 
     @property
     def stream(self) -> bool:
