@@ -477,7 +477,14 @@ def test_a_stream_committed_by_head_wait_has_one_message_start() -> None:
     stream.at(10)
     assert stream.ended
     assert stream.names() == [e["type"] for e in TEXT_EVENTS]
-    assert b"".join(stream.pieces).endswith(b"".join(TEXT_STREAM[1:]))
+    assert b"".join(stream.pieces).endswith(b"".join(TEXT_STREAM[-1:]))
+    assert b"".join(TEXT_STREAM[1:5]) in b"".join(stream.pieces)
+    # ccproxy's message_start said no usage: the upstream's input counts come with
+    # its message_delta, as a translated stream's do
+    assert stream.frames()[-2][1] == {
+        **TEXT_EVENTS[5],
+        "usage": {"output_tokens": 9, "input_tokens": 40, "cache_read_input_tokens": 30},
+    }
 
 
 def test_a_silent_stream_gets_pings_and_times_out() -> None:

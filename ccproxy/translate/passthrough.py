@@ -53,6 +53,9 @@ class MessageStream:
         self.usage: dict[str, int] = {}
         self.started = False
         self.stopped = False
+        self._delta: dict[str, Any] | None = None
+        """The `message_delta` just read, when its frame may lack what the client's
+        `message_start` (ccproxy's) did not say: see `toSend`."""
 
     def reads(self, event: bytes) -> bool:
         """Whether `keep` needs the data of an event of this name (the rest go on
@@ -75,7 +78,9 @@ class MessageStream:
                 return True
         payload = _loads(data)
         if event == b"message_delta":
-            self.usage.update(usageOf(payload.get("usage")))
+            usage = payload.get("usage")
+            self.usage.update(usageOf(usage))
+            self._delta = payload if self.skipStart else None
             return True
         if event == b"message_start":
             if self.started:  # the client would read a second message in this one
@@ -91,6 +96,26 @@ class MessageStream:
         raise anthropicError(payload, 502) or brokenAnswer(
             f"the stream holds an error: {data[:200]!r}"
         )
+
+    def toSend(self, event: bytes, data: bytes, frame: bytes) -> bytes | None:
+        """The bytes of a read frame that go to the client (`keep`), None for none.
+
+        With `skipStart`, the client's `message_start` was ccproxy's, its usage all
+        zeros: the upstream's input counts (told in its own `message_start`) go in
+        its `message_delta` then, where a client adds them up (as a translated
+        stream's `message_delta` says them too)."""
+        if not self.keep(event, data):
+            return None
+        delta, self._delta = self._delta, None
+        if delta is None:
+            return frame
+        told = delta.get("usage")
+        told = told if isinstance(told, dict) else {}
+        missing = {k: v for k, v in self.usage.items() if k not in told}
+        if not missing:
+            return frame
+        delta = {**delta, "usage": {**told, **missing}}
+        return b"event: message_delta\ndata: " + orjson.dumps(delta) + b"\n\n"
 
     def finish(self) -> None:
         """The stream ended: a `ProxyError` when it ended before `message_stop`."""
