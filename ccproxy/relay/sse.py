@@ -57,6 +57,8 @@ class SSEParser(BodyReader):
         self._onData = onData
         self._onBatch = onBatch
         self._lines: list[bytes] = []
+        self._eventSize = 0
+        """Bytes of the data lines of the event being read."""
         self.sawDone = False
 
     def dataReceived(self, data: bytes) -> None:
@@ -113,10 +115,19 @@ class SSEParser(BodyReader):
         name, _, value = line.partition(b":")
         if name == b"data":
             self._lines.append(value[1:] if value[:1] == b" " else value)
+            self._eventSize += len(line)
+            if self._eventSize > self.MAX_LENGTH:  # however many lines it is cut into
+                self._lines = []
+                self.eventTooLong()
         # "event", "id" and "retry" carry nothing an OpenAI stream needs.
 
     def lineLengthExceeded(self) -> None:
         self.fail(badGateway(self._name, f"a stream line is longer than {self.MAX_LENGTH} bytes"))
+
+    def eventTooLong(self) -> None:
+        """The line limit bounds an event too (an upstream that never sends the
+        blank line that ends it must not grow it without end)."""
+        self.fail(badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes"))
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         if not self.finished.called and not reason.check(ResponseDone, PotentialDataLoss):
@@ -134,7 +145,7 @@ class SSEParser(BodyReader):
         if not self._lines:
             return
         data = self._lines[0] if len(self._lines) == 1 else b"\n".join(self._lines)
-        self._lines = []
+        self._lines, self._eventSize = [], 0
         if data.strip() == _DONE:
             self.sawDone = True
             return
@@ -248,12 +259,9 @@ class SSEFrames(SSEParser):
         self._size += len(piece)
         if self._size > self.MAX_LENGTH:
             self._pieces, self._size = [], 0
-            self._frameTooLong()
+            self.eventTooLong()
             return False
         return True
-
-    def _frameTooLong(self) -> None:
-        self.fail(badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes"))
 
     def _whole(self, frame: bytes) -> None:
         """One frame of the bare-`\\n` stream (without its blank line), read line by
@@ -270,7 +278,7 @@ class SSEFrames(SSEParser):
         self._frameSize += len(line) + 1
         if self._frameSize > self.MAX_LENGTH:  # however many lines it is cut into
             self._frame, self._lines = [], []
-            self._frameTooLong()
+            self.eventTooLong()
             return
         self._frame.append(line)
         if line.startswith(b"data:"):
