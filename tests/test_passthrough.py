@@ -21,13 +21,17 @@ from twisted.web.client import ResponseDone
 from ccproxy.config import Config
 from ccproxy.config.schema import ConfigError
 from ccproxy.doctor.checks import modelsURL, upstreamChatRequest
+from ccproxy.errors import ProxyError
 from ccproxy.relay.sse import SSEFrames
 from ccproxy.translate.passthrough import MessageStream, usageOf, wholeMessage
+from ccproxy.translate.response import anthropicUsage
 from ccproxy.upstream.client import anthropicHeaders, upstreamHeaders
-from ccproxy.upstream.plan import messagesBody
+from ccproxy.upstream.plan import Plan, messagesBody
 from tests.support.fakes import jsonReply, lateReply, rawReply, sseReply
 from tests.support.harness import Harness, message, parseSSE
 from tests.test_app_stream import TEXT_CHUNKS
+from tests.test_app_toolsearch import ask as askWithTools
+from tests.test_app_toolsearch import content, searchReply, weatherReply
 from tests.test_disconnect import connect, hangUp
 from tests.test_head_wait import Stream
 
@@ -174,6 +178,10 @@ def test_the_body_keeps_its_bytes_with_only_the_model_changed() -> None:
         b'{"max_tokens":5,"model":"claude-x","messages":[]}',  # the model not first
         b'{"model":"claude-y","max_tokens":5,"model":"claude-x"}',  # twice: the last counts
         b'{"model": "claude-x","messages":[]}',  # not as Claude Code writes it
+        # twice, the second spelled with escapes: the upstream reads the last one too
+        b'{"model":"claude-x","max_tokens":5,"\\u006dodel":"claude-x"}',
+        b'{"model":"claude-x","\\u006Dodel":"claude-y","m\\u006f\\u0064\\u0065\\u006c":"claude-x"}',
+        b'{"model":"claude-x","messages":[],"mode\\u006c" :"claude-x"}',
     ],
 )
 def test_any_other_body_is_encoded_once_from_what_was_checked(raw: bytes) -> None:
@@ -417,6 +425,28 @@ def test_an_error_event_mid_stream_ends_it_as_a_failure(access: list[dict[str, A
     assert access[-1]["input_tokens"] == 40
 
 
+def test_an_error_event_s_words_are_redacted_and_a_second_start_is_an_error() -> None:
+    h = Harness.build(CONFIG)
+    leak = {"type": "error", "error": {"type": "api_error", "message": "sk-native-secret-key"}}
+    h.upstream.queue(anthropicStream([*TEXT_STREAM[:2], frame(leak)]))
+    reply = h.post(message(model="claude-haiku-4-5", stream=True))
+    assert b"sk-native" not in reply.body
+    assert parseSSE(reply.body)[-1][1]["error"]["type"] == "api_error"
+    h.upstream.queue(anthropicStream([*TEXT_STREAM[:2], *TEXT_STREAM]))
+    frames = parseSSE(h.post(message(model="claude-haiku-4-5", stream=True)).body)
+    assert [n for n, _ in frames] == ["message_start", "content_block_start", "error"]
+    assert "second message_start" in frames[-1][1]["error"]["message"]
+
+
+def test_a_stream_ends_for_the_client_at_message_stop(access: list[dict[str, Any]]) -> None:
+    h = Harness.build(CONFIG)
+    late = {"type": "error", "error": {"type": "overloaded_error", "message": "late"}}
+    h.upstream.queue(anthropicStream([*TEXT_STREAM, *TEXT_STREAM[1:3], frame(late)]))
+    reply = h.post(message(model="claude-haiku-4-5", stream=True))
+    assert reply.body == b"".join(TEXT_STREAM)
+    assert access[-1]["error_type"] is None and access[-1]["output_tokens"] == 9
+
+
 def test_a_stream_cut_before_message_stop_ends_with_an_error_event(
     access: list[dict[str, Any]],
 ) -> None:
@@ -447,7 +477,14 @@ def test_a_stream_committed_by_head_wait_has_one_message_start() -> None:
     stream.at(10)
     assert stream.ended
     assert stream.names() == [e["type"] for e in TEXT_EVENTS]
-    assert b"".join(stream.pieces).endswith(b"".join(TEXT_STREAM[1:]))
+    assert b"".join(stream.pieces).endswith(b"".join(TEXT_STREAM[-1:]))
+    assert b"".join(TEXT_STREAM[1:5]) in b"".join(stream.pieces)
+    # ccproxy's message_start said no usage: the upstream's input counts come with
+    # its message_delta, as a translated stream's do
+    assert stream.frames()[-2][1] == {
+        **TEXT_EVENTS[5],
+        "usage": {"output_tokens": 9, "input_tokens": 40, "cache_read_input_tokens": 30},
+    }
 
 
 def test_a_silent_stream_gets_pings_and_times_out() -> None:
@@ -514,6 +551,15 @@ def test_usage_takes_only_counts() -> None:
     assert usageOf("many") == {}
 
 
+def test_usage_counts_are_bounded_as_a_chat_upstream_s() -> None:
+    """An upstream's 2**64 - 1 would overflow the ledger's integers (SQLite refuses
+    the row): bounded as `anthropicUsage` bounds a chat upstream's."""
+    huge = (1 << 64) - 1
+    usage = usageOf(orjson.loads(b'{"input_tokens":%d,"output_tokens":7}' % huge))
+    assert usage == {"input_tokens": 1 << 53, "output_tokens": 7}
+    assert usage["input_tokens"] == anthropicUsage({"prompt_tokens": huge})["input_tokens"]
+
+
 def test_a_stream_without_event_lines_is_read_by_its_types() -> None:
     stream = MessageStream(skipStart=True)
     assert stream.keep(b"", orjson.dumps(START)) is False
@@ -521,6 +567,33 @@ def test_a_stream_without_event_lines_is_read_by_its_types() -> None:
     assert stream.keep(b"", b'{"type":"message_stop"}') is True
     stream.finish()
     assert stream.knownUsage() == START["message"]["usage"]
+
+
+@pytest.mark.parametrize("skipStart", [False, True])
+def test_a_second_message_start_breaks_the_stream(skipStart: bool) -> None:
+    """One message per stream: a second `message_start` (a buggy upstream, or two
+    answers in one body) is not passed on, nor its usage taken over the first's."""
+    stream = MessageStream(skipStart=skipStart)
+    assert stream.keep(b"message_start", orjson.dumps(START)) is not skipStart
+    with pytest.raises(ProxyError, match="second message_start"):
+        stream.keep(b"message_start", orjson.dumps(START))
+    assert stream.knownUsage() == START["message"]["usage"]
+
+
+def test_what_follows_message_stop_is_not_read() -> None:
+    """The answer was whole at `message_stop`: an `event: error` after it does not
+    make it a failure, nor put an error event after the client's `message_stop`."""
+    stream = MessageStream()
+    for event in TEXT_EVENTS:
+        stream.keep(event["type"].encode(), orjson.dumps(event))
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "late"}}
+    assert stream.keep(b"error", orjson.dumps(error)) is False
+    assert stream.keep(b"message_start", orjson.dumps(START)) is False
+    assert stream.keep(b"message_delta", orjson.dumps(TEXT_EVENTS[5])) is False
+    assert stream.reads(b"content_block_delta") is True  # read, so as not to go on
+    assert stream.keep(b"content_block_delta", orjson.dumps(TEXT_EVENTS[3])) is False
+    stream.finish()
+    assert stream.knownUsage() == {**START["message"]["usage"], "output_tokens": 9}
 
 
 def test_a_whole_message_without_usage_counts_none() -> None:
@@ -586,7 +659,7 @@ class Frames:
             30,
             "up",
             maxLine,
-            wants=MessageStream.reads,
+            wants=MessageStream().reads,
             onUnread=self.out.append,
         )
         self.parser.makeConnection(StringTransport())
@@ -614,7 +687,7 @@ def test_frames_cut_anywhere_go_on_byte_for_byte(cuts: list[int]) -> None:
     body = Frames().feed(*(WIRE[a:b] for a, b in itertools.pairwise(points)))
     assert b"".join(body.out) == WIRE
     # The events MessageStream reads are read (and those cut across reads: whole).
-    assert [e for e in body.read if MessageStream.reads(e[0])] == READ
+    assert [e for e in body.read if MessageStream().reads(e[0])] == READ
     if len(points) == 2:
         assert body.read == READ  # in one read: none but those
 
@@ -627,7 +700,30 @@ def test_comments_and_blank_lines_are_dropped_and_crlf_is_read() -> None:
     ) + b"".join(TEXT_STREAM[1:])
     crlf = Frames().feed(WIRE.replace(b"\n", b"\r\n"))
     assert b"".join(crlf.out) == WIRE  # read line by line: every frame's data is read
-    assert [e for e in crlf.read if MessageStream.reads(e[0])] == READ
+    assert [e for e in crlf.read if MessageStream().reads(e[0])] == READ
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2 * len(WIRE)), max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_a_crlf_stream_cut_anywhere_is_read_frame_by_frame(cuts: list[int]) -> None:
+    """Whatever the first read holds (`event: mess`, no line end yet), a `\r\n`
+    stream's frames go on as they come, each whole, not held to the stream's end."""
+    crlf = WIRE.replace(b"\n", b"\r\n")
+    points = sorted({0, len(crlf), *(c for c in cuts if c < len(crlf))})
+    body = Frames()
+    for a, b in itertools.pairwise(points):
+        body.parser.dataReceived(crlf[a:b])
+        # every frame whose blank line has come is handed on at once
+        assert b"".join(body.out) == WIRE[: _frameEnd(b, crlf)]
+    body.parser.connectionLost(Failure(ResponseDone()))
+    assert b"".join(body.out) == WIRE
+    assert [e for e in body.read if MessageStream().reads(e[0])] == READ
+
+
+def _frameEnd(upTo: int, crlf: bytes) -> int:
+    """Bytes of WIRE up to the last frame end within `crlf[:upTo]`."""
+    frames = crlf[:upTo].count(b"\r\n\r\n")
+    return len(b"".join(TEXT_STREAM[:frames]))
 
 
 def test_a_last_frame_without_its_blank_line_still_counts() -> None:
@@ -641,6 +737,20 @@ def test_a_frame_over_the_limit_fails_the_stream() -> None:
     body.parser.finished.addErrback(failures.append)
     body.parser.dataReceived(b"event: content_block_delta\ndata: " + b"x" * 100)
     assert "longer than 64 bytes" in str(failures[0].value)
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+def test_a_frame_of_many_short_lines_over_the_limit_fails_the_stream(end: bytes) -> None:
+    """The limit bounds a frame however its lines are cut, and whichever line ends
+    the stream uses (a `\r\n` stream was read line by line, its frame unbounded)."""
+    body = Frames(maxLine=64)
+    failures: list[Failure] = []
+    body.parser.finished.addErrback(failures.append)
+    body.parser.dataReceived(b"event: content_block_delta" + end)
+    for _ in range(20):
+        body.parser.dataReceived(b"data: xxxxxxxx" + end)
+    assert failures and "longer than 64 bytes" in str(failures[0].value)
+    assert body.out == [] and body.read == []
 
 
 def test_the_doctor_probes_a_messages_upstream_in_its_own_api() -> None:
@@ -667,3 +777,68 @@ def test_the_caller_s_key_goes_as_x_api_key_to_a_keyless_messages_upstream() -> 
     h.post(message(model="claude-haiku-4-5"), headers={"authorization": "Bearer caller-own-key"})
     received = h.upstream.received[-1].headers
     assert received["x-api-key"] == "caller-own-key" and "authorization" not in received
+
+
+# -- ccproxy's tool search: its rounds stay where they began ------------------------------
+
+
+def test_a_tool_search_round_does_not_fail_over_to_another_api() -> None:
+    """A round of ccproxy's tool search goes on with the answer the chat upstream
+    began: read by its translator, so never sent to an upstream speaking another API
+    (the messages upstream got the client's first body, and its events were read as
+    chat chunks)."""
+    h = Harness.build(CONFIG)
+    busy = jsonReply({"error": {"message": "busy"}}, 503)
+    reply = askWithTools(
+        h, True, searchReply(True), busy, anthropicStream(TEXT_STREAM), model="mixed"
+    )
+    assert [r.path for r in h.upstream.received] == ["/v1/chat/completions"] * 2
+    frames = parseSSE(reply.body)
+    assert [n for n, _ in frames].count("message_start") == 1
+    assert frames[-1][0] == "error" and "busy" in frames[-1][1]["error"]["message"]
+
+
+def test_a_tool_search_round_fails_over_among_chat_upstreams() -> None:
+    h = Harness.build(
+        CONFIG.replace("mixed: [chat/gpt-x, native/native-x]", "mixed: [chat/gpt-x, chat/gpt-y]")
+    )
+    busy = jsonReply({"error": {"message": "busy"}}, 503)
+    reply = askWithTools(h, True, searchReply(True), busy, weatherReply(True), model="mixed")
+    assert [r.body["model"] for r in h.upstream.received] == ["gpt-x", "gpt-x", "gpt-y"]
+    blocks, stop, _ = content(reply, True)
+    assert stop == "tool_use" and blocks[-1]["name"] == "get_weather"
+
+
+def test_a_continued_plan_keeps_the_targets_that_can_go_on() -> None:
+    config = Config.fromYAML(
+        "upstreams:\n"
+        + "".join(
+            f"  {name}: {{url: 'http://{name}.test/v1', api: {api}}}\n"
+            for name, api in [
+                ("c1", "chat"),
+                ("c2", "chat"),
+                ("r1", "responses"),
+                ("r2", "responses"),
+                ("m", "messages"),
+            ]
+        )
+        + "models: {'*': [c1, r1, m, c2, r2]}\n",
+        {},
+    )
+    body = message(model="x")
+    plan = Plan.forRequest(
+        body,
+        "x",
+        "msg_1",
+        targets=config.router.resolve("x").targets,
+        upstreams=config.upstreams,
+        defaultMaxTokens=100,
+        maxResponseBytes=1 << 20,
+    )
+
+    def after(began: str) -> list[str]:
+        return [t.upstream for t in plan.continued([], began).targets]
+
+    assert after("c2") == ["c1", "c2"]  # chat goes on in chat (failover kept)
+    assert after("r1") == ["r1"]  # its reasoning is signed with its name
+    assert after("r2") == ["r2"]

@@ -252,6 +252,18 @@ def test_growingLineOverTheLimitStopsAndStaysBounded() -> None:
     assert len(body.outcome) == 1
 
 
+def test_anEventOfManyShortDataLinesOverTheLimitStops() -> None:
+    """The limit bounds an event's data however many lines it is cut into: an
+    upstream that never sends the blank line does not grow it without end."""
+    body = Body(maxLineLength=100)
+    while body.running:
+        body.feed(b"data: xxxxxxxx\n" * 4)
+        assert len(body.parser._lines) <= 100
+    error = body.error()
+    assert isinstance(error, ProxyError) and "longer than 100 bytes" in error.message
+    assert body.payloads == [] and body.parser._lines == []
+
+
 # -- silence ---------------------------------------------------------------------------
 
 

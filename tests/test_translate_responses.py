@@ -989,6 +989,50 @@ def test_any_event_sequence_equals_the_whole_answer(
     assert streamed == whole(response)
 
 
+_KINDS = ["message", "reasoning", "function_call"]
+
+
+@st.composite
+def hostileEvents(draw: st.DrawFn) -> Event:
+    """Any event of the vocabulary about any item, whatever that item was said to be."""
+    where: dict[str, Any] = {"output_index": draw(st.sampled_from([0, 1]))}
+    kind = draw(
+        st.sampled_from(
+            [
+                "response.output_text.delta",
+                "response.refusal.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_text.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.added",
+                "response.output_item.done",
+            ]
+        )
+    )
+    text = draw(st.sampled_from(["", " ", "x", '{"a":1}']))
+    item = {
+        "type": draw(st.sampled_from(_KINDS)),
+        "name": "T",
+        "call_id": "c",
+        "arguments": text,
+        "encrypted_content": "E",
+        "content": [{"type": "output_text", "text": text}],
+        "summary": [{"type": "summary_text", "text": text}],
+    }
+    return {"type": kind, **where, "delta": text, "arguments": text, "item": item}
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(hostileEvents(), max_size=12))
+def test_events_about_an_item_of_another_kind_keep_the_grammar(events: list[Event]) -> None:
+    """A server that streams text into a call, reasoning into a message, arguments
+    into a reasoning item...: each delta goes only in a block of its kind (a
+    thinking delta into a text block broke the translator: AttributeError)."""
+    done = {"type": "response.completed", "response": {"status": "completed", "output": []}}
+    run([*events, done])
+
+
 def test_a_responses_body_is_estimated_like_the_chat_body_of_the_same_request() -> None:
     """An overflow without numbers is said with ccproxy's estimate of the body sent."""
     body = request(

@@ -342,12 +342,12 @@ class StreamRelay:
 
         def onFrame(event: bytes, data: bytes, frame: bytes) -> None:
             try:
-                keep = stream.keep(event, data)
+                sent = stream.toSend(event, data, frame)
             except ProxyError as e:  # the upstream's own error, said inside the stream
                 raise e.naming(upstream.name) from None
             self.chunks += 1
-            if keep:
-                writer.addFrame(frame)
+            if sent is not None:
+                writer.addFrame(sent)
 
         def onUnread(frames: bytes) -> None:
             self.chunks += max(1, frames.count(b"\n\n"))

@@ -57,6 +57,8 @@ class SSEParser(BodyReader):
         self._onData = onData
         self._onBatch = onBatch
         self._lines: list[bytes] = []
+        self._eventSize = 0
+        """Bytes of the data lines of the event being read."""
         self.sawDone = False
 
     def dataReceived(self, data: bytes) -> None:
@@ -113,10 +115,19 @@ class SSEParser(BodyReader):
         name, _, value = line.partition(b":")
         if name == b"data":
             self._lines.append(value[1:] if value[:1] == b" " else value)
+            self._eventSize += len(line)
+            if self._eventSize > self.MAX_LENGTH:  # however many lines it is cut into
+                self._lines = []
+                self.eventTooLong()
         # "event", "id" and "retry" carry nothing an OpenAI stream needs.
 
     def lineLengthExceeded(self) -> None:
         self.fail(badGateway(self._name, f"a stream line is longer than {self.MAX_LENGTH} bytes"))
+
+    def eventTooLong(self) -> None:
+        """The line limit bounds an event too (an upstream that never sends the
+        blank line that ends it must not grow it without end)."""
+        self.fail(badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes"))
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         if not self.finished.called and not reason.check(ResponseDone, PotentialDataLoss):
@@ -134,7 +145,7 @@ class SSEParser(BodyReader):
         if not self._lines:
             return
         data = self._lines[0] if len(self._lines) == 1 else b"\n".join(self._lines)
-        self._lines = []
+        self._lines, self._eventSize = [], 0
         if data.strip() == _DONE:
             self.sawDone = True
             return
@@ -156,7 +167,7 @@ class SSEFrames(SSEParser):
     one read in one piece; the others (and any frame without an `event:` line
     first) are read line by line, their data handed to `onFrame`. A stream with `\\r\\n`
     line ends is read line by line, as `SSEParser` reads. Comments and blank
-    keep-alive lines are dropped. The line limit bounds a frame here.
+    keep-alive lines are dropped. The line limit bounds a frame here, in either mode.
     """
 
     def __init__(
@@ -180,15 +191,24 @@ class SSEFrames(SSEParser):
         self._frame: list[bytes] = []
         """Line mode: the lines of the frame being read."""
         self._mode: str | None = None
-        """`frames` (bare `\\n`) or `lines`, from the first read."""
+        """`frames` (bare `\\n`) or `lines`, from the first read with a line end."""
         self._pieces: list[bytes] = []
         """Frame mode: the frame being read, in the pieces it came in."""
         self._size = 0
+        self._frameSize = 0
+        """Bytes of the lines of `_frame`: the line limit bounds a frame in line mode."""
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called or not data:
             return
-        if self._mode is None:
+        if self._mode is None:  # read on the first line end: a first read may have none
+            if b"\n" not in data and b"\r" not in data:
+                self.heard()
+                self._hold(data)
+                return
+            if self._pieces:
+                data = b"".join([*self._pieces, data])
+                self._pieces, self._size = [], 0
             self._mode = "lines" if b"\r" in data else "frames"
         if self._mode == "lines":
             SSEParser.dataReceived(self, data)
@@ -228,17 +248,20 @@ class SSEFrames(SSEParser):
             return
         if run < start:
             self._onRaw(data[run:start])
-        if start < len(data):
-            rest = data[start:] if start else data
-            self._pieces.append(rest)
-            self._size += len(rest)
-            if self._size > self.MAX_LENGTH:
-                self._pieces, self._size = [], 0
-                self.fail(
-                    badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes")
-                )
-                return
+        if start < len(data) and not self._hold(data[start:] if start else data):
+            return
         self._onBatch()
+
+    def _hold(self, piece: bytes) -> bool:
+        """Keep `piece` of a frame not whole yet; False (the stream failed) when that
+        makes the frame longer than the limit."""
+        self._pieces.append(piece)
+        self._size += len(piece)
+        if self._size > self.MAX_LENGTH:
+            self._pieces, self._size = [], 0
+            self.eventTooLong()
+            return False
+        return True
 
     def _whole(self, frame: bytes) -> None:
         """One frame of the bare-`\\n` stream (without its blank line), read line by
@@ -252,6 +275,11 @@ class SSEFrames(SSEParser):
         self._hand(b"", b"", frames, unread=True)
 
     def fieldReceived(self, line: bytes) -> None:
+        self._frameSize += len(line) + 1
+        if self._frameSize > self.MAX_LENGTH:  # however many lines it is cut into
+            self._frame, self._lines = [], []
+            self.eventTooLong()
+            return
         self._frame.append(line)
         if line.startswith(b"data:"):
             value = line[5:]
@@ -274,6 +302,7 @@ class SSEFrames(SSEParser):
         if not self._frame:
             return
         frame, self._frame = self._frame, []
+        self._frameSize = 0
         event, self._event = self._event, b""
         lines, self._lines = self._lines, []
         data = lines[0] if len(lines) == 1 else b"\n".join(lines)

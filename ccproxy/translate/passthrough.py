@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ccproxy.errors import anthropicError, brokenAnswer
+from ccproxy.translate.response import MAX_COUNT
 
 USAGE_KEYS = (
     "input_tokens",
@@ -28,11 +29,12 @@ _READ = frozenset({b"message_start", b"message_delta", b"message_stop", b"error"
 
 
 def usageOf(value: Any) -> dict[str, int]:
-    """The token counts in an Anthropic `usage` object; anything else is ignored."""
+    """The token counts in an Anthropic `usage` object, each at most `MAX_COUNT`;
+    anything else is ignored."""
     if not isinstance(value, dict):
         return {}
     return {
-        key: count
+        key: min(count, MAX_COUNT)
         for key in USAGE_KEYS
         if isinstance(count := value.get(key), int) and not isinstance(count, bool) and count >= 0
     }
@@ -49,18 +51,25 @@ class MessageStream:
     def __init__(self, skipStart: bool = False) -> None:
         self.skipStart = skipStart
         self.usage: dict[str, int] = {}
+        self.started = False
         self.stopped = False
+        self._delta: dict[str, Any] | None = None
+        """The `message_delta` just read, when its frame may lack what the client's
+        `message_start` (ccproxy's) did not say: see `toSend`."""
 
-    @staticmethod
-    def reads(event: bytes) -> bool:
+    def reads(self, event: bytes) -> bool:
         """Whether `keep` needs the data of an event of this name (the rest go on
-        unread)."""
-        return event in _READ or not event
+        unread); after `message_stop`, every frame's (none goes on)."""
+        return event in _READ or not event or self.stopped
 
     def keep(self, event: bytes, data: bytes) -> bool:
         """Whether the frame of `event` (its name) with `data` goes to the client;
         a `ProxyError` for the upstream's own `event: error`, or a frame that
-        cannot be read where it must be."""
+        cannot be read where it must be. Nothing after `message_stop` goes on: the
+        answer was whole there (an error after it is no failure, and a second
+        message's frames are not the client's)."""
+        if self.stopped:
+            return False
         if event not in _READ:
             if event:
                 return True
@@ -69,9 +78,14 @@ class MessageStream:
                 return True
         payload = _loads(data)
         if event == b"message_delta":
-            self.usage.update(usageOf(payload.get("usage")))
+            usage = payload.get("usage")
+            self.usage.update(usageOf(usage))
+            self._delta = payload if self.skipStart else None
             return True
         if event == b"message_start":
+            if self.started:  # the client would read a second message in this one
+                raise brokenAnswer("the stream holds a second message_start")
+            self.started = True
             message = payload.get("message")
             if isinstance(message, dict):
                 self.usage.update(usageOf(message.get("usage")))
@@ -82,6 +96,26 @@ class MessageStream:
         raise anthropicError(payload, 502) or brokenAnswer(
             f"the stream holds an error: {data[:200]!r}"
         )
+
+    def toSend(self, event: bytes, data: bytes, frame: bytes) -> bytes | None:
+        """The bytes of a read frame that go to the client (`keep`), None for none.
+
+        With `skipStart`, the client's `message_start` was ccproxy's, its usage all
+        zeros: the upstream's input counts (told in its own `message_start`) go in
+        its `message_delta` then, where a client adds them up (as a translated
+        stream's `message_delta` says them too)."""
+        if not self.keep(event, data):
+            return None
+        delta, self._delta = self._delta, None
+        if delta is None:
+            return frame
+        told = delta.get("usage")
+        told = told if isinstance(told, dict) else {}
+        missing = {k: v for k, v in self.usage.items() if k not in told}
+        if not missing:
+            return frame
+        delta = {**delta, "usage": {**told, **missing}}
+        return b"event: message_delta\ndata: " + orjson.dumps(delta) + b"\n\n"
 
     def finish(self) -> None:
         """The stream ended: a `ProxyError` when it ended before `message_stop`."""

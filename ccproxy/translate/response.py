@@ -237,7 +237,12 @@ def sumUsage(usages: Sequence[dict[str, int]]) -> dict[str, int]:
     return {key: sum(u.get(key, 0) for u in usages) for key in keys}
 
 
+MAX_COUNT = 1 << 53
+"""The most tokens one count may say: an upstream's 2**64 - 1 would overflow the
+ledger's integers (and the sums over them)."""
+
+
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return 0
-    return max(int(min(value, 1 << 53)), 0)
+    return max(int(min(value, MAX_COUNT)), 0)

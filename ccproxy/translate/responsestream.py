@@ -37,6 +37,8 @@ from ccproxy.translate.stream import Event, StreamTranslator, streamError
 from ccproxy.translate.toolsearch import serverCallId
 
 _ENDS = ("response.completed", "response.incomplete")
+_ITEM_OF = {"text": "message", "thinking": "reasoning"}
+"""The kind of output item whose block holds each kind of text."""
 
 
 class _Item:
@@ -314,8 +316,10 @@ class ResponsesStreamTranslator(StreamTranslator):
 
     def _place(self, item: _Item, kind: str, text: str, events: list[Event]) -> bool:
         """Send `text` in the item's block (`text` or `thinking`), opening it at the
-        first text that is not whitespace alone; whether it went out."""
-        if not text:
+        first text that is not whitespace alone; whether it went out. Text of
+        another kind than the item's (a server's mistake) goes nowhere: a delta
+        goes only in a block of its own type."""
+        if not text or item.kind != _ITEM_OF[kind]:
             return False
         if item.block is None:
             if not text.strip():
@@ -371,7 +375,7 @@ class ResponsesStreamTranslator(StreamTranslator):
         self._sendArgumentsText(item, pending, events)
 
     def _arguments(self, item: _Item, text: str, events: list[Event]) -> None:
-        if not text:
+        if not text or item.kind != "function_call":
             return
         item.said = True
         if item.block is None:

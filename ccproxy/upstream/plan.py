@@ -9,6 +9,7 @@ The dispatcher asks; nothing here calls back into the web layer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,10 +105,20 @@ class Plan:
         rendering = Rendering(messageId, model, stopSequences(body), names, server)
         return cls(body, rendering, search=search, **kwargs)
 
-    def continued(self, prefix: list[dict[str, Any]]) -> Plan:
+    def continued(self, prefix: list[dict[str, Any]], began: str) -> Plan:
         """The plan that has an upstream go on with an answer begun with `prefix`
-        (ccproxy's tool search ran in it): the same message, one more request."""
-        return evolve(self, request=continued(self.request, prefix))
+        (ccproxy's tool search ran in it) by upstream `began`: the same message,
+        one more request, to the targets that can go on with it. The answer's
+        stream is read by `began`'s translator, so another upstream only when both
+        speak chat (a Responses answer's reasoning is signed with its upstream's
+        name, and an upstream speaking the Messages API would get the first body)."""
+        chat = self.upstreams[began].api == "chat"
+        targets = tuple(
+            t
+            for t in self.targets
+            if t.upstream == began or (chat and self.upstreams[t.upstream].api == "chat")
+        )
+        return evolve(self, request=continued(self.request, prefix), targets=targets)
 
     @property
     def stream(self) -> bool:
@@ -277,16 +288,24 @@ def apiOf(upstream: Upstream) -> API:
     return APIS[upstream.api]
 
 
+_MODEL_KEY = re.compile(
+    rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"'
+)
+"""`"model"` as a JSON string, its letters plain or escaped (`"\\u006dodel"`)."""
+
+
 def messagesBody(raw: bytes | None, request: dict[str, Any], model: str) -> bytes:
     """The client's Messages body for an upstream that speaks the Messages API, with
     `model` as its model: the bytes as they came when the model is their first
     key and is named once (as Claude Code sends it), with only that value
     replaced; otherwise encoded once from the decoded request (a body whose
-    `model` comes twice must not reach the upstream with the one not checked)."""
+    `model` comes twice, however spelled, must not reach the upstream with the one
+    not checked: JSON readers keep a key's last value, the bytes have the first
+    replaced)."""
     if raw is not None:
         head = b'{"model":' + orjson.dumps(request["model"])
         if raw.startswith(head) and raw[len(head) : len(head) + 1] in (b",", b"}"):
-            if raw.count(b'"model"') == 1:
+            if len(_MODEL_KEY.findall(raw)) == 1:
                 if model == request["model"]:
                     return raw
                 return b'{"model":' + orjson.dumps(model) + raw[len(head) :]

@@ -117,7 +117,10 @@ class SearchRounds:
         self.rounds += 1
         self.current = await self._stack.enter_async_context(
             self.dispatcher.send(
-                self.plan.continued(prefix), self.callerKey, self.deadline, self.attempts
+                self.plan.continued(prefix, previous.upstream.name),
+                self.callerKey,
+                self.deadline,
+                self.attempts,
             )
         )
         return self.current
