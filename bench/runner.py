@@ -19,6 +19,7 @@ from bench.procs import (
     UPSTREAM_KEY,
     Procs,
     PySpy,
+    add_features,
     ccproxy_accepts_reuse_port,
     cpu_list,
     free_port,
@@ -28,8 +29,10 @@ from bench.procs import (
     pin_self,
     proxy_config,
     raise_nofile,
+    redis_command,
     reuseport_sockets,
     wait_http,
+    wait_redis,
 )
 
 PROXY_MODEL = "claude-sonnet-4-5-20250929"
@@ -159,7 +162,23 @@ class Bench:
             "listen_mode": mode,
             "listen": listen,
             "ledger": a.ledger,
+            "routes": a.routes,
+            "state": a.state,
         }
+        redis_url = ""
+        if a.state == "redis":
+            if not shutil.which("redis-server"):
+                raise SystemExit(
+                    "bench: --state redis needs redis-server (apt-get install redis-server)"
+                )
+            redis_port = free_port()
+            redis_log = os.path.join(self.workdir, "redis.log")
+            rp = self.procs.start(
+                redis_command(redis_port, self.workdir), self.load_cpus, self.nofile, redis_log
+            )
+            wait_redis(redis_port, rp, redis_log)
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            log(f"redis-server on 127.0.0.1:{redis_port} (pid {rp.pid})")
         ledger = ledger_setting(a.ledger, self.workdir, a.python, a.ccproxy_root)
         if ledger is None:
             self.results["notes"].append("this ccproxy has no ledger: --ledger is ignored")
@@ -175,6 +194,7 @@ class Bench:
             )
             if ledger is not None:
                 cfg["ledger"] = ledger
+            add_features(cfg, a.routes, a.state, redis_url, CLIENT_KEY)
             cfg_path = os.path.join(self.workdir, f"ccproxy-{i}.yaml")
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=1)  # JSON is YAML
