@@ -19,6 +19,7 @@ from ccproxy.config.endpoints import endpoint
 from ccproxy.config.ledger import ledgerProblem
 from ccproxy.config.load import checkOpenListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
+from ccproxy.daemon.heap import settleHeap
 from ccproxy.daemon.listen import raiseOpenFilesLimit
 from ccproxy.daemon.logs import logFileProblem
 from ccproxy.daemon.service import ProxyService
@@ -82,7 +83,7 @@ def makeService(options: Options) -> ProxyService:
     """The service for twistd; the one place that touches the global reactor."""
     from twisted.internet import reactor
 
-    return buildService(
+    service = buildService(
         options["loaded"],
         reactor,
         configPath=options["config"],
@@ -94,6 +95,8 @@ def makeService(options: Options) -> ProxyService:
         twistdLogFile=_twistdLogFile(options),
         openFiles=raiseOpenFilesLimit(),
     )
+    settleHeap()  # process-wide, like the reactor: here and nowhere else
+    return service
 
 
 def _twistdLogsToStdout(options: Options) -> bool:
