@@ -200,9 +200,11 @@ def proxy_config(
 RESPONSES_ROUTE = "claude-responses-*"
 
 BENCH_ROUTES: list[dict[str, Any]] = [
-    # bench.routing's six rules, on the bench's upstreams; none matches the bench's
-    # requests (no images, thinking, search tools or named clients, a short background
-    # check that fails on the model), so each is tried and the models: entry serves.
+    # bench.routing's six rules on the bench's upstreams (its rule on named clients,
+    # which needs clients, made a rule on a model); none matches the bench's requests
+    # (no images, thinking or search tools, a long conversation, not haiku), so
+    # each is tried, the long one estimating tokens as the daemon does, and the
+    # models: entry serves.
     {"name": "background", "when": {"background": True}, "target": "mock/mini"},
     {"name": "vision", "when": {"model": "claude-*", "images": True}, "target": "mock/vl"},
     {
@@ -212,11 +214,7 @@ BENCH_ROUTES: list[dict[str, Any]] = [
     },
     {"name": "think", "when": {"thinking": True, "model": "claude-opus-*"}, "target": "mock/o4"},
     {"name": "search", "when": {"tools": ["web_search*", "mcp__search__*"]}, "target": "mock/s"},
-    {
-        "name": "team",
-        "when": {"client": ["alice", "bob"], "model": "claude-opus-*"},
-        "target": "mock/g5",
-    },
+    {"name": "haiku", "when": {"model": "claude-haiku-*"}, "target": "mock/small"},
 ]
 
 

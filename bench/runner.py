@@ -38,6 +38,8 @@ from bench.procs import (
 PROXY_MODEL = "claude-sonnet-4-5-20250929"
 DRIP_MODEL = "claude-drip-sonnet-4-5"  # routed to the dripping upstream
 CLIENT_KEY = "sk-ant-bench-0000000000000000"
+DEFAULT_PER_ADDRESS = 1024
+"""ccproxy's default `max_connections_per_address`."""
 RESPONSES_MODEL = "claude-responses-sonnet-4-5"  # routed to the mock's Responses API
 SCENARIOS = ("lat", "tput", "stream", "drip", "pass_lat", "pass_stream", "responses")
 PROXY_ONLY = ("responses",)
@@ -195,6 +197,10 @@ class Bench:
             if ledger is not None:
                 cfg["ledger"] = ledger
             add_features(cfg, a.routes, a.state, redis_url, CLIENT_KEY)
+            if "drip" in a.scenarios and a.drip_streams > DEFAULT_PER_ADDRESS:
+                # Every stream of the bench comes from 127.0.0.1: the per-address
+                # cap (a hardening default) would turn the rest away.
+                cfg["max_connections_per_address"] = a.drip_streams + 64
             cfg_path = os.path.join(self.workdir, f"ccproxy-{i}.yaml")
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=1)  # JSON is YAML
