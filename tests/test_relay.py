@@ -127,6 +127,18 @@ def test_one_read_is_one_write() -> None:
     assert added.count(b"\r\n") == 2  # one HTTP chunk: its size line and its end
 
 
+def test_a_commit_with_no_start_of_its_own_sends_the_head_now() -> None:
+    """A passed-through stream's message_start is the upstream's own, which comes
+    later: the status and headers go out at the commit all the same."""
+    client = Client()
+    relay = StreamRelay(client.request, Clock(), 10.0, 1 << 20)
+    relay.holdHead(5.0, [])
+    relay.commit()
+    assert client.transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert client.transport.value().endswith(b"\r\n\r\n")  # the head alone
+    relay.close()
+
+
 def test_the_chunks_of_one_read_are_one_write() -> None:
     """An upstream's chunked body reaches the parser one HTTP chunk (one event) at a
     time, all within the reactor's turn that read them: one write to the client at

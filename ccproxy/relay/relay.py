@@ -268,6 +268,8 @@ class StreamRelay:
             self._turnEnd,
         )
         self._writer.write(self._start)
+        if not self._start:  # a passed-through stream: its message_start is the upstream's
+            self._request.write(b"")  # the status and headers alone, now
         writeNow(self._request)
 
     def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
