@@ -4,6 +4,7 @@ ccproxy, and record what was measured in `Bench.results`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -315,6 +316,7 @@ class Bench:
         load_pids = [os.getpid(), self.mock_pid]
         mock0 = self.mock_stats()
         rss0 = procstat.rss_bytes(pids)
+        fds0 = procstat.fd_count(pids) if pids else 0
         cpu0, mock_cpu0, me0 = (
             procstat.cpu_seconds(pids),
             procstat.cpu_seconds([self.mock_pid]),
@@ -373,6 +375,11 @@ class Bench:
         if upstream_problems:
             out["upstream_request_problems"] = upstream_problems
         if pids:
+            fds1 = procstat.fd_count(pids)
+            if drip:  # once the streams' connections are closed: none may be left
+                await procstat.settle(pids)
+                await asyncio.sleep(1.0)
+                fds1 = procstat.fd_count(pids)
             out.update(
                 {
                     "proxy_cpu_s": cpu1 - cpu0,
@@ -383,6 +390,8 @@ class Bench:
                     "rss_peak_mb": sampler.peak_rss / 2**20,
                     "rss_after_mb": procstat.rss_bytes(pids) / 2**20,
                     "fds_peak": sampler.peak_fds,
+                    "fds_before": fds0,
+                    "fds_after": fds1,
                 }
             )
         self._log_run(name, direct, out, elapsed, upstream_problems)
