@@ -131,6 +131,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ccproxy's ledger: sqlite (WORKDIR/ccproxy.db, as a daemon keeps it by default), "
         "off, or a ledger URL [sqlite]",
     )
+    p.add_argument(
+        "--routes",
+        choices=["off", "on"],
+        default=_env("routes", "off"),
+        help="on: a routes: block of six rules the bench's requests do not match (each is "
+        "tried, then the models: entry serves), to measure what rules cost [off]",
+    )
+    p.add_argument(
+        "--state",
+        choices=["none", "local", "redis"],
+        default=_env("state", "none"),
+        help="local or redis: the bench's key becomes a client with max_concurrent and "
+        "requests_per_minute (checked on every request), counted in ccproxy (local) or in a "
+        "redis-server the bench starts (redis: needs redis-server) [none: no clients]",
+    )
     p.add_argument("--json", default="", help="also write results.json here")
     p.add_argument(
         "--py-spy", action="store_true", help="profile ccproxy with py-spy during each measured run"

@@ -199,6 +199,72 @@ def proxy_config(
 
 RESPONSES_ROUTE = "claude-responses-*"
 
+BENCH_ROUTES: list[dict[str, Any]] = [
+    # bench.routing's six rules on the bench's upstreams (its rule on named clients,
+    # which needs clients, made a rule on a model); none matches the bench's requests
+    # (no images, thinking or search tools, a long conversation, not haiku), so
+    # each is tried, the long one estimating tokens as the daemon does, and the
+    # models: entry serves.
+    {"name": "background", "when": {"background": True}, "target": "mock/mini"},
+    {"name": "vision", "when": {"model": "claude-*", "images": True}, "target": "mock/vl"},
+    {
+        "name": "long",
+        "when": {"model": "claude-*", "input_tokens_over": 120000},
+        "target": "mock/long",
+    },
+    {"name": "think", "when": {"thinking": True, "model": "claude-opus-*"}, "target": "mock/o4"},
+    {"name": "search", "when": {"tools": ["web_search*", "mcp__search__*"]}, "target": "mock/s"},
+    {"name": "haiku", "when": {"model": "claude-haiku-*"}, "target": "mock/small"},
+]
+
+
+def add_features(cfg: dict[str, Any], routes: str, state: str, redis_url: str, key: str) -> None:
+    """The optional features a run measures (`--routes`, `--state`): a routes: block
+    the requests go through, and a client whose limits are checked on every request,
+    counted here (local) or in Redis."""
+    if routes == "on":
+        cfg["routes"] = BENCH_ROUTES
+    if state in ("local", "redis"):
+        cfg["clients"] = [
+            {"name": "bench", "key": key, "max_concurrent": 100000, "requests_per_minute": 10**8}
+        ]
+    if state == "redis":
+        cfg["state"] = {"redis": redis_url}
+
+
+def redis_command(port: int, workdir: str) -> list[str]:
+    """A throwaway redis-server on 127.0.0.1:port, nothing persisted (as tests/support)."""
+    return [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+    ]
+
+
+def wait_redis(port: int, proc: subprocess.Popen[bytes], logpath: str) -> None:
+    """Until redis-server answers PING on `port`."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"bench: redis-server did not come up on port {port}; {logpath}")
+
 
 _CONFIG_CHECK = """
 import json, sys

@@ -64,6 +64,8 @@ def figures(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "drip_ratio": both("drip", "t_done_p50"),
         "drip_total_p99_s": both("drip", "t_done_p99"),
         "drip_fds": both("drip", "fds_peak"),
+        "drip_fds_before": both("drip", "fds_before"),
+        "drip_fds_after": both("drip", "fds_after"),
         "drip_ttfb_s": both("drip", "t_first_byte_p50"),
         "drip_ttfb_p90_s": both("drip", "t_first_byte_p90"),
         "drip_overflows": both("drip", "listen_overflows"),
@@ -256,6 +258,13 @@ def table(results: dict[str, Any], a: argparse.Namespace) -> str:
             num(f["drip_overflows"]["ccproxy"], "", 0),
         )
         row("(d) same: peak open fds", "drip_fds", "-", num(f["drip_fds"]["ccproxy"], "", 0))
+        row(
+            "(d) same: open fds before / after (settled)",
+            "drip_fds_after",
+            "-",
+            f"{num(f['drip_fds_before']['ccproxy'], '', 0)} / "
+            f"{num(f['drip_fds_after']['ccproxy'], '', 0)}",
+        )
     if "pass_lat" in s:
         row(
             "(p) passthrough (`api: messages`): CPU per non-streaming request",

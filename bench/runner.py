@@ -4,6 +4,7 @@ ccproxy, and record what was measured in `Bench.results`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from bench.procs import (
     UPSTREAM_KEY,
     Procs,
     PySpy,
+    add_features,
     ccproxy_accepts_reuse_port,
     ccproxy_accepts_workers,
     cpu_list,
@@ -30,13 +32,17 @@ from bench.procs import (
     pin_self,
     proxy_config,
     raise_nofile,
+    redis_command,
     reuseport_sockets,
     wait_http,
+    wait_redis,
 )
 
 PROXY_MODEL = "claude-sonnet-4-5-20250929"
 DRIP_MODEL = "claude-drip-sonnet-4-5"  # routed to the dripping upstream
 CLIENT_KEY = "sk-ant-bench-0000000000000000"
+DEFAULT_PER_ADDRESS = 1024
+"""ccproxy's default `max_connections_per_address`."""
 RESPONSES_MODEL = "claude-responses-sonnet-4-5"  # routed to the mock's Responses API
 SCENARIOS = ("lat", "tput", "stream", "drip", "pass_lat", "pass_stream", "responses")
 PROXY_ONLY = ("responses",)
@@ -173,7 +179,23 @@ class Bench:
             "listen_mode": mode,
             "listen": listen,
             "ledger": a.ledger,
+            "routes": a.routes,
+            "state": a.state,
         }
+        redis_url = ""
+        if a.state == "redis":
+            if not shutil.which("redis-server"):
+                raise SystemExit(
+                    "bench: --state redis needs redis-server (apt-get install redis-server)"
+                )
+            redis_port = free_port()
+            redis_log = os.path.join(self.workdir, "redis.log")
+            rp = self.procs.start(
+                redis_command(redis_port, self.workdir), self.load_cpus, self.nofile, redis_log
+            )
+            wait_redis(redis_port, rp, redis_log)
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            log(f"redis-server on 127.0.0.1:{redis_port} (pid {rp.pid})")
         ledger = ledger_setting(a.ledger, self.workdir, a.python, a.ccproxy_root)
         if ledger is None:
             self.results["notes"].append("this ccproxy has no ledger: --ledger is ignored")
@@ -192,6 +214,11 @@ class Bench:
                 cfg["workers"] = a.processes
             if ledger is not None:
                 cfg["ledger"] = ledger
+            add_features(cfg, a.routes, a.state, redis_url, CLIENT_KEY)
+            if "drip" in a.scenarios and a.drip_streams > DEFAULT_PER_ADDRESS:
+                # Every stream of the bench comes from 127.0.0.1: the per-address
+                # cap (a hardening default) would turn the rest away.
+                cfg["max_connections_per_address"] = a.drip_streams + 64
             cfg_path = os.path.join(self.workdir, f"ccproxy-{i}.yaml")
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=1)  # JSON is YAML
@@ -325,6 +352,7 @@ class Bench:
         mock0 = self.mock_stats()
         rss0 = procstat.rss_bytes(pids)
         cpu0_each = [procstat.cpu_seconds([p]) for p in pids]
+        fds0 = procstat.fd_count(pids) if pids else 0
         cpu0, mock_cpu0, me0 = (
             procstat.cpu_seconds(pids),
             procstat.cpu_seconds([self.mock_pid]),
@@ -388,6 +416,11 @@ class Bench:
                 for p, c in zip(pids, cpu0_each, strict=True)
             ]
         if pids:
+            fds1 = procstat.fd_count(pids)
+            if drip:  # once the streams' connections are closed: none may be left
+                await procstat.settle(pids)
+                await asyncio.sleep(1.0)
+                fds1 = procstat.fd_count(pids)
             out.update(
                 {
                     "proxy_cpu_s": cpu1 - cpu0,
@@ -398,6 +431,8 @@ class Bench:
                     "rss_peak_mb": sampler.peak_rss / 2**20,
                     "rss_after_mb": procstat.rss_bytes(pids) / 2**20,
                     "fds_peak": sampler.peak_fds,
+                    "fds_before": fds0,
+                    "fds_after": fds1,
                 }
             )
         self._log_run(name, direct, out, elapsed, upstream_problems)

@@ -180,6 +180,23 @@ def test_unknown_path_is_404_and_wrong_method_405(h: Harness) -> None:
     assert reply.headers["allow"] == "POST"
 
 
+def test_the_hot_route_answers_as_klein_would(
+    h: Harness, monkeypatch: Any, noLoggedFailures: list[dict[str, Any]]
+) -> None:
+    """`POST /v1/messages` skips Klein's matching (`HotRoute`); its neighbours are
+    still Klein's, and a bug in it is the same logged 500 envelope."""
+    assert h.post(message("hi")).status == 200
+    assertError(h.call("POST", "/v1/messages/", {}), 404, "not_found_error", "/v1/messages/")
+
+    async def broken(self: Any, call: Any) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(type(h.app.messagesAPI), "create", broken)
+    assertError(h.post(message("hi")), 500, "api_error", "internal error in ccproxy")
+    assert ["a bug" in str(e.get("log_failure")) for e in noLoggedFailures] == [True]
+    noLoggedFailures.clear()  # logged, as expected
+
+
 # -- auth ----------------------------------------------------------------------------
 
 AUTH_CONFIG = (

@@ -122,6 +122,7 @@ def test_slow_reader_pauses_the_upstream() -> None:
     upstream.protocol.dataReceived(
         b'data: {"choices":[{"index":0,"delta":{"content":"more"}}]}\n\n'
     )
+    h.clock.advance(0)  # a read's events go out together, at the end of the reactor's turn
     assert len(transport.value()) > held
     upstream.protocol.dataReceived(
         b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'

@@ -23,6 +23,9 @@ from twisted.logger import (
     LogLevel,
     capturedLogs,
     eventsFromJSONLogFile,
+    formatEventAsClassicLogText,
+    formatTime,
+    timeFormatRFC3339,
 )
 from twisted.python.failure import Failure
 
@@ -33,6 +36,7 @@ from ccproxy.daemon.logs import (
     fileObserver,
     openLogFile,
     textObserver,
+    textSafe,
 )
 from tests.support.fakes import jsonReply
 from tests.support.harness import Harness, message
@@ -107,6 +111,34 @@ def test_json_records_keep_the_fields_as_sent(tmp_path: Path) -> None:
         (record,) = eventsFromJSONLogFile(f)
     assert record["model"] == "claude-" + HOSTILE
     assert record["error_message"].endswith("no\x1b[2J")
+
+
+def test_the_quick_line_is_twisteds_line() -> None:
+    """Plain formats are rendered by `str.format_map` (`classicLine`), others by
+    Twisted: the text is the same either way, unformattable events included."""
+    access, events = accessEventFor(body={"error": {"message": "no\x1b[2J"}}, status=400)
+    base = {"log_namespace": "t", "log_level": LogLevel.info, "log_time": 1.8e9 + 0.5}
+    cases = [
+        access,
+        *events,
+        {**base, "log_format": "plain"},
+        {**base, "log_format": "{a!r} {b:>5} {c[0]} {d.real}", "a": "x", "b": 1, "c": [2], "d": 3},
+        {**base, "log_format": "two\nlines {x}", "x": "y\nz"},
+        {**base, "log_format": "{missing} field"},
+        {**base, "log_format": "called {f()}", "f": lambda: "yes"},
+        {**base, "log_format": "{{braces}} {x}", "x": 1},
+        {**base, "log_system": "sys", "log_format": "with a system"},
+        {"log_format": "no namespace, level or time"},
+        {**base, "log_format": ""},
+        {**base, "log_format": None},
+        {**base},
+    ]
+    for event in cases:
+        expected = formatEventAsClassicLogText(
+            textSafe(event), formatTime=lambda when: formatTime(when, timeFormatRFC3339)
+        )
+        expected = None if expected is None else expected.replace("\x1b", "\\x1b")
+        assert render([event]) == (expected or ""), event
 
 
 class Shouting(Exception):

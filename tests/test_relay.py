@@ -122,8 +122,39 @@ def test_one_read_is_one_write() -> None:
     rig.upstream.protocol.dataReceived(
         b"".join(b"data: " + orjson.dumps(chunk(c)) + b"\n\n" for c in "abc")
     )
+    rig.clock.advance(0)  # the reactor's turn ends
     added = rig.client.transport.value()[len(before) :]
     assert added.count(b"\r\n") == 2  # one HTTP chunk: its size line and its end
+
+
+def test_a_commit_with_no_start_of_its_own_sends_the_head_now() -> None:
+    """A passed-through stream's message_start is the upstream's own, which comes
+    later: the status and headers go out at the commit all the same."""
+    client = Client()
+    relay = StreamRelay(client.request, Clock(), 10.0, 1 << 20)
+    relay.holdHead(5.0, [])
+    relay.commit()
+    assert client.transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert client.transport.value().endswith(b"\r\n\r\n")  # the head alone
+    relay.close()
+
+
+def test_the_chunks_of_one_read_are_one_write() -> None:
+    """An upstream's chunked body reaches the parser one HTTP chunk (one event) at a
+    time, all within the reactor's turn that read them: one write to the client at
+    the end of that turn, not one per chunk."""
+    rig = Rig()
+    before = rig.client.transport.value()
+    for c in "abc":
+        rig.upstream.protocol.dataReceived(b"data: " + orjson.dumps(chunk(c)) + b"\n\n")
+    assert rig.client.transport.value() == before  # nothing yet: the turn goes on
+    rig.clock.advance(0)
+    added = rig.client.transport.value()[len(before) :]
+    assert added.count(b"\r\n") == 2  # one HTTP chunk
+    assert added.count(b"text_delta") == 3
+    rig.upstream.protocol.dataReceived(b"data: " + orjson.dumps(chunk("d")) + b"\n\n")
+    rig.clock.advance(0)  # a slow stream's lone chunk goes out in its own turn
+    assert rig.client.transport.value().count(b"text_delta") == 4
 
 
 @pytest.mark.parametrize(
@@ -203,7 +234,9 @@ def test_a_client_that_leaves_aborts_the_upstream_with_no_verdict() -> None:
     assert rig.relay.verdict.ok is None
     usage = rig.relay.verdict.usage
     assert usage is not None and usage["output_tokens"] == 2  # what was relayed is counted
+    rig.clock.advance(0)  # the turn's end (its flush finds the writer stopped)
     assert rig.clock.getDelayedCalls() == []  # no ping, no silence timer left
+    assert rig.client.transport.value().count(b"text_delta") == 0  # nothing after the end
 
 
 def test_a_whole_message_is_relayed_as_events() -> None:

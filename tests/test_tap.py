@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 
+from ccproxy.daemon.heap import YOUNG_THRESHOLD
 from ccproxy.daemon.service import ProxyService
 from ccproxy.daemon.tap import Options, _twistdLogsToStdout, makeService
 from ccproxy.daemon.wiring import buildService
@@ -99,7 +101,15 @@ def test_make_service_builds_the_tree(tmp_path: Path) -> None:
     options.parseOptions(
         ["--config", write(tmp_path, GOOD), "--listen", "tcp:0:interface=127.0.0.1"]
     )
-    service = makeService(options)
+    threshold = gc.get_threshold()
+    try:
+        service = makeService(options)
+        # What the start made is out of the collector's way (`settleHeap`).
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
     assert isinstance(service, ProxyService)
     assert service.getServiceNamed("http") is not None
     assert service.app.config is options["loaded"]

@@ -19,6 +19,7 @@ from ccproxy.config.endpoints import endpoint
 from ccproxy.config.ledger import ledgerProblem
 from ccproxy.config.load import checkOpenListen, checkWorkersListen
 from ccproxy.config.seed import defaultDotenv, settingsFromEnvironment
+from ccproxy.daemon.heap import settleHeap
 from ccproxy.daemon.listen import raiseOpenFilesLimit
 from ccproxy.daemon.logs import logFileProblem
 from ccproxy.daemon.service import ProxyService
@@ -115,7 +116,7 @@ def makeService(options: Options) -> ProxyService | MasterService:
         )
     if seat is not None:
         workerSignals()
-    return buildService(
+    service = buildService(
         options["loaded"],
         reactor,
         configPath=options["config"],
@@ -129,6 +130,8 @@ def makeService(options: Options) -> ProxyService | MasterService:
         worker=seat,
         metricsDir=os.environ.get(MULTIPROC_ENV) if seat is not None else None,
     )
+    settleHeap()  # process-wide, like the reactor: here and nowhere else
+    return service
 
 
 def _twistdLogsToStdout(options: Options) -> bool:

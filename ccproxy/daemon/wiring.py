@@ -40,7 +40,7 @@ from ccproxy.observe.metrics import Metrics
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State
 from ccproxy.state.shared import RedisLink, RedisState
-from ccproxy.upstream.client import BytesProducer, UpstreamClient
+from ccproxy.upstream.client import AgentClient, BytesProducer, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
@@ -83,22 +83,26 @@ def buildService(
 
     pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
     # Upstream cookies (load-balancer stickiness, sessions) must not be shared
-    # between the many users whose requests go through these clients.
+    # between the many users whose requests go through these clients: the
+    # upstreams' client keeps none, and treq's (telemetry) has a jar that takes none.
     cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-    clients: dict[float, HTTPClient] = {}
+    agents: dict[float, Agent] = {}
+    clients: dict[float, AgentClient] = {}
 
-    def httpWithTimeout(connectTimeout: float) -> HTTPClient:
-        """One treq client per connect timeout, all on the one pool and cookie jar."""
-        if connectTimeout not in clients:
+    def agentWithTimeout(connectTimeout: float) -> Agent:
+        """One Agent per connect timeout, all on the one pool."""
+        if connectTimeout not in agents:
             endpoints = UpstreamEndpoints(reactor, connectTimeout)
-            clients[connectTimeout] = HTTPClient(
-                Agent.usingEndpointFactory(reactor, endpoints, pool=pool),
-                cookiejar=cookies,
-                data_to_body_producer=BytesProducer,
-            )
+            agents[connectTimeout] = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        return agents[connectTimeout]
+
+    def httpWithTimeout(connectTimeout: float) -> AgentClient:
+        """The upstreams' client: Twisted's Agent without treq's wrapping (`AgentClient`)."""
+        if connectTimeout not in clients:
+            clients[connectTimeout] = AgentClient(agentWithTimeout(connectTimeout))
         return clients[connectTimeout]
 
-    def httpFor(upstream: Upstream) -> HTTPClient:
+    def httpFor(upstream: Upstream) -> AgentClient:
         return httpWithTimeout(upstream.policy.connectTimeout)
 
     client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
@@ -116,7 +120,11 @@ def buildService(
         clock=reactor,
         ledger=ledger,
         metrics=metrics,
-        http=httpWithTimeout(Policy().connectTimeout),
+        http=HTTPClient(
+            agentWithTimeout(Policy().connectTimeout),
+            cookiejar=cookies,
+            data_to_body_producer=BytesProducer,
+        ),
     )
     site = ProxySite.serving(app, reactor, connectionCap(openFiles))
     if worker is None:

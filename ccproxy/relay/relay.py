@@ -25,6 +25,7 @@ import orjson
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ccproxy.compat import writeNow
@@ -52,6 +53,32 @@ def startStream(request: IRequest) -> None:
     request.setHeader(b"x-accel-buffering", b"no")
 
 
+class TurnEnd:
+    """Calls made once the reactor's current turn is over, all of them on one timer:
+    a turn that reads a hundred dripping streams schedules one call, not a hundred."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._due: list[Callable[[], None]] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, call: Callable[[], None]) -> None:
+        self._due.append(call)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        due, self._due = self._due, []
+        for call in due:
+            try:
+                call()
+            except Exception:  # one stream's bug is not every other stream's
+                self.log.failure("Unexpected error flushing a stream")
+
+
 class EventWriter:
     """Writes Anthropic events to one client, and a ping after each `pingInterval`
     seconds in which nothing was written, so idle timers on the way never fire."""
@@ -63,10 +90,13 @@ class EventWriter:
         pingInterval: float,
         capture: int = 0,
         redact: Callable[[str], str] = KEY_SHAPES.redact,
+        turnEnd: TurnEnd | None = None,
     ) -> None:
         self._request = request
         self._redact = redact
         self._clock = clock
+        self._turnEnd = turnEnd or TurnEnd(clock)
+        self._queued = False
         self._interval = pingInterval
         self._timer: IDelayedCall = clock.callLater(pingInterval, self._ping)
         self._capture = capture
@@ -90,7 +120,22 @@ class EventWriter:
         self.add(events)
         self.flush()
 
+    def flushSoon(self) -> None:
+        """Send what is queued once this reactor turn is over. An upstream's stream
+        arrives one HTTP chunk per event, and its parser is called once per chunk:
+        a read holding 200 of them is one write to the client (one HTTP chunk, one
+        trip through twisted.web), not 200. A slow stream's chunk, alone in its
+        read, still goes out within the same turn of the reactor."""
+        if self._pending and not self._queued:
+            self._queued = True
+            self._turnEnd.add(self._flushSoon)
+
+    def _flushSoon(self) -> None:
+        if self._queued:  # else flushed or stopped meanwhile
+            self.flush()
+
     def flush(self) -> None:
+        self._queued = False
         if not self._pending:
             return
         frames = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
@@ -125,6 +170,7 @@ class EventWriter:
         self.write([{"type": "error", "error": {"type": errorType, "message": message}}])
 
     def stop(self) -> None:
+        self._queued = False
         if self._timer.active():
             self._timer.cancel()
 
@@ -170,10 +216,13 @@ class StreamRelay:
         capture: int = 0,
         redact: Callable[[str], str] = KEY_SHAPES.redact,
         onCommit: Callable[[], None] | None = None,
+        turnEnd: TurnEnd | None = None,
     ) -> None:
         """`onCommit` is called as the stream's head is made, before it goes out
-        (it may still set headers)."""
+        (it may still set headers); `turnEnd`: the streams' shared end-of-turn
+        flush (one of its own without)."""
         self._request = request
+        self._turnEnd = turnEnd
         self._clock = clock
         self._onCommit = onCommit
         self._pingInterval = pingInterval
@@ -211,9 +260,16 @@ class StreamRelay:
             return
         self._head()
         self._writer = EventWriter(
-            self._request, self._clock, self._pingInterval, self._capture, self._redact
+            self._request,
+            self._clock,
+            self._pingInterval,
+            self._capture,
+            self._redact,
+            self._turnEnd,
         )
         self._writer.write(self._start)
+        if not self._start:  # a passed-through stream: its message_start is the upstream's
+            self._request.write(b"")  # the status and headers alone, now
         writeNow(self._request)
 
     def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
@@ -362,7 +418,7 @@ class StreamRelay:
                 upstream.timeout,
                 upstream.name,
                 self._maxLineBytes,
-                onBatch=writer.flush,
+                onBatch=writer.flushSoon,
                 wants=stream.reads,
                 onUnread=onUnread,
             )
@@ -432,7 +488,7 @@ class StreamRelay:
             upstream.timeout,
             upstream.name,
             self._maxLineBytes,
-            onBatch=writer.flush,
+            onBatch=writer.flushSoon,
         )
         await self._drain(answer, parser)
         return parser.sawDone

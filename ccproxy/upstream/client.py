@@ -19,9 +19,10 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import ContentDecoderAgent, GzipDecoder, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ccproxy import __version__
@@ -68,6 +69,40 @@ class BytesProducer:
         """Drop the body once an answer has begun: no replay can need it then, and a
         long stream should not hold its request's 50 KB."""
         self._body = b""
+
+
+class AgentClient:
+    """An `HTTPClient` straight over Twisted's `Agent`, for the upstreams' requests.
+
+    treq's `HTTPClient.request` does, for every request, what ccproxy never uses:
+    parses the URL with hyperlink, builds a cookie jar from the call and merges it
+    into its own, runs the request and the answer through `CookieAgent` (the
+    daemon's jar accepts no cookie: one user's upstream cookies are no other
+    user's business) and a `RedirectAgent` decision (ccproxy never follows one),
+    and wraps the answer. What it does that matters is kept: the body written at
+    once (`BytesProducer`) and gzip answers decoded (`ContentDecoderAgent`, which
+    also asks for them). treq stays the client of the tests (`StubTreq`) and of
+    the telemetry forwarder; this takes the same arguments.
+    """
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        **_treqOnly: Any,
+    ) -> Deferred[IResponse]:
+        """`method` `url` with `headers` and the body `data`; the keywords only treq
+        reads (`unbuffered`, `allow_redirects`, `reactor`) are what this does anyway."""
+        sent = Headers()
+        for name, value in (headers or {}).items():
+            sent.addRawHeader(name, value)
+        body = BytesProducer(data) if data is not None else None
+        return self._agent.request(method.encode("ascii"), url.encode("ascii"), sent, body)
 
 
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")

@@ -286,6 +286,8 @@ class Dispatcher:
             gate = self.state.gate(upstream)
             # A client's mistake is a 400 here, before any attempt.
             body = await self.offload.run(plan.size, plan.bodyFor, upstream, target)
+            if target is plan.targets[-1]:
+                plan.letGo()  # retries and the panic's try resend the bodies made
             hop = _Hop(plan, upstream, target, gate, body, callerKey)
             if not await gate.breaker.allow():
                 attempts.append(Attempt(upstream.name, None, note="skipped, circuit open"))

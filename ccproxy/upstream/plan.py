@@ -90,6 +90,8 @@ class Plan:
     through (`api: messages`): sent with only its model changed."""
     clientHeaders: Mapping[str, str] = field(factory=dict, repr=False)
     """The client's headers an upstream may get (`upstream.client.FORWARDED_HEADERS`)."""
+    stream: bool = False
+    """Whether the client asked for a stream (read once: see `letGo`)."""
 
     @classmethod
     def forRequest(cls, body: dict[str, Any], model: str, messageId: str, **kwargs: Any) -> Plan:
@@ -103,7 +105,7 @@ class Plan:
         search = ToolSearch.fromRequest(body)
         server = frozenset({names.toUpstream(search.name)}) if search is not None else frozenset()
         rendering = Rendering(messageId, model, stopSequences(body), names, server)
-        return cls(body, rendering, search=search, **kwargs)
+        return cls(body, rendering, search=search, stream=body.get("stream") is True, **kwargs)
 
     def continued(self, prefix: list[dict[str, Any]], began: str) -> Plan:
         """The plan that has an upstream go on with an answer begun with `prefix`
@@ -120,10 +122,14 @@ class Plan:
         )
         return evolve(self, request=continued(self.request, prefix), targets=targets)
 
-    @property
-    def stream(self) -> bool:
-        """Whether the client asked for a stream."""
-        return self.request.get("stream") is True
+    def letGo(self) -> None:
+        """Every target's body is made: empty the decoded request (in place: the
+        plan is shared by the dispatch and the request's handler), unless ccproxy's
+        tool search may send it again. A stream waiting for its upstream's head
+        then holds its body's bytes, not some 100 KB of objects per 50 KB
+        request: thousands of streams opening at once wait that way."""
+        if self.search is None:
+            self.request.clear()
 
     def bodyFor(self, upstream: Upstream, target: Target) -> bytes:
         """The request body in `upstream`'s dialect; a client's mistake is a 400

@@ -21,11 +21,13 @@ from typing import Any, ClassVar, TypeVar
 
 from attrs import define, field
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from klein.resource import KleinResource
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ccproxy.config.model import Config, keyDigest
@@ -188,7 +190,14 @@ class ProxyApp:
         return self.messagesAPI.streamsInFlight
 
     def resource(self) -> Any:
-        return self.router.resource()
+        """Klein's resource, with `POST /v1/messages` found by a lookup (`HotRoute`)."""
+        return HotRoute(self.router, {(b"POST", b"/v1/messages"): self.messages}, self._failed)
+
+    def _failed(self, request: IRequest, failure: Failure) -> bytes | None:
+        """What Klein's error handlers below make of a hot route's failure."""
+        if failure.check(ProxyError):
+            return self.proxyError(request, failure)
+        return self.unexpected(request, failure)
 
     def reconfigure(self, config: Config) -> None:
         """Serve new requests from `config`; requests in flight keep their own."""
@@ -560,6 +569,61 @@ class ProxyApp:
             return None
         self.log.failure("Unexpected error answering {path}", failure, path=request.path)
         return self._errorReply(request, ProxyError(500, "internal error in ccproxy", "api_error"))
+
+
+class HotRoute(KleinResource):
+    """Klein's resource, with the route nearly every request takes found by a dict
+    lookup on its method and path.
+
+    For each request Klein binds a werkzeug map adapter, matches the path against
+    every rule, adapts the request to `IKleinRequest` and runs the handler through
+    three Deferreds. The hot route keeps what its handler relies on: the handler's
+    Deferred is cancelled when the client goes away, its bytes are written and the
+    request finished, and a failure goes where Klein's `handle_errors` would send
+    it (`failed`; a `CancelledError` after the client left is dropped, as Klein
+    drops it). Any other method or path (`/v1/messages/`, `GET /v1/messages`) is
+    Klein's, with its 404 and 405 answers.
+    """
+
+    log: ClassVar[Logger] = Logger()
+
+    def __init__(
+        self,
+        app: Klein,
+        routes: dict[tuple[bytes, bytes], Callable[[IRequest], Awaitable[bytes | None]]],
+        failed: Callable[[IRequest, Failure], bytes | None],
+    ) -> None:
+        super().__init__(app)
+        self._routes = routes
+        self._failed = failed
+
+    def render(self, request: IRequest) -> Any:
+        handler = self._routes.get((request.method, request.path))
+        if handler is None:
+            return super().render(request)
+        finished: list[object] = []
+        request.notifyFinish().addBoth(finished.append)
+        work = ensureDeferred(handler(request))
+        request.notifyFinish().addErrback(lambda _: work.cancel())
+        work.addErrback(self._failure, request, finished)
+        work.addCallback(_answer, request, finished)
+        work.addErrback(lambda f: HotRoute.log.failure("Unhandled error writing an answer", f))
+        return NOT_DONE_YET
+
+    def _failure(self, failure: Failure, request: IRequest, finished: list[object]) -> bytes | None:
+        if finished:  # nobody to answer
+            if not failure.check(CancelledError):
+                self.log.failure("Unhandled error processing a request", failure)
+            return None
+        return self._failed(request, failure)
+
+
+def _answer(result: bytes | None, request: IRequest, finished: list[object]) -> None:
+    """A hot route's result on the wire, as Klein writes one."""
+    if isinstance(result, bytes):
+        request.write(result)
+    if not finished:
+        request.finish()
 
 
 def _tokensSoFar(call: Call) -> int:

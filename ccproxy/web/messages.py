@@ -32,7 +32,7 @@ from twisted.web.iweb import IRequest
 from ccproxy.config.model import Config, Upstream
 from ccproxy.config.routing import NEEDS_TOKENS, Route, Target, notRouted
 from ccproxy.errors import ProxyError, badGateway, notSupported
-from ccproxy.relay.relay import StreamRelay, Verdict, nestedTooDeepAnswer
+from ccproxy.relay.relay import StreamRelay, TurnEnd, Verdict, nestedTooDeepAnswer
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.facts import RequestFacts
 from ccproxy.translate.request import sessionKey
@@ -72,6 +72,11 @@ class MessagesAPI:
     admission: Admission
     offload: Offload = field(factory=Offload)
     streamsInFlight: int = 0
+    turnEnd: TurnEnd = field(init=False)
+    """Every stream's end-of-turn flush, on one timer (`ccproxy.relay.relay.TurnEnd`)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.turnEnd = TurnEnd(self.clock)
 
     async def create(self, call: Call) -> bytes | None:
         """`POST /v1/messages`: one answer, whole (JSON) or streamed (SSE)."""
@@ -298,6 +303,7 @@ class MessagesAPI:
             config.logPayloadMaxChars if config.logPayloads else 0,
             call.redact,
             onCommit=committed,
+            turnEnd=self.turnEnd,
         )
 
     def _refused(
