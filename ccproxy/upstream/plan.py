@@ -155,18 +155,14 @@ class ChatAPI:
     """ccproxy shapes the request and reads the answer (its own tool search included)."""
 
     def body(self, plan: Plan, upstream: Upstream, target: Target) -> bytes:
-        translated = toOpenAI(
-            plan.request,
-            model=target.modelFor(plan.rendering.model),
-            profile=upstream.profile,
-            defaultMaxTokens=plan.defaultMaxTokens,
-            names=plan.rendering.names,
-            cacheKey=plan.cacheKey,
-        )
         try:
-            return orjson.dumps(translated)
+            return orjson.dumps(self.translated(plan, upstream, target))
         except orjson.JSONEncodeError:
             raise nestedTooDeep() from None
+
+    def translated(self, plan: Plan, upstream: Upstream, target: Target) -> dict[str, Any]:
+        """The request in this API's words, for `upstream` serving `target`."""
+        return toOpenAI(plan.request, **_translating(plan, upstream, target))
 
     def message(self, rendering: Rendering, upstream: Upstream, raw: bytes) -> dict[str, Any]:
         data = _json(upstream, raw)
@@ -234,20 +230,12 @@ class ResponsesAPI(ChatAPI):
     """`api: responses`: OpenAI's Responses API, translated both ways (on the chat
     translators: `ccproxy.translate.responses`). Its errors read as chat's."""
 
-    def body(self, plan: Plan, upstream: Upstream, target: Target) -> bytes:
-        translated = toResponses(
-            plan.request,
-            model=target.modelFor(plan.rendering.model),
-            profile=upstream.profile,
-            defaultMaxTokens=plan.defaultMaxTokens,
-            names=plan.rendering.names,
-            cacheKey=plan.cacheKey,
-            upstream=upstream.name,
+    def translated(self, plan: Plan, upstream: Upstream, target: Target) -> dict[str, Any]:
+        """The request as Responses input items; its thinking goes back only to the
+        upstream that signed it (`upstream`)."""
+        return toResponses(
+            plan.request, upstream=upstream.name, **_translating(plan, upstream, target)
         )
-        try:
-            return orjson.dumps(translated)
-        except orjson.JSONEncodeError:
-            raise nestedTooDeep() from None
 
     def message(self, rendering: Rendering, upstream: Upstream, raw: bytes) -> dict[str, Any]:
         """A whole Responses answer (its `error` set, or `status: failed`: an error)."""
@@ -298,6 +286,18 @@ _MODEL_KEY = re.compile(
     rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"'
 )
 """`"model"` as a JSON string, its letters plain or escaped (`"\\u006dodel"`)."""
+
+
+def _translating(plan: Plan, upstream: Upstream, target: Target) -> dict[str, Any]:
+    """What every translator is told: the model per the target, the upstream's
+    profile, the defaults, the request's tool names and its cache key."""
+    return {
+        "model": target.modelFor(plan.rendering.model),
+        "profile": upstream.profile,
+        "defaultMaxTokens": plan.defaultMaxTokens,
+        "names": plan.rendering.names,
+        "cacheKey": plan.cacheKey,
+    }
 
 
 def messagesBody(raw: bytes | None, request: dict[str, Any], model: str) -> bytes:
