@@ -19,7 +19,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from ccproxy.daemon.listen import connectionCap, raiseOpenFilesLimit
-from ccproxy.web.site import LINGER, ProxySite, isCanonicalPath
+from ccproxy.web.site import LINGER, SPLIT_FROM, ProxySite, isCanonicalPath
 from tests.support.fakes import sseReply
 from tests.support.harness import Harness, message
 
@@ -173,6 +173,38 @@ def test_an_answered_request_gives_its_room_back(h: Harness, site: ProxySite) ->
     h.flush()
     assert conn.status() == 200
     assert site.bodyBytes == 0
+
+
+def _oneRead(body: bytes, key: str | None = "alice-key") -> bytes:
+    """A request's head and body as one read (as a client's 50 KB request comes)."""
+    lines = [b"POST /v1/messages HTTP/1.1", b"Host: proxy", b"Content-Type: application/json"]
+    if key:
+        lines.append(b"x-api-key: " + key.encode())
+    lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def test_a_head_and_body_read_together_are_served(h: Harness, site: ProxySite) -> None:
+    """A large body read with its head (the site hands them to twisted.web apart)
+    is served whole, and so is a request whose head comes in the same read."""
+    body = orjson.dumps(message("x" * (SPLIT_FROM * 4)))
+    conn = Conn(site).send(_oneRead(body) + _oneRead(body)[:30])
+    h.flush()
+    assert conn.status() == 200
+    assert h.upstream.received[0].body["messages"][-1]["content"] == "x" * (SPLIT_FROM * 4)
+    assert site.bodyBytes == 0
+    conn.send(_oneRead(body)[30:])
+    h.flush()
+    assert len(h.upstream.received) == 2
+    assert conn.written.count(b"HTTP/1.1 200") == 2
+
+
+def test_a_refused_head_read_with_its_body_keeps_none_of_it(h: Harness, site: ProxySite) -> None:
+    body = orjson.dumps(message("x" * (SPLIT_FROM * 4)))
+    conn = Conn(site).send(_oneRead(body, key=None))
+    assert conn.status() == 401
+    assert conn.transport.disconnecting
+    assert site.bodyBytes == 0 and not h.upstream.received
 
 
 def test_headers_trickled_a_byte_at_a_time_are_cut_at_the_deadline(
