@@ -309,6 +309,9 @@ def test_the_page_prefills_the_code_escaped_and_never_submits_itself(h: Harness)
     assert reply.headers["content-security-policy"].startswith("default-src 'none'")
     assert "frame-ancestors 'none'" in reply.headers["content-security-policy"]
     assert reply.headers["x-frame-options"] == "DENY"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    assert reply.headers["cache-control"] == "no-store"
+    assert reply.headers["referrer-policy"] == "no-referrer"
     device = startDevice(h)
     shown = h.call("GET", f"/device?user_code={device['user_code']}").body.decode()
     assert f'value="{device["user_code"]}"' in shown

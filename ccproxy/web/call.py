@@ -76,6 +76,22 @@ def releaseBody(call: Call) -> None:
         release()
 
 
+def noStore(request: IRequest) -> None:
+    """Never cached: OAuth's token answers (RFC 6749 §5.1) and every page of secrets."""
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"pragma", b"no-cache")
+
+
+def lockedPage(request: IRequest, policy: bytes) -> None:
+    """The headers of an HTML page ccproxy serves (sign-in, status): its own
+    Content-Security-Policy, never framed, sniffed, cached, or named in a Referer."""
+    request.setHeader(b"content-security-policy", policy)
+    request.setHeader(b"x-frame-options", b"DENY")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"referrer-policy", b"no-referrer")
+    noStore(request)
+
+
 def requestId(request: IRequest, makeId: Callable[[], str] = newId) -> str:
     """The request's id, made on first use and sent as the `request-id` header."""
     value = request.responseHeaders.getRawHeaders(b"request-id")

@@ -47,7 +47,7 @@ from ccproxy.ledger.signin import (
 )
 from ccproxy.ledger.store import LedgerUnavailable
 from ccproxy.web.auth import authenticate, callerKey, clientForKey
-from ccproxy.web.call import JSON, Call, jsonReply, oauthBody
+from ccproxy.web.call import JSON, Call, jsonReply, lockedPage, noStore, oauthBody
 
 ACCESS_PREFIX = "ccpx_at_"
 REFRESH_PREFIX = "ccpx_rt_"
@@ -210,11 +210,6 @@ def oauthError(request: IRequest, status: int, error: str, description: str) -> 
     request.setResponseCode(status)
     noStore(request)
     return jsonReply(request, oauthBody(error, description))
-
-
-def noStore(request: IRequest) -> None:
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"pragma", b"no-cache")
 
 
 def gatewayURL(request: IRequest, config: Config) -> str:
@@ -588,10 +583,7 @@ class SignIn:
     def _render(self, request: IRequest, status: int, code: str, note: str | None) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"content-security-policy", PAGE_CSP)
-        request.setHeader(b"x-frame-options", b"DENY")
-        request.setHeader(b"referrer-policy", b"no-referrer")
-        noStore(request)
+        lockedPage(request, PAGE_CSP)
         said = f"<p class=note>{html.escape(note)}</p>" if note else ""
         body = _PAGE.format(note=said, code=html.escape(code, quote=True)).encode()
         request.setHeader(b"content-length", b"%d" % len(body))

@@ -39,6 +39,7 @@ from ccproxy.observe.usage import UsageBook
 from ccproxy.observe.watch import Watch
 from ccproxy.upstream.dispatch import UpstreamHealth
 from ccproxy.web.auth import authenticate, callerKey
+from ccproxy.web.call import lockedPage
 from ccproxy.web.status import render
 from ccproxy.web.status.session import COOKIE, Sessions
 from ccproxy.web.status.view import Reload, StatusView, detail, statusView
@@ -354,12 +355,8 @@ def _event(data: bytes) -> bytes:
 
 
 def _secure(request: IRequest) -> None:
-    """The headers of every status answer: strict CSP, no framing, no caching, no sniffing."""
-    request.setHeader(b"content-security-policy", POLICY)
-    request.setHeader(b"x-frame-options", b"DENY")
-    request.setHeader(b"x-content-type-options", b"nosniff")
-    request.setHeader(b"referrer-policy", b"no-referrer")
-    request.setHeader(b"cache-control", b"no-store")
+    """The headers of every status answer: its strict CSP, and a locked page's."""
+    lockedPage(request, POLICY)
 
 
 def _html(request: IRequest, body: bytes) -> bytes:
