@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -256,6 +256,22 @@ def test_connections_are_capped_per_address_and_in_all(site: ProxySite) -> None:
     assert site.buildProtocol(address) is not None
     assert site.connections == 5 and site.turnedAway == 2
     del others
+
+
+def test_an_ipv6_peer_is_capped_by_its_64_not_address_by_address(site: ProxySite) -> None:
+    # one host holds a whole /64: new addresses in it are no way round the cap
+    mine = [site.buildProtocol(IPv6Address("TCP", f"2001:db8:0:1::{n}", 1)) for n in (1, 2, 3)]
+    assert all(c is not None for c in mine)
+    assert site.buildProtocol(IPv6Address("TCP", "2001:db8:0:1:ffff::9", 1)) is None
+    other = site.buildProtocol(IPv6Address("TCP", "2001:db8:0:2::1", 1))  # another /64
+    assert other is not None
+    for channel in [*mine, other]:
+        site.connectionClosed(channel)  # type: ignore[arg-type]
+    # an IPv4-mapped peer is the IPv4 address it is
+    mapped = [site.buildProtocol(IPv6Address("TCP", "::ffff:10.0.0.5", 1)) for _ in range(3)]
+    assert all(c is not None for c in mapped)
+    assert site.buildProtocol(IPv4Address("TCP", "10.0.0.5", 1)) is None
+    assert site.turnedAway == 2
 
 
 def test_a_refusal_leaves_an_access_event(h: Harness, site: ProxySite) -> None:

@@ -8,6 +8,7 @@ and query strings and write JSON answers and Anthropic error envelopes.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Callable
 from io import BytesIO
@@ -74,6 +75,26 @@ def releaseBody(call: Call) -> None:
     release = getattr(call.request, "releaseBody", None)
     if release is not None:
         release()
+
+
+IPV6_PREFIX = 64
+"""An IPv6 peer is counted by its /64: one host is commonly given a whole /64,
+and counted address by address it would have no bound at all."""
+
+
+def peerKey(host: str) -> str:
+    """What every per-address limit counts a peer by (connections at the door,
+    sign-ins started, verification attempts): its IPv4 address, or its IPv6
+    address's /64 (an IPv4-mapped one as the IPv4 address it is)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return host
 
 
 def noStore(request: IRequest) -> None:

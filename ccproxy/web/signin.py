@@ -22,7 +22,6 @@ revoke` stops working within that; one revoked through this process at once.
 from __future__ import annotations
 
 import html
-import ipaddress
 import re
 import secrets
 import uuid
@@ -47,7 +46,7 @@ from ccproxy.ledger.signin import (
 )
 from ccproxy.ledger.store import LedgerUnavailable
 from ccproxy.web.auth import authenticate, callerKey, clientForKey
-from ccproxy.web.call import JSON, Call, jsonReply, lockedPage, noStore, oauthBody
+from ccproxy.web.call import JSON, Call, jsonReply, lockedPage, noStore, oauthBody, peerKey
 
 ACCESS_PREFIX = "ccpx_at_"
 REFRESH_PREFIX = "ccpx_rt_"
@@ -185,24 +184,9 @@ class PageLimiter:
         return True
 
 
-IPV6_PREFIX = 64
-"""An IPv6 peer is counted by its /64: one host is commonly given a whole /64,
-and counted address by address it would have no bound at all."""
-
-
 def addressOf(request: IRequest) -> str:
-    """What the per-address limits count by: the peer's IPv4 address, or its
-    IPv6 address's /64 (an IPv4-mapped one as the IPv4 address it is)."""
-    host = str(getattr(request.getClientAddress(), "host", "?"))
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
-    return host
+    """What the per-address limits count by (`peerKey`)."""
+    return peerKey(str(getattr(request.getClientAddress(), "host", "?")))
 
 
 def oauthError(request: IRequest, status: int, error: str, description: str) -> bytes:

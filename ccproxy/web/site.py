@@ -11,7 +11,8 @@ that every other caller needs. Here:
   the connection closes;
 - a request's headers must all arrive within `header_timeout` of its first byte,
   and its body within `body_timeout` after them (slowloris);
-- connections are capped per peer address and in all (below the open-files limit);
+- connections are capped per peer address (an IPv6 peer by its /64: `peerKey`) and
+  in all (below the open-files limit);
 - on SIGTERM the site drains (`beginDrain`): idle kept-alive connections close at
   once, busy ones after their answer, and a request that still arrives gets a 503
   `overloaded_error` with `Connection: close`, which Claude Code retries, rather
@@ -41,7 +42,7 @@ from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.web.app import ProxyApp
 from ccproxy.web.auth import authenticate, callerKey
-from ccproxy.web.call import bodyTooLarge, errorBodyFor, errorHeaders, newId
+from ccproxy.web.call import bodyTooLarge, errorBodyFor, errorHeaders, newId, peerKey
 from ccproxy.web.signin import FORM_MAX_BYTES, OPEN_PATHS, isGatewayToken
 
 _REASONS = {
@@ -350,7 +351,7 @@ class ProxySite(Site):
     def buildProtocol(self, addr: Any) -> ProxyChannel | None:
         """A channel for a new connection, or None (closed at once) past the caps."""
         config = self.config()
-        peer = str(getattr(addr, "host", ""))
+        peer = peerKey(str(getattr(addr, "host", "")))
         cap = config.maxConnections or self._defaultMaxConnections
         if self.draining:
             return None
