@@ -220,6 +220,22 @@ class ProxyChannel(HTTPChannel):
     _headerTimer: IDelayedCall | None = None
     _lingerTimer: IDelayedCall | None = None
     _closedByUs = False
+    _peerAddress: Any = None
+    _hostAddress: Any = None
+
+    def getPeer(self) -> Any:
+        """The connection's remote address, asked of the transport once: each
+        `Request` asks for it (and `getHost`, a `getsockname` syscall on TCP) and
+        both are the connection's, the same for every request kept alive on it."""
+        if self._peerAddress is None:
+            self._peerAddress = super().getPeer()
+        return self._peerAddress
+
+    def getHost(self) -> Any:
+        """The connection's local address, asked of the transport once (`getPeer`)."""
+        if self._hostAddress is None:
+            self._hostAddress = super().getHost()
+        return self._hostAddress
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaitingHeaders and self._headerTimer is None and not self._closedByUs:
