@@ -11,11 +11,13 @@ imported, and no `_attribute` of a Twisted object is touched, outside this modul
 from __future__ import annotations
 
 from collections.abc import Hashable
+from time import time
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
+from twisted.logger import Logger, LogLevel
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 
@@ -137,3 +139,25 @@ def exitNormallyAfter(reactor: Any, number: int) -> None:
     """
     if getattr(reactor, "_exitSignal", None) == number:
         reactor._exitSignal = None
+
+
+def emitEvent(logger: Logger, level: LogLevel, format: str, event: dict[str, Any]) -> None:
+    """`logger.emit(level, format, **event)` for an event of many fields (the access
+    line's thirty), with `event` itself made the event (a dict the caller hands over).
+
+    Relies on: the event `Logger.emit` builds, the caller's fields and the six
+    `log_` keys below, going to `logger.observer` (the global publisher, whose
+    observers are the log's), with `level` one of `LogLevel`'s. Why: `emit` copies
+    the fields through `**` twice (`info`, then `emit`) and checks the level by
+    sorting `LogLevel`'s constants, 4.5 us of an access line's 15. `log_trace`
+    (Twisted's debugging aid) is not followed.
+    """
+    event.update(
+        log_logger=logger,
+        log_level=level,
+        log_namespace=logger.namespace,
+        log_source=logger.source,
+        log_format=format,
+        log_time=time(),
+    )
+    logger.observer(event)

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint, IWriteDescriptor
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, LogLevel
 from twisted.web import client as webclient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -335,3 +336,25 @@ def test_no_module_but_compat_imports_a_private_twisted_name() -> None:
             if any(part.startswith("_") for name in names for part in name.split(".")):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert found == [], "private Twisted imports outside ccproxy/compat.py"
+
+
+# -- log events --------------------------------------------------------------------
+
+
+def test_an_emitted_event_is_the_one_logger_emit_makes() -> None:
+    """`emitEvent` hands the logger's observer the event `Logger.emit` would: the
+    same keys and values (but the time), so every observer and every log reader
+    sees an access line as before."""
+    made: list[dict[str, Any]] = []
+
+    class Source:
+        log = Logger(namespace="ccproxy.test", observer=made.append)
+
+    logger = Source().log  # with a source, as a class's logger has
+    for level in (LogLevel.info, LogLevel.warn):
+        logger.emit(level, "{a} {b}", a=1, b="two")
+        compat.emitEvent(logger, level, "{a} {b}", {"a": 1, "b": "two"})
+        twisted, ours = made[-2:]
+        assert abs(twisted.pop("log_time") - ours.pop("log_time")) < 5
+        assert twisted == ours, "twisted.logger's Logger.emit builds another event"
+        assert ours["log_source"] is not None and ours["log_level"] is level
