@@ -33,10 +33,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from ccproxy.compat import pendingRequestLine
+from ccproxy.compat import QuickHeaderChannel, pendingRequestLine
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -210,7 +209,7 @@ class LimitedRequest(Request):
         self._bodyTimer = None
 
 
-class ProxyChannel(HTTPChannel):
+class ProxyChannel(QuickHeaderChannel):
     """An HTTP/1.1 connection whose requests' headers must arrive in time."""
 
     site: ProxySite
