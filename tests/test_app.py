@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 import pytest
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.web.test.requesthelper import DummyRequest
 
+from ccproxy.web.call import newId, requestId
 from tests.support.fakes import completion, jsonReply, rawReply, stallReply, toolCall
 from tests.support.harness import BASE_CONFIG, Harness, fired, message, resultOf
 
@@ -47,6 +50,18 @@ def test_text_answer(h: Harness) -> None:
     assert body["usage"]["input_tokens"] == 11
     assert body["usage"]["output_tokens"] == 7
     assert reply.headers["request-id"].startswith("req_")
+
+
+def test_each_request_has_an_id_of_its_own_in_one_form() -> None:
+    """`req_` and 24 lowercase hex digits (96 random bits), never the same twice."""
+    ids = {newId() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch("[0-9a-f]{24}", made) for made in ids)
+    request = DummyRequest([b""])
+    made = requestId(request)
+    assert re.fullmatch("req_[0-9a-f]{24}", made)
+    assert request.responseHeaders.getRawHeaders(b"request-id") == [made.encode()]
+    assert requestId(request) == made  # made once per request
 
 
 def test_tool_call_answer(h: Harness) -> None:

@@ -20,8 +20,10 @@ from twisted.internet.interfaces import IStreamServerEndpoint, IWriteDescriptor
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, LogLevel
 from twisted.web import client as webclient
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http import HTTPChannel, Request
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -335,3 +337,93 @@ def test_no_module_but_compat_imports_a_private_twisted_name() -> None:
             if any(part.startswith("_") for name in names for part in name.split(".")):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert found == [], "private Twisted imports outside ccproxy/compat.py"
+
+
+# -- log events --------------------------------------------------------------------
+
+
+def test_an_emitted_event_is_the_one_logger_emit_makes() -> None:
+    """`emitEvent` hands the logger's observer the event `Logger.emit` would: the
+    same keys and values (but the time), so every observer and every log reader
+    sees an access line as before."""
+    made: list[dict[str, Any]] = []
+
+    class Source:
+        log = Logger(namespace="ccproxy.test", observer=made.append)
+
+    logger = Source().log  # with a source, as a class's logger has
+    for level in (LogLevel.info, LogLevel.warn):
+        logger.emit(level, "{a} {b}", a=1, b="two")
+        compat.emitEvent(logger, level, "{a} {b}", {"a": 1, "b": "two"})
+        twisted, ours = made[-2:]
+        assert abs(twisted.pop("log_time") - ours.pop("log_time")) < 5
+        assert twisted == ours, "twisted.logger's Logger.emit builds another event"
+        assert ours["log_source"] is not None and ours["log_level"] is level
+
+
+# -- header lines ------------------------------------------------------------------
+
+HEADER_LINES = [
+    b"Host: proxy",
+    b"content-type:application/json",
+    b"X-Api-Key:  \t key \t ",
+    b"x-API-key: second",
+    b"Content-MD5: abc",
+    b"Anthropic-Beta: a,b, c",
+    b"Empty:",
+    b"Colons: a:b:c",
+    b"no colon at all",
+    b": no name",
+    b"Bad Name: x",
+    b"Bad\x00Name: x",
+    b"N\xe9me: x",
+    b"Value: a\x00b",
+    b"Value: a\rb",
+    b"Value: a\x0bb\x0cc\x1c",
+    b"Value: \x0b\x0cv\x0c \x1c",
+    b"Value: caf\xc3\xa9",
+    b"Content-Length: 12",
+    b"Content-Length: 12",
+    b"Content-Length: -1",
+    b"Content-Length: 1 2",
+    b"Content-Length: \xd9\xa1",
+    b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: identity",
+    b"Transfer-Encoding: gzip, chunked",
+    b"transfer-encoding: CHUNKED",
+]
+
+
+def test_header_lines_are_kept_as_twisted_keeps_them() -> None:
+    """`QuickHeaderChannel.headerReceived` agrees with `HTTPChannel`'s on every line:
+    the same verdict, the same 400, the same headers kept, the same body framing,
+    and the same cap on the number of headers."""
+
+    def outcome(channelType: type[HTTPChannel], lines: list[bytes], cap: int = 500) -> Any:
+        channel = channelType()
+        channel.makeConnection(StringTransport())
+        channel.maxHeaders = cap
+        refused: list[bool] = []
+        channel._respondToBadRequestAndDisconnect = lambda: refused.append(True)  # type: ignore[method-assign]
+        channel.requests = [Request(channel)]
+        channel._receivedHeaderCount = 0
+        verdicts = [channel.headerReceived(line) for line in lines]
+        decoder = channel._transferDecoder
+        return (
+            verdicts,
+            refused,
+            list(channel.requests[-1].requestHeaders.getAllRawHeaders()),
+            channel.length,
+            type(decoder),
+            getattr(decoder, "length", None),
+            channel._receivedHeaderCount,
+        )
+
+    cases = [[line] for line in HEADER_LINES]
+    cases += [HEADER_LINES[:8], HEADER_LINES[17:19], HEADER_LINES[17:], HEADER_LINES[22:]]
+    cases += [[b"Content-Length: 5", b"Transfer-Encoding: chunked"]]
+    for lines in cases:
+        assert outcome(compat.QuickHeaderChannel, lines) == outcome(HTTPChannel, lines), lines
+    many = [b"X-N: %d" % i for i in range(6)]
+    assert outcome(compat.QuickHeaderChannel, many, 4) == outcome(HTTPChannel, many, 4)
+    assert outcome(HTTPChannel, many, 4)[1] == [True, True]

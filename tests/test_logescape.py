@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 from twisted.logger import (
+    FilteringLogObserver,
     LogLevel,
+    LogLevelFilterPredicate,
     capturedLogs,
     eventsFromJSONLogFile,
     formatEventAsClassicLogText,
@@ -35,6 +37,7 @@ from ccproxy.daemon.logs import (
     escapeControls,
     fileObserver,
     openLogFile,
+    quietLevels,
     textObserver,
     textSafe,
 )
@@ -124,6 +127,7 @@ def test_the_quick_line_is_twisteds_line() -> None:
         {**base, "log_format": "plain"},
         {**base, "log_format": "{a!r} {b:>5} {c[0]} {d.real}", "a": "x", "b": 1, "c": [2], "d": 3},
         {**base, "log_format": "two\nlines {x}", "x": "y\nz"},
+        {**base, "log_format": "a tab {x} {y}", "x": "y\tz", "y": "\u2028"},
         {**base, "log_format": "{missing} field"},
         {**base, "log_format": "called {f()}", "f": lambda: "yes"},
         {**base, "log_format": "{{braces}} {x}", "x": 1},
@@ -139,6 +143,26 @@ def test_the_quick_line_is_twisteds_line() -> None:
         )
         expected = None if expected is None else expected.replace("\x1b", "\\x1b")
         assert render([event]) == (expected or ""), event
+
+
+def test_quiet_levels_keep_what_twisteds_level_filter_keeps() -> None:
+    """`quietLevels` keeps what `FilteringLogObserver` with a `LogLevelFilterPredicate`
+    at the same level keeps: an event at that level or above, with a namespace."""
+    cases = [
+        {"log_level": level, "log_namespace": namespace}
+        for level in [*LogLevel.iterconstants(), None]
+        for namespace in ("ccproxy.access", "", None)
+    ] + [{"log_namespace": "ccproxy"}, {"log_level": LogLevel.error}, {}]
+    for level in LogLevel.iterconstants():
+        ours: list[Any] = []
+        twisteds: list[Any] = []
+        quiet = quietLevels(ours.append, level)
+        filtering = FilteringLogObserver(twisteds.append, [LogLevelFilterPredicate(level)])
+        for event in cases:
+            event = {k: v for k, v in event.items() if v is not None}
+            quiet(event)
+            filtering(event)
+        assert ours == twisteds and ours, level
 
 
 class Shouting(Exception):

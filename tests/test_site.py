@@ -48,11 +48,14 @@ BIG = 30 * 1024 * 1024
 class Conn:
     """One client connection into the site."""
 
-    def __init__(self, site: ProxySite, host: str = "10.0.0.1") -> None:
+    def __init__(self, site: ProxySite, host: str = "10.0.0.1", port: int = 40000) -> None:
         self.site = site
-        self.channel = site.buildProtocol(IPv4Address("TCP", host, 40000))
+        self.channel = site.buildProtocol(IPv4Address("TCP", host, port))
         assert self.channel is not None, "turned away"
-        self.transport = StringTransport()
+        self.transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8082),
+            peerAddress=IPv4Address("TCP", host, port),
+        )
         self.channel.makeConnection(self.transport)
 
     def send(self, data: bytes) -> Conn:
@@ -197,6 +200,28 @@ def test_a_head_and_body_read_together_are_served(h: Harness, site: ProxySite) -
     h.flush()
     assert len(h.upstream.received) == 2
     assert conn.written.count(b"HTTP/1.1 200") == 2
+
+
+def test_each_connection_s_requests_see_its_own_addresses(h: Harness, site: ProxySite) -> None:
+    """A channel asks its transport for its addresses once (they are the
+    connection's): every request kept alive on it has them, and a new connection
+    has its own."""
+    body = orjson.dumps(message())
+    first, second = Conn(site, "10.0.0.1", 40001), Conn(site, "10.0.0.2", 40002)
+    seen = []
+    for conn in (first, first, second, first):
+        conn.head(len(body))
+        request = conn.channel.requests[-1]
+        seen.append((request.getClientAddress(), request.getHost()))
+        conn.send(body)
+        h.flush()
+    assert [peer.host for peer, _ in seen] == ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.1"]
+    assert [peer.port for peer, _ in seen] == [40001, 40001, 40002, 40001]
+    assert {host for _, host in seen} == {IPv4Address("TCP", "127.0.0.1", 8082)}
+    first.transport.peerAddr = IPv4Address("TCP", "10.9.9.9", 1)  # asked once: not again
+    first.head(len(body))
+    assert first.channel.requests[-1].getClientAddress().host == "10.0.0.1"
+    assert first.written.count(b"HTTP/1.1 200") == 3
 
 
 def test_a_refused_head_read_with_its_body_keeps_none_of_it(h: Harness, site: ProxySite) -> None:

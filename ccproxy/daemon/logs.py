@@ -21,11 +21,9 @@ from typing import IO, Any
 
 from twisted.logger import (
     FileLogObserver,
-    FilteringLogObserver,
     ILogObserver,
     LogEvent,
     LogLevel,
-    LogLevelFilterPredicate,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
@@ -99,6 +97,12 @@ def textSafe(event: LogEvent) -> LogEvent:
     The event itself is left alone (the JSON log and other observers get the
     fields as they were); `log_` keys are Twisted's own, not a caller's text.
     """
+    # One search over all the event's text first: the common event (an access
+    # line's 30 fields) has no control character anywhere, and a search per
+    # field cost a third of writing its line. Joined text has one exactly where
+    # a field (or a `log_` key, left to the exact pass below) has one.
+    if not _CONTROL.search("".join([value for value in event.values() if isinstance(value, str)])):
+        return event
     unsafe = [
         key
         for key, value in event.items()
@@ -124,6 +128,11 @@ def textObserver(outFile: IO[Any]) -> ILogObserver:
     stamp = _SecondStamp()
 
     def render(event: LogEvent) -> str | None:
+        text = classicLine(event, stamp)
+        if text is not None and _CONTROL.search(text, 0, len(text) - 1) is None:
+            # The common line (an access line) has nothing to escape: one search
+            # of the line says so, for less than escaping its fields one by one.
+            return text
         event = textSafe(event)
         text = classicLine(event, stamp) or formatEventAsClassicLogText(event, formatTime=stamp)
         return None if text is None else _safeLayout(text)
@@ -241,8 +250,18 @@ def workerObserver(observer: ILogObserver, worker: int) -> ILogObserver:
 
 
 def quietLevels(observer: ILogObserver, level: LogLevel = LogLevel.info) -> ILogObserver:
-    """Drop debug events before they are formatted."""
-    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])
+    """Drop debug events before they are formatted: what
+    `FilteringLogObserver(observer, [LogLevelFilterPredicate(level)])` keeps (an
+    event with a level at least `level` and a namespace), judged by a set lookup
+    where that one splits and joins the namespace, and calls through a predicate
+    chain, for every event (a tenth of an access line's cost)."""
+    kept = frozenset(each for each in LogLevel.iterconstants() if each >= level)
+
+    def quiet(event: LogEvent) -> None:
+        if event.get("log_level") in kept and event.get("log_namespace"):
+            observer(event)
+
+    return quiet
 
 
 def isTerminal(stream: IO[Any]) -> bool:

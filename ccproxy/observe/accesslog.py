@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from ccproxy.compat import emitEvent
 from ccproxy.config.prices import Prices
 from ccproxy.errors import Redact
 from ccproxy.ledger.model import Ledger, Row
@@ -208,10 +209,8 @@ class AccessLog:
         if record.endpoint == "messages" and record.model is not None:  # it reached routing
             row = record.row(now, prices or Prices())
             fields["cost"] = row.cost
-        if record.status >= 500:
-            _accessLog.warn(_FORMAT, **fields)
-        else:
-            _accessLog.info(_FORMAT, **fields)
+        level = LogLevel.warn if record.status >= 500 else LogLevel.info
+        emitEvent(_accessLog, level, _FORMAT, dict(fields))  # `_accessLog.info`, cheaper
         self.metrics.observe(fields)
         if row is not None:
             if self.ledger is not None:

@@ -31,11 +31,12 @@ class UsageBook:
 
     def add(self, row: Row) -> None:
         key = (row.client, row.route or "-")
-        self._totals[key] = self._totals.get(key, NONE) + Tally.of(row)
+        tally = Tally.of(row)
+        self._totals[key] = self._totals.get(key, NONE) + tally
         if (
             row.priced is False
             and row.upstreamModel is not None
-            and Tally.of(row).tokens + row.cacheReadTokens
+            and tally.tokens + row.cacheReadTokens
             and len(self._unpriced) < MAX_UNPRICED
         ):
             self._unpriced.add((row.client, row.upstreamModel))

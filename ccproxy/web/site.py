@@ -33,10 +33,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from ccproxy.compat import pendingRequestLine
+from ccproxy.compat import QuickHeaderChannel, pendingRequestLine
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -210,7 +209,7 @@ class LimitedRequest(Request):
         self._bodyTimer = None
 
 
-class ProxyChannel(HTTPChannel):
+class ProxyChannel(QuickHeaderChannel):
     """An HTTP/1.1 connection whose requests' headers must arrive in time."""
 
     site: ProxySite
@@ -220,6 +219,22 @@ class ProxyChannel(HTTPChannel):
     _headerTimer: IDelayedCall | None = None
     _lingerTimer: IDelayedCall | None = None
     _closedByUs = False
+    _peerAddress: Any = None
+    _hostAddress: Any = None
+
+    def getPeer(self) -> Any:
+        """The connection's remote address, asked of the transport once: each
+        `Request` asks for it (and `getHost`, a `getsockname` syscall on TCP) and
+        both are the connection's, the same for every request kept alive on it."""
+        if self._peerAddress is None:
+            self._peerAddress = super().getPeer()
+        return self._peerAddress
+
+    def getHost(self) -> Any:
+        """The connection's local address, asked of the transport once (`getPeer`)."""
+        if self._hostAddress is None:
+            self._hostAddress = super().getHost()
+        return self._hostAddress
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaitingHeaders and self._headerTimer is None and not self._closedByUs:

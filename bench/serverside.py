@@ -1,0 +1,206 @@
+"""In-process micro-benchmarks of ccproxy's HTTP server side (issue 18).
+
+    python -m bench.serverside [request|head|peer|newid|accesslog ...]
+
+`request`: one non-streaming `POST /v1/messages` (a 40 KB Claude Code body in one
+read) through a real `ProxySite`/`ProxyChannel` on a `StringTransport`, the
+upstream a stub that answers at once, the access log through the global log
+publisher to the daemon's text observer on /dev/null: CPU per request, from the
+head's bytes to the answer's. `head`: the same request's head alone. The others
+time one step. Each figure is the best of several runs (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogBeginner
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+
+from bench import corpus, payloads
+from ccproxy.config import Config
+from ccproxy.daemon.logs import quietLevels, textObserver
+from ccproxy.observe.accesslog import AccessRecord, Attempt
+from ccproxy.upstream.client import UpstreamClient
+from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
+from ccproxy.web.app import ProxyApp
+from ccproxy.web.call import newId
+from ccproxy.web.site import ProxySite
+
+REPLY = payloads.completion_bytes(20)
+CONFIG = """
+upstreams:
+  mock: {url: "http://127.0.0.1:9/v1", api_key: sk-up, timeout: 120}
+models:
+  "*": mock/gpt-mock-1
+"""
+
+
+class _Answer:
+    """An upstream's 200 JSON answer, delivered at once."""
+
+    code = 200
+    phrase = b"OK"
+    version = (b"HTTP", 1, 1)
+    length = len(REPLY)
+
+    def __init__(self) -> None:
+        self.headers = Headers({b"content-type": [b"application/json"]})
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(REPLY)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class _Upstream:
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        return succeed(_Answer())
+
+
+def _best(run: Any, number: int, repeat: int = 7) -> float:
+    """Microseconds of CPU per call of `run`, best of `repeat` runs of `number`."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        for _ in range(number):
+            run()
+        best = min(best, (time.process_time() - start) / number * 1e6)
+    return best
+
+
+_logging: list[Any] = []
+
+
+def _site() -> tuple[Any, ProxyApp, MemoryReactorClock]:
+    if not _logging:
+        _logging.append(open(os.devnull, "w"))
+        globalLogBeginner.beginLoggingTo(
+            [quietLevels(textObserver(_logging[0]))], discardBuffer=True, redirectStandardIO=False
+        )
+    reactor = MemoryReactorClock()
+    client = UpstreamClient(_Upstream(), reactor)
+    app = ProxyApp(
+        config=Config.fromYAML(CONFIG, {}),
+        dispatcher=Dispatcher(client, reactor, UpstreamState(reactor)),
+        clock=reactor,
+    )
+    return ProxySite.serving(app, reactor), app, reactor
+
+
+def _request() -> bytes:
+    body = corpus.bodies(1, 40, 40)[0]
+    headers = {**corpus.HEADERS, "X-Api-Key": "k", "Authorization": "Bearer k"}
+    head = "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def request(parts: bool = False) -> None:
+    site, _, _ = _site()
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(peer)
+    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
+    channel.makeConnection(transport)
+    data = _request()
+    end = data.find(b"\r\n\r\n") + 4
+    head, body = data[:end], data[end:]
+
+    def whole() -> None:
+        channel.dataReceived(data)
+        transport.clear()
+
+    whole()
+    channel.dataReceived(data)
+    assert transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:300]
+    transport.clear()
+    gc.collect()
+    gc.freeze()  # as the daemon does after start
+    if not parts:
+        print(f"request: {_best(whole, 2000):.1f} us per request")
+        return
+    best = float("inf")
+    for _ in range(7):
+        spent = 0.0
+        for _ in range(2000):
+            start = time.process_time()
+            channel.dataReceived(head)
+            spent += time.process_time() - start
+            channel.dataReceived(body)
+            transport.clear()
+        best = min(best, spent / 2000 * 1e6)
+    print(f"head: {best:.1f} us per request head (line parsing, Request, judging)")
+
+
+def peer() -> None:
+    """What `Request.__init__` asked a TCP transport for each request: its peer
+    (an address object) and its host (`getsockname`, a syscall)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    connecting = socket.create_connection(listener.getsockname())
+    server, client = listener.accept()
+
+    def asked() -> Any:  # as twisted.internet.tcp.Server.getPeer / getHost
+        return IPv4Address("TCP", *client), IPv4Address("TCP", *server.getsockname())
+
+    print(f"peer: getPeer+getHost of a TCP connection {_best(asked, 100000):.2f} us")
+    for each in (connecting, server, listener):
+        each.close()
+
+
+def newid() -> None:
+    print(f"newid: {_best(newId, 100000):.2f} us")
+
+
+def accesslog() -> None:
+    _, app, reactor = _site()
+    config = app.config
+    now = reactor.seconds()
+    record = AccessRecord(
+        requestId="req_0123456789abcdef01234567",
+        method="POST",
+        path="/v1/messages",
+        started=now,
+        model="claude-sonnet-4-5",
+        route="*",
+        modelRoute="*",
+        upstream="mock",
+        upstreamModel="gpt-mock-1",
+        status=200,
+        upstreamStatus=200,
+        firstByte=now,
+        inputTokens=15873,
+        outputTokens=734,
+        attempts=[Attempt("mock", 200)],
+    )
+    log = app.accessLog
+
+    def write() -> None:
+        log.begin(record, lambda: 0)
+        log.write(record, now, None, config.redactor.redact, config.prices)
+
+    print(f"accesslog: AccessLog.begin+write {_best(write, 20000):.2f} us")
+
+
+def main() -> None:
+    chosen = sys.argv[1:] or ["request", "head", "peer", "newid", "accesslog"]
+    for name in chosen:
+        if name == "head":
+            request(parts=True)
+        else:
+            globals()[name]()
+
+
+if __name__ == "__main__":
+    main()
