@@ -88,19 +88,44 @@ def whenListening(service: StreamServerEndpointService) -> Deferred[IListeningPo
 
 def writeNow(request: IRequest) -> None:
     """Put what `request` has written so far on the wire now, not at the reactor's
-    next turn.
+    next turn (`flushNow` on its connection)."""
+    flushNow(getattr(getattr(request, "channel", None), "transport", None))
 
-    Relies on: the transport under `request.channel` (a TCP or TLS connection)
-    providing `IWriteDescriptor`, whose `doWrite` the reactor calls when the socket
-    can take data, and which sends what `write` buffered. Why: a stream's head
-    (status, headers, `message_start`) should not wait while a whole burst of
-    upstream events is decoded and translated in the same turn. A transport that
-    is not a file descriptor (a test's, or a client already gone) is left alone;
-    a full socket keeps the rest for the reactor, as usual.
+
+def flushNow(transport: Any) -> None:
+    """Send what `transport` has buffered now, not at the reactor's next turn.
+
+    Relies on: a TCP or TLS connection providing `IWriteDescriptor`, whose `doWrite`
+    the reactor calls when the socket can take data and which sends what `write`
+    buffered; its `connected`, `disconnecting` and `_writeDisconnecting` flags. Why: Twisted's
+    `write` only buffers and asks the reactor to say when the socket is writable,
+    so each write costs a whole reactor turn (epoll, dispatch, logging context)
+    before it leaves: a stream's head would wait while a burst of upstream events
+    is translated in the same turn, and every request paid that turn twice (its
+    request upstream, its answer back). Left alone: a transport that is not a file
+    descriptor (a test's, or a client already gone), one with nothing buffered, and
+    one that is closing — only the reactor may finish a close, from what `doWrite`
+    returns. A full socket keeps the rest for the reactor, as usual.
     """
-    transport = getattr(request.channel, "transport", None)
-    if IWriteDescriptor.providedBy(transport):
+    if (
+        IWriteDescriptor.providedBy(transport)
+        and getattr(transport, "connected", False)
+        and not getattr(transport, "disconnecting", True)
+        and not getattr(transport, "_writeDisconnecting", False)
+        and (getattr(transport, "_tempDataBuffer", None) or getattr(transport, "dataBuffer", None))
+    ):
         transport.doWrite()
+
+
+def flushConsumer(consumer: Any) -> None:
+    """`flushNow` on the connection a request body is written to.
+
+    Relies on: `twisted.web._newclient.LengthEnforcingConsumer`, the consumer
+    `Request.writeTo` hands a body producer of known length, holding the
+    transport as `_consumer`. Why: an upstream request's head and body, written
+    together, should leave together, not a reactor turn later (`flushNow`).
+    """
+    flushNow(getattr(consumer, "_consumer", consumer))
 
 
 def sentBodyProducer(response: IResponse) -> IBodyProducer | None:

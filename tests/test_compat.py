@@ -242,6 +242,106 @@ def test_writeNow_leaves_a_transport_that_is_no_file_descriptor_alone() -> None:
     compat.writeNow(Request())  # type: ignore[arg-type]  # a client already gone
 
 
+def test_flushNow_sends_what_a_transport_holds_at_once() -> None:
+    socket = _Socket(MemoryReactorClock())
+    socket.write(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    socket.write(b"{}")
+    assert socket.sent == []
+    compat.flushNow(socket)
+    assert b"".join(socket.sent) == b"POST /v1/chat/completions HTTP/1.1\r\n{}", (
+        "FileDescriptor.doWrite no longer sends what write buffered: compat.flushNow "
+        "leaves every request and answer a reactor turn late"
+    )
+
+
+def test_flushNow_leaves_a_closing_transport_to_the_reactor() -> None:
+    """Only the reactor may finish a close (from what doWrite returns): a flush of a
+    closing connection would send its last bytes and leave it open for good."""
+    socket = _Socket(MemoryReactorClock())
+    socket.write(b"the last answer")
+    socket.loseConnection()
+    compat.flushNow(socket)
+    assert socket.sent == []
+    assert socket.disconnecting
+
+
+def test_flushNow_without_a_file_descriptor_or_anything_buffered_does_nothing() -> None:
+    compat.flushNow(None)
+    compat.flushNow(StringTransport())
+    socket = _Socket(MemoryReactorClock())
+    compat.flushNow(socket)
+    assert socket.sent == []
+
+
+def test_an_upstream_requests_head_and_body_leave_together_at_once() -> None:
+    from twisted.web._newclient import HTTP11ClientProtocol, Request
+    from twisted.web.http_headers import Headers
+
+    socket = _Socket(MemoryReactorClock())
+    protocol = HTTP11ClientProtocol()
+    protocol.makeConnection(socket)
+    body = b'{"model":"m","messages":[]}'
+    protocol.request(
+        Request(b"POST", b"/v1/chat/completions", Headers({b"host": [b"up"]}), BytesProducer(body))
+    )
+    assert len(socket.sent) == 1, (
+        "the request's head and body did not leave in one send within request(): "
+        "LengthEnforcingConsumer no longer holds the transport as _consumer "
+        "(compat.flushConsumer)"
+    )
+    assert socket.sent[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert socket.sent[0].endswith(body)
+
+
+class _Answer(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> Any:
+        from ccproxy.web.app import _answer
+
+        _answer(b'{"type":"message"}', request, [])
+        self.sent = list(request.transport.sent)
+        return NOT_DONE_YET
+
+
+def test_a_whole_answer_leaves_at_once() -> None:
+    resource = _Answer()
+    channel = Site(resource, reactor=MemoryReactorClock()).buildProtocol(None)
+    socket = _Socket(MemoryReactorClock())
+    channel.makeConnection(socket)
+    channel.dataReceived(_EMPTY_POST)
+    sent = b"".join(resource.sent)
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n"), "the answer waited for the reactor's turn"
+    assert b'{"type":"message"}' in sent
+    assert sent.endswith(b"0\r\n\r\n")
+    socket.connectionLost(None)
+
+
+class _Events(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> Any:
+        from ccproxy.relay.relay import EventWriter
+
+        writer = EventWriter(request, Clock(), 10.0)
+        writer.write([{"type": "ping"}])
+        self.sent = list(request.transport.sent)
+        return NOT_DONE_YET
+
+
+_EMPTY_POST = b"POST /v1/messages HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_a_streams_events_leave_at_once() -> None:
+    resource = _Events()
+    channel = Site(resource, reactor=MemoryReactorClock()).buildProtocol(None)
+    socket = _Socket(MemoryReactorClock())
+    channel.makeConnection(socket)
+    channel.dataReceived(_EMPTY_POST)
+    assert b"event: ping" in b"".join(resource.sent), "the events waited for the reactor's turn"
+    socket.connectionLost(None)
+
+
 class _Echo(Resource):
     isLeaf = True
 

@@ -143,6 +143,10 @@ def test_the_head_is_sent_at_once_not_at_the_next_reactor_turn() -> None:
     @implementer(IWriteDescriptor)
     class Socket:
         writes = 0
+        connected = True
+        disconnecting = False
+        dataBuffer = b""
+        _tempDataBuffer = [b"HTTP/1.1 200 OK\r\n"]  # what the request wrote
 
         def doWrite(self) -> None:
             self.writes += 1

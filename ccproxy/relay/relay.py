@@ -149,6 +149,7 @@ class EventWriter:
     def writeFrames(self, frames: bytes) -> None:
         """Send frames already encoded."""
         self._request.write(frames)
+        writeNow(self._request)
         if self._timer.active():
             self._timer.reset(self._interval)
         if self._captured < self._capture:

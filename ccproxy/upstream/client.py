@@ -26,7 +26,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ccproxy import __version__
-from ccproxy.compat import sentBodyProducer
+from ccproxy.compat import flushConsumer, sentBodyProducer
 from ccproxy.config import Upstream
 from ccproxy.errors import ProxyError, badGateway
 
@@ -54,6 +54,7 @@ class BytesProducer:
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         consumer.write(self._body)
+        flushConsumer(consumer)  # head and body leave now, together
         return succeed(None)
 
     def pauseProducing(self) -> None:

@@ -30,6 +30,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ccproxy.compat import flushNow
 from ccproxy.config.model import Config, keyDigest
 from ccproxy.config.periods import MONTH, isoMoment, parseMoment, periodStart
 from ccproxy.errors import ProxyError, invalidRequest
@@ -619,11 +620,14 @@ class HotRoute(KleinResource):
 
 
 def _answer(result: bytes | None, request: IRequest, finished: list[object]) -> None:
-    """A hot route's result on the wire, as Klein writes one."""
+    """A hot route's result on the wire, as Klein writes one, and sent at once
+    (`flushNow`), not a reactor turn later."""
+    transport = getattr(request, "transport", None)  # before finish lets go of it
     if isinstance(result, bytes):
         request.write(result)
     if not finished:
         request.finish()
+    flushNow(transport)
 
 
 def _tokensSoFar(call: Call) -> int:
