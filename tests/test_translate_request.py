@@ -212,6 +212,21 @@ TEXT_CASES = [
         id="empty-and-whitespace-blocks-dropped",
     ),
     pytest.param(
+        [user("a"), assistant([text(" ")]), user("b")],
+        [user("a"), user("b")],
+        id="assistant-one-whitespace-block-dropped",
+    ),
+    pytest.param(
+        [user("a"), assistant([text("x"), text(" "), text("y")])],
+        [user("a"), assistant("x\n\ny")],
+        id="assistant-text-blocks-joined",
+    ),
+    pytest.param(
+        [user([text("a")]), assistant([text("b")])],
+        [user("a"), assistant("b")],
+        id="one-text-block-is-a-string",
+    ),
+    pytest.param(
         [user("a"), assistant("b"), user([text("  ")])],
         [user("a"), assistant("b")],
         id="whitespace-only-user-message-dropped",
