@@ -100,14 +100,12 @@ class _Endpoints:
 def _clientStack(clock: Clock) -> tuple[Any, list[Any]]:
     """The daemon's upstream client (`daemon.wiring` builds the same), its pool's
     connections on in-memory transports."""
-    from twisted.web.client import Agent
-
-    from ccproxy.upstream.client import AgentClient, UpstreamClient
+    from ccproxy.upstream.client import PooledClient, UpstreamClient
     from ccproxy.upstream.pool import UpstreamPool
 
     wire: list[Any] = []
-    agent = Agent.usingEndpointFactory(clock, _Endpoints(wire), pool=UpstreamPool(clock, 10))
-    return UpstreamClient(AgentClient(agent), clock), wire
+    http = PooledClient(UpstreamPool(clock, 10), _Endpoints(wire))
+    return UpstreamClient(http, clock), wire
 
 
 def _stages(clock: Clock) -> dict[str, Callable[[dict[str, Any]], Any]]:
@@ -177,6 +175,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--loops", type=int, default=200, help="requests per body per round")
     ap.add_argument("--profile", help="cProfile this stage instead of timing")
+    ap.add_argument("--only", help="comma list of the stages to time [all]")
     args = ap.parse_args()
     decoded = [orjson.loads(b) for b in bodies()]
     stages = _stages(Clock())
@@ -196,6 +195,8 @@ def main() -> None:
     sizes = [len(b) for b in bodies()]
     print(f"{len(decoded)} bodies, {min(sizes)}-{max(sizes)} bytes; best of {args.rounds}")
     for name, fn in stages.items():
+        if args.only and name not in args.only.split(","):
+            continue
         best = float("inf")
         for _ in range(args.rounds):
             start = time.perf_counter()
