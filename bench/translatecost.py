@@ -12,9 +12,12 @@ parsed" and "the upstream request is on the wire", and in reading the answer:
   its endpoints, a real `HTTP11ClientProtocol` on an in-memory transport): the
   request written, the answer's head parsed; then ``read``: `readBody`
 - ``message``: `Rendering.message` of a chat answer holding text and a tool call
+- ``dispatch``: all of it as a request goes: a plan, then `Dispatcher.send` (its
+  breaker and slots, the body made, posted, the answer read and rendered)
 
 Each figure is the best of `--rounds` runs of every body, in microseconds per
-request. `--profile STAGE` prints a cProfile of that stage instead.
+request, the heap settled as the daemon's (`ccproxy.daemon.heap`). `--profile STAGE`
+prints a cProfile of that stage instead; `--only` times some stages.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from twisted.internet.testing import StringTransport
 from bench.corpus import bodies
 from ccproxy.config.model import Upstream
 from ccproxy.config.routing import Target
+from ccproxy.daemon.heap import settleHeap
+from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.plan import APIS, Plan
 
 ANSWER = orjson.dumps(
@@ -161,12 +166,30 @@ def _stages(clock: Clock) -> dict[str, Callable[[dict[str, Any]], Any]]:
     def message(body: dict[str, Any]) -> Any:
         return planned(body).rendering.message(UPSTREAM, ANSWER)
 
+    dispatcher = Dispatcher(client, clock, UpstreamState(clock))
+
+    async def dispatching(body: dict[str, Any]) -> Any:
+        attempts: list[Any] = []
+        async with dispatcher.send(plan(dict(body)), "key", None, attempts) as answer:
+            return answer.message
+
+    def dispatch(body: dict[str, Any]) -> Any:
+        result: list[Any] = []
+        d = Deferred.fromCoroutine(dispatching(body))
+        d.addBoth(result.append)
+        wire[-1].dataReceived(HEAD)
+        wire[-1].dataReceived(ANSWER)
+        assert result and result[0]["content"], result
+        wire[-1].transport.clear()
+        return result[0]
+
     return {
         "plan": plan,
         "translate": translate,
         "body": encode,
         "post": post,
         "message": message,
+        "dispatch": dispatch,
     }
 
 
@@ -182,6 +205,7 @@ def main() -> None:
     for stage in stages.values():  # warm: memos, the pool's connection, imports
         for body in decoded:
             stage(body)
+    settleHeap()  # as the daemon does once started: the bodies are old objects
     if args.profile:
         fn = stages[args.profile]
         profile = cProfile.Profile()
