@@ -164,10 +164,12 @@ def poolRequest(
     endpoint: IStreamClientEndpoint,
     method: bytes,
     uri: URI,
+    path: bytes,
     headers: Headers,
     body: IBodyProducer | None,
 ) -> Deferred[IResponse]:
     """`method` `uri` on a connection of `pool` (`key`, reached through `endpoint`),
+    `path` its `originForm` (a property that formats it anew at each reading),
     the way `Agent` issues a request once it has parsed its URL: the connection's
     Deferred (cancelling it while connecting fails it with
     `ConnectingCancelledError`) chained to the connection's `request` (cancelling
@@ -183,7 +185,7 @@ def poolRequest(
 
     def connected(protocol: Any) -> Deferred[IResponse]:
         request = _ClientRequest._construct(
-            method, uri.originForm, headers, body, persistent=pool.persistent, parsedURI=uri
+            method, path, headers, body, persistent=pool.persistent, parsedURI=uri
         )
         return protocol.request(request)  # type: ignore[no-any-return]
 

@@ -350,7 +350,9 @@ def test_poolRequest_sends_as_agent_does_on_the_pools_connection() -> None:
     pool = UpstreamPool(clock, 4)
     uri = compat.requestURI(b" http://u.test:8080/v1/chat?x=1 ")
     headers = Headers({b"Host": [b"u.test:8080"]})
-    sent = compat.poolRequest(pool, ("k",), upstream, b"POST", uri, headers, BytesProducer(b"{}"))
+    sent = compat.poolRequest(
+        pool, ("k",), upstream, b"POST", uri, uri.originForm, headers, BytesProducer(b"{}")
+    )
     written = upstream.protocols[0].transport.value()
     assert written.startswith(b"POST /v1/chat?x=1 HTTP/1.1\r\n"), (
         "Twisted changed Request._construct(method, path, headers, body, persistent, "

@@ -134,7 +134,14 @@ class PooledClient:
         sent.addRawHeader(b"Accept-Encoding", b"gzip")
         body = BytesProducer(data) if data is not None else None
         requested = poolRequest(
-            self._pool, target.key, target.endpoint, method.encode("ascii"), target.uri, sent, body
+            self._pool,
+            target.key,
+            target.endpoint,
+            method.encode("ascii"),
+            target.uri,
+            target.path,
+            sent,
+            body,
         )
         return requested.addCallback(decoded)
 
@@ -142,6 +149,7 @@ class PooledClient:
         uri = requestURI(url.encode("ascii"))
         target = _Target(
             uri,
+            uri.originForm,
             (uri.scheme, uri.host, uri.port),
             self._endpoints.endpointForURI(uri),
             hostHeader(uri.scheme, uri.host, uri.port),
@@ -154,10 +162,12 @@ class PooledClient:
 
 @frozen
 class _Target:
-    """An upstream URL as a request needs it: parsed, its pool key, its endpoint and
-    its Host header."""
+    """An upstream URL as a request needs it: parsed, its request line's path, its
+    pool key, its endpoint and its Host header."""
 
     uri: URI
+    path: bytes
+    """What the request line names (`URI.originForm`, formatted anew at each reading)."""
     key: tuple[bytes, bytes, int]
     endpoint: IStreamClientEndpoint
     host: bytes
