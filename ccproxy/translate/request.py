@@ -289,7 +289,7 @@ class _MessageWriter:
             texts.append(content)
         else:
             for j, block in enumerate(content):
-                kind = _kindOf(block, i, j)
+                kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "text":
                     texts.append(_textOf(block, i, j))
                 elif kind == "tool_use":
@@ -311,6 +311,8 @@ class _MessageWriter:
                     text, found = resultText(block, self.names.toUpstream)
                     self.loaded.update(found)
                     self._closeCalls({callId: text})
+                elif not isinstance(kind, str):
+                    _kindOf(block, i, j)  # not a block: a 400 naming it
                 # redacted_thinking and other server tool blocks: nothing OpenAI can take
         self._assistantMessage(texts, thinking, calls)
 
@@ -350,7 +352,7 @@ class _MessageWriter:
         parts: list[dict[str, Any]] = []
         resultParts: list[dict[str, Any]] = []
         for j, block in enumerate(content):
-            kind = _kindOf(block, i, j)
+            kind = block.get("type") if isinstance(block, dict) else None
             if kind == "tool_result":
                 callId, text = _toolResult(
                     block, i, j, resultParts, self.profile.vision, self._reference
@@ -367,6 +369,7 @@ class _MessageWriter:
                     part["cache_control"] = block["cache_control"]
                 parts.append(part)
             else:
+                kind = _kindOf(block, i, j)  # not a block: a 400 naming it
                 other = _contentPart(kind, block, _blockPath(i, j))
                 if other is not None:
                     parts.append(self._part(other, block))
