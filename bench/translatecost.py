@@ -17,7 +17,8 @@ parsed" and "the upstream request is on the wire", and in reading the answer:
 
 Each figure is the best of `--rounds` runs of every body, in microseconds per
 request, the heap settled as the daemon's (`ccproxy.daemon.heap`). `--profile STAGE`
-prints a cProfile of that stage instead; `--only` times some stages.
+prints a cProfile of that stage instead; `--only` times some stages; `--gemini`
+translates for an upstream whose tool schemas are reduced for Gemini.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -38,6 +40,7 @@ from bench.corpus import bodies
 from ccproxy.config.model import Upstream
 from ccproxy.config.routing import Target
 from ccproxy.daemon.heap import settleHeap
+from ccproxy.translate.dialect import Profile
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.plan import APIS, Plan
 
@@ -199,7 +202,11 @@ def main() -> None:
     ap.add_argument("--loops", type=int, default=200, help="requests per body per round")
     ap.add_argument("--profile", help="cProfile this stage instead of timing")
     ap.add_argument("--only", help="comma list of the stages to time [all]")
+    ap.add_argument("--gemini", action="store_true", help="an upstream with `schema: gemini`")
     args = ap.parse_args()
+    if args.gemini:
+        global UPSTREAM
+        UPSTREAM = evolve(UPSTREAM, profile=Profile(schema="gemini"))
     decoded = [orjson.loads(b) for b in bodies()]
     stages = _stages(Clock())
     for stage in stages.values():  # warm: memos, the pool's connection, imports

@@ -33,7 +33,7 @@ import orjson
 from ccproxy.errors import invalidRequest
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.names import ToolNames
-from ccproxy.translate.schema import SchemaBudget, SchemaTooComplex, geminiSchema
+from ccproxy.translate.schema import GeminiSchemas, SchemaBudget, SchemaTooComplex
 from ccproxy.translate.toolsearch import ToolSearch, loadedLine, resultText, searchKind
 from ccproxy.translate.values import isInt, isNumber
 
@@ -43,6 +43,8 @@ MAX_STOP_SEQUENCES = 4
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _NO_RESULT = "No result was returned for this tool call."
 _NONE_OPEN: frozenset[str] = frozenset()
+_GEMINI_SCHEMAS = GeminiSchemas()
+"""The reduced tool schemas of this process's requests (see `GeminiSchemas`)."""
 THINKING_BLOCKS = "thinking_blocks"
 """Where `toOpenAI(keepThinking=True)` keeps an assistant message's thinking blocks."""
 
@@ -617,7 +619,7 @@ def _tools(
             raise invalidRequest(f"tools.{i}.input_schema: must be an object")
         if profile.schema == "gemini":
             try:
-                schema = geminiSchema(schema, budget)
+                schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
         function: dict[str, Any] = {"name": names.toUpstream(name)}
