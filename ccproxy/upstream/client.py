@@ -374,7 +374,9 @@ class BodyReader(TwistedProtocol):
         self._stopSilence()
         if self.finished.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # isinstance, not Failure.check: check spells out the qualified name of
+        # each type it is given (reflect.qual), at the end of every answer.
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             result = self.ended()
             if not self.finished.called:
                 self.finished.callback(result)
