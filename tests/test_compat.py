@@ -527,3 +527,55 @@ def test_header_lines_are_kept_as_twisted_keeps_them() -> None:
     many = [b"X-N: %d" % i for i in range(6)]
     assert outcome(compat.QuickHeaderChannel, many, 4) == outcome(HTTPChannel, many, 4)
     assert outcome(HTTPChannel, many, 4)[1] == [True, True]
+
+
+# -- a request on the pool without Agent --------------------------------------------
+
+
+def test_poolRequest_sends_as_agent_does_on_the_pools_connection() -> None:
+    """`poolRequest` over the real pool and `HTTP11ClientProtocol`: the request line
+    from the URI's origin form, the headers given, the connection cached when done."""
+    from twisted.web.http_headers import Headers
+
+    clock = Clock()
+    upstream = _Upstream()
+    pool = UpstreamPool(clock, 4)
+    uri = compat.requestURI(b" http://u.test:8080/v1/chat?x=1 ")
+    headers = Headers({b"Host": [b"u.test:8080"]})
+    sent = compat.poolRequest(
+        pool, ("k",), upstream, b"POST", uri, uri.originForm, headers, BytesProducer(b"{}")
+    )
+    written = upstream.protocols[0].transport.value()
+    assert written.startswith(b"POST /v1/chat?x=1 HTTP/1.1\r\n"), (
+        "Twisted changed Request._construct(method, path, headers, body, persistent, "
+        "parsedURI) or HTTP11ClientProtocol.request"
+    )
+    assert b"Host: u.test:8080\r\n" in written and written.endswith(b"\r\n\r\n{}")
+    upstream.answer(upstream.protocols[0])
+    response = resultOf(sent)
+    assert response.code == 200
+    assert compat.sentBodyProducer(response) is not None
+    assert pool.takeIdleConnection(("k",)) is upstream.protocols[0]
+
+
+def test_requestURI_refuses_what_agent_refuses() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        compat.requestURI(b"http://u.test/\r\nX: 1")
+
+
+def test_decoded_unwraps_gzip_as_contentdecoderagent_does() -> None:
+    from twisted.web.client import GzipDecoder
+    from twisted.web.http_headers import Headers
+
+    class Response:
+        def __init__(self, headers: dict[bytes, list[bytes]]) -> None:
+            self.headers = Headers(headers)
+            self.length = 10
+
+    plain = Response({b"content-type": [b"application/json"]})
+    assert compat.decoded(plain) is plain  # type: ignore[arg-type]
+    zipped = compat.decoded(Response({b"content-encoding": [b"gzip"]}))  # type: ignore[arg-type]
+    assert isinstance(zipped, GzipDecoder), "ContentDecoderAgent._handleResponse changed"
+    assert not zipped.headers.hasHeader(b"content-encoding")

@@ -212,6 +212,21 @@ TEXT_CASES = [
         id="empty-and-whitespace-blocks-dropped",
     ),
     pytest.param(
+        [user("a"), assistant([text(" ")]), user("b")],
+        [user("a"), user("b")],
+        id="assistant-one-whitespace-block-dropped",
+    ),
+    pytest.param(
+        [user("a"), assistant([text("x"), text(" "), text("y")])],
+        [user("a"), assistant("x\n\ny")],
+        id="assistant-text-blocks-joined",
+    ),
+    pytest.param(
+        [user([text("a")]), assistant([text("b")])],
+        [user("a"), assistant("b")],
+        id="one-text-block-is-a-string",
+    ),
+    pytest.param(
         [user("a"), assistant("b"), user([text("  ")])],
         [user("a"), assistant("b")],
         id="whitespace-only-user-message-dropped",
@@ -1013,6 +1028,21 @@ INVALID_CASES = [
     pytest.param(_with([{"role": "tool", "content": "x"}]), "messages.0.role", id="role-tool"),
     pytest.param(_with([{"role": 1, "content": "x"}]), "messages.0.role", id="role-number"),
     pytest.param(_with([user(["hi"])]), "messages.0.content.0", id="block-not-object"),
+    pytest.param(
+        _with([user("a"), assistant([text("b"), "hi"])]),
+        "messages.1.content.1",
+        id="assistant-block-not-object",
+    ),
+    pytest.param(
+        _with([user("a"), assistant([{"type": 3, "text": "b"}])]),
+        "messages.1.content.0.type",
+        id="assistant-type-number",
+    ),
+    pytest.param(
+        _with([user("a"), assistant([{"text": "b"}])]),
+        "messages.1.content.0.type",
+        id="assistant-type-missing",
+    ),
     pytest.param(_with([user([{"text": "hi"}])]), "messages.0.content.0.type", id="type-missing"),
     pytest.param(
         _with([user([{"type": 3, "text": "hi"}])]), "messages.0.content.0.type", id="type-number"

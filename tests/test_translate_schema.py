@@ -17,6 +17,7 @@ import pytest
 from ccproxy.translate.schema import (
     MAX_DEPTH,
     MAX_REF_DEPTH,
+    GeminiSchemas,
     SchemaBudget,
     SchemaTooComplex,
     geminiSchema,
@@ -1023,3 +1024,57 @@ def test_every_claude_code_tool_schema_is_accepted(schema: dict[str, Any]) -> No
     # Nothing a tool takes is lost: same property names, same required names.
     assert set(out.get("properties", {})) == set(schema.get("properties", {}))
     assert out.get("required", []) == schema.get("required", [])
+
+
+# -- remembered reductions (GeminiSchemas) ------------------------------------------
+
+READ_TOOL = {
+    "type": "object",
+    "properties": {
+        "file_path": {"type": "string", "description": "absolute path"},
+        "limit": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+        "mode": {"enum": ["a", "b"], "default": "a"},
+    },
+    "required": ["file_path"],
+    "additionalProperties": False,
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+}
+
+
+def test_a_remembered_schema_is_the_reduction_and_costs_the_same_steps() -> None:
+    memo = GeminiSchemas()
+    fresh = SchemaBudget()
+    expected = geminiSchema(READ_TOOL, fresh)
+    for _ in range(2):  # a miss, then a hit on an equal schema decoded anew
+        budget = SchemaBudget()
+        assert memo.reduce(json.loads(json.dumps(READ_TOOL)), budget) == expected
+        assert budget.left == fresh.left
+
+
+def test_a_remembered_schema_is_refused_as_its_reduction_was() -> None:
+    memo = GeminiSchemas()
+    spent = SchemaBudget()
+    memo.reduce(READ_TOOL, spent)
+    steps = spent.limit - spent.left
+    assert steps > 0
+    with pytest.raises(SchemaTooComplex):
+        memo.reduce(READ_TOOL, SchemaBudget(steps - 1))  # a hit: still too many
+    assert memo.reduce(READ_TOOL, SchemaBudget(steps)) == geminiSchema(READ_TOOL)
+
+
+def test_only_an_equal_schema_is_a_hit() -> None:
+    memo = GeminiSchemas()
+    asList = {"type": "object", "properties": {"a": {"type": "number", "minimum": 1}}}
+    asFloat = {"type": "object", "properties": {"a": {"type": "number", "minimum": 1.0}}}
+    asTuple = {"type": "object", "properties": {"a": {"enum": ("x",)}}}
+    asEnum = {"type": "object", "properties": {"a": {"enum": ["x"]}}}
+    for schema in (asList, asFloat, asEnum, asTuple, asList, asFloat, asEnum, asTuple):
+        assert memo.reduce(schema, SchemaBudget()) == geminiSchema(schema)
+    assert len(memo._kept) == 3  # the tuple's JSON is not it: never kept
+
+
+def test_remembered_schemas_are_bounded() -> None:
+    memo = GeminiSchemas(limit=2)
+    for n in range(5):
+        memo.reduce({"type": "object", "properties": {f"p{n}": {"type": "string"}}}, SchemaBudget())
+        assert len(memo._kept) <= 2

@@ -40,7 +40,7 @@ from ccproxy.observe.metrics import Metrics
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import State
 from ccproxy.state.shared import RedisLink, RedisState
-from ccproxy.upstream.client import AgentClient, BytesProducer, UpstreamClient
+from ccproxy.upstream.client import BytesProducer, PooledClient, UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.upstream.offload import Offload
 from ccproxy.upstream.pool import UpstreamEndpoints, UpstreamPool
@@ -86,23 +86,16 @@ def buildService(
     # between the many users whose requests go through these clients: the
     # upstreams' client keeps none, and treq's (telemetry) has a jar that takes none.
     cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-    agents: dict[float, Agent] = {}
-    clients: dict[float, AgentClient] = {}
+    clients: dict[float, PooledClient] = {}
 
-    def agentWithTimeout(connectTimeout: float) -> Agent:
-        """One Agent per connect timeout, all on the one pool."""
-        if connectTimeout not in agents:
-            endpoints = UpstreamEndpoints(reactor, connectTimeout)
-            agents[connectTimeout] = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
-        return agents[connectTimeout]
-
-    def httpWithTimeout(connectTimeout: float) -> AgentClient:
-        """The upstreams' client: Twisted's Agent without treq's wrapping (`AgentClient`)."""
+    def httpWithTimeout(connectTimeout: float) -> PooledClient:
+        """The upstreams' client per connect timeout, all on the one pool: no treq,
+        no Agent (`PooledClient`)."""
         if connectTimeout not in clients:
-            clients[connectTimeout] = AgentClient(agentWithTimeout(connectTimeout))
+            clients[connectTimeout] = PooledClient(pool, UpstreamEndpoints(reactor, connectTimeout))
         return clients[connectTimeout]
 
-    def httpFor(upstream: Upstream) -> AgentClient:
+    def httpFor(upstream: Upstream) -> PooledClient:
         return httpWithTimeout(upstream.policy.connectTimeout)
 
     client = UpstreamClient(httpWithTimeout(Policy().connectTimeout), reactor, httpFor=httpFor)
@@ -121,7 +114,9 @@ def buildService(
         ledger=ledger,
         metrics=metrics,
         http=HTTPClient(
-            agentWithTimeout(Policy().connectTimeout),
+            Agent.usingEndpointFactory(
+                reactor, UpstreamEndpoints(reactor, Policy().connectTimeout), pool=pool
+            ),
             cookiejar=cookies,
             data_to_body_producer=BytesProducer,
         ),

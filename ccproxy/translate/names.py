@@ -82,6 +82,8 @@ class ToolNames:
         """The mapping for a set of client names (order and repeats do not matter)."""
         unique = set(names)
         up = {name: name for name in unique if isValidName(name)}
+        if len(up) == len(unique):  # every name valid (Claude Code's own tools): as they are
+            return cls(up=up, down=up)
         taken = set(up)
         for name in sorted(unique - taken):
             salt = 0
@@ -117,14 +119,16 @@ class ToolNames:
         return self._down.get(name, name)
 
 
-def _requestNames(body: Any) -> Iterable[str]:
+def _requestNames(body: Any) -> set[str]:
+    names: set[str] = set()
     if not isinstance(body, dict):
-        return
+        return names
     tools = body.get("tools")
     if isinstance(tools, list):
         for tool in tools:
-            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                yield tool["name"]
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if isinstance(name, str):
+                names.add(name)
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
@@ -132,13 +136,12 @@ def _requestNames(body: Any) -> Iterable[str]:
             if not isinstance(content, list):
                 continue
             for block in content:
-                if (
-                    isinstance(block, dict)
-                    and block.get("type") == "tool_use"
-                    and isinstance(block.get("name"), str)
-                ):
-                    yield block["name"]
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    name = block.get("name")
+                    if isinstance(name, str):
+                        names.add(name)
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "tool":
         if isinstance(choice.get("name"), str):
-            yield choice["name"]
+            names.add(choice["name"])
+    return names

@@ -25,7 +25,7 @@ as its call and the call's answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ import orjson
 from ccproxy.errors import invalidRequest
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
 from ccproxy.translate.names import ToolNames
-from ccproxy.translate.schema import SchemaBudget, SchemaTooComplex, geminiSchema
+from ccproxy.translate.schema import GeminiSchemas, SchemaBudget, SchemaTooComplex
 from ccproxy.translate.toolsearch import ToolSearch, loadedLine, resultText, searchKind
 from ccproxy.translate.values import isInt, isNumber
 
@@ -42,6 +42,9 @@ MAX_STOP_SEQUENCES = 4
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _NO_RESULT = "No result was returned for this tool call."
+_NONE_OPEN: frozenset[str] = frozenset()
+_GEMINI_SCHEMAS = GeminiSchemas()
+"""The reduced tool schemas of this process's requests (see `GeminiSchemas`)."""
 THINKING_BLOCKS = "thinking_blocks"
 """Where `toOpenAI(keepThinking=True)` keeps an assistant message's thinking blocks."""
 
@@ -79,7 +82,7 @@ def toOpenAI(
     writer = _MessageWriter(profile, names, keepThinking)
     writer.addSystem(body.get("system"), "system")
     for i, message in enumerate(messages):
-        writer.add(message, f"messages.{i}")
+        writer.add(message, i)
     out: dict[str, Any] = {"model": model, "messages": writer.finish()}
 
     maxTokens = body.get("max_tokens")
@@ -207,31 +210,34 @@ class _MessageWriter:
         self.out: list[dict[str, Any]] = []
         self._openCalls: list[str] = []
         """Ids of the tool calls the last assistant message made, in call order."""
-        self._openIds: set[str] = set()
+        self._openIds: Collection[str] = _NONE_OPEN
         """The same ids, to match each tool_result in constant time: a turn may
         hold many thousands of parallel calls."""
         self.loaded: set[str] = set()
         """Tools the conversation has loaded: named by a `tool_reference` in a
         tool_result, or called in an assistant turn (deferred ones are then sent)."""
 
-    def add(self, message: Any, path: str) -> None:
+    def add(self, message: Any, i: int) -> None:
+        """Add `messages.{i}`. Its path, and those of its blocks, are spelled out
+        only when an error names them: formatting them for every block of every
+        request cost a fifth of the translation."""
         if not isinstance(message, dict):
-            raise invalidRequest(f"{path}: must be an object with role and content")
+            raise invalidRequest(f"messages.{i}: must be an object with role and content")
         role = message.get("role")
         content = message.get("content")
-        if not isinstance(content, str | list):
-            raise invalidRequest(f"{path}.content: must be a string or a list of blocks")
-        if role == "system":
+        if not isinstance(content, (str, list)):
+            raise invalidRequest(f"messages.{i}.content: must be a string or a list of blocks")
+        if role == "assistant":
+            self._closeCalls(None)
+            self._assistant(content, i)
+        elif role == "user":
+            self._user(content, i)
+        elif role == "system":
             # Claude Code sends one after the first user turn; many chat templates
             # reject a system message that is not first, so it joins the leading one.
-            self.addSystem(content, f"{path}.content")
-        elif role == "assistant":
-            self._closeCalls({})
-            self._assistant(content, path)
-        elif role == "user":
-            self._user(content, path)
+            self.addSystem(content, f"messages.{i}.content")
         else:
-            raise invalidRequest(f"{path}.role: must be 'user' or 'assistant'")
+            raise invalidRequest(f"messages.{i}.role: must be 'user' or 'assistant'")
 
     def addSystem(self, system: Any, path: str) -> None:
         for part in _systemParts(system, path):
@@ -240,7 +246,7 @@ class _MessageWriter:
             self.system.append(part)
 
     def finish(self) -> list[dict[str, Any]]:
-        self._closeCalls({})  # calls the last assistant turn left open
+        self._closeCalls(None)  # calls the last assistant turn left open
         if not self.out:
             raise invalidRequest("messages: nothing to send once empty text blocks are dropped")
         if self.system:
@@ -252,6 +258,13 @@ class _MessageWriter:
     def _content(self, parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
         """A message's content: one string when it is all text (the form every chat
         template takes), parts when it holds more, or markers passed through."""
+        if len(parts) == 1:  # most messages: no join, no scan
+            only = parts[0]
+            if only["type"] == "text" and not (
+                self.profile.cacheControl and "cache_control" in only
+            ):
+                text: str = only["text"]
+                return text
         if all(p["type"] == "text" for p in parts) and not (
             self.profile.cacheControl and any("cache_control" in p for p in parts)
         ):
@@ -270,7 +283,7 @@ class _MessageWriter:
             part = {**part, "cache_control": block["cache_control"]}
         return part
 
-    def _assistant(self, content: str | list[Any], path: str) -> None:
+    def _assistant(self, content: str | list[Any], i: int) -> None:
         texts: list[str] = []
         thinking: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
@@ -278,35 +291,40 @@ class _MessageWriter:
             texts.append(content)
         else:
             for j, block in enumerate(content):
-                where = f"{path}.content.{j}"
-                kind = _blockType(block, where)
+                kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "text":
-                    texts.append(_blockText(block, where))
+                    texts.append(_textOf(block, i, j))
                 elif kind == "tool_use":
-                    calls.append(_toolCall(block, where, self.names))
+                    calls.append(_toolCall(block, i, j, self.names))
                     self.loaded.add(block["name"])
                 elif kind == "thinking" and isinstance(block.get("thinking"), str):
                     thinking.append(block)
                 elif kind == "server_tool_use" and str(block.get("name")).startswith(
                     "tool_search_tool"
                 ):
-                    calls.append(_toolCall(block, where, self.names))
+                    calls.append(_toolCall(block, i, j, self.names))
                 elif kind == "tool_search_tool_result":
                     # ccproxy's own tool search (or Anthropic's) answered inside the
                     # turn: the call and its answer, then the turn goes on.
                     self._assistantMessage(texts, thinking, calls)
                     texts, thinking, calls = [], [], []
+                    where = _blockPath(i, j)
                     callId = _require(block, "tool_use_id", str, "a string", where)
                     text, found = resultText(block, self.names.toUpstream)
                     self.loaded.update(found)
                     self._closeCalls({callId: text})
+                elif not isinstance(kind, str):
+                    _kindOf(block, i, j)  # not a block: a 400 naming it
                 # redacted_thinking and other server tool blocks: nothing OpenAI can take
         self._assistantMessage(texts, thinking, calls)
 
     def _assistantMessage(
         self, texts: list[str], thinking: list[dict[str, Any]], calls: list[dict[str, Any]]
     ) -> None:
-        text = "\n\n".join(t for t in texts if t.strip())
+        if len(texts) == 1:  # the usual turn: one text block, or none
+            text = texts[0] if texts[0].strip() else ""
+        else:
+            text = "\n\n".join(t for t in texts if t.strip())
         if not text and not calls:
             return
         message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -320,12 +338,15 @@ class _MessageWriter:
         if thinking and self.keepThinking:
             message[THINKING_BLOCKS] = thinking
         self.out.append(message)
-        self._openCalls = [c["id"] for c in calls]
-        self._openIds = set(self._openCalls)
+        if calls:
+            self._openCalls = [c["id"] for c in calls]
+            self._openIds = set(self._openCalls)
+        else:
+            self._openCalls, self._openIds = [], _NONE_OPEN
 
-    def _user(self, content: str | list[Any], path: str) -> None:
+    def _user(self, content: str | list[Any], i: int) -> None:
         if isinstance(content, str):
-            self._closeCalls({})
+            self._closeCalls(None)
             if content.strip():
                 self.out.append({"role": "user", "content": content})
             return
@@ -333,11 +354,10 @@ class _MessageWriter:
         parts: list[dict[str, Any]] = []
         resultParts: list[dict[str, Any]] = []
         for j, block in enumerate(content):
-            where = f"{path}.content.{j}"
-            kind = _blockType(block, where)
+            kind = block.get("type") if isinstance(block, dict) else None
             if kind == "tool_result":
                 callId, text = _toolResult(
-                    block, where, resultParts, self.profile.vision, self._reference
+                    block, i, j, resultParts, self.profile.vision, self._reference
                 )
                 if callId in self._openIds and callId not in results:
                     results[callId] = text
@@ -345,14 +365,20 @@ class _MessageWriter:
                     # No call of the previous turn has this id: OpenAI would reject a
                     # tool message here, so the result reaches the model as text.
                     parts.append(_textPart(f"[tool result {callId}]\n{text}"))
+            elif kind == "text":
+                part = _textPart(_textOf(block, i, j))
+                if self.profile.cacheControl and isinstance(block.get("cache_control"), dict):
+                    part["cache_control"] = block["cache_control"]
+                parts.append(part)
             else:
-                part = _contentPart(kind, block, where)
-                if part is not None:
-                    parts.append(self._part(part, block))
+                kind = _kindOf(block, i, j)  # not a block: a 400 naming it
+                other = _contentPart(kind, block, _blockPath(i, j))
+                if other is not None:
+                    parts.append(self._part(other, block))
         self._closeCalls(results)
         # Images from tool results follow the tool messages (a tool message takes
         # only text), ahead of the user's own words.
-        self._userMessage(resultParts + parts)
+        self._userMessage(resultParts + parts if resultParts else parts)
 
     def _reference(self, block: dict[str, Any], path: str) -> str:
         """A `tool_reference` (a tool search's find): that tool is loaded, and the
@@ -361,17 +387,22 @@ class _MessageWriter:
         self.loaded.add(name)
         return loadedLine(self.names.toUpstream(name))
 
-    def _closeCalls(self, results: dict[str, str]) -> None:
+    def _closeCalls(self, results: dict[str, str] | None) -> None:
         """Answer every open call, in call order; a missing result gets a placeholder
         because OpenAI rejects a tool call left without its tool message."""
+        if not self._openCalls:
+            return
+        results = results or {}
         for callId in self._openCalls:
             self.out.append(
                 {"role": "tool", "tool_call_id": callId, "content": results.get(callId, _NO_RESULT)}
             )
         self._openCalls = []
-        self._openIds = set()
+        self._openIds = _NONE_OPEN
 
     def _userMessage(self, parts: list[dict[str, Any]]) -> None:
+        if not parts:
+            return
         parts = [p for p in parts if p["type"] != "text" or p["text"].strip()]
         if parts:
             self.out.append({"role": "user", "content": self._content(parts)})
@@ -443,41 +474,57 @@ def _documentPart(block: dict[str, Any], path: str) -> dict[str, Any] | None:
     raise invalidRequest(f"{path}.source.type: must be 'base64', 'text', 'content' or 'url'")
 
 
-def _toolCall(block: dict[str, Any], path: str, names: ToolNames) -> dict[str, Any]:
-    callId = _require(block, "id", str, "a string", path)
-    name = names.toUpstream(_require(block, "name", str, "a string", path))
+def _toolCall(block: dict[str, Any], i: int, j: int, names: ToolNames) -> dict[str, Any]:
+    """`messages.{i}.content.{j}`, a tool_use block, as an OpenAI tool call."""
+    callId = block.get("id")
+    name = block.get("name")
+    if not isinstance(callId, str) or not isinstance(name, str):
+        _require(block, "id", str, "a string", _blockPath(i, j))
+        _require(block, "name", str, "a string", _blockPath(i, j))
     arguments = block.get("input", {})
     if not isinstance(arguments, dict):
-        raise invalidRequest(f"{path}.input: must be an object")
+        raise invalidRequest(f"{_blockPath(i, j)}.input: must be an object")
     try:
         encoded = orjson.dumps(arguments).decode()
     except orjson.JSONEncodeError:
-        raise invalidRequest(f"{path}.input: nested too deeply to forward") from None
-    return {"id": callId, "type": "function", "function": {"name": name, "arguments": encoded}}
+        raise invalidRequest(f"{_blockPath(i, j)}.input: nested too deeply to forward") from None
+    return {
+        "id": callId,
+        "type": "function",
+        "function": {"name": names.toUpstream(name), "arguments": encoded},
+    }
 
 
 def _toolResult(
     block: dict[str, Any],
-    path: str,
+    i: int,
+    j: int,
     images: list[dict[str, Any]],
     vision: bool = True,
     reference: Callable[[dict[str, Any], str], str] | None = None,
 ) -> tuple[str, str]:
-    """A tool_result's call id and text; its images go to `images` (or, for an
-    upstream without vision, a placeholder goes in the text); each `tool_reference`
-    is read by `reference` into a line of text."""
-    callId = _require(block, "tool_use_id", str, "a string", path)
+    """`messages.{i}.content.{j}`, a tool_result: its call id and text; its images go
+    to `images` (or, for an upstream without vision, a placeholder goes in the
+    text); each `tool_reference` is read by `reference` into a line of text."""
+    callId = block.get("tool_use_id")
+    if not isinstance(callId, str):
+        _require(block, "tool_use_id", str, "a string", _blockPath(i, j))
     content = block.get("content")
     texts: list[str] = []
     if isinstance(content, str):
         texts.append(content)
     elif isinstance(content, list):
         for k, inner in enumerate(content):
-            where = f"{path}.content.{k}"
-            kind = _blockType(inner, where)
+            kind = inner.get("type") if isinstance(inner, dict) else None
             if kind == "text":
-                texts.append(_blockText(inner, where))
-            elif kind == "image":
+                text = inner.get("text")
+                if not isinstance(text, str):
+                    _blockText(inner, f"{_blockPath(i, j)}.content.{k}")
+                texts.append(text)
+                continue
+            where = f"{_blockPath(i, j)}.content.{k}"
+            kind = _blockType(inner, where)
+            if kind == "image":
                 part = _imagePart(inner, where)
                 if vision:
                     images.append(part)
@@ -496,10 +543,10 @@ def _toolResult(
             elif kind == "tool_reference" and reference is not None:
                 texts.append(reference(inner, where))
     elif content is not None:
-        raise invalidRequest(f"{path}.content: must be a string or a list of blocks")
+        raise invalidRequest(f"{_blockPath(i, j)}.content: must be a string or a list of blocks")
     isError = block.get("is_error")
     if isError is not None and not isinstance(isError, bool):
-        raise invalidRequest(f"{path}.is_error: must be true or false")
+        raise invalidRequest(f"{_blockPath(i, j)}.is_error: must be true or false")
     text = "\n\n".join(t for t in texts if t)
     if isError:
         text = f"Error: {text}" if text else "Error"
@@ -544,32 +591,35 @@ def _tools(
     serverTools: list[str] = []
     budget = SchemaBudget()  # one for all the tools: the request's work is bounded
     for i, tool in enumerate(tools):
-        path = f"tools.{i}"
         if not isinstance(tool, dict):
-            raise invalidRequest(f"{path}: must be an object")
+            raise invalidRequest(f"tools.{i}: must be an object")
         kind = tool.get("type")
-        if searchKind(tool) is not None and not searching and isinstance(tool.get("name"), str):
-            # Anthropic's tool search, which ccproxy runs: the model gets a function.
-            search = ToolSearch(tool["name"], searchKind(tool) or "", ())
-            out.append(search.function(names.toUpstream(search.name)))
-            searching = True
-            continue
-        if kind is not None and kind != "custom":
-            # A server tool (web search, code execution, …) runs at Anthropic; an
-            # OpenAI upstream has no such function, so it is not offered.
-            serverTools.append(str(kind))
-            continue
-        name = _require(tool, "name", str, "a string", path)
+        if kind is not None:  # Claude Code's own tools have none
+            found = searchKind(tool)
+            if found is not None and not searching and isinstance(tool.get("name"), str):
+                # Anthropic's tool search, which ccproxy runs: the model gets a function.
+                search = ToolSearch(tool["name"], found, ())
+                out.append(search.function(names.toUpstream(search.name)))
+                searching = True
+                continue
+            if kind != "custom":
+                # A server tool (web search, code execution, …) runs at Anthropic; an
+                # OpenAI upstream has no such function, so it is not offered.
+                serverTools.append(str(kind))
+                continue
+        name = tool.get("name")
+        if not isinstance(name, str):
+            _require(tool, "name", str, "a string", f"tools.{i}")
         if tool.get("defer_loading") is True and name not in loaded:
             continue  # its schema waits until a tool search finds it
         schema = tool.get("input_schema")
         if schema is None:
             schema = {"type": "object", "properties": {}}
         elif not isinstance(schema, dict):
-            raise invalidRequest(f"{path}.input_schema: must be an object")
+            raise invalidRequest(f"tools.{i}.input_schema: must be an object")
         if profile.schema == "gemini":
             try:
-                schema = geminiSchema(schema, budget)
+                schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
         function: dict[str, Any] = {"name": names.toUpstream(name)}
@@ -659,6 +709,27 @@ def _metadataUser(metadata: Any) -> str | None:
     if user is not None and not isinstance(user, str):
         raise invalidRequest("metadata.user_id: must be a string")
     return user
+
+
+def _blockPath(i: int, j: int) -> str:
+    return f"messages.{i}.content.{j}"
+
+
+def _kindOf(block: Any, i: int, j: int) -> str:
+    """The type of `messages.{i}.content.{j}` (see `_blockType`), its path spelled out
+    only for the error."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    if isinstance(kind, str):
+        return kind
+    return _blockType(block, _blockPath(i, j))
+
+
+def _textOf(block: dict[str, Any], i: int, j: int) -> str:
+    """The text of the text block `messages.{i}.content.{j}` (see `_blockText`)."""
+    text = block.get("text")
+    if isinstance(text, str):
+        return text
+    return _blockText(block, _blockPath(i, j))
 
 
 def _blockType(block: Any, path: str) -> str:

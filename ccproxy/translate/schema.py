@@ -62,6 +62,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
+
 from ccproxy.translate.values import isInt, isNumber
 
 # Nesting deeper than this is cut off (each level is one property, item, branch or
@@ -157,6 +159,43 @@ def geminiSchema(schema: dict[str, Any], budget: SchemaBudget | None = None) -> 
         return {"type": "object", "properties": {}}
     out.pop("nullable", None)
     return out
+
+
+class GeminiSchemas:
+    """`geminiSchema` remembered: the tool schemas of a session are the same on every
+    request (Claude Code sends its 15 tools each turn), and reducing them is most of
+    translating a request for a Gemini upstream.
+
+    Exact, never a false hit: a schema is looked up by its JSON bytes, and a hit
+    also compares equal to the schema remembered (so a tuple is not a list, nor
+    1.0 a 1). A hit spends the steps the reduction spent on the request's budget,
+    so a request's work is refused exactly when it was before. The schemas handed
+    out are shared between requests: nothing downstream changes a translated
+    request. At most `limit` are kept (all forgotten when full).
+    """
+
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit
+        self._kept: dict[bytes, tuple[Any, dict[str, Any], int]] = {}
+
+    def reduce(self, schema: dict[str, Any], budget: SchemaBudget) -> dict[str, Any]:
+        """`geminiSchema(schema, budget)`, remembered."""
+        try:
+            key = orjson.dumps(schema)
+        except orjson.JSONEncodeError:  # not JSON (nested too deep): not kept
+            return geminiSchema(schema, budget)
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == schema:
+            budget.spend(kept[2])
+            return kept[1]
+        left = budget.left
+        out = geminiSchema(schema, budget)
+        canonical = orjson.loads(key)
+        if canonical == schema:  # else its JSON is not it (NaN, a tuple): not kept
+            if len(self._kept) >= self.limit:
+                self._kept.clear()
+            self._kept[key] = (canonical, out, left - budget.left)
+        return out
 
 
 class _Reducer:

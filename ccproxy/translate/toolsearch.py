@@ -94,6 +94,8 @@ class ToolSearch:
             return None
         found = None
         for tool in tools:
+            if not isinstance(tool, dict) or tool.get("type") is None:
+                continue  # Claude Code's own tools, every request: no search
             kind = searchKind(tool)
             if kind is not None and found is None and isinstance(tool.get("name"), str):
                 found = (tool["name"], kind)

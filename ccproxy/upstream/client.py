@@ -12,21 +12,33 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
-from attrs import define
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from attrs import define, frozen
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ContentDecoderAgent, GzipDecoder, ResponseDone, ResponseFailed
+from twisted.web.client import (
+    URI,
+    HTTPConnectionPool,
+    ResponseDone,
+    ResponseFailed,
+    SchemeNotSupported,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ccproxy import __version__
-from ccproxy.compat import flushConsumer, sentBodyProducer
+from ccproxy.compat import decoded, flushConsumer, poolRequest, requestURI, sentBodyProducer
 from ccproxy.config import Upstream
 from ccproxy.errors import ProxyError, badGateway
 
@@ -72,22 +84,33 @@ class BytesProducer:
         self._body = b""
 
 
-class AgentClient:
-    """An `HTTPClient` straight over Twisted's `Agent`, for the upstreams' requests.
+class PooledClient:
+    """An `HTTPClient` straight over the connection pool, for the upstreams' requests.
 
     treq's `HTTPClient.request` does, for every request, what ccproxy never uses:
     parses the URL with hyperlink, builds a cookie jar from the call and merges it
     into its own, runs the request and the answer through `CookieAgent` (the
     daemon's jar accepts no cookie: one user's upstream cookies are no other
     user's business) and a `RedirectAgent` decision (ccproxy never follows one),
-    and wraps the answer. What it does that matters is kept: the body written at
-    once (`BytesProducer`) and gzip answers decoded (`ContentDecoderAgent`, which
-    also asks for them). treq stays the client of the tests (`StubTreq`) and of
-    the telemetry forwarder; this takes the same arguments.
+    and wraps the answer. Twisted's `Agent` under it then parses the URL again,
+    builds an endpoint and copies the headers, on every request. Here an
+    upstream's URL is parsed, its endpoint (TCP, or TLS for https, from
+    `endpoints`) made and its Host header written once, the first time it is
+    asked for; each request then goes on a connection of `pool` as `Agent` would
+    send it (`compat.poolRequest`: the pool's reuse and limits, its replay, every
+    canceller kept). What matters of treq and `ContentDecoderAgent` is kept: the
+    body written at once (`BytesProducer`), gzip asked for and decoded. treq stays
+    the client of the tests (`StubTreq`) and of the telemetry forwarder; this
+    takes the same arguments. A reload changes URLs, not what one URL means, so
+    the prepared ones stay valid; they are bounded all the same.
     """
 
-    def __init__(self, agent: IAgent) -> None:
-        self._agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
+    MAX_TARGETS = 256
+
+    def __init__(self, pool: HTTPConnectionPool, endpoints: IAgentEndpointFactory) -> None:
+        self._pool = pool
+        self._endpoints = endpoints
+        self._targets: dict[str, _Target] = {}
 
     def request(
         self,
@@ -99,11 +122,66 @@ class AgentClient:
     ) -> Deferred[IResponse]:
         """`method` `url` with `headers` and the body `data`; the keywords only treq
         reads (`unbuffered`, `allow_redirects`, `reactor`) are what this does anyway."""
+        target = self._targets.get(url)
+        if target is None:
+            try:
+                target = self._prepare(url)
+            except SchemeNotSupported:
+                return fail()
         sent = Headers()
         for name, value in (headers or {}).items():
             sent.addRawHeader(name, value)
+        sent.addRawHeader(b"Host", target.host)
+        sent.addRawHeader(b"Accept-Encoding", b"gzip")
         body = BytesProducer(data) if data is not None else None
-        return self._agent.request(method.encode("ascii"), url.encode("ascii"), sent, body)
+        requested = poolRequest(
+            self._pool,
+            target.key,
+            target.endpoint,
+            method.encode("ascii"),
+            target.uri,
+            target.path,
+            sent,
+            body,
+        )
+        return requested.addCallback(decoded)
+
+    def _prepare(self, url: str) -> _Target:
+        uri = requestURI(url.encode("ascii"))
+        target = _Target(
+            uri,
+            uri.originForm,
+            (uri.scheme, uri.host, uri.port),
+            self._endpoints.endpointForURI(uri),
+            hostHeader(uri.scheme, uri.host, uri.port),
+        )
+        if len(self._targets) >= self.MAX_TARGETS:
+            self._targets.clear()
+        self._targets[url] = target
+        return target
+
+
+@frozen
+class _Target:
+    """An upstream URL as a request needs it: parsed, its request line's path, its
+    pool key, its endpoint and its Host header."""
+
+    uri: URI
+    path: bytes
+    """What the request line names (`URI.originForm`, formatted anew at each reading)."""
+    key: tuple[bytes, bytes, int]
+    endpoint: IStreamClientEndpoint
+    host: bytes
+
+
+def hostHeader(scheme: bytes, host: bytes, port: int) -> bytes:
+    """The Host header for a URL: the port only when it is not the scheme's own, an
+    IPv6 address in brackets."""
+    if isIPv6Address(host.decode("ascii")):
+        host = b"[" + host + b"]"
+    if (scheme, port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%b:%d" % (host, port)
 
 
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -297,7 +375,9 @@ class BodyReader(TwistedProtocol):
         self._stopSilence()
         if self.finished.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # isinstance, not Failure.check: check spells out the qualified name of
+        # each type it is given (reflect.qual), at the end of every answer.
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             result = self.ended()
             if not self.finished.called:
                 self.finished.callback(result)
