@@ -18,9 +18,17 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web._newclient import Request as _ClientRequest
+from twisted.web._newclient import _ensureValidURI
+from twisted.web.client import (
+    URI,
+    ContentDecoderAgent,
+    GzipDecoder,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http import HTTPChannel
-from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
+from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 
 
@@ -236,10 +244,6 @@ class QuickHeaderChannel(HTTPChannel):
 
 # -- an upstream request without Agent (ccproxy.upstream.client.PooledClient) -------
 
-from twisted.web._newclient import Request as _ClientRequest  # noqa: E402
-from twisted.web._newclient import _ensureValidURI  # noqa: E402
-from twisted.web.client import URI, ContentDecoderAgent, GzipDecoder  # noqa: E402
-from twisted.web.http_headers import Headers  # noqa: E402
 
 _GZIP = ContentDecoderAgent(None, [(b"gzip", GzipDecoder)])
 
