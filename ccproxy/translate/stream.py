@@ -500,7 +500,15 @@ class StreamTranslator:
             text, self._blank = "".join([*self._blank, text]), []
             self._flushCalls(events)
             self._openBlock("text", {"type": "text", "text": ""}, events)
-        self._delta(events, self._blocks - 1, "text_delta", "text", text)
+            self._delta(events, self._blocks - 1, "text_delta", "text", text)
+        elif events and events[-1] is self._lastDelta:  # `_delta`'s join, inlined: the usual case
+            delta = self._lastDelta["delta"]
+            if len(delta["text"]) < _JOIN_LIMIT:
+                delta["text"] += text
+            else:
+                self._delta(events, self._blocks - 1, "text_delta", "text", text)
+        else:
+            self._delta(events, self._blocks - 1, "text_delta", "text", text)
         if self.stopSequences:
             self._textTail = (self._textTail + text)[-256:]
 
