@@ -61,13 +61,42 @@ class SSEParser(BodyReader):
         """Bytes of the data lines of the event being read."""
         self.sawDone = False
 
+    _oneEventReads = True
+    """Whether a read that is one whole event of one `data: ` line may skip the line
+    loop (`SSEFrames`, which reads every field, says no)."""
+
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
             return
         self.heard()
-        self._splitLines(data)
+        size = len(data)
+        if (
+            self._oneEventReads
+            and data[:6] == b"data: "
+            and data.find(b"\n") == size - 2
+            and data[-1:] == b"\n"
+            and data[-3:-2] != b"\r"
+            and size - 2 <= self.MAX_LENGTH
+            and not self._partial
+            and not self._lines
+        ):
+            # An upstream's chunked body: twisted.web hands over each HTTP chunk,
+            # one event, on its own. The line loop's steps for its two lines.
+            self._dispatchOne(data[6:-2])
+        else:
+            self._splitLines(data)
         if not self.finished.called:
             self._onBatch()  # every event of this read has been handed over
+
+    def _dispatchOne(self, payload: bytes) -> None:
+        """An event of one data line, ended."""
+        if payload[:1] != b"{" and payload.strip() == _DONE:  # no strip for a chunk
+            self.sawDone = True
+            return
+        try:
+            self._onData(payload)
+        except Exception as e:
+            self.fail(e)
 
     def _splitLines(self, data: bytes) -> None:
         end = data.rfind(b"\n")
@@ -301,6 +330,7 @@ class SSEFrames(SSEParser):
         self._onBatch()
 
     _readLines = SSEParser._eachLine  # every field is read here (`fieldReceived`)
+    _oneEventReads = False
 
     def _hold(self, piece: bytes) -> bool:
         """Keep `piece` of a frame not whole yet; False (the stream failed) when that
