@@ -6,9 +6,11 @@ Feeds the bench's upstream stream (bench/payloads.py, ~57 KB, 225 chunks; or the
 `data:` body in FILE, e.g. the reference harness's `chat.sse`) through the real
 relay path — `SSEParser` -> `StreamRelay` -> `StreamTranslator` -> `EventWriter` ->
 a twisted.web `Request` on a `StringTransport` — in the reads an upstream's body
-arrives in: the whole body in one read (a 64 KB socket read), and cut into reads of
-1-3 KB. An empty stream (`[DONE]` alone) gives the cost per stream; the
-difference, divided by the chunks, the cost per chunk. Best of `--repeat` runs.
+arrives in: the whole body in one read (a 64 KB socket read), cut into reads of
+1-3 KB, and one chunk per read, all in one reactor turn (an upstream's chunked
+body: twisted.web hands each HTTP chunk over on its own). An empty stream
+(`[DONE]` alone) gives the cost per stream; the difference, divided by the
+chunks, the cost per chunk. Best of `--repeat` runs.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class _Response:
         protocol.makeConnection(self.transport)
 
 
-def _stream(reads: list[bytes], clock: Clock, turnEnd: TurnEnd) -> bytes:
-    """One stream relayed whole; the bytes the client got."""
+def _stream(reads: list[bytes], clock: Clock, turnEnd: TurnEnd, turns: bool = True) -> bytes:
+    """One stream relayed whole; the bytes the client got. `turns`: each read in a
+    reactor turn of its own (else all in one turn)."""
     transport = StringTransport()
     channel = HTTPChannel()
     channel.makeConnection(transport)
@@ -67,7 +70,9 @@ def _stream(reads: list[bytes], clock: Clock, turnEnd: TurnEnd) -> bytes:
     protocol = response.protocol
     for read in reads:
         protocol.dataReceived(read)
-        clock.advance(0)  # the end of the reactor's turn: the batch is written
+        if turns:
+            clock.advance(0)  # the end of the reactor's turn: the batch is written
+    clock.advance(0)
     protocol.connectionLost(Failure(ResponseDone()))
     assert done.called and relay.verdict is not None and relay.verdict.ok, relay.verdict
     return transport.value()
@@ -83,8 +88,9 @@ def _cut(body: bytes, low: int, high: int, seed: int = 18) -> list[bytes]:
     return reads
 
 
-def _best(reads: list[bytes], streams: int, repeat: int) -> float:
-    """Seconds of CPU per stream, best of `repeat` runs of `streams` streams."""
+def _best(reads: list[bytes], streams: int, repeat: int, turns: bool = True) -> float:
+    """Seconds of CPU per stream, best of `repeat` runs of `streams` streams;
+    `turns`: each read in a reactor turn of its own (else all in one turn)."""
     clock, turnEnd = Clock(), None
     best = float("inf")
     for _ in range(repeat):
@@ -92,7 +98,7 @@ def _best(reads: list[bytes], streams: int, repeat: int) -> float:
         turnEnd = TurnEnd(clock)
         started = time.process_time()
         for _ in range(streams):
-            _stream(reads, clock, turnEnd)
+            _stream(reads, clock, turnEnd, turns)
         best = min(best, (time.process_time() - started) / streams)
     return best
 
@@ -111,14 +117,16 @@ def main() -> None:
     chunks = body.count(b"\n\n") - 1  # [DONE] is no chunk
     empty = _best([b"data: [DONE]\n\n"], args.streams, args.repeat)
     print(f"body: {len(body)} bytes, {chunks} chunks; per stream alone: {empty * 1e6:.1f} us")
-    for label, reads in (
-        ("one read", [body]),
-        ("64 KB reads", _cut(body, 65536, 65536)),
-        ("1-3 KB reads", _cut(body, 1024, 3072)),
+    frames = [frame + b"\n\n" for frame in body.split(b"\n\n") if frame]
+    for label, reads, turns in (
+        ("one read", [body], False),
+        ("64 KB reads", _cut(body, 65536, 65536), True),
+        ("1-3 KB reads", _cut(body, 1024, 3072), True),
+        ("chunk reads", frames, False),
     ):
         if label == "64 KB reads" and len(reads) == 1:
             continue
-        whole = _best(reads, args.streams, args.repeat)
+        whole = _best(reads, args.streams, args.repeat, turns)
         perChunk = (whole - empty) / chunks
         print(
             f"{label:>12}: {len(reads):3d} reads, {whole * 1e6:7.1f} us per stream, "
