@@ -500,9 +500,11 @@ class StreamTranslator:
             text, self._blank = "".join([*self._blank, text]), []
             self._flushCalls(events)
             self._openBlock("text", {"type": "text", "text": ""}, events)
-            self._delta(events, self._blocks - 1, "text_delta", "text", text)
-        elif events and events[-1] is self._lastDelta:  # `_delta`'s join, inlined: the usual case
-            delta = self._lastDelta["delta"]
+        last = self._lastDelta
+        if last is not None and events and events[-1] is last:
+            # `_delta`'s join, inlined for the usual chunk (the text block is open:
+            # the last delta, still last in the queue, is this block's)
+            delta = last["delta"]
             if len(delta["text"]) < _JOIN_LIMIT:
                 delta["text"] += text
             else:
@@ -615,7 +617,7 @@ class StreamTranslator:
         however they are cut). The joined text is kept under `_JOIN_LIMIT` chars, so
         joining costs linear time however small the pieces."""
         last = self._lastDelta
-        if events and events[-1] is last and last["index"] == index:
+        if last is not None and events and events[-1] is last and last["index"] == index:
             delta = last["delta"]
             if delta["type"] == kind and len(delta[field]) < _JOIN_LIMIT:
                 delta[field] += text
