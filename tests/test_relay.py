@@ -151,10 +151,12 @@ def test_the_chunks_of_one_read_are_one_write() -> None:
     rig.clock.advance(0)
     added = rig.client.transport.value()[len(before) :]
     assert added.count(b"\r\n") == 2  # one HTTP chunk
-    assert added.count(b"text_delta") == 3
+    assert added.count(b"text_delta") == 1  # the deltas of one write, joined
+    assert b'"text":"abc"' in added
     rig.upstream.protocol.dataReceived(b"data: " + orjson.dumps(chunk("d")) + b"\n\n")
     rig.clock.advance(0)  # a slow stream's lone chunk goes out in its own turn
-    assert rig.client.transport.value().count(b"text_delta") == 4
+    assert rig.client.transport.value().count(b"text_delta") == 2
+    assert rig.client.transport.value().endswith(b'"text":"d"}}\n\n\r\n')
 
 
 @pytest.mark.parametrize(
@@ -186,6 +188,58 @@ def test_a_stream_that_breaks_ends_with_an_error_event(feed: Any, says: str, ok:
     name, data = rig.client.events()[-1]
     assert name == "error" and says in data["error"]["message"]
     assert "message_stop" not in [n for n, _ in rig.client.events()]
+
+
+def test_an_error_inside_a_read_follows_that_reads_text() -> None:
+    """The deltas queued (and joined) before an error chunk of the same read go
+    out first, then the error event, and no message_stop."""
+    rig = Rig()
+    error = {"error": {"message": "model overloaded", "code": 503}}
+    rig.upstream.protocol.dataReceived(
+        b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in [chunk("a"), chunk("b"), error])
+    )
+    verdict = resultOf(rig.done)
+    assert verdict.ok is False
+    names = [n for n, _ in rig.client.events()]
+    assert names == ["message_start", "content_block_start", "content_block_delta", "error"]
+    assert rig.client.events()[2][1]["delta"] == {"type": "text_delta", "text": "ab"}
+
+
+def test_a_stream_in_one_read_or_in_many_says_the_same() -> None:
+    """However the upstream's body is cut into reads, the client gets the same
+    answer; one read gives each block one delta."""
+    frames = [
+        b"data: " + orjson.dumps(c) + b"\n\n"
+        for c in [chunk(t) for t in ["Hel", "lo", " ✓"]] + [chunk(finish="stop", **USAGE)]
+    ] + [b"data: [DONE]\n\n"]
+    body = b"".join(frames)
+    answers = []
+    for reads in ([body], [body[i : i + 7] for i in range(0, len(body), 7)]):
+        rig = Rig()
+        for read in reads:
+            rig.upstream.protocol.dataReceived(read)
+            rig.clock.advance(0)
+        rig.upstream.end()
+        assert resultOf(rig.done).ok is True
+        events = rig.client.events()
+        text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+        answers.append((text, [n for n, _ in events if n != "content_block_delta"]))
+        if len(reads) == 1:
+            assert [n for n, _ in events].count("content_block_delta") == 1
+    assert (
+        answers[0]
+        == answers[1]
+        == (
+            "Hello ✓",
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ],
+        )
+    )
 
 
 def test_silence_past_the_timeout_is_an_error_event_and_hangs_up() -> None:

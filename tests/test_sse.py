@@ -167,6 +167,35 @@ def test_anySplit(cuts: list[int]) -> None:
     assert payloadsOf(*parts) == (EXPECTED, True)
 
 
+# Reads of one whole event each (an upstream's chunked body, as twisted.web hands it
+# over): those of one `data: ` line take a shortcut past the line loop; the others,
+# and any read after a line or an event left open, take the loop.
+ONE_EVENT_READS = [
+    ([b'data: {"a":1}\n\n', b"data: [DONE]\n\n"], [b'{"a":1}'], True),
+    ([b"data:   [DONE]  \n\n"], [], True),
+    ([b"data: \n\n"], [b""], False),
+    ([b"data: x\r\n\r\n", b"data: y\r\n\n"], [b"x", b"y"], False),
+    ([b"data: x\n", b"data: y\n\n"], [b"x\ny"], False),  # an event still open
+    ([b": no newline yet", b"data: x\n\n"], [], False),  # a line still open: a comment
+    ([b"data: x\n\n\n"], [b"x"], False),
+    ([b"data: x\ndata: y\n\n"], [b"x\ny"], False),
+    ([b"data:x\n\n", b"data: {}\n\n"], [b"x", b"{}"], False),
+]
+
+
+@pytest.mark.parametrize(("reads", "expected", "done"), ONE_EVENT_READS)
+def test_readsOfOneEventEach(reads: list[bytes], expected: list[bytes], done: bool) -> None:
+    assert payloadsOf(*reads) == (expected, done)
+    assert payloadsOf(b"".join(reads)) == (expected, done)  # the same in one read
+
+
+def test_aOneEventReadKeepsTheLineLimit() -> None:
+    line = b'data: {"a":1}'
+    assert Body(maxLineLength=len(line)).feed(line + b"\n\n").payloads == [b'{"a":1}']
+    body = Body(maxLineLength=len(line) - 1).feed(line + b"\n\n")
+    assert "longer than" in str(body.error()) and body.payloads == []
+
+
 def test_splitInsideAMultiByteCharacter() -> None:
     data = 'data: {"t":"😀"}\n\n'.encode()
     emoji = data.index(b"\xf0")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from ccproxy.errors import ProxyError
 from ccproxy.translate.response import fromOpenAI
-from ccproxy.translate.stream import StreamTranslator, _Call, eventsForMessage
+from ccproxy.translate.stream import _JOIN_LIMIT, StreamTranslator, _Call, eventsForMessage
 from ccproxy.translate.thinking import ThinkTagSplitter, splitThinkTags
 from tests.support.examples import examples
 
@@ -1393,6 +1393,65 @@ def test_doneWithoutFinishReasonAfterToolCallIsToolUse() -> None:
     assert summary(events)[-3:] == [stop(0), *end("tool_use")]
 
 
+# -- feedInto: the deltas of one read joined ---------------------------------------------
+
+
+def fedInto(*reads: list[Any]) -> list[list[Event]]:
+    """Each read's chunks fed into one queue (emptied after it, as a flush does)."""
+    translator = StreamTranslator(MESSAGE_ID, MODEL)
+    out = []
+    for read in reads:
+        queue: list[Event] = []
+        for c in read:
+            translator.feedInto(c, queue)
+        out.append(queue)
+    return out
+
+
+def test_aReadsDeltasOfOneBlockAreJoinedInOrder() -> None:
+    text1, args, text2 = fedInto(
+        [chunk({"content": "Hel"}), chunk({"content": "lo"}), chunk({"content": " ✓\n"})],
+        [
+            chunk({"content": "!"}),
+            calls(call(index=0, id="c1", name="Read", arguments="")),
+            calls(call(index=0, arguments='{"p"')),
+            calls(call(index=0, arguments=': "/a"}')),
+        ],
+        [calls(call(index=0, arguments=" ")), chunk({"content": "x"}), chunk({"content": "y"})],
+    )
+    assert summary(text1) == [textStart(0), text(0, "Hello ✓\n")]
+    assert summary(args) == [
+        text(0, "!"),  # a new read: a delta of its own (the last one may be on the wire)
+        stop(0),
+        toolStart(1, "c1", "Read"),
+        jsonPart(1, '{"p": "/a"}'),
+    ]
+    assert summary(text2) == [jsonPart(1, " "), stop(1), textStart(2), text(2, "xy")]
+
+
+def test_joinedDeltasStayUnderTheLimit() -> None:
+    """Joining many tiny pieces costs linear time: a delta stops growing at
+    `_JOIN_LIMIT` characters and the next piece starts another."""
+    pieces = [chunk({"content": "ab"[i % 2]}) for i in range(3 * _JOIN_LIMIT + 5)]
+    (queue,) = fedInto(pieces)
+    deltas = [e["delta"]["text"] for e in queue if e["type"] == "content_block_delta"]
+    assert len(deltas) == 4
+    assert all(len(d) <= _JOIN_LIMIT for d in deltas)
+    assert "".join(deltas) == "ab" * (len(pieces) // 2) + "a"
+
+
+def test_anErrorChunkAddsNothingToTheQueue() -> None:
+    """An error said in the same chunk as text raises before adding its events:
+    the queue holds the chunks before it, as they would have gone out alone."""
+    translator = StreamTranslator(MESSAGE_ID, MODEL)
+    queue: list[Event] = []
+    translator.feedInto(chunk({"content": "Hel"}), queue)
+    before = copy.deepcopy(queue)
+    with pytest.raises(ProxyError):
+        translator.feedInto(chunk({"content": "lo"}, finish="error"), queue)
+    assert queue == before
+
+
 # -- property: a streamed answer equals the same answer sent whole ----------------------
 
 
@@ -1772,10 +1831,13 @@ def checkAgainstWhole(answer: Answer, data: st.DataObject, parallel: bool = Fals
         hypothesis.event(f"reasoning in {answer.reasoningKey}")
     translator = StreamTranslator(MESSAGE_ID, MODEL, thinkTags=answer.thinkTags)
     events = translator.start()
+    perChunk = []
     for c in chunks:
-        events += translator.feed(json.loads(json.dumps(c)))
+        perChunk.append(translator.feed(json.loads(json.dumps(c))))
+        events += perChunk[-1]
     events += translator.finish(sawDone)
     checkGrammar(events)
+    checkJoined(answer, chunks, sawDone, perChunk, data)
     got = accumulate(events)
     expected = fromOpenAI(
         answer.completion(), messageId=MESSAGE_ID, model=MODEL, thinkTags=answer.thinkTags
@@ -1787,6 +1849,51 @@ def checkAgainstWhole(answer: Answer, data: st.DataObject, parallel: bool = Fals
     )
     assert got["usage"] == expected["usage"]
     assert (got["id"], got["model"]) == (expected["id"], expected["model"])
+
+
+def checkJoined(
+    answer: Answer,
+    chunks: list[dict[str, Any]],
+    sawDone: bool,
+    perChunk: list[list[Event]],
+    data: st.DataObject,
+) -> None:
+    """The same chunks through `feedInto`, in random reads (each read's events
+    queued in one list, emptied as a flush does at the read's end): each read's
+    events are the per-chunk events of that read, a block's consecutive deltas
+    joined into one (its pieces' concatenation), in the same order."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(chunks)), max_size=4), label="reads"))
+    translator = StreamTranslator(MESSAGE_ID, MODEL, thinkTags=answer.thinkTags)
+    events = translator.start()
+    queue: list[Event] = []
+    for a, b in itertools.pairwise([0, *cuts, len(chunks)]):
+        for c in chunks[a:b]:
+            translator.feedInto(json.loads(json.dumps(c)), queue)
+        assert queue == joinDeltas([e for events in perChunk[a:b] for e in events])
+        events += queue
+        queue.clear()  # EventWriter.flush
+    events += translator.finish(sawDone)
+    checkGrammar(events)
+
+
+def joinDeltas(events: list[Event]) -> list[Event]:
+    """`events`, each run of one block's text, thinking or tool-input deltas joined."""
+    out: list[Event] = []
+    for event in events:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and event["type"] == last["type"] == "content_block_delta"
+            and event["index"] == last["index"]
+            and event["delta"]["type"] == last["delta"]["type"]
+            and event["delta"]["type"] != "signature_delta"
+        ):
+            field = DELTA_FIELDS[event["delta"]["type"]]
+            joined = {**last["delta"], field: last["delta"][field] + event["delta"][field]}
+            out[-1] = {**last, "delta": joined}
+        else:
+            out.append(event)
+    return out
 
 
 @PROPERTY

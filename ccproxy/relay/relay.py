@@ -102,7 +102,11 @@ class EventWriter:
         self._capture = capture
         self._captured = 0
         self._copy: list[bytes] = []
-        self._pending: list[bytes] = []
+        self.queue: list[dict[str, Any] | bytes] = []
+        """What goes out at the next `flush`: events, encoded then, and frames
+        already encoded. A translator may add to it directly (`feedInto`), joining
+        a delta into its block's last one while that is not sent yet. The same
+        list throughout: `flush` empties it."""
 
     @property
     def copy(self) -> bytes | None:
@@ -112,8 +116,7 @@ class EventWriter:
     def add(self, events: Iterable[dict[str, Any]]) -> None:
         """Queue events; they go out at the next `flush`. A burst of upstream chunks
         read at once becomes one write (and one HTTP chunk), not one per event."""
-        for event in events:
-            self._pending.append(encodeEvent(event))
+        self.queue.extend(events)
 
     def write(self, events: Iterable[dict[str, Any]]) -> None:
         """Queue events and send everything queued."""
@@ -126,7 +129,7 @@ class EventWriter:
         a read holding 200 of them is one write to the client (one HTTP chunk, one
         trip through twisted.web), not 200. A slow stream's chunk, alone in its
         read, still goes out within the same turn of the reactor."""
-        if self._pending and not self._queued:
+        if self.queue and not self._queued:
             self._queued = True
             self._turnEnd.add(self._flushSoon)
 
@@ -136,15 +139,16 @@ class EventWriter:
 
     def flush(self) -> None:
         self._queued = False
-        if not self._pending:
+        queue = self.queue
+        if not queue:
             return
-        frames = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending = []
+        frames = b"".join([e if type(e) is bytes else encodeEvent(e) for e in queue])
+        queue.clear()
         self.writeFrames(frames)
 
     def addFrame(self, frame: bytes) -> None:
         """Queue a frame already encoded (an upstream's, passed on as it came)."""
-        self._pending.append(frame)
+        self.queue.append(frame)
 
     def writeFrames(self, frames: bytes) -> None:
         """Send frames already encoded."""
@@ -360,7 +364,9 @@ class StreamRelay:
         errorType = errorMessage = None
         try:
             while True:
-                sawDone = await self._pump(answer, translator, writer, emit)
+                sawDone = await self._pump(
+                    answer, translator, writer, emit if blocks is not None else None
+                )
                 calls = translator.serverCalls() if rounds is not None else []
                 if rounds is None or not calls:
                     writer.write(self._named(answer, translator.finish, sawDone))
@@ -464,11 +470,15 @@ class StreamRelay:
         answer: Answer,
         translator: StreamTranslator,
         writer: EventWriter,
-        emit: Callable[[list[dict[str, Any]]], None],
+        emit: Callable[[list[dict[str, Any]]], None] | None,
     ) -> bool:
         """Relay one upstream answer's stream through `translator`, until it ends;
-        whether it ended with `[DONE]`."""
+        whether it ended with `[DONE]`. `emit`: where each chunk's events go when
+        something besides the writer reads them (ccproxy's tool search); without
+        it, into the writer's queue, where the deltas of one read join."""
         upstream = answer.upstream
+        feed = translator.feedInto
+        queue = writer.queue
 
         def onData(data: bytes) -> None:
             self.chunks += 1
@@ -479,7 +489,10 @@ class StreamRelay:
                     upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
                 ) from None
             try:
-                emit(translator.feed(chunk))
+                if emit is None:
+                    feed(chunk, queue)
+                else:
+                    emit(translator.feed(chunk))
             except ProxyError as e:  # the upstream's own error, said inside the stream
                 raise e.naming(upstream.name) from None
 

@@ -117,6 +117,11 @@ class ResponsesStreamTranslator(StreamTranslator):
 
     # -- input ------------------------------------------------------------------
 
+    def feedInto(self, chunk: Any, events: list[Event]) -> None:
+        """`feed`, its events added to `events` (as they are: joined deltas are the
+        chat translator's)."""
+        events.extend(self.feed(chunk))
+
     def feed(self, chunk: Any) -> list[Event]:
         """Events for one decoded Responses stream event; a `ProxyError` for an
         error the upstream sends in the stream."""

@@ -40,6 +40,9 @@ from ccproxy.translate.toolsearch import serverCallId
 
 Event = dict[str, Any]
 
+_JOIN_LIMIT = 4096
+"""Consecutive deltas of a block are joined into one while it is shorter than this."""
+
 
 class _Call:
     """One tool call being assembled from fragments."""
@@ -285,6 +288,8 @@ class StreamTranslator:
         self._serverIds: set[str] = set()
         self._spent: list[dict[str, int]] = []
         """Anthropic usage of the rounds before this one."""
+        self._lastDelta: Event | None = None
+        """The last `content_block_delta` made (`_delta` may join the next into it)."""
 
     # -- input ------------------------------------------------------------------
 
@@ -295,47 +300,62 @@ class StreamTranslator:
     def feed(self, chunk: Any) -> list[Event]:
         """Events for one decoded `data:` payload. Raises `ProxyError` for an error
         chunk, which the caller turns into an `event: error`."""
+        events: list[Event] = []
+        self.feedInto(chunk, events)
+        return events
+
+    def feedInto(self, chunk: Any, events: list[Event]) -> None:
+        """`feed`, its events added to `events`: a caller that queues the events of
+        several chunks in one list (those of one upstream read, not sent yet) gets
+        a block's consecutive deltas joined into its last one there (`_delta`).
+        Raises `ProxyError` for an error chunk before adding any of its events."""
         if not isinstance(chunk, dict):
             raise brokenAnswer("the upstream sent a stream chunk that is not an object")
-        if chunk.get("error") and not chunk.get("choices"):
-            raise streamError(chunk, self.contextWindow)
-        events: list[Event] = []
         choices = chunk.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices else None
-        if not isinstance(choice, dict):
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            choice = choices[0]
+        else:
+            if not choices and chunk.get("error"):
+                raise streamError(chunk, self.contextWindow)
             choice = {}
-        usage = chunk.get("usage") or choice.get("usage") or _groqUsage(chunk)
+        usage = chunk.get("usage") or choice.get("usage")
+        if not usage and "x_groq" in chunk:
+            usage = _groqUsage(chunk)
         if isinstance(usage, dict):
             self.usage = usage
+        finish = choice.get("finish_reason")
+        if finish == "error":  # checked first: an error chunk adds no events
+            if chunk.get("error"):
+                # OpenRouter says why beside the finish
+                raise streamError(chunk, self.contextWindow)
+            raise brokenAnswer("the upstream ended its answer with an error")
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        reasoning = reasoningText(delta)
-        if reasoning:
-            self._thinking(reasoning, events)
-        text = contentText(delta.get("content"))
-        if text and self._tags is not None:
-            self._tagged(self._tags.feed(text), events)
-        elif text:
-            self._text(text, events)
+        # Most chunks carry content or tool calls alone: no call to look for reasoning.
+        if "reasoning_content" in delta or "reasoning" in delta or "reasoning_details" in delta:
+            reasoning = reasoningText(delta)
+            if reasoning:
+                self._thinking(reasoning, events)
+        content = delta.get("content")
+        text = content if type(content) is str else contentText(content)
+        if text:
+            if self._tags is not None:
+                self._tagged(self._tags.feed(text), events)
+            else:
+                self._text(text, events)
         calls = delta.get("tool_calls")
-        if isinstance(calls, dict):
-            calls = [calls]
-        if isinstance(calls, list):
-            for position, fragment in enumerate(calls):
-                if isinstance(fragment, dict):
-                    self._toolFragment(fragment, position, len(calls), events)
-        finish = choice.get("finish_reason")
+        if calls is not None:
+            if isinstance(calls, dict):
+                calls = [calls]
+            if isinstance(calls, list):
+                for position, fragment in enumerate(calls):
+                    if isinstance(fragment, dict):
+                        self._toolFragment(fragment, position, len(calls), events)
         if isinstance(finish, str) and finish:
-            if finish == "error":
-                if chunk.get("error"):
-                    # OpenRouter says why beside the finish
-                    raise streamError(chunk, self.contextWindow)
-                raise brokenAnswer("the upstream ended its answer with an error")
             self.finishReason = finish
             if choice.get("matched_stop") is not None:
                 self.matchedStop = choice.get("matched_stop")
-        return events
 
     def finish(self, sawDone: bool = True) -> list[Event]:
         """The closing events once the upstream's stream ended.
@@ -462,13 +482,7 @@ class StreamTranslator:
             )
             self._thinkingDigest = hashlib.sha256()
         self._thinkingDigest.update(text.encode())
-        events.append(
-            {
-                "type": "content_block_delta",
-                "index": self._blocks - 1,
-                "delta": {"type": "thinking_delta", "thinking": text},
-            }
-        )
+        self._delta(events, self._blocks - 1, "thinking_delta", "thinking", text)
 
     def _tagged(self, pieces: list[tuple[str, str]], events: list[Event]) -> None:
         for kind, piece in pieces:
@@ -486,13 +500,17 @@ class StreamTranslator:
             text, self._blank = "".join([*self._blank, text]), []
             self._flushCalls(events)
             self._openBlock("text", {"type": "text", "text": ""}, events)
-        events.append(
-            {
-                "type": "content_block_delta",
-                "index": self._blocks - 1,
-                "delta": {"type": "text_delta", "text": text},
-            }
-        )
+        last = self._lastDelta
+        if last is not None and events and events[-1] is last:
+            # `_delta`'s join, inlined for the usual chunk (the text block is open:
+            # the last delta, still last in the queue, is this block's)
+            delta = last["delta"]
+            if len(delta["text"]) < _JOIN_LIMIT:
+                delta["text"] += text
+            else:
+                self._delta(events, self._blocks - 1, "text_delta", "text", text)
+        else:
+            self._delta(events, self._blocks - 1, "text_delta", "text", text)
         if self.stopSequences:
             self._textTail = (self._textTail + text)[-256:]
 
@@ -591,13 +609,25 @@ class StreamTranslator:
     def _sendArguments(self, call: _Call, events: list[Event]) -> None:
         pending = call.unsent()
         if pending:
-            events.append(
-                {
-                    "type": "content_block_delta",
-                    "index": call.block,
-                    "delta": {"type": "input_json_delta", "partial_json": pending},
-                }
-            )
+            self._delta(events, call.block, "input_json_delta", "partial_json", pending)
+
+    def _delta(self, events: list[Event], index: Any, kind: str, field: str, text: str) -> None:
+        """A `content_block_delta` of `text`, joined into the block's last delta when
+        that is still the last event in `events` (Claude Code joins a block's deltas
+        however they are cut). The joined text is kept under `_JOIN_LIMIT` chars, so
+        joining costs linear time however small the pieces."""
+        last = self._lastDelta
+        if last is not None and events and events[-1] is last and last["index"] == index:
+            delta = last["delta"]
+            if delta["type"] == kind and len(delta[field]) < _JOIN_LIMIT:
+                delta[field] += text
+                return
+        self._lastDelta = {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": kind, field: text},
+        }
+        events.append(self._lastDelta)
 
     def _flushCalls(self, events: list[Event]) -> None:
         """Place every call still waiting, in order (the answer is ending, or text
