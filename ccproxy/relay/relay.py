@@ -18,6 +18,7 @@ Claude Code retries rather than trusting half an answer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -98,6 +99,9 @@ class EventWriter:
         self._turnEnd = turnEnd or TurnEnd(clock)
         self._queued = False
         self._interval = pingInterval
+        self._now = clock.seconds
+        self._wrote = -math.inf
+        """When frames were last written (none yet: never)."""
         self._timer: IDelayedCall = clock.callLater(pingInterval, self._ping)
         self._capture = capture
         self._captured = 0
@@ -154,8 +158,9 @@ class EventWriter:
         """Send frames already encoded."""
         self._request.write(frames)
         writeNow(self._request)
-        if self._timer.active():
-            self._timer.reset(self._interval)
+        # Noted, not the timer moved (a reactor call each write): `_ping` waits
+        # for the rest of the interval when it comes too early.
+        self._wrote = self._now()
         if self._captured < self._capture:
             piece = frames[: self._capture - self._captured]
             self._copy.append(piece)
@@ -180,6 +185,13 @@ class EventWriter:
             self._timer.cancel()
 
     def _ping(self) -> None:
+        now = self._now()
+        # A write "after now" (the wall clock stepped back) counts as written now.
+        self._wrote = wrote = min(self._wrote, now)
+        rest = wrote + self._interval - now
+        if rest > 0:  # something went out within the interval: wait for the rest
+            self._timer = self._clock.callLater(rest, self._ping)
+            return
         self._request.write(PING)
         self._timer = self._clock.callLater(self._interval, self._ping)
 
