@@ -358,6 +358,44 @@ def test_event_writer_pings_exactly_an_interval_after_the_last_write() -> None:
     assert sink.writes.count(PING) == 2
 
 
+def test_event_writer_sends_at_once_except_the_last_events() -> None:
+    """Each write is put on the wire at once (`writeNow`); the stream's last events
+    are left for the request's finish, which sends them with the closing chunk."""
+    from twisted.internet.interfaces import IWriteDescriptor
+    from zope.interface import implementer
+
+    @implementer(IWriteDescriptor)
+    class Socket:
+        sends = 0
+        connected = True
+        disconnecting = False
+        dataBuffer = b""
+        _tempDataBuffer: list[bytes] = []
+
+        def doWrite(self) -> None:
+            self.sends += 1
+            self._tempDataBuffer.clear()
+
+    class Channel:
+        transport = Socket()
+
+    class Client(Sink):
+        channel = Channel()
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            self.channel.transport._tempDataBuffer.append(data)
+
+    client, clock = Client(), Clock()
+    writer = EventWriter(client, clock, 10.0)  # type: ignore[arg-type]
+    writer.write([{"type": "a"}])
+    assert Channel.transport.sends == 1
+    writer.write([{"type": "message_stop"}], last=True)
+    assert Channel.transport.sends == 1  # buffered, for the finish's send
+    assert client.writes[-1].startswith(b"event: message_stop")
+    writer.stop()
+
+
 @pytest.mark.parametrize(
     ("errorType", "sent"),
     [

@@ -122,10 +122,12 @@ class EventWriter:
         read at once becomes one write (and one HTTP chunk), not one per event."""
         self.queue.extend(events)
 
-    def write(self, events: Iterable[dict[str, Any]]) -> None:
-        """Queue events and send everything queued."""
+    def write(self, events: Iterable[dict[str, Any]], last: bool = False) -> None:
+        """Queue events and send everything queued. `last`: the stream's last
+        events, which leave with its end: the request's finish puts them on the
+        wire with the closing chunk (`ccproxy.web.app._answer`), one send, not two."""
         self.add(events)
-        self.flush()
+        self.flush(last)
 
     def flushSoon(self) -> None:
         """Send what is queued once this reactor turn is over. An upstream's stream
@@ -141,23 +143,24 @@ class EventWriter:
         if self._queued:  # else flushed or stopped meanwhile
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, last: bool = False) -> None:
         self._queued = False
         queue = self.queue
         if not queue:
             return
         frames = b"".join([e if type(e) is bytes else encodeEvent(e) for e in queue])
         queue.clear()
-        self.writeFrames(frames)
+        self.writeFrames(frames, last)
 
     def addFrame(self, frame: bytes) -> None:
         """Queue a frame already encoded (an upstream's, passed on as it came)."""
         self.queue.append(frame)
 
-    def writeFrames(self, frames: bytes) -> None:
-        """Send frames already encoded."""
+    def writeFrames(self, frames: bytes, last: bool = False) -> None:
+        """Send frames already encoded (`last`: see `write`)."""
         self._request.write(frames)
-        writeNow(self._request)
+        if not last:
+            writeNow(self._request)
         # Noted, not the timer moved (a reactor call each write): `_ping` waits
         # for the rest of the interval when it comes too early.
         self._wrote = self._now()
@@ -381,14 +384,14 @@ class StreamRelay:
                 )
                 calls = translator.serverCalls() if rounds is not None else []
                 if rounds is None or not calls:
-                    writer.write(self._named(answer, translator.finish, sawDone))
+                    writer.write(self._named(answer, translator.finish, sawDone), last=True)
                     break
                 emit(self._named(answer, translator.endBlocks, sawDone))
                 for blockId, arguments in calls:
                     emit(translator.addBlock(rounds.search.result(blockId, parsedInput(arguments))))
                 if translator.clientCalls() or not rounds.more():
                     paused = None if translator.clientCalls() else "pause_turn"
-                    writer.write(translator.endMessage(paused))
+                    writer.write(translator.endMessage(paused), last=True)
                     break
                 writer.flush()
                 translator.nextRound()
