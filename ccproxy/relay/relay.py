@@ -287,10 +287,11 @@ class StreamRelay:
             self._redact,
             self._turnEnd,
         )
-        self._writer.write(self._start)
-        if not self._start:  # a passed-through stream: its message_start is the upstream's
+        if self._start:
+            self._writer.write(self._start)  # the head with it, at once
+        else:  # a passed-through stream: its message_start is the upstream's
             self._request.write(b"")  # the status and headers alone, now
-        writeNow(self._request)
+            writeNow(self._request)
 
     def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
         """End a committed stream whose answer never came (`error`: the upstream's
