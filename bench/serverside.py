@@ -1,12 +1,16 @@
 """In-process micro-benchmarks of ccproxy's HTTP server side (issue 18).
 
-    python -m bench.serverside [request|head|peer|newid|accesslog ...]
+    python -m bench.serverside [request|head|stream|peer|newid|accesslog ...]
 
 `request`: one non-streaming `POST /v1/messages` (a 40 KB Claude Code body in one
 read) through a real `ProxySite`/`ProxyChannel` on a `StringTransport`, the
 upstream a stub that answers at once, the access log through the global log
 publisher to the daemon's text observer on /dev/null: CPU per request, from the
-head's bytes to the answer's. `head`: the same request's head alone. The others
+head's bytes to the answer's. `head`: the same request's head alone. `stream`:
+the same request with `stream: true`, its upstream a real `HTTP11ClientProtocol`
+fed an SSE answer (chunked, one event per chunk, in one read): CPU of the upstream
+head (status and header lines to `message_start` written), of the body, and of
+the answer's end (the last chunk to the request finished and logged). The others
 time one step. Each figure is the best of several runs (the machine is shared).
 """
 
@@ -98,8 +102,8 @@ def _site() -> tuple[Any, ProxyApp, MemoryReactorClock]:
     return ProxySite.serving(app, reactor), app, reactor
 
 
-def _request() -> bytes:
-    body = corpus.bodies(1, 40, 40)[0]
+def _request(stream: bool = False) -> bytes:
+    body = corpus.bodies(1, 40, 40, stream=stream)[0]
     headers = {**corpus.HEADERS, "X-Api-Key": "k", "Authorization": "Bearer k"}
     head = "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -140,6 +144,78 @@ def request(parts: bool = False) -> None:
             transport.clear()
         best = min(best, spent / 2000 * 1e6)
     print(f"head: {best:.1f} us per request head (line parsing, Request, judging)")
+
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n"
+    b"date: Sun, 06 Dec 2026 08:00:00 GMT\r\nserver: mock\r\n\r\n"
+)
+STREAM_BODY = b"".join(b"%x\r\n%b\r\n" % (len(f), f) for f in payloads.sse_frames(40))
+STREAM_END = b"0\r\n\r\n"
+
+
+class _StreamUpstream:
+    """An upstream on a real `HTTP11ClientProtocol` (over a `StringTransport`) whose
+    answer the bench feeds a piece at a time."""
+
+    def __init__(self) -> None:
+        self.protocol: Any = None
+
+    def request(self, method: str, url: str, data: bytes = b"", **kwargs: Any) -> Any:
+        from twisted.web._newclient import HTTP11ClientProtocol, Request
+
+        from ccproxy.upstream.client import BytesProducer
+
+        self.protocol = HTTP11ClientProtocol()
+        self.protocol.makeConnection(StringTransport())
+        headers = Headers({b"host": [b"127.0.0.1:9"]})
+        for name, value in kwargs.get("headers", {}).items():
+            headers.addRawHeader(name, value)
+        sent = Request._construct(
+            method.encode(), b"/v1/chat/completions", headers, BytesProducer(data)
+        )
+        return self.protocol.request(sent)
+
+
+def stream() -> None:
+    site, app, reactor = _site()
+    upstream = _StreamUpstream()
+    app.dispatcher.client.http = upstream
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    data = _request(stream=True)
+    spent = {"head": 0.0, "body": 0.0, "end": 0.0}
+
+    def once(count: bool) -> None:
+        channel = site.buildProtocol(peer)
+        transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        protocol = upstream.protocol
+        for part, piece in (("head", STREAM_HEAD), ("body", STREAM_BODY), ("end", STREAM_END)):
+            start = time.process_time()
+            protocol.dataReceived(piece)
+            if count:
+                spent[part] += time.process_time() - start
+        reactor.advance(0)
+        assert transport.value().endswith(b"0\r\n\r\n"), transport.value()[-300:]
+        channel.connectionLost(Failure(ResponseDone()))
+
+    once(False)
+    gc.collect()
+    gc.freeze()
+    best = {k: float("inf") for k in spent}
+    for _ in range(7):
+        for k in spent:
+            spent[k] = 0.0
+        for _ in range(500):
+            once(True)
+        for k in spent:
+            best[k] = min(best[k], spent[k] / 500 * 1e6)
+    print(
+        f"stream: upstream head {best['head']:.1f} us, body {best['body']:.1f} us,"
+        f" end {best['end']:.1f} us"
+    )
 
 
 def peer() -> None:

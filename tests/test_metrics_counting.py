@@ -35,3 +35,22 @@ def test_each_label_set_counts_its_own_requests() -> None:
     assert _value(metrics, "ccproxy_upstream_errors_total", upstream="up", type="api_error") == 1
     assert _value(metrics, "ccproxy_request_duration_seconds_count", upstream="up") == 4
     assert _value(metrics, "ccproxy_upstream_ttfb_seconds_sum", upstream="up") == 1.0
+
+
+def test_a_series_appears_once_it_counts_something() -> None:
+    """A label set's token, latency and TTFB children are made when first needed:
+    `/metrics` shows no zero series for kinds a request never had."""
+    metrics = Metrics()
+    fields = _fields(200)
+    fields["ttfb_ms"] = "-"  # no answer's head
+    fields["output_tokens"] = 0
+    metrics.observe(fields)
+    page = metrics.render().decode()
+    assert "ccproxy_tokens_total{" not in page
+    assert "ccproxy_upstream_ttfb_seconds_count{" not in page
+    assert _value(metrics, "ccproxy_request_duration_seconds_count", upstream="up") == 1
+    metrics.observe(_fields(200))  # the same label set, now with tokens and a TTFB
+    tokens = {"client": "alice", "upstream": "up"}
+    assert _value(metrics, "ccproxy_tokens_total", kind="output", **tokens) == 7
+    assert _value(metrics, "ccproxy_tokens_total", kind="input", **tokens) is None
+    assert _value(metrics, "ccproxy_upstream_ttfb_seconds_count", upstream="up") == 1

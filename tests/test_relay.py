@@ -331,6 +331,71 @@ def test_event_writer_batches_and_captures() -> None:
     writer.stop()
 
 
+def test_event_writer_pings_exactly_an_interval_after_the_last_write() -> None:
+    """A write only notes its time; the ping timer, come too early, waits for the
+    rest: a ping still goes out `pingInterval` after the last write, never sooner,
+    then one each interval, and none once stopped."""
+    clock, sink = Clock(), Sink()
+    writer = EventWriter(sink, clock, 10.0)  # type: ignore[arg-type]
+    clock.advance(9.0)
+    writer.write([{"type": "a"}])
+    clock.advance(1.0)  # the first timer: one second after a write
+    assert PING not in sink.writes
+    clock.advance(8.999)
+    assert PING not in sink.writes
+    clock.advance(0.001)
+    assert sink.writes.count(PING) == 1  # at 19, ten seconds after the write
+    clock.advance(10.0)
+    assert sink.writes.count(PING) == 2
+    for _ in range(5):  # a steady trickle of writes: no ping
+        clock.advance(4.0)
+        writer.write([{"type": "b"}])
+    assert sink.writes.count(PING) == 2
+    assert len(clock.getDelayedCalls()) == 1
+    writer.stop()
+    assert clock.getDelayedCalls() == []
+    clock.advance(100.0)
+    assert sink.writes.count(PING) == 2
+
+
+def test_event_writer_sends_at_once_except_the_last_events() -> None:
+    """Each write is put on the wire at once (`writeNow`); the stream's last events
+    are left for the request's finish, which sends them with the closing chunk."""
+    from twisted.internet.interfaces import IWriteDescriptor
+    from zope.interface import implementer
+
+    @implementer(IWriteDescriptor)
+    class Socket:
+        sends = 0
+        connected = True
+        disconnecting = False
+        dataBuffer = b""
+        _tempDataBuffer: list[bytes] = []
+
+        def doWrite(self) -> None:
+            self.sends += 1
+            self._tempDataBuffer.clear()
+
+    class Channel:
+        transport = Socket()
+
+    class Client(Sink):
+        channel = Channel()
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            self.channel.transport._tempDataBuffer.append(data)
+
+    client, clock = Client(), Clock()
+    writer = EventWriter(client, clock, 10.0)  # type: ignore[arg-type]
+    writer.write([{"type": "a"}])
+    assert Channel.transport.sends == 1
+    writer.write([{"type": "message_stop"}], last=True)
+    assert Channel.transport.sends == 1  # buffered, for the finish's send
+    assert client.writes[-1].startswith(b"event: message_stop")
+    writer.stop()
+
+
 @pytest.mark.parametrize(
     ("errorType", "sent"),
     [

@@ -144,13 +144,16 @@ class AccessRecord:
 
     def row(self, now: float, prices: Prices) -> Row:
         """The ledger's row for this request, its cost by `prices` on the upstream model."""
+        return self._row(_ms(self.firstByte, self.started), _ms(now, self.started), prices)
+
+    def _row(self, ttfb: int | str, duration: int | str, prices: Prices) -> Row:
+        """`row`, its times in milliseconds already counted (`fields` has them)."""
         price = prices.find(self.upstreamModel) if self.upstreamModel else None
         cost = 0.0
         if price is not None:
             cost = price.cost(
                 self.inputTokens, self.outputTokens, self.cacheReadTokens, self.cacheWriteTokens
             )
-        ttfb, duration = _ms(self.firstByte, self.started), _ms(now, self.started)
         return Row(
             time=self.started,
             requestId=self.requestId,
@@ -166,8 +169,8 @@ class AccessRecord:
             cacheReadTokens=self.cacheReadTokens,
             cacheWriteTokens=self.cacheWriteTokens,
             cost=cost,
-            ttfbMs=ttfb if isinstance(ttfb, int) else None,
-            durationMs=duration if isinstance(duration, int) else None,
+            ttfbMs=ttfb if type(ttfb) is int else None,
+            durationMs=duration if type(duration) is int else None,
             route=self.route,
             priced=price is not None,
         )
@@ -207,7 +210,7 @@ class AccessLog:
         fields = record.fields(now)
         row = None
         if record.endpoint == "messages" and record.model is not None:  # it reached routing
-            row = record.row(now, prices or Prices())
+            row = record._row(fields["ttfb_ms"], fields["duration_ms"], prices or _NO_PRICES)
             fields["cost"] = row.cost
         level = LogLevel.warn if record.status >= 500 else LogLevel.info
         emitEvent(_accessLog, level, _FORMAT, dict(fields))  # `_accessLog.info`, cheaper
@@ -231,8 +234,10 @@ class AccessLog:
                 status=record.status,
                 stream=record.stream,
             )
-        self.watch.end(record, now, fields, payloads)
+        self.watch.end(record, now, fields, payloads)  # `fields` handed over, not copied
 
+
+_NO_PRICES = Prices()
 
 _KEY_MARGIN = 4096
 """Characters past the cut redacted with the rest, so that a key across it goes whole."""

@@ -80,6 +80,8 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._series: dict[tuple[Any, ...], _Series] = {}
+        """Per access-log label set, its children (`observe`)."""
         self.generation = Gauge(
             "ccproxy_config_generation",
             "Config generation (1 at start, +1 per reload)",
@@ -122,35 +124,64 @@ class Metrics:
         """Count one finished request from its access-log fields."""
         upstream = fields["upstream"] or "-"
         client = fields["client"]
+        endpoint = fields["endpoint"]
         # The model label is the model's `models:` entry and the route label what
         # chose the upstream (a `routes:` rule, else that entry): the config's
         # names, never the name a client sent, so their number is the config's.
-        self._labelled(
-            self.requests,
-            client,
-            fields["model_route"],
-            fields["route"],
-            upstream,
-            str(fields["status"]),
-            fields["endpoint"],
-        ).inc()
-        if fields["endpoint"] == "messages" and isinstance(fields["duration_ms"], int):
-            self._labelled(self.latency, upstream).observe(fields["duration_ms"] / 1000)
-        if isinstance(fields["ttfb_ms"], int):
-            self._labelled(self.ttfb, upstream).observe(fields["ttfb_ms"] / 1000)
-        for kind, key in (
-            ("input", "input_tokens"),
-            ("output", "output_tokens"),
-            ("cache_read", "cache_read_tokens"),
-            ("cache_write", "cache_write_tokens"),
-        ):
-            if fields[key]:
-                self._labelled(self.tokens, client, upstream, kind).inc(fields[key])
+        key = (client, fields["model_route"], fields["route"], upstream, fields["status"], endpoint)
+        series = self._series.get(key)
+        if series is None:  # its children found once (`_labelled`), kept together
+            requests = self._labelled(
+                self.requests, client, key[1], key[2], upstream, str(key[4]), endpoint
+            )
+            series = self._series[key] = _Series(requests)
+        series.requests.inc()
+        duration, ttfb = fields["duration_ms"], fields["ttfb_ms"]
+        if endpoint == "messages" and type(duration) is int:
+            child = series.latency
+            if child is None:
+                child = series.latency = self._labelled(self.latency, upstream)
+            child.observe(duration / 1000)
+        if type(ttfb) is int:
+            child = series.ttfb
+            if child is None:
+                child = series.ttfb = self._labelled(self.ttfb, upstream)
+            child.observe(ttfb / 1000)
+        tokens = series.tokens
+        for i, (kind, name) in enumerate(_TOKEN_KINDS):
+            count = fields[name]
+            if count:
+                child = tokens[i]
+                if child is None:
+                    child = tokens[i] = self._labelled(self.tokens, client, upstream, kind)
+                child.inc(count)
         for name, errorType in fields["failed_attempts"]:
             self._labelled(self.upstreamErrors, name, errorType).inc()
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)
+
+
+_TOKEN_KINDS = (
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cache_read", "cache_read_tokens"),
+    ("cache_write", "cache_write_tokens"),
+)
+
+
+class _Series:
+    """The children one access-log label set counts in: its request counter, and
+    its latency, TTFB and token children once first needed (a child made is a
+    series `/metrics` shows, so none is made before it counts something)."""
+
+    __slots__ = ("latency", "requests", "tokens", "ttfb")
+
+    def __init__(self, requests: Any) -> None:
+        self.requests = requests
+        self.latency: Any = None
+        self.ttfb: Any = None
+        self.tokens: list[Any] = [None] * len(_TOKEN_KINDS)
 
 
 def forgetWorker(pid: int, multiprocessDir: str) -> None:

@@ -104,17 +104,16 @@ class Watch:
         fields: dict[str, Any],
         payloads: tuple[str, str] | None = None,
     ) -> None:
-        """`record`'s request is over (`fields`: its access event's)."""
+        """`record`'s request is over (`fields`: its access event's, kept as given:
+        the caller hands them over)."""
         self.live.pop(record.requestId, None)
         request, response = payloads if payloads is not None else (None, None)
-        tried = tuple(
-            a.upstream for a in record.attempts if a.status is not None or a.errorType is not None
-        )
-        self.recent.append(Finished(dict(fields), record.started, tried, request, response))
+        tried = []
         minute = int(now // 60)
         for attempt in record.attempts:
             if attempt.status is None and attempt.errorType is None:
                 continue  # skipped (its circuit open), not tried
+            tried.append(attempt.upstream)
             track = self._track(attempt.upstream)
             if track is None:
                 continue
@@ -127,8 +126,9 @@ class Watch:
                     track.lastError = record.errorMessage
                 else:
                     track.lastError = str(attempt)
+        self.recent.append(Finished(fields, record.started, tuple(tried), request, response))
         ttfb = fields.get("ttfb_ms")
-        if record.upstream is not None and isinstance(ttfb, int):
+        if record.upstream is not None and type(ttfb) is int:
             track = self._track(record.upstream)
             if track is not None:
                 samples = track.at(minute).ttfbMs

@@ -18,6 +18,7 @@ Claude Code retries rather than trusting half an answer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -98,6 +99,9 @@ class EventWriter:
         self._turnEnd = turnEnd or TurnEnd(clock)
         self._queued = False
         self._interval = pingInterval
+        self._now = clock.seconds
+        self._wrote = -math.inf
+        """When frames were last written (none yet: never)."""
         self._timer: IDelayedCall = clock.callLater(pingInterval, self._ping)
         self._capture = capture
         self._captured = 0
@@ -118,10 +122,12 @@ class EventWriter:
         read at once becomes one write (and one HTTP chunk), not one per event."""
         self.queue.extend(events)
 
-    def write(self, events: Iterable[dict[str, Any]]) -> None:
-        """Queue events and send everything queued."""
+    def write(self, events: Iterable[dict[str, Any]], last: bool = False) -> None:
+        """Queue events and send everything queued. `last`: the stream's last
+        events, which leave with its end: the request's finish puts them on the
+        wire with the closing chunk (`ccproxy.web.app._answer`), one send, not two."""
         self.add(events)
-        self.flush()
+        self.flush(last)
 
     def flushSoon(self) -> None:
         """Send what is queued once this reactor turn is over. An upstream's stream
@@ -137,25 +143,27 @@ class EventWriter:
         if self._queued:  # else flushed or stopped meanwhile
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, last: bool = False) -> None:
         self._queued = False
         queue = self.queue
         if not queue:
             return
         frames = b"".join([e if type(e) is bytes else encodeEvent(e) for e in queue])
         queue.clear()
-        self.writeFrames(frames)
+        self.writeFrames(frames, last)
 
     def addFrame(self, frame: bytes) -> None:
         """Queue a frame already encoded (an upstream's, passed on as it came)."""
         self.queue.append(frame)
 
-    def writeFrames(self, frames: bytes) -> None:
-        """Send frames already encoded."""
+    def writeFrames(self, frames: bytes, last: bool = False) -> None:
+        """Send frames already encoded (`last`: see `write`)."""
         self._request.write(frames)
-        writeNow(self._request)
-        if self._timer.active():
-            self._timer.reset(self._interval)
+        if not last:
+            writeNow(self._request)
+        # Noted, not the timer moved (a reactor call each write): `_ping` waits
+        # for the rest of the interval when it comes too early.
+        self._wrote = self._now()
         if self._captured < self._capture:
             piece = frames[: self._capture - self._captured]
             self._copy.append(piece)
@@ -180,6 +188,13 @@ class EventWriter:
             self._timer.cancel()
 
     def _ping(self) -> None:
+        now = self._now()
+        # A write "after now" (the wall clock stepped back) counts as written now.
+        self._wrote = wrote = min(self._wrote, now)
+        rest = wrote + self._interval - now
+        if rest > 0:  # something went out within the interval: wait for the rest
+            self._timer = self._clock.callLater(rest, self._ping)
+            return
         self._request.write(PING)
         self._timer = self._clock.callLater(self._interval, self._ping)
 
@@ -272,10 +287,11 @@ class StreamRelay:
             self._redact,
             self._turnEnd,
         )
-        self._writer.write(self._start)
-        if not self._start:  # a passed-through stream: its message_start is the upstream's
+        if self._start:
+            self._writer.write(self._start)  # the head with it, at once
+        else:  # a passed-through stream: its message_start is the upstream's
             self._request.write(b"")  # the status and headers alone, now
-        writeNow(self._request)
+            writeNow(self._request)
 
     def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
         """End a committed stream whose answer never came (`error`: the upstream's
@@ -369,14 +385,14 @@ class StreamRelay:
                 )
                 calls = translator.serverCalls() if rounds is not None else []
                 if rounds is None or not calls:
-                    writer.write(self._named(answer, translator.finish, sawDone))
+                    writer.write(self._named(answer, translator.finish, sawDone), last=True)
                     break
                 emit(self._named(answer, translator.endBlocks, sawDone))
                 for blockId, arguments in calls:
                     emit(translator.addBlock(rounds.search.result(blockId, parsedInput(arguments))))
                 if translator.clientCalls() or not rounds.more():
                     paused = None if translator.clientCalls() else "pause_turn"
-                    writer.write(translator.endMessage(paused))
+                    writer.write(translator.endMessage(paused), last=True)
                     break
                 writer.flush()
                 translator.nextRound()
