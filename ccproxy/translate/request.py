@@ -361,9 +361,18 @@ class _MessageWriter:
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "tool_result":
-                callId, text = _toolResult(
-                    block, i, j, resultParts, self.profile.vision, self._reference
-                )
+                callId, text = block.get("tool_use_id"), block.get("content")
+                isError = block.get("is_error")
+                # Most results: a string, no error; else `_toolResult` reads (or refuses) it.
+                # (`is`, not `in (None, False)`: a 0 must still be refused as no boolean.)
+                if not (
+                    isinstance(text, str)
+                    and isinstance(callId, str)
+                    and (isError is None or isError is False)
+                ):
+                    callId, text = _toolResult(
+                        block, i, j, resultParts, self.profile.vision, self._reference
+                    )
                 if callId in self._openIds and callId not in results:
                     results[callId] = text
                 else:
@@ -595,11 +604,13 @@ def _tools(
         return [], []
     if not isinstance(tools, list):
         raise invalidRequest("tools: must be a list")
-    loaded = loaded | _chosen(body.get("tool_choice"))
-    out = []
+    chosen = _chosen(body.get("tool_choice"))
+    out: list[dict[str, Any]] = []
     searching = False
     serverTools: list[str] = []
-    budget = SchemaBudget()  # one for all the tools: the request's work is bounded
+    # One budget for all the tools (the request's work is bounded), for Gemini only.
+    budget = SchemaBudget() if profile.schema == "gemini" else None
+    toUpstream = names.toUpstream
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise invalidRequest(f"tools.{i}: must be an object")
@@ -609,7 +620,7 @@ def _tools(
             if found is not None and not searching and isinstance(tool.get("name"), str):
                 # Anthropic's tool search, which ccproxy runs: the model gets a function.
                 search = ToolSearch(tool["name"], found, ())
-                out.append(search.function(names.toUpstream(search.name)))
+                out.append(search.function(toUpstream(search.name)))
                 searching = True
                 continue
             if kind != "custom":
@@ -620,23 +631,23 @@ def _tools(
         name = tool.get("name")
         if not isinstance(name, str):
             _require(tool, "name", str, "a string", f"tools.{i}")
-        if tool.get("defer_loading") is True and name not in loaded:
+        if tool.get("defer_loading") is True and name not in loaded and name not in chosen:
             continue  # its schema waits until a tool search finds it
         schema = tool.get("input_schema")
         if schema is None:
             schema = {"type": "object", "properties": {}}
         elif not isinstance(schema, dict):
             raise invalidRequest(f"tools.{i}.input_schema: must be an object")
-        if profile.schema == "gemini":
+        if budget is not None:
             try:
                 schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
-        function: dict[str, Any] = {"name": names.toUpstream(name)}
         description = tool.get("description")
         if isinstance(description, str) and description:
-            function["description"] = description
-        function["parameters"] = schema
+            function = {"name": toUpstream(name), "description": description, "parameters": schema}
+        else:
+            function = {"name": toUpstream(name), "parameters": schema}
         out.append({"type": "function", "function": function})
     return out, serverTools
 
