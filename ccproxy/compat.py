@@ -10,7 +10,7 @@ imported, and no `_attribute` of a Twisted object is touched, outside this modul
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from time import time
 from typing import Any
 
@@ -302,3 +302,25 @@ def decoded(response: IResponse) -> IResponse:
     if not response.headers.hasHeader(b"content-encoding"):
         return response
     return _GZIP._handleResponse(response)  # type: ignore[no-any-return]
+
+
+# -- response headers ccproxy makes itself (ccproxy.web.call) ---------------------------
+
+
+def setOwnHeader(name: bytes) -> Callable[[IRequest, bytes], None]:
+    """`request.setHeader(name, value)` for one header name, for values ccproxy
+    makes itself (a content type, a length, a request id: never a client's or an
+    upstream's words), at a fifth of the cost.
+
+    Relies on: `Headers._rawHeaders`, a dict from the name as
+    `http_headers._nameEncoder` canonicalizes it to the list of its values, which
+    `Request.setHeader` -> `Headers.setRawHeaders` fills. Why: that canonicalizes
+    the name and sanitizes the value on every call (about a microsecond a
+    header, three or four headers a request); here the name is canonicalized
+    once, and the value is checked once for line breaks only where it is made."""
+    canonical = _nameEncoder.encode(name)
+
+    def setHeader(request: IRequest, value: bytes) -> None:
+        request.responseHeaders._rawHeaders[canonical] = [value]
+
+    return setHeader

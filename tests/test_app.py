@@ -62,6 +62,9 @@ def test_each_request_has_an_id_of_its_own_in_one_form() -> None:
     assert re.fullmatch("req_[0-9a-f]{24}", made)
     assert request.responseHeaders.getRawHeaders(b"request-id") == [made.encode()]
     assert requestId(request) == made  # made once per request
+    odd = DummyRequest([b""])  # an id maker of a test's: its line break never goes out
+    assert requestId(odd, lambda: "a\r\nb") == "req_a\r\nb"
+    assert odd.responseHeaders.getRawHeaders(b"request-id") == [b"req_a b"]
 
 
 def test_tool_call_answer(h: Harness) -> None:

@@ -579,3 +579,31 @@ def test_decoded_unwraps_gzip_as_contentdecoderagent_does() -> None:
     zipped = compat.decoded(Response({b"content-encoding": [b"gzip"]}))  # type: ignore[arg-type]
     assert isinstance(zipped, GzipDecoder), "ContentDecoderAgent._handleResponse changed"
     assert not zipped.headers.hasHeader(b"content-encoding")
+
+
+# -- response headers ccproxy makes itself -------------------------------------------
+
+
+def test_an_own_header_is_set_as_request_setHeader_sets_it() -> None:
+    """`setOwnHeader` leaves a response's headers as `Request.setHeader` does: the
+    same name (canonical), value, and order on the wire; a later set replaces."""
+
+    def written(setting: Any) -> tuple[list[Any], bytes]:
+        channel = HTTPChannel()
+        channel.makeConnection(StringTransport())
+        request = Request(channel)
+        request.setHeader(b"x-first", b"1")
+        setting(request, b"content-type", b"text/plain")
+        setting(request, b"content-length", b"2")
+        setting(request, b"request-id", b"req_0")
+        setting(request, b"content-type", b"application/json")
+        headers = list(request.responseHeaders.getAllRawHeaders())
+        request.write(b"{}")  # the head goes out
+        return headers, channel.transport.value().split(b"\r\n\r\n")[0]
+
+    def own(request: Request, name: bytes, value: bytes) -> None:
+        compat.setOwnHeader(name)(request, value)
+
+    expected = written(lambda request, name, value: request.setHeader(name, value))
+    assert written(own) == expected
+    assert b"Content-Type: application/json" in expected[1].split(b"\r\n")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 import pytest
 
+from ccproxy.config import routing
 from ccproxy.config.routing import ModelRouter, Route, Target
 from ccproxy.errors import ProxyError
 
@@ -41,6 +44,27 @@ def test_unmatched_model_is_404_naming_it(model: str) -> None:
     assert raised.value.status == 404
     assert raised.value.errorType == "not_found_error"
     assert repr(model) in raised.value.message
+
+
+def test_a_glob_route_is_found_once_per_name_and_the_memo_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = ModelRouter.fromRoutes(ROUTER.routes)
+    tried: list[str] = []
+
+    def counting(name: str, pattern: str) -> bool:
+        tried.append(name)
+        return fnmatchcase(name, pattern)
+
+    monkeypatch.setattr(routing, "fnmatchcase", counting)
+    for _ in range(3):  # the same answers, found once
+        assert router.find("claude-opus-5-5") is ROUTER.find("claude-opus-5-5")
+        assert router.find("llama") is None
+    assert tried.count("claude-opus-5-5") == 1 and tried.count("llama") == 3  # each glob once
+    for n in range(routing.FOUND_MEMO * 2):
+        assert router.find(f"gpt-{n}") is (ROUTER.routes[3] if n < 10 else None)
+        assert len(router._found) <= routing.FOUND_MEMO
+    assert router == ModelRouter.fromRoutes(ROUTER.routes)  # the memo is no part of it
 
 
 def test_exact_names_are_the_non_globs_in_order() -> None:

@@ -139,6 +139,7 @@ def test_clash_with_a_valid_name(request_names: list[str], expected: dict[str, s
 def test_two_names_with_one_short_name_are_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     # A real SHA-256 clash cannot be written down, so every name gets one stem here.
     monkeypatch.setattr(names, "shortName", lambda name, salt=0: f"same_{salt}")
+    monkeypatch.setattr(names, "_MEMO", {})  # made here, with the clashing stems
     for order in (["b.b", "a.a", "c.c"], ["c.c", "b.b", "a.a"]):
         table = ToolNames.of(order)
         # Sorted order decides who keeps the unsalted name, whatever the input order.
@@ -152,6 +153,29 @@ def test_two_names_with_one_short_name_are_told_apart(monkeypatch: pytest.Monkey
             "b.b",
             "c.c",
         ]
+
+
+def test_a_tool_set_is_made_once_whatever_its_order() -> None:
+    first = ToolNames.of(["Bash", "mcp__my.server__tool", "Read"])
+    again = ToolNames.of(["Read", "Bash", "mcp__my.server__tool", "Bash"])
+    assert again is first
+    assert again.toUpstream("mcp__my.server__tool") == shortName("mcp__my.server__tool")
+    other = ToolNames.of(["Bash", "Read"])
+    assert other is not first and other.toUpstream("Bash") == "Bash"
+
+
+def test_the_memo_of_tool_sets_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(names, "_MEMO", {})
+    for n in range(names.MEMO_ENTRIES * 3):
+        ToolNames.of(["Bash", f"tool{n}"])
+        assert len(names._MEMO) <= names.MEMO_ENTRIES
+    many = [f"t{n}" for n in range(names.MEMO_NAMES + 1)]
+    long = ["Bash", "x" * (names.MEMO_CHARS + 1)]
+    names._MEMO.clear()
+    for made in (many, long):  # not remembered, yet made the same way
+        assert ToolNames.of(made) == ToolNames._made(frozenset(made))
+        assert ToolNames.of(made) is not ToolNames.of(made)
+    assert names._MEMO == {}
 
 
 MIXED = [

@@ -376,6 +376,15 @@ TOOL_CASES = [
         id="is-error-false-content-untouched",
     ),
     pytest.param(
+        [user("q"), assistant([toolUse("t1")]), user([toolResult("t1", "")])],
+        [
+            user("q"),
+            {"role": "assistant", "content": "", "tool_calls": [call("t1")]},
+            tool("t1", ""),
+        ],
+        id="empty-string-result-sent-empty",
+    ),
+    pytest.param(
         [user("q"), assistant([toolUse("t1")]), user([toolResult("t1", None, is_error=True)])],
         [
             user("q"),
@@ -1122,6 +1131,22 @@ INVALID_CASES = [
         _with([user("q"), assistant([toolUse("t")]), user([toolResult("t", "x", is_error="yes")])]),
         "messages.2.content.0.is_error",
         id="is-error-string",
+    ),
+    pytest.param(  # equal to False, yet no boolean: refused as ever
+        _with([user("q"), assistant([toolUse("t")]), user([toolResult("t", "x", is_error=0)])]),
+        "messages.2.content.0.is_error",
+        id="is-error-zero",
+    ),
+    pytest.param(
+        _with(
+            [
+                user("q"),
+                assistant([toolUse("t")]),
+                user([{"type": "tool_result", "tool_use_id": 7, "content": "x"}]),
+            ]
+        ),
+        "messages.2.content.0.tool_use_id",
+        id="tool-result-id-not-string",
     ),
     pytest.param(
         _with([user([{"type": "image"}])]), "messages.0.content.0.source", id="image-no-source"

@@ -194,6 +194,10 @@ class Rule:
         return self.route.pattern
 
 
+FOUND_MEMO = 256
+"""Model names whose glob route a router remembers (clients use a handful; names
+are at most `web.call.MAX_MODEL_CHARS` long)."""
+
 NEEDS_TOKENS = Route("<needs the token estimate>", ())
 """What `ModelRouter.choose` answers when the first rule that might hold turns on
 the token estimate, which the caller then computes (`RequestFacts.inputTokens`)."""
@@ -208,10 +212,14 @@ class ModelRouter:
     """`routes:`, in file order: tried before `routes` (`models:`)."""
     _exact: Mapping[str, Route] = field(init=False, repr=False)
     _globs: tuple[Route, ...] = field(init=False, repr=False)
+    _found: dict[str, Route | None] = field(init=False, repr=False, eq=False)
+    """`find`'s answers by model name (`FOUND_MEMO`): the globs are tried once per
+    name, not once per request."""
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_exact", {r.pattern: r for r in self.routes if not r.isGlob})
         object.__setattr__(self, "_globs", tuple(r for r in self.routes if r.isGlob))
+        object.__setattr__(self, "_found", {})
 
     @classmethod
     def fromRoutes(cls, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> ModelRouter:
@@ -235,12 +243,16 @@ class ModelRouter:
     def find(self, model: str) -> Route | None:
         """The route for `model`, or None when no rule matches."""
         route = self._exact.get(model)
-        if route is not None:
+        if route is not None or not self._globs:
             return route
-        for route in self._globs:
-            if fnmatchcase(model, route.pattern):
-                return route
-        return None
+        found = self._found
+        if model in found:
+            return found[model]
+        route = next((r for r in self._globs if fnmatchcase(model, r.pattern)), None)
+        if len(found) >= FOUND_MEMO:
+            found.clear()  # many distinct names: start again, bounded
+        found[model] = route
+        return route
 
     def resolve(self, model: str) -> Route:
         """Like `find`, but a model no rule matches is the client's 404."""

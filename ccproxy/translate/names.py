@@ -79,8 +79,23 @@ class ToolNames:
 
     @classmethod
     def of(cls, names: Iterable[str]) -> ToolNames:
-        """The mapping for a set of client names (order and repeats do not matter)."""
-        unique = set(names)
+        """The mapping for a set of client names (order and repeats do not matter).
+
+        Remembered (`_MEMO`): a session's requests name the same tools each time, and
+        checking every name again cost as much as finding them in the body."""
+        unique = frozenset(names)
+        known = _MEMO.get(unique)
+        if known is not None:
+            return known
+        made = cls._made(unique)
+        if len(unique) <= MEMO_NAMES and sum(map(len, unique)) <= MEMO_CHARS:
+            if len(_MEMO) >= MEMO_ENTRIES:
+                _MEMO.clear()  # rare (many distinct tool sets): start again, bounded
+            _MEMO[unique] = made
+        return made
+
+    @classmethod
+    def _made(cls, unique: frozenset[str]) -> ToolNames:
         up = {name: name for name in unique if isValidName(name)}
         if len(up) == len(unique):  # every name valid (Claude Code's own tools): as they are
             return cls(up=up, down=up)
@@ -117,6 +132,18 @@ class ToolNames:
     def fromUpstream(self, name: str) -> str:
         """The client's name for a name the upstream used; unknown names unchanged."""
         return self._down.get(name, name)
+
+
+MEMO_ENTRIES = 64
+"""Tool sets remembered by `ToolNames.of` (a few per session: its main loop, its
+subagents), then forgotten all at once."""
+MEMO_NAMES = 256
+MEMO_CHARS = 16384
+"""Only sets of at most this many names, this many characters in all, are
+remembered: the memo holds at most a megabyte whatever clients send."""
+_MEMO: dict[frozenset[str], ToolNames] = {}
+"""Tool set -> its mapping. A `ToolNames` is immutable, so requests share one; a
+dict's get and set are atomic, so translations in threads may share it too."""
 
 
 def _requestNames(body: Any) -> set[str]:

@@ -81,8 +81,7 @@ def toOpenAI(
         names = ToolNames.fromRequest(body)
     writer = _MessageWriter(profile, names, keepThinking)
     writer.addSystem(body.get("system"), "system")
-    for i, message in enumerate(messages):
-        writer.add(message, i)
+    writer.addAll(messages)
     out: dict[str, Any] = {"model": model, "messages": writer.finish()}
 
     maxTokens = body.get("max_tokens")
@@ -217,27 +216,30 @@ class _MessageWriter:
         """Tools the conversation has loaded: named by a `tool_reference` in a
         tool_result, or called in an assistant turn (deferred ones are then sent)."""
 
-    def add(self, message: Any, i: int) -> None:
-        """Add `messages.{i}`. Its path, and those of its blocks, are spelled out
-        only when an error names them: formatting them for every block of every
-        request cost a fifth of the translation."""
-        if not isinstance(message, dict):
-            raise invalidRequest(f"messages.{i}: must be an object with role and content")
-        role = message.get("role")
-        content = message.get("content")
-        if not isinstance(content, (str, list)):
-            raise invalidRequest(f"messages.{i}.content: must be a string or a list of blocks")
-        if role == "assistant":
-            self._closeCalls(None)
-            self._assistant(content, i)
-        elif role == "user":
-            self._user(content, i)
-        elif role == "system":
-            # Claude Code sends one after the first user turn; many chat templates
-            # reject a system message that is not first, so it joins the leading one.
-            self.addSystem(content, f"messages.{i}.content")
-        else:
-            raise invalidRequest(f"messages.{i}.role: must be 'user' or 'assistant'")
+    def addAll(self, messages: list[Any]) -> None:
+        """Add the request's messages, in one loop (not a call per message). Each
+        one's path, and those of its blocks, are spelled out only when an error
+        names them: formatting them for every block of every request cost a fifth
+        of the translation."""
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise invalidRequest(f"messages.{i}: must be an object with role and content")
+            role = message.get("role")
+            content = message.get("content")
+            if not isinstance(content, (str, list)):
+                raise invalidRequest(f"messages.{i}.content: must be a string or a list of blocks")
+            if role == "assistant":
+                if self._openCalls:
+                    self._closeCalls(None)
+                self._assistant(content, i)
+            elif role == "user":
+                self._user(content, i)
+            elif role == "system":
+                # Claude Code sends one after the first user turn; many chat templates
+                # reject a system message that is not first, so it joins the leading one.
+                self.addSystem(content, f"messages.{i}.content")
+            else:
+                raise invalidRequest(f"messages.{i}.role: must be 'user' or 'assistant'")
 
     def addSystem(self, system: Any, path: str) -> None:
         for part in _systemParts(system, path):
@@ -293,7 +295,10 @@ class _MessageWriter:
             for j, block in enumerate(content):
                 kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "text":
-                    texts.append(_textOf(block, i, j))
+                    text = block.get("text")
+                    if not isinstance(text, str):
+                        _blockText(block, _blockPath(i, j))
+                    texts.append(text)
                 elif kind == "tool_use":
                     calls.append(_toolCall(block, i, j, self.names))
                     self.loaded.add(block["name"])
@@ -356,9 +361,18 @@ class _MessageWriter:
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "tool_result":
-                callId, text = _toolResult(
-                    block, i, j, resultParts, self.profile.vision, self._reference
-                )
+                callId, text = block.get("tool_use_id"), block.get("content")
+                isError = block.get("is_error")
+                # Most results: a string, no error; else `_toolResult` reads (or refuses) it.
+                # (`is`, not `in (None, False)`: a 0 must still be refused as no boolean.)
+                if not (
+                    isinstance(text, str)
+                    and isinstance(callId, str)
+                    and (isError is None or isError is False)
+                ):
+                    callId, text = _toolResult(
+                        block, i, j, resultParts, self.profile.vision, self._reference
+                    )
                 if callId in self._openIds and callId not in results:
                     results[callId] = text
                 else:
@@ -366,7 +380,10 @@ class _MessageWriter:
                     # tool message here, so the result reaches the model as text.
                     parts.append(_textPart(f"[tool result {callId}]\n{text}"))
             elif kind == "text":
-                part = _textPart(_textOf(block, i, j))
+                text = block.get("text")
+                if not isinstance(text, str):
+                    _blockText(block, _blockPath(i, j))
+                part = {"type": "text", "text": text}
                 if self.profile.cacheControl and isinstance(block.get("cache_control"), dict):
                     part["cache_control"] = block["cache_control"]
                 parts.append(part)
@@ -511,8 +528,8 @@ def _toolResult(
         _require(block, "tool_use_id", str, "a string", _blockPath(i, j))
     content = block.get("content")
     texts: list[str] = []
-    if isinstance(content, str):
-        texts.append(content)
+    if isinstance(content, str):  # most results: their text as it is
+        text = content
     elif isinstance(content, list):
         for k, inner in enumerate(content):
             kind = inner.get("type") if isinstance(inner, dict) else None
@@ -542,12 +559,14 @@ def _toolResult(
                     texts.append(_NO_FILES)
             elif kind == "tool_reference" and reference is not None:
                 texts.append(reference(inner, where))
-    elif content is not None:
+        text = texts[0] if len(texts) == 1 else "\n\n".join(t for t in texts if t)
+    elif content is None:
+        text = ""
+    else:
         raise invalidRequest(f"{_blockPath(i, j)}.content: must be a string or a list of blocks")
     isError = block.get("is_error")
     if isError is not None and not isinstance(isError, bool):
         raise invalidRequest(f"{_blockPath(i, j)}.is_error: must be true or false")
-    text = "\n\n".join(t for t in texts if t)
     if isError:
         text = f"Error: {text}" if text else "Error"
     return callId, text
@@ -585,11 +604,13 @@ def _tools(
         return [], []
     if not isinstance(tools, list):
         raise invalidRequest("tools: must be a list")
-    loaded = loaded | _chosen(body.get("tool_choice"))
-    out = []
+    chosen = _chosen(body.get("tool_choice"))
+    out: list[dict[str, Any]] = []
     searching = False
     serverTools: list[str] = []
-    budget = SchemaBudget()  # one for all the tools: the request's work is bounded
+    # One budget for all the tools (the request's work is bounded), for Gemini only.
+    budget = SchemaBudget() if profile.schema == "gemini" else None
+    toUpstream = names.toUpstream
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise invalidRequest(f"tools.{i}: must be an object")
@@ -599,7 +620,7 @@ def _tools(
             if found is not None and not searching and isinstance(tool.get("name"), str):
                 # Anthropic's tool search, which ccproxy runs: the model gets a function.
                 search = ToolSearch(tool["name"], found, ())
-                out.append(search.function(names.toUpstream(search.name)))
+                out.append(search.function(toUpstream(search.name)))
                 searching = True
                 continue
             if kind != "custom":
@@ -610,23 +631,23 @@ def _tools(
         name = tool.get("name")
         if not isinstance(name, str):
             _require(tool, "name", str, "a string", f"tools.{i}")
-        if tool.get("defer_loading") is True and name not in loaded:
+        if tool.get("defer_loading") is True and name not in loaded and name not in chosen:
             continue  # its schema waits until a tool search finds it
         schema = tool.get("input_schema")
         if schema is None:
             schema = {"type": "object", "properties": {}}
         elif not isinstance(schema, dict):
             raise invalidRequest(f"tools.{i}.input_schema: must be an object")
-        if profile.schema == "gemini":
+        if budget is not None:
             try:
                 schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
-        function: dict[str, Any] = {"name": names.toUpstream(name)}
         description = tool.get("description")
         if isinstance(description, str) and description:
-            function["description"] = description
-        function["parameters"] = schema
+            function = {"name": toUpstream(name), "description": description, "parameters": schema}
+        else:
+            function = {"name": toUpstream(name), "parameters": schema}
         out.append({"type": "function", "function": function})
     return out, serverTools
 
@@ -679,10 +700,12 @@ def sessionKey(header: str | None, body: Any) -> str | None:
     prompt cache: its `X-Claude-Code-Session-Id` header, else the `session_id` in
     `metadata.user_id` (a JSON text; older releases wrote `…_session_<uuid>`).
     None when neither says (another client), never an error."""
+    if header is not None and _CACHE_KEY.fullmatch(header):
+        return header  # the metadata is not read: the header wins
     metadata = body.get("metadata") if isinstance(body, dict) else None
-    for candidate in (header, _metadataSession(metadata)):
-        if candidate is not None and _CACHE_KEY.fullmatch(candidate):
-            return candidate
+    candidate = _metadataSession(metadata)
+    if candidate is not None and _CACHE_KEY.fullmatch(candidate):
+        return candidate
     return None
 
 
@@ -722,14 +745,6 @@ def _kindOf(block: Any, i: int, j: int) -> str:
     if isinstance(kind, str):
         return kind
     return _blockType(block, _blockPath(i, j))
-
-
-def _textOf(block: dict[str, Any], i: int, j: int) -> str:
-    """The text of the text block `messages.{i}.content.{j}` (see `_blockText`)."""
-    text = block.get("text")
-    if isinstance(text, str):
-        return text
-    return _blockText(block, _blockPath(i, j))
 
 
 def _blockType(block: Any, path: str) -> str:

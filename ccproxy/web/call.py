@@ -18,6 +18,7 @@ import orjson
 from attrs import define
 from twisted.web.iweb import IRequest
 
+from ccproxy.compat import setOwnHeader
 from ccproxy.config.model import Client, Config
 from ccproxy.errors import NOT_SUPPORTED, ProxyError, Redact, errorBody, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -25,6 +26,11 @@ from ccproxy.relay.relay import StreamRelay
 from ccproxy.web.auth import callerKey
 
 JSON = b"application/json"
+_setContentType = setOwnHeader(b"content-type")
+_setContentLength = setOwnHeader(b"content-length")
+_setRequestId = setOwnHeader(b"request-id")
+"""Headers whose values ccproxy makes, set without Twisted's sanitizing (see
+`compat.setOwnHeader`): about a microsecond each, three per request."""
 
 
 def newId() -> str:
@@ -122,15 +128,19 @@ def requestId(request: IRequest, makeId: Callable[[], str] = newId) -> str:
     if value:
         return value[0].decode()
     made = f"req_{makeId()}"
-    request.setHeader(b"request-id", made.encode())
+    encoded = made.encode()
+    if b"\r" in encoded or b"\n" in encoded:  # a makeId of tests' or a plugin's
+        request.setHeader(b"request-id", encoded)
+    else:
+        _setRequestId(request, encoded)
     return made
 
 
 def jsonReply(request: IRequest, value: Any) -> bytes:
     """`value` as the JSON body of the answer."""
     body = orjson.dumps(value)
-    request.setHeader(b"content-type", JSON)
-    request.setHeader(b"content-length", b"%d" % len(body))
+    _setContentType(request, JSON)
+    _setContentLength(request, b"%d" % len(body))
     return body
 
 
