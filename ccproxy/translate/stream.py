@@ -319,10 +319,11 @@ class StreamTranslator:
                 raise streamError(chunk, self.contextWindow)
             choice = {}
         usage = chunk.get("usage") or choice.get("usage")
-        if not usage and "x_groq" in chunk:
-            usage = _groqUsage(chunk)
-        if isinstance(usage, dict):
-            self.usage = usage
+        if usage is not None or "x_groq" in chunk:  # the usual chunk says nothing of it
+            if not usage and "x_groq" in chunk:
+                usage = _groqUsage(chunk)
+            if isinstance(usage, dict):
+                self.usage = usage
         finish = choice.get("finish_reason")
         if finish == "error":  # checked first: an error chunk adds no events
             if chunk.get("error"):
@@ -332,27 +333,31 @@ class StreamTranslator:
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        # Most chunks carry content or tool calls alone: no call to look for reasoning.
-        if "reasoning_content" in delta or "reasoning" in delta or "reasoning_details" in delta:
+        content = delta.get("content")
+        # Most chunks carry content alone: no reasoning nor tool calls to look for.
+        alone = content is not None and len(delta) == 1
+        if not alone and (
+            "reasoning_content" in delta or "reasoning" in delta or "reasoning_details" in delta
+        ):
             reasoning = reasoningText(delta)
             if reasoning:
                 self._thinking(reasoning, events)
-        content = delta.get("content")
         text = content if type(content) is str else contentText(content)
         if text:
             if self._tags is not None:
                 self._tagged(self._tags.feed(text), events)
             else:
                 self._text(text, events)
-        calls = delta.get("tool_calls")
-        if calls is not None:
-            if isinstance(calls, dict):
-                calls = [calls]
-            if isinstance(calls, list):
-                for position, fragment in enumerate(calls):
-                    if isinstance(fragment, dict):
-                        self._toolFragment(fragment, position, len(calls), events)
-        if isinstance(finish, str) and finish:
+        if not alone:
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                if isinstance(calls, dict):
+                    calls = [calls]
+                if isinstance(calls, list):
+                    for position, fragment in enumerate(calls):
+                        if isinstance(fragment, dict):
+                            self._toolFragment(fragment, position, len(calls), events)
+        if finish and isinstance(finish, str):
             self.finishReason = finish
             if choice.get("matched_stop") is not None:
                 self.matchedStop = choice.get("matched_stop")
