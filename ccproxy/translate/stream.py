@@ -50,6 +50,7 @@ class _Call:
     __slots__ = (
         "_parts",
         "_progress",
+        "_unfed",
         "_unsent",
         "block",
         "blockId",
@@ -71,6 +72,9 @@ class _Call:
         self._unsent: list[str] = []
         """The pieces that have not gone out as input_json_delta yet."""
         self._progress = _Progress()
+        self._unfed: list[str] = []
+        """The pieces `_progress` has not read yet: it reads them only when asked
+        whether the call is complete, which a lone call never is asked."""
         self.block: int | None = None
         self.closed = False
 
@@ -88,16 +92,17 @@ class _Call:
             sent = self.length - sum(map(len, self._unsent))
             self._parts, self._unsent = [fragment], [fragment[sent:]]
             self.length = len(fragment)
-            self._progress = _Progress()
+            self._progress, self._unfed = _Progress(), [fragment]
         else:
             self._parts.append(fragment)
             self._unsent.append(fragment)
+            self._unfed.append(fragment)
             self.length += len(fragment)
-        self._progress.feed(fragment)
 
     def arguments(self) -> str:
         """The arguments so far, as one text (joined once, then kept whole)."""
         if len(self._parts) > 1:
+            self._feedProgress()  # its pieces go, not to be held twice
             self._parts = ["".join(self._parts)]
         return self._parts[0] if self._parts else ""
 
@@ -113,7 +118,15 @@ class _Call:
 
     def complete(self) -> bool:
         """Whether the arguments so far are a whole JSON value (the call is done)."""
+        self._feedProgress()
         return self._progress.complete(self.arguments)
+
+    def _feedProgress(self) -> None:
+        if self._unfed:
+            feed = self._progress.feed
+            for piece in self._unfed:
+                feed(piece)
+            self._unfed = []
 
 
 def _isJSON(text: str) -> bool:
@@ -527,11 +540,21 @@ class StreamTranslator:
         function = fragment.get("function")
         if not isinstance(function, dict):
             function = {}
+        arguments = function.get("arguments")
+        if "id" not in fragment and "name" not in function and type(arguments) is str:
+            # The usual fragment: more arguments of the call its index names
+            # (`_callFor`'s steps for a nameless fragment without an id).
+            index = fragment.get("index")
+            call = self._byIndex.get(index) if type(index) is int else None
+            if call is not None:
+                call.add(arguments)
+                self._advance(events)
+                return
         call = self._callFor(fragment, function, position, count)
         name = function.get("name")
         if isinstance(name, str) and name and not call.name:
             call.name = name  # a repeated name is the same name, never concatenated
-        call.add(argumentsText(function.get("arguments")))
+        call.add(argumentsText(arguments))
         self._advance(events)
 
     def _callFor(
@@ -576,6 +599,11 @@ class StreamTranslator:
         complete and a later call is waiting, close it and go live with the next.
         Later calls' fragments wait (parallel calls interleave by index, but only
         one block may be open)."""
+        live = self._liveCall
+        if live is not None and self._placed == len(self._calls):
+            # The usual fragment: the live call's, no later call waiting.
+            self._sendArguments(live, events)
+            return
         while True:
             live = self._liveCall
             if live is None:
