@@ -127,11 +127,11 @@ class SSEParser(BodyReader):
             complete = b"".join(self._partial)
         self._partial = [rest] if rest else []
         self._partialSize = len(rest)
-        self._readLines(complete.split(b"\n"))
+        self._readLines(complete.split(b"\n"), b"\r" in complete)
         if not self.finished.called and self._partialSize > self.MAX_LENGTH:
             self.lineLengthExceeded()
 
-    def _readLines(self, lines: list[bytes]) -> None:
+    def _readLines(self, lines: list[bytes], cr: bool = True) -> None:
         """Each line in turn, within the line limit, until the body is finished.
 
         The per-line steps of `lineReceived` and `fieldReceived` are inlined here
@@ -151,7 +151,7 @@ class SSEParser(BodyReader):
             if len(line) > limit:
                 self._failAfter(ready, self.lineLengthExceeded)
                 return
-            if line[-1:] == b"\r":
+            if cr and line[-1:] == b"\r":  # `cr`: whether any line holds one
                 line = line[:-1]
             if not line:  # the blank line that ends an event: `_dispatch`, inlined
                 if data:
@@ -187,7 +187,7 @@ class SSEParser(BodyReader):
         if not self.finished.called:
             failure()
 
-    def _eachLine(self, lines: list[bytes]) -> None:
+    def _eachLine(self, lines: list[bytes], cr: bool = True) -> None:
         """Each line in turn through `lineReceived`, within the line limit."""
         for line in lines:
             if self.finished.called:
