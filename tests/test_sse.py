@@ -50,12 +50,18 @@ class Body:
         timeout: float = TIMEOUT,
         maxLineLength: int = DEFAULT_MAX_LINE,
         onData: Callable[[bytes], None] | None = None,
+        onEvents: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.clock = Clock()
         self.payloads: list[bytes] = []
         self.transport = RecordingTransport()
         self.parser = SSEParser(
-            onData or self.payloads.append, self.clock, timeout, "up", maxLineLength
+            onData or self.payloads.append,
+            self.clock,
+            timeout,
+            "up",
+            maxLineLength,
+            onEvents=onEvents,
         )
         self.parser.makeConnection(self.transport)
         self.outcome: list[Any] = []
@@ -444,6 +450,52 @@ def test_anyExceptionFromOnDataIsPassedOn() -> None:
     error = body.error()
     assert isinstance(error, ValueError) and error.args == (b"x",)
     assert body.transport.stops == 1
+
+
+# -- onEvents: a read's events together ------------------------------------------------
+
+
+def test_onEventsGetsEachReadsEventsInOneList() -> None:
+    reads: list[list[bytes]] = []
+    cut = STREAM.index(b"event: message")
+    body = Body(onEvents=lambda payloads: reads.append(list(payloads)))
+    body.feed(STREAM[:cut], STREAM[cut:], b'data: {"f":1}\n\n').end()
+    assert body.succeeded() and body.parser.sawDone
+    assert reads == [EXPECTED[:1], EXPECTED[1:], [b'{"f":1}']]
+    assert body.payloads == []  # onData is not called beside it
+
+
+@pytest.mark.parametrize(
+    "overLimit",
+    [b"data: " + b"x" * 200 + b"\n\n", b"data: " + b"x" * 60 + b"\ndata: " + b"y" * 60 + b"\n"],
+    ids=["line", "event"],
+)
+def test_eventsBeforeALimitInTheSameReadGoFirst(overLimit: bytes) -> None:
+    """The limit stops the stream after the events before it in its read went on."""
+    reads: list[list[bytes]] = []
+    body = Body(maxLineLength=100, onEvents=reads.append)
+    body.feed(b'data: {"a":1}\n\ndata: {"b":2}\n\n' + overLimit + b'data: {"c":3}\n\n')
+    error = body.error()
+    assert isinstance(error, ProxyError) and "longer than 100 bytes" in error.message
+    assert reads == [[b'{"a":1}', b'{"b":2}']]
+    assert body.transport.stops >= 1
+
+
+def test_anErrorFromOnEventsStopsTheStream() -> None:
+    boom = ProxyError(502, "not JSON", "api_error")
+    reads: list[list[bytes]] = []
+
+    def onEvents(payloads: list[bytes]) -> None:
+        reads.append(payloads)
+        raise boom
+
+    body = Body(maxLineLength=100, onEvents=onEvents)
+    body.feed(b"data: 1\n\ndata: " + b"x" * 200 + b"\n\n")  # its error first
+    assert body.error() is boom
+    body.feed(b"data: 4\n\n")
+    body.end()
+    assert reads == [[b"1"]] and len(body.outcome) == 1
+    assert body.transport.stops >= 1
 
 
 # -- encodeEvent -----------------------------------------------------------------------

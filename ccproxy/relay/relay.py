@@ -495,30 +495,34 @@ class StreamRelay:
         upstream = answer.upstream
         feed = translator.feedInto
         queue = writer.queue
+        loads = orjson.loads
 
-        def onData(data: bytes) -> None:
-            self.chunks += 1
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise badGateway(
-                    upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
-                ) from None
-            try:
-                if emit is None:
-                    feed(chunk, queue)
-                else:
-                    emit(translator.feed(chunk))
-            except ProxyError as e:  # the upstream's own error, said inside the stream
-                raise e.naming(upstream.name) from None
+        def onEvents(payloads: list[bytes]) -> None:
+            # A read's chunks in one call: counted at once, then each translated.
+            self.chunks += len(payloads)
+            for data in payloads:
+                try:
+                    chunk = loads(data)
+                except orjson.JSONDecodeError:
+                    raise badGateway(
+                        upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
+                    ) from None
+                try:
+                    if emit is None:
+                        feed(chunk, queue)
+                    else:
+                        emit(translator.feed(chunk))
+                except ProxyError as e:  # the upstream's own error, said inside the stream
+                    raise e.naming(upstream.name) from None
 
         parser = self._parser = SSEParser(
-            onData,
+            lambda data: None,  # a read's events go to onEvents together
             self._clock,
             upstream.timeout,
             upstream.name,
             self._maxLineBytes,
             onBatch=writer.flushSoon,
+            onEvents=onEvents,
         )
         await self._drain(answer, parser)
         return parser.sawDone

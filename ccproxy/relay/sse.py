@@ -31,7 +31,9 @@ class SSEParser(BodyReader):
     """Parses an upstream's `text/event-stream` body into `data` payloads.
 
     `onData` gets each event's data as bytes (multi-line data joined by newlines),
-    and `onBatch` is called once the events of one read have all been handed over;
+    or `onEvents`, when given, the data of one read's events in one list, in
+    order (an error it raises stops the stream as `onData`'s would); `onBatch` is
+    called once the events of one read have all been handed over;
     `[DONE]`, comments (`: keep-alive`) and blank keep-alive lines are consumed here.
     `finished` fires when the body ends, or fails with a `ProxyError` (a line over
     the limit, silence past the timeout, the connection lost, an error raised by
@@ -48,6 +50,7 @@ class SSEParser(BodyReader):
         upstream: str,
         maxLineLength: int = DEFAULT_MAX_LINE_BYTES,
         onBatch: Callable[[], None] = lambda: None,
+        onEvents: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         BodyReader.__init__(self, clock, upstream, timeout)
         self.MAX_LENGTH = maxLineLength
@@ -55,6 +58,7 @@ class SSEParser(BodyReader):
         """The line being read, in the pieces it came in (no newline yet)."""
         self._partialSize = 0
         self._onData = onData
+        self._onEvents = onEvents or self._eachEvent
         self._onBatch = onBatch
         self._lines: list[bytes] = []
         self._eventSize = 0
@@ -93,10 +97,20 @@ class SSEParser(BodyReader):
         if payload[:1] != b"{" and payload.strip() == _DONE:  # no strip for a chunk
             self.sawDone = True
             return
+        self._handOver([payload])
+
+    def _handOver(self, payloads: list[bytes]) -> None:
+        """Events read, to `onEvents`; an error it raises ends the stream."""
         try:
-            self._onData(payload)
+            self._onEvents(payloads)
         except Exception as e:
             self.fail(e)
+
+    def _eachEvent(self, payloads: list[bytes]) -> None:
+        """Without `onEvents`: each event to `onData`, in turn."""
+        onData = self._onData
+        for payload in payloads:
+            onData(payload)
 
     def _splitLines(self, data: bytes) -> None:
         end = data.rfind(b"\n")
@@ -113,29 +127,31 @@ class SSEParser(BodyReader):
             complete = b"".join(self._partial)
         self._partial = [rest] if rest else []
         self._partialSize = len(rest)
-        self._readLines(complete.split(b"\n"))
+        self._readLines(complete.split(b"\n"), b"\r" in complete)
         if not self.finished.called and self._partialSize > self.MAX_LENGTH:
             self.lineLengthExceeded()
 
-    def _readLines(self, lines: list[bytes]) -> None:
+    def _readLines(self, lines: list[bytes], cr: bool = True) -> None:
         """Each line in turn, within the line limit, until the body is finished.
 
         The per-line steps of `lineReceived` and `fieldReceived` are inlined here
         (same rules, same limits): a read holds a few hundred chunks, and three
-        method calls per line were a third of the parser's time. `SSEFrames`, which
-        reads every field, keeps the line-by-line path (`_eachLine`)."""
+        method calls per line were a third of the parser's time. The events read
+        go to `onEvents` together, at the end, or before a line over the limit
+        stops the stream (so what came before it still goes out first).
+        `SSEFrames`, which reads every field, keeps the line-by-line path
+        (`_eachLine`)."""
+        if self.finished.called:
+            return
         limit = self.MAX_LENGTH
-        finished = self.finished
         data = self._lines
         size = self._eventSize
-        onData = self._onData
+        ready: list[bytes] = []
         for line in lines:
-            if finished.called:
-                return
             if len(line) > limit:
-                self.lineLengthExceeded()
+                self._failAfter(ready, self.lineLengthExceeded)
                 return
-            if line[-1:] == b"\r":
+            if cr and line[-1:] == b"\r":  # `cr`: whether any line holds one
                 line = line[:-1]
             if not line:  # the blank line that ends an event: `_dispatch`, inlined
                 if data:
@@ -145,11 +161,7 @@ class SSEParser(BodyReader):
                     if payload[:1] != b"{" and payload.strip() == _DONE:  # no strip for a chunk
                         self.sawDone = True
                         continue
-                    try:
-                        onData(payload)
-                    except Exception as e:
-                        self.fail(e)
-                        return
+                    ready.append(payload)
                 continue
             if line[:5] == b"data:":
                 value = line[6:] if line[5:6] == b" " else line[5:]
@@ -161,11 +173,21 @@ class SSEParser(BodyReader):
             size += len(line)
             if size > limit:  # however many lines it is cut into
                 self._lines, self._eventSize = [], 0
-                self.eventTooLong()
+                self._failAfter(ready, self.eventTooLong)
                 return
         self._eventSize = size
+        if ready:
+            self._handOver(ready)
 
-    def _eachLine(self, lines: list[bytes]) -> None:
+    def _failAfter(self, ready: list[bytes], failure: Callable[[], None]) -> None:
+        """Hand over the events read before a limit was passed, then fail (unless
+        one of them failed the stream first)."""
+        if ready:
+            self._handOver(ready)
+        if not self.finished.called:
+            failure()
+
+    def _eachLine(self, lines: list[bytes], cr: bool = True) -> None:
         """Each line in turn through `lineReceived`, within the line limit."""
         for line in lines:
             if self.finished.called:
@@ -226,10 +248,7 @@ class SSEParser(BodyReader):
         if data[:1] != b"{" and data.strip() == _DONE:  # a chunk is an object: no strip
             self.sawDone = True
             return
-        try:
-            self._onData(data)
-        except Exception as e:
-            self.fail(e)
+        self._handOver([data])
 
 
 class SSEFrames(SSEParser):

@@ -50,6 +50,7 @@ class _Call:
     __slots__ = (
         "_parts",
         "_progress",
+        "_unfed",
         "_unsent",
         "block",
         "blockId",
@@ -71,6 +72,9 @@ class _Call:
         self._unsent: list[str] = []
         """The pieces that have not gone out as input_json_delta yet."""
         self._progress = _Progress()
+        self._unfed: list[str] = []
+        """The pieces `_progress` has not read yet: it reads them only when asked
+        whether the call is complete, which a lone call never is asked."""
         self.block: int | None = None
         self.closed = False
 
@@ -88,16 +92,17 @@ class _Call:
             sent = self.length - sum(map(len, self._unsent))
             self._parts, self._unsent = [fragment], [fragment[sent:]]
             self.length = len(fragment)
-            self._progress = _Progress()
+            self._progress, self._unfed = _Progress(), [fragment]
         else:
             self._parts.append(fragment)
             self._unsent.append(fragment)
+            self._unfed.append(fragment)
             self.length += len(fragment)
-        self._progress.feed(fragment)
 
     def arguments(self) -> str:
         """The arguments so far, as one text (joined once, then kept whole)."""
         if len(self._parts) > 1:
+            self._feedProgress()  # its pieces go, not to be held twice
             self._parts = ["".join(self._parts)]
         return self._parts[0] if self._parts else ""
 
@@ -113,7 +118,15 @@ class _Call:
 
     def complete(self) -> bool:
         """Whether the arguments so far are a whole JSON value (the call is done)."""
+        self._feedProgress()
         return self._progress.complete(self.arguments)
+
+    def _feedProgress(self) -> None:
+        if self._unfed:
+            feed = self._progress.feed
+            for piece in self._unfed:
+                feed(piece)
+            self._unfed = []
 
 
 def _isJSON(text: str) -> bool:
@@ -319,10 +332,11 @@ class StreamTranslator:
                 raise streamError(chunk, self.contextWindow)
             choice = {}
         usage = chunk.get("usage") or choice.get("usage")
-        if not usage and "x_groq" in chunk:
-            usage = _groqUsage(chunk)
-        if isinstance(usage, dict):
-            self.usage = usage
+        if usage is not None or "x_groq" in chunk:  # the usual chunk says nothing of it
+            if not usage and "x_groq" in chunk:
+                usage = _groqUsage(chunk)
+            if isinstance(usage, dict):
+                self.usage = usage
         finish = choice.get("finish_reason")
         if finish == "error":  # checked first: an error chunk adds no events
             if chunk.get("error"):
@@ -332,27 +346,31 @@ class StreamTranslator:
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        # Most chunks carry content or tool calls alone: no call to look for reasoning.
-        if "reasoning_content" in delta or "reasoning" in delta or "reasoning_details" in delta:
+        content = delta.get("content")
+        # Most chunks carry content alone: no reasoning nor tool calls to look for.
+        alone = content is not None and len(delta) == 1
+        if not alone and (
+            "reasoning_content" in delta or "reasoning" in delta or "reasoning_details" in delta
+        ):
             reasoning = reasoningText(delta)
             if reasoning:
                 self._thinking(reasoning, events)
-        content = delta.get("content")
         text = content if type(content) is str else contentText(content)
         if text:
             if self._tags is not None:
                 self._tagged(self._tags.feed(text), events)
             else:
                 self._text(text, events)
-        calls = delta.get("tool_calls")
-        if calls is not None:
-            if isinstance(calls, dict):
-                calls = [calls]
-            if isinstance(calls, list):
-                for position, fragment in enumerate(calls):
-                    if isinstance(fragment, dict):
-                        self._toolFragment(fragment, position, len(calls), events)
-        if isinstance(finish, str) and finish:
+        if not alone:
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                if isinstance(calls, dict):
+                    calls = [calls]
+                if isinstance(calls, list):
+                    for position, fragment in enumerate(calls):
+                        if isinstance(fragment, dict):
+                            self._toolFragment(fragment, position, len(calls), events)
+        if finish and isinstance(finish, str):
             self.finishReason = finish
             if choice.get("matched_stop") is not None:
                 self.matchedStop = choice.get("matched_stop")
@@ -522,11 +540,21 @@ class StreamTranslator:
         function = fragment.get("function")
         if not isinstance(function, dict):
             function = {}
+        arguments = function.get("arguments")
+        if "id" not in fragment and "name" not in function and type(arguments) is str:
+            # The usual fragment: more arguments of the call its index names
+            # (`_callFor`'s steps for a nameless fragment without an id).
+            index = fragment.get("index")
+            call = self._byIndex.get(index) if type(index) is int else None
+            if call is not None:
+                call.add(arguments)
+                self._advance(events)
+                return
         call = self._callFor(fragment, function, position, count)
         name = function.get("name")
         if isinstance(name, str) and name and not call.name:
             call.name = name  # a repeated name is the same name, never concatenated
-        call.add(argumentsText(function.get("arguments")))
+        call.add(argumentsText(arguments))
         self._advance(events)
 
     def _callFor(
@@ -571,6 +599,11 @@ class StreamTranslator:
         complete and a later call is waiting, close it and go live with the next.
         Later calls' fragments wait (parallel calls interleave by index, but only
         one block may be open)."""
+        live = self._liveCall
+        if live is not None and self._placed == len(self._calls):
+            # The usual fragment: the live call's, no later call waiting.
+            self._sendArguments(live, events)
+            return
         while True:
             live = self._liveCall
             if live is None:
