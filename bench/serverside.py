@@ -31,10 +31,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from bench import corpus, payloads
+from bench import corpus, ledger, payloads
 from ccproxy.config import Config
 from ccproxy.daemon.logs import quietLevels, textObserver
-from ccproxy.observe.accesslog import AccessRecord, Attempt
+from ccproxy.observe.accesslog import Attempt
 from ccproxy.upstream.client import UpstreamClient
 from ccproxy.upstream.dispatch import Dispatcher, UpstreamState
 from ccproxy.web.app import ProxyApp
@@ -243,23 +243,11 @@ def accesslog() -> None:
     _, app, reactor = _site()
     config = app.config
     now = reactor.seconds()
-    record = AccessRecord(
-        requestId="req_0123456789abcdef01234567",
-        method="POST",
-        path="/v1/messages",
-        started=now,
-        model="claude-sonnet-4-5",
-        route="*",
-        modelRoute="*",
-        upstream="mock",
-        upstreamModel="gpt-mock-1",
-        status=200,
-        upstreamStatus=200,
-        firstByte=now,
-        inputTokens=15873,
-        outputTokens=734,
-        attempts=[Attempt("mock", 200)],
-    )
+    # the ledger bench's finished request, as this site's upstream would have served it
+    record = ledger.record(0)
+    record.started = record.firstByte = now
+    record.upstream, record.upstreamModel, record.upstreamStatus = "mock", "gpt-mock-1", 200
+    record.attempts = [Attempt("mock", 200)]
     log = app.accessLog
 
     def write() -> None:

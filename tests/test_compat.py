@@ -304,17 +304,21 @@ class _Answer(Resource):
         return NOT_DONE_YET
 
 
-def test_a_whole_answer_leaves_at_once() -> None:
-    resource = _Answer()
+def _sentAtOnce(resource: _Answer | _Events) -> bytes:
+    """What `resource`, answering an empty POST, had sent when its render returned."""
     channel = Site(resource, reactor=MemoryReactorClock()).buildProtocol(None)
     socket = _Socket(MemoryReactorClock())
     channel.makeConnection(socket)
     channel.dataReceived(_EMPTY_POST)
-    sent = b"".join(resource.sent)
+    socket.connectionLost(None)
+    return b"".join(resource.sent)
+
+
+def test_a_whole_answer_leaves_at_once() -> None:
+    sent = _sentAtOnce(_Answer())
     assert sent.startswith(b"HTTP/1.1 200 OK\r\n"), "the answer waited for the reactor's turn"
     assert b'{"type":"message"}' in sent
     assert sent.endswith(b"0\r\n\r\n")
-    socket.connectionLost(None)
 
 
 class _Events(Resource):
@@ -333,13 +337,8 @@ _EMPTY_POST = b"POST /v1/messages HTTP/1.1\r\nHost: proxy.test\r\nContent-Length
 
 
 def test_a_streams_events_leave_at_once() -> None:
-    resource = _Events()
-    channel = Site(resource, reactor=MemoryReactorClock()).buildProtocol(None)
-    socket = _Socket(MemoryReactorClock())
-    channel.makeConnection(socket)
-    channel.dataReceived(_EMPTY_POST)
-    assert b"event: ping" in b"".join(resource.sent), "the events waited for the reactor's turn"
-    socket.connectionLost(None)
+    sent = _sentAtOnce(_Events())
+    assert b"event: ping" in sent, "the events waited for the reactor's turn"
 
 
 class _Echo(Resource):

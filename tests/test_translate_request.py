@@ -275,6 +275,16 @@ def test_text(messages: list[Any], expected: list[Any]) -> None:
 
 # -- tool_use / tool_result -------------------------------------------------------------------
 
+
+def _calledAndAnswered(result: str) -> list[dict[str, Any]]:
+    """A question, a turn that only calls `t1`, and its result as a tool message."""
+    return [
+        user("q"),
+        {"role": "assistant", "content": "", "tool_calls": [call("t1")]},
+        tool("t1", result),
+    ]
+
+
 TOOL_CASES = [
     pytest.param(
         [
@@ -375,13 +385,9 @@ TOOL_CASES = [
         ],
         id="is-error-false-content-untouched",
     ),
-    pytest.param(
+    pytest.param(  # a plain string result, the common case, read on a short path
         [user("q"), assistant([toolUse("t1")]), user([toolResult("t1", "")])],
-        [
-            user("q"),
-            {"role": "assistant", "content": "", "tool_calls": [call("t1")]},
-            tool("t1", ""),
-        ],
+        _calledAndAnswered(""),
         id="empty-string-result-sent-empty",
     ),
     pytest.param(
@@ -1022,6 +1028,11 @@ def _with(messages: list[Any], **extra: Any) -> dict[str, Any]:
     return request(messages, **extra)
 
 
+def _answering(result: dict[str, Any]) -> dict[str, Any]:
+    """A request whose third message answers a call of `t` with the block `result`."""
+    return _with([user("q"), assistant([toolUse("t")]), user([result])])
+
+
 INVALID_CASES = [
     pytest.param([1, 2], "", id="body-not-object"),
     pytest.param({"messages": [user("hi")]}, "model", id="model-missing"),
@@ -1133,18 +1144,12 @@ INVALID_CASES = [
         id="is-error-string",
     ),
     pytest.param(  # equal to False, yet no boolean: refused as ever
-        _with([user("q"), assistant([toolUse("t")]), user([toolResult("t", "x", is_error=0)])]),
+        _answering(toolResult("t", "x", is_error=0)),
         "messages.2.content.0.is_error",
         id="is-error-zero",
     ),
     pytest.param(
-        _with(
-            [
-                user("q"),
-                assistant([toolUse("t")]),
-                user([{"type": "tool_result", "tool_use_id": 7, "content": "x"}]),
-            ]
-        ),
+        _answering({"type": "tool_result", "tool_use_id": 7, "content": "x"}),
         "messages.2.content.0.tool_use_id",
         id="tool-result-id-not-string",
     ),
