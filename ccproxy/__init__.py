@@ -20,8 +20,8 @@ contract in setup.cfg, checked in CI):
                Anthropic events -> client frames (`relay.StreamRelay`); an
                `api: messages` upstream's frames go on as they came.
 - `upstream/`  talking to gateways: what to send (`plan`), attempts, retries and
-               failover (`dispatch`), breaker and slots, the treq client, the
-               connection pool.
+               failover (`dispatch`), breaker and slots, the client straight
+               on the connection pool (`PooledClient`; treq in the tests).
 - `observe/`   the access record and log, Prometheus metrics, usage totals,
                the bounded watch of recent traffic the status page reads.
 - `state/`     client limits, budget counters and breakers: in this process, or
@@ -44,7 +44,7 @@ One streaming `POST /v1/messages`, one way down:
     -> web.app.ProxyApp.serve         auth, access record, max_duration
     -> web.messages.MessagesAPI       models, client limits and budgets, route, Plan
     -> upstream.dispatch.Dispatcher   breaker, slot, retries, failover
-    -> upstream.client.UpstreamClient POST through treq and the pool
+    -> upstream.client.UpstreamClient POST on a pool connection (PooledClient)
     -> relay.relay.StreamRelay        SSEParser -> StreamTranslator -> EventWriter
     -> back up: a Verdict for the breaker (Answer) and the access record
     -> observe.accesslog.AccessLog    one event, metrics, usage, the ledger's row
