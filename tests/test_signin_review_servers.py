@@ -67,6 +67,19 @@ def _waitForLockWait(connection: object, racing: threading.Thread) -> None:
         watcher.close()
 
 
+def _aliceSignedIn(database: Database) -> SignInTables:
+    """`database`'s sign-in tables once alice's code was approved and Claude Code
+    collected her tokens: access "a"*64 and refresh "r"*64, of the family "family"."""
+    from ccproxy.ledger.signin import Issued
+
+    tables = SignInTables(database)
+    tables.newDevice("d" * 64, "BCDF-GHJK", None, 1000.0, 1600.0)
+    assert tables.decide("BCDF-GHJK", "alice", 1001.0) == "done"
+    issued = Issued("a" * 64, "r" * 64, "family")
+    assert tables.poll("d" * 64, 1002.0, 5, issued, 9000.0, 90000.0).outcome == "issued"
+    return tables
+
+
 def _urlOf(connection: object) -> str:
     info = connection.info  # type: ignore[attr-defined]
     return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
@@ -77,17 +90,13 @@ def test_a_refresh_racing_a_revocation_issues_no_live_token(postgres: PostgresSe
     refreshes alice's token: the refresh read the token unrevoked, waited on the
     revocation's row lock, then extended it and stored a new access token anyway,
     one that was never revoked and worked for its whole life."""
-    from ccproxy.ledger.signin import REFRESH, Issued
+    from ccproxy.ledger.signin import REFRESH
     from ccproxy.ledger.sql import TOKENS_TABLE
 
     url = LedgerURL("postgresql", postgres.createDatabase("refresh"))
     first, second = Database(url), Database(url)
     try:
-        tables = SignInTables(first)
-        tables.newDevice("d" * 64, "BCDF-GHJK", None, 1000.0, 1600.0)
-        assert tables.decide("BCDF-GHJK", "alice", 1001.0) == "done"
-        issued = Issued("a" * 64, "r" * 64, "family")
-        assert tables.poll("d" * 64, 1002.0, 5, issued, 9000.0, 90000.0).outcome == "issued"
+        tables = _aliceSignedIn(first)
         outcome: list[object] = []
         with second.using() as other:
             with other.transaction():  # the revocation, not committed yet
@@ -116,17 +125,12 @@ def test_a_revocation_racing_a_refresh_revokes_the_token_it_made(postgres: Postg
     """The other order: the refresh holds its row and has stored a new access token
     when the revocation starts. The revocation's UPDATE waits for that row, but its
     snapshot was taken before the new token was committed: it must still end it."""
-    from ccproxy.ledger.signin import Issued
     from ccproxy.ledger.sql import TOKENS_TABLE
 
     url = LedgerURL("postgresql", postgres.createDatabase("revoke"))
     first, second = Database(url), Database(url)
     try:
-        tables = SignInTables(first)
-        tables.newDevice("d" * 64, "BCDF-GHJK", None, 1000.0, 1600.0)
-        assert tables.decide("BCDF-GHJK", "alice", 1001.0) == "done"
-        issued = Issued("a" * 64, "r" * 64, "family")
-        assert tables.poll("d" * 64, 1002.0, 5, issued, 9000.0, 90000.0).outcome == "issued"
+        tables = _aliceSignedIn(first)
         refresher = SignInTables(second)
         outcome: list[int] = []
         with second.using() as other:
