@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +37,21 @@ from tests.support.harness import BASE_CONFIG, Harness, message, parseSSE, resul
 from tests.support.loopback import startLoopback
 
 
-def capture() -> tuple[list[dict[str, Any]], Any]:
+@contextmanager
+def loggedEvents() -> Iterator[list[dict[str, Any]]]:
+    """The events logged while the `with` block runs."""
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
-    return events, lambda: globalLogPublisher.removeObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
 
 
 def accessEvents(action: Any) -> list[dict[str, Any]]:
     """The access events logged while `action()` runs."""
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         action()
-    finally:
-        stop()
     return [e for e in events if e.get("log_namespace") == "ccproxy.access"]
 
 
@@ -97,11 +101,8 @@ def test_reload_bad_file_keeps_running_config(
     service, path = serviceFor(tmp_path, RELOAD)
     before = service.app.config
     path.write_text(change(RELOAD))
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         assert service.reload() is False
-    finally:
-        stop()
     assert service.app.config is before
     assert service.app.generation == 1
     shown = service.app.status.reload  # on the status page
@@ -210,11 +211,8 @@ def test_json_log_records_read_back_with_named_fields(tmp_path: Path) -> None:
     logFile = openLogFile(settings)
     observer = fileObserver(settings, logFile)
     h = Harness.build()
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         h.post(message())
-    finally:
-        stop()
     for event in events:
         observer(event)
     logFile.close()
@@ -250,16 +248,13 @@ log_payloads: true
 def test_no_secret_reaches_a_log_line() -> None:
     h = Harness.build(SECRET_CONFIG, SECRETS)
     callerKey = "caller-token-5c2e"
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         h.post(message(), headers={"x-api-key": SECRETS["ALICE"]})
         h.post(message(stream=True), headers={"authorization": f"Bearer {SECRETS['ALICE']}"})
         h.post(message(model="fwd-x"), headers={"x-api-key": SECRETS["ALICE"]})
         h.post(message(), headers={"x-api-key": callerKey})  # rejected: 401
         h.upstream.queue(jsonReply({"error": {"message": "bad key"}}, 401))
         h.post(message(), headers={"x-api-key": SECRETS["ALICE"]})
-    finally:
-        stop()
     assert any(e.get("log_namespace") == "ccproxy.payload" for e in events)
     assert any(e.get("log_namespace") == "ccproxy.access" for e in events)
     everything = "\n".join(formatEvent(e) + eventAsJSON(e) for e in events)
@@ -271,21 +266,15 @@ def test_no_secret_reaches_a_log_line() -> None:
 
 def test_payloads_are_logged_truncated_only_when_asked() -> None:
     h = Harness.build(BASE_CONFIG + "log_payloads: true\nlog_payload_max_chars: 50\n")
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         h.post(message("x" * 500))
-    finally:
-        stop()
     payloads = [e for e in events if e.get("log_namespace") == "ccproxy.payload"]
     assert len(payloads) == 1
     assert payloads[0]["request_body"].endswith("more chars]")
     assert len(payloads[0]["request_body"]) < 100
     h = Harness.build()
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         h.post(message("x" * 500))
-    finally:
-        stop()
     assert not [e for e in events if e.get("log_namespace") == "ccproxy.payload"]
     assert not any("xxxxxxxxxx" in formatEvent(e) for e in events)
 
@@ -301,20 +290,14 @@ def test_config_with_literal_keys_readable_by_others_is_warned_about(
     )
     os.chmod(path, 0o644)
     service = buildService(Config.fromPath(str(path)), reactor, configPath=str(path))
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         service._warnAboutSecrets(service.app.config)
-    finally:
-        stop()
     warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
     assert any("upstreams.a.api_key" in w and "readable by other users" in w for w in warnings)
     assert not any("sk-literal" in formatEvent(e) for e in events)
     os.chmod(path, 0o600)
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         service._warnAboutSecrets(service.app.config)
-    finally:
-        stop()
     assert not events
 
 

@@ -22,7 +22,7 @@ from tests.support.fakes import jsonReply
 from tests.support.fixtures import REQUESTS, TOOLS, requestBodies, requestBody
 from tests.support.harness import Harness, message
 from tests.support.ledger import MemoryLedger
-from tests.test_operations import accessEvents, capture, serviceFor
+from tests.test_operations import accessEvents, loggedEvents, serviceFor
 
 UPSTREAMS = """
 upstreams:
@@ -309,11 +309,8 @@ def test_a_reload_takes_new_rules_and_refuses_bad_ones(
     assert rule.when.background is True and rule.when.images is None
     good = service.app.config
     path.write_text(RELOAD_RULES.replace("images: true", "pictures: true"))
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         assert service.reload() is False
-    finally:
-        stop()
     assert service.app.config is good
     errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
     assert any("routes.0.when.pictures: unknown key" in line for line in errors)
@@ -431,11 +428,8 @@ def test_the_bench_row_runs(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_daemon_logs_its_rules_first(tmp_path: Path) -> None:
     service, path = serviceFor(tmp_path, RELOAD_RULES)
     path.write_text(RELOAD_RULES.replace("images: true", "images: true, tools: [a*]"))
-    events, stop = capture()
-    try:
+    with loggedEvents() as events:
         assert service.reload() is True
-    finally:
-        stop()
     lines = [formatEvent(e) for e in events if formatEvent(e).startswith("route ")]
     assert lines == [
         "route routes.0 when {images: true, tools: [a*]} -> b/vision",
