@@ -31,7 +31,7 @@ from ccproxy.translate.responsestream import ResponsesStreamTranslator
 from ccproxy.translate.thinking import SIGNATURE_PREFIX as OWN_SIGNATURE
 from ccproxy.translate.tokens import estimateTokens
 from tests.support.examples import examples
-from tests.test_translate_stream import accumulate, checkGrammar
+from tests.test_translate_stream import accumulate, drive
 
 MESSAGE_ID = "msg_test"
 MODEL = "claude-test"
@@ -475,13 +475,9 @@ def test_an_answer_without_output_is_a_502(data: Any) -> None:
 
 
 def run(events: list[Any], sawDone: bool = False, **kw: Any) -> list[Event]:
-    translator = ResponsesStreamTranslator(MESSAGE_ID, MODEL, upstream=UPSTREAM, **kw)
-    out = translator.start()
-    for event in events:
-        out += translator.feed(event)
-    out += translator.finish(sawDone)
-    checkGrammar(out)
-    return out
+    return drive(
+        ResponsesStreamTranslator(MESSAGE_ID, MODEL, upstream=UPSTREAM, **kw), events, sawDone
+    )
 
 
 def LITELLM_STREAM(text: str = "Scripted reply.") -> list[Event]:

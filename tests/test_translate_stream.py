@@ -158,7 +158,11 @@ def accumulate(events: list[Event]) -> dict[str, Any]:
 
 def translate(chunks: list[Any], sawDone: bool = True, **kwargs: Any) -> list[Event]:
     """All events for a recorded stream; they must be grammatical."""
-    translator = StreamTranslator(MESSAGE_ID, MODEL, **kwargs)
+    return drive(StreamTranslator(MESSAGE_ID, MODEL, **kwargs), chunks, sawDone)
+
+
+def drive(translator: Any, chunks: list[Any], sawDone: bool) -> list[Event]:
+    """All events `translator` makes of `chunks`, start to finish; grammatical."""
     events = translator.start()
     for chunk in chunks:
         events += translator.feed(chunk)
