@@ -20,6 +20,7 @@ from tests.test_claude_code import (
     ANSWER,
     MARKER,
     SECRET,
+    claudeResult,
     explanation,
     installClaudeCode,
     proxyConfig,
@@ -55,13 +56,7 @@ def test_claude_code_runs_a_tool_loop_through_a_messages_upstream(
     def explain(what: str) -> str:
         return explanation(what, run, processes, received)
 
-    code, stdout, _ = run
-    assert code == 0, explain("claude exited with an error")
-    try:
-        result = json.loads(stdout)
-    except json.JSONDecodeError:
-        pytest.fail(explain("claude's stdout is not one JSON object"))
-    assert result.get("is_error") is False, explain("claude reports an error")
+    result = claudeResult(run, explain)
     assert result.get("num_turns", 0) >= 2, explain("fewer than two turns")
     assert MARKER in result.get("result", ""), explain("the final text is not the upstream's")
     mainLoop = [
