@@ -1078,3 +1078,17 @@ def test_remembered_schemas_are_bounded() -> None:
     for n in range(5):
         memo.reduce({"type": "object", "properties": {f"p{n}": {"type": "string"}}}, SchemaBudget())
         assert len(memo._kept) <= 2
+
+
+def test_remembered_schemas_are_bounded_in_bytes() -> None:
+    """A caller's schemas must not become memory the daemon keeps: one over
+    `maxBytes` is reduced and not kept, and the kept ones hold at most
+    `totalBytes` of JSON in all."""
+    memo = GeminiSchemas(maxBytes=200, totalBytes=300)
+    huge = {"type": "object", "description": "x" * 500}
+    assert memo.reduce(huge, SchemaBudget()) == geminiSchema(huge)
+    assert memo._kept == {}
+    for n in range(6):
+        schema = {"type": "object", "description": f"{n}" * 100}
+        assert memo.reduce(schema, SchemaBudget()) == geminiSchema(schema)
+        assert 0 < sum(map(len, memo._kept)) <= 300

@@ -171,12 +171,19 @@ class GeminiSchemas:
     1.0 a 1). A hit spends the steps the reduction spent on the request's budget,
     so a request's work is refused exactly when it was before. The schemas handed
     out are shared between requests: nothing downstream changes a translated
-    request. At most `limit` are kept (all forgotten when full).
+    request. At most `limit` are kept, of at most `maxBytes` of JSON each and
+    `totalBytes` in all (all forgotten when full): what callers send must not
+    become memory the daemon holds, and a session's schemas are a few KB.
     """
 
-    def __init__(self, limit: int = 512) -> None:
+    def __init__(
+        self, limit: int = 512, maxBytes: int = 32 * 1024, totalBytes: int = 2 * 1024 * 1024
+    ) -> None:
         self.limit = limit
+        self.maxBytes = maxBytes
+        self.totalBytes = totalBytes
         self._kept: dict[bytes, tuple[Any, dict[str, Any], int]] = {}
+        self._bytes = 0
 
     def reduce(self, schema: dict[str, Any], budget: SchemaBudget) -> dict[str, Any]:
         """`geminiSchema(schema, budget)`, remembered."""
@@ -190,11 +197,15 @@ class GeminiSchemas:
             return kept[1]
         left = budget.left
         out = geminiSchema(schema, budget)
+        if len(key) > self.maxBytes:  # not a session's tool: reduced, not kept
+            return out
         canonical = orjson.loads(key)
         if canonical == schema:  # else its JSON is not it (NaN, a tuple): not kept
-            if len(self._kept) >= self.limit:
+            if len(self._kept) >= self.limit or self._bytes + len(key) > self.totalBytes:
                 self._kept.clear()
+                self._bytes = 0
             self._kept[key] = (canonical, out, left - budget.left)
+            self._bytes += len(key)
         return out
 
 
