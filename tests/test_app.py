@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -11,7 +12,7 @@ from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.web.test.requesthelper import DummyRequest
 
-from ccproxy.web.call import newId, requestId
+from ccproxy.web.call import Ids, newId, requestId
 from tests.support.fakes import completion, jsonReply, rawReply, stallReply, toolCall
 from tests.support.harness import BASE_CONFIG, Harness, fired, message, resultOf
 
@@ -53,7 +54,8 @@ def test_text_answer(h: Harness) -> None:
 
 
 def test_each_request_has_an_id_of_its_own_in_one_form() -> None:
-    """`req_` and 24 lowercase hex digits (96 random bits), never the same twice."""
+    """`req_` and 24 lowercase hex digits (the time, then 52 random bits), never
+    the same twice."""
     ids = {newId() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(re.fullmatch("[0-9a-f]{24}", made) for made in ids)
@@ -65,6 +67,40 @@ def test_each_request_has_an_id_of_its_own_in_one_form() -> None:
     odd = DummyRequest([b""])  # an id maker of a test's: its line break never goes out
     assert requestId(odd, lambda: "a\r\nb") == "req_a\r\nb"
     assert odd.responseHeaders.getRawHeaders(b"request-id") == [b"req_a b"]
+
+
+def test_ids_made_later_sort_after_and_differ_within_a_millisecond() -> None:
+    """The ledger keys its rows by request id: ids in the order they were made go
+    in at the end of its index (`Ids`). Within one millisecond they still differ,
+    past the pool's refill too."""
+    now = [1_765_000_000.0]
+    ids = Ids(lambda: now[0])
+    made = []
+    for _ in range(3 * Ids.POOL // 13):
+        made.append(ids())
+        now[0] += 0.0015  # a new millisecond each
+    assert made == sorted(made)
+    assert all(re.fullmatch("[0-9a-f]{24}", i) for i in made)
+    same = [ids() for _ in range(2000)]
+    assert len(set(same)) == len(same)
+    assert len({i[:11] for i in same}) == 1  # one millisecond
+
+
+def test_a_forked_process_makes_ids_of_its_own() -> None:
+    """Parent and child share the pool of random bytes at a fork: the child draws
+    its own, or both would hand out the same ids."""
+    ids = Ids(lambda: 1_765_000_000.0)
+    ids()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, ids().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    inChild = os.read(read, 100).decode()
+    os.close(read)
+    assert inChild != ids()
 
 
 def test_tool_call_answer(h: Harness) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any
@@ -33,11 +34,46 @@ _setRequestId = setOwnHeader(b"request-id")
 `compat.setOwnHeader`): about a microsecond each, three per request."""
 
 
-def newId() -> str:
-    """24 random hex digits (a request's id): 96 bits from `os.urandom`, which
-    costs a quarter of `uuid4().hex[:24]` (that builds a UUID object around the
-    same 16 random bytes)."""
-    return os.urandom(12).hex()
+class Ids:
+    """Request ids: 24 hex digits, the first 11 the time in milliseconds, the other
+    13 random (52 bits). `now`: the wall clock, in seconds.
+
+    Time first: ids made later sort after, so the ledger's rows, keyed by their
+    request's id, go in at the end of its index, a few pages a batch; 96 random
+    bits put each row in a page of its own and cost 3.4 page writes and 1.8 page
+    reads a row (see `ccproxy.ledger.sql`). Random within a millisecond, from
+    `os.urandom` drawn `POOL` bytes at a time, not a `getrandom` call per request;
+    a forked process draws its own (`os.register_at_fork`), or parent and child
+    would make the same ids. Two requests of the same millisecond share an id once
+    in 2**52 pairs (a row the ledger would keep once): never, in practice."""
+
+    POOL = 4096
+    """Random bytes drawn at once: 630 ids."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._now = now
+        self._random = ""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def __call__(self) -> str:
+        at = self._at
+        if at + 13 > len(self._random):
+            self._random = os.urandom(self.POOL).hex()
+            at = 0
+        self._at = at + 13
+        return "%011x" % (int(self._now() * 1000) & _MS) + self._random[at : at + 13]
+
+    def _forget(self) -> None:
+        self._random = ""
+
+
+_MS = 16**11 - 1
+"""Milliseconds in 11 hex digits (until the year 2527, then again from 0)."""
+
+
+newId = Ids()
+"""The daemon's request ids (`Ids`)."""
 
 
 @define
