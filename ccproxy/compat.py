@@ -15,11 +15,12 @@ from time import time
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
+from twisted.web._newclient import HTTP11ClientProtocol, _ensureValidURI
 from twisted.web._newclient import Request as _ClientRequest
-from twisted.web._newclient import _ensureValidURI
 from twisted.web.client import (
     URI,
     ContentDecoderAgent,
@@ -32,15 +33,36 @@ from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 
 
+class ClientProtocol(HTTP11ClientProtocol):
+    """Twisted's HTTP/1.1 client connection, a request written without the reactor
+    watching the socket for room.
+
+    Relies on: `HTTP11ClientProtocol.request` writing the request to `transport`
+    within the call (`Request.writeTo`; `BytesProducer` writes its body at once).
+    Why: per upstream request, `SendTogether` saves the `epoll_ctl` pair of the
+    request's send.
+    """
+
+    def request(self, request: Any) -> Deferred[IResponse]:
+        with SendTogether(self.transport):
+            requested: Deferred[IResponse] = super().request(request)
+        return requested
+
+
 class QuietClientFactory(_HTTP11ClientFactory):
-    """`HTTPConnectionPool`'s connection factory, without a log line per connection.
+    """`HTTPConnectionPool`'s connection factory, without a log line per connection,
+    building `ClientProtocol`s.
 
     Relies on: `twisted.web.client._HTTP11ClientFactory`, built by the pool as
-    `_factory(quiescentCallback, metadata)`. Why: a factory logs "Starting
+    `_factory(quiescentCallback, metadata)`, its `buildProtocol` making an
+    `HTTP11ClientProtocol(quiescentCallback)`. Why: a factory logs "Starting
     factory" for every upstream connection; a busy proxy opens thousands.
     """
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> ClientProtocol:
+        return ClientProtocol(self._quiescentCallback)
 
 
 class ConnectionPool(HTTPConnectionPool):
@@ -123,6 +145,84 @@ def flushNow(transport: Any) -> None:
         and (getattr(transport, "_tempDataBuffer", None) or getattr(transport, "dataBuffer", None))
     ):
         transport.doWrite()
+
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def _stayUnwatched() -> None:
+    """`startWriting` while writes are held (`SendTogether`): nothing yet."""
+
+
+class SendTogether:
+    """`with SendTogether(transport): ...`: what the block writes leaves in one send
+    at its end, without the reactor asked to watch the socket for room.
+
+    Relies on: a plain TCP connection (`twisted.internet.tcp.Server` or `Client`,
+    no TLS started on it) whose `write` and `writeSequence` append to
+    `_tempDataBuffer` and call `startWriting` (the reactor's `addWriter`: an
+    `epoll_ctl` asking to be told when the socket has room), whose `doWrite` sends
+    what is buffered and, once it is all sent, calls `stopWriting` (a second
+    `epoll_ctl`), and its `connected`, `disconnecting`, `_writeDisconnecting`,
+    `dataBuffer` flags and buffers, as `flushNow` reads them. Why: a write that
+    leaves at once (`flushNow`) made the reactor watch the socket and stop
+    watching it, two syscalls and Twisted's bookkeeping for nothing, twice a
+    request (its request upstream, its answer back). Within the block
+    `startWriting` is shadowed on the transport itself (Twisted shadows `doWrite`
+    the same way to abort); at its end the buffer is sent (`doWrite`), and what
+    the socket did not take, a close asked meanwhile, or a failed send is handed
+    to the reactor as Twisted would have: its writer is registered. Any other
+    transport (TLS, a test's, none) is flushed at the end as `flushNow` does.
+    """
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._held = False
+
+    @classmethod
+    def of(cls, request: IRequest) -> SendTogether:
+        """Held writes on the connection of `request` (a twisted.web request)."""
+        return cls(getattr(getattr(request, "channel", None), "transport", None))
+
+    def __enter__(self) -> SendTogether:
+        transport = self._transport
+        if (
+            type(transport) in _PLAIN_TCP
+            and transport.connected
+            and not transport.disconnecting
+            and not transport.TLS
+            and "startWriting" not in transport.__dict__  # not held already
+        ):
+            transport.startWriting = _stayUnwatched
+            self._held = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        transport = self._transport
+        if not self._held:
+            flushNow(transport)
+            return
+        self._held = False
+        del transport.startWriting
+        if not transport.connected:
+            return  # lost within the block: nothing to send or watch
+        if (
+            (transport._tempDataBuffer or transport.dataBuffer)
+            and not transport.disconnecting
+            and not transport._writeDisconnecting
+            and transport.doWrite() is None
+            and not (transport._tempDataBuffer or transport.dataBuffer)
+        ):
+            return  # all sent
+        if (
+            transport._tempDataBuffer
+            or transport.dataBuffer
+            or transport.disconnecting
+            or transport._writeDisconnecting
+        ):
+            transport.startWriting()  # the rest, a close, a failure: the reactor's
 
 
 def flushConsumer(consumer: Any) -> None:

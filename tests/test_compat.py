@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import ast
 import inspect
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
+import pytest_twisted
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint, IWriteDescriptor
-from twisted.internet.protocol import Factory
-from twisted.internet.task import Clock
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.web import client as webclient
@@ -31,6 +35,7 @@ from zope.interface import implementer
 from ccproxy import compat
 from ccproxy.upstream.client import BytesProducer
 from ccproxy.upstream.pool import UpstreamPool
+from tests.support.faultkit import waitUntil, within
 from tests.support.harness import resultOf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -606,3 +611,205 @@ def test_an_own_header_is_set_as_request_setHeader_sets_it() -> None:
     expected = written(lambda request, name, value: request.setHeader(name, value))
     assert written(own) == expected
     assert b"Content-Type: application/json" in expected[1].split(b"\r\n")
+
+
+# -- writes sent at once without the reactor watching the socket (SendTogether) ----
+
+
+class _Held(Protocol):
+    """The server side of a real loopback connection, kept for the test."""
+
+    lost: Deferred[None]
+
+    def connectionMade(self) -> None:
+        self.lost = Deferred()
+        self.factory.made.callback(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+async def _loopback() -> tuple[Any, socket.socket, Any, Deferred[None]]:
+    """A real TCP connection on the global reactor: (the server's transport, the peer's
+    blocking socket, the listening port, fired when the connection is lost)."""
+    factory = Factory.forProtocol(_Held)
+    factory.made = Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+    protocol = await within(factory.made)  # type: ignore[attr-defined]
+    return protocol.transport, peer, port, protocol.lost
+
+
+async def _readAll(peer: socket.socket, size: int) -> bytes:
+    """What the peer reads until `size` bytes or the end, the reactor sending meanwhile."""
+    peer.setblocking(False)
+    got = bytearray()
+
+    def more() -> bool:
+        while len(got) < size:
+            try:
+                data = peer.recv(1 << 20)
+            except BlockingIOError:
+                return False
+            if not data:
+                return True
+            got.extend(data)
+        return True
+
+    await waitUntil(more, f"{size} bytes at the peer")
+    return bytes(got)
+
+
+def _watched(transport: Any) -> bool:
+    return transport in reactor.getWriters()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_block_writes_leaves_in_one_send_with_the_socket_never_watched() -> None:
+    transport, peer, port, lost = await _loopback()
+    sends: list[int] = []
+    send = transport.writeSomeData
+    transport.writeSomeData = lambda data: sends.append(len(data)) or send(data)
+    try:
+        with compat.SendTogether(transport):
+            transport.write(b"HTTP/1.1 200 OK\r\n")
+            transport.writeSequence([b"Content-Length: 2\r\n", b"\r\n"])
+            assert not _watched(transport), (
+                "FileDescriptor.write no longer registers through startWriting: "
+                "compat.SendTogether does not keep the socket unwatched"
+            )
+            transport.write(b"ok")
+        assert sends == [len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")], (
+            "the block's writes did not leave in one doWrite at its end"
+        )
+        assert not _watched(transport)
+        assert "startWriting" not in transport.__dict__
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        assert await _readAll(peer, len(answer)) == answer
+    finally:
+        peer.close()
+        await within(lost)
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_full_socket_did_not_take_goes_to_the_reactor_in_order() -> None:
+    transport, peer, port, lost = await _loopback()
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    pattern = b"".join(b"%07d\n" % i for i in range(50_000))  # 400 KB, lines numbered
+    try:
+        with compat.SendTogether(transport):
+            transport.write(pattern[:300_000])
+        assert _watched(transport), "the rest was not handed to the reactor"
+        assert transport.dataBuffer or transport._tempDataBuffer
+        with compat.SendTogether(transport):  # more while the rest waits: after it
+            transport.write(pattern[300_000:])
+        assert await _readAll(peer, len(pattern)) == pattern
+        await waitUntil(lambda: not _watched(transport), "the reactor to stop watching")
+    finally:
+        peer.close()
+        await within(lost)
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_asked_within_a_block_closes_once_everything_is_sent() -> None:
+    transport, peer, port, lost = await _loopback()
+    try:
+        with compat.SendTogether(transport):
+            transport.write(b"the last answer")
+            transport.loseConnection()
+        assert _watched(transport), "only the reactor may finish a close"
+        assert await _readAll(peer, 100) == b"the last answer"  # then the end
+        await within(lost)
+    finally:
+        peer.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_to_a_peer_that_reset_the_connection_loses_it_cleanly() -> None:
+    transport, peer, port, lost = await _loopback()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # a reset
+    try:
+        for _ in range(3):  # the first send may still be taken before the reset is seen
+            if not transport.connected:
+                break
+            with compat.SendTogether(transport):
+                transport.write(b"x" * 100_000)
+            await deferLater(reactor, 0.05)
+        await within(lost)
+        assert not transport.connected
+    finally:
+        await port.stopListening()
+
+
+def test_a_transport_that_is_not_plain_tcp_is_flushed_as_flushNow_does() -> None:
+    socket_ = _Socket(MemoryReactorClock())
+    with compat.SendTogether(socket_):
+        socket_.write(b"over TLS, or a test's")
+        assert socket_.sent == []
+    assert socket_.sent == [b"over TLS, or a test's"]
+    assert "startWriting" not in socket_.__dict__
+    with compat.SendTogether(None), compat.SendTogether(StringTransport()):
+        pass
+
+
+# -- the upstream connection (ClientProtocol) ----------------------------------------
+
+
+_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+
+
+class _Body(Protocol):
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.done: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(None)
+
+
+def test_the_pool_builds_client_protocols_of_compat() -> None:
+    protocol = compat.QuietClientFactory(lambda p: None, None).buildProtocol(None)
+    assert isinstance(protocol, compat.ClientProtocol), (
+        "_HTTP11ClientFactory.buildProtocol is no longer what the pool calls"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_request_leaves_without_the_socket_watched() -> None:
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.web._newclient import Request
+    from twisted.web.http_headers import Headers
+
+    listening = socket.create_server(("127.0.0.1", 0))
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getsockname()[1])
+    protocol = compat.ClientProtocol(lambda p: None)
+    await within(connectProtocol(endpoint, protocol))
+    upstream, _ = listening.accept()
+    try:
+        body = b'{"model":"m"}' * 1000
+        requested = protocol.request(
+            Request(b"POST", b"/v1", Headers({b"host": [b"up"]}), BytesProducer(body))
+        )
+        assert not _watched(protocol.transport)
+        sent = await _readAll(upstream, 1)
+        sent += await _readAll(upstream, len(body) - len(sent.partition(b"\r\n\r\n")[2]))
+        assert sent.startswith(b"POST /v1 HTTP/1.1\r\n") and sent.endswith(body)
+        upstream.setblocking(True)
+        upstream.sendall(_HEAD + b"0123456789")
+        response = await within(requested)
+        answer = _Body()
+        response.deliverBody(answer)
+        await within(answer.done)
+        assert b"".join(answer.data) == b"0123456789"
+    finally:
+        upstream.close()
+        listening.close()
+        protocol.transport.loseConnection()

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from ccproxy.compat import writeNow
+from ccproxy.compat import SendTogether
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
 from ccproxy.relay.sse import SSEFrames, SSEParser
 from ccproxy.translate.passthrough import MessageStream
@@ -158,9 +158,11 @@ class EventWriter:
 
     def writeFrames(self, frames: bytes, last: bool = False) -> None:
         """Send frames already encoded (`last`: see `write`)."""
-        self._request.write(frames)
-        if not last:
-            writeNow(self._request)
+        if last:
+            self._request.write(frames)
+        else:
+            with SendTogether.of(self._request):
+                self._request.write(frames)
         # Noted, not the timer moved (a reactor call each write): `_ping` waits
         # for the rest of the interval when it comes too early.
         self._wrote = self._now()
@@ -290,8 +292,8 @@ class StreamRelay:
         if self._start:
             self._writer.write(self._start)  # the head with it, at once
         else:  # a passed-through stream: its message_start is the upstream's
-            self._request.write(b"")  # the status and headers alone, now
-            writeNow(self._request)
+            with SendTogether.of(self._request):
+                self._request.write(b"")  # the status and headers alone, now
 
     def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
         """End a committed stream whose answer never came (`error`: the upstream's

@@ -30,7 +30,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ccproxy.compat import flushNow
+from ccproxy.compat import SendTogether
 from ccproxy.config.model import Config, keyDigest
 from ccproxy.config.periods import MONTH, isoMoment, parseMoment, periodStart
 from ccproxy.errors import ProxyError, invalidRequest
@@ -620,14 +620,13 @@ class HotRoute(KleinResource):
 
 
 def _answer(result: bytes | None, request: IRequest, finished: list[object]) -> None:
-    """A hot route's result on the wire, as Klein writes one, and sent at once
-    (`flushNow`), not a reactor turn later."""
-    transport = getattr(request, "transport", None)  # before finish lets go of it
-    if isinstance(result, bytes):
-        request.write(result)
-    if not finished:
-        request.finish()
-    flushNow(transport)
+    """A hot route's result on the wire, as Klein writes one, and sent at once, in
+    one send (`SendTogether`), not a reactor turn later."""
+    with SendTogether(getattr(request, "transport", None)):  # before finish lets go of it
+        if isinstance(result, bytes):
+            request.write(result)
+        if not finished:
+            request.finish()
 
 
 def _tokensSoFar(call: Call) -> int:
