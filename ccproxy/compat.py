@@ -33,20 +33,84 @@ from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 
 
+class _PauseOnNextRead:
+    """The producer a response's `TransportProxyProducer` forwards to (`ClientProtocol`):
+    the connection, whose first pause (the response parser's, once the head is in)
+    waits for the next read instead of being made at once.
+
+    A pause and a resume within one turn cost the reactor two `epoll_ctl` calls
+    (the socket dropped from the poll set and added back); the body's reader is
+    nearly always given in the turn the head arrives."""
+
+    __slots__ = ("_armed", "_transport", "pending")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._armed = True
+        self.pending = False
+
+    def pauseProducing(self) -> None:
+        if self._armed:  # the head is in and nobody reads the body yet
+            self._armed = False
+            self.pending = True
+        else:  # a body reader's own pause (backpressure): now
+            self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._armed = False
+        if self.pending:  # the body has its reader before any more was read
+            self.pending = False
+        else:
+            self._transport.resumeProducing()
+
+    def pauseNow(self) -> None:
+        """More of the body arrived before its reader: pause as Twisted would have."""
+        self.pending = False
+        self._transport.pauseProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+    def loseConnection(self) -> None:
+        self._transport.loseConnection()
+
+
 class ClientProtocol(HTTP11ClientProtocol):
     """Twisted's HTTP/1.1 client connection, a request written without the reactor
-    watching the socket for room.
+    watching the socket for room, and no pause and resume of the connection
+    between a response's head and its body's reader.
 
     Relies on: `HTTP11ClientProtocol.request` writing the request to `transport`
-    within the call (`Request.writeTo`; `BytesProducer` writes its body at once).
-    Why: per upstream request, `SendTogether` saves the `epoll_ctl` pair of the
-    request's send.
+    within the call (`Request.writeTo`; `BytesProducer` writes its body at once),
+    then making `_transportProxy`, a `TransportProxyProducer` whose `_producer` is
+    the transport, the transport of the response parser and of the response's
+    body reader; `HTTPClientParser.allHeadersReceived` pausing that proxy when the
+    head is in (the first pause it gets), and `Response.deliverBody` resuming it;
+    bytes read while nobody reads the body being kept by the `Response`. Why: per
+    upstream request, `SendTogether` saves the `epoll_ctl` pair of the request's
+    send, and `_PauseOnNextRead` the pair of the head's pause: the reader, given in
+    the same turn, resumes a pause never made. If more of the body arrives first,
+    the connection is paused before that read goes on (`dataReceived`), and those
+    bytes wait in the `Response` as they would have in the socket.
     """
+
+    _pauses: _PauseOnNextRead | None = None
 
     def request(self, request: Any) -> Deferred[IResponse]:
         with SendTogether(self.transport):
             requested: Deferred[IResponse] = super().request(request)
+        proxy = getattr(self, "_transportProxy", None)
+        if proxy is not None and proxy._producer is self.transport:
+            self._pauses = proxy._producer = _PauseOnNextRead(self.transport)
+        else:
+            self._pauses = None
         return requested
+
+    def dataReceived(self, bytes: bytes) -> None:
+        pauses = self._pauses
+        if pauses is not None and pauses.pending:
+            pauses.pauseNow()
+        super().dataReceived(bytes)
 
 
 class QuietClientFactory(_HTTP11ClientFactory):

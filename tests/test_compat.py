@@ -760,7 +760,20 @@ def test_a_transport_that_is_not_plain_tcp_is_flushed_as_flushNow_does() -> None
 # -- the upstream connection (ClientProtocol) ----------------------------------------
 
 
-_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+class _Recording(StringTransport):
+    """A connection noting the pauses and resumes asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+        super().resumeProducing()
 
 
 class _Body(Protocol):
@@ -775,11 +788,65 @@ class _Body(Protocol):
         self.done.callback(None)
 
 
-def test_the_pool_builds_client_protocols_of_compat() -> None:
+def _clientRequest() -> tuple[compat.ClientProtocol, _Recording, Deferred[Any]]:
+    from twisted.web._newclient import Request
+    from twisted.web.http_headers import Headers
+
     protocol = compat.QuietClientFactory(lambda p: None, None).buildProtocol(None)
     assert isinstance(protocol, compat.ClientProtocol), (
         "_HTTP11ClientFactory.buildProtocol is no longer what the pool calls"
     )
+    transport = _Recording()
+    protocol.makeConnection(transport)
+    body = BytesProducer(b"{}")
+    requested = protocol.request(Request(b"POST", b"/v1", Headers({b"host": [b"up"]}), body))
+    assert isinstance(protocol._transportProxy._producer, compat._PauseOnNextRead), (
+        "HTTP11ClientProtocol.request no longer makes _transportProxy, a "
+        "TransportProxyProducer proxying the transport as _producer"
+    )
+    return protocol, transport, requested
+
+
+_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+
+
+def test_a_body_read_in_the_heads_turn_costs_the_connection_no_pause() -> None:
+    protocol, transport, requested = _clientRequest()
+    body = _Body()
+    requested.addCallback(lambda response: response.deliverBody(body))
+    protocol.dataReceived(_HEAD + b"01234")
+    protocol.dataReceived(b"56789")
+    assert b"".join(body.data) == b"0123456789"
+    assert body.done.called
+    assert transport.calls == [], (
+        "the head's pause reached the connection although the body's reader came "
+        "in the same turn: HTTPClientParser.allHeadersReceived or "
+        "Response.deliverBody changed how they pause and resume"
+    )
+
+
+def test_more_of_a_body_before_its_reader_pauses_the_connection_first() -> None:
+    protocol, transport, requested = _clientRequest()
+    protocol.dataReceived(_HEAD + b"012")
+    assert transport.calls == []
+    protocol.dataReceived(b"345")  # nobody reads the body yet: pause, keep this
+    assert transport.calls == ["pause"]
+    body = _Body()
+    resultOf(requested).deliverBody(body)
+    assert transport.calls == ["pause", "resume"]
+    protocol.dataReceived(b"6789")
+    assert b"".join(body.data) == b"0123456789"
+
+
+def test_a_body_readers_own_pause_reaches_the_connection_at_once() -> None:
+    protocol, transport, requested = _clientRequest()
+    body = _Body()
+    requested.addCallback(lambda response: response.deliverBody(body))
+    protocol.dataReceived(_HEAD + b"012")
+    body.transport.pauseProducing()  # backpressure from a slow client
+    assert transport.calls == ["pause"]
+    body.transport.resumeProducing()
+    assert transport.calls == ["pause", "resume"]
 
 
 @pytest_twisted.ensureDeferred
