@@ -109,7 +109,9 @@ class ClientProtocol(HTTP11ClientProtocol):
     def dataReceived(self, bytes: bytes) -> None:
         pauses = self._pauses
         if pauses is not None and pauses.pending:
-            pauses.pauseNow()
+            if self._transportProxy is not None:  # (None: that response is over)
+                pauses.pauseNow()
+            self._pauses = None
         super().dataReceived(bytes)
 
 

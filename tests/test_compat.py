@@ -838,6 +838,18 @@ def test_more_of_a_body_before_its_reader_pauses_the_connection_first() -> None:
     assert b"".join(body.data) == b"0123456789"
 
 
+def test_an_idle_connection_is_not_paused_for_a_response_nobody_read() -> None:
+    """A response whole in the head's read goes back to the pool read or not; bytes
+    arriving on the idle connection then are Twisted's to refuse, not a pause's."""
+    protocol, transport, requested = _clientRequest()
+    protocol.dataReceived(_HEAD + b"0123456789")
+    assert protocol.state == "QUIESCENT"
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")  # unasked: the connection is dropped
+    assert "pause" not in transport.calls
+    assert transport.disconnecting
+    resultOf(requested)
+
+
 def test_a_body_readers_own_pause_reaches_the_connection_at_once() -> None:
     protocol, transport, requested = _clientRequest()
     body = _Body()
