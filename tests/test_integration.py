@@ -14,6 +14,7 @@ import orjson
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import reactor, tcp
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -90,6 +91,56 @@ async def test_upstream_connections_are_kept_alive(running: tuple[str, FakeOpenA
         await response.content()
     assert len(upstream.received) == 3
     assert all(r.headers.get("connection") != "close" for r in upstream.received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_leave_without_the_reactor_watching_the_proxys_sockets(
+    running: tuple[str, FakeOpenAI],
+) -> None:
+    """A request and a stream (the upstream connection kept alive from a first
+    request): each send goes out at once, no socket of the proxy's is watched for
+    room (`compat.SendTogether`), and its upstream connection is never dropped from
+    the poll set between an answer's head and its body (`compat.ClientProtocol`):
+    each would be an `epoll_ctl` pair."""
+    base, upstream = running
+    chunks = [{"choices": [{"index": 0, "delta": {"content": f"part{i} "}}]} for i in range(5)]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    upstream.queue(jsonReply(completion("warm-up")))
+    await (await treq.post(f"{base}/v1/messages", data=orjson.dumps(body()))).content()
+    asked: list[tuple[str, Any]] = []
+
+    port = int(base.rsplit(":", 1)[1])
+
+    def proxys(selectable: Any) -> bool:
+        """The proxy's side of a client's connection, or its upstream connection
+        (every other client connection here is the test's, to the proxy)."""
+        if isinstance(selectable, tcp.Server):
+            return bool(selectable.getHost().port == port)
+        return isinstance(selectable, tcp.Client) and selectable.getPeer().port != port
+
+    def spy(name: str) -> Callable[[Any], None]:
+        real = getattr(reactor, name)
+
+        def call(selectable: Any) -> None:
+            if proxys(selectable):
+                asked.append((name, selectable))
+            real(selectable)
+
+        return call
+
+    reactor.addWriter = spy("addWriter")  # type: ignore[method-assign]
+    reactor.removeReader = spy("removeReader")  # type: ignore[method-assign]
+    try:
+        upstream.queue(jsonReply(completion("Hi")))
+        answer = await treq.post(f"{base}/v1/messages", data=orjson.dumps(body()))
+        assert orjson.loads(await answer.content())["content"][0]["text"] == "Hi"
+        upstream.queue(sseReply(chunks))
+        streamed = await treq.post(f"{base}/v1/messages", data=orjson.dumps(body(stream=True)))
+        assert (await streamed.content()).endswith(b'data: {"type":"message_stop"}\n\n')
+    finally:
+        del reactor.addWriter
+        del reactor.removeReader
+    assert asked == []
 
 
 @pytest.fixture

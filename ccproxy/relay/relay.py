@@ -533,6 +533,7 @@ class StreamRelay:
         """Feed `answer`'s body to `parser` until it ends, the client's reading
         pacing the upstream's sending."""
         request = self._request
+        parser.ending = SendTogether.of(request)
         try:
             answer.response.deliverBody(parser)
             # A slow reader pauses the upstream instead of making us buffer its stream.

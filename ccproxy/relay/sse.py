@@ -14,6 +14,8 @@ from `ccproxy.upstream.client.BodyReader`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -228,11 +230,17 @@ class SSEParser(BodyReader):
         blank line that ends it must not grow it without end)."""
         self.fail(badGateway(self._name, f"a stream event is longer than {self.MAX_LENGTH} bytes"))
 
+    ending: AbstractContextManager[Any] = nullcontext()
+    """Around the body's end: the relay's `SendTogether` on its client's connection,
+    so that what the end writes (the stream's last events, its closing chunk, all
+    in this turn) leaves in one send, the socket never watched for room."""
+
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         if not self.finished.called and not reason.check(ResponseDone, PotentialDataLoss):
             # Cut off: a half line is not an event, and the cut is what to report.
             self._partial, self._lines = [], []
-        BodyReader.connectionLost(self, reason)
+        with self.ending:
+            BodyReader.connectionLost(self, reason)
 
     def ended(self) -> None:
         if self._partial:  # a last line without its newline
