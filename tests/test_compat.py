@@ -8,10 +8,12 @@ import ast
 import inspect
 import socket
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from attrs import define
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.application.internet import StreamServerEndpointService
@@ -37,6 +39,7 @@ from ccproxy.upstream.client import BytesProducer
 from ccproxy.upstream.pool import UpstreamPool
 from tests.support.faultkit import waitUntil, within
 from tests.support.harness import resultOf
+from tests.test_pooled_client import Collect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -629,15 +632,32 @@ class _Held(Protocol):
         self.lost.callback(None)
 
 
-async def _loopback() -> tuple[Any, socket.socket, Any, Deferred[None]]:
-    """A real TCP connection on the global reactor: (the server's transport, the peer's
-    blocking socket, the listening port, fired when the connection is lost)."""
+@define
+class _Loopback:
+    """A real TCP connection on the global reactor."""
+
+    transport: Any
+    """The server's side (a `tcp.Server`)."""
+    peer: socket.socket
+    """The client's side, a blocking socket that reads only when told."""
+    lost: Deferred[None]
+    """Fires when the server's side is lost."""
+
+
+@pytest_twisted.async_yield_fixture()
+async def loopback() -> AsyncIterator[_Loopback]:
     factory = Factory.forProtocol(_Held)
     factory.made = Deferred()  # type: ignore[attr-defined]
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     peer = socket.create_connection(("127.0.0.1", port.getHost().port))
-    protocol = await within(factory.made)  # type: ignore[attr-defined]
-    return protocol.transport, peer, port, protocol.lost
+    try:
+        protocol = await within(factory.made)  # type: ignore[attr-defined]
+        yield _Loopback(protocol.transport, peer, protocol.lost)
+        peer.close()
+        await within(protocol.lost)
+    finally:
+        peer.close()
+        await port.stopListening()
 
 
 async def _readAll(peer: socket.socket, size: int) -> bytes:
@@ -665,85 +685,74 @@ def _watched(transport: Any) -> bool:
 
 
 @pytest_twisted.ensureDeferred
-async def test_what_a_block_writes_leaves_in_one_send_with_the_socket_never_watched() -> None:
-    transport, peer, port, lost = await _loopback()
+async def test_what_a_block_writes_leaves_in_one_send_with_the_socket_never_watched(
+    loopback: _Loopback,
+) -> None:
+    transport = loopback.transport
     sends: list[int] = []
     send = transport.writeSomeData
     transport.writeSomeData = lambda data: sends.append(len(data)) or send(data)
-    try:
-        with compat.SendTogether(transport):
-            transport.write(b"HTTP/1.1 200 OK\r\n")
-            transport.writeSequence([b"Content-Length: 2\r\n", b"\r\n"])
-            assert not _watched(transport), (
-                "FileDescriptor.write no longer registers through startWriting: "
-                "compat.SendTogether does not keep the socket unwatched"
-            )
-            transport.write(b"ok")
-        assert sends == [len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")], (
-            "the block's writes did not leave in one doWrite at its end"
+    with compat.SendTogether(transport):
+        transport.write(b"HTTP/1.1 200 OK\r\n")
+        transport.writeSequence([b"Content-Length: 2\r\n", b"\r\n"])
+        assert not _watched(transport), (
+            "FileDescriptor.write no longer registers through startWriting: "
+            "compat.SendTogether does not keep the socket unwatched"
         )
-        assert not _watched(transport)
-        assert "startWriting" not in transport.__dict__
-        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        assert await _readAll(peer, len(answer)) == answer
-    finally:
-        peer.close()
-        await within(lost)
-        await port.stopListening()
+        transport.write(b"ok")
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert sends == [len(answer)], "the block's writes did not leave in one doWrite at its end"
+    assert not _watched(transport)
+    assert "startWriting" not in transport.__dict__
+    assert await _readAll(loopback.peer, len(answer)) == answer
 
 
 @pytest_twisted.ensureDeferred
-async def test_what_a_full_socket_did_not_take_goes_to_the_reactor_in_order() -> None:
-    transport, peer, port, lost = await _loopback()
+async def test_what_a_full_socket_did_not_take_goes_to_the_reactor_in_order(
+    loopback: _Loopback,
+) -> None:
+    transport = loopback.transport
     transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    loopback.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     pattern = b"".join(b"%07d\n" % i for i in range(50_000))  # 400 KB, lines numbered
-    try:
-        with compat.SendTogether(transport):
-            transport.write(pattern[:300_000])
-        assert _watched(transport), "the rest was not handed to the reactor"
-        assert transport.dataBuffer or transport._tempDataBuffer
-        with compat.SendTogether(transport):  # more while the rest waits: after it
-            transport.write(pattern[300_000:])
-        assert await _readAll(peer, len(pattern)) == pattern
-        await waitUntil(lambda: not _watched(transport), "the reactor to stop watching")
-    finally:
-        peer.close()
-        await within(lost)
-        await port.stopListening()
+    with compat.SendTogether(transport):
+        transport.write(pattern[:300_000])
+    assert _watched(transport), "the rest was not handed to the reactor"
+    assert transport.dataBuffer or transport._tempDataBuffer
+    with compat.SendTogether(transport):  # more while the rest waits: after it
+        transport.write(pattern[300_000:])
+    assert await _readAll(loopback.peer, len(pattern)) == pattern
+    await waitUntil(lambda: not _watched(transport), "the reactor to stop watching")
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_close_asked_within_a_block_closes_once_everything_is_sent() -> None:
-    transport, peer, port, lost = await _loopback()
-    try:
-        with compat.SendTogether(transport):
-            transport.write(b"the last answer")
-            transport.loseConnection()
-        assert _watched(transport), "only the reactor may finish a close"
-        assert await _readAll(peer, 100) == b"the last answer"  # then the end
-        await within(lost)
-    finally:
-        peer.close()
-        await port.stopListening()
+async def test_a_close_asked_within_a_block_closes_once_everything_is_sent(
+    loopback: _Loopback,
+) -> None:
+    transport = loopback.transport
+    with compat.SendTogether(transport):
+        transport.write(b"the last answer")
+        transport.loseConnection()
+    assert _watched(transport), "only the reactor may finish a close"
+    assert await _readAll(loopback.peer, 100) == b"the last answer"  # then the end
+    await within(loopback.lost)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_write_to_a_peer_that_reset_the_connection_loses_it_cleanly() -> None:
-    transport, peer, port, lost = await _loopback()
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    peer.close()  # a reset
-    try:
-        for _ in range(3):  # the first send may still be taken before the reset is seen
-            if not transport.connected:
-                break
-            with compat.SendTogether(transport):
-                transport.write(b"x" * 100_000)
-            await deferLater(reactor, 0.05)
-        await within(lost)
-        assert not transport.connected
-    finally:
-        await port.stopListening()
+async def test_a_write_to_a_peer_that_reset_the_connection_loses_it_cleanly(
+    loopback: _Loopback,
+) -> None:
+    transport = loopback.transport
+    loopback.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    loopback.peer.close()  # a reset
+    for _ in range(3):  # the first send may still be taken before the reset is seen
+        if not transport.connected:
+            break
+        with compat.SendTogether(transport):
+            transport.write(b"x" * 100_000)
+        await deferLater(reactor, 0.05)
+    await within(loopback.lost)
+    assert not transport.connected
 
 
 def test_a_transport_that_is_not_plain_tcp_is_flushed_as_flushNow_does() -> None:
@@ -776,18 +785,6 @@ class _Recording(StringTransport):
         super().resumeProducing()
 
 
-class _Body(Protocol):
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.done: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data.append(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.done.callback(None)
-
-
 def _clientRequest() -> tuple[compat.ClientProtocol, _Recording, Deferred[Any]]:
     from twisted.web._newclient import Request
     from twisted.web.http_headers import Headers
@@ -812,11 +809,11 @@ _HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
 
 def test_a_body_read_in_the_heads_turn_costs_the_connection_no_pause() -> None:
     protocol, transport, requested = _clientRequest()
-    body = _Body()
+    body = Collect()
     requested.addCallback(lambda response: response.deliverBody(body))
     protocol.dataReceived(_HEAD + b"01234")
     protocol.dataReceived(b"56789")
-    assert b"".join(body.data) == b"0123456789"
+    assert b"".join(body.parts) == b"0123456789"
     assert body.done.called
     assert transport.calls == [], (
         "the head's pause reached the connection although the body's reader came "
@@ -831,11 +828,11 @@ def test_more_of_a_body_before_its_reader_pauses_the_connection_first() -> None:
     assert transport.calls == []
     protocol.dataReceived(b"345")  # nobody reads the body yet: pause, keep this
     assert transport.calls == ["pause"]
-    body = _Body()
+    body = Collect()
     resultOf(requested).deliverBody(body)
     assert transport.calls == ["pause", "resume"]
     protocol.dataReceived(b"6789")
-    assert b"".join(body.data) == b"0123456789"
+    assert b"".join(body.parts) == b"0123456789"
 
 
 def test_an_idle_connection_is_not_paused_for_a_response_nobody_read() -> None:
@@ -852,7 +849,7 @@ def test_an_idle_connection_is_not_paused_for_a_response_nobody_read() -> None:
 
 def test_a_body_readers_own_pause_reaches_the_connection_at_once() -> None:
     protocol, transport, requested = _clientRequest()
-    body = _Body()
+    body = Collect()
     requested.addCallback(lambda response: response.deliverBody(body))
     protocol.dataReceived(_HEAD + b"012")
     body.transport.pauseProducing()  # backpressure from a slow client
@@ -884,10 +881,10 @@ async def test_an_upstream_request_leaves_without_the_socket_watched() -> None:
         upstream.setblocking(True)
         upstream.sendall(_HEAD + b"0123456789")
         response = await within(requested)
-        answer = _Body()
+        answer = Collect()
         response.deliverBody(answer)
         await within(answer.done)
-        assert b"".join(answer.data) == b"0123456789"
+        assert b"".join(answer.parts) == b"0123456789"
     finally:
         upstream.close()
         listening.close()
