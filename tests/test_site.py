@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from ccproxy.daemon.listen import connectionCap, raiseOpenFilesLimit
 from ccproxy.web.site import LINGER, SPLIT_FROM, ProxySite, isCanonicalPath
-from tests.support.fakes import sseReply
+from tests.support.fakes import completion, jsonReply, sseReply
 from tests.support.harness import Harness, message
 
 
@@ -254,6 +254,49 @@ def test_a_body_that_does_not_arrive_in_time_is_408(h: Harness, site: ProxySite)
     h.clock.advance(1)
     assert conn.status() == 408
     assert site.bodyBytes == 0
+
+
+def _timers(h: Harness) -> list[str]:
+    """The site's head and body timers pending on the clock."""
+    names = ("_headersLate", "_bodyLate")
+    return [c.func.__name__ for c in h.clock.getDelayedCalls() if c.func.__name__ in names]
+
+
+def test_a_request_read_whole_sets_no_head_or_body_timer(h: Harness, site: ProxySite) -> None:
+    """Each timer is set only by a read that leaves its part unfinished: the usual
+    request, whole in one read, had both set and cancelled for nothing."""
+    h.upstream.queue(jsonReply(completion("hi")))
+    conn = Conn(site)
+    calls: list[str] = []
+    callLater = conn.channel.callLater
+    conn.channel.callLater = lambda delay, f, *a: (
+        calls.append(f.__name__) or callLater(delay, f, *a)
+    )
+    conn.send(_oneRead(orjson.dumps(message("hello"))))
+    assert conn.status() == 200
+    assert "_headersLate" not in calls and "_bodyLate" not in calls
+    assert _timers(h) == []
+
+
+def test_a_body_begun_in_its_heads_read_must_end_in_time(h: Harness, site: ProxySite) -> None:
+    whole = _oneRead(orjson.dumps(message("x" * 1000)))
+    conn = Conn(site).send(whole[:-10])
+    assert _timers(h) == ["_bodyLate"]
+    h.clock.advance(30)
+    assert conn.status() == 408
+    assert site.bodyBytes == 0
+
+
+def test_a_head_cut_in_two_reads_must_end_in_time_from_its_first(
+    h: Harness, site: ProxySite
+) -> None:
+    whole = _oneRead(orjson.dumps(message("hello")))
+    conn = Conn(site).send(whole[:20])
+    assert _timers(h) == ["_headersLate"]
+    h.clock.advance(9)
+    conn.send(whole[20:40])
+    h.clock.advance(1)
+    assert conn.status() == 408
 
 
 def test_a_refused_body_is_read_to_its_end_then_the_connection_closes(

@@ -115,7 +115,7 @@ class LimitedRequest(Request):
         # or ends: what a body becomes once parsed is larger than its bytes.
         self.notifyFinish().addBoth(lambda _: self._release())
         if bodyComing:
-            self._bodyTimer = self.channel.callLater(config.bodyTimeout, self._bodyLate)
+            self.channel.bodyComing = self  # its timer, if this read leaves it unread
         if token is not None:
             self._judgeToken(token, config)
 
@@ -141,6 +141,13 @@ class LimitedRequest(Request):
 
         verdict.addCallback(judged)
         verdict.addErrback(lambda failure: self._site.logger.failure("judging a token", failure))
+
+    def startBodyTimer(self) -> None:
+        """The read that brought the head is over and the body is still to come:
+        it must arrive within `body_timeout` (`ProxyChannel.dataReceived`)."""
+        if not self._routed and self._bodyTimer is None:
+            timeout = self._site.config().bodyTimeout
+            self._bodyTimer = self.channel.callLater(timeout, self._bodyLate)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -219,6 +226,10 @@ class ProxyChannel(QuickHeaderChannel):
     _headerTimer: IDelayedCall | None = None
     _lingerTimer: IDelayedCall | None = None
     _closedByUs = False
+    _heads = 0
+    """Request heads read whole on this connection."""
+    bodyComing: LimitedRequest | None = None
+    """A request whose head this read brought and whose body is still to come."""
     _peerAddress: Any = None
     _hostAddress: Any = None
 
@@ -237,9 +248,28 @@ class ProxyChannel(QuickHeaderChannel):
         return self._hostAddress
 
     def dataReceived(self, data: bytes) -> None:
-        if self._awaitingHeaders and self._headerTimer is None and not self._closedByUs:
+        # A head must be in within `header_timeout` of its first byte, its body
+        # within `body_timeout` after it. Each timer is set once the read is over,
+        # only if that read left the head (or the body) unfinished: nearly every
+        # request comes whole in one read, and its timers were set and cancelled
+        # for nothing.
+        starting = self._awaitingHeaders and self._headerTimer is None
+        heads = self._heads
+        self._read(data)
+        request, self.bodyComing = self.bodyComing, None
+        if request is not None:
+            request.startBodyTimer()
+        if (
+            starting
+            and self._heads == heads  # (a head read whole, its request maybe done)
+            and self._awaitingHeaders
+            and not self._closedByUs
+            and not self.transport.disconnecting
+        ):
             timeout = self.site.config().headerTimeout
             self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
+
+    def _read(self, data: bytes) -> None:
         if self._awaitingHeaders and len(data) > SPLIT_FROM:
             # twisted.web's line reader copies the rest of its buffer for each line it
             # takes off: a request's twenty header lines read together with its 50 KB
@@ -256,6 +286,7 @@ class ProxyChannel(QuickHeaderChannel):
 
     def allHeadersReceived(self) -> None:
         self._awaitingHeaders = False
+        self._heads += 1
         self._stopHeaderTimer()
         super().allHeadersReceived()
 
@@ -301,6 +332,7 @@ class ProxyChannel(QuickHeaderChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopHeaderTimer()
+        self.bodyComing = None
         if self._lingerTimer is not None and self._lingerTimer.active():
             self._lingerTimer.cancel()
         self.site.connectionClosed(self)
