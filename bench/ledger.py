@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -32,15 +33,17 @@ from ccproxy.ledger.worker import Inline
 from ccproxy.observe.accesslog import AccessLog, AccessRecord
 from ccproxy.observe.metrics import Metrics
 from ccproxy.observe.usage import UsageBook
+from ccproxy.web.call import newId
 
 PRICES = Prices("USD", (("gpt-4.1", Price(2, 8, 0.5, 0)),))
 
 
-def record(i: int) -> AccessRecord:
-    """A finished streamed request, as the access log gets it."""
+def record(i: int, ids: Callable[[], str] = newId) -> AccessRecord:
+    """A finished streamed request, as the access log gets it, its id made as the
+    daemon makes them (`ids`)."""
     start = 1.7e9 + i
     return AccessRecord(
-        requestId=f"req_{i:024d}",
+        requestId=f"req_{ids()}",
         method="POST",
         path="/v1/messages",
         started=start,
@@ -66,14 +69,22 @@ def accessLog(url: LedgerURL | None) -> AccessLog:
     return AccessLog(Metrics(), UsageBook("-"), ledger)
 
 
-def measure(logs: dict[str, AccessLog], blocks: int, n: int) -> dict[str, list[float]]:
+def randomId() -> str:
+    """A request id as ccproxy made them before time-first ids: 96 random bits, each
+    row in its own page of the ledger's index."""
+    return os.urandom(12).hex()
+
+
+def measure(
+    logs: dict[str, AccessLog], blocks: int, n: int, ids: Callable[[], str] = newId
+) -> dict[str, list[float]]:
     """ms of CPU per request, per block, for each kind."""
     spent: dict[str, list[float]] = {kind: [] for kind in logs}
     made = 0
     for block in range(blocks):
         kinds = list(logs) if block % 2 == 0 else list(reversed(logs))
         for kind in kinds:
-            records = [record(made + i) for i in range(n)]
+            records = [record(made + i, ids) for i in range(n)]
             made += n
             started = time.process_time()
             for r in records:
@@ -89,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("-n", type=int, default=2000, help="requests a block")
+    parser.add_argument(
+        "--random-ids", action="store_true", help="ids of 96 random bits (before time-first ids)"
+    )
     args = parser.parse_args(argv)
     directory = tempfile.mkdtemp(prefix="ccproxy-bench-ledger-")
     logs = {
@@ -97,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.postgresql:
         logs["postgresql"] = accessLog(LedgerURL("postgresql", args.postgresql))
-    spent = measure(logs, args.blocks, args.n)
+    spent = measure(logs, args.blocks, args.n, randomId if args.random_ids else newId)
     median: dict[str, Any] = {kind: statistics.median(v) for kind, v in spent.items()}
     print(f"CPU of a request's access-log write, {args.blocks} blocks of {args.n} (ms/request)")
     for kind, values in spent.items():
