@@ -216,8 +216,29 @@ def flushNow(transport: Any) -> None:
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
-def _stayUnwatched() -> None:
-    """`startWriting` while writes are held (`SendTogether`): nothing yet."""
+class _Unwatched:
+    """The reactor as a held connection sees it (`SendTogether`): asked to watch the
+    socket for room, it does nothing; everything else is the reactor's."""
+
+    __slots__ = ("_reactor",)
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def addWriter(self, writer: Any) -> None:
+        pass
+
+    def removeWriter(self, writer: Any) -> None:
+        self._reactor.removeWriter(writer)
+
+    def addReader(self, reader: Any) -> None:
+        self._reactor.addReader(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self._reactor.removeReader(reader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 class SendTogether:
@@ -226,26 +247,29 @@ class SendTogether:
 
     Relies on: a plain TCP connection (`twisted.internet.tcp.Server` or `Client`,
     no TLS started on it) whose `write` and `writeSequence` append to
-    `_tempDataBuffer` and call `startWriting` (the reactor's `addWriter`: an
-    `epoll_ctl` asking to be told when the socket has room), whose `doWrite` sends
-    what is buffered and, once it is all sent, calls `stopWriting` (a second
-    `epoll_ctl`), and its `connected`, `disconnecting`, `_writeDisconnecting`,
-    `dataBuffer` flags and buffers, as `flushNow` reads them. Why: a write that
-    leaves at once (`flushNow`) made the reactor watch the socket and stop
-    watching it, two syscalls and Twisted's bookkeeping for nothing, twice a
-    request (its request upstream, its answer back). Within the block
-    `startWriting` is shadowed on the transport itself (Twisted shadows `doWrite`
-    the same way to abort); at its end the buffer is sent (`doWrite`), and what
-    the socket did not take, a close asked meanwhile, or a failed send is handed
-    to the reactor as Twisted would have: its writer is registered. Any other
-    transport (TLS, a test's, none) is flushed at the end as `flushNow` does.
+    `_tempDataBuffer` and call `startWriting`, which asks its `reactor` attribute
+    to `addWriter` (an `epoll_ctl` asking to be told when the socket has room);
+    whose `doWrite` sends what is buffered and, once it is all sent, calls
+    `stopWriting` (`removeWriter`, a second `epoll_ctl`); its `connected`,
+    `disconnecting`, `_writeDisconnecting`, `dataBuffer` flags and buffers, as
+    `flushNow` reads them. Why: a write that leaves at once (`flushNow`) made the
+    reactor watch the socket and stop watching it, two syscalls and Twisted's
+    bookkeeping for nothing, twice a request (its request upstream, its answer
+    back). Within the block the connection's `reactor` is `_Unwatched`, which
+    ignores `addWriter` and passes all else on (an existing attribute given
+    another value: a new one, such as a shadowed method, would slow every later
+    attribute of the connection by a third in CPython 3.11). At its end the
+    buffer is sent (`doWrite`), and what the socket did not take, a close asked
+    meanwhile, or a failed send is handed to the reactor as Twisted would have:
+    its writer is registered. Any other transport (TLS, a test's, none) is
+    flushed at the end as `flushNow` does.
     """
 
-    __slots__ = ("_held", "_transport")
+    __slots__ = ("_reactor", "_transport")
 
     def __init__(self, transport: Any) -> None:
         self._transport = transport
-        self._held = False
+        self._reactor: Any = None
 
     @classmethod
     def of(cls, request: IRequest) -> SendTogether:
@@ -259,19 +283,19 @@ class SendTogether:
             and transport.connected
             and not transport.disconnecting
             and not transport.TLS
-            and "startWriting" not in transport.__dict__  # not held already
+            and type(transport.reactor) is not _Unwatched  # not held already
         ):
-            transport.startWriting = _stayUnwatched
-            self._held = True
+            self._reactor = transport.reactor
+            transport.reactor = _Unwatched(self._reactor)
         return self
 
     def __exit__(self, *exc: object) -> None:
         transport = self._transport
-        if not self._held:
+        reactor, self._reactor = self._reactor, None
+        if reactor is None:
             flushNow(transport)
             return
-        self._held = False
-        del transport.startWriting
+        transport.reactor = reactor
         if not transport.connected:
             return  # lost within the block: nothing to send or watch
         if (
