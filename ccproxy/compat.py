@@ -97,14 +97,13 @@ class ClientProtocol(HTTP11ClientProtocol):
     _pauses: _PauseOnNextRead | None = None
 
     def request(self, request: Any) -> Deferred[IResponse]:
+        before = self._transportProxy
         with SendTogether(self.transport):
             requested: Deferred[IResponse] = super().request(request)
-        proxy = getattr(self, "_transportProxy", None)
-        if proxy is not None and proxy._producer is self.transport:
+        proxy = self._transportProxy
+        if proxy is not before and proxy is not None and proxy._producer is self.transport:
             self._pauses = proxy._producer = _PauseOnNextRead(self.transport)
-        else:
-            self._pauses = None
-        return requested
+        return requested  # (refused, `RequestNotSent`: the answer being read is left be)
 
     def dataReceived(self, bytes: bytes) -> None:
         pauses = self._pauses

@@ -841,6 +841,25 @@ def test_more_of_a_body_before_its_reader_pauses_the_connection_first() -> None:
     assert b"".join(body.parts) == b"0123456789"
 
 
+def test_a_request_refused_by_a_busy_connection_leaves_its_answer_be() -> None:
+    """A second request on a connection still reading an answer is refused; more of
+    that answer, not yet read, still pauses the connection."""
+    from twisted.web._newclient import Request, RequestNotSent
+    from twisted.web.http_headers import Headers
+
+    protocol, transport, requested = _clientRequest()
+    protocol.dataReceived(_HEAD + b"012")
+    refused = protocol.request(Request(b"GET", b"/", Headers({b"host": [b"up"]}), None))
+    assert isinstance(refused.result.value, RequestNotSent)
+    refused.addErrback(lambda _: None)
+    protocol.dataReceived(b"345")
+    assert transport.calls == ["pause"]
+    body = Collect()
+    resultOf(requested).deliverBody(body)
+    protocol.dataReceived(b"6789")
+    assert b"".join(body.parts) == b"0123456789"
+
+
 def test_an_idle_connection_is_not_paused_for_a_response_nobody_read() -> None:
     """A response whole in the head's read goes back to the pool read or not; bytes
     arriving on the idle connection then are Twisted's to refuse, not a pause's."""
