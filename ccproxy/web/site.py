@@ -264,6 +264,7 @@ class ProxyChannel(QuickHeaderChannel):
             and self._heads == heads  # (a head read whole, its request maybe done)
             and self._awaitingHeaders
             and not self._closedByUs
+            and self.transport is not None
             and not self.transport.disconnecting
         ):
             timeout = self.site.config().headerTimeout
