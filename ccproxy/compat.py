@@ -18,6 +18,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 from twisted.web._newclient import Request as _ClientRequest
 from twisted.web._newclient import _ensureValidURI
 from twisted.web.client import (
@@ -27,9 +28,12 @@ from twisted.web.client import (
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, datetimeToString, unquote
 from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
+from twisted.web.resource import _IEncodingResource
+from twisted.web.server import Request as _SiteRequest
+from twisted.web.server import version as _serverVersion
 
 
 class QuietClientFactory(_HTTP11ClientFactory):
@@ -240,6 +244,57 @@ class QuickHeaderChannel(HTTPChannel):
             self._respondToBadRequestAndDisconnect()
             return False
         return True
+
+
+class QuickProcessRequest(_SiteRequest):
+    """`twisted.web.server.Request` whose `process` sets its two default headers
+    directly, the date made once a second.
+
+    Relies on: `Request.process`'s steps, each kept in order: `site` taken from
+    the channel; `Server` set to `twisted.web.server.version` and `Date` to
+    `http.datetimeToString()` (now, to the second), as `setHeader` sets them (the
+    canonical name, one value, replacing any); `prepath` empty and `postpath` the
+    path's segments unquoted (`http.unquote`); a path of `*` to `_handleStar`;
+    the resource from `site.getResourceFor`, its encoder taken when it provides
+    `resource._IEncodingResource`; then `render`, and any exception to
+    `processingFailed`. Why: `setHeader` canonicalizes the name and sanitizes the
+    value of both constant headers, and `datetimeToString` formats the time
+    anew, on every request (2.0 us; 0.3 us here).
+    """
+
+    def process(self) -> None:
+        self.site = self.channel.site
+        headers = self.responseHeaders._rawHeaders
+        headers[b"Server"] = [_serverVersion]
+        headers[b"Date"] = [_httpDate()]
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            resrc = self.site.getResourceFor(self)
+            if _IEncodingResource.providedBy(resrc):
+                encoder = resrc.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resrc)
+        except BaseException:
+            self.processingFailed(Failure())
+
+
+_dated: list[Any] = [None, b""]
+"""The second `_httpDate` last formatted, and its text."""
+
+
+def _httpDate() -> bytes:
+    """`http.datetimeToString()`, formatted once per second of the clock."""
+    second = int(time())
+    if second != _dated[0]:
+        _dated[1] = datetimeToString(second)
+        _dated[0] = second
+    date: bytes = _dated[1]
+    return date
 
 
 # -- an upstream request without Agent (ccproxy.upstream.client.PooledClient) -------

@@ -606,3 +606,85 @@ def test_an_own_header_is_set_as_request_setHeader_sets_it() -> None:
     expected = written(lambda request, name, value: request.setHeader(name, value))
     assert written(own) == expected
     assert b"Content-Type: application/json" in expected[1].split(b"\r\n")
+
+
+# -- a request's processing (ccproxy.web.site.LimitedRequest) ---------------------------
+
+
+def test_a_request_is_processed_as_twisteds_site_request_processes_it() -> None:
+    """`QuickProcessRequest.process` does what `twisted.web.server.Request.process`
+    does: the same Server and Date headers (in the same order, on the wire too),
+    prepath and postpath, the same resource rendered, `*` answered, an encoding
+    resource's encoder taken, and a resource that raises answered as a failure."""
+    from twisted.web.resource import EncodingResourceWrapper
+    from twisted.web.server import GzipEncoderFactory
+    from twisted.web.server import Request as SiteRequest
+
+    class Leaf(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            request.setHeader(b"content-type", b"text/plain")
+            return b"leaf " + b"/".join(request.postpath)
+
+    class Broken(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            raise RuntimeError("a bug")
+
+    root = Resource()
+    root.putChild(b"v1", Leaf())
+    root.putChild(b"gz", EncodingResourceWrapper(Leaf(), [GzipEncoderFactory()]))
+    root.putChild(b"broken", Broken())
+    site = Site(root)
+
+    def outcome(kind: type[SiteRequest], method: bytes, path: bytes) -> Any:
+        channel = HTTPChannel()
+        channel.site = site
+        channel.makeConnection(StringTransport())
+        request = kind(channel)
+        channel.requests.append(request)
+        request.method, request.uri, request.path = method, path, path.split(b"?")[0]
+        request.clientproto = b"HTTP/1.1"
+        request.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip"])
+        logged: list[Any] = []
+        request._log = Logger(observer=logged.append)
+        request.process()
+        return (
+            request.site is site,
+            list(request.responseHeaders.getAllRawHeaders()),
+            request.prepath,
+            request.postpath,
+            request.code,
+            type(request._encoder).__name__,
+            channel.transport.value(),
+            len(logged),
+        )
+
+    for method, path in [
+        (b"POST", b"/v1/messages"),
+        (b"GET", b"/v1/a%20b/c%2Fd/"),
+        (b"GET", b"/gz/x"),
+        (b"GET", b"/broken"),
+        (b"GET", b"/missing"),
+        (b"OPTIONS", b"*"),
+    ]:
+        expected = outcome(SiteRequest, method, path)
+        assert outcome(compat.QuickProcessRequest, method, path) == expected, (
+            "twisted.web.server.Request.process changed its steps",
+            method,
+            path,
+        )
+
+
+def test_the_date_header_is_twisteds_of_the_current_second() -> None:
+    """The Date header, made once a second, is `datetimeToString` of that second."""
+    from time import time
+
+    from twisted.web.http import datetimeToString
+
+    before = int(time())
+    made = compat._httpDate()
+    assert made in {datetimeToString(before), datetimeToString(int(time()))}
+    assert compat._httpDate() is made or compat._httpDate() == datetimeToString(int(time()))

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
-from ccproxy.compat import QuickHeaderChannel, pendingRequestLine
+from ccproxy.compat import QuickHeaderChannel, QuickProcessRequest, pendingRequestLine
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -76,7 +76,7 @@ def _admitKey(request: Request, config: Config) -> str | None:
     return None
 
 
-class LimitedRequest(Request):
+class LimitedRequest(QuickProcessRequest):
     """A request that holds memory for its body only once it has been let in."""
 
     channel: ProxyChannel
