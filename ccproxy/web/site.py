@@ -110,10 +110,10 @@ class LimitedRequest(QuickProcessRequest):
         except ProxyError as e:
             self._refuse(e)
             return
-        self._reserved = length or 0
         # The room is the body's until its request lets go of it (`releaseBody`)
-        # or ends: what a body becomes once parsed is larger than its bytes.
-        self.notifyFinish().addBoth(lambda _: self._release())
+        # or ends (`finish`, `connectionLost`): what a body becomes once parsed is
+        # larger than its bytes.
+        self._reserved = length or 0
         if bodyComing:
             self._bodyTimer = self.channel.callLater(config.bodyTimeout, self._bodyLate)
         if token is not None:
@@ -171,6 +171,12 @@ class LimitedRequest(QuickProcessRequest):
             self.channel.loseConnection()  # the rest of the body is in: now close
             return
         super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        """The answer is out: the body's room is given back, as the request's end
+        (a method, not a `notifyFinish` Deferred made and fired per request)."""
+        super().finish()
+        self._release()
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopBodyTimer()
