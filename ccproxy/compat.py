@@ -19,8 +19,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.web._newclient import STATUS as _STATUS
+from twisted.web._newclient import HTTP11ClientProtocol, _ensureValidURI
 from twisted.web._newclient import Request as _ClientRequest
-from twisted.web._newclient import _ensureValidURI
 from twisted.web.client import (
     URI,
     ContentDecoderAgent,
@@ -35,16 +36,57 @@ from twisted.web.resource import _IEncodingResource
 from twisted.web.server import Request as _SiteRequest
 from twisted.web.server import version as _serverVersion
 
+SPLIT_FROM = 4096
+"""A read longer than this that holds a response's whole head is split after it
+(`HeadSplitClientProtocol`)."""
+
+
+class HeadSplitClientProtocol(HTTP11ClientProtocol):
+    """`HTTP11ClientProtocol` that hands a read holding a response's head and its
+    body to the response parser as two reads, as TCP may deliver them.
+
+    Relies on: the connection's `_parser`, the `HTTPClientParser` of the request
+    in flight (None once its response is over), in state `STATUS` until its
+    status line is read, with an empty line buffer (`_buffer`) before a head has
+    begun; and `_finishResponse` ignoring the bytes after a response that ended
+    with its head (its `rest`), which this drops the same way. Why: the parser's
+    `LineReceiver` splits the rest of its buffer off at every head line, copying
+    all of the body each time: nginx's ten header lines sent with a 57 KB event
+    stream (sendfile, one read) cost 70-110 us to read, 31 us read as two.
+    """
+
+    def dataReceived(self, bytes: bytes) -> None:
+        parser = self._parser
+        if (
+            len(bytes) > SPLIT_FROM
+            and parser is not None
+            and parser.state == _STATUS
+            and not parser._buffer
+        ):
+            end = bytes.find(b"\r\n\r\n")
+            if end != -1:
+                HTTP11ClientProtocol.dataReceived(self, bytes[: end + 4])
+                if self._parser is None:
+                    return  # the answer ended with its head: what follows is dropped
+                bytes = bytes[end + 4 :]
+        HTTP11ClientProtocol.dataReceived(self, bytes)
+
 
 class QuietClientFactory(_HTTP11ClientFactory):
-    """`HTTPConnectionPool`'s connection factory, without a log line per connection.
+    """`HTTPConnectionPool`'s connection factory, without a log line per connection,
+    whose connections read a response's head apart from its body
+    (`HeadSplitClientProtocol`).
 
     Relies on: `twisted.web.client._HTTP11ClientFactory`, built by the pool as
-    `_factory(quiescentCallback, metadata)`. Why: a factory logs "Starting
-    factory" for every upstream connection; a busy proxy opens thousands.
+    `_factory(quiescentCallback, metadata)`, its `buildProtocol` giving each
+    connection the `_quiescentCallback`. Why: a factory logs "Starting factory"
+    for every upstream connection; a busy proxy opens thousands.
     """
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HeadSplitClientProtocol:
+        return HeadSplitClientProtocol(self._quiescentCallback)
 
 
 class ConnectionPool(HTTPConnectionPool):
