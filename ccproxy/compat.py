@@ -37,8 +37,9 @@ from twisted.web.server import Request as _SiteRequest
 from twisted.web.server import version as _serverVersion
 
 SPLIT_FROM = 4096
-"""A read longer than this that holds a response's whole head is split after it
-(`HeadSplitClientProtocol`)."""
+"""Bytes of a read from which the head and the body it holds are handed to Twisted's
+line reader apart, a client's request (`ccproxy.web.site.ProxyChannel`) or an
+upstream's answer (`HeadSplitClientProtocol`); a smaller read costs less whole."""
 
 
 class HeadSplitClientProtocol(HTTP11ClientProtocol):

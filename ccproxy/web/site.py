@@ -35,7 +35,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
-from ccproxy.compat import QuickHeaderChannel, QuickProcessRequest, pendingRequestLine
+from ccproxy.compat import (
+    SPLIT_FROM,
+    QuickHeaderChannel,
+    QuickProcessRequest,
+    pendingRequestLine,
+)
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -53,9 +58,6 @@ _REASONS = {
     503: b"Service Unavailable",
 }
 _ENDPOINTS = {b"/v1/messages": "messages", b"/v1/messages/count_tokens": "count_tokens"}
-SPLIT_FROM = 4096
-"""Bytes of a read from which its request's head and body are handed over apart
-(`ProxyChannel.dataReceived`); a smaller read costs less to read whole."""
 LINGER = 5.0
 """Seconds a refused request's remaining body is read (and dropped) before the
 connection is cut: closing with unread bytes resets the connection, and the client
