@@ -1,6 +1,6 @@
 """In-process micro-benchmarks of ccproxy's HTTP server side (issue 18).
 
-    python -m bench.serverside [request|head|stream|peer|newid|accesslog ...]
+    python -m bench.serverside [request|head|stream|nginx|peer|newid|accesslog ...]
 
 `request`: one non-streaming `POST /v1/messages` (a 40 KB Claude Code body in one
 read) through a real `ProxySite`/`ProxyChannel` on a `StringTransport`, the
@@ -10,8 +10,11 @@ head's bytes to the answer's. `head`: the same request's head alone. `stream`:
 the same request with `stream: true`, its upstream a real `HTTP11ClientProtocol`
 fed an SSE answer (chunked, one event per chunk, in one read): CPU of the upstream
 head (status and header lines to `message_start` written), of the body, and of
-the answer's end (the last chunk to the request finished and logged). The others
-time one step. Each figure is the best of several runs (the machine is shared).
+the answer's end (the last chunk to the request finished and logged). `nginx`:
+the same stream, its upstream answering as the reference harness's mock does
+(head and 57 KB body, Content-Length, in one read): CPU from that read to the
+stream's end. The others time one step. Each figure is the best of several runs
+(the machine is shared).
 """
 
 from __future__ import annotations
@@ -155,19 +158,33 @@ STREAM_BODY = b"".join(b"%x\r\n%b\r\n" % (len(f), f) for f in payloads.sse_frame
 STREAM_END = b"0\r\n\r\n"
 
 
+NGINX_BODY = b"".join(payloads.sse_frames(200))
+NGINX_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 08:00:00 GMT\r\n"
+    b"Content-Type: text/event-stream\r\nContent-Length: %d\r\n"
+    b"Last-Modified: Sun, 06 Dec 2026 07:00:00 GMT\r\nConnection: keep-alive\r\n"
+    b'ETag: "6750a1b0-dfa0"\r\nCache-Control: no-cache\r\nAccept-Ranges: bytes\r\n\r\n'
+    % len(NGINX_BODY)
+) + NGINX_BODY
+"""The reference harness's mock: nginx's head and its event stream file (sendfile,
+Content-Length), arriving in one read."""
+
+
 class _StreamUpstream:
-    """An upstream on a real `HTTP11ClientProtocol` (over a `StringTransport`) whose
-    answer the bench feeds a piece at a time."""
+    """An upstream on the daemon's own `HTTP11ClientProtocol` (the pool's,
+    `compat.QuietClientFactory`, over a `StringTransport`) whose answer the bench
+    feeds a piece at a time."""
 
     def __init__(self) -> None:
         self.protocol: Any = None
 
     def request(self, method: str, url: str, data: bytes = b"", **kwargs: Any) -> Any:
-        from twisted.web._newclient import HTTP11ClientProtocol, Request
+        from twisted.web._newclient import Request
 
+        from ccproxy.compat import QuietClientFactory
         from ccproxy.upstream.client import BytesProducer
 
-        self.protocol = HTTP11ClientProtocol()
+        self.protocol = QuietClientFactory(lambda protocol: None, None).buildProtocol(None)
         self.protocol.makeConnection(StringTransport())
         headers = Headers({b"host": [b"127.0.0.1:9"]})
         for name, value in kwargs.get("headers", {}).items():
@@ -216,6 +233,35 @@ def stream() -> None:
         f"stream: upstream head {best['head']:.1f} us, body {best['body']:.1f} us,"
         f" end {best['end']:.1f} us"
     )
+
+
+def nginx() -> None:
+    """A stream whose upstream answers as the reference harness's nginx mock does:
+    its head and whole 57 KB event stream (Content-Length) in one read."""
+    site, app, reactor = _site()
+    upstream = _StreamUpstream()
+    app.dispatcher.client.http = upstream
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    data = _request(stream=True)
+
+    def once(count: bool) -> float:
+        channel = site.buildProtocol(peer)
+        transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        start = time.process_time()
+        upstream.protocol.dataReceived(NGINX_ANSWER)
+        reactor.advance(0)
+        spent = time.process_time() - start
+        assert transport.value().endswith(b"0\r\n\r\n"), transport.value()[-300:]
+        channel.connectionLost(Failure(ResponseDone()))
+        return spent
+
+    once(False)
+    gc.collect()
+    gc.freeze()
+    best = min(sum(once(True) for _ in range(300)) / 300 * 1e6 for _ in range(7))
+    print(f"nginx: the upstream's answer in one read, to the stream's end {best:.1f} us")
 
 
 def peer() -> None:

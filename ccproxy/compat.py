@@ -19,6 +19,8 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web._newclient import STATUS as _STATUS
 from twisted.web._newclient import HTTP11ClientProtocol, _ensureValidURI
 from twisted.web._newclient import Request as _ClientRequest
 from twisted.web.client import (
@@ -28,9 +30,48 @@ from twisted.web.client import (
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, datetimeToString, unquote
 from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
+from twisted.web.resource import _IEncodingResource
+from twisted.web.server import Request as _SiteRequest
+from twisted.web.server import version as _serverVersion
+
+SPLIT_FROM = 4096
+"""Bytes of a read from which the head and the body it holds are handed to Twisted's
+line reader apart, a client's request (`ccproxy.web.site.ProxyChannel`) or an
+upstream's answer (`HeadSplitClientProtocol`); a smaller read costs less whole."""
+
+
+class HeadSplitClientProtocol(HTTP11ClientProtocol):
+    """`HTTP11ClientProtocol` that hands a read holding a response's head and its
+    body to the response parser as two reads, as TCP may deliver them.
+
+    Relies on: the connection's `_parser`, the `HTTPClientParser` of the request
+    in flight (None once its response is over), in state `STATUS` until its
+    status line is read, with an empty line buffer (`_buffer`) before a head has
+    begun; and `_finishResponse` ignoring the bytes after a response that ended
+    with its head (its `rest`), which this drops the same way. Why: the parser's
+    `LineReceiver` splits the rest of its buffer off at every head line, copying
+    all of the body each time: nginx's ten header lines sent with a 57 KB event
+    stream (sendfile, one read) cost 70-110 us to read, 31 us read as two.
+    """
+
+    def dataReceived(self, bytes: bytes) -> None:
+        parser = self._parser
+        if (
+            len(bytes) > SPLIT_FROM
+            and parser is not None
+            and parser.state == _STATUS
+            and not parser._buffer
+        ):
+            end = bytes.find(b"\r\n\r\n")
+            if end != -1:
+                HTTP11ClientProtocol.dataReceived(self, bytes[: end + 4])
+                if self._parser is None:
+                    return  # the answer ended with its head: what follows is dropped
+                bytes = bytes[end + 4 :]
+        HTTP11ClientProtocol.dataReceived(self, bytes)
 
 
 class _PauseOnNextRead:
@@ -75,10 +116,11 @@ class _PauseOnNextRead:
         self._transport.loseConnection()
 
 
-class ClientProtocol(HTTP11ClientProtocol):
+class ClientProtocol(HeadSplitClientProtocol):
     """Twisted's HTTP/1.1 client connection, a request written without the reactor
-    watching the socket for room, and no pause and resume of the connection
-    between a response's head and its body's reader.
+    watching the socket for room, no pause and resume of the connection between a
+    response's head and its body's reader, and a response's head read apart from
+    its body (`HeadSplitClientProtocol`).
 
     Relies on: `HTTP11ClientProtocol.request` writing the request to `transport`
     within the call (`Request.writeTo`; `BytesProducer` writes its body at once),
@@ -119,9 +161,9 @@ class QuietClientFactory(_HTTP11ClientFactory):
     building `ClientProtocol`s.
 
     Relies on: `twisted.web.client._HTTP11ClientFactory`, built by the pool as
-    `_factory(quiescentCallback, metadata)`, its `buildProtocol` making an
-    `HTTP11ClientProtocol(quiescentCallback)`. Why: a factory logs "Starting
-    factory" for every upstream connection; a busy proxy opens thousands.
+    `_factory(quiescentCallback, metadata)`, its `buildProtocol` giving each
+    connection the `_quiescentCallback`. Why: a factory logs "Starting factory"
+    for every upstream connection; a busy proxy opens thousands.
     """
 
     noisy = False
@@ -429,6 +471,57 @@ class QuickHeaderChannel(HTTPChannel):
             self._respondToBadRequestAndDisconnect()
             return False
         return True
+
+
+class QuickProcessRequest(_SiteRequest):
+    """`twisted.web.server.Request` whose `process` sets its two default headers
+    directly, the date made once a second.
+
+    Relies on: `Request.process`'s steps, each kept in order: `site` taken from
+    the channel; `Server` set to `twisted.web.server.version` and `Date` to
+    `http.datetimeToString()` (now, to the second), as `setHeader` sets them (the
+    canonical name, one value, replacing any); `prepath` empty and `postpath` the
+    path's segments unquoted (`http.unquote`); a path of `*` to `_handleStar`;
+    the resource from `site.getResourceFor`, its encoder taken when it provides
+    `resource._IEncodingResource`; then `render`, and any exception to
+    `processingFailed`. Why: `setHeader` canonicalizes the name and sanitizes the
+    value of both constant headers, and `datetimeToString` formats the time
+    anew, on every request (2.0 us; 0.3 us here).
+    """
+
+    def process(self) -> None:
+        self.site = self.channel.site
+        headers = self.responseHeaders._rawHeaders
+        headers[b"Server"] = [_serverVersion]
+        headers[b"Date"] = [_httpDate()]
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            resrc = self.site.getResourceFor(self)
+            if _IEncodingResource.providedBy(resrc):
+                encoder = resrc.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resrc)
+        except BaseException:
+            self.processingFailed(Failure())
+
+
+_dated: list[Any] = [None, b""]
+"""The second `_httpDate` last formatted, and its text."""
+
+
+def _httpDate() -> bytes:
+    """`http.datetimeToString()`, formatted once per second of the clock."""
+    second = int(time())
+    if second != _dated[0]:
+        _dated[1] = datetimeToString(second)
+        _dated[0] = second
+    date: bytes = _dated[1]
+    return date
 
 
 # -- an upstream request without Agent (ccproxy.upstream.client.PooledClient) -------

@@ -59,7 +59,9 @@ def test_text_stream() -> None:
     h = Harness.build()
     reply, frames = streamed(h, sseReply(TEXT_CHUNKS))
     assert reply.status == 200
-    assert reply.headers["content-type"].startswith("text/event-stream")
+    assert reply.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert reply.headers["cache-control"] == "no-cache"
+    assert reply.headers["x-accel-buffering"] == "no"  # nginx on the way: not buffered
     assert names(frames) == [
         "message_start",
         "content_block_start",

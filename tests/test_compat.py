@@ -60,6 +60,92 @@ def test_the_pool_builds_connections_with_the_factory_compat_quiets() -> None:
         "Twisted changed _HTTP11ClientFactory(quiescentCallback, metadata)"
     )
     assert compat.QuietClientFactory(lambda p: None, "m").noisy is False
+    built = compat.QuietClientFactory(lambda p: None, "m").buildProtocol(None)
+    assert type(built) is compat.ClientProtocol
+    assert isinstance(built, compat.HeadSplitClientProtocol)
+
+
+_BIG = b"data: " + b"x" * 200 + b"\n\n"
+_BIG = _BIG * (6000 // len(_BIG))
+_GARBAGE = b"z" * 5000
+ANSWERS = {
+    "length": b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/event-stream\r\n"
+    b'Content-Length: %d\r\nConnection: keep-alive\r\nETag: "1"\r\n\r\n%s' % (len(_BIG), _BIG),
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+    % (len(_BIG), _BIG),
+    "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BIG), _BIG),
+    "no-length": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + _BIG,
+    "more-than-its-length": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + _BIG,
+    "204-then-bytes": b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n" + _GARBAGE,
+    "empty-then-bytes": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + _GARBAGE,
+    "100-continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BIG), _BIG),
+    "bare-lf-head": b"HTTP/1.1 200 OK\nContent-Length: %d\n\n%s\r\n\r\n%s"
+    % (len(_BIG) + 4 + len(_GARBAGE), _BIG, _GARBAGE),
+    "folded-header": b"HTTP/1.1 200 OK\r\nX-Long: a\r\n b\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BIG), _BIG),
+    "bad-status": b"HTTP/1.1 abc OK\r\nContent-Length: %d\r\n\r\n%s" % (len(_BIG), _BIG),
+    "bad-header-name": b"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_BIG), _BIG),
+    "small": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+}
+"""Answers as an upstream may send them in one read, most over `compat.SPLIT_FROM`."""
+
+
+def test_an_answer_read_with_its_body_is_read_as_twisted_reads_it() -> None:
+    """`HeadSplitClientProtocol` reads each answer as `HTTP11ClientProtocol` reads it
+    in one read: the same status, headers, body and its end, the same state after,
+    the connection given back to the pool or closed alike, broken answers alike."""
+    from twisted.internet.protocol import Protocol
+    from twisted.web._newclient import HTTP11ClientProtocol
+    from twisted.web._newclient import Request as ClientRequest
+    from twisted.web.http_headers import Headers
+
+    class Body(Protocol):
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            self.end: Any = None
+
+        def dataReceived(self, data: bytes) -> None:
+            self.parts.append(data)
+
+        def connectionLost(self, reason: Any) -> None:
+            self.end = reason.type.__name__
+
+    def outcome(kind: type[HTTP11ClientProtocol], raw: bytes, persistent: bool = True) -> Any:
+        quiescent: list[Any] = []
+        protocol = kind(quiescent.append)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        got: list[Any] = []
+        body = Body()
+
+        def answered(response: Any) -> None:
+            got.append((response.code, list(response.headers.getAllRawHeaders())))
+            response.deliverBody(body)
+
+        headers = Headers({b"host": [b"u"]})
+        sent = ClientRequest(b"POST", b"/v1/chat/completions", headers, None, persistent)
+        protocol.request(sent).addCallbacks(answered, lambda f: got.append(f.type.__name__))
+        protocol.dataReceived(raw)
+        return (
+            got,
+            b"".join(body.parts),
+            body.end,
+            protocol._state,
+            protocol._parser is None,
+            len(quiescent),
+            transport.disconnecting,
+        )
+
+    for name, raw in ANSWERS.items():
+        for persistent in (True, False):  # as the pool sends, and as one request alone
+            expected = outcome(HTTP11ClientProtocol, raw, persistent)
+            assert outcome(compat.HeadSplitClientProtocol, raw, persistent) == expected, name
+            assert outcome(compat.ClientProtocol, raw, persistent) == expected, name
+    assert outcome(HTTP11ClientProtocol, ANSWERS["length"])[1] == _BIG
+    assert outcome(HTTP11ClientProtocol, ANSWERS["empty-then-bytes"])[5] == 1  # to the pool
 
 
 @implementer(IStreamServerEndpoint)
@@ -914,3 +1000,85 @@ async def test_an_upstream_request_leaves_without_the_socket_watched() -> None:
         upstream.close()
         listening.close()
         protocol.transport.loseConnection()
+
+
+# -- a request's processing (ccproxy.web.site.LimitedRequest) ---------------------------
+
+
+def test_a_request_is_processed_as_twisteds_site_request_processes_it() -> None:
+    """`QuickProcessRequest.process` does what `twisted.web.server.Request.process`
+    does: the same Server and Date headers (in the same order, on the wire too),
+    prepath and postpath, the same resource rendered, `*` answered, an encoding
+    resource's encoder taken, and a resource that raises answered as a failure."""
+    from twisted.web.resource import EncodingResourceWrapper
+    from twisted.web.server import GzipEncoderFactory
+    from twisted.web.server import Request as SiteRequest
+
+    class Leaf(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            request.setHeader(b"content-type", b"text/plain")
+            return b"leaf " + b"/".join(request.postpath)
+
+    class Broken(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            raise RuntimeError("a bug")
+
+    root = Resource()
+    root.putChild(b"v1", Leaf())
+    root.putChild(b"gz", EncodingResourceWrapper(Leaf(), [GzipEncoderFactory()]))
+    root.putChild(b"broken", Broken())
+    site = Site(root)
+
+    def outcome(kind: type[SiteRequest], method: bytes, path: bytes) -> Any:
+        channel = HTTPChannel()
+        channel.site = site
+        channel.makeConnection(StringTransport())
+        request = kind(channel)
+        channel.requests.append(request)
+        request.method, request.uri, request.path = method, path, path.split(b"?")[0]
+        request.clientproto = b"HTTP/1.1"
+        request.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip"])
+        logged: list[Any] = []
+        request._log = Logger(observer=logged.append)
+        request.process()
+        return (
+            request.site is site,
+            list(request.responseHeaders.getAllRawHeaders()),
+            request.prepath,
+            request.postpath,
+            request.code,
+            type(request._encoder).__name__,
+            channel.transport.value(),
+            len(logged),
+        )
+
+    for method, path in [
+        (b"POST", b"/v1/messages"),
+        (b"GET", b"/v1/a%20b/c%2Fd/"),
+        (b"GET", b"/gz/x"),
+        (b"GET", b"/broken"),
+        (b"GET", b"/missing"),
+        (b"OPTIONS", b"*"),
+    ]:
+        expected = outcome(SiteRequest, method, path)
+        assert outcome(compat.QuickProcessRequest, method, path) == expected, (
+            "twisted.web.server.Request.process changed its steps",
+            method,
+            path,
+        )
+
+
+def test_the_date_header_is_twisteds_of_the_current_second() -> None:
+    """The Date header, made once a second, is `datetimeToString` of that second."""
+    from time import time
+
+    from twisted.web.http import datetimeToString
+
+    before = int(time())
+    made = compat._httpDate()
+    assert made in {datetimeToString(before), datetimeToString(int(time()))}
+    assert compat._httpDate() is made or compat._httpDate() == datetimeToString(int(time()))

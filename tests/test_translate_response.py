@@ -510,6 +510,16 @@ USAGE_CASES = [
         id="float-and-bool",
     ),
     pytest.param(
+        {"prompt_tokens": 2**64 - 1, "completion_tokens": 2**53},
+        {"input_tokens": 2**53, "output_tokens": 2**53, "cache_read_input_tokens": 0},
+        id="huge-clamped",
+    ),
+    pytest.param(
+        {"prompt_tokens": 0, "completion_tokens": 2**53 + 1},
+        {"input_tokens": 0, "output_tokens": 2**53, "cache_read_input_tokens": 0},
+        id="just-past-the-bound",
+    ),
+    pytest.param(
         None, {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0}, id="none"
     ),
     pytest.param(

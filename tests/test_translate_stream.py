@@ -1067,6 +1067,28 @@ def test_usagePlacements(tail: list[Any]) -> None:
     }
 
 
+def test_knownUsage_is_read_again_when_usage_or_rounds_change() -> None:
+    """The usage read for `message_delta` is reused by `knownUsage`, a copy each time,
+    and read again once a later chunk or another round says more."""
+    translator = StreamTranslator(MESSAGE_ID, MODEL)
+    translator.feed(chunk({"content": "Hi"}, usage={"prompt_tokens": 10, "completion_tokens": 1}))
+    first = translator.totalUsage()
+    assert translator.knownUsage() == first and translator.knownUsage() is not first
+    first["input_tokens"] = 999  # a caller's copy: the next reading is not changed
+    assert translator.knownUsage()["input_tokens"] == 10
+    translator.feed(chunk(finish="stop", usage={"prompt_tokens": 10, "completion_tokens": 4}))
+    assert translator.knownUsage()["output_tokens"] == 4
+    translator.nextRound()
+    assert translator.knownUsage()["output_tokens"] == 4  # the round spent, none said yet
+    translator.feed(chunk(finish="stop", usage={"prompt_tokens": 20, "completion_tokens": 2}))
+    assert translator.knownUsage() == {
+        "input_tokens": 30,
+        "output_tokens": 6,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+
+
 @pytest.mark.parametrize(
     "usage",
     [

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from ccproxy.compat import SendTogether
+from ccproxy.compat import SendTogether, setOwnHeader
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
 from ccproxy.relay.sse import SSEFrames, SSEParser
 from ccproxy.translate.passthrough import MessageStream
@@ -46,12 +46,19 @@ def encodeEvent(event: dict[str, Any]) -> bytes:
 PING = encodeEvent({"type": "ping"})
 
 
+_setContentType = setOwnHeader(b"content-type")
+_setCacheControl = setOwnHeader(b"cache-control")
+_setAccelBuffering = setOwnHeader(b"x-accel-buffering")
+"""The stream's own headers, set without Twisted's sanitizing of each name and value
+(`compat.setOwnHeader`): about a microsecond each, on every stream's head."""
+
+
 def startStream(request: IRequest) -> None:
     """Commit to a 200 event stream (headers go out with the first write)."""
     request.setResponseCode(200)
-    request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-    request.setHeader(b"cache-control", b"no-cache")
-    request.setHeader(b"x-accel-buffering", b"no")
+    _setContentType(request, b"text/event-stream; charset=utf-8")
+    _setCacheControl(request, b"no-cache")
+    _setAccelBuffering(request, b"no")
 
 
 class TurnEnd:

@@ -236,7 +236,11 @@ class SSEParser(BodyReader):
     in this turn) leaves in one send, the socket never watched for room."""
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        if not self.finished.called and not reason.check(ResponseDone, PotentialDataLoss):
+        # isinstance, not Failure.check (as `BodyReader.connectionLost`): check
+        # spells out each type's qualified name, at the end of every stream.
+        if not self.finished.called and not isinstance(
+            reason.value, (ResponseDone, PotentialDataLoss)
+        ):
             # Cut off: a half line is not an event, and the cut is what to report.
             self._partial, self._lines = [], []
         with self.ending:
@@ -395,7 +399,11 @@ class SSEFrames(SSEParser):
             self._event = line[6:].strip()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        if not self.finished.called and not reason.check(ResponseDone, PotentialDataLoss):
+        # isinstance, not Failure.check (as `BodyReader.connectionLost`): check
+        # spells out each type's qualified name, at the end of every stream.
+        if not self.finished.called and not isinstance(
+            reason.value, (ResponseDone, PotentialDataLoss)
+        ):
             self._pieces, self._frame = [], []
         SSEParser.connectionLost(self, reason)
 

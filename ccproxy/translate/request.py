@@ -343,7 +343,9 @@ class _MessageWriter:
         if thinking and self.keepThinking:
             message[THINKING_BLOCKS] = thinking
         self.out.append(message)
-        if calls:
+        if len(calls) == 1:  # the usual turn: one call, its id alone (`in` a list of one)
+            self._openCalls = self._openIds = [calls[0]["id"]]
+        elif calls:
             self._openCalls = [c["id"] for c in calls]
             self._openIds = set(self._openCalls)
         else:
@@ -395,7 +397,10 @@ class _MessageWriter:
         self._closeCalls(results)
         # Images from tool results follow the tool messages (a tool message takes
         # only text), ahead of the user's own words.
-        self._userMessage(resultParts + parts if resultParts else parts)
+        if resultParts:
+            self._userMessage(resultParts + parts)
+        elif parts:  # else results alone (most turns): no message of the user's
+            self._userMessage(parts)
 
     def _reference(self, block: dict[str, Any], path: str) -> str:
         """A `tool_reference` (a tool search's find): that tool is loaded, and the

@@ -243,6 +243,8 @@ ledger's integers (and the sums over them)."""
 
 
 def _count(value: Any) -> int:
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # the usual count: as it is
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return 0
     return max(int(min(value, MAX_COUNT)), 0)

@@ -298,6 +298,8 @@ class StreamTranslator:
         self._serverTools = serverTools
         self._made = 0
         """Calls made in every round (each without an id of its own gets a new one)."""
+        self._total: tuple[Any, int, dict[str, int]] | None = None
+        """`totalUsage` as last read, with the usage and the rounds it read."""
         self._serverIds: set[str] = set()
         self._spent: list[dict[str, int]] = []
         """Anthropic usage of the rounds before this one."""
@@ -453,10 +455,18 @@ class StreamTranslator:
         return self.totalUsage()
 
     def totalUsage(self) -> dict[str, int]:
-        """Anthropic usage of every round so far, summed."""
-        if not self._spent:
-            return anthropicUsage(self.usage)
-        return sumUsage([*self._spent, anthropicUsage(self.usage)])
+        """Anthropic usage of every round so far, summed (a copy of its own for each
+        caller). A stream's end asks twice (`message_delta`, then the verdict's
+        `knownUsage`): read once for both while the rounds and usage are the same."""
+        seen = (self.usage, len(self._spent))
+        total = self._total
+        if total is None or total[0] is not seen[0] or total[1] != seen[1]:
+            if not self._spent:
+                counted = anthropicUsage(self.usage)
+            else:
+                counted = sumUsage([*self._spent, anthropicUsage(self.usage)])
+            total = self._total = (seen[0], seen[1], counted)
+        return dict(total[2])
 
     # -- blocks -----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar
 
 from attrs import define, evolve, field
@@ -143,16 +143,21 @@ class Admission:
 
     log: ClassVar[Logger] = Logger()
 
-    @asynccontextmanager
-    async def admitted(
+    def admitted(
         self, client: Client | None, config: Config, budgets: bool = True
-    ) -> AsyncIterator[Standing | None]:
+    ) -> AbstractAsyncContextManager[Standing | None]:
         """The client's place for the length of the block (None without clients);
         429 when it is over a limit or (with `budgets`) a budget. A refused request
-        holds no place."""
+        holds no place. Without a client (no `clients:`), a shared block that holds
+        nothing: a generator's context manager is made and run for each request."""
         if client is None:
-            yield None
-            return
+            return _NO_PLACE
+        return self._admitted(client, config, budgets)
+
+    @asynccontextmanager
+    async def _admitted(
+        self, client: Client, config: Config, budgets: bool
+    ) -> AsyncIterator[Standing | None]:
         now = self.clock.seconds()
         ask = Ask.of(client, now, budgets)
         decision = await self._decide(ask, now)
@@ -221,6 +226,19 @@ class Admission:
         used = Used(inputTokens + outputTokens + cacheWrite, cost)
         if used != Used():
             self.state.charge(standing.lease.client, standing.windows, used)
+
+
+class _NoPlace:
+    """`Admission.admitted` without a client: no place taken, none given back."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_PLACE = _NoPlace()
 
 
 def _count(value: Any) -> int:

@@ -603,9 +603,18 @@ class HotRoute(KleinResource):
         if handler is None:
             return super().render(request)
         finished: list[object] = []
-        request.notifyFinish().addBoth(finished.append)
+        running: list[Deferred[Any]] = []
+
+        def ended(result: object) -> None:
+            # One notification for both: the request's end noted (`_answer`), and
+            # the handler's work cancelled when the client went away.
+            finished.append(result)
+            if isinstance(result, Failure) and running:
+                running[0].cancel()
+
+        request.notifyFinish().addBoth(ended)
         work = ensureDeferred(handler(request))
-        request.notifyFinish().addErrback(lambda _: work.cancel())
+        running.append(work)
         work.addErrback(self._failure, request, finished)
         work.addCallback(_answer, request, finished)
         work.addErrback(lambda f: HotRoute.log.failure("Unhandled error writing an answer", f))

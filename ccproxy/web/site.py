@@ -35,7 +35,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
-from ccproxy.compat import QuickHeaderChannel, pendingRequestLine
+from ccproxy.compat import (
+    SPLIT_FROM,
+    QuickHeaderChannel,
+    QuickProcessRequest,
+    pendingRequestLine,
+)
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -53,9 +58,6 @@ _REASONS = {
     503: b"Service Unavailable",
 }
 _ENDPOINTS = {b"/v1/messages": "messages", b"/v1/messages/count_tokens": "count_tokens"}
-SPLIT_FROM = 4096
-"""Bytes of a read from which its request's head and body are handed over apart
-(`ProxyChannel.dataReceived`); a smaller read costs less to read whole."""
 LINGER = 5.0
 """Seconds a refused request's remaining body is read (and dropped) before the
 connection is cut: closing with unread bytes resets the connection, and the client
@@ -76,7 +78,7 @@ def _admitKey(request: Request, config: Config) -> str | None:
     return None
 
 
-class LimitedRequest(Request):
+class LimitedRequest(QuickProcessRequest):
     """A request that holds memory for its body only once it has been let in."""
 
     channel: ProxyChannel
@@ -110,10 +112,10 @@ class LimitedRequest(Request):
         except ProxyError as e:
             self._refuse(e)
             return
-        self._reserved = length or 0
         # The room is the body's until its request lets go of it (`releaseBody`)
-        # or ends: what a body becomes once parsed is larger than its bytes.
-        self.notifyFinish().addBoth(lambda _: self._release())
+        # or ends (`finish`, `connectionLost`): what a body becomes once parsed is
+        # larger than its bytes.
+        self._reserved = length or 0
         if bodyComing:
             self.channel.bodyComing = self  # its timer, if this read leaves it unread
         if token is not None:
@@ -178,6 +180,12 @@ class LimitedRequest(Request):
             self.channel.loseConnection()  # the rest of the body is in: now close
             return
         super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        """The answer is out: the body's room is given back, as the request's end
+        (a method, not a `notifyFinish` Deferred made and fired per request)."""
+        super().finish()
+        self._release()
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopBodyTimer()
