@@ -142,6 +142,15 @@ def _rss() -> int:
     return 0
 
 
+def _timers(reactor: Any, before: dict[str, int]) -> dict[str, int]:
+    """The reactor's pending timers by what they call (less `before`)."""
+    counts = {k: -v for k, v in before.items()}
+    for call in reactor.getDelayedCalls():
+        name = getattr(call.func, "__qualname__", type(call.func).__qualname__)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def _types() -> dict[str, int]:
     import gc
 
@@ -214,11 +223,13 @@ def measure(args: argparse.Namespace) -> None:
         settleHeap()
         base = tracemalloc.take_snapshot() if not args.rss else None
         rss0, types0, timers0 = _rss(), _types(), len(reactor.getDelayedCalls())
+        result["timersBy"] = _timers(reactor, {})
         await ask("open", args.n)
         await pause(1.0)
         gc.collect()
         result["rss"] = _rss() - rss0
         result["timers"] = len(reactor.getDelayedCalls()) - timers0
+        result["timersBy"] = _timers(reactor, result["timersBy"])
         result["types"] = {k: v - types0.get(k, 0) for k, v in _types().items()}
         if base is not None:
             result["diff"] = tracemalloc.take_snapshot().compare_to(
@@ -237,18 +248,45 @@ def measure(args: argparse.Namespace) -> None:
     n = args.n
     print(f"{n} live streams: RSS growth {result['rss'] / n / 1024:.1f} KB per stream", end="")
     print(" (tracemalloc on)" if not args.rss else "")
-    print(f"reactor timers per stream: {result['timers'] / n:.2f}")
+    print(f"reactor timers per stream: {result['timers'] / n:.2f}", end=" (")
+    timers = sorted(result["timersBy"].items(), key=lambda kv: -kv[1])
+    print(", ".join(f"{k} {v / n:.2f}" for k, v in timers if v > n / 20) + ")")
     if "diff" in result:
-        diff = [d for d in result["diff"] if not d.traceback[0].filename.endswith("tracemalloc.py")]
+        diff = [
+            d for d in result["diff"] if not d.traceback[-1].filename.endswith("tracemalloc.py")
+        ]
         total = sum(d.size_diff for d in diff)
         print(f"python heap growth: {total / n / 1024:.2f} KB per stream")
         print("top allocation sites, bytes (and blocks) per stream:")
-        for d in diff[: args.top]:
-            where = " <- ".join(f"{_short(f.filename)}:{f.lineno}" for f in d.traceback)
-            print(f"  {d.size_diff / n:8.0f} B {d.count_diff / n:6.2f}  {where}")
+        for size, count, where in _sites(diff, args.owner)[: args.top]:
+            print(f"  {size / n:8.0f} B {count / n:6.2f}  {where}")
     print("live gc-tracked objects per stream, by type:")
     types = sorted(result["types"].items(), key=lambda kv: -kv[1])
     print("  " + ", ".join(f"{k} {v / n:.2f}" for k, v in types[: args.top] if v > n / 10))
+
+
+def _sites(diff: list[Any], owner: bool) -> list[tuple[int, int, str]]:
+    """(bytes, blocks, where) by site, largest first; `owner`: by the innermost
+    frame in ccproxy's code (the allocating frame when none is), which shows what
+    ccproxy's own code keeps alive inside the libraries it calls."""
+    sites: dict[str, list[int]] = {}
+    for d in diff:
+        frames = list(reversed(d.traceback))  # the most recent first
+        if owner:
+            mine = [f for f in frames if "/ccproxy/" in f.filename]
+            where = _frame((mine or frames)[0])
+            if mine and mine[0] is not frames[0]:
+                where += " (in " + _frame(frames[0]) + ")"
+        else:
+            where = " <- ".join(_frame(f) for f in frames)
+        site = sites.setdefault(where, [0, 0])
+        site[0] += d.size_diff
+        site[1] += d.count_diff
+    return sorted(((s, c, w) for w, (s, c) in sites.items()), key=lambda x: -abs(x[0]))
+
+
+def _frame(frame: Any) -> str:
+    return f"{_short(frame.filename)}:{frame.lineno}"
 
 
 def _short(path: str) -> str:
@@ -267,6 +305,9 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=3, help="SSE chunks each upstream sends (3)")
     parser.add_argument("--top", type=int, default=30, help="allocation sites shown (30)")
     parser.add_argument("--frames", type=int, default=1, help="tracemalloc frames per site (1)")
+    parser.add_argument(
+        "--owner", action="store_true", help="sites by their innermost ccproxy frame"
+    )
     parser.add_argument("--rss", action="store_true", help="RSS only, without tracemalloc")
     parser.add_argument("--ccproxy-root", help="import ccproxy from this checkout")
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
@@ -274,6 +315,8 @@ def main() -> None:
     if args.peer:
         asyncio.run(_Peer(args.chunks).run())
         return
+    if args.owner and args.frames == 1:
+        args.frames = 30
     if args.ccproxy_root:
         sys.path.insert(0, os.path.abspath(args.ccproxy_root))
     measure(args)

@@ -606,3 +606,19 @@ def test_an_own_header_is_set_as_request_setHeader_sets_it() -> None:
     expected = written(lambda request, name, value: request.setHeader(name, value))
     assert written(own) == expected
     assert b"Content-Type: application/json" in expected[1].split(b"\r\n")
+
+
+def test_keep_only_headers_keeps_the_named_ones_whatever_their_case() -> None:
+    from twisted.web.http_headers import Headers
+
+    headers = Headers()
+    for name, value in [(b"x-api-key", b"k"), (b"Connection", b"close"), (b"user-agent", b"cc")]:
+        headers.addRawHeader(name, value)
+    headers.addRawHeader(b"Connection", b"keep-alive")
+    compat.keepOnlyHeaders(headers, (b"connection", b"X-API-KEY", b"authorization"))
+    assert dict(headers.getAllRawHeaders()) == {
+        b"X-Api-Key": [b"k"],
+        b"Connection": [b"close", b"keep-alive"],
+    }
+    assert headers.getRawHeaders(b"x-api-key") == [b"k"]
+    assert not headers.hasHeader(b"user-agent")

@@ -390,3 +390,37 @@ def test_a_request_kept_for_tool_search_rounds_keeps_its_room(h: Harness, site: 
     h.flush()
     assert b"message_stop" in conn.written
     assert site.bodyBytes == 0
+
+
+def test_a_live_stream_keeps_only_the_headers_read_later(h: Harness, site: ProxySite) -> None:
+    """Once its upstream has answered, a stream keeps of its request's headers only
+    those still read (issue 18: memory per live stream): `Connection`, which
+    twisted.web reads as the answer's head goes out (here: close after it), and the
+    caller's key, which redacts an upstream's words to the end."""
+    stream = sseReply([completionChunk("a"), completionChunk("b")], delay=5.0)
+    h.upstream.queue(stream)
+    body = orjson.dumps(message(stream=True))
+    head = [
+        b"POST /v1/messages HTTP/1.1",
+        b"Host: proxy",
+        b"Content-Type: application/json",
+        b"x-api-key: alice-key",
+        b"Connection: close",
+        b"User-Agent: claude-cli/2.1.330 (external, cli)",
+        b"X-Stainless-Timeout: 600",
+        b"Anthropic-Beta: claude-code-20250219",
+        b"Content-Length: %d" % len(body),
+    ]
+    conn = Conn(site).send(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    h.flush()
+    assert b"event: message_start" in conn.written and b"message_stop" not in conn.written
+    request = conn.channel.requests[0]
+    kept = dict(request.requestHeaders.getAllRawHeaders())
+    assert kept == {b"X-Api-Key": [b"alice-key"], b"Connection": [b"close"]}
+    assert not conn.transport.disconnecting
+    for _ in range(3):
+        h.clock.advance(5)
+    h.flush()
+    assert conn.written.endswith(b"0\r\n\r\n") and b"message_stop" in conn.written
+    assert b"connection: close" in conn.written.lower()
+    assert conn.transport.disconnecting  # `Connection: close` was read when the head went out

@@ -49,6 +49,7 @@ from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.call import (
     JSON,
     Call,
+    forgetHeaders,
     jsonReply,
     modelName,
     overTime,
@@ -124,6 +125,7 @@ class MessagesAPI:
                     del plan
                     if rounds is None:  # else its room is held until the request ends
                         releaseBody(call)
+                        forgetHeaders(call)
                     async with rounds or nullcontext():
                         if rounds is not None and answer.message is not None:
                             answer.message = await rounds.whole(answer)
