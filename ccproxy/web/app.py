@@ -376,15 +376,17 @@ class ProxyApp:
 
     @router.route("/v1/messages/count_tokens", methods=["POST"])
     @api("count_tokens")
-    async def countTokens(self, call: Call) -> bytes:
+    def countTokens(self, call: Call) -> Awaitable[bytes]:
         """The request's input tokens, estimated without calling an upstream."""
-        return await self.messagesAPI.countTokens(call)
+        return self.messagesAPI.countTokens(call)
 
     @router.route("/v1/messages", methods=["POST"])
     @api("messages")
-    async def messages(self, call: Call) -> bytes | None:
-        """Claude Code's main call: one answer, whole or streamed."""
-        return await self.messagesAPI.create(call)
+    def messages(self, call: Call) -> Awaitable[bytes | None]:
+        """Claude Code's main call: one answer, whole or streamed (the coroutine
+        that answers, awaited by `serve`: no frame of this method's waits while a
+        stream lives)."""
+        return self.messagesAPI.create(call)
 
     # -- /login: Claude Code's gateway sign-in (ccproxy.web.signin) ------------------
 
