@@ -6,6 +6,7 @@ Each test drives a real `ProxySite`/`ProxyChannel` over a `StringTransport` on a
 
 from __future__ import annotations
 
+import gc
 import resource
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
+from ccproxy.compat import CHANNEL_ATTRIBUTES
 from ccproxy.daemon.listen import connectionCap, raiseOpenFilesLimit
 from ccproxy.web.site import LINGER, SPLIT_FROM, ProxySite, isCanonicalPath
 from tests.support.fakes import sseReply
@@ -424,3 +426,41 @@ def test_a_live_stream_keeps_only_the_headers_read_later(h: Harness, site: Proxy
     assert conn.written.endswith(b"0\r\n\r\n") and b"message_stop" in conn.written
     assert b"connection: close" in conn.written.lower()
     assert conn.transport.disconnecting  # `Connection: close` was read when the head went out
+
+
+def test_live_streams_keep_their_request_and_channel_attributes_in_shared_keys(
+    h: Harness,
+) -> None:
+    """Many streams at once: each request and channel keeps its attributes beside
+    its class's shared keys, not in a dict of its own (some 2 KB more per stream;
+    `compat.shareInstanceKeys`), and whatever twisted.web sets on a channel is
+    among the names shared."""
+    site = ProxySite.serving(h.app, h.clock, maxConnections=100)
+    stream = sseReply([completionChunk("a"), completionChunk("b")], delay=5.0)
+    answers: list[Deferred[None]] = []
+
+    def answerLater(request: Any, fake: Any) -> Any:
+        answers.append(Deferred())
+        return answers[-1].addCallback(lambda _: stream(request, fake))
+
+    conns = []
+    for i in range(40):  # all made before any answer begins, as streams come
+        h.upstream.queue(answerLater)
+        body = orjson.dumps(message(stream=True))
+        conns.append(Conn(site, f"10.0.1.{i}").head(len(body)).send(body))
+    h.flush()
+    for answer in answers:
+        answer.callback(None)
+    h.flush()
+    for conn in conns:
+        assert b"event: message_start" in conn.written and b"message_stop" not in conn.written
+        request = conn.channel.requests[0]
+        for obj, name in ((request, "channel"), (conn.channel, "requests")):
+            assert not any(type(r) is dict and name in r for r in gc.get_referents(obj))
+    for _ in range(3):
+        h.clock.advance(5)
+    h.flush()
+    for conn in conns:
+        assert b"message_stop" in conn.written
+        conn.close()
+        assert set(vars(conn.channel)) <= set(CHANNEL_ATTRIBUTES)

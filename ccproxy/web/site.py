@@ -35,7 +35,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
-from ccproxy.compat import QuickHeaderChannel, pendingRequestLine
+from ccproxy.compat import (
+    CHANNEL_ATTRIBUTES,
+    REQUEST_ATTRIBUTES,
+    QuickHeaderChannel,
+    pendingRequestLine,
+    shareInstanceKeys,
+    shareTwistedKeys,
+)
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -77,15 +84,27 @@ def _admitKey(request: Request, config: Config) -> str | None:
 
 
 class LimitedRequest(Request):
-    """A request that holds memory for its body only once it has been let in."""
+    """A request that holds memory for its body only once it has been let in.
 
+    Its own attributes are slots: twisted.web's `Request` sets some thirty, and
+    CPython shares an instance dict's keys among a class's instances for thirty
+    names at most; past them each request had a dict of its own, 1.3 KB more
+    for as long as it lives (a stream: minutes; issue 18)."""
+
+    __slots__ = ("_bodyTimer", "_received", "_refused", "_reserved", "_routed", "_site")
     channel: ProxyChannel
     _site: ProxySite
-    _refused = False
-    _routed = False
-    _reserved = 0
-    _received = 0
-    _bodyTimer: IDelayedCall | None = None
+    _refused: bool
+    _routed: bool
+    _reserved: int
+    _received: int
+    _bodyTimer: IDelayedCall | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._refused = self._routed = False
+        self._reserved = self._received = 0
+        self._bodyTimer = None
+        super().__init__(*args, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
         """The headers are in: judge the request before its body is read."""
@@ -210,17 +229,37 @@ class LimitedRequest(Request):
 
 
 class ProxyChannel(QuickHeaderChannel):
-    """An HTTP/1.1 connection whose requests' headers must arrive in time."""
+    """An HTTP/1.1 connection whose requests' headers must arrive in time.
 
+    Its own attributes are slots, as `LimitedRequest`'s are: beside twisted.web's
+    they made the channel's dict one of its own (CPython shares at most thirty
+    names of a class's instances)."""
+
+    __slots__ = (
+        "_awaitingHeaders",
+        "_closedByUs",
+        "_headerTimer",
+        "_hostAddress",
+        "_lingerTimer",
+        "_peerAddress",
+        "peer",
+    )
     site: ProxySite
-    peer = ""
     log: ClassVar[Logger] = Logger()
-    _awaitingHeaders = True
-    _headerTimer: IDelayedCall | None = None
-    _lingerTimer: IDelayedCall | None = None
-    _closedByUs = False
-    _peerAddress: Any = None
-    _hostAddress: Any = None
+    peer: str
+    _awaitingHeaders: bool
+    _headerTimer: IDelayedCall | None
+    _lingerTimer: IDelayedCall | None
+    _closedByUs: bool
+    _peerAddress: Any
+    _hostAddress: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.peer = ""
+        self._awaitingHeaders = True
+        self._headerTimer = self._lingerTimer = self._peerAddress = self._hostAddress = None
+        self._closedByUs = False
+        super().__init__(*args, **kwargs)
 
     def getPeer(self) -> Any:
         """The connection's remote address, asked of the transport once: each
@@ -305,6 +344,12 @@ class ProxyChannel(QuickHeaderChannel):
             self._lingerTimer.cancel()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
+
+
+# Before any request, channel or connection is made (see `shareInstanceKeys`).
+shareInstanceKeys(LimitedRequest, REQUEST_ATTRIBUTES)
+shareInstanceKeys(ProxyChannel, CHANNEL_ATTRIBUTES)
+shareTwistedKeys()
 
 
 TokenRefusal = Callable[[str, Config], "Deferred[ProxyError | None]"]
