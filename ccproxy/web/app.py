@@ -605,12 +605,13 @@ class HotRoute(KleinResource):
         if handler is None:
             return super().render(request)
         finished: list[object] = []
-        request.notifyFinish().addBoth(finished.append)
         work = ensureDeferred(handler(request))
-        request.notifyFinish().addErrback(lambda _: work.cancel())
+        # One notification (a Deferred and its callbacks live as long as the request:
+        # a stream's minutes) both notes the end and cancels the handler on a cut.
+        request.notifyFinish().addBoth(_ended, finished, work)
         work.addErrback(self._failure, request, finished)
         work.addCallback(_answer, request, finished)
-        work.addErrback(lambda f: HotRoute.log.failure("Unhandled error writing an answer", f))
+        work.addErrback(_unhandled)
         return NOT_DONE_YET
 
     def _failure(self, failure: Failure, request: IRequest, finished: list[object]) -> bytes | None:
@@ -619,6 +620,18 @@ class HotRoute(KleinResource):
                 self.log.failure("Unhandled error processing a request", failure)
             return None
         return self._failed(request, failure)
+
+
+def _ended(result: object, finished: list[object], work: Deferred[Any]) -> None:
+    """A hot route's request is over (`result`: None) or its client gone (a
+    failure): noted in `finished`, and the handler cancelled if it was cut."""
+    finished.append(result)
+    if isinstance(result, Failure):
+        work.cancel()
+
+
+def _unhandled(failure: Failure) -> None:
+    HotRoute.log.failure("Unhandled error writing an answer", failure)
 
 
 def _answer(result: bytes | None, request: IRequest, finished: list[object]) -> None:

@@ -131,8 +131,8 @@ class LimitedRequest(Request):
             return
         self._reserved = length or 0
         # The room is the body's until its request lets go of it (`releaseBody`)
-        # or ends: what a body becomes once parsed is larger than its bytes.
-        self.notifyFinish().addBoth(lambda _: self._release())
+        # or ends (`finish`, `connectionLost`): what a body becomes once parsed is
+        # larger than its bytes.
         if bodyComing:
             self._bodyTimer = self.channel.callLater(config.bodyTimeout, self._bodyLate)
         if token is not None:
@@ -190,6 +190,12 @@ class LimitedRequest(Request):
             self.channel.loseConnection()  # the rest of the body is in: now close
             return
         super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        # Not through `notifyFinish`: its Deferred and callback would live as long
+        # as the request (a stream's minutes).
+        super().finish()
+        self._release()
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopBodyTimer()
