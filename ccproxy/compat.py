@@ -151,6 +151,18 @@ def sentBodyProducer(response: IResponse) -> IBodyProducer | None:
     return getattr(sent, "bodyProducer", None)
 
 
+def sentRequestHeaders(response: IResponse) -> Headers | None:
+    """The headers of the request that `response` answers (None if unknown).
+
+    Relies on: what `sentBodyProducer` relies on, the `Request`'s `headers`. Why:
+    they are written by the time an answer begins, and a long stream should not
+    keep them (`keepOnlyHeaders(…, ())` empties them)."""
+    sent = getattr(response, "request", None)
+    sent = getattr(sent, "original", sent)
+    headers = getattr(sent, "headers", None)
+    return headers if isinstance(headers, Headers) else None
+
+
 def pendingRequestLine(channel: Any) -> tuple[bytes, bytes]:
     """The method and path of the request whose headers `channel` has just read
     (before its body), or empty bytes when unknown.

@@ -39,7 +39,15 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from ccproxy import __version__
-from ccproxy.compat import decoded, flushConsumer, poolRequest, requestURI, sentBodyProducer
+from ccproxy.compat import (
+    decoded,
+    flushConsumer,
+    keepOnlyHeaders,
+    poolRequest,
+    requestURI,
+    sentBodyProducer,
+    sentRequestHeaders,
+)
 from ccproxy.config import Upstream
 from ccproxy.errors import ProxyError, badGateway
 
@@ -272,6 +280,9 @@ class UpstreamClient:
             producer = sentBodyProducer(response)
             if isinstance(producer, BytesProducer):
                 producer.release()
+            sentHeaders = sentRequestHeaders(response)
+            if sentHeaders is not None:  # written: a stream need not keep them
+                keepOnlyHeaders(sentHeaders, ())
             return response
         except (CancelledError, ConnectingCancelledError, ResponseFailed) as e:
             # Cancelled by the silence timer or by a client that left: while
