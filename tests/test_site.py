@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from ccproxy.compat import CHANNEL_ATTRIBUTES
 from ccproxy.daemon.listen import connectionCap, raiseOpenFilesLimit
 from ccproxy.web.site import LINGER, SPLIT_FROM, ProxySite, isCanonicalPath
-from tests.support.fakes import sseReply
+from tests.support.fakes import completion, jsonReply, sseReply
 from tests.support.harness import Harness, message
 
 
@@ -256,6 +256,36 @@ def test_a_body_that_does_not_arrive_in_time_is_408(h: Harness, site: ProxySite)
     h.clock.advance(1)
     assert conn.status() == 408
     assert site.bodyBytes == 0
+
+
+def test_a_request_read_whole_arms_no_header_or_body_deadline(
+    h: Harness, site: ProxySite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head and body in one read (nearly every request): neither deadline is
+    scheduled, only to be cancelled in the same call and linger in the reactor's
+    queue; a head cut in two still has its deadline from its first byte, and a
+    body after its head from the head's read (the tests above)."""
+    scheduled: list[str] = []
+    callLater = h.clock.callLater
+
+    def counted(delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+        scheduled.append(getattr(f, "__name__", ""))
+        return callLater(delay, f, *args, **kw)
+
+    monkeypatch.setattr(h.clock, "callLater", counted)
+    body = orjson.dumps(message())
+    h.upstream.queue(jsonReply(completion("hi")))
+    conn = Conn(site)
+    head = b"POST /v1/messages HTTP/1.1\r\nHost: p\r\nx-api-key: alice-key\r\n"
+    conn.send(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    h.flush()
+    assert conn.status() == 200
+    assert "_headersLate" not in scheduled and "_bodyLate" not in scheduled
+    split = Conn(site, "10.0.0.2")
+    split.send(head[:20])
+    assert scheduled.count("_headersLate") == 1
+    split.send(head[20:] + b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+    assert scheduled.count("_bodyLate") == 1
 
 
 def test_a_refused_body_is_read_to_its_end_then_the_connection_closes(

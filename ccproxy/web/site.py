@@ -91,7 +91,15 @@ class LimitedRequest(Request):
     names at most; past them each request had a dict of its own, 1.3 KB more
     for as long as it lives (a stream: minutes; issue 18)."""
 
-    __slots__ = ("_bodyTimer", "_received", "_refused", "_reserved", "_routed", "_site")
+    __slots__ = (
+        "_bodyDue",
+        "_bodyTimer",
+        "_received",
+        "_refused",
+        "_reserved",
+        "_routed",
+        "_site",
+    )
     channel: ProxyChannel
     _site: ProxySite
     _refused: bool
@@ -99,11 +107,12 @@ class LimitedRequest(Request):
     _reserved: int
     _received: int
     _bodyTimer: IDelayedCall | None
+    _bodyDue: float | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._refused = self._routed = False
         self._reserved = self._received = 0
-        self._bodyTimer = None
+        self._bodyTimer = self._bodyDue = None
         super().__init__(*args, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
@@ -133,8 +142,8 @@ class LimitedRequest(Request):
         # The room is the body's until its request lets go of it (`releaseBody`)
         # or ends (`finish`, `connectionLost`): what a body becomes once parsed is
         # larger than its bytes.
-        if bodyComing:
-            self._bodyTimer = self.channel.callLater(config.bodyTimeout, self._bodyLate)
+        if bodyComing:  # its deadline runs once this read is over (`bodyStillComing`)
+            self._bodyDue = config.bodyTimeout
         if token is not None:
             self._judgeToken(token, config)
 
@@ -228,7 +237,17 @@ class LimitedRequest(Request):
             self._site.release(self._reserved)
             self._reserved = 0
 
+    def bodyStillComing(self) -> None:
+        """A read is over (`ProxyChannel.dataReceived`): a body not all in yet has
+        `body_timeout` seconds from its headers' read to arrive. Not armed as the
+        headers are read: the body nearly always comes in the same read, and a
+        cancelled timer stays in the reactor's queue until it would have been due."""
+        if self._bodyDue is not None and not self._routed:
+            self._bodyTimer = self.channel.callLater(self._bodyDue, self._bodyLate)
+        self._bodyDue = None
+
     def _stopBodyTimer(self) -> None:
+        self._bodyDue = None
         if self._bodyTimer is not None and self._bodyTimer.active():
             self._bodyTimer.cancel()
         self._bodyTimer = None
@@ -282,22 +301,27 @@ class ProxyChannel(QuickHeaderChannel):
         return self._hostAddress
 
     def dataReceived(self, data: bytes) -> None:
-        if self._awaitingHeaders and self._headerTimer is None and not self._closedByUs:
-            timeout = self.site.config().headerTimeout
-            self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
-        if self._awaitingHeaders and len(data) > SPLIT_FROM:
-            # twisted.web's line reader copies the rest of its buffer for each line it
-            # takes off: a request's twenty header lines read together with its 50 KB
-            # body copied the body twenty times (4-5% of a request's CPU). Handed over
-            # as two reads (as TCP may deliver them), the lines are read off the head
-            # alone and the body goes on whole.
+        if self._awaitingHeaders:
             end = data.find(b"\r\n\r\n")
-            if end != -1:
+            if end == -1 and self._headerTimer is None and not self._closedByUs:
+                # Only for a head not read whole: one read whole (nearly always) ends
+                # the wait in this call, and a cancelled timer stays in the reactor's
+                # queue until it would have been due (some 300 bytes a request).
+                timeout = self.site.config().headerTimeout
+                self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
+            if end != -1 and len(data) > SPLIT_FROM:
+                # twisted.web's line reader copies the rest of its buffer for each line
+                # it takes off: a request's twenty header lines read together with its
+                # 50 KB body copied the body twenty times (4-5% of a request's CPU).
+                # Handed over as two reads (as TCP may deliver them), the lines are read
+                # off the head alone and the body goes on whole.
                 super().dataReceived(data[: end + 4])
                 if self.transport is None or self.transport.disconnecting:
                     return  # as twisted.web stops reading a read on a close
                 data = data[end + 4 :]
         super().dataReceived(data)
+        if self.requests:
+            self.requests[-1].bodyStillComing()
 
     def allHeadersReceived(self) -> None:
         self._awaitingHeaders = False
