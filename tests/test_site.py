@@ -428,7 +428,8 @@ def test_a_live_stream_keeps_only_the_headers_read_later(h: Harness, site: Proxy
     """Once its upstream has answered, a stream keeps of its request's headers only
     those still read (issue 18: memory per live stream): `Connection`, which
     twisted.web reads as the answer's head goes out (here: close after it), and the
-    caller's key, which redacts an upstream's words to the end."""
+    caller's key, which redacts an upstream's words to the end; of its answer's
+    headers, once they are out, only its request id."""
     stream = sseReply([completionChunk("a"), completionChunk("b")], delay=5.0)
     h.upstream.queue(stream)
     body = orjson.dumps(message(stream=True))
@@ -449,6 +450,11 @@ def test_a_live_stream_keeps_only_the_headers_read_later(h: Harness, site: Proxy
     request = conn.channel.requests[0]
     kept = dict(request.requestHeaders.getAllRawHeaders())
     assert kept == {b"X-Api-Key": [b"alice-key"], b"Connection": [b"close"]}
+    # The answer's head is out whole; of its headers the request keeps its id alone.
+    head = conn.written.split(b"\r\n\r\n", 1)[0].lower()
+    for name in (b"content-type: text/event-stream", b"x-accel-buffering: no", b"request-id:"):
+        assert name in head
+    assert [name for name, _ in request.responseHeaders.getAllRawHeaders()] == [b"Request-Id"]
     assert not conn.transport.disconnecting
     for _ in range(3):
         h.clock.advance(5)

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from ccproxy.compat import writeNow
+from ccproxy.compat import keepOnlyHeaders, writeNow
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
 from ccproxy.relay.sse import SSEFrames, SSEParser
 from ccproxy.translate.passthrough import MessageStream
@@ -44,6 +44,9 @@ def encodeEvent(event: dict[str, Any]) -> bytes:
 
 
 PING = encodeEvent({"type": "ping"})
+
+KEPT_RESPONSE_HEADERS = (b"request-id",)
+"""The answer's headers a committed stream keeps (see `StreamRelay.commit`)."""
 
 
 def startStream(request: IRequest) -> None:
@@ -292,6 +295,9 @@ class StreamRelay:
         else:  # a passed-through stream: its message_start is the upstream's
             self._request.write(b"")  # the status and headers alone, now
             writeNow(self._request)
+        # The head is out: twisted.web reads its headers no more, and a stream lives
+        # for minutes. The request id stays (`requestId` reads it back).
+        keepOnlyHeaders(self._request.responseHeaders, KEPT_RESPONSE_HEADERS)
 
     def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
         """End a committed stream whose answer never came (`error`: the upstream's
