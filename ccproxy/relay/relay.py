@@ -528,7 +528,7 @@ class StreamRelay:
                     raise e.naming(upstream.name) from None
 
         parser = self._parser = SSEParser(
-            lambda data: None,  # a read's events go to onEvents together
+            _ignored,  # a read's events go to onEvents together
             self._clock,
             upstream.timeout,
             upstream.name,
@@ -570,6 +570,11 @@ class StreamRelay:
             return end(sawDone)
         except ProxyError as e:
             raise e.naming(answer.upstream.name) from None
+
+
+def _ignored(data: bytes) -> None:
+    """`SSEParser`'s event callback where a read's events go to `onEvents` (a
+    function, not a lambda made per stream)."""
 
 
 class Rounds(Protocol):

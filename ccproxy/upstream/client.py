@@ -384,7 +384,7 @@ class BodyReader(TwistedProtocol):
         self._name = upstream
         self._timeout = timeout
         self._silence: Silence | None = None
-        self.finished: Deferred[Any] = Deferred(lambda d: self._abort())
+        self.finished: Deferred[Any] = Deferred(self._cancelled)
 
     def connectionMade(self) -> None:
         self._silence = Silence(self._clock, self._timeout, self._silent)
@@ -425,6 +425,9 @@ class BodyReader(TwistedProtocol):
     def _stopSilence(self) -> None:
         if self._silence is not None:
             self._silence.cancel()
+
+    def _cancelled(self, finished: Deferred[Any]) -> None:
+        self._abort()  # a bound method, not a lambda and its cell: one object per body
 
     def _abort(self) -> None:
         self._stopSilence()

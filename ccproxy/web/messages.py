@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import orjson
@@ -291,12 +292,6 @@ class MessagesAPI:
         head carries the client's usage-limit headers, and `firstByte` is when it
         went out."""
         config = call.config
-
-        def committed() -> None:
-            call.record.firstByte = self.clock.seconds()
-            if standing is not None:
-                standing.show(call.request)
-
         return StreamRelay(
             call.request,
             self.clock,
@@ -304,9 +299,16 @@ class MessagesAPI:
             config.maxLineBytes,
             config.logPayloadMaxChars if config.logPayloads else 0,
             call.redact,
-            onCommit=committed,
+            onCommit=partial(self._committed, call, standing),
             turnEnd=self.turnEnd,
         )
+
+    def _committed(self, call: Call, standing: Standing | None) -> None:
+        """A stream's head is being made: `firstByte` is now, and its head carries
+        the client's usage-limit headers."""
+        call.record.firstByte = self.clock.seconds()
+        if standing is not None:
+            standing.show(call.request)
 
     def _refused(
         self, call: Call, relay: StreamRelay, error: ProxyError, timeout: bool = False
