@@ -543,6 +543,9 @@ class StreamRelay:
         upstream's sending; what fires when it has ended (`parser.finished`),
         after `_drained`. A plain method, not a coroutine: no frame of its own
         waits while the stream lives (memory per live stream, issue 18)."""
+        # The upstream's headers were read at its head (dispatch: the content type,
+        # gzip); nothing reads them while the stream lasts, minutes.
+        keepOnlyHeaders(answer.response.headers, ())
         try:
             answer.response.deliverBody(parser)
             # A slow reader pauses the upstream instead of making us buffer its stream.
