@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, ClassVar
 
 from attrs import define, evolve, field
@@ -130,6 +130,10 @@ def overBudget(
     )
 
 
+_NO_STANDING: AbstractAsyncContextManager[Standing | None] = nullcontext(None)
+"""`Admission.admitted` without clients (stateless: shared by every request)."""
+
+
 @define
 class Admission:
     """Admits each client's requests through the state backend, seeding budget
@@ -143,16 +147,21 @@ class Admission:
 
     log: ClassVar[Logger] = Logger()
 
-    @asynccontextmanager
-    async def admitted(
+    def admitted(
         self, client: Client | None, config: Config, budgets: bool = True
-    ) -> AsyncIterator[Standing | None]:
+    ) -> AbstractAsyncContextManager[Standing | None]:
         """The client's place for the length of the block (None without clients);
         429 when it is over a limit or (with `budgets`) a budget. A refused request
-        holds no place."""
+        holds no place. Without clients, one shared context: nothing is made per
+        request, nor kept while a stream lasts."""
         if client is None:
-            yield None
-            return
+            return _NO_STANDING
+        return self._admitted(client, config, budgets)
+
+    @asynccontextmanager
+    async def _admitted(
+        self, client: Client, config: Config, budgets: bool
+    ) -> AsyncIterator[Standing | None]:
         now = self.clock.seconds()
         ask = Ask.of(client, now, budgets)
         decision = await self._decide(ask, now)

@@ -60,6 +60,9 @@ from ccproxy.web.call import (
 )
 from ccproxy.web.searching import SearchRounds
 
+_NO_ROUNDS = nullcontext()
+"""The context of an answer without tool search rounds (stateless: shared)."""
+
 ESTIMATE_WEIGHT = 16
 """How much heavier a byte is to count tokens in than to translate: the offload's
 threshold, set for translating, is reached 16 times sooner by a count."""
@@ -127,7 +130,7 @@ class MessagesAPI:
                     if rounds is None:  # else its room is held until the request ends
                         releaseBody(call)
                         forgetHeaders(call)
-                    async with rounds or nullcontext():
+                    async with rounds or _NO_ROUNDS:
                         if rounds is not None and answer.message is not None:
                             answer.message = await rounds.whole(answer)
                         self._answered(call, answer, model, standing)
