@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import tcp
+from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
@@ -317,6 +318,29 @@ def shareInstanceKeys(cls: type, names: Iterable[str]) -> None:
         if hasattr(getattr(cls, name, None), "__set__"):
             continue  # a slot or property: not a key of the instance dict
         object.__setattr__(probe, name, None)
+
+
+REACTOR_TIMER_METHODS = ("callLater", "seconds", "_cancelCallLater", "_moveCallLaterSooner")
+"""What `ReactorBase.callLater` hands each `DelayedCall` (and `HTTPFactory` each
+channel): bound methods of the reactor, made anew at each reading."""
+
+
+def bindTimerMethods(reactor: Any) -> None:
+    """Bind the reactor's timer methods once (`REACTOR_TIMER_METHODS`), as
+    instance attributes that every later reading returns.
+
+    Relies on: `twisted.internet.base.ReactorBase.callLater` building each
+    `DelayedCall` with `self._cancelCallLater`, `self._moveCallLaterSooner` and
+    `seconds=self.seconds`, and `HTTPFactory.buildProtocol` giving each channel
+    `self.reactor.callLater`. Why: each reading made a bound method (64 bytes)
+    that the timer or channel kept: three per timer, some five timers per live
+    stream (cancelled ones wait in the reactor's queue until due). The same
+    methods, bound once: nothing else changes. A reactor of another kind (a
+    test's `Clock`) is left alone."""
+    if not isinstance(reactor, ReactorBase):
+        return
+    for name in REACTOR_TIMER_METHODS:
+        setattr(reactor, name, getattr(reactor, name))
 
 
 def shareTwistedKeys() -> None:

@@ -680,3 +680,30 @@ def test_the_shared_names_are_what_twisted_sets_on_a_request_and_its_parser() ->
     parser.response._bodyDataReceived = lambda data: None  # type: ignore[method-assign]
     parser.dataReceived(b"0\r\n\r\n")
     assert set(vars(parser)) <= set(compat.CLIENT_PARSER_ATTRIBUTES)
+
+
+def test_bound_timer_methods_are_shared_by_every_timer_and_timers_still_work() -> None:
+    """`bindTimerMethods`: each `DelayedCall` holds the reactor's canceller, resetter
+    and clock; bound once, every timer shares the same three objects (else three
+    made per timer), and timers still fire, move and cancel as before."""
+    from twisted.internet.base import ReactorBase
+
+    class Bare(ReactorBase):  # a reactor's timers, without its file descriptors
+        def installWaker(self) -> None:
+            pass
+
+    reactor = Bare()
+    compat.bindTimerMethods(reactor)
+    fired: list[str] = []
+    a = reactor.callLater(10, fired.append, "a")
+    b = reactor.callLater(20, fired.append, "b")
+    c = reactor.callLater(30, fired.append, "c")
+    assert a.canceller is b.canceller and a.resetter is b.resetter and a.seconds is b.seconds
+    assert a.canceller == reactor._cancelCallLater  # what Twisted hands a timer
+    b.reset(0)  # sooner: the resetter moves it up
+    a.cancel()
+    reactor.runUntilCurrent()
+    assert fired == ["b"] and c.active() and not a.active()
+    clock = Clock()
+    compat.bindTimerMethods(clock)  # not a ReactorBase: left alone
+    assert "callLater" not in vars(clock)
