@@ -10,18 +10,19 @@ imported, and no `_attribute` of a Twisted object is touched, outside this modul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from time import time
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import tcp
+from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web._newclient import STATUS as _STATUS
-from twisted.web._newclient import HTTP11ClientProtocol, _ensureValidURI
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, _ensureValidURI
 from twisted.web._newclient import Request as _ClientRequest
 from twisted.web.client import (
     URI,
@@ -381,6 +382,18 @@ def sentBodyProducer(response: IResponse) -> IBodyProducer | None:
     return getattr(sent, "bodyProducer", None)
 
 
+def sentRequestHeaders(response: IResponse) -> Headers | None:
+    """The headers of the request that `response` answers (None if unknown).
+
+    Relies on: what `sentBodyProducer` relies on, the `Request`'s `headers`. Why:
+    they are written by the time an answer begins, and a long stream should not
+    keep them (`keepOnlyHeaders(…, ())` empties them)."""
+    sent = getattr(response, "request", None)
+    sent = getattr(sent, "original", sent)
+    headers = getattr(sent, "headers", None)
+    return headers if isinstance(headers, Headers) else None
+
+
 def pendingRequestLine(channel: Any) -> tuple[bytes, bytes]:
     """The method and path of the request whose headers `channel` has just read
     (before its body), or empty bytes when unknown.
@@ -522,6 +535,115 @@ def _httpDate() -> bytes:
         _dated[0] = second
     date: bytes = _dated[1]
     return date
+
+
+# -- instance dicts of the objects a live stream holds --------------------------------
+
+REQUEST_ATTRIBUTES = (
+    "notifications", "channel", "client", "host", "requestHeaders", "received_cookies",
+    "responseHeaders", "cookies", "transport", "queued", "_parsePOSTFormSubmission",
+    "_adapterCache", "content", "args", "method", "uri", "clientproto", "path", "site",
+    "prepath", "postpath", "sitepath", "code", "code_message", "startedWriting", "chunked",
+    "sentLength", "streamingProducer", "producer",
+)  # fmt: skip
+"""What twisted.web's `Request` sets on itself from its `__init__` to a stream's
+first bytes and its producer (`finished`, set at its end, would be the 30th)."""
+
+CHANNEL_ATTRIBUTES = (
+    "requests", "_handlingRequest", "_dataBuffer", "_transferDecoder", "factory",
+    "callLater", "timeOut", "requestFactory", "site", "connected", "transport",
+    "_TimeoutMixin__timeoutCall", "_networkProducer", "_busyReceiving", "_buffer",
+    "_receivedHeaderSize", "_HTTPChannel__first_line", "_command", "_path", "_version",
+    "_HTTPChannel__header", "_receivedHeaderCount", "length", "persistent", "line_mode",
+    "_savedTimeOut", "_requestProducer", "_requestProducerStreaming",
+)  # fmt: skip
+"""What twisted.web's `HTTPChannel` (and its `LineReceiver`, `TimeoutMixin`) sets
+on itself while it serves a request."""
+
+CONNECTION_ATTRIBUTES = (
+    "reactor", "_tempDataBuffer", "_tempDataLen", "socket", "fileno", "protocol",
+    "connected", "logstr", "producer", "streamingProducer", "dataBuffer", "offset",
+    "disconnecting", "disconnected",
+)  # fmt: skip
+"""What `twisted.internet.tcp.Connection` sets on itself (server and client side)."""
+
+SERVER_ATTRIBUTES = (*CONNECTION_ATTRIBUTES, "server", "client", "sessionno", "hostname", "repstr")
+CLIENT_ATTRIBUTES = (
+    *CONNECTION_ATTRIBUTES, "connector", "addr", "_requiresResolution", "realAddress",
+    "doWrite", "doRead",
+)  # fmt: skip
+
+CLIENT_PARSER_ATTRIBUTES = (
+    "request", "finisher", "_responseDeferred", "_everReceivedData", "connected",
+    "transport", "headers", "connHeaders", "state", "_partialHeader", "_busyReceiving",
+    "_buffer", "response", "bodyDecoder", "line_mode",
+)  # fmt: skip
+"""What `twisted.web._newclient.HTTPClientParser` sets on itself reading an answer."""
+
+
+def shareInstanceKeys(cls: type, names: Iterable[str]) -> None:
+    """Make `names` keys that `cls`'s instances share (CPython 3.11+).
+
+    Relies on: CPython keeping a class's instance attributes as values beside
+    keys the class's instances share (at most 30 names), and taking a name
+    into those keys only while few instances have been made (each new instance
+    lowers the room left). Why: Twisted's objects set many attributes late in
+    their life (a request's `code_message` as its answer begins): made a
+    thousand at a time, as streams come, they found no room left, and each got
+    a dict of its own, 0.5-1.3 KB more per object for as long as it lives (a
+    stream: minutes). One throwaway instance setting every name first, at
+    import, puts them all in the shared keys. Without the effect (another
+    interpreter), nothing changes but memory."""
+    probe = cls.__new__(cls)
+    for name in names:
+        if hasattr(getattr(cls, name, None), "__set__"):
+            continue  # a slot or property: not a key of the instance dict
+        object.__setattr__(probe, name, None)
+
+
+REACTOR_TIMER_METHODS = ("callLater", "seconds", "_cancelCallLater", "_moveCallLaterSooner")
+"""What `ReactorBase.callLater` hands each `DelayedCall` (and `HTTPFactory` each
+channel): bound methods of the reactor, made anew at each reading."""
+
+
+def bindTimerMethods(reactor: Any) -> None:
+    """Bind the reactor's timer methods once (`REACTOR_TIMER_METHODS`), as
+    instance attributes that every later reading returns.
+
+    Relies on: `twisted.internet.base.ReactorBase.callLater` building each
+    `DelayedCall` with `self._cancelCallLater`, `self._moveCallLaterSooner` and
+    `seconds=self.seconds`, and `HTTPFactory.buildProtocol` giving each channel
+    `self.reactor.callLater`. Why: each reading made a bound method (64 bytes)
+    that the timer or channel kept: three per timer, some five timers per live
+    stream (cancelled ones wait in the reactor's queue until due). The same
+    methods, bound once: nothing else changes. A reactor of another kind (a
+    test's `Clock`) is left alone."""
+    if not isinstance(reactor, ReactorBase):
+        return
+    for name in REACTOR_TIMER_METHODS:
+        setattr(reactor, name, getattr(reactor, name))
+
+
+def shareTwistedKeys() -> None:
+    """`shareInstanceKeys` for the Twisted objects every stream holds: its client
+    and upstream TCP connections, and the upstream answer's parser."""
+    shareInstanceKeys(tcp.Server, SERVER_ATTRIBUTES)
+    shareInstanceKeys(tcp.Client, CLIENT_ATTRIBUTES)
+    shareInstanceKeys(HTTPClientParser, CLIENT_PARSER_ATTRIBUTES)
+
+
+def keepOnlyHeaders(headers: Headers, names: Iterable[bytes]) -> None:
+    """Drop every header of `headers` but `names`. Why here: it replaces the
+    `Headers`' dict (`_rawHeaders`, keyed by the name as `_nameEncoder`
+    canonicalizes it) with one of the kept names alone, where removing the others
+    one by one would leave a dict sized for all of them."""
+    raw = headers._rawHeaders
+    kept = {}
+    for name in names:
+        name = _nameEncoder.encode(name)
+        if name in raw:
+            kept[name] = raw[name]
+    headers._rawHeaders = kept
 
 
 # -- an upstream request without Agent (ccproxy.upstream.client.PooledClient) -------

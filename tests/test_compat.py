@@ -5,6 +5,7 @@ new release breaks it, so an upgrade fails here instead of the proxy misbehaving
 from __future__ import annotations
 
 import ast
+import gc
 import inspect
 import socket
 import struct
@@ -30,6 +31,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.web import client as webclient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import HTTPChannel, Request
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -1082,3 +1084,102 @@ def test_the_date_header_is_twisteds_of_the_current_second() -> None:
     made = compat._httpDate()
     assert made in {datetimeToString(before), datetimeToString(int(time()))}
     assert compat._httpDate() is made or compat._httpDate() == datetimeToString(int(time()))
+
+
+def test_keep_only_headers_keeps_the_named_ones_whatever_their_case() -> None:
+    from twisted.web.http_headers import Headers
+
+    headers = Headers()
+    for name, value in [(b"x-api-key", b"k"), (b"Connection", b"close"), (b"user-agent", b"cc")]:
+        headers.addRawHeader(name, value)
+    headers.addRawHeader(b"Connection", b"keep-alive")
+    compat.keepOnlyHeaders(headers, (b"connection", b"X-API-KEY", b"authorization"))
+    assert dict(headers.getAllRawHeaders()) == {
+        b"X-Api-Key": [b"k"],
+        b"Connection": [b"close", b"keep-alive"],
+    }
+    assert headers.getRawHeaders(b"x-api-key") == [b"k"]
+    assert not headers.hasHeader(b"user-agent")
+
+
+# -- instance dicts of the objects a live stream holds -------------------------------
+
+
+def _ownDict(obj: object, name: str) -> bool:
+    """Whether `obj` keeps its attributes in a dict of its own (one naming `name`),
+    not as values beside its class's shared keys."""
+    return any(type(r) is dict and name in r for r in gc.get_referents(obj))
+
+
+def test_shared_instance_keys_keep_late_attributes_out_of_a_dict_of_their_own() -> None:
+    """A thousand objects made at once, each setting its attributes later (as
+    streams come), keep them beside their class's shared keys once the names
+    are shared first (`shareInstanceKeys`)."""
+
+    class Late:
+        pass
+
+    names = [f"late{i}" for i in range(20)]
+    compat.shareInstanceKeys(Late, names)
+    made = [Late() for _ in range(1000)]
+    for obj in made:
+        for name in names:
+            setattr(obj, name, 1)
+    assert not any(_ownDict(obj, "late0") for obj in made)
+
+
+def test_the_shared_names_are_what_twisted_sets_on_a_request_and_its_parser() -> None:
+    """What twisted.web sets on a request from its start to its answer's end, and on
+    the upstream answer's parser, is within the names shared at import
+    (`compat.REQUEST_ATTRIBUTES`, `CLIENT_PARSER_ATTRIBUTES`): else a Twisted
+    upgrade gave each live stream's objects dicts of their own again. (The
+    channel's: `tests/test_site.py`.)"""
+    from twisted.web._newclient import HTTPClientParser
+    from twisted.web._newclient import Request as ClientRequest
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from ccproxy.web.site import LimitedRequest
+
+    request = Request(DummyChannel())
+    request.setResponseCode(200)
+    request.registerProducer(StringTransport(), True)
+    request.write(b"x")
+    ended = set(vars(request))
+    assert ended - {"finished", "_disconnected"} <= set(compat.REQUEST_ATTRIBUTES)
+    assert len(compat.REQUEST_ATTRIBUTES) <= 29  # CPython shares at most 30 names
+    assert not set(LimitedRequest.__slots__) & set(compat.REQUEST_ATTRIBUTES)
+
+    sent = ClientRequest(b"POST", b"/", Headers(), None)
+    parser = HTTPClientParser(sent, lambda rest: None)
+    parser.makeConnection(StringTransport())
+    parser.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    parser.response._bodyDataReceived = lambda data: None  # type: ignore[method-assign]
+    parser.dataReceived(b"0\r\n\r\n")
+    assert set(vars(parser)) <= set(compat.CLIENT_PARSER_ATTRIBUTES)
+
+
+def test_bound_timer_methods_are_shared_by_every_timer_and_timers_still_work() -> None:
+    """`bindTimerMethods`: each `DelayedCall` holds the reactor's canceller, resetter
+    and clock; bound once, every timer shares the same three objects (else three
+    made per timer), and timers still fire, move and cancel as before."""
+    from twisted.internet.base import ReactorBase
+
+    class Bare(ReactorBase):  # a reactor's timers, without its file descriptors
+        def installWaker(self) -> None:
+            pass
+
+    reactor = Bare()
+    compat.bindTimerMethods(reactor)
+    fired: list[str] = []
+    a = reactor.callLater(10, fired.append, "a")
+    b = reactor.callLater(20, fired.append, "b")
+    c = reactor.callLater(30, fired.append, "c")
+    assert a.canceller is b.canceller and a.resetter is b.resetter and a.seconds is b.seconds
+    assert a.canceller == reactor._cancelCallLater  # what Twisted hands a timer
+    b.reset(0)  # sooner: the resetter moves it up
+    a.cancel()
+    reactor.runUntilCurrent()
+    assert fired == ["b"] and c.active() and not a.active()
+    clock = Clock()
+    compat.bindTimerMethods(clock)  # not a ReactorBase: left alone
+    assert "callLater" not in vars(clock)

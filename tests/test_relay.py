@@ -116,6 +116,17 @@ def test_a_whole_stream_is_relayed_and_its_verdict_is_success() -> None:
     assert text == "Hello"
 
 
+def test_a_relayed_stream_keeps_none_of_its_upstream_s_headers() -> None:
+    """Read at the upstream's head (its content type), they are not kept for the
+    stream's minutes (issue 18: memory per live stream)."""
+    rig = Rig()
+    rig.upstream.send(chunk("Hel"))
+    assert list(rig.upstream.headers.getAllRawHeaders()) == []
+    rig.upstream.send(chunk(finish="stop", **USAGE), b"data: [DONE]\n\n")
+    rig.upstream.end()
+    assert resultOf(rig.done).ok is True
+
+
 def test_one_read_is_one_write() -> None:
     rig = Rig()
     before = rig.client.transport.value()

@@ -6,6 +6,7 @@ Each test drives a real `ProxySite`/`ProxyChannel` over a `StringTransport` on a
 
 from __future__ import annotations
 
+import gc
 import resource
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
+from ccproxy.compat import CHANNEL_ATTRIBUTES
 from ccproxy.daemon.listen import connectionCap, raiseOpenFilesLimit
 from ccproxy.web.site import LINGER, SPLIT_FROM, ProxySite, isCanonicalPath
 from tests.support.fakes import completion, jsonReply, sseReply
@@ -299,6 +301,36 @@ def test_a_head_cut_in_two_reads_must_end_in_time_from_its_first(
     assert conn.status() == 408
 
 
+def test_a_request_read_whole_arms_no_header_or_body_deadline(
+    h: Harness, site: ProxySite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head and body in one read (nearly every request): neither deadline is
+    scheduled, only to be cancelled in the same call and linger in the reactor's
+    queue; a head cut in two still has its deadline from its first byte, and a
+    body after its head from the head's read (the tests above)."""
+    scheduled: list[str] = []
+    callLater = h.clock.callLater
+
+    def counted(delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+        scheduled.append(getattr(f, "__name__", ""))
+        return callLater(delay, f, *args, **kw)
+
+    monkeypatch.setattr(h.clock, "callLater", counted)
+    body = orjson.dumps(message())
+    h.upstream.queue(jsonReply(completion("hi")))
+    conn = Conn(site)
+    head = b"POST /v1/messages HTTP/1.1\r\nHost: p\r\nx-api-key: alice-key\r\n"
+    conn.send(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    h.flush()
+    assert conn.status() == 200
+    assert "_headersLate" not in scheduled and "_bodyLate" not in scheduled
+    split = Conn(site, "10.0.0.2")
+    split.send(head[:20])
+    assert scheduled.count("_headersLate") == 1
+    split.send(head[20:] + b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+    assert scheduled.count("_bodyLate") == 1
+
+
 def test_a_refused_body_is_read_to_its_end_then_the_connection_closes(
     h: Harness, site: ProxySite
 ) -> None:
@@ -433,3 +465,81 @@ def test_a_request_kept_for_tool_search_rounds_keeps_its_room(h: Harness, site: 
     h.flush()
     assert b"message_stop" in conn.written
     assert site.bodyBytes == 0
+
+
+def test_a_live_stream_keeps_only_the_headers_read_later(h: Harness, site: ProxySite) -> None:
+    """Once its upstream has answered, a stream keeps of its request's headers only
+    those still read (issue 18: memory per live stream): `Connection`, which
+    twisted.web reads as the answer's head goes out (here: close after it), and the
+    caller's key, which redacts an upstream's words to the end; of its answer's
+    headers, once they are out, only its request id."""
+    stream = sseReply([completionChunk("a"), completionChunk("b")], delay=5.0)
+    h.upstream.queue(stream)
+    body = orjson.dumps(message(stream=True))
+    head = [
+        b"POST /v1/messages HTTP/1.1",
+        b"Host: proxy",
+        b"Content-Type: application/json",
+        b"x-api-key: alice-key",
+        b"Connection: close",
+        b"User-Agent: claude-cli/2.1.330 (external, cli)",
+        b"X-Stainless-Timeout: 600",
+        b"Anthropic-Beta: claude-code-20250219",
+        b"Content-Length: %d" % len(body),
+    ]
+    conn = Conn(site).send(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    h.flush()
+    assert b"event: message_start" in conn.written and b"message_stop" not in conn.written
+    request = conn.channel.requests[0]
+    kept = dict(request.requestHeaders.getAllRawHeaders())
+    assert kept == {b"X-Api-Key": [b"alice-key"], b"Connection": [b"close"]}
+    # The answer's head is out whole; of its headers the request keeps its id alone.
+    head = conn.written.split(b"\r\n\r\n", 1)[0].lower()
+    for name in (b"content-type: text/event-stream", b"x-accel-buffering: no", b"request-id:"):
+        assert name in head
+    assert [name for name, _ in request.responseHeaders.getAllRawHeaders()] == [b"Request-Id"]
+    assert not conn.transport.disconnecting
+    for _ in range(3):
+        h.clock.advance(5)
+    h.flush()
+    assert conn.written.endswith(b"0\r\n\r\n") and b"message_stop" in conn.written
+    assert b"connection: close" in conn.written.lower()
+    assert conn.transport.disconnecting  # `Connection: close` was read when the head went out
+
+
+def test_live_streams_keep_their_request_and_channel_attributes_in_shared_keys(
+    h: Harness,
+) -> None:
+    """Many streams at once: each request and channel keeps its attributes beside
+    its class's shared keys, not in a dict of its own (some 2 KB more per stream;
+    `compat.shareInstanceKeys`), and whatever twisted.web sets on a channel is
+    among the names shared."""
+    site = ProxySite.serving(h.app, h.clock, maxConnections=100)
+    stream = sseReply([completionChunk("a"), completionChunk("b")], delay=5.0)
+    answers: list[Deferred[None]] = []
+
+    def answerLater(request: Any, fake: Any) -> Any:
+        answers.append(Deferred())
+        return answers[-1].addCallback(lambda _: stream(request, fake))
+
+    conns = []
+    for i in range(40):  # all made before any answer begins, as streams come
+        h.upstream.queue(answerLater)
+        body = orjson.dumps(message(stream=True))
+        conns.append(Conn(site, f"10.0.1.{i}").head(len(body)).send(body))
+    h.flush()
+    for answer in answers:
+        answer.callback(None)
+    h.flush()
+    for conn in conns:
+        assert b"event: message_start" in conn.written and b"message_stop" not in conn.written
+        request = conn.channel.requests[0]
+        for obj, name in ((request, "channel"), (conn.channel, "requests")):
+            assert not any(type(r) is dict and name in r for r in gc.get_referents(obj))
+    for _ in range(3):
+        h.clock.advance(5)
+    h.flush()
+    for conn in conns:
+        assert b"message_stop" in conn.written
+        conn.close()
+        assert set(vars(conn.channel)) <= set(CHANNEL_ATTRIBUTES)

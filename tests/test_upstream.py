@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.web.http_headers import Headers
 
 from ccproxy.config import Config
 from ccproxy.upstream.client import BytesProducer, UpstreamClient
@@ -20,11 +21,13 @@ class _Proxy:
         self.original = original
 
 
-def test_the_request_body_is_dropped_once_the_answer_has_begun() -> None:
+def test_the_request_body_and_headers_are_dropped_once_the_answer_has_begun() -> None:
     producer = BytesProducer(b"x" * 50_000)
+    sentHeaders = Headers({b"authorization": [b"Bearer sk-up"], b"host": [b"u.test"]})
 
     class Sent:
         bodyProducer = producer
+        headers = sentHeaders
 
     class Response:
         code = 200
@@ -45,3 +48,4 @@ def test_the_request_body_is_dropped_once_the_answer_has_begun() -> None:
     again = StringTransport()
     producer.startProducing(again)
     assert again.value() == b""  # released: a long stream does not hold its 50 KB
+    assert list(sentHeaders.getAllRawHeaders()) == []  # written: not kept either

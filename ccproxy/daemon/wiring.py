@@ -19,6 +19,7 @@ from twisted.logger import ILogObserver
 from twisted.python.logfile import LogFile
 from twisted.web.client import Agent
 
+from ccproxy.compat import bindTimerMethods
 from ccproxy.config import Config, Upstream
 from ccproxy.config.policy import Policy
 from ccproxy.daemon.approve import approveService
@@ -80,6 +81,7 @@ def buildService(
     counts its metrics in `metricsDir` beside the other workers.
     """
     logFile = None if worker is not None else _openLog(config, twistdLogFile)
+    bindTimerMethods(reactor)  # three objects fewer per timer (see compat)
 
     pool = UpstreamPool(reactor, POOL_SIZE_PER_HOST)
     # Upstream cookies (load-balancer stickiness, sessions) must not be shared

@@ -19,7 +19,7 @@ Claude Code retries rather than trusting half an answer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from ccproxy.compat import SendTogether, setOwnHeader
+from ccproxy.compat import SendTogether, keepOnlyHeaders, setOwnHeader
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
 from ccproxy.relay.sse import SSEFrames, SSEParser
 from ccproxy.translate.passthrough import MessageStream
@@ -44,6 +44,9 @@ def encodeEvent(event: dict[str, Any]) -> bytes:
 
 
 PING = encodeEvent({"type": "ping"})
+
+KEPT_RESPONSE_HEADERS = (b"request-id",)
+"""The answer's headers a committed stream keeps (see `StreamRelay.commit`)."""
 
 
 _setContentType = setOwnHeader(b"content-type")
@@ -301,6 +304,9 @@ class StreamRelay:
         else:  # a passed-through stream: its message_start is the upstream's
             with SendTogether.of(self._request):
                 self._request.write(b"")  # the status and headers alone, now
+        # The head is out: twisted.web reads its headers no more, and a stream lives
+        # for minutes. The request id stays (`requestId` reads it back).
+        keepOnlyHeaders(self._request.responseHeaders, KEPT_RESPONSE_HEADERS)
 
     def refuse(self, error: ProxyError, timeout: bool = False) -> Verdict:
         """End a committed stream whose answer never came (`error`: the upstream's
@@ -339,17 +345,20 @@ class StreamRelay:
         elif self._waiting is not None:
             self._waiting.cancel()
 
-    async def relay(self, answer: Answer, rounds: Rounds | None = None) -> Verdict:
+    def relay(self, answer: Answer, rounds: Rounds | None = None) -> Coroutine[Any, Any, Verdict]:
         """Relay `answer` whole; its JSON `message` as events when it was read whole
         (a server that ignored `stream: true`), else its event stream. `rounds`:
         ccproxy's tool search, whose calls continue the answer with more upstream
-        answers."""
+        answers.
+
+        A plain method returning the coroutine that relays: no frame of its own
+        waits while the stream lives (memory per live stream, issue 18)."""
         self._stopHeadTimer()
         if answer.message is not None:
             return self._relayMessage(answer)
-        return await self._relayStream(answer, rounds)
+        return self._relayStream(answer, rounds)
 
-    def _relayMessage(self, answer: Answer) -> Verdict:
+    async def _relayMessage(self, answer: Answer) -> Verdict:
         writer = self._writer
         events = eventsForMessage(answer.message or {})
         if writer is not None:  # committed: its message_start is out already
@@ -389,9 +398,11 @@ class StreamRelay:
         errorType = errorMessage = None
         try:
             while True:
-                sawDone = await self._pump(
+                parser = self._chatParser(
                     answer, translator, writer, emit if blocks is not None else None
                 )
+                await self._drain(answer, parser)
+                sawDone = parser.sawDone
                 calls = translator.serverCalls() if rounds is not None else []
                 if rounds is None or not calls:
                     writer.write(self._named(answer, translator.finish, sawDone), last=True)
@@ -490,17 +501,18 @@ class StreamRelay:
         finally:
             self._waiting = None
 
-    async def _pump(
+    def _chatParser(
         self,
         answer: Answer,
         translator: StreamTranslator,
         writer: EventWriter,
         emit: Callable[[list[dict[str, Any]]], None] | None,
-    ) -> bool:
-        """Relay one upstream answer's stream through `translator`, until it ends;
-        whether it ended with `[DONE]`. `emit`: where each chunk's events go when
-        something besides the writer reads them (ccproxy's tool search); without
-        it, into the writer's queue, where the deltas of one read join."""
+    ) -> SSEParser:
+        """The parser of one upstream answer's stream, each read's chunks through
+        `translator` (`sawDone`, once it ended: whether with `[DONE]`). `emit`:
+        where each chunk's events go when something besides the writer reads them
+        (ccproxy's tool search); without it, into the writer's queue, where the
+        deltas of one read join."""
         upstream = answer.upstream
         feed = translator.feedInto
         queue = writer.queue
@@ -525,7 +537,7 @@ class StreamRelay:
                     raise e.naming(upstream.name) from None
 
         parser = self._parser = SSEParser(
-            lambda data: None,  # a read's events go to onEvents together
+            _ignored,  # a read's events go to onEvents together
             self._clock,
             upstream.timeout,
             upstream.name,
@@ -533,23 +545,34 @@ class StreamRelay:
             onBatch=writer.flushSoon,
             onEvents=onEvents,
         )
-        await self._drain(answer, parser)
-        return parser.sawDone
+        return parser
 
-    async def _drain(self, answer: Answer, parser: SSEParser) -> None:
-        """Feed `answer`'s body to `parser` until it ends, the client's reading
-        pacing the upstream's sending."""
-        request = self._request
-        parser.ending = SendTogether.of(request)
+    def _drain(self, answer: Answer, parser: SSEParser) -> Deferred[None]:
+        """Feed `answer`'s body to `parser`, the client's reading pacing the
+        upstream's sending; what fires when it has ended (`parser.finished`),
+        after `_drained`. A plain method, not a coroutine: no frame of its own
+        waits while the stream lives (memory per live stream, issue 18)."""
+        # The upstream's headers were read at its head (dispatch: the content type,
+        # gzip); nothing reads them while the stream lasts, minutes.
+        keepOnlyHeaders(answer.response.headers, ())
+        parser.ending = SendTogether.of(self._request)
         try:
             answer.response.deliverBody(parser)
             # A slow reader pauses the upstream instead of making us buffer its stream.
-            request.registerProducer(parser.transport, True)
-            await parser.finished
-        finally:
-            self._parser = None
-            if request.channel is not None:  # None once the client has gone
-                request.unregisterProducer()
+            self._request.registerProducer(parser.transport, True)
+        except BaseException:
+            self._drained(None)
+            raise
+        return parser.finished.addBoth(self._drained)
+
+    def _drained(self, result: Any) -> Any:
+        """The body has ended, however (`result`, passed on): the client no longer
+        paces the upstream."""
+        self._parser = None
+        request = self._request
+        if request.channel is not None:  # None once the client has gone
+            request.unregisterProducer()
+        return result
 
     @staticmethod
     def _named(
@@ -560,6 +583,11 @@ class StreamRelay:
             return end(sawDone)
         except ProxyError as e:
             raise e.naming(answer.upstream.name) from None
+
+
+def _ignored(data: bytes) -> None:
+    """`SSEParser`'s event callback where a read's events go to `onEvents` (a
+    function, not a lambda made per stream)."""
 
 
 class Rounds(Protocol):

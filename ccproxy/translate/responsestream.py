@@ -34,7 +34,6 @@ from ccproxy.translate.responses import (
     responsesSignature,
 )
 from ccproxy.translate.stream import Event, StreamTranslator, streamError
-from ccproxy.translate.toolsearch import serverCallId
 
 _ENDS = ("response.completed", "response.incomplete")
 _ITEM_OF = {"text": "message", "thinking": "reasoning"}
@@ -265,8 +264,7 @@ class ResponsesStreamTranslator(StreamTranslator):
             server = item.name in self._serverTools
             blockId = item.callId
             if server:
-                blockId = serverCallId(item.callId, self._serverIds)
-                self._serverIds.add(blockId)
+                blockId = self._serverBlockId(item.callId)
                 item.pieces = []
                 self._serverBlocks.append((blockId, item.pieces))
             block = {

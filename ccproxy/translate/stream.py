@@ -293,15 +293,18 @@ class StreamTranslator:
         self._byId: dict[str, _Call] = {}
         self._liveCall: _Call | None = None
         self._textTail = ""
-        self._blank: list[str] = []
-        self._blankThinking: list[str] = []
+        # Empty tuples, not lists, where most streams never add a thing: a
+        # translator lives as long as its stream (issue 18: memory per stream).
+        self._blank: tuple[str, ...] = ()
+        self._blankThinking: tuple[str, ...] = ()
         self._serverTools = serverTools
         self._made = 0
         """Calls made in every round (each without an id of its own gets a new one)."""
         self._total: tuple[Any, int, dict[str, int]] | None = None
         """`totalUsage` as last read, with the usage and the rounds it read."""
-        self._serverIds: set[str] = set()
-        self._spent: list[dict[str, int]] = []
+        self._serverIds: set[str] | None = None
+        """Block ids of ccproxy's own tool calls so far (made with the first)."""
+        self._spent: tuple[dict[str, int], ...] = ()
         """Anthropic usage of the rounds before this one."""
         self._lastDelta: Event | None = None
         """The last `content_block_delta` made (`_delta` may join the next into it)."""
@@ -440,7 +443,7 @@ class StreamTranslator:
     def nextRound(self) -> None:
         """Another upstream answer continues this message: its blocks are numbered
         on from these, its usage added to this one's."""
-        self._spent.append(anthropicUsage(self.usage))
+        self._spent = (*self._spent, anthropicUsage(self.usage))
         self.usage = None
         self.finishReason = self.matchedStop = None
         self._calls, self._placed, self._byIndex, self._byId = [], 0, {}, {}
@@ -501,9 +504,9 @@ class StreamTranslator:
     def _thinking(self, text: str, events: list[Event]) -> None:
         if self._open != "thinking":
             if not text.strip():
-                self._blankThinking.append(text)  # no block of nothing but whitespace
+                self._blankThinking += (text,)  # no block of nothing but whitespace
                 return
-            text, self._blankThinking = "".join([*self._blankThinking, text]), []
+            text, self._blankThinking = "".join((*self._blankThinking, text)), ()
             self._flushCalls(events)
             self._openBlock(
                 "thinking", {"type": "thinking", "thinking": "", "signature": ""}, events
@@ -523,9 +526,9 @@ class StreamTranslator:
         if self._open != "text":
             if not text.strip():
                 # Held back: a block of nothing but whitespace is no text block.
-                self._blank.append(text)
+                self._blank += (text,)
                 return
-            text, self._blank = "".join([*self._blank, text]), []
+            text, self._blank = "".join((*self._blank, text)), ()
             self._flushCalls(events)
             self._openBlock("text", {"type": "text", "text": ""}, events)
         last = self._lastDelta
@@ -628,14 +631,21 @@ class StreamTranslator:
                 return
             self._close(events)
 
+    def _serverBlockId(self, callId: str) -> str:
+        """The block id of ccproxy's own tool call `callId`, unique in the message."""
+        if self._serverIds is None:
+            self._serverIds = set()
+        blockId = serverCallId(callId, self._serverIds)
+        self._serverIds.add(blockId)
+        return blockId
+
     def _nextCall(self) -> _Call | None:
         return self._calls[self._placed] if self._placed < len(self._calls) else None
 
     def _startCall(self, call: _Call, events: list[Event]) -> None:
         server = call.name in self._serverTools
         if server:
-            call.blockId = serverCallId(call.id, self._serverIds)
-            self._serverIds.add(call.blockId)
+            call.blockId = self._serverBlockId(call.id)
         call.block = self._openBlock(
             "tool_use",
             {

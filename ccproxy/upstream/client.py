@@ -39,7 +39,15 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from ccproxy import __version__
-from ccproxy.compat import decoded, flushConsumer, poolRequest, requestURI, sentBodyProducer
+from ccproxy.compat import (
+    decoded,
+    flushConsumer,
+    keepOnlyHeaders,
+    poolRequest,
+    requestURI,
+    sentBodyProducer,
+    sentRequestHeaders,
+)
 from ccproxy.config import Upstream
 from ccproxy.errors import ProxyError, badGateway
 
@@ -272,6 +280,9 @@ class UpstreamClient:
             producer = sentBodyProducer(response)
             if isinstance(producer, BytesProducer):
                 producer.release()
+            sentHeaders = sentRequestHeaders(response)
+            if sentHeaders is not None:  # written: a stream need not keep them
+                keepOnlyHeaders(sentHeaders, ())
             return response
         except (CancelledError, ConnectingCancelledError, ResponseFailed) as e:
             # Cancelled by the silence timer or by a client that left: while
@@ -373,7 +384,7 @@ class BodyReader(TwistedProtocol):
         self._name = upstream
         self._timeout = timeout
         self._silence: Silence | None = None
-        self.finished: Deferred[Any] = Deferred(lambda d: self._abort())
+        self.finished: Deferred[Any] = Deferred(self._cancelled)
 
     def connectionMade(self) -> None:
         self._silence = Silence(self._clock, self._timeout, self._silent)
@@ -414,6 +425,9 @@ class BodyReader(TwistedProtocol):
     def _stopSilence(self) -> None:
         if self._silence is not None:
             self._silence.cancel()
+
+    def _cancelled(self, finished: Deferred[Any]) -> None:
+        self._abort()  # a bound method, not a lambda and its cell: one object per body
 
     def _abort(self) -> None:
         self._stopSilence()

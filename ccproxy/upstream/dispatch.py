@@ -205,6 +205,10 @@ class _Hop:
     callerKey: str | None = field(repr=False)
 
 
+def _dispatched(plan: Plan) -> Any:
+    raise AssertionError("a dispatch is entered once")
+
+
 class _Sending:
     """`Dispatcher.send`'s context: dispatches on entry, closes the answer on exit.
 
@@ -220,7 +224,9 @@ class _Sending:
     async def __aenter__(self) -> Answer:
         plan, self._plan = self._plan, None
         assert plan is not None, "a dispatch is entered once"
-        self._answer = await self._dispatch(plan)
+        # Nor the dispatch's closure (its key, deadline, attempts) once it has answered.
+        dispatch, self._dispatch = self._dispatch, _dispatched
+        self._answer = await dispatch(plan)
         return self._answer
 
     async def __aexit__(

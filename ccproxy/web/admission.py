@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, ClassVar
 
 from attrs import define, evolve, field
@@ -130,6 +130,10 @@ def overBudget(
     )
 
 
+_NO_STANDING: AbstractAsyncContextManager[Standing | None] = nullcontext(None)
+"""`Admission.admitted` without clients (stateless: shared by every request)."""
+
+
 @define
 class Admission:
     """Admits each client's requests through the state backend, seeding budget
@@ -148,10 +152,10 @@ class Admission:
     ) -> AbstractAsyncContextManager[Standing | None]:
         """The client's place for the length of the block (None without clients);
         429 when it is over a limit or (with `budgets`) a budget. A refused request
-        holds no place. Without a client (no `clients:`), a shared block that holds
-        nothing: a generator's context manager is made and run for each request."""
+        holds no place. Without clients, one shared context: nothing is made per
+        request, nor kept while a stream lasts."""
         if client is None:
-            return _NO_PLACE
+            return _NO_STANDING
         return self._admitted(client, config, budgets)
 
     @asynccontextmanager
@@ -226,19 +230,6 @@ class Admission:
         used = Used(inputTokens + outputTokens + cacheWrite, cost)
         if used != Used():
             self.state.charge(standing.lease.client, standing.windows, used)
-
-
-class _NoPlace:
-    """`Admission.admitted` without a client: no place taken, none given back."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_PLACE = _NoPlace()
 
 
 def _count(value: Any) -> int:

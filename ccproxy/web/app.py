@@ -78,9 +78,10 @@ def api(endpoint: str, admin: bool = False, public: bool = False) -> Callable[[H
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         def route(self: ProxyApp, request: IRequest, **kwargs: Any) -> Awaitable[bytes | None]:
-            return self.serve(
-                request, endpoint, admin, lambda call: handler(self, call, **kwargs), public
-            )
+            # A bound method (or a partial) lives for the request's whole life,
+            # lighter than a lambda and its cells.
+            bound = partial(handler, self, **kwargs) if kwargs else handler.__get__(self)
+            return self.serve(request, endpoint, admin, bound, public)
 
         return route  # type: ignore[return-value]
 
@@ -376,15 +377,17 @@ class ProxyApp:
 
     @router.route("/v1/messages/count_tokens", methods=["POST"])
     @api("count_tokens")
-    async def countTokens(self, call: Call) -> bytes:
+    def countTokens(self, call: Call) -> Awaitable[bytes]:
         """The request's input tokens, estimated without calling an upstream."""
-        return await self.messagesAPI.countTokens(call)
+        return self.messagesAPI.countTokens(call)
 
     @router.route("/v1/messages", methods=["POST"])
     @api("messages")
-    async def messages(self, call: Call) -> bytes | None:
-        """Claude Code's main call: one answer, whole or streamed."""
-        return await self.messagesAPI.create(call)
+    def messages(self, call: Call) -> Awaitable[bytes | None]:
+        """Claude Code's main call: one answer, whole or streamed (the coroutine
+        that answers, awaited by `serve`: no frame of this method's waits while a
+        stream lives)."""
+        return self.messagesAPI.create(call)
 
     # -- /login: Claude Code's gateway sign-in (ccproxy.web.signin) ------------------
 
@@ -603,21 +606,13 @@ class HotRoute(KleinResource):
         if handler is None:
             return super().render(request)
         finished: list[object] = []
-        running: list[Deferred[Any]] = []
-
-        def ended(result: object) -> None:
-            # One notification for both: the request's end noted (`_answer`), and
-            # the handler's work cancelled when the client went away.
-            finished.append(result)
-            if isinstance(result, Failure) and running:
-                running[0].cancel()
-
-        request.notifyFinish().addBoth(ended)
         work = ensureDeferred(handler(request))
-        running.append(work)
+        # One notification (a Deferred and its callbacks live as long as the request:
+        # a stream's minutes) both notes the end and cancels the handler on a cut.
+        request.notifyFinish().addBoth(_ended, finished, work)
         work.addErrback(self._failure, request, finished)
         work.addCallback(_answer, request, finished)
-        work.addErrback(lambda f: HotRoute.log.failure("Unhandled error writing an answer", f))
+        work.addErrback(_unhandled)
         return NOT_DONE_YET
 
     def _failure(self, failure: Failure, request: IRequest, finished: list[object]) -> bytes | None:
@@ -626,6 +621,18 @@ class HotRoute(KleinResource):
                 self.log.failure("Unhandled error processing a request", failure)
             return None
         return self._failed(request, failure)
+
+
+def _ended(result: object, finished: list[object], work: Deferred[Any]) -> None:
+    """A hot route's request is over (`result`: None) or its client gone (a
+    failure): noted in `finished`, and the handler cancelled if it was cut."""
+    finished.append(result)
+    if isinstance(result, Failure):
+        work.cancel()
+
+
+def _unhandled(failure: Failure) -> None:
+    HotRoute.log.failure("Unhandled error writing an answer", failure)
 
 
 def _answer(result: bytes | None, request: IRequest, finished: list[object]) -> None:

@@ -19,7 +19,7 @@ import orjson
 from attrs import define
 from twisted.web.iweb import IRequest
 
-from ccproxy.compat import setOwnHeader
+from ccproxy.compat import keepOnlyHeaders, setOwnHeader
 from ccproxy.config.model import Client, Config
 from ccproxy.errors import NOT_SUPPORTED, ProxyError, Redact, errorBody, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
@@ -120,6 +120,20 @@ def releaseBody(call: Call) -> None:
     release = getattr(call.request, "releaseBody", None)
     if release is not None:
         release()
+
+
+HEADERS_READ_LATER = (b"connection", b"x-api-key", b"authorization")
+"""The request headers read once its upstream request has left: `Connection` by
+twisted.web as the answer's head goes out (whether the connection stays open),
+the caller's key by `redactFor` (an upstream's error may echo it back)."""
+
+
+def forgetHeaders(call: Call) -> None:
+    """Keep only the request headers read once its upstream request has left
+    (`HEADERS_READ_LATER`): a stream lives for minutes, and Claude Code's twenty
+    headers took some 3 KB of it in twisted.web's lists (issue 18: memory per
+    live stream)."""
+    keepOnlyHeaders(call.request.requestHeaders, HEADERS_READ_LATER)
 
 
 IPV6_PREFIX = 64

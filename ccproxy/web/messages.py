@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import orjson
@@ -49,6 +50,7 @@ from ccproxy.web.admission import Admission, Standing, mayUse
 from ccproxy.web.call import (
     JSON,
     Call,
+    forgetHeaders,
     jsonReply,
     modelName,
     overTime,
@@ -57,6 +59,9 @@ from ccproxy.web.call import (
     releaseBody,
 )
 from ccproxy.web.searching import SearchRounds
+
+_NO_ROUNDS = nullcontext()
+"""The context of an answer without tool search rounds (stateless: shared)."""
 
 ESTIMATE_WEIGHT = 16
 """How much heavier a byte is to count tokens in than to translate: the offload's
@@ -124,7 +129,8 @@ class MessagesAPI:
                     del plan
                     if rounds is None:  # else its room is held until the request ends
                         releaseBody(call)
-                    async with rounds or nullcontext():
+                        forgetHeaders(call)
+                    async with rounds or _NO_ROUNDS:
                         if rounds is not None and answer.message is not None:
                             answer.message = await rounds.whole(answer)
                         self._answered(call, answer, model, standing)
@@ -289,12 +295,6 @@ class MessagesAPI:
         head carries the client's usage-limit headers, and `firstByte` is when it
         went out."""
         config = call.config
-
-        def committed() -> None:
-            call.record.firstByte = self.clock.seconds()
-            if standing is not None:
-                standing.show(call.request)
-
         return StreamRelay(
             call.request,
             self.clock,
@@ -302,9 +302,16 @@ class MessagesAPI:
             config.maxLineBytes,
             config.logPayloadMaxChars if config.logPayloads else 0,
             call.redact,
-            onCommit=committed,
+            onCommit=partial(self._committed, call, standing),
             turnEnd=self.turnEnd,
         )
+
+    def _committed(self, call: Call, standing: Standing | None) -> None:
+        """A stream's head is being made: `firstByte` is now, and its head carries
+        the client's usage-limit headers."""
+        call.record.firstByte = self.clock.seconds()
+        if standing is not None:
+            standing.show(call.request)
 
     def _refused(
         self, call: Call, relay: StreamRelay, error: ProxyError, timeout: bool = False

@@ -36,10 +36,14 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from ccproxy.compat import (
+    CHANNEL_ATTRIBUTES,
+    REQUEST_ATTRIBUTES,
     SPLIT_FROM,
     QuickHeaderChannel,
     QuickProcessRequest,
     pendingRequestLine,
+    shareInstanceKeys,
+    shareTwistedKeys,
 )
 from ccproxy.config.model import Config
 from ccproxy.errors import ProxyError, invalidRequest
@@ -79,15 +83,36 @@ def _admitKey(request: Request, config: Config) -> str | None:
 
 
 class LimitedRequest(QuickProcessRequest):
-    """A request that holds memory for its body only once it has been let in."""
+    """A request that holds memory for its body only once it has been let in.
 
+    Its own attributes are slots: twisted.web's `Request` sets some thirty, and
+    CPython shares an instance dict's keys among a class's instances for thirty
+    names at most; past them each request had a dict of its own, 1.3 KB more
+    for as long as it lives (a stream: minutes; issue 18)."""
+
+    __slots__ = (
+        "_bodyDue",
+        "_bodyTimer",
+        "_received",
+        "_refused",
+        "_reserved",
+        "_routed",
+        "_site",
+    )
     channel: ProxyChannel
     _site: ProxySite
-    _refused = False
-    _routed = False
-    _reserved = 0
-    _received = 0
-    _bodyTimer: IDelayedCall | None = None
+    _refused: bool
+    _routed: bool
+    _reserved: int
+    _received: int
+    _bodyTimer: IDelayedCall | None
+    _bodyDue: float | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._refused = self._routed = False
+        self._reserved = self._received = 0
+        self._bodyTimer = self._bodyDue = None
+        super().__init__(*args, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
         """The headers are in: judge the request before its body is read."""
@@ -112,12 +137,12 @@ class LimitedRequest(QuickProcessRequest):
         except ProxyError as e:
             self._refuse(e)
             return
+        self._reserved = length or 0
         # The room is the body's until its request lets go of it (`releaseBody`)
         # or ends (`finish`, `connectionLost`): what a body becomes once parsed is
         # larger than its bytes.
-        self._reserved = length or 0
-        if bodyComing:
-            self.channel.bodyComing = self  # its timer, if this read leaves it unread
+        if bodyComing:  # its deadline runs once this read is over (`bodyStillComing`)
+            self._bodyDue = config.bodyTimeout
         if token is not None:
             self._judgeToken(token, config)
 
@@ -143,13 +168,6 @@ class LimitedRequest(QuickProcessRequest):
 
         verdict.addCallback(judged)
         verdict.addErrback(lambda failure: self._site.logger.failure("judging a token", failure))
-
-    def startBodyTimer(self) -> None:
-        """The read that brought the head is over and the body is still to come:
-        it must arrive within `body_timeout` (`ProxyChannel.dataReceived`)."""
-        if not self._routed and self._bodyTimer is None:
-            timeout = self._site.config().bodyTimeout
-            self._bodyTimer = self.channel.callLater(timeout, self._bodyLate)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -182,8 +200,8 @@ class LimitedRequest(QuickProcessRequest):
         super().requestReceived(command, path, version)
 
     def finish(self) -> None:
-        """The answer is out: the body's room is given back, as the request's end
-        (a method, not a `notifyFinish` Deferred made and fired per request)."""
+        # Not through `notifyFinish`: its Deferred and callback would live as long
+        # as the request (a stream's minutes).
         super().finish()
         self._release()
 
@@ -218,28 +236,54 @@ class LimitedRequest(QuickProcessRequest):
             self._site.release(self._reserved)
             self._reserved = 0
 
+    def bodyStillComing(self) -> None:
+        """A read is over (`ProxyChannel.dataReceived`): a body not all in yet has
+        `body_timeout` seconds from its headers' read to arrive. Not armed as the
+        headers are read: the body nearly always comes in the same read, and a
+        cancelled timer stays in the reactor's queue until it would have been due."""
+        if self._bodyDue is not None and not self._routed:
+            self._bodyTimer = self.channel.callLater(self._bodyDue, self._bodyLate)
+        self._bodyDue = None
+
     def _stopBodyTimer(self) -> None:
+        self._bodyDue = None
         if self._bodyTimer is not None and self._bodyTimer.active():
             self._bodyTimer.cancel()
         self._bodyTimer = None
 
 
 class ProxyChannel(QuickHeaderChannel):
-    """An HTTP/1.1 connection whose requests' headers must arrive in time."""
+    """An HTTP/1.1 connection whose requests' headers must arrive in time.
 
+    Its own attributes are slots, as `LimitedRequest`'s are: beside twisted.web's
+    they made the channel's dict one of its own (CPython shares at most thirty
+    names of a class's instances)."""
+
+    __slots__ = (
+        "_awaitingHeaders",
+        "_closedByUs",
+        "_headerTimer",
+        "_hostAddress",
+        "_lingerTimer",
+        "_peerAddress",
+        "peer",
+    )
     site: ProxySite
-    peer = ""
     log: ClassVar[Logger] = Logger()
-    _awaitingHeaders = True
-    _headerTimer: IDelayedCall | None = None
-    _lingerTimer: IDelayedCall | None = None
-    _closedByUs = False
-    _heads = 0
-    """Request heads read whole on this connection."""
-    bodyComing: LimitedRequest | None = None
-    """A request whose head this read brought and whose body is still to come."""
-    _peerAddress: Any = None
-    _hostAddress: Any = None
+    peer: str
+    _awaitingHeaders: bool
+    _headerTimer: IDelayedCall | None
+    _lingerTimer: IDelayedCall | None
+    _closedByUs: bool
+    _peerAddress: Any
+    _hostAddress: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.peer = ""
+        self._awaitingHeaders = True
+        self._headerTimer = self._lingerTimer = self._peerAddress = self._hostAddress = None
+        self._closedByUs = False
+        super().__init__(*args, **kwargs)
 
     def getPeer(self) -> Any:
         """The connection's remote address, asked of the transport once: each
@@ -256,46 +300,30 @@ class ProxyChannel(QuickHeaderChannel):
         return self._hostAddress
 
     def dataReceived(self, data: bytes) -> None:
-        # A head must be in within `header_timeout` of its first byte, its body
-        # within `body_timeout` after it. Each timer is set once the read is over,
-        # only if that read left the head (or the body) unfinished: nearly every
-        # request comes whole in one read, and its timers were set and cancelled
-        # for nothing.
-        starting = self._awaitingHeaders and self._headerTimer is None
-        heads = self._heads
-        self._read(data)
-        request, self.bodyComing = self.bodyComing, None
-        if request is not None:
-            request.startBodyTimer()
-        if (
-            starting
-            and self._heads == heads  # (a head read whole, its request maybe done)
-            and self._awaitingHeaders
-            and not self._closedByUs
-            and self.transport is not None
-            and not self.transport.disconnecting
-        ):
-            timeout = self.site.config().headerTimeout
-            self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
-
-    def _read(self, data: bytes) -> None:
-        if self._awaitingHeaders and len(data) > SPLIT_FROM:
-            # twisted.web's line reader copies the rest of its buffer for each line it
-            # takes off: a request's twenty header lines read together with its 50 KB
-            # body copied the body twenty times (4-5% of a request's CPU). Handed over
-            # as two reads (as TCP may deliver them), the lines are read off the head
-            # alone and the body goes on whole.
+        if self._awaitingHeaders:
             end = data.find(b"\r\n\r\n")
-            if end != -1:
+            if end == -1 and self._headerTimer is None and not self._closedByUs:
+                # Only for a head not read whole: one read whole (nearly always) ends
+                # the wait in this call, and a cancelled timer stays in the reactor's
+                # queue until it would have been due (some 300 bytes a request).
+                timeout = self.site.config().headerTimeout
+                self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
+            if end != -1 and len(data) > SPLIT_FROM:
+                # twisted.web's line reader copies the rest of its buffer for each line
+                # it takes off: a request's twenty header lines read together with its
+                # 50 KB body copied the body twenty times (4-5% of a request's CPU).
+                # Handed over as two reads (as TCP may deliver them), the lines are read
+                # off the head alone and the body goes on whole.
                 super().dataReceived(data[: end + 4])
                 if self.transport is None or self.transport.disconnecting:
                     return  # as twisted.web stops reading a read on a close
                 data = data[end + 4 :]
         super().dataReceived(data)
+        if self.requests:
+            self.requests[-1].bodyStillComing()
 
     def allHeadersReceived(self) -> None:
         self._awaitingHeaders = False
-        self._heads += 1
         self._stopHeaderTimer()
         super().allHeadersReceived()
 
@@ -341,11 +369,16 @@ class ProxyChannel(QuickHeaderChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopHeaderTimer()
-        self.bodyComing = None
         if self._lingerTimer is not None and self._lingerTimer.active():
             self._lingerTimer.cancel()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
+
+
+# Before any request, channel or connection is made (see `shareInstanceKeys`).
+shareInstanceKeys(LimitedRequest, REQUEST_ATTRIBUTES)
+shareInstanceKeys(ProxyChannel, CHANNEL_ATTRIBUTES)
+shareTwistedKeys()
 
 
 TokenRefusal = Callable[[str, Config], "Deferred[ProxyError | None]"]
