@@ -224,12 +224,6 @@ def whenListening(service: StreamServerEndpointService) -> Deferred[IListeningPo
     return service._waitingForPort  # type: ignore[no-any-return]
 
 
-def writeNow(request: IRequest) -> None:
-    """Put what `request` has written so far on the wire now, not at the reactor's
-    next turn (`flushNow` on its connection)."""
-    flushNow(getattr(getattr(request, "channel", None), "transport", None))
-
-
 def flushNow(transport: Any) -> None:
     """Send what `transport` has buffered now, not at the reactor's next turn.
 

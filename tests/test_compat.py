@@ -303,10 +303,10 @@ class _Head(Resource):
         self.sentAtOnce: list[bytes] = []
 
     def render_GET(self, request: Any) -> Any:
-        request.write(b"event: message_start\n\n")
         transport = request.channel.transport
-        assert transport.sent == [], "Twisted wrote before the reactor's turn"
-        compat.writeNow(request)
+        with compat.SendTogether.of(request):  # not plain TCP: flushed as flushNow does
+            request.write(b"event: message_start\n\n")
+            assert transport.sent == [], "Twisted wrote before the reactor's turn"
         self.sentAtOnce = list(transport.sent)
         return NOT_DONE_YET
 
@@ -314,7 +314,7 @@ class _Head(Resource):
 def test_what_a_request_wrote_goes_out_at_once() -> None:
     assert IWriteDescriptor.implementedBy(FileDescriptor), (
         "Twisted's FileDescriptor (under TCP and TLS transports) no longer provides "
-        "IWriteDescriptor: compat.writeNow cannot flush a stream's head"
+        "IWriteDescriptor: compat.SendTogether cannot flush a stream's head"
     )
     reactor = MemoryReactorClock()
     resource = _Head()
@@ -331,11 +331,12 @@ def test_what_a_request_wrote_goes_out_at_once() -> None:
     socket.connectionLost(None)
 
 
-def test_writeNow_leaves_a_transport_that_is_no_file_descriptor_alone() -> None:
+def test_SendTogether_leaves_a_request_without_a_connection_alone() -> None:
     class Request:
         channel = None
 
-    compat.writeNow(Request())  # type: ignore[arg-type]  # a client already gone
+    with compat.SendTogether.of(Request()):  # type: ignore[arg-type]  # a client already gone
+        pass
 
 
 def test_flushNow_sends_what_a_transport_holds_at_once() -> None:

@@ -138,7 +138,7 @@ def test_the_head_is_sent_at_once_not_at_the_next_reactor_turn() -> None:
     from twisted.internet.interfaces import IWriteDescriptor
     from zope.interface import implementer
 
-    from ccproxy.compat import writeNow as sendNow
+    from ccproxy.compat import SendTogether
 
     @implementer(IWriteDescriptor)
     class Socket:
@@ -157,10 +157,12 @@ def test_the_head_is_sent_at_once_not_at_the_next_reactor_turn() -> None:
     class Request:
         channel = Channel()
 
-    sendNow(Request())  # type: ignore[arg-type]
+    with SendTogether.of(Request()):  # type: ignore[arg-type]  # not plain TCP: flushNow's way
+        pass
     assert Channel.transport.writes == 1
 
     class Gone:
         channel = None
 
-    sendNow(Gone())  # type: ignore[arg-type]  # a client already gone: nothing to do
+    with SendTogether.of(Gone()):  # type: ignore[arg-type]  # a client already gone: nothing to do
+        pass

@@ -370,7 +370,7 @@ def test_event_writer_pings_exactly_an_interval_after_the_last_write() -> None:
 
 
 def test_event_writer_sends_at_once_except_the_last_events() -> None:
-    """Each write is put on the wire at once (`writeNow`); the stream's last events
+    """Each write is put on the wire at once (`SendTogether`); the stream's last events
     are left for the request's finish, which sends them with the closing chunk."""
     from twisted.internet.interfaces import IWriteDescriptor
     from zope.interface import implementer
