@@ -1,12 +1,18 @@
 """In-process micro-benchmarks of ccproxy's HTTP server side (issue 18).
 
-    python -m bench.serverside [request|head|stream|nginx|peer|newid|accesslog ...]
+    python -m bench.serverside [request|head|pooled|stream|nginx|peer|newid|accesslog ...]
 
 `request`: one non-streaming `POST /v1/messages` (a 40 KB Claude Code body in one
 read) through a real `ProxySite`/`ProxyChannel` on a `StringTransport`, the
 upstream a stub that answers at once, the access log through the global log
 publisher to the daemon's text observer on /dev/null: CPU per request, from the
-head's bytes to the answer's. `head`: the same request's head alone. `stream`:
+head's bytes to the answer's. `head`: the same request's head alone. `pooled`: the same request
+through the daemon's own upstream client (`PooledClient` on an `UpstreamPool`,
+its kept-alive connection a `compat.ClientProtocol` on a `StringTransport`), the
+upstream answering as the reference harness's nginx does (head and JSON body,
+Content-Length, in one read), each row going to an `SQLLedger` whose database
+takes batches without writing them: CPU per request, and its part from the
+upstream's answer read to the request's end. `stream`:
 the same request with `stream: true`, its upstream a real `HTTP11ClientProtocol`
 fed an SSE answer (chunked, one event per chunk, in one read): CPU of the upstream
 head (status and header lines to `message_start` written), of the body, and of
@@ -147,6 +153,101 @@ def request(parts: bool = False) -> None:
             transport.clear()
         best = min(best, spent / 2000 * 1e6)
     print(f"head: {best:.1f} us per request head (line parsing, Request, judging)")
+
+
+JSON_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 08:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+    b"Last-Modified: Sun, 06 Dec 2026 07:00:00 GMT\r\nConnection: keep-alive\r\n"
+    b"Cache-Control: no-cache\r\nAccept-Ranges: bytes\r\n\r\n" % len(REPLY)
+) + REPLY
+"""The reference harness's mock answering a non-streaming request: nginx's head and
+its JSON completion file (Content-Length), in one read."""
+
+
+class _Connected:
+    """An endpoint whose every connection is made at once, on a `StringTransport`."""
+
+    def __init__(self) -> None:
+        self.protocols: list[Any] = []
+
+    def connect(self, factory: Any) -> Any:
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+    def endpointForURI(self, uri: Any) -> Any:
+        return self
+
+
+class _Batches:
+    """The ledger's runner, its database taking each batch without writing it."""
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        return succeed(len(args[0]) if args else None)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def pooledRequest() -> Any:
+    """`pooled`'s request, ready: a call serves one and returns the CPU seconds spent
+    from the upstream's answer read on (also for profiling it)."""
+    from ccproxy.config.ledger import LedgerURL
+    from ccproxy.ledger.sql import Database
+    from ccproxy.ledger.store import SQLLedger
+    from ccproxy.upstream.client import PooledClient
+    from ccproxy.upstream.pool import UpstreamPool
+
+    site, app, reactor = _site()
+    rows = SQLLedger(Database(LedgerURL.sqlite(":memory:")), reactor, _Batches())
+    rows.start()
+    app.accessLog.ledger = rows
+    endpoint = _Connected()
+    app.dispatcher.client.http = PooledClient(UpstreamPool(reactor, 20), endpoint)
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(peer)
+    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
+    channel.makeConnection(transport)
+    data = _request()
+
+    def once() -> float:
+        channel.dataReceived(data)
+        upstream = endpoint.protocols[-1]
+        start = time.process_time()
+        upstream.dataReceived(JSON_ANSWER)
+        spent = time.process_time() - start
+        upstream.transport.clear()
+        transport.clear()
+        return spent
+
+    once()
+    channel.dataReceived(data)
+    endpoint.protocols[-1].dataReceived(JSON_ANSWER)
+    assert transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:300]
+    assert len(endpoint.protocols) == 1, "the upstream connection is kept alive"
+    assert rows.written + len(rows._buffer) == 2, "each request leaves its row"
+    transport.clear()
+    return once
+
+
+def pooled() -> None:
+    """A non-streaming request through the daemon's own upstream client, the upstream
+    answering in one read as nginx does: CPU per request, and from that read on."""
+    once = pooledRequest()
+    gc.collect()
+    gc.freeze()
+    total, answer = float("inf"), float("inf")
+    for _ in range(7):
+        start = time.process_time()
+        spent = sum(once() for _ in range(2000))
+        total = min(total, (time.process_time() - start) / 2000 * 1e6)
+        answer = min(answer, spent / 2000 * 1e6)
+    print(f"pooled: {total:.1f} us per request, {answer:.1f} us of it from the upstream's answer")
 
 
 STREAM_HEAD = (
@@ -304,7 +405,7 @@ def accesslog() -> None:
 
 
 def main() -> None:
-    chosen = sys.argv[1:] or ["request", "head", "peer", "newid", "accesslog"]
+    chosen = sys.argv[1:] or ["request", "head", "pooled", "peer", "newid", "accesslog"]
     for name in chosen:
         if name == "head":
             request(parts=True)
