@@ -17,12 +17,17 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import tcp
 from twisted.internet.base import ReactorBase
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web._newclient import STATUS as _STATUS
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, _ensureValidURI
+from twisted.web._newclient import (
+    BadHeaders,
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+    _ensureValidURI,
+)
 from twisted.web._newclient import Request as _ClientRequest
 from twisted.web.client import (
     URI,
@@ -655,6 +660,45 @@ def requestURI(url: bytes) -> URI:
     return URI.fromBytes(_ensureValidURI(url.strip()))
 
 
+class WrittenWhole(_ClientRequest):
+    """Twisted's client `Request` whose body, already in memory, is written with its
+    head in one `writeSequence` within `writeTo`.
+
+    Relies on: `Request.writeTo(transport)` returning a Deferred that fires once the
+    request is written (or fails: `HTTP11ClientProtocol.request` also takes an
+    exception raised by it as a failure to generate the request), and on the head
+    `_writeHeaders` writes: exactly one Host header (else `BadHeaders`), the request
+    line, `Connection: close` for a request that is not persistent, the framing
+    header, then each value of `headers` on a line of its own (names and values
+    already checked and cleaned by `Headers`). A body producer with `content`
+    (`ccproxy.upstream.client.BytesProducer`) holds the body; any other producer is
+    written by Twisted's own `writeTo`. Why: for a body of known length Twisted
+    registers the producer with the transport, wraps the transport in a
+    `LengthEnforcingConsumer`, and makes four closures and three Deferreds to learn
+    when the producer's writes end, for a body written whole within the call. The
+    request is flushed at once (`flushNow`) as `BytesProducer` flushes it.
+    """
+
+    def writeTo(self, transport: Any) -> Deferred[None]:
+        content = getattr(self.bodyProducer, "content", None)
+        if type(content) is not bytes or len(content) != self.bodyProducer.length:
+            return super().writeTo(transport)  # type: ignore[no-any-return]
+        if len(self.headers._rawHeaders.get(b"Host", ())) != 1:
+            raise BadHeaders("Exactly one Host header required")
+        lines = [b"%b %b HTTP/1.1\r\n" % (self.method, self.uri)]
+        if not self.persistent:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"Content-Length: %d\r\n" % len(content))
+        for name, values in self.headers._rawHeaders.items():
+            for value in values:
+                lines.append(b"%b: %b\r\n" % (name, value))
+        lines.append(b"\r\n")
+        lines.append(content)
+        transport.writeSequence(lines)
+        flushNow(transport)
+        return succeed(None)
+
+
 def poolRequest(
     pool: HTTPConnectionPool,
     key: Hashable,
@@ -675,13 +719,14 @@ def poolRequest(
     Relies on: `Agent._requestWithEndpoint`'s two steps, `pool.getConnection(key,
     endpoint)` handing out an `HTTP11ClientProtocol` (or what `UpstreamPool` wraps
     it in) and `twisted.web._newclient.Request._construct(method, path, headers,
-    bodyProducer, persistent, parsedURI)`. Why: `Agent.request` parses the URL,
-    builds an endpoint and copies the headers on every request (a tenth of a
-    non-streaming request's CPU with `ContentDecoderAgent`), for an upstream whose
-    URL, endpoint and pool key never change between reloads."""
+    bodyProducer, persistent, parsedURI)` (here `WrittenWhole`'s). Why:
+    `Agent.request` parses the URL, builds an endpoint and copies the headers on
+    every request (a tenth of a non-streaming request's CPU with
+    `ContentDecoderAgent`), for an upstream whose URL, endpoint and pool key never
+    change between reloads."""
 
     def connected(protocol: Any) -> Deferred[IResponse]:
-        request = _ClientRequest._construct(
+        request = WrittenWhole._construct(
             method, path, headers, body, persistent=pool.persistent, parsedURI=uri
         )
         return protocol.request(request)  # type: ignore[no-any-return]

@@ -70,11 +70,12 @@ class BytesProducer:
     """
 
     def __init__(self, body: bytes) -> None:
-        self._body = body
+        self.content = body
+        """The body (`compat.WrittenWhole` writes it with the request's head)."""
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
+        consumer.write(self.content)
         flushConsumer(consumer)  # head and body leave now, together
         return succeed(None)
 
@@ -90,7 +91,7 @@ class BytesProducer:
     def release(self) -> None:
         """Drop the body once an answer has begun: no replay can need it then, and a
         long stream should not hold its request's 50 KB."""
-        self._body = b""
+        self.content = b""
 
 
 class PooledClient:
