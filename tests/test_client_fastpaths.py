@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import succeed
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
-from twisted.web._newclient import BadHeaders
+from twisted.web._newclient import BadHeaders, HTTP11ClientProtocol
 from twisted.web._newclient import Request as TwistedRequest
 from twisted.web.http_headers import Headers
 
 from ccproxy import compat
+from ccproxy.compat import readHead
 from ccproxy.upstream.client import BytesProducer
 
 
@@ -79,3 +81,112 @@ def test_a_body_not_held_in_memory_is_written_by_twisted() -> None:
     ours = _written(compat.WrittenWhole, headers, Producer(), True)
     assert ours == _written(TwistedRequest, headers, Producer(), True)
     assert ours[0].endswith(b"Content-Length: 2\r\nHost: up\r\n\r\n{}")
+
+
+# -- a response's head read whole (compat.readHead) ----------------------------------
+
+ANSWERS = [
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 2\r\nConnection: keep-alive\r\nX-Two: a\r\nx-two:  b \r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\ngarbage",
+    b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.0 500 Oops\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}",
+    b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTX/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    b"garbage\r\n\r\n",
+    b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\nX-Bare: a\nContent-Length: 2\n\n{}",
+    b"HTTP/1.1 200 OK\r\nX-Cr: a\rb\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 20000 + b"\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 6000\r\n\r\n" + b"x" * 6000,
+]
+
+
+def _outcome(protocolClass: Any, answer: bytes, method: bytes, pieces: int) -> Any:
+    """What a connection made of the answer read in `pieces`: the response's status
+    and headers, or its failure; its body and how it ended; the connection's state."""
+    protocol = protocolClass(lambda p: None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    request = TwistedRequest(method, b"/", _headers((b"Host", b"up")), None, persistent=True)
+    result: list[Any] = []
+    protocol.request(request).addBoth(result.append)
+    body: list[Any] = []
+
+    class Reader(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            body.append(data)
+
+        def connectionLost(self, reason: Any) -> None:
+            body.append(type(reason.value).__name__)
+
+    step = max(1, len(answer) // pieces)
+    for at in range(0, len(answer), step):
+        protocol.dataReceived(answer[at : at + step])
+        if result and not isinstance(result[0], Exception) and hasattr(result[0], "deliverBody"):
+            response, result[:] = (
+                result[0],
+                [
+                    (
+                        result[0].code,
+                        result[0].phrase,
+                        result[0].version,
+                        sorted(result[0].headers.getAllRawHeaders()),
+                        result[0].length,
+                    )
+                ],
+            )
+            response.deliverBody(Reader())
+    shown = [r if isinstance(r, tuple) else type(r.value).__name__ for r in result]
+    return (
+        shown,
+        b"".join(b for b in body if isinstance(b, bytes)),
+        [b for b in body if isinstance(b, str)],
+        protocol.state,
+        transport.disconnecting,
+    )
+
+
+@pytest.mark.parametrize("answer", ANSWERS)
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_head_read_whole_ends_as_twisteds_parser_ends_it(
+    answer: bytes, pieces: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer, read in one piece (its head read whole when plain) or in
+    three, leaves the same response, body, errors and connection state as Twisted's
+    own line-by-line parser."""
+    read: list[bytes] = []
+    monkeypatch.setattr(compat, "readHead", lambda p, head: read.append(head) or readHead(p, head))
+    for method in (b"POST", b"HEAD"):
+        ours = _outcome(compat.ClientProtocol, answer, method, pieces)
+        assert ours == _outcome(HTTP11ClientProtocol, answer, method, pieces), (answer, method)
+    plain = b"\r\n " not in answer and b"\n\n" not in answer and b"\rb" not in answer
+    if pieces == 1 and plain and len(answer) < 16384:
+        assert read, "a plain head in one read is read whole"
+
+
+def test_a_nine_line_head_is_read_whole() -> None:
+    from bench.serverside import JSON_ANSWER
+
+    read: list[Any] = []
+    protocol = compat.ClientProtocol(lambda p: None)
+    protocol.makeConnection(StringTransport())
+    request = TwistedRequest(b"POST", b"/", _headers((b"Host", b"up")), None, persistent=True)
+    protocol.request(request).addBoth(read.append)
+    protocol._parser.lineReceived = None  # no line goes through the line reader
+    protocol.dataReceived(JSON_ANSWER[: JSON_ANSWER.find(b"\r\n\r\n") + 4])
+    assert read[0].code == 200 and read[0].length == len(JSON_ANSWER) - len(
+        JSON_ANSWER[: JSON_ANSWER.find(b"\r\n\r\n") + 4]
+    )
