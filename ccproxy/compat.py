@@ -275,6 +275,27 @@ class ConnectionPool(HTTPConnectionPool):
         """A new connection for `key`, cached by the pool when its request is done."""
         return self._newConnection(key, endpoint)
 
+    def request(
+        self, key: Hashable, endpoint: IStreamClientEndpoint, request: Any
+    ) -> Deferred[IResponse]:
+        """`request` sent on an idle connection for `key` (`sendOnIdle`), else on a
+        new one: what `getConnection(key, endpoint)` and the connection's `request`
+        do, without a Deferred made and chained for a connection already at hand."""
+        idle = self.takeIdleConnection(key)
+        if idle is not None:
+            return self.sendOnIdle(idle, key, endpoint, request)
+        return self.newConnection(key, endpoint).addCallback(_send, request)
+
+    def sendOnIdle(
+        self, connection: Any, key: Hashable, endpoint: IStreamClientEndpoint, request: Any
+    ) -> Deferred[IResponse]:
+        """`request` on `connection`, a cached one taken for it."""
+        return connection.request(request)  # type: ignore[no-any-return]
+
+
+def _send(connection: Any, request: Any) -> Deferred[IResponse]:
+    return connection.request(request)  # type: ignore[no-any-return]
+
 
 def raiseListenErrorsAtStart(service: StreamServerEndpointService) -> None:
     """Make `service.privilegedStartService()` raise when the port cannot be bound.
@@ -792,13 +813,12 @@ def poolRequest(
     `ContentDecoderAgent`), for an upstream whose URL, endpoint and pool key never
     change between reloads."""
 
-    def connected(protocol: Any) -> Deferred[IResponse]:
-        request = WrittenWhole._construct(
-            method, path, headers, body, persistent=pool.persistent, parsedURI=uri
-        )
-        return protocol.request(request)  # type: ignore[no-any-return]
-
-    return pool.getConnection(key, endpoint).addCallback(connected)
+    request = WrittenWhole._construct(
+        method, path, headers, body, persistent=pool.persistent, parsedURI=uri
+    )
+    if isinstance(pool, ConnectionPool):
+        return pool.request(key, endpoint, request)
+    return pool.getConnection(key, endpoint).addCallback(_send, request)
 
 
 def decoded(response: IResponse) -> IResponse:

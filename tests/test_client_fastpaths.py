@@ -190,3 +190,76 @@ def test_a_nine_line_head_is_read_whole() -> None:
     assert read[0].code == 200 and read[0].length == len(JSON_ANSWER) - len(
         JSON_ANSWER[: JSON_ANSWER.find(b"\r\n\r\n") + 4]
     )
+
+
+# -- a request on a cached connection (compat.ConnectionPool.request) ---------------
+
+
+class _Connections:
+    """An endpoint whose connections are made at once, on `StringTransport`s."""
+
+    def __init__(self) -> None:
+        self.protocols: list[Any] = []
+
+    def connect(self, factory: Any) -> Any:
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+
+def _pooled() -> tuple[Any, _Connections, Any]:
+    from twisted.internet.task import Clock
+
+    from ccproxy.upstream.pool import UpstreamPool
+
+    clock = Clock()
+    pool = UpstreamPool(clock, 4)
+    upstream = _Connections()
+    uri = compat.requestURI(b"http://up.test/v1")
+
+    def send() -> Any:
+        headers = _headers((b"Host", b"up.test"))
+        return compat.poolRequest(
+            pool, ("k",), upstream, b"POST", uri, b"/v1", headers, BytesProducer(b"{}")
+        )
+
+    return send, upstream, clock
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_a_cached_connection_found_dead_is_replayed_on_a_new_one() -> None:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    send, upstream, _ = _pooled()
+    first: list[Any] = []
+    send().addBoth(first.append)
+    upstream.protocols[0].dataReceived(_OK)
+    assert first[0].code == 200
+    second: list[Any] = []
+    send().addBoth(second.append)
+    assert len(upstream.protocols) == 1, "the cached connection is used"
+    upstream.protocols[0].connectionLost(Failure(ConnectionDone()))  # closed unannounced
+    assert len(upstream.protocols) == 2 and not second, "replayed on a new connection"
+    assert upstream.protocols[1].transport.value().endswith(b"\r\n\r\n{}")
+    upstream.protocols[1].dataReceived(_OK)
+    assert second[0].code == 200
+
+
+def test_a_cancelled_request_on_a_cached_connection_is_not_replayed() -> None:
+    from twisted.internet.defer import CancelledError
+
+    send, upstream, _ = _pooled()
+    send()
+    upstream.protocols[0].dataReceived(_OK)
+    second: list[Any] = []
+    requested = send()
+    requested.addBoth(second.append)
+    requested.cancel()
+    assert len(upstream.protocols) == 1, "not replayed"
+    assert upstream.protocols[0].transport.disconnecting
+    reasons = getattr(second[0].value, "reasons", [second[0]])
+    assert any(r.check(CancelledError) for r in reasons)

@@ -10,6 +10,7 @@ nothing was answered, so the request is replayed once, at once, on a new connect
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -21,6 +22,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
 from twisted.web.client import (
     URI,
     BrowserLikePolicyForHTTPS,
@@ -36,7 +38,8 @@ from ccproxy import compat
 
 class _ReplayOnStale:
     """A cached connection that replays its request on a new connection if the old
-    one fails before any answer (and not because the client cancelled)."""
+    one fails before any answer (and not because the client cancelled): what
+    `UpstreamPool.getConnection` hands Twisted's `Agent` (the telemetry client)."""
 
     def __init__(self, connection: Any, newConnection: Callable[[], Deferred[Any]]) -> None:
         self._connection = connection
@@ -44,18 +47,19 @@ class _ReplayOnStale:
 
     def request(self, request: Any) -> Deferred[Any]:
         d: Deferred[Any] = self._connection.request(request)
+        return d.addErrback(_replayed, self._newConnection, request)
 
-        def failed(reason: Any) -> Any:
-            error = reason.value
-            if not isinstance(
-                error, RequestNotSent | RequestTransmissionFailed | ResponseNeverReceived
-            ):
-                return reason
-            if any(r.check(CancelledError) for r in getattr(error, "reasons", ())):
-                return reason
-            return self._newConnection().addCallback(lambda fresh: fresh.request(request))
 
-        return d.addErrback(failed)
+def _replayed(reason: Failure, newConnection: Callable[[], Deferred[Any]], request: Any) -> Any:
+    """`request` sent again on `newConnection()` when `reason` says the cached
+    connection failed before any answer, and not because the request was cancelled;
+    else `reason` as it is."""
+    error = reason.value
+    if not isinstance(error, RequestNotSent | RequestTransmissionFailed | ResponseNeverReceived):
+        return reason
+    if any(r.check(CancelledError) for r in getattr(error, "reasons", ())):
+        return reason
+    return newConnection().addCallback(lambda fresh: fresh.request(request))
 
 
 class UpstreamPool(compat.ConnectionPool):
@@ -68,13 +72,18 @@ class UpstreamPool(compat.ConnectionPool):
         self.maxPersistentPerHost = maxPerHost
 
     def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
-        def fresh() -> Deferred[Any]:
-            return self.newConnection(key, endpoint)
-
         cached = self.takeIdleConnection(key)
         if cached is None:
-            return fresh()
-        return succeed(_ReplayOnStale(cached, fresh))
+            return self.newConnection(key, endpoint)
+        return succeed(_ReplayOnStale(cached, partial(self.newConnection, key, endpoint)))
+
+    def sendOnIdle(
+        self, connection: Any, key: Hashable, endpoint: IStreamClientEndpoint, request: Any
+    ) -> Deferred[Any]:
+        """`request` on a cached connection, replayed on a new one if that one
+        turns out dead (`_replayed`)."""
+        d: Deferred[Any] = connection.request(request)
+        return d.addErrback(_replayed, partial(self.newConnection, key, endpoint), request)
 
 
 @implementer(IAgentEndpointFactory)
