@@ -263,3 +263,48 @@ def test_a_cancelled_request_on_a_cached_connection_is_not_replayed() -> None:
     assert upstream.protocols[0].transport.disconnecting
     reasons = getattr(second[0].value, "reasons", [second[0]])
     assert any(r.check(CancelledError) for r in reasons)
+
+
+# -- a response's end on a kept-alive connection (ClientProtocol._finishResponse_WAITING)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_kept_alive_connection_ends_its_response_as_twisted_does(
+    fails: bool, noLoggedFailures: list[dict[str, Any]]
+) -> None:
+    """The quiescent callback called with the connection (one that raises: logged,
+    the connection closed), the response delivered, the state as Twisted leaves it."""
+    from twisted.logger import globalLogPublisher
+
+    def outcome(protocolClass: Any) -> Any:
+        called: list[Any] = []
+
+        def quiescent(protocol: Any) -> None:
+            called.append(protocol.state)
+            if fails:
+                raise RuntimeError("pool broke")
+
+        protocol = protocolClass(quiescent)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        request = TwistedRequest(b"POST", b"/", _headers((b"Host", b"up")), None, persistent=True)
+        result: list[Any] = []
+        protocol.request(request).addBoth(result.append)
+        logged: list[Any] = []
+        globalLogPublisher.addObserver(logged.append)
+        try:
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        finally:
+            globalLogPublisher.removeObserver(logged.append)
+        failures = [
+            (e.get("log_namespace"), e.get("log_format"), type(e["log_failure"].value))
+            for e in logged
+            if "log_failure" in e
+        ]
+        return called, result[0].code, protocol.state, transport.disconnecting, failures
+
+    ours = outcome(compat.ClientProtocol)
+    assert ours == outcome(HTTP11ClientProtocol)
+    assert ours[0] == ["QUIESCENT"] and ours[3] is fails
+    assert bool(ours[4]) is fails
+    noLoggedFailures.clear()  # the two logged on purpose
