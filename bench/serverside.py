@@ -165,8 +165,9 @@ JSON_ANSWER = (
 its JSON completion file (Content-Length), in one read."""
 
 
-class _Connected:
-    """An endpoint whose every connection is made at once, on a `StringTransport`."""
+class Connected:
+    """An endpoint (and its factory) whose every connection is made at once, on a
+    `StringTransport`; `protocols` keeps them."""
 
     def __init__(self) -> None:
         self.protocols: list[Any] = []
@@ -207,7 +208,7 @@ def pooledRequest() -> Any:
     rows = SQLLedger(Database(LedgerURL.sqlite(":memory:")), reactor, _Batches())
     rows.start()
     app.accessLog.ledger = rows
-    endpoint = _Connected()
+    endpoint = Connected()
     app.dispatcher.client.http = PooledClient(UpstreamPool(reactor, 20), endpoint)
     peer = IPv4Address("TCP", "127.0.0.1", 40000)
     channel = site.buildProtocol(peer)

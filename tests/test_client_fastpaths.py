@@ -13,6 +13,7 @@ from twisted.web._newclient import BadHeaders, HTTP11ClientProtocol
 from twisted.web._newclient import Request as TwistedRequest
 from twisted.web.http_headers import Headers
 
+from bench.serverside import JSON_ANSWER, Connected
 from ccproxy import compat
 from ccproxy.compat import readHead
 from ccproxy.upstream.client import BytesProducer
@@ -178,8 +179,6 @@ def test_a_head_read_whole_ends_as_twisteds_parser_ends_it(
 
 
 def test_a_nine_line_head_is_read_whole() -> None:
-    from bench.serverside import JSON_ANSWER
-
     read: list[Any] = []
     protocol = compat.ClientProtocol(lambda p: None)
     protocol.makeConnection(StringTransport())
@@ -195,27 +194,14 @@ def test_a_nine_line_head_is_read_whole() -> None:
 # -- a request on a cached connection (compat.ConnectionPool.request) ---------------
 
 
-class _Connections:
-    """An endpoint whose connections are made at once, on `StringTransport`s."""
-
-    def __init__(self) -> None:
-        self.protocols: list[Any] = []
-
-    def connect(self, factory: Any) -> Any:
-        protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
-        self.protocols.append(protocol)
-        return succeed(protocol)
-
-
-def _pooled() -> tuple[Any, _Connections, Any]:
+def _pooled() -> tuple[Any, Any, Any]:
     from twisted.internet.task import Clock
 
     from ccproxy.upstream.pool import UpstreamPool
 
     clock = Clock()
     pool = UpstreamPool(clock, 4)
-    upstream = _Connections()
+    upstream = Connected()
     uri = compat.requestURI(b"http://up.test/v1")
 
     def send() -> Any:
