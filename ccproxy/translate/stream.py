@@ -322,6 +322,46 @@ class StreamTranslator:
         self.feedInto(chunk, events)
         return events
 
+    def feedPayloads(self, payloads: list[bytes], events: list[Event]) -> None:
+        """Each of one read's `data:` payloads parsed and fed (`feedInto`), in turn;
+        raises `notJSON` for one that does not parse, after those before it.
+
+        Most chunks are content alone: `choices[0].delta` is `{"content": str}`,
+        without a usage or a finish reason. Those go straight to `_text`, the
+        steps `feedInto` takes for them, checked here at once (each chunk is
+        parsed and let go in turn: a read's chunks all alive at once would wake
+        the garbage collector)."""
+        loads = orjson.loads
+        feed = self.feedInto
+        text = self._text if self._tags is None else None  # else <think> tags to split
+        for data in payloads:
+            try:
+                chunk = loads(data)
+            except orjson.JSONDecodeError:
+                raise notJSON(data) from None
+            if text is not None and type(chunk) is dict:
+                choices = chunk.get("choices")
+                if (
+                    type(choices) is list
+                    and choices
+                    and chunk.get("usage") is None
+                    and "x_groq" not in chunk
+                ):
+                    choice = choices[0]
+                    if (
+                        type(choice) is dict
+                        and choice.get("finish_reason") is None
+                        and choice.get("usage") is None
+                    ):
+                        delta = choice.get("delta")
+                        if type(delta) is dict and len(delta) == 1:
+                            content = delta.get("content")
+                            if type(content) is str:
+                                if content:
+                                    text(content, events)
+                                continue
+            feed(chunk, events)
+
     def feedInto(self, chunk: Any, events: list[Event]) -> None:
         """`feed`, its events added to `events`: a caller that queues the events of
         several chunks in one list (those of one upstream read, not sent yet) gets
@@ -693,6 +733,11 @@ class StreamTranslator:
             if waiting is None:
                 return
             self._startCall(waiting, events)
+
+
+def notJSON(data: bytes) -> ProxyError:
+    """A stream's `data:` payload that does not parse (the caller names the upstream)."""
+    return brokenAnswer(f"the stream holds a line that is not JSON: {data[:200]!r}")
 
 
 def streamError(chunk: dict[str, Any], contextWindow: int | None = None) -> ProxyError:

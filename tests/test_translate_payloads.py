@@ -1,0 +1,172 @@
+"""StreamTranslator.feedPayloads (one read's raw `data:` payloads, parsed and fed
+in turn, the usual content-only chunk taken straight to its text) against the
+plain path: each payload parsed by orjson, then `feedInto`. The events, their
+order, the errors and the state after them must be the same for every stream."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench import payloads as benchPayloads
+from ccproxy.errors import ProxyError
+from ccproxy.translate.stream import StreamTranslator, notJSON
+from tests.support.examples import examples
+
+
+def make(**kwargs: Any) -> StreamTranslator:
+    return StreamTranslator("msg_1", "claude-x", contextWindow=1000, **kwargs)
+
+
+def outcome(translator: StreamTranslator, events: list[Any], error: Any) -> list[Any]:
+    """What a run came to: its events, its error, and how the stream ends."""
+    try:
+        end: Any = translator.finish(False)
+    except ProxyError as e:
+        end = ("end error", e.status, e.message)
+    return [events, error, end, translator.usage, translator.finishReason]
+
+
+def plain(reads: list[list[bytes]], **kwargs: Any) -> list[Any]:
+    """Each payload parsed, then fed, as the relay did before `feedPayloads`."""
+    translator, events, error = make(**kwargs), [], None
+    try:
+        for read in reads:
+            for data in read:
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise notJSON(data) from None
+                translator.feedInto(chunk, events)
+    except ProxyError as e:
+        error = (e.status, e.errorType, e.message)
+    return outcome(translator, events, error)
+
+
+def fed(reads: list[list[bytes]], **kwargs: Any) -> list[Any]:
+    translator, events, error = make(**kwargs), [], None
+    try:
+        for read in reads:
+            translator.feedPayloads(read, events)
+    except ProxyError as e:
+        error = (e.status, e.errorType, e.message)
+    return outcome(translator, events, error)
+
+
+def same(payloads: list[bytes]) -> None:
+    """The same on `payloads` in one read, one per read, and in two reads, with and
+    without stop sequences and think tags."""
+    for kwargs in ({}, {"stopSequences": ("STOP",)}, {"thinkTags": True}):
+        for reads in (
+            [payloads],
+            [[p] for p in payloads],
+            [payloads[: len(payloads) // 2], payloads[len(payloads) // 2 :]],
+        ):
+            assert fed(reads, **kwargs) == plain(reads, **kwargs), (payloads, kwargs)
+
+
+def C(delta: Any = None, finish: Any = None, **extra: Any) -> dict[str, Any]:
+    choice = {"index": 0, "delta": {} if delta is None else delta, "finish_reason": finish}
+    return {"id": "c1", "object": "chat.completion.chunk", "choices": [choice], **extra}
+
+
+def T(text: Any) -> dict[str, Any]:
+    return C({"content": text})
+
+
+STREAMS: dict[str, list[Any]] = {
+    "text": [C({"role": "assistant", "content": ""}), T("Hel"), T("lo"), C({}, "stop")],
+    "usage": [T("a"), {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}],
+    "blank-first": [T(" "), T("\n"), T("x"), T(""), C({}, "stop")],
+    "usage-each": [{**T("a"), "usage": None}, {**T("b"), "usage": {"prompt_tokens": 1}}],
+    "usage-empty": [{**T("a"), "usage": {}}, {**T("b"), "usage": 0}, C({}, "stop")],
+    "choice-usage": [{"choices": [{"delta": {"content": "a"}, "usage": {"prompt_tokens": 9}}]}],
+    "groq": [T("a"), {**T("b"), "x_groq": {"usage": {"prompt_tokens": 5}}}, C({}, "stop")],
+    "finish-with-text": [T("a"), C({"content": "b"}, "stop")],
+    "finish-empty": [T("a"), C({"content": "b"}, ""), T("c"), C({"content": "d"}, 0)],
+    "finish-error": [T("a"), C({"content": "b"}, "error")],
+    "error-beside": [T("a"), {**C({}, "error"), "error": {"message": "boom", "code": 503}}],
+    "error-chunk": [T("a"), {"error": {"message": "prompt is too long: 2000 tokens > 1000"}}],
+    "not-object": [T("a"), [1, 2], T("b")],
+    "number": [T("a"), 5],
+    "choices-odd": [T("a"), {"choices": "xx"}, {"choices": [1]}, {"choices": {}}, T("b")],
+    "choices-more": [{"choices": [{"delta": {"content": "a"}}, {"delta": {"content": "b"}}]}],
+    "content-odd": [T(None), T(5), T(["x", {"type": "text", "text": "y"}]), T({"a": 1}), T("z")],
+    "delta-odd": [{"choices": [{"message": {"content": "m"}}]}, {"choices": [{"delta": "s"}]}],
+    "delta-more": [C({"content": "a", "role": "assistant"}), C({"content": "b", "refusal": None})],
+    "content-and-more": [
+        C({"content": "a", "reasoning_content": "r"}),
+        C({"content": "b", "tool_calls": [{"id": "t", "function": {"name": "R"}}]}),
+        C({}, "tool_calls"),
+    ],
+    "reasoning": [C({"reasoning_content": "hm"}), C({"reasoning": "m"}), T("y"), C({}, "stop")],
+    "tools": [
+        T("I'll"),
+        C({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "R", "arguments": ""}}]}),
+        C({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":1}'}}]}),
+        T("then"),
+        C({}, "tool_calls"),
+    ],
+    "stops": [T("abc ST"), T("OP more"), C({}, "stop")],
+    "think": [T("<think>hm"), T("m</think>"), T("answer"), C({}, "stop")],
+    "unicode": [T("café ✓ 😀"), T('\u2028\n\r\t"\\'), T("\x00"), C({}, "stop")],
+    "long": [T("x" * 3000), T("y" * 2000), T("z"), C({}, "stop")],
+}
+
+
+@pytest.mark.parametrize("name", list(STREAMS))
+def test_streamsReadAsThePlainPath(name: str) -> None:
+    chunks = STREAMS[name]
+    same([orjson.dumps(c) for c in chunks])
+    same([json.dumps(c).encode() for c in chunks])  # spaces, \u escapes
+
+
+GARBAGE = [b"not json", b"", b'{"a":', b"[1]", b"null", b'"s"', b"\xff", b'{"choices":[]}x']
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+def test_aPayloadNotJSONFailsAfterThoseBeforeIt(garbage: bytes) -> None:
+    payloads = [orjson.dumps(T("a")), orjson.dumps(T("b")), garbage, orjson.dumps(T("c"))]
+    same(payloads)
+
+
+def test_theBenchStream() -> None:
+    frames = benchPayloads.sse_frames(200)
+    same([f[6:-2] for f in frames if not f.startswith(b"data: [DONE]")])
+
+
+_TEXT = st.text(max_size=8)
+_VALUE = st.one_of(st.none(), st.integers(-2, 2), st.booleans(), _TEXT, st.just({}), st.just([]))
+_DELTA = st.dictionaries(
+    st.sampled_from(["content", "role", "reasoning_content", "refusal", "tool_calls"]),
+    st.one_of(_TEXT, _VALUE),
+    max_size=3,
+)
+_CHOICE = st.fixed_dictionaries(
+    {"delta": st.one_of(_DELTA, _VALUE)},
+    optional={
+        "index": st.just(0),
+        "finish_reason": st.one_of(st.none(), st.sampled_from(["stop", "length", "", "error"])),
+        "usage": st.one_of(st.none(), st.just({"prompt_tokens": 2}), st.just({})),
+    },
+)
+_CHUNK = st.fixed_dictionaries(
+    {"choices": st.one_of(st.lists(_CHOICE, min_size=1, max_size=2), _VALUE)},
+    optional={
+        "id": st.sampled_from(["c1", "c2"]),
+        "usage": st.one_of(st.none(), st.just({"completion_tokens": 1}), st.just(0)),
+        "x_groq": st.one_of(st.just({}), st.just({"usage": {"prompt_tokens": 7}})),
+        "error": st.one_of(st.none(), st.just({"message": "boom"})),
+    },
+)
+
+
+@settings(max_examples=examples(300), deadline=None, derandomize=True, database=None)
+@given(st.lists(st.one_of(_CHUNK, st.just(T("t")), st.just(T(" "))), min_size=1, max_size=8))
+def test_anyChunksReadAsThePlainPath(chunks: list[Any]) -> None:
+    same([orjson.dumps(c) for c in chunks])
