@@ -170,3 +170,76 @@ _CHUNK = st.fixed_dictionaries(
 @given(st.lists(st.one_of(_CHUNK, st.just(T("t")), st.just(T(" "))), min_size=1, max_size=8))
 def test_anyChunksReadAsThePlainPath(chunks: list[Any]) -> None:
     same([orjson.dumps(c) for c in chunks])
+
+
+# -- content-only chunks read by their shape -------------------------------------------
+
+BASE = orjson.dumps(T("first"))
+PREFIX, SUFFIX = BASE.split(b'"first"')
+TOKENS = [
+    b'"x"',
+    b'""',
+    b'"caf\\u00e9 \\ud83d\\ude00 \\n\\"\\\\ \\/"',
+    '"café ✓"'.encode(),
+    b'"a","role":"assistant"',  # two keys: not content alone
+    b'"a"}},{"delta":{"content":"b"',  # two choices
+    b'"a" ',
+    b' "a"',
+    b'"a"\n',
+    b"null",
+    b"5",
+    b'["a"]',
+    b'{"a":"b"}',
+    b'"',
+    b'"\\ud800"',  # a lone surrogate: not JSON
+    b'"\xff"',  # not UTF-8
+    b'"\\x"',
+    b'"a"b"',
+    b'"a" "b"',
+    b"",
+    b'"STOP"',
+    b'"<think>x</think>y"',
+]
+
+
+@pytest.mark.parametrize("token", TOKENS)
+def test_payloadsOfTheShapeReadAsThePlainPath(token: bytes) -> None:
+    """After a chunk has shown its shape, a payload of its prefix and suffix around
+    anything: the same as parsing it whole."""
+    same([BASE, PREFIX + token + SUFFIX, orjson.dumps(T("after"))])
+    same([BASE, PREFIX + token + SUFFIX + SUFFIX, PREFIX + PREFIX + token + SUFFIX])
+
+
+def test_theBenchStreamsTextIsReadByItsShape(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccproxy.translate import stream
+
+    hits: list[str] = []
+    content = stream._ContentShape.content
+
+    def counted(self: Any, data: bytes) -> str | None:
+        text = content(self, data)
+        if text is not None:
+            hits.append(text)
+        return text
+
+    monkeypatch.setattr(stream._ContentShape, "content", counted)
+    frames = benchPayloads.sse_frames(200)
+    translator = make()
+    translator.feedPayloads([f[6:-2] for f in frames if not f.startswith(b"data: [DONE]")], [])
+    assert translator._shape is not None and len(hits) >= 190
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        json.dumps(T("a")).encode(),  # spaces: not orjson's writing
+        orjson.dumps(T("\u00e9")).replace("\u00e9".encode(), b"\\u00e9"),  # an escape
+        # the mark's text, where the text is and before it: which is the text's place?
+        orjson.dumps({"k": "\x00ccproxy\x00", **T("\x00ccproxy\x00")}),
+    ],
+)
+def test_aChunkNotWrittenAsOrjsonWouldShowsNoShape(first: bytes) -> None:
+    translator = make()
+    translator.feedPayloads([first] * 5, [])
+    assert translator._shape is None and translator._shapeTries == 3
+    same([first, first, orjson.dumps(T("b")), orjson.dumps(T("c"))])

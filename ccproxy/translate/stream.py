@@ -330,11 +330,21 @@ class StreamTranslator:
         without a usage or a finish reason. Those go straight to `_text`, the
         steps `feedInto` takes for them, checked here at once (each chunk is
         parsed and let go in turn: a read's chunks all alive at once would wake
-        the garbage collector)."""
+        the garbage collector). And an upstream sends them all alike but for
+        their text: once one has shown its bytes around its text (`_ContentShape`),
+        a payload with the same bytes around a JSON string is that string's
+        chunk, its string alone parsed."""
         loads = orjson.loads
         feed = self.feedInto
         text = self._text if self._tags is None else None  # else <think> tags to split
+        shape = self._shape
         for data in payloads:
+            if shape is not None and text is not None:
+                content = shape.content(data)
+                if content is not None:
+                    if content:
+                        text(content, events)
+                    continue
             try:
                 chunk = loads(data)
             except orjson.JSONDecodeError:
@@ -359,8 +369,16 @@ class StreamTranslator:
                             if type(content) is str:
                                 if content:
                                     text(content, events)
+                                if shape is None and self._shapeTries < _SHAPE_TRIES:
+                                    self._shapeTries += 1
+                                    shape = self._shape = _ContentShape.of(data, chunk, content)
                                 continue
             feed(chunk, events)
+
+    _shape: _ContentShape | None = None
+    """The bytes around the text of this upstream's content-only chunks, once known."""
+    _shapeTries = 0
+    """Content-only chunks `_ContentShape.of` has read (it gives up after a few)."""
 
     def feedInto(self, chunk: Any, events: list[Event]) -> None:
         """`feed`, its events added to `events`: a caller that queues the events of
@@ -733,6 +751,62 @@ class StreamTranslator:
             if waiting is None:
                 return
             self._startCall(waiting, events)
+
+
+_SHAPE_TRIES = 3
+"""Content-only chunks read for their shape before giving up: a stream whose chunks
+differ in more than their text (a timestamp or a random pad in each) has none."""
+
+_MARK = "\x00ccproxy\x00"
+_MARK_JSON = orjson.dumps(_MARK)
+
+
+class _ContentShape:
+    """The bytes of an upstream's content-only chunks before and after their text.
+
+    Learned from one chunk whose payload is, byte for byte, orjson's writing of
+    what it parsed to: written again with a mark for its text, the mark is found
+    once, so what precedes it ends where a JSON value begins. Any payload that is
+    that prefix, a JSON string (with whitespace around it or not), then that
+    suffix is then the same document with another string in that place: it
+    parses to the same content-only chunk with that text (the prefix's and the
+    suffix's tokens are unchanged, and a string is read the same wherever it
+    stands)."""
+
+    __slots__ = ("prefix", "suffix")
+
+    def __init__(self, prefix: bytes, suffix: bytes) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+
+    @classmethod
+    def of(cls, data: bytes, chunk: dict[str, Any], content: str) -> _ContentShape | None:
+        """The shape of `data`, parsed to `chunk`, a content-only chunk with text
+        `content`; None when `data` is not orjson's writing of it."""
+        choices = chunk["choices"]
+        marked = {**chunk, "choices": [{**choices[0], "delta": {"content": _MARK}}, *choices[1:]]}
+        try:
+            written = orjson.dumps(marked)
+        except orjson.JSONEncodeError:
+            return None
+        at = written.find(_MARK_JSON)
+        if at == -1 or written.find(_MARK_JSON, at + 1) != -1:
+            return None  # (the mark elsewhere too: then where is not known)
+        prefix, suffix = written[:at], written[at + len(_MARK_JSON) :]
+        if data != prefix + orjson.dumps(content) + suffix:
+            return None
+        return cls(prefix, suffix)
+
+    def content(self, data: bytes) -> str | None:
+        """The text of `data` when it is a content-only chunk of this shape."""
+        prefix, suffix = self.prefix, self.suffix
+        if not (data.startswith(prefix) and data.endswith(suffix)):
+            return None
+        try:  # a JSON string (JSON's whitespace around it or not), or None
+            text = orjson.loads(data[len(prefix) : len(data) - len(suffix)])
+        except orjson.JSONDecodeError:
+            return None
+        return text if type(text) is str else None
 
 
 def notJSON(data: bytes) -> ProxyError:
