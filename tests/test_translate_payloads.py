@@ -6,6 +6,7 @@ order, the errors and the state after them must be the same for every stream."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -211,22 +212,25 @@ def test_payloadsOfTheShapeReadAsThePlainPath(token: bytes) -> None:
 
 
 def test_theBenchStreamsTextIsReadByItsShape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its content-only chunks after the first: only their text is parsed."""
     from ccproxy.translate import stream
 
-    hits: list[str] = []
-    content = stream._ContentShape.content
+    parsed: list[bytes] = []
 
-    def counted(self: Any, data: bytes) -> str | None:
-        text = content(self, data)
-        if text is not None:
-            hits.append(text)
-        return text
+    def loads(data: bytes) -> Any:
+        parsed.append(data)
+        return orjson.loads(data)
 
-    monkeypatch.setattr(stream._ContentShape, "content", counted)
+    spy = SimpleNamespace(**{name: getattr(orjson, name) for name in dir(orjson)})
+    spy.loads = loads
+    monkeypatch.setattr(stream, "orjson", spy)
     frames = benchPayloads.sse_frames(200)
+    payloads = [f[6:-2] for f in frames if not f.startswith(b"data: [DONE]")]
     translator = make()
-    translator.feedPayloads([f[6:-2] for f in frames if not f.startswith(b"data: [DONE]")], [])
-    assert translator._shape is not None and len(hits) >= 190
+    translator.feedPayloads(payloads, [])
+    assert translator._shape is not None
+    texts = [p for p in parsed if p.startswith(b'"')]
+    assert len(texts) >= 190 and len(parsed) == len(payloads)
 
 
 @pytest.mark.parametrize(

@@ -331,17 +331,21 @@ class StreamTranslator:
         steps `feedInto` takes for them, checked here at once (each chunk is
         parsed and let go in turn: a read's chunks all alive at once would wake
         the garbage collector). And an upstream sends them all alike but for
-        their text: once one has shown its bytes around its text (`_ContentShape`),
+        their text: once one has shown its bytes around its text (`_contentShape`),
         a payload with the same bytes around a JSON string is that string's
         chunk, its string alone parsed."""
         loads = orjson.loads
         feed = self.feedInto
         text = self._text if self._tags is None else None  # else <think> tags to split
-        shape = self._shape
+        shape = self._shape if text is not None else None
+        prefix, suffix = shape or (b"", b"")
         for data in payloads:
-            if shape is not None and text is not None:
-                content = shape.content(data)
-                if content is not None:
+            if shape is not None and data.startswith(prefix) and data.endswith(suffix):
+                try:  # the text alone: a JSON string (`_contentShape`), or parsed whole
+                    content = loads(data[len(prefix) : len(data) - len(suffix)])
+                except orjson.JSONDecodeError:
+                    content = None
+                if type(content) is str:
                     if content:
                         text(content, events)
                     continue
@@ -371,14 +375,16 @@ class StreamTranslator:
                                     text(content, events)
                                 if shape is None and self._shapeTries < _SHAPE_TRIES:
                                     self._shapeTries += 1
-                                    shape = self._shape = _ContentShape.of(data, chunk, content)
+                                    shape = self._shape = _contentShape(data, chunk, content)
+                                    prefix, suffix = shape or (b"", b"")
                                 continue
             feed(chunk, events)
 
-    _shape: _ContentShape | None = None
-    """The bytes around the text of this upstream's content-only chunks, once known."""
+    _shape: tuple[bytes, bytes] | None = None
+    """The bytes before and after the text of this upstream's content-only chunks,
+    once known (`_contentShape`)."""
     _shapeTries = 0
-    """Content-only chunks `_ContentShape.of` has read (it gives up after a few)."""
+    """Content-only chunks `_contentShape` has read (it gives up after a few)."""
 
     def feedInto(self, chunk: Any, events: list[Event]) -> None:
         """`feed`, its events added to `events`: a caller that queues the events of
@@ -761,52 +767,30 @@ _MARK = "\x00ccproxy\x00"
 _MARK_JSON = orjson.dumps(_MARK)
 
 
-class _ContentShape:
-    """The bytes of an upstream's content-only chunks before and after their text.
+def _contentShape(data: bytes, chunk: dict[str, Any], content: str) -> tuple[bytes, bytes] | None:
+    """The bytes of an upstream's content-only chunks before and after their text,
+    from one: `data`, parsed to `chunk`, a content-only chunk with text `content`;
+    None when `data` is not, byte for byte, orjson's writing of `chunk`.
 
-    Learned from one chunk whose payload is, byte for byte, orjson's writing of
-    what it parsed to: written again with a mark for its text, the mark is found
-    once, so what precedes it ends where a JSON value begins. Any payload that is
-    that prefix, a JSON string (with whitespace around it or not), then that
-    suffix is then the same document with another string in that place: it
-    parses to the same content-only chunk with that text (the prefix's and the
-    suffix's tokens are unchanged, and a string is read the same wherever it
-    stands)."""
-
-    __slots__ = ("prefix", "suffix")
-
-    def __init__(self, prefix: bytes, suffix: bytes) -> None:
-        self.prefix = prefix
-        self.suffix = suffix
-
-    @classmethod
-    def of(cls, data: bytes, chunk: dict[str, Any], content: str) -> _ContentShape | None:
-        """The shape of `data`, parsed to `chunk`, a content-only chunk with text
-        `content`; None when `data` is not orjson's writing of it."""
-        choices = chunk["choices"]
-        marked = {**chunk, "choices": [{**choices[0], "delta": {"content": _MARK}}, *choices[1:]]}
-        try:
-            written = orjson.dumps(marked)
-        except orjson.JSONEncodeError:
-            return None
-        at = written.find(_MARK_JSON)
-        if at == -1 or written.find(_MARK_JSON, at + 1) != -1:
-            return None  # (the mark elsewhere too: then where is not known)
-        prefix, suffix = written[:at], written[at + len(_MARK_JSON) :]
-        if data != prefix + orjson.dumps(content) + suffix:
-            return None
-        return cls(prefix, suffix)
-
-    def content(self, data: bytes) -> str | None:
-        """The text of `data` when it is a content-only chunk of this shape."""
-        prefix, suffix = self.prefix, self.suffix
-        if not (data.startswith(prefix) and data.endswith(suffix)):
-            return None
-        try:  # a JSON string (JSON's whitespace around it or not), or None
-            text = orjson.loads(data[len(prefix) : len(data) - len(suffix)])
-        except orjson.JSONDecodeError:
-            return None
-        return text if type(text) is str else None
+    Written again with a mark for its text, the mark is found once, so what
+    precedes it ends where a JSON value begins. Any payload that is that prefix,
+    a JSON string (with whitespace around it or not), then that suffix is then
+    the same document with another string in that place: it parses to the same
+    content-only chunk with that text (the prefix's and the suffix's tokens are
+    unchanged, and a string is read the same wherever it stands)."""
+    choices = chunk["choices"]
+    marked = {**chunk, "choices": [{**choices[0], "delta": {"content": _MARK}}, *choices[1:]]}
+    try:
+        written = orjson.dumps(marked)
+    except orjson.JSONEncodeError:
+        return None
+    at = written.find(_MARK_JSON)
+    if at == -1 or written.find(_MARK_JSON, at + 1) != -1:
+        return None  # (the mark elsewhere too: then which is the text's place?)
+    prefix, suffix = written[:at], written[at + len(_MARK_JSON) :]
+    if data != prefix + orjson.dumps(content) + suffix:
+        return None
+    return prefix, suffix
 
 
 def notJSON(data: bytes) -> ProxyError:
