@@ -27,36 +27,52 @@ def make(**kwargs: Any) -> StreamTranslator:
 def outcome(translator: StreamTranslator, events: list[Any], error: Any) -> list[Any]:
     """What a run came to: its events, its error, and how the stream ends."""
     try:
-        end: Any = translator.finish(False)
+        end: Any = translator.finish(True)
     except ProxyError as e:
         end = ("end error", e.status, e.message)
     return [events, error, end, translator.usage, translator.finishReason]
 
 
-def plain(reads: list[list[bytes]], **kwargs: Any) -> list[Any]:
+ROUND: list[bytes] = []
+"""In a run's reads: the round ends there, and another upstream answer goes on."""
+
+
+def nextRound(translator: StreamTranslator) -> list[Any]:
+    events = translator.endBlocks(True)
+    translator.nextRound()
+    return events
+
+
+def feedEach(translator: StreamTranslator, read: list[bytes], events: list[Any]) -> None:
     """Each payload parsed, then fed, as the relay did before `feedPayloads`."""
+    for data in read:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise notJSON(data) from None
+        translator.feedInto(chunk, events)
+
+
+def run(reads: list[list[bytes]], feedRead: Any, **kwargs: Any) -> list[Any]:
+    """What a translator comes to fed `reads`, each by `feedRead`."""
     translator, events, error = make(**kwargs), [], None
     try:
         for read in reads:
-            for data in read:
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise notJSON(data) from None
-                translator.feedInto(chunk, events)
+            if read is ROUND:
+                events += nextRound(translator)
+                continue
+            feedRead(translator, read, events)
     except ProxyError as e:
         error = (e.status, e.errorType, e.message)
     return outcome(translator, events, error)
+
+
+def plain(reads: list[list[bytes]], **kwargs: Any) -> list[Any]:
+    return run(reads, feedEach, **kwargs)
 
 
 def fed(reads: list[list[bytes]], **kwargs: Any) -> list[Any]:
-    translator, events, error = make(**kwargs), [], None
-    try:
-        for read in reads:
-            translator.feedPayloads(read, events)
-    except ProxyError as e:
-        error = (e.status, e.errorType, e.message)
-    return outcome(translator, events, error)
+    return run(reads, StreamTranslator.feedPayloads, **kwargs)
 
 
 def same(payloads: list[bytes]) -> None:
@@ -228,7 +244,7 @@ def test_theBenchStreamsTextIsReadByItsShape(monkeypatch: pytest.MonkeyPatch) ->
     payloads = [f[6:-2] for f in frames if not f.startswith(b"data: [DONE]")]
     translator = make()
     translator.feedPayloads(payloads, [])
-    assert translator._shape is not None
+    assert translator._shapes is not None and translator._shapes.text is not None
     texts = [p for p in parsed if p.startswith(b'"')]
     assert len(texts) >= 190 and len(parsed) == len(payloads)
 
@@ -245,5 +261,105 @@ def test_theBenchStreamsTextIsReadByItsShape(monkeypatch: pytest.MonkeyPatch) ->
 def test_aChunkNotWrittenAsOrjsonWouldShowsNoShape(first: bytes) -> None:
     translator = make()
     translator.feedPayloads([first] * 5, [])
-    assert translator._shape is None and translator._shapeTries == 3
+    assert translator._shapes is not None
+    assert translator._shapes.text is None and translator._shapes.textTries == 3
     same([first, first, orjson.dumps(T("b")), orjson.dumps(T("c"))])
+
+
+def fragment(arguments: Any, index: Any = 0) -> dict[str, Any]:
+    return C({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+
+
+CALL = C({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "R", "arguments": ""}}]})
+ARGS = orjson.dumps(fragment("first"))
+ARGS_PREFIX, ARGS_SUFFIX = ARGS.split(b'"first"')
+
+
+@pytest.mark.parametrize("token", TOKENS)
+def test_argumentFragmentsOfTheShapeReadAsThePlainPath(token: bytes) -> None:
+    """After the usual fragment of a call's arguments has shown its shape (a
+    fragment with no id, no name, one call in the delta, nothing else)."""
+    call = orjson.dumps(CALL)
+    same([call, ARGS, ARGS_PREFIX + token + ARGS_SUFFIX, orjson.dumps(fragment("x"))])
+    same([call, ARGS, ARGS_PREFIX + token + ARGS_SUFFIX + ARGS_SUFFIX, orjson.dumps(T("t"))])
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        fragment("a", 1),  # another index: no call with it
+        fragment("a", True),
+        fragment({"a": 1}),
+        C({"tool_calls": [{"index": 0, "id": "call_2", "function": {"arguments": "a"}}]}),
+        C({"tool_calls": [{"index": 0, "function": {"name": "W", "arguments": "a"}}]}),
+        C({"tool_calls": [{"index": 0, "function": {"arguments": "a"}}] * 2}),
+        C({"tool_calls": {"index": 0, "function": {"arguments": "a"}}}),
+        C({"tool_calls": [{"index": 0, "function": {"arguments": "a"}}], "content": "b"}),
+        C({"tool_calls": [{"index": 0, "function": {"arguments": "a"}}]}, "tool_calls"),
+    ],
+)
+def test_otherFragmentsReadAsThePlainPath(other: dict[str, Any]) -> None:
+    call = orjson.dumps(CALL)
+    for first in (ARGS, orjson.dumps(other)):  # learned from it, or not
+        same([call, first, orjson.dumps(other), ARGS, orjson.dumps(other)])
+
+
+def test_aFragmentOfTheShapeWithoutItsCallReadsAsThePlainPath() -> None:
+    """A new round forgets the calls: a fragment of the shape then names none,
+    and starts one as the plain path does."""
+    call = orjson.dumps(CALL)
+    for reads in ([[call, ARGS], ROUND, [ARGS, call, ARGS]], [[call, ARGS, ARGS], ROUND, [ARGS]]):
+        for kwargs in ({}, {"thinkTags": True}):
+            assert fed(reads, **kwargs) == plain(reads, **kwargs)
+
+
+def test_theBenchStreamsArgumentsAreReadByTheirShape() -> None:
+    frames = benchPayloads.sse_frames(200)
+    translator = make()
+    translator.feedPayloads([f[6:-2] for f in frames if not f.startswith(b"data: [DONE]")], [])
+    shapes = translator._shapes
+    assert shapes is not None and shapes.arguments is not None and shapes.arguments[2] == 0
+
+
+def started(index: int, callId: str, name: str) -> bytes:
+    function = {"name": name, "arguments": ""}
+    return orjson.dumps(C({"tool_calls": [{"index": index, "id": callId, "function": function}]}))
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        # learned from a fragment with an id, another call since at its index
+        [
+            started(0, "call_1", "R"),
+            orjson.dumps(C({"tool_calls": [{"index": 0, "id": "call_2", "function": {}}]})),
+            orjson.dumps(
+                C({"tool_calls": [{"index": 0, "id": "call_2", "function": {"arguments": "a"}}]})
+            ),
+            started(0, "call_3", "W"),
+            orjson.dumps(
+                C({"tool_calls": [{"index": 0, "id": "call_2", "function": {"arguments": "b"}}]})
+            ),
+        ],
+        # from a named fragment, whose next whole arguments make another call
+        [
+            started(0, "call_1", "R"),
+            orjson.dumps(
+                C({"tool_calls": [{"index": 0, "function": {"name": "W", "arguments": '{"a":1}'}}]})
+            ),
+            orjson.dumps(
+                C({"tool_calls": [{"index": 0, "function": {"name": "W", "arguments": '{"b":2}'}}]})
+            ),
+        ],
+        # from an index that is a boolean (True is 1 as a key, not as an index)
+        [
+            started(1, "call_9", "R"),
+            started(0, "call_1", "W"),
+            orjson.dumps(fragment("a", True)),
+            orjson.dumps(fragment("b", True)),
+        ],
+    ],
+    ids=["id", "name", "bool-index"],
+)
+def test_fragmentsNotUsualShowNoShape(stream: list[bytes]) -> None:
+    same(stream)
