@@ -363,3 +363,27 @@ def started(index: int, callId: str, name: str) -> bytes:
 )
 def test_fragmentsNotUsualShowNoShape(stream: list[bytes]) -> None:
     same(stream)
+
+
+# -- a translator of other chunks ------------------------------------------------------
+
+
+def test_aResponsesTranslatorReadsEveryPayloadThroughItsOwnFeedInto() -> None:
+    """Its events are Responses events: a chat-like chunk among them (a hostile
+    upstream's) is read by its `feedInto` too, never by the chat shortcuts."""
+    from ccproxy.translate.responsestream import ResponsesStreamTranslator
+
+    assert not ResponsesStreamTranslator._chatChunks and StreamTranslator._chatChunks
+    events = [orjson.dumps(e) for e in benchPayloads.responses_payloads(20)]
+    chat = [orjson.dumps(T("x")), orjson.dumps(T("y")), orjson.dumps(fragment("z"))]
+    for payloads in (events, events[:5] + chat + chat + events[5:], [*chat, b"not json"]):
+        results = []
+        for feedRead in (feedEach, StreamTranslator.feedPayloads):
+            translator = ResponsesStreamTranslator("msg_1", "claude-x", upstream="up")
+            got: list[Any] = []
+            try:
+                feedRead(translator, payloads, got)
+            except ProxyError as e:
+                got.append((e.status, e.message))
+            results.append((got, translator._shapes))
+        assert results[0] == results[1]

@@ -341,7 +341,9 @@ class StreamTranslator:
         tool call's arguments."""
         loads = orjson.loads
         feed = self.feedInto
-        text = self._text if self._tags is None else None  # else <think> tags to split
+        # None: every chunk through `feedInto` (<think> tags to split, or another
+        # translator's chunks: `_chatChunks`)
+        text = self._text if self._tags is None and self._chatChunks else None
         shapes = self._shapes if text is not None else None
         shape = shapes.text if shapes is not None else None
         prefix, suffix = shape or (b"", b"")
@@ -398,6 +400,18 @@ class StreamTranslator:
                                 args = shapes.learnArguments(data, chunk, delta)
                                 argsPrefix, argsSuffix, argsIndex = args or (b"", b"", 0)
             feed(chunk, events)
+
+    _chatChunks = True
+    """Whether `feedPayloads` may read chunks as this class's `feedInto` does (a
+    subclass that reads other chunks, Responses events, says no)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if any(
+            getattr(cls, name) is not getattr(StreamTranslator, name)
+            for name in ("feedInto", "_text", "_moreArguments")
+        ):
+            cls._chatChunks = False
 
     def _learning(self) -> _Shapes:
         """What `feedPayloads` learns of this upstream's chunks, made at its first try."""
