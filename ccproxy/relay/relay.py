@@ -33,7 +33,7 @@ from ccproxy.compat import SendTogether, keepOnlyHeaders, setOwnHeader
 from ccproxy.errors import KEY_SHAPES, ProxyError, badGateway, committedErrorType
 from ccproxy.relay.sse import SSEFrames, SSEParser
 from ccproxy.translate.passthrough import MessageStream
-from ccproxy.translate.stream import StreamTranslator, eventsForMessage
+from ccproxy.translate.stream import StreamTranslator, eventsForMessage, notJSON
 from ccproxy.translate.toolsearch import Blocks, ToolSearch, parsedInput
 from ccproxy.upstream.dispatch import Answer
 
@@ -514,25 +514,26 @@ class StreamRelay:
         (ccproxy's tool search); without it, into the writer's queue, where the
         deltas of one read join."""
         upstream = answer.upstream
-        feed = translator.feedInto
+        feedPayloads = translator.feedPayloads
         queue = writer.queue
         loads = orjson.loads
 
         def onEvents(payloads: list[bytes]) -> None:
             # A read's chunks in one call: counted at once, then each translated.
             self.chunks += len(payloads)
-            for data in payloads:
+            if emit is None:
+                try:
+                    feedPayloads(payloads, queue)
+                except ProxyError as e:  # not JSON, or the upstream's own error in it
+                    raise e.naming(upstream.name) from None
+                return
+            for data in payloads:  # each chunk's events to `emit` on their own
                 try:
                     chunk = loads(data)
                 except orjson.JSONDecodeError:
-                    raise badGateway(
-                        upstream.name, f"the stream holds a line that is not JSON: {data[:200]!r}"
-                    ) from None
+                    raise notJSON(data).naming(upstream.name) from None
                 try:
-                    if emit is None:
-                        feed(chunk, queue)
-                    else:
-                        emit(translator.feed(chunk))
+                    emit(translator.feed(chunk))
                 except ProxyError as e:  # the upstream's own error, said inside the stream
                     raise e.naming(upstream.name) from None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from operator import itemgetter
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +28,8 @@ from ccproxy.errors import badGateway
 from ccproxy.upstream.client import BodyReader
 
 _DONE = b"[DONE]"
+_PAYLOAD = itemgetter(slice(6, None))
+"""A `data: ` line's payload (`line[6:]`, as a C call `map` makes)."""
 
 
 class SSEParser(BodyReader):
@@ -68,8 +71,8 @@ class SSEParser(BodyReader):
         self.sawDone = False
 
     _oneEventReads = True
-    """Whether a read that is one whole event of one `data: ` line may skip the line
-    loop (`SSEFrames`, which reads every field, says no)."""
+    """Whether a read of whole `data: ` events (one, or `_dataOnly`'s) may skip the
+    line loop (`SSEFrames`, which reads every field, says no)."""
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
@@ -89,10 +92,51 @@ class SSEParser(BodyReader):
             # An upstream's chunked body: twisted.web hands over each HTTP chunk,
             # one event, on its own. The line loop's steps for its two lines.
             self._dispatchOne(data[6:-2])
-        else:
+        elif not (self._oneEventReads and not self._lines and self._dataOnly(data)):
             self._splitLines(data)
         if not self.finished.called:
             self._onBatch()  # every event of this read has been handed over
+
+    def _dataOnly(self, data: bytes) -> bool:
+        """A read whose whole events are all of the usual shape, `data: {...}`
+        lines each followed by a blank line, bare `\\n` line ends, and at most a
+        `data: [DONE]` event last, handed over without the line loop: those
+        lines, and the [DONE], are what the loop would find, found with a few
+        bytes operations over the read.
+        False, nothing done, for any other read, which the loop reads. The part
+        after the last event goes through the loop (it ends no event)."""
+        partial = self._partial
+        if partial:
+            if self._partialSize + len(data) > self.MAX_LENGTH:
+                return False
+            data = b"".join([*partial, data])
+        # Without a `\r`, a blank line is two `\n` in a row: none after `end`.
+        end = data.rfind(b"\n\n") + 2
+        if end == 1 or end > self.MAX_LENGTH or data[:6] != b"data: " or b"\r" in data:
+            return False  # (within the limit: so is each line and event before `end`)
+        whole = data[:end] if end < len(data) else data
+        lines = whole.split(b"\n")
+        # `whole` ends with a blank line: `lines` must be data, "", data, "", ...,
+        # data, "", "" (every other line blank), each data line `data: {` and an
+        # object (so no [DONE]) but a last `data: [DONE]`. A line starts with
+        # `data: {` when it sorts from `data: {` to before `data: |` ("|" follows
+        # "{"): min and max tell it of every line at once, in C.
+        if any(lines[1::2]):
+            return False
+        events = lines[0:-1:2]
+        done = events[-1] == b"data: [DONE]"
+        if done:
+            events.pop()
+        if events and (min(events) < b"data: {" or max(events) >= b"data: |"):
+            return False
+        self._partial, self._partialSize = [], 0
+        if done:
+            self.sawDone = True
+        if events:
+            self._handOver(list(map(_PAYLOAD, events)))
+        if end < len(data) and not self.finished.called:
+            self._splitLines(data[end:])
+        return True
 
     def _dispatchOne(self, payload: bytes) -> None:
         """An event of one data line, ended."""

@@ -308,6 +308,10 @@ class StreamTranslator:
         """Anthropic usage of the rounds before this one."""
         self._lastDelta: Event | None = None
         """The last `content_block_delta` made (`_delta` may join the next into it)."""
+        self._shapes: _Shapes | None = None
+        """What `feedPayloads` learned of this upstream's chunks (set here, not
+        later: an attribute set late in a translator's life is no key its
+        instances share, and each would get a dict of its own)."""
 
     # -- input ------------------------------------------------------------------
 
@@ -321,6 +325,98 @@ class StreamTranslator:
         events: list[Event] = []
         self.feedInto(chunk, events)
         return events
+
+    def feedPayloads(self, payloads: list[bytes], events: list[Event]) -> None:
+        """Each of one read's `data:` payloads parsed and fed (`feedInto`), in turn;
+        raises `notJSON` for one that does not parse, after those before it.
+
+        Most chunks are content alone: `choices[0].delta` is `{"content": str}`,
+        without a usage or a finish reason. Those go straight to `_text`, the
+        steps `feedInto` takes for them, checked here at once (each chunk is
+        parsed and let go in turn: a read's chunks all alive at once would wake
+        the garbage collector). And an upstream sends them all alike but for
+        their text: once one has shown its bytes around its text (`_Shapes`),
+        a payload with the same bytes around a JSON string is that string's
+        chunk, its string alone parsed; the same for the usual fragment of a
+        tool call's arguments."""
+        loads = orjson.loads
+        feed = self.feedInto
+        # None: every chunk through `feedInto` (<think> tags to split, or another
+        # translator's chunks: `_chatChunks`)
+        text = self._text if self._tags is None and self._chatChunks else None
+        shapes = self._shapes if text is not None else None
+        shape = shapes.text if shapes is not None else None
+        prefix, suffix = shape or (b"", b"")
+        args = shapes.arguments if shapes is not None else None
+        argsPrefix, argsSuffix, argsIndex = args or (b"", b"", 0)
+        for data in payloads:
+            if shape is not None and data.startswith(prefix) and data.endswith(suffix):
+                try:  # the text alone: a JSON string (`_shapeOf`), or parsed whole
+                    content = loads(data[len(prefix) : len(data) - len(suffix)])
+                except orjson.JSONDecodeError:
+                    content = None
+                if type(content) is str:
+                    if content:
+                        text(content, events)
+                    continue
+            if args is not None and data.startswith(argsPrefix) and data.endswith(argsSuffix):
+                try:  # the arguments alone, as the text above
+                    arguments = loads(data[len(argsPrefix) : len(data) - len(argsSuffix)])
+                except orjson.JSONDecodeError:
+                    arguments = None
+                if type(arguments) is str and self._moreArguments(argsIndex, arguments, events):
+                    continue
+            try:
+                chunk = loads(data)
+            except orjson.JSONDecodeError:
+                raise notJSON(data) from None
+            if text is not None and type(chunk) is dict:
+                choices = chunk.get("choices")
+                if (
+                    type(choices) is list
+                    and choices
+                    and chunk.get("usage") is None
+                    and "x_groq" not in chunk
+                ):
+                    choice = choices[0]
+                    if (
+                        type(choice) is dict
+                        and choice.get("finish_reason") is None
+                        and choice.get("usage") is None
+                    ):
+                        delta = choice.get("delta")
+                        if type(delta) is dict and len(delta) == 1:
+                            content = delta.get("content")
+                            if type(content) is str:
+                                if content:
+                                    text(content, events)
+                                if shape is None:
+                                    shapes = shapes or self._learning()
+                                    shape = shapes.learnText(data, chunk, content)
+                                    prefix, suffix = shape or (b"", b"")
+                                continue
+                            if args is None:
+                                shapes = shapes or self._learning()
+                                args = shapes.learnArguments(data, chunk, delta)
+                                argsPrefix, argsSuffix, argsIndex = args or (b"", b"", 0)
+            feed(chunk, events)
+
+    _chatChunks = True
+    """Whether `feedPayloads` may read chunks as this class's `feedInto` does (a
+    subclass that reads other chunks, Responses events, says no)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if any(
+            getattr(cls, name) is not getattr(StreamTranslator, name)
+            for name in ("feedInto", "_text", "_moreArguments")
+        ):
+            cls._chatChunks = False
+
+    def _learning(self) -> _Shapes:
+        """What `feedPayloads` learns of this upstream's chunks, made at its first try."""
+        self._shapes = _Shapes()
+        return self._shapes
 
     def feedInto(self, chunk: Any, events: list[Event]) -> None:
         """`feed`, its events added to `events`: a caller that queues the events of
@@ -555,13 +651,8 @@ class StreamTranslator:
             function = {}
         arguments = function.get("arguments")
         if "id" not in fragment and "name" not in function and type(arguments) is str:
-            # The usual fragment: more arguments of the call its index names
-            # (`_callFor`'s steps for a nameless fragment without an id).
             index = fragment.get("index")
-            call = self._byIndex.get(index) if type(index) is int else None
-            if call is not None:
-                call.add(arguments)
-                self._advance(events)
+            if type(index) is int and self._moreArguments(index, arguments, events):
                 return
         call = self._callFor(fragment, function, position, count)
         name = function.get("name")
@@ -569,6 +660,17 @@ class StreamTranslator:
             call.name = name  # a repeated name is the same name, never concatenated
         call.add(argumentsText(arguments))
         self._advance(events)
+
+    def _moreArguments(self, index: int, arguments: str, events: list[Event]) -> bool:
+        """The usual fragment (no id, no name): more arguments of the call `index`
+        names, placed (`_callFor`'s steps for it); False, nothing done, when no
+        call has that index yet."""
+        call = self._byIndex.get(index)
+        if call is None:
+            return False
+        call.add(arguments)
+        self._advance(events)
+        return True
 
     def _callFor(
         self, fragment: dict[str, Any], function: dict[str, Any], position: int, count: int
@@ -693,6 +795,105 @@ class StreamTranslator:
             if waiting is None:
                 return
             self._startCall(waiting, events)
+
+
+_SHAPE_TRIES = 3
+"""Chunks read for a shape before giving up: a stream whose chunks differ in more
+than their text (a timestamp or a random pad in each) has none."""
+
+_MARK = "\x00ccproxy\x00"
+_MARK_JSON = orjson.dumps(_MARK)
+
+
+class _Shapes:
+    """The bytes of an upstream's usual chunks around the one string that changes
+    from chunk to chunk (`_shapeOf`): the text of a content-only chunk, and the
+    arguments of a call's usual fragment (with its index). Learned from the
+    first such chunks; a stream whose chunks differ in more than that (a
+    timestamp or a random pad in each) has none, and after `_SHAPE_TRIES` of
+    each kind, no more is tried."""
+
+    __slots__ = ("argumentTries", "arguments", "text", "textTries")
+
+    def __init__(self) -> None:
+        self.text: tuple[bytes, bytes] | None = None
+        self.textTries = 0
+        self.arguments: tuple[bytes, bytes, int] | None = None
+        self.argumentTries = 0
+
+    def learnText(
+        self, data: bytes, chunk: dict[str, Any], content: str
+    ) -> tuple[bytes, bytes] | None:
+        """The shape of `data`, parsed to `chunk`, a content-only chunk with text
+        `content`, once known."""
+        if self.text is None and self.textTries < _SHAPE_TRIES:
+            self.textTries += 1
+            choices = chunk["choices"]
+            markedDelta = {"content": _MARK}
+            marked = {**chunk, "choices": [{**choices[0], "delta": markedDelta}, *choices[1:]]}
+            self.text = _shapeOf(data, marked, content)
+        return self.text
+
+    def learnArguments(
+        self, data: bytes, chunk: dict[str, Any], delta: dict[str, Any]
+    ) -> tuple[bytes, bytes, int] | None:
+        """The shape of `data` (parsed to `chunk`, whose delta is `delta` alone, no
+        usage, no finish) when it is the usual fragment of a call's arguments:
+        `{"tool_calls": [{"index": int, "function": {"arguments": str}}]}`, no id,
+        no name (what `_toolFragment` reads with `_moreArguments`), once known."""
+        if self.arguments is not None or self.argumentTries >= _SHAPE_TRIES:
+            return self.arguments
+        calls = delta.get("tool_calls")
+        if type(calls) is not list or len(calls) != 1 or type(calls[0]) is not dict:
+            return None
+        fragment = calls[0]
+        function = fragment.get("function")
+        index = fragment.get("index")
+        if (
+            "id" in fragment
+            or type(index) is not int
+            or type(function) is not dict
+            or "name" in function
+            or type(function.get("arguments")) is not str
+        ):
+            return None
+        self.argumentTries += 1
+        choices = chunk["choices"]
+        markedCall = {**fragment, "function": {**function, "arguments": _MARK}}
+        markedDelta = {"tool_calls": [markedCall]}
+        marked = {**chunk, "choices": [{**choices[0], "delta": markedDelta}, *choices[1:]]}
+        shape = _shapeOf(data, marked, function["arguments"])
+        self.arguments = None if shape is None else (*shape, index)
+        return self.arguments
+
+
+def _shapeOf(data: bytes, marked: dict[str, Any], value: str) -> tuple[bytes, bytes] | None:
+    """The bytes of `data` before and after its string `value`, where `marked` (what
+    `data` parsed to, `_MARK` in place of `value`) has the mark; None when `data`
+    is not, byte for byte, orjson's writing of what it parsed to.
+
+    The mark is found once in `marked` as orjson writes it, so what precedes it
+    ends where a JSON value begins. Any payload that is that prefix, a JSON
+    string (with whitespace around it or not), then that suffix is then the
+    same document with another string in that place: it parses to the same
+    chunk with that string (the prefix's and the suffix's tokens are unchanged,
+    and a string is read the same wherever it stands)."""
+    try:
+        written = orjson.dumps(marked)
+    except orjson.JSONEncodeError:
+        return None
+    at = written.find(_MARK_JSON)
+    if at == -1 or written.find(_MARK_JSON, at + 1) != -1:
+        return None  # (the mark elsewhere too: then which is the value's place?)
+    prefix, suffix = written[:at], written[at + len(_MARK_JSON) :]
+    if data != prefix + orjson.dumps(value) + suffix:
+        return None
+    return prefix, suffix
+
+
+def notJSON(data: bytes) -> ProxyError:
+    """A stream's `data:` payload that does not parse (the caller names the upstream)."""
+    return brokenAnswer(f"the stream holds a line that is not JSON: {data[:200]!r}")
 
 
 def streamError(chunk: dict[str, Any], contextWindow: int | None = None) -> ProxyError:
