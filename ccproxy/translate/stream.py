@@ -828,10 +828,7 @@ class _Shapes:
         `content`, once known."""
         if self.text is None and self.textTries < _SHAPE_TRIES:
             self.textTries += 1
-            choices = chunk["choices"]
-            markedDelta = {"content": _MARK}
-            marked = {**chunk, "choices": [{**choices[0], "delta": markedDelta}, *choices[1:]]}
-            self.text = _shapeOf(data, marked, content)
+            self.text = _shapeOf(data, chunk, {"content": _MARK}, content)
         return self.text
 
     def learnArguments(
@@ -858,19 +855,19 @@ class _Shapes:
         ):
             return None
         self.argumentTries += 1
-        choices = chunk["choices"]
         markedCall = {**fragment, "function": {**function, "arguments": _MARK}}
-        markedDelta = {"tool_calls": [markedCall]}
-        marked = {**chunk, "choices": [{**choices[0], "delta": markedDelta}, *choices[1:]]}
-        shape = _shapeOf(data, marked, function["arguments"])
+        shape = _shapeOf(data, chunk, {"tool_calls": [markedCall]}, function["arguments"])
         self.arguments = None if shape is None else (*shape, index)
         return self.arguments
 
 
-def _shapeOf(data: bytes, marked: dict[str, Any], value: str) -> tuple[bytes, bytes] | None:
+def _shapeOf(
+    data: bytes, chunk: dict[str, Any], markedDelta: dict[str, Any], value: str
+) -> tuple[bytes, bytes] | None:
     """The bytes of `data` before and after its string `value`, where `marked` (what
-    `data` parsed to, `_MARK` in place of `value`) has the mark; None when `data`
-    is not, byte for byte, orjson's writing of what it parsed to.
+    `data` parsed to, `chunk`, its first choice's delta made `markedDelta`: `_MARK`
+    in place of `value`) has the mark; None when `data` is not, byte for byte,
+    orjson's writing of what it parsed to.
 
     The mark is found once in `marked` as orjson writes it, so what precedes it
     ends where a JSON value begins. Any payload that is that prefix, a JSON
@@ -878,6 +875,8 @@ def _shapeOf(data: bytes, marked: dict[str, Any], value: str) -> tuple[bytes, by
     same document with another string in that place: it parses to the same
     chunk with that string (the prefix's and the suffix's tokens are unchanged,
     and a string is read the same wherever it stands)."""
+    choices = chunk["choices"]
+    marked = {**chunk, "choices": [{**choices[0], "delta": markedDelta}, *choices[1:]]}
     try:
         written = orjson.dumps(marked)
     except orjson.JSONEncodeError:
