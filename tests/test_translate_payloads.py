@@ -266,6 +266,17 @@ def test_aChunkNotWrittenAsOrjsonWouldShowsNoShape(first: bytes) -> None:
     same([first, first, orjson.dumps(T("b")), orjson.dumps(T("c"))])
 
 
+def test_aShapeTooLargeToKeepIsNotLearned() -> None:
+    """A shape lives as long as its stream: one of more than `_SHAPE_BYTES` (here a
+    chunk with a 5,000-character id) is not kept, and its chunks are read whole."""
+    first = orjson.dumps({**T("a"), "id": "x" * 5000})
+    translator = make()
+    translator.feedPayloads([first] * 5, [])
+    assert translator._shapes is not None
+    assert translator._shapes.text is None and translator._shapes.textTries == 3
+    same([first, orjson.dumps({**T("b"), "id": "x" * 5000})])
+
+
 def fragment(arguments: Any, index: Any = 0) -> dict[str, Any]:
     return C({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
 

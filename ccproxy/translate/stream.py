@@ -801,6 +801,11 @@ _SHAPE_TRIES = 3
 """Chunks read for a shape before giving up: a stream whose chunks differ in more
 than their text (a timestamp or a random pad in each) has none."""
 
+_SHAPE_BYTES = 4096
+"""The most a learned shape holds (its bytes before and after the string): it
+lives as long as its stream. Usual chunks hold a few hundred; one with a
+megabyte of id or fingerprint is read whole instead of kept for minutes."""
+
 _MARK = "\x00ccproxy\x00"
 _MARK_JSON = orjson.dumps(_MARK)
 
@@ -885,7 +890,7 @@ def _shapeOf(
     if at == -1 or written.find(_MARK_JSON, at + 1) != -1:
         return None  # (the mark elsewhere too: then which is the value's place?)
     prefix, suffix = written[:at], written[at + len(_MARK_JSON) :]
-    if data != prefix + orjson.dumps(value) + suffix:
+    if len(prefix) + len(suffix) > _SHAPE_BYTES or data != prefix + orjson.dumps(value) + suffix:
         return None
     return prefix, suffix
 
