@@ -580,8 +580,10 @@ class QuickHeaderChannel(HTTPChannel):
 
     Relies on: `HTTPChannel.headerReceived`'s steps, each kept: the line split at
     its first `:` (none: 400), the name canonicalized by `http_headers._nameEncoder`
-    (not a token: 400), the value stripped of spaces and tabs and refused with a
-    NUL, CR or LF (400), a `Content-Length` or `Transfer-Encoding` judged by
+    (its `_canonicalHeaderCache` first; not a token: 400), the value stripped of
+    spaces and tabs and refused with a NUL, CR or LF (400; none can be in a head
+    `readPlainHead` reads without a NUL byte), a `Content-Length` or
+    `Transfer-Encoding` judged by
     `_maybeChooseTransferDecoder`, and more than `maxHeaders` refused
     (`_receivedHeaderCount`, `_respondToBadRequestAndDisconnect`). Why: the value
     goes into the request's `Headers` (`_rawHeaders`) as `addRawHeader` would put
@@ -591,12 +593,14 @@ class QuickHeaderChannel(HTTPChannel):
     """
 
     def headerReceived(self, line: bytes) -> bool:
-        return self._headersReceived((line,), 0) == 1
+        return self._headersReceived((line,), 0, False) == 1
 
-    def _headersReceived(self, lines: Sequence[bytes], first: int) -> int:
+    def _headersReceived(self, lines: Sequence[bytes], first: int, clean: bool) -> int:
         """`headerReceived` of each of `lines` from `first` on, until one is
-        refused: its index (with its 400 sent), or `len(lines)`."""
+        refused: its index (with its 400 sent), or `len(lines)`. `clean`: no line
+        holds a NUL, CR or LF (no value is looked at for them)."""
         headers = self.requests[-1].requestHeaders._rawHeaders
+        known = _nameEncoder._canonicalHeaderCache
         encode = _nameEncoder.encode
         count = self._receivedHeaderCount
         most = self.maxHeaders
@@ -604,17 +608,21 @@ class QuickHeaderChannel(HTTPChannel):
             for at in range(first, len(lines)):
                 try:
                     name, value = lines[at].split(b":", 1)
-                    name = encode(name)
+                    name = known.get(name) or encode(name)  # (encode's first step, inline)
                 except ValueError:  # no colon, or a name that is no token (InvalidHeaderName)
                     self._respondToBadRequestAndDisconnect()
                     return at
                 value = value.strip(b" \t")
-                if len(value.translate(None, b"\x00\r\n")) != len(value):
+                if not clean and len(value.translate(None, b"\x00\r\n")) != len(value):
                     self._respondToBadRequestAndDisconnect()
                     return at
                 if name in _FRAMING and not self._maybeChooseTransferDecoder(name, value):
                     return at
-                headers.setdefault(name, []).append(value)
+                kept = headers.get(name)
+                if kept is None:
+                    headers[name] = [value]
+                else:
+                    kept.append(value)
                 count += 1
                 if count > most:
                     self._respondToBadRequestAndDisconnect()
@@ -678,23 +686,23 @@ class QuickHeaderChannel(HTTPChannel):
         self._busyReceiving = True
         self._buffer = data[end + 4 :]
         try:
-            goOn = self._readLines(data, lines)
+            goOn = self._readLines(data, head, lines)
         finally:
             self._busyReceiving = False
         if goOn:
             LineReceiver.dataReceived(self, b"")  # the rest of the read, in the head's mode
         return True
 
-    def _readLines(self, data: bytes, lines: list[bytes]) -> bool:
-        """The head `lines` of `data` (no limit reached, none folded) as
-        `LineReceiver` hands them to `lineReceived`; whether its loop goes on with
-        what `_buffer` holds."""
+    def _readLines(self, data: bytes, head: bytes, lines: list[bytes]) -> bool:
+        """The lines of `head`, which `data` begins with (no limit reached, none
+        folded), as `LineReceiver` hands them to `lineReceived`; whether its loop
+        goes on with what `_buffer` holds."""
         self.lineReceived(lines[0])
         if not hasattr(self, "_command") or self.transport.disconnecting:
             # Refused (a bad request line: 400): what follows is Twisted's to read.
             self._buffer = data[len(lines[0]) + 2 :]
             return not (self.transport and self.transport.disconnecting)
-        refused = self._headersReceived(lines, 1)
+        refused = self._headersReceived(lines, 1, b"\x00" not in head)
         if refused < len(lines):
             # As Twisted leaves it: the refused line was taken when the next one came.
             after = refused + 2
@@ -705,7 +713,7 @@ class QuickHeaderChannel(HTTPChannel):
             else:  # the last one: the head does not end
                 self._HTTPChannel__header = lines[refused]
             return not (self.transport and self.transport.disconnecting)
-        self._receivedHeaderSize += sum(map(len, lines)) - len(lines[0])
+        self._receivedHeaderSize += len(head) - 2 * (len(lines) - 1) - len(lines[0])
         self.lineReceived(b"")  # the head's end: allHeadersReceived, and on
         return not (self.transport and self.transport.disconnecting)
 
