@@ -726,7 +726,8 @@ class QuickProcessRequest(_SiteRequest):
     the channel; `Server` set to `twisted.web.server.version` and `Date` to
     `http.datetimeToString()` (now, to the second), as `setHeader` sets them (the
     canonical name, one value, replacing any); `prepath` empty and `postpath` the
-    path's segments unquoted (`http.unquote`); a path of `*` to `_handleStar`;
+    path's segments unquoted (`http.unquote`, `urllib.parse.unquote_to_bytes`,
+    which returns a segment without `%` as it is); a path of `*` to `_handleStar`;
     the resource from `site.getResourceFor`, its encoder taken when it provides
     `resource._IEncodingResource`; then `render`, and any exception to
     `processingFailed`. Why: `setHeader` canonicalizes the name and sanitizes the
@@ -740,7 +741,9 @@ class QuickProcessRequest(_SiteRequest):
         headers[b"Server"] = [_serverVersion]
         headers[b"Date"] = [_httpDate()]
         self.prepath = []
-        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        segments = self.path[1:].split(b"/")
+        # `unquote` returns a segment without a `%` as it is: not called for each
+        self.postpath = list(map(unquote, segments)) if b"%" in self.path else segments
         if self.path == b"*":
             self._handleStar()
             return
