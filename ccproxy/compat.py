@@ -592,6 +592,42 @@ class QuickHeaderChannel(HTTPChannel):
     through the transfer decoder's choice (it returns at once for the others).
     """
 
+    __slots__ = ("_holdTimer",)
+
+    def __init__(self) -> None:
+        self._holdTimer = False
+        super().__init__()
+
+    def allContentReceived(self) -> None:
+        """Twisted's, the idle timer held while the request is served (`setTimeout`).
+
+        Relies on: `HTTPChannel.allContentReceived` pausing the idle timer with
+        `setTimeout(None)` first, when `timeOut` is set, and `requestDone` setting it
+        back with `setTimeout(_savedTimeOut)` (TimeoutMixin: a pending call `reset`,
+        else a new one from `callLater`); `resetTimeout` doing nothing while
+        `timeOut` is None; the timer's call (`__timedOut`) forgetting it and calling
+        `timeoutConnection`. Why: Twisted cancels the connection's timer as each
+        request is read and makes another as it ends; held, it is pushed later once
+        (`reset`), and a held timer that comes due while the request is served is
+        ignored, as a cancelled one would have been. A timer paused any other way
+        (`connectionLost`) is cancelled as Twisted cancels it."""
+        if self.timeOut:
+            self._holdTimer = True
+        HTTPChannel.allContentReceived(self)
+
+    def setTimeout(self, period: float | None) -> float | None:
+        if self._holdTimer:
+            self._holdTimer = False
+            if period is None and self._TimeoutMixin__timeoutCall is not None:
+                held, self.timeOut = self.timeOut, None
+                return held  # type: ignore[no-any-return]
+        return HTTPChannel.setTimeout(self, period)  # type: ignore[no-any-return]
+
+    def timeoutConnection(self) -> None:
+        if self.timeOut is None:
+            return  # a held timer, due while a request is served (`allContentReceived`)
+        HTTPChannel.timeoutConnection(self)
+
     def headerReceived(self, line: bytes) -> bool:
         return self._headersReceived((line,), 0, False) == 1
 
