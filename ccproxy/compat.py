@@ -40,7 +40,7 @@ from twisted.web.client import (
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
-from twisted.web.http import HTTPChannel, datetimeToString, unquote
+from twisted.web.http import NO_BODY_CODES, HTTPChannel, datetimeToString, toChunk, unquote
 from twisted.web.http_headers import Headers, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 from twisted.web.resource import _IEncodingResource
@@ -792,6 +792,72 @@ class QuickProcessRequest(_SiteRequest):
             self.render(resrc)
         except BaseException:
             self.processingFailed(Failure())
+
+    def write(self, data: bytes) -> None:
+        """`server.Request.write`, a plain answer's writes made here: its head and
+        first bytes handed to the channel in one `writeSequence`.
+
+        Relies on: `server.Request.write` giving the answer a `Content-Type` of
+        `defaultContentType` on its first write when it has none (not for a 204
+        or 304, nor with a `Content-Length` of 0), then, unless `_inFakeHead`,
+        encoding the bytes with `_encoder` and calling `http.Request.write`; that
+        refusing a write after `finished` (RuntimeError) and dropping one after
+        `_disconnected`, and on the first (`startedWriting`) choosing chunked
+        framing for an HTTP/1.1 answer without `Content-Length` (`chunked`, a
+        `Transfer-Encoding: chunked` header), adding `Last-Modified`, `ETag` and
+        `Set-Cookie` headers, writing the head with the channel's `writeHeaders`
+        (the status line, then each value of `responseHeaders` in order) and
+        writing nothing more for a HEAD request or a 204 or 304 answer; then
+        adding to `sentLength` and writing the bytes (`toChunk`'s pieces when
+        chunked) with the channel's `write` or `writeSequence`, which pass them to
+        the transport as they are. Every other case (an encoder, a HEAD request, a
+        204 or 304, a date, an etag, cookies, a finished or lost request) is
+        Twisted's own. Why: three calls, five header lookups and two transport
+        writes for a head and its body that go out together.
+        """
+        if self._encoder is not None or self._inFakeHead or self.finished or self._disconnected:
+            _SiteRequest.write(self, data)
+            return
+        if self.startedWriting:
+            self.sentLength = self.sentLength + len(data)
+            if data:
+                if self.chunked:
+                    self.channel.writeSequence(toChunk(data))
+                else:
+                    self.channel.write(data)
+            return
+        code = self.code
+        if (
+            code in NO_BODY_CODES
+            or self.method == b"HEAD"
+            or self.lastModified is not None
+            or self.etag is not None
+            or self.cookies
+        ):
+            _SiteRequest.write(self, data)
+            return
+        headers = self.responseHeaders._rawHeaders
+        length = headers.get(b"Content-Length")
+        if b"Content-Type" not in headers and self.defaultContentType is not None:
+            if not (length and length[0] == b"0"):
+                self.responseHeaders.setRawHeaders(b"Content-Type", [self.defaultContentType])
+        self.startedWriting = 1
+        version = self.clientproto
+        if version == b"HTTP/1.1" and length is None:
+            headers[b"Transfer-Encoding"] = [b"chunked"]
+            self.chunked = 1
+        lines = [version, b" ", b"%d" % (code,), b" ", self.code_message, b"\r\n"]
+        for name, values in headers.items():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self.sentLength = self.sentLength + len(data)
+        if data:
+            if self.chunked:
+                lines.extend(toChunk(data))
+            else:
+                lines.append(data)
+        self.channel.writeSequence(lines)
 
 
 _dated: list[Any] = [None, b""]
