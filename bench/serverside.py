@@ -112,6 +112,15 @@ def _site() -> tuple[Any, ProxyApp, MemoryReactorClock]:
     return ProxySite.serving(app, reactor), app, reactor
 
 
+def _connected(site: Any) -> tuple[Any, StringTransport]:
+    """A client's connection into `site`, on a `StringTransport`."""
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(peer)
+    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
 def _request(stream: bool = False) -> bytes:
     body = corpus.bodies(1, 40, 40, stream=stream)[0]
     headers = {**corpus.HEADERS, "X-Api-Key": "k", "Authorization": "Bearer k"}
@@ -122,10 +131,7 @@ def _request(stream: bool = False) -> bytes:
 
 def request(parts: bool = False) -> None:
     site, _, _ = _site()
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(peer)
-    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
-    channel.makeConnection(transport)
+    channel, transport = _connected(site)
     data = _request()
     end = data.find(b"\r\n\r\n") + 4
     head, body = data[:end], data[end:]
@@ -173,10 +179,7 @@ def bareRequest() -> Any:
         return jsonReply(request, answer)
 
     site.resource._routes[(b"POST", b"/v1/messages")] = handler
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(peer)
-    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
-    channel.makeConnection(transport)
+    channel, transport = _connected(site)
     data = _request()
 
     def once() -> None:
@@ -254,10 +257,7 @@ def pooledRequest() -> Any:
     app.accessLog.ledger = rows
     endpoint = Connected()
     app.dispatcher.client.http = PooledClient(UpstreamPool(reactor, 20), endpoint)
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(peer)
-    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
-    channel.makeConnection(transport)
+    channel, transport = _connected(site)
     data = _request()
 
     def once() -> float:
