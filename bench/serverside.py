@@ -1,12 +1,13 @@
 """In-process micro-benchmarks of ccproxy's HTTP server side (issue 18).
 
-    python -m bench.serverside [request|head|pooled|stream|nginx|peer|newid|accesslog ...]
+    python -m bench.serverside [request|head|bare|pooled|stream|nginx|peer|newid|accesslog ...]
 
 `request`: one non-streaming `POST /v1/messages` (a 40 KB Claude Code body in one
 read) through a real `ProxySite`/`ProxyChannel` on a `StringTransport`, the
 upstream a stub that answers at once, the access log through the global log
 publisher to the daemon's text observer on /dev/null: CPU per request, from the
-head's bytes to the answer's. `head`: the same request's head alone. `pooled`: the same request
+head's bytes to the answer's. `head`: the same request's head alone. `bare`: the same
+request, its handler answering at once: the server side alone. `pooled`: the same request
 through the daemon's own upstream client (`PooledClient` on an `UpstreamPool`,
 its kept-alive connection a `compat.ClientProtocol` on a `StringTransport`), the
 upstream answering as the reference harness's nginx does (head and JSON body,
@@ -111,6 +112,15 @@ def _site() -> tuple[Any, ProxyApp, MemoryReactorClock]:
     return ProxySite.serving(app, reactor), app, reactor
 
 
+def _connected(site: Any) -> tuple[Any, StringTransport]:
+    """A client's connection into `site`, on a `StringTransport`."""
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(peer)
+    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
 def _request(stream: bool = False) -> bytes:
     body = corpus.bodies(1, 40, 40, stream=stream)[0]
     headers = {**corpus.HEADERS, "X-Api-Key": "k", "Authorization": "Bearer k"}
@@ -121,10 +131,7 @@ def _request(stream: bool = False) -> bytes:
 
 def request(parts: bool = False) -> None:
     site, _, _ = _site()
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(peer)
-    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
-    channel.makeConnection(transport)
+    channel, transport = _connected(site)
     data = _request()
     end = data.find(b"\r\n\r\n") + 4
     head, body = data[:end], data[end:]
@@ -153,6 +160,46 @@ def request(parts: bool = False) -> None:
             transport.clear()
         best = min(best, spent / 2000 * 1e6)
     print(f"head: {best:.1f} us per request head (line parsing, Request, judging)")
+
+
+def bareRequest() -> Any:
+    """`bare`'s request, ready: a call serves one. The server side alone: the
+    request's head read, its `Request` made and judged, its body read, routed by
+    `HotRoute`, answered (three headers set as `jsonReply` sets them, a 1 KB JSON
+    body) and finished, the kept-alive channel ready for the next; the handler
+    answers at once, without translating or calling any upstream."""
+    from ccproxy.web.call import jsonReply
+
+    site, _, _ = _site()
+    answer = {"id": "msg_1", "type": "message", "content": [{"type": "text", "text": "x" * 900}]}
+
+    async def handler(request: Any) -> bytes:
+        request.content.read()
+        request.setHeader(b"request-id", b"req_0123456789abcdef")
+        return jsonReply(request, answer)
+
+    site.resource._routes[(b"POST", b"/v1/messages")] = handler
+    channel, transport = _connected(site)
+    data = _request()
+
+    def once() -> None:
+        channel.dataReceived(data)
+        transport.clear()
+
+    once()
+    channel.dataReceived(data)
+    assert transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:300]
+    assert transport.value().endswith(b"x" * 900 + b'"}]}')
+    transport.clear()
+    return once
+
+
+def bare() -> None:
+    """The server side of a non-streaming request alone (`bareRequest`)."""
+    once = bareRequest()
+    gc.collect()
+    gc.freeze()
+    print(f"bare: {_best(once, 5000):.1f} us per request (server side alone)")
 
 
 JSON_ANSWER = (
@@ -210,10 +257,7 @@ def pooledRequest() -> Any:
     app.accessLog.ledger = rows
     endpoint = Connected()
     app.dispatcher.client.http = PooledClient(UpstreamPool(reactor, 20), endpoint)
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(peer)
-    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 8082), peer)
-    channel.makeConnection(transport)
+    channel, transport = _connected(site)
     data = _request()
 
     def once() -> float:

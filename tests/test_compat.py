@@ -1062,6 +1062,8 @@ def test_a_request_is_processed_as_twisteds_site_request_processes_it() -> None:
     for method, path in [
         (b"POST", b"/v1/messages"),
         (b"GET", b"/v1/a%20b/c%2Fd/"),
+        (b"GET", b"//v1//%/x%"),
+        (b"GET", b"/"),
         (b"GET", b"/gz/x"),
         (b"GET", b"/broken"),
         (b"GET", b"/missing"),

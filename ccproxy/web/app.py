@@ -610,10 +610,18 @@ class HotRoute(KleinResource):
         # One notification (a Deferred and its callbacks live as long as the request:
         # a stream's minutes) both notes the end and cancels the handler on a cut.
         request.notifyFinish().addBoth(_ended, finished, work)
-        work.addErrback(self._failure, request, finished)
-        work.addCallback(_answer, request, finished)
-        work.addErrback(_unhandled)
+        work.addBoth(self._settle, request, finished)  # one callback, not a chain of three
         return NOT_DONE_YET
+
+    def _settle(self, result: object, request: IRequest, finished: list[object]) -> None:
+        """The handler's bytes, or what its failure makes (`_failure`), on the wire
+        (`_answer`); an exception on the way is logged."""
+        try:
+            if isinstance(result, Failure):
+                result = self._failure(result, request, finished)
+            _answer(result, request, finished)  # type: ignore[arg-type]
+        except BaseException:
+            self.log.failure("Unhandled error writing an answer")
 
     def _failure(self, failure: Failure, request: IRequest, finished: list[object]) -> bytes | None:
         if finished:  # nobody to answer
@@ -629,10 +637,6 @@ def _ended(result: object, finished: list[object], work: Deferred[Any]) -> None:
     finished.append(result)
     if isinstance(result, Failure):
         work.cancel()
-
-
-def _unhandled(failure: Failure) -> None:
-    HotRoute.log.failure("Unhandled error writing an answer", failure)
 
 
 def _answer(result: bytes | None, request: IRequest, finished: list[object]) -> None:

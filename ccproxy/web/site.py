@@ -302,13 +302,19 @@ class ProxyChannel(QuickHeaderChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._awaitingHeaders:
             end = data.find(b"\r\n\r\n")
-            if end == -1 and self._headerTimer is None and not self._closedByUs:
-                # Only for a head not read whole: one read whole (nearly always) ends
-                # the wait in this call, and a cancelled timer stays in the reactor's
-                # queue until it would have been due (some 300 bytes a request).
-                timeout = self.site.config().headerTimeout
-                self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
-            if end != -1 and len(data) > SPLIT_FROM:
+            if end == -1:
+                if self._headerTimer is None and not self._closedByUs:
+                    # Only for a head not read whole: one read whole (nearly always)
+                    # ends the wait in this call, and a cancelled timer stays in the
+                    # reactor's queue until it would have been due (some 300 bytes a
+                    # request).
+                    timeout = self.site.config().headerTimeout
+                    self._headerTimer = self.callLater(timeout, self._headersLate, timeout)
+            elif self.readPlainHead(data, end):  # the read taken, head and rest
+                if self.requests:
+                    self.requests[-1].bodyStillComing()
+                return
+            elif len(data) > SPLIT_FROM:
                 # twisted.web's line reader copies the rest of its buffer for each line
                 # it takes off: a request's twenty header lines read together with its
                 # 50 KB body copied the body twenty times (4-5% of a request's CPU).
