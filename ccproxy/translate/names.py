@@ -153,20 +153,30 @@ def _requestNames(body: Any) -> set[str]:
     tools = body.get("tools")
     if isinstance(tools, list):
         for tool in tools:
-            name = tool.get("name") if isinstance(tool, dict) else None
+            try:
+                name = tool.get("name")
+            except AttributeError:  # no object (cheaper than an isinstance per tool)
+                continue
             if isinstance(name, str):
                 names.add(name)
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
+            try:
+                content = message.get("content")
+            except AttributeError:
+                continue
             if not isinstance(content, list):
                 continue
             for block in content:
-                if isinstance(block, dict) and block.get("type") == "tool_use":
-                    name = block.get("name")
-                    if isinstance(name, str):
-                        names.add(name)
+                try:
+                    if block.get("type") != "tool_use":
+                        continue
+                except AttributeError:
+                    continue
+                name = block.get("name")
+                if isinstance(name, str):
+                    names.add(name)
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "tool":
         if isinstance(choice.get("name"), str):
