@@ -269,7 +269,7 @@ def outcome(body: Any) -> bytes:
                 )
                 names = plan.rendering.names
                 made = plan.bodyFor(upstream, target)
-                mapping = sorted(names._up.items())
+                mapping = sorted(names.up.items())
                 parts.append(
                     made
                     + orjson.dumps([mapping, sorted(plan.rendering.serverTools), names.renamed])

@@ -74,7 +74,10 @@ def _stem(name: str) -> str:
 class ToolNames:
     """The names of one request's tools, both ways: client <-> upstream."""
 
-    _up: Mapping[str, str] = field(factory=dict)
+    up: Mapping[str, str] = field(factory=dict)
+    """The upstream name of each of the request's names. Read directly by the
+    request translator's loops (a `toUpstream` call per tool and per call cost
+    more than the lookup); `toUpstream` answers for any name."""
     _down: Mapping[str, str] = field(factory=dict)
 
     @classmethod
@@ -120,11 +123,11 @@ class ToolNames:
     @property
     def renamed(self) -> bool:
         """Whether any name differs upstream (if not, nothing needs translating)."""
-        return any(name != short for name, short in self._up.items())
+        return any(name != short for name, short in self.up.items())
 
     def toUpstream(self, name: str) -> str:
         """The name to send upstream for a client name."""
-        short = self._up.get(name)
+        short = self.up.get(name)
         if short is not None:
             return short
         return name if isValidName(name) else shortName(name)

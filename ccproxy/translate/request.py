@@ -533,10 +533,13 @@ def _toolCall(block: dict[str, Any], i: int, j: int, names: ToolNames) -> dict[s
         encoded = orjson.dumps(arguments).decode()
     except orjson.JSONEncodeError:
         raise invalidRequest(f"{_blockPath(i, j)}.input: nested too deeply to forward") from None
+    upstreamName = names.up.get(name)
+    if upstreamName is None:
+        upstreamName = names.toUpstream(name)
     return {
         "id": callId,
         "type": "function",
-        "function": {"name": names.toUpstream(name), "arguments": encoded},
+        "function": {"name": upstreamName, "arguments": encoded},
     }
 
 
@@ -643,7 +646,7 @@ def _tools(
     serverTools: list[str] = []
     # One budget for all the tools (the request's work is bounded), for Gemini only.
     budget = SchemaBudget() if profile.schema == "gemini" else None
-    toUpstream = names.toUpstream
+    toUpstream, up = names.toUpstream, names.up
     for tool in tools:
         try:
             kind = tool.get("type")
@@ -677,11 +680,14 @@ def _tools(
                 schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
+        upstreamName = up.get(name)
+        if upstreamName is None:
+            upstreamName = toUpstream(name)
         description = tool.get("description")
         if isinstance(description, str) and description:
-            function = {"name": toUpstream(name), "description": description, "parameters": schema}
+            function = {"name": upstreamName, "description": description, "parameters": schema}
         else:
-            function = {"name": toUpstream(name), "parameters": schema}
+            function = {"name": upstreamName, "parameters": schema}
         out.append({"type": "function", "function": function})
     return out, serverTools
 
