@@ -25,7 +25,7 @@ as its call and the call's answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import orjson
@@ -43,6 +43,9 @@ MAX_STOP_SEQUENCES = 4
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _NO_RESULT = "No result was returned for this tool call."
 _NONE_OPEN: frozenset[str] = frozenset()
+_NO_CALLS: tuple[str, ...] = ()
+_NO_THINKING: list[dict[str, Any]] = []
+"""An assistant turn's thinking blocks when it has none (shared: never added to)."""
 _NO_INPUT: dict[str, Any] = {}
 """A tool call's input when its block has none (shared, only ever encoded)."""
 _GEMINI_SCHEMAS = GeminiSchemas()
@@ -221,7 +224,7 @@ class _MessageWriter:
         self.system: list[dict[str, Any]] = []
         """System texts as text parts (with their cache_control when passed through)."""
         self.out: list[dict[str, Any]] = []
-        self._openCalls: list[str] = []
+        self._openCalls: Sequence[str] = _NO_CALLS
         """Ids of the tool calls the last assistant message made, in call order."""
         self._openIds: Collection[str] = _NONE_OPEN
         """The same ids, to match each tool_result in constant time: a turn may
@@ -304,7 +307,7 @@ class _MessageWriter:
 
     def _assistant(self, content: str | list[Any], i: int) -> None:
         texts: list[str] = []
-        thinking: list[dict[str, Any]] = []
+        thinking: list[dict[str, Any]] = _NO_THINKING  # a list made only for one
         calls: list[dict[str, Any]] = []
         if isinstance(content, str):
             texts.append(content)
@@ -323,6 +326,8 @@ class _MessageWriter:
                     calls.append(_toolCall(block, i, j, self.names))
                     self.loaded.add(block["name"])
                 elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                    if thinking is _NO_THINKING:
+                        thinking = []
                     thinking.append(block)
                 elif kind == "server_tool_use" and str(block.get("name")).startswith(
                     "tool_search_tool"
@@ -332,7 +337,7 @@ class _MessageWriter:
                     # ccproxy's own tool search (or Anthropic's) answered inside the
                     # turn: the call and its answer, then the turn goes on.
                     self._assistantMessage(texts, thinking, calls)
-                    texts, thinking, calls = [], [], []
+                    texts, thinking, calls = [], _NO_THINKING, []
                     where = _blockPath(i, j)
                     callId = _require(block, "tool_use_id", str, "a string", where)
                     text, found = resultText(block, self.names.toUpstream)
@@ -369,7 +374,7 @@ class _MessageWriter:
             self._openCalls = [c["id"] for c in calls]
             self._openIds = set(self._openCalls)
         else:
-            self._openCalls, self._openIds = [], _NONE_OPEN
+            self._openCalls, self._openIds = _NO_CALLS, _NONE_OPEN
 
     def _user(self, content: str | list[Any], i: int) -> None:
         if isinstance(content, str):
@@ -442,7 +447,7 @@ class _MessageWriter:
             self.out.append(
                 {"role": "tool", "tool_call_id": callId, "content": results.get(callId, _NO_RESULT)}
             )
-        self._openCalls = []
+        self._openCalls = _NO_CALLS
         self._openIds = _NONE_OPEN
 
     def _userMessage(self, parts: list[dict[str, Any]]) -> None:
