@@ -74,7 +74,10 @@ def _stem(name: str) -> str:
 class ToolNames:
     """The names of one request's tools, both ways: client <-> upstream."""
 
-    _up: Mapping[str, str] = field(factory=dict)
+    up: Mapping[str, str] = field(factory=dict)
+    """The upstream name of each of the request's names. Read directly by the
+    request translator's loops (a `toUpstream` call per tool and per call cost
+    more than the lookup); `toUpstream` answers for any name."""
     _down: Mapping[str, str] = field(factory=dict)
 
     @classmethod
@@ -120,11 +123,11 @@ class ToolNames:
     @property
     def renamed(self) -> bool:
         """Whether any name differs upstream (if not, nothing needs translating)."""
-        return any(name != short for name, short in self._up.items())
+        return any(name != short for name, short in self.up.items())
 
     def toUpstream(self, name: str) -> str:
         """The name to send upstream for a client name."""
-        short = self._up.get(name)
+        short = self.up.get(name)
         if short is not None:
             return short
         return name if isValidName(name) else shortName(name)
@@ -153,20 +156,30 @@ def _requestNames(body: Any) -> set[str]:
     tools = body.get("tools")
     if isinstance(tools, list):
         for tool in tools:
-            name = tool.get("name") if isinstance(tool, dict) else None
+            try:
+                name = tool.get("name")
+            except AttributeError:  # no object (cheaper than an isinstance per tool)
+                continue
             if isinstance(name, str):
                 names.add(name)
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
+            try:
+                content = message.get("content")
+            except AttributeError:
+                continue
             if not isinstance(content, list):
                 continue
             for block in content:
-                if isinstance(block, dict) and block.get("type") == "tool_use":
-                    name = block.get("name")
-                    if isinstance(name, str):
-                        names.add(name)
+                try:
+                    if block.get("type") != "tool_use":
+                        continue
+                except AttributeError:
+                    continue
+                name = block.get("name")
+                if isinstance(name, str):
+                    names.add(name)
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "tool":
         if isinstance(choice.get("name"), str):

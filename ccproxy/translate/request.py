@@ -25,7 +25,7 @@ as its call and the call's answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import orjson
@@ -43,6 +43,11 @@ MAX_STOP_SEQUENCES = 4
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _NO_RESULT = "No result was returned for this tool call."
 _NONE_OPEN: frozenset[str] = frozenset()
+_NO_CALLS: tuple[str, ...] = ()
+_NO_THINKING: list[dict[str, Any]] = []
+"""An assistant turn's thinking blocks when it has none (shared: never added to)."""
+_NO_INPUT: dict[str, Any] = {}
+"""A tool call's input when its block has none (shared, only ever encoded)."""
 _GEMINI_SCHEMAS = GeminiSchemas()
 """The reduced tool schemas of this process's requests (see `GeminiSchemas`)."""
 THINKING_BLOCKS = "thinking_blocks"
@@ -72,8 +77,13 @@ def toOpenAI(
     """
     if not isinstance(body, dict):
         raise invalidRequest("the request body must be a JSON object")
-    _require(body, "model", str, "a string")
-    messages = _require(body, "messages", list, "a list of messages")
+    # Each check's helper runs only to word its refusal (a call per field and
+    # request added up): so for the fields below.
+    if not isinstance(body.get("model"), str):
+        _require(body, "model", str, "a string")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        _require(body, "messages", list, "a list of messages")
     if not messages:
         raise invalidRequest("messages: must hold at least one message")
 
@@ -93,9 +103,11 @@ def toOpenAI(
     cap = MAX_TOKENS_CEILING if profile.maxTokens is None else profile.maxTokens
     out[profile.maxTokensParam] = min(maxTokens, cap)
 
-    stop = _stopSequences(body.get("stop_sequences"))
-    if stop:
-        out["stop"] = stop[:MAX_STOP_SEQUENCES]
+    stop = body.get("stop_sequences")
+    if stop is not None:
+        stop = _stopSequences(stop)
+        if stop:
+            out["stop"] = stop[:MAX_STOP_SEQUENCES]
     for key in ("temperature", "top_p"):
         value = body.get(key)
         if value is not None:
@@ -103,17 +115,21 @@ def toOpenAI(
                 raise invalidRequest(f"{key}: must be a number")
             if profile.sendTemperature:
                 out[key] = value
-    user = _metadataUser(body.get("metadata"))
-    if user:
-        out["user"] = user
+    metadata = body.get("metadata")
+    if metadata is not None:
+        user = _metadataUser(metadata)
+        if user:
+            out["user"] = user
     if cacheKey is not None and profile.promptCacheKey:
         out["prompt_cache_key"] = cacheKey
 
     tools, serverTools = _tools(body.get("tools"), profile, names, writer.loaded, body)
     if tools:
         out["tools"] = tools
-        _toolChoice(body.get("tool_choice"), out, names)
-    if any(kind.startswith("web_search") for kind in serverTools):
+        choice = body.get("tool_choice")
+        if choice is not None:
+            _toolChoice(choice, out, names)
+    if serverTools and any(kind.startswith("web_search") for kind in serverTools):
         _webSearch(profile, out)
     if profile.reasoning == "reasoning_effort":
         effort = reasoningEffort(body.get("thinking"), body.get("output_config"))
@@ -128,7 +144,8 @@ def toOpenAI(
     out["stream"] = stream
     if stream and profile.streamUsage:
         out["stream_options"] = {"include_usage": True}
-    out.update(profile.extraBody)
+    if profile.extraBody:
+        out.update(profile.extraBody)
     return out
 
 
@@ -207,7 +224,7 @@ class _MessageWriter:
         self.system: list[dict[str, Any]] = []
         """System texts as text parts (with their cache_control when passed through)."""
         self.out: list[dict[str, Any]] = []
-        self._openCalls: list[str] = []
+        self._openCalls: Sequence[str] = _NO_CALLS
         """Ids of the tool calls the last assistant message made, in call order."""
         self._openIds: Collection[str] = _NONE_OPEN
         """The same ids, to match each tool_result in constant time: a turn may
@@ -222,11 +239,14 @@ class _MessageWriter:
         names them: formatting them for every block of every request cost a fifth
         of the translation."""
         for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise invalidRequest(f"messages.{i}: must be an object with role and content")
-            role = message.get("role")
+            try:
+                role = message.get("role")
+            except AttributeError:  # no object: cheaper than an isinstance per message
+                raise invalidRequest(
+                    f"messages.{i}: must be an object with role and content"
+                ) from None
             content = message.get("content")
-            if not isinstance(content, (str, list)):
+            if not isinstance(content, list) and not isinstance(content, str):  # (no tuple made)
                 raise invalidRequest(f"messages.{i}.content: must be a string or a list of blocks")
             if role == "assistant":
                 if self._openCalls:
@@ -287,13 +307,16 @@ class _MessageWriter:
 
     def _assistant(self, content: str | list[Any], i: int) -> None:
         texts: list[str] = []
-        thinking: list[dict[str, Any]] = []
+        thinking: list[dict[str, Any]] = _NO_THINKING  # a list made only for one
         calls: list[dict[str, Any]] = []
         if isinstance(content, str):
             texts.append(content)
         else:
             for j, block in enumerate(content):
-                kind = block.get("type") if isinstance(block, dict) else None
+                try:
+                    kind = block.get("type")
+                except AttributeError:  # not an object (see `_kindOf`)
+                    kind = None
                 if kind == "text":
                     text = block.get("text")
                     if not isinstance(text, str):
@@ -303,6 +326,8 @@ class _MessageWriter:
                     calls.append(_toolCall(block, i, j, self.names))
                     self.loaded.add(block["name"])
                 elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                    if thinking is _NO_THINKING:
+                        thinking = []
                     thinking.append(block)
                 elif kind == "server_tool_use" and str(block.get("name")).startswith(
                     "tool_search_tool"
@@ -312,7 +337,7 @@ class _MessageWriter:
                     # ccproxy's own tool search (or Anthropic's) answered inside the
                     # turn: the call and its answer, then the turn goes on.
                     self._assistantMessage(texts, thinking, calls)
-                    texts, thinking, calls = [], [], []
+                    texts, thinking, calls = [], _NO_THINKING, []
                     where = _blockPath(i, j)
                     callId = _require(block, "tool_use_id", str, "a string", where)
                     text, found = resultText(block, self.names.toUpstream)
@@ -349,7 +374,7 @@ class _MessageWriter:
             self._openCalls = [c["id"] for c in calls]
             self._openIds = set(self._openCalls)
         else:
-            self._openCalls, self._openIds = [], _NONE_OPEN
+            self._openCalls, self._openIds = _NO_CALLS, _NONE_OPEN
 
     def _user(self, content: str | list[Any], i: int) -> None:
         if isinstance(content, str):
@@ -361,7 +386,10 @@ class _MessageWriter:
         parts: list[dict[str, Any]] = []
         resultParts: list[dict[str, Any]] = []
         for j, block in enumerate(content):
-            kind = block.get("type") if isinstance(block, dict) else None
+            try:
+                kind = block.get("type")
+            except AttributeError:  # not an object (see `_kindOf`)
+                kind = None
             if kind == "tool_result":
                 callId, text = block.get("tool_use_id"), block.get("content")
                 isError = block.get("is_error")
@@ -419,7 +447,7 @@ class _MessageWriter:
             self.out.append(
                 {"role": "tool", "tool_call_id": callId, "content": results.get(callId, _NO_RESULT)}
             )
-        self._openCalls = []
+        self._openCalls = _NO_CALLS
         self._openIds = _NONE_OPEN
 
     def _userMessage(self, parts: list[dict[str, Any]]) -> None:
@@ -503,17 +531,20 @@ def _toolCall(block: dict[str, Any], i: int, j: int, names: ToolNames) -> dict[s
     if not isinstance(callId, str) or not isinstance(name, str):
         _require(block, "id", str, "a string", _blockPath(i, j))
         _require(block, "name", str, "a string", _blockPath(i, j))
-    arguments = block.get("input", {})
+    arguments = block.get("input", _NO_INPUT)
     if not isinstance(arguments, dict):
         raise invalidRequest(f"{_blockPath(i, j)}.input: must be an object")
     try:
         encoded = orjson.dumps(arguments).decode()
     except orjson.JSONEncodeError:
         raise invalidRequest(f"{_blockPath(i, j)}.input: nested too deeply to forward") from None
+    upstreamName = names.up.get(name)
+    if upstreamName is None:
+        upstreamName = names.toUpstream(name)
     return {
         "id": callId,
         "type": "function",
-        "function": {"name": names.toUpstream(name), "arguments": encoded},
+        "function": {"name": upstreamName, "arguments": encoded},
     }
 
 
@@ -586,12 +617,16 @@ def _systemParts(system: Any, path: str) -> list[dict[str, Any]]:
     if not isinstance(system, list):
         raise invalidRequest(f"{path}: must be a string or a list of text blocks")
     parts = []
-    for i, block in enumerate(system):
-        where = f"{path}.{i}"
-        kind = _blockType(block, where)
-        if kind != "text":
-            raise invalidRequest(f"{where}.type: system blocks must be text")
-        text = _blockText(block, where)
+    for block in system:
+        try:
+            kind, text = block.get("type"), block.get("text")
+        except AttributeError:
+            kind = text = None
+        if kind != "text" or not isinstance(text, str):  # a 400, its path spelled out
+            where = f"{path}.{_indexOf(system, block)}"
+            if _blockType(block, where) != "text":
+                raise invalidRequest(f"{where}.type: system blocks must be text")
+            text = _blockText(block, where)
         if text.strip():
             part = _textPart(text)
             if isinstance(block.get("cache_control"), dict):
@@ -609,17 +644,19 @@ def _tools(
         return [], []
     if not isinstance(tools, list):
         raise invalidRequest("tools: must be a list")
-    chosen = _chosen(body.get("tool_choice"))
+    choice = body.get("tool_choice")
+    chosen = _chosen(choice) if choice is not None else _NONE_OPEN
     out: list[dict[str, Any]] = []
     searching = False
     serverTools: list[str] = []
     # One budget for all the tools (the request's work is bounded), for Gemini only.
     budget = SchemaBudget() if profile.schema == "gemini" else None
-    toUpstream = names.toUpstream
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise invalidRequest(f"tools.{i}: must be an object")
-        kind = tool.get("type")
+    toUpstream, up = names.toUpstream, names.up
+    for tool in tools:
+        try:
+            kind = tool.get("type")
+        except AttributeError:  # no object (its place found only for the error)
+            raise invalidRequest(f"tools.{_indexOf(tools, tool)}: must be an object") from None
         if kind is not None:  # Claude Code's own tools have none
             found = searchKind(tool)
             if found is not None and not searching and isinstance(tool.get("name"), str):
@@ -635,29 +672,32 @@ def _tools(
                 continue
         name = tool.get("name")
         if not isinstance(name, str):
-            _require(tool, "name", str, "a string", f"tools.{i}")
+            _require(tool, "name", str, "a string", f"tools.{_indexOf(tools, tool)}")
         if tool.get("defer_loading") is True and name not in loaded and name not in chosen:
             continue  # its schema waits until a tool search finds it
         schema = tool.get("input_schema")
         if schema is None:
             schema = {"type": "object", "properties": {}}
         elif not isinstance(schema, dict):
-            raise invalidRequest(f"tools.{i}.input_schema: must be an object")
+            raise invalidRequest(f"tools.{_indexOf(tools, tool)}.input_schema: must be an object")
         if budget is not None:
             try:
                 schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
+        upstreamName = up.get(name)
+        if upstreamName is None:
+            upstreamName = toUpstream(name)
         description = tool.get("description")
         if isinstance(description, str) and description:
-            function = {"name": toUpstream(name), "description": description, "parameters": schema}
+            function = {"name": upstreamName, "description": description, "parameters": schema}
         else:
-            function = {"name": toUpstream(name), "parameters": schema}
+            function = {"name": upstreamName, "parameters": schema}
         out.append({"type": "function", "function": function})
     return out, serverTools
 
 
-def _chosen(choice: Any) -> set[str]:
+def _chosen(choice: Any) -> Collection[str]:
     """The tool `tool_choice` names, if any (it must be defined, deferred or not)."""
     if isinstance(choice, dict) and isinstance(choice.get("name"), str):
         return {choice["name"]}
@@ -741,6 +781,18 @@ def _metadataUser(metadata: Any) -> str | None:
 
 def _blockPath(i: int, j: int) -> str:
     return f"messages.{i}.content.{j}"
+
+
+def _indexOf(items: list[Any], item: Any) -> int:
+    """Where `item` is in `items` (by identity), for an error naming its path.
+
+    Only the error needs it: a tool's or system block's error depends only on
+    that item, so when one object stands in the list twice, its first place is
+    where the error is found, and the one named."""
+    for j, other in enumerate(items):
+        if other is item:
+            return j
+    raise ValueError("not in the list")
 
 
 def _kindOf(block: Any, i: int, j: int) -> str:

@@ -371,8 +371,12 @@ def _record(call: Call, verdict: Verdict) -> None:
 
 
 def _passesThrough(config: Config, targets: Sequence[Target]) -> bool:
-    """Whether some target of the route passes the client's body through."""
-    return any(not apiOf(config.upstreams[t.upstream]).translates for t in targets)
+    """Whether some target of the route passes the client's body through (a loop,
+    not `any` over a generator made per request)."""
+    for target in targets:
+        if not apiOf(config.upstreams[target.upstream]).translates:
+            return True
+    return False
 
 
 def forwardedHeaders(request: IRequest) -> dict[str, str]:
