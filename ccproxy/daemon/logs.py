@@ -129,9 +129,13 @@ def textObserver(outFile: IO[Any]) -> ILogObserver:
 
     def render(event: LogEvent) -> str | None:
         text = classicLine(event, stamp)
-        if text is not None and _CONTROL.search(text, 0, len(text) - 1) is None:
-            # The common line (an access line) has nothing to escape: one search
-            # of the line says so, for less than escaping its fields one by one.
+        if text is not None and (
+            text[:-1].isprintable() or _CONTROL.search(text, 0, len(text) - 1) is None
+        ):
+            # The common line (an access line) has nothing to escape: one look at
+            # the line says so, for less than escaping its fields one by one.
+            # `isprintable` (every control character is unprintable) is that look
+            # at a third less than the search, which judges the rest.
             return text
         event = textSafe(event)
         text = classicLine(event, stamp) or formatEventAsClassicLogText(event, formatTime=stamp)
