@@ -154,25 +154,27 @@ class AccessRecord:
             cost = price.cost(
                 self.inputTokens, self.outputTokens, self.cacheReadTokens, self.cacheWriteTokens
             )
+        # By position, in `Row`'s order: eighteen keywords cost a call as much as
+        # the row's making (test_ledger_row pins each field).
         return Row(
-            time=self.started,
-            requestId=self.requestId,
-            client=self.client or "-",
-            model=self.model or "-",
-            upstream=self.upstream,
-            upstreamModel=self.upstreamModel,
-            stream=self.stream,
-            status=self.status,
-            errorType=self.errorType,
-            inputTokens=self.inputTokens,
-            outputTokens=self.outputTokens,
-            cacheReadTokens=self.cacheReadTokens,
-            cacheWriteTokens=self.cacheWriteTokens,
-            cost=cost,
-            ttfbMs=ttfb if type(ttfb) is int else None,
-            durationMs=duration if type(duration) is int else None,
-            route=self.route,
-            priced=price is not None,
+            self.started,  # time
+            self.requestId,
+            self.client or "-",  # client
+            self.model or "-",  # model
+            self.upstream,
+            self.upstreamModel,
+            self.stream,
+            self.status,
+            self.errorType,
+            self.inputTokens,
+            self.outputTokens,
+            self.cacheReadTokens,
+            self.cacheWriteTokens,
+            cost,
+            ttfb if type(ttfb) is int else None,  # ttfbMs
+            duration if type(duration) is int else None,  # durationMs
+            self.route,
+            price is not None,  # priced
         )
 
 
