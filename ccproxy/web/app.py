@@ -465,17 +465,15 @@ class ProxyApp:
         Cancelling it (a client that left) cancels the handler, as before."""
         try:
             config = self.config
-            call = Call(
-                request,
-                config,
-                AccessRecord(
-                    requestId=requestId(request, self.makeId),
-                    method=request.method.decode("ascii", "replace"),
-                    path=request.path.decode("utf-8", "replace"),
-                    started=self.clock.seconds(),
-                    endpoint=endpoint,
-                ),
+            # The record by position (keywords cost a third of its making).
+            record = AccessRecord(
+                requestId(request, self.makeId),
+                request.method.decode("ascii", "replace"),  # method
+                request.path.decode("utf-8", "replace"),  # path
+                self.clock.seconds(),  # started
+                endpoint,
             )
+            call = Call(request, config, record)
             self.inFlight += 1
             self.accessLog.begin(call.record, partial(_tokensSoFar, call))
         except BaseException:  # failed as the coroutine's Deferred would have
