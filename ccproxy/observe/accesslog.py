@@ -105,7 +105,11 @@ class AccessRecord:
 
     def fields(self, now: float) -> dict[str, Any]:
         """The event's named fields (also what JSON logs and metrics read)."""
-        attempts = [str(a) for a in self.attempts]
+        attempts, failed = [], []
+        for attempt in self.attempts:  # one loop, not two comprehensions' frames
+            attempts.append(str(attempt))
+            if attempt.errorType:
+                failed.append((attempt.upstream, attempt.errorType))
         return {
             "request_id": self.requestId,
             "client": self.client or "-",
@@ -139,7 +143,7 @@ class AccessRecord:
             else "",
             "attempts": attempts,
             "attempts_suffix": f" attempts=[{'; '.join(attempts)}]" if len(attempts) > 1 else "",
-            "failed_attempts": [(a.upstream, a.errorType) for a in self.attempts if a.errorType],
+            "failed_attempts": failed,
         }
 
     def row(self, now: float, prices: Prices) -> Row:
