@@ -14,26 +14,11 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from ccproxy.daemon.logs import classicLine
 from tests.support.fakes import completion, jsonReply, sseReply, toolCall
-from tests.support.harness import Harness, message, resultOf
+from tests.support.harness import BASE_CONFIG, Harness, message, resultOf
 
-CONFIG = """
-upstreams:
-  up:
-    url: http://upstream.test/v1
-    api_key: sk-upstream-secret
-    timeout: 30
-    retries: 1
-  other:
-    url: http://other.test/v1/chat/completions
-    retries: 0
-models:
-  claude-haiku-*: other/small-model
-  claude-*: up/big-model
-routes:
-  - name: big
-    when: {model: "claude-opus-*"}
-    target: other/huge
-"""
+CONFIG = BASE_CONFIG.replace("    retries: 0\n", "    retries: 1\n") + (
+    'routes:\n  - {name: big, when: {model: "claude-opus-*"}, target: other/huge}\n'
+)
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -12,19 +12,10 @@ from twisted.web.http_headers import _nameEncoder
 from ccproxy import compat
 from tests.test_client_fastpaths import _outcome
 
-NAMES = [
-    b"etag",
-    b"ETAG",
-    b"www-authenticate",
-    b"Content-Md5",
-    b"dnt",
-    b"x-xss-protection",
-    b"P3P",
-    b"te",
-    b"X-Never-Seen-Before-Rd5",
-    b"x-never-seen-before-rd5",
-    b"Content-Type",
-]
+NAMES = (
+    b"etag ETAG www-authenticate Content-Md5 dnt x-xss-protection P3P te Content-Type"
+    b" X-Never-Seen-Before-Rd5 x-never-seen-before-rd5"
+).split()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -24,26 +24,26 @@ def _record() -> AccessRecord:
 
 def test_each_field_of_the_row_is_its_own() -> None:
     row = _record().row(1001.5, PRICES)
-    assert row == Row(
-        time=1000.0,
-        requestId="req_9",
-        client="alice",
-        model="claude-x",
-        upstream="up",
-        upstreamModel="up-model",
-        stream=True,
-        status=529,
-        errorType="overloaded_error",
-        inputTokens=11,
-        outputTokens=22,
-        cacheReadTokens=33,
-        cacheWriteTokens=44,
-        cost=11 + 220 + 3300 + 44000,
-        ttfbMs=250,
-        durationMs=1500,
-        route="rule-1",
-        priced=True,
-    )
+    assert attrs.asdict(row) == {
+        "time": 1000.0,
+        "requestId": "req_9",
+        "client": "alice",
+        "model": "claude-x",
+        "upstream": "up",
+        "upstreamModel": "up-model",
+        "stream": True,
+        "status": 529,
+        "errorType": "overloaded_error",
+        "inputTokens": 11,
+        "outputTokens": 22,
+        "cacheReadTokens": 33,
+        "cacheWriteTokens": 44,
+        "cost": 11 + 220 + 3300 + 44000,
+        "ttfbMs": 250,
+        "durationMs": 1500,
+        "route": "rule-1",
+        "priced": True,
+    }
     assert [f.name for f in attrs.fields(Row)] == [
         "time",
         "requestId",

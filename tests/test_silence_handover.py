@@ -83,7 +83,7 @@ def _read(clock: Clock, http: _HTTP, client: UpstreamClient, upstream: Any) -> A
     """A whole answer as the dispatcher reads one: its head after 29 s, then its body."""
 
     async def read() -> bytes:
-        response, silence = await client.send(upstream, b"{}", None)
+        response, silence = await client.send(upstream, b"{}", None, None, None)
         try:
             return await client.readBody(upstream, response, 1000, silence=silence)
         finally:
@@ -129,7 +129,7 @@ def test_a_client_that_leaves_mid_body_stops_the_timer_and_the_upstream() -> Non
 
 def test_the_head_still_has_its_own_timeout() -> None:
     clock, _http, client, upstream = _client()
-    d = Deferred.fromCoroutine(client.send(upstream, b"{}", None))
+    d = Deferred.fromCoroutine(client.send(upstream, b"{}", None, None, None))
     clock.advance(30)
     error = resultOf(d.addErrback(lambda f: f.value))
     assert isinstance(error, ProxyError) and "before answering" in error.message

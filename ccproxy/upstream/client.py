@@ -274,8 +274,8 @@ class UpstreamClient:
         upstream: Upstream,
         body: bytes,
         callerKey: str | None,
-        client: Mapping[str, str] | None = None,
-        url: str | None = None,
+        client: Mapping[str, str] | None,
+        url: str | None,
     ) -> tuple[IResponse, Silence]:
         """`post`, with its silence timer left running: the caller hands it to
         `readBody` (one timer for the head and the body, not one made and

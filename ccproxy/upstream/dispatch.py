@@ -362,7 +362,9 @@ class Dispatcher:
         plan, upstream = hop.plan, hop.upstream
         api = apiOf(upstream)
         client = self.client
-        response, silence = await client.send(upstream, hop.body, hop.callerKey, plan.clientHeaders)
+        response, silence = await client.send(
+            upstream, hop.body, hop.callerKey, plan.clientHeaders, None
+        )
         try:
             if not 200 <= response.code < 300:
                 raw = await client.readBody(
