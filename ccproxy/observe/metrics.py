@@ -10,6 +10,7 @@ aggregated by the scraper summing their series, never by a home-made cluster.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -135,26 +136,28 @@ class Metrics:
                 self.requests, client, key[1], key[2], upstream, str(key[4]), endpoint
             )
             series = self._series[key] = _Series(requests)
-        series.requests.inc()
+        series.requests.inc(1)
         duration, ttfb = fields["duration_ms"], fields["ttfb_ms"]
         if endpoint == "messages" and type(duration) is int:
             child = series.latency
             if child is None:
                 child = series.latency = self._labelled(self.latency, upstream)
-            child.observe(duration / 1000)
+            _observe(child, duration / 1000)
         if type(ttfb) is int:
             child = series.ttfb
             if child is None:
                 child = series.ttfb = self._labelled(self.ttfb, upstream)
-            child.observe(ttfb / 1000)
+            _observe(child, ttfb / 1000)
         tokens = series.tokens
         for i, (kind, name) in enumerate(_TOKEN_KINDS):
             count = fields[name]
             if count:
-                child = tokens[i]
-                if child is None:
-                    child = tokens[i] = self._labelled(self.tokens, client, upstream, kind)
-                child.inc(count)
+                value = tokens[i]
+                if value is None:
+                    value = tokens[i] = _counted(
+                        self._labelled(self.tokens, client, upstream, kind)
+                    )
+                value.inc(count)
         for name, errorType in fields["failed_attempts"]:
             self._labelled(self.upstreamErrors, name, errorType).inc()
 
@@ -170,15 +173,43 @@ _TOKEN_KINDS = (
 )
 
 
+def _counted(counter: Any) -> Any:
+    """A labelled counter's value, incremented as `Counter.inc` does for a count
+    known to be a non-negative number without an exemplar (tokens are
+    `usageOf`'s or `anthropicUsage`'s counts).
+
+    Relies on: prometheus_client's metric child keeping its value in `_value`
+    (a `MutexValue`, or in multiprocess mode a `MmapedValue`) whose `inc` takes
+    the lock and adds. Why: `inc` checks the child is observable (it is: a
+    labelled child) and the amount's sign in three Python calls before that,
+    for each of a request's four or five counts (tests/test_metrics_fast.py
+    pins the series against the public calls)."""
+    return counter._value
+
+
+def _observe(histogram: Any, amount: float) -> None:
+    """`histogram.observe(amount)` for a labelled child, without an exemplar: its
+    sum, then the first bucket whose bound is at least `amount`.
+
+    Relies on: `Histogram`'s children keeping `_sum` and `_buckets` (values as
+    in `_counted`) and `_upper_bounds` (sorted, +Inf last), and `observe`
+    adding `amount` to `_sum` and 1 to the bucket of the first bound with
+    `amount <= bound` (which `bisect_left` finds without a Python loop). Why:
+    as `_counted`."""
+    histogram._sum.inc(amount)
+    histogram._buckets[bisect_left(histogram._upper_bounds, amount)].inc(1)
+
+
 class _Series:
-    """The children one access-log label set counts in: its request counter, and
-    its latency, TTFB and token children once first needed (a child made is a
-    series `/metrics` shows, so none is made before it counts something)."""
+    """The children one access-log label set counts in: its request counter's
+    value, and its latency and TTFB children and token counters' values once
+    first needed (a child made is a series `/metrics` shows, so none is made
+    before it counts something)."""
 
     __slots__ = ("latency", "requests", "tokens", "ttfb")
 
     def __init__(self, requests: Any) -> None:
-        self.requests = requests
+        self.requests = _counted(requests)
         self.latency: Any = None
         self.ttfb: Any = None
         self.tokens: list[Any] = [None] * len(_TOKEN_KINDS)

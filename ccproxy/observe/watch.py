@@ -31,7 +31,7 @@ busy minute are those of its first `TTFB_SAMPLES` answers)."""
 MAX_UPSTREAMS = 64
 
 
-@frozen
+@frozen(slots=False)  # made once a request: attrs then fills its dict, not slot by slot
 class Finished:
     """One finished request as the status page shows it: the access record's fields
     (its error message already redacted), never a key, and its payloads only when
@@ -110,6 +110,7 @@ class Watch:
         request, response = payloads if payloads is not None else (None, None)
         tried = []
         minute = int(now // 60)
+        answered = None  # the answering upstream's minute, when an attempt found it
         for attempt in record.attempts:
             if attempt.status is None and attempt.errorType is None:
                 continue  # skipped (its circuit open), not tried
@@ -118,6 +119,8 @@ class Watch:
             if track is None:
                 continue
             counts = track.at(minute)
+            if attempt.upstream == record.upstream:
+                answered = counts
             counts.attempts += 1
             if attempt.errorType:
                 counts.errors += 1
@@ -129,11 +132,12 @@ class Watch:
         self.recent.append(Finished(fields, record.started, tuple(tried), request, response))
         ttfb = fields.get("ttfb_ms")
         if record.upstream is not None and type(ttfb) is int:
-            track = self._track(record.upstream)
-            if track is not None:
-                samples = track.at(minute).ttfbMs
-                if len(samples) < TTFB_SAMPLES:
-                    samples.append(ttfb)
+            if answered is None:
+                track = self._track(record.upstream)
+                if track is not None:
+                    answered = track.at(minute)
+            if answered is not None and len(answered.ttfbMs) < TTFB_SAMPLES:
+                answered.ttfbMs.append(ttfb)
 
     def find(self, requestId: str) -> Finished | None:
         """A recent request by its id (None once it has left the ring)."""

@@ -242,9 +242,15 @@ MAX_COUNT = 1 << 53
 ledger's integers (and the sums over them)."""
 
 
+_NUMBERS = (int, float)
+"""A tuple, not `int | float`: that expression makes a union object at each call."""
+
+
 def _count(value: Any) -> int:
     if type(value) is int and 0 <= value <= MAX_COUNT:  # the usual count: as it is
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if value is None or isinstance(value, bool) or not isinstance(value, _NUMBERS):
+        return 0  # (None first: an absent count, the next most usual)
+    if value != value:
         return 0
     return max(int(min(value, MAX_COUNT)), 0)

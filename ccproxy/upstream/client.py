@@ -265,6 +265,22 @@ class UpstreamClient:
     ) -> IResponse:
         """POST `body` to the upstream's endpoint (or `url`); return once its status
         and headers are in. `client`: the client's `FORWARDED_HEADERS`."""
+        response, timer = await self.send(upstream, body, callerKey, client, url)
+        timer.cancel()
+        return response
+
+    async def send(
+        self,
+        upstream: Upstream,
+        body: bytes,
+        callerKey: str | None,
+        client: Mapping[str, str] | None,
+        url: str | None,
+    ) -> tuple[IResponse, Silence]:
+        """`post`, with its silence timer left running: the caller hands it to
+        `readBody` (one timer for the head and the body, not one made and
+        cancelled for each) and cancels it when done (a no-op once the body
+        reader has)."""
         http = self.http if self.httpFor is None else self.httpFor(upstream)
         requested = http.request(
             "POST",
@@ -276,6 +292,7 @@ class UpstreamClient:
             reactor=self.clock,
         )
         timer = Silence(self.clock, upstream.timeout, requested.cancel)
+        answered = False
         try:
             response = await requested
             producer = sentBodyProducer(response)
@@ -284,7 +301,8 @@ class UpstreamClient:
             sentHeaders = sentRequestHeaders(response)
             if sentHeaders is not None:  # written: a stream need not keep them
                 keepOnlyHeaders(sentHeaders, ())
-            return response
+            answered = True
+            return response, timer
         except (CancelledError, ConnectingCancelledError, ResponseFailed) as e:
             # Cancelled by the silence timer or by a client that left: while
             # connecting (ConnectingCancelledError), before any byte of the answer
@@ -303,7 +321,8 @@ class UpstreamClient:
         except Exception as e:
             raise _unreachable(upstream, str(e) or type(e).__name__) from None
         finally:
-            timer.cancel()
+            if not answered:
+                timer.cancel()
 
     async def readBody(
         self,
@@ -311,17 +330,21 @@ class UpstreamClient:
         response: IResponse,
         limit: int,
         truncate: bool = False,
+        silence: Silence | None = None,
     ) -> bytes:
         """The whole body, within `limit` bytes (`max_response_bytes` for answers) and
         the silence timeout.
 
         `truncate` keeps the first `limit` bytes of a longer body (for error
-        bodies, whose first words are enough) instead of failing.
+        bodies, whose first words are enough) instead of failing. `silence`: the
+        timer `send` left running, taken over by the body's reader.
         """
         if response.length is not UNKNOWN_LENGTH and response.length > limit and not truncate:
             discardBody(response)
             raise _tooLarge(upstream, limit)
         collector = _BodyCollector(self.clock, upstream, limit, truncate)
+        if silence is not None:
+            collector.silence = silence
         response.deliverBody(collector)
         body: bytes = await collector.finished
         return body
@@ -363,6 +386,16 @@ class Silence:
     def reset(self) -> None:
         self._heard = self._now()
 
+    def handTo(self, expire: Callable[[], None]) -> None:
+        """From now on, `seconds` of silence call `expire` instead: the timer
+        reused by a new waiter, as if it were new (reset now)."""
+        self._expire = expire
+        self._heard = self._now()
+
+    def active(self) -> bool:
+        """Whether it is still counting (neither expired nor cancelled)."""
+        return not self.expired and self._call.active()
+
     def cancel(self) -> None:
         if self._call.active():
             self._call.cancel()
@@ -379,6 +412,8 @@ class BodyReader(TwistedProtocol):
     """
 
     what = "its answer"
+    silence: Silence | None = None
+    """A running timer to take over (`UpstreamClient.send`'s) rather than make one."""
 
     def __init__(self, clock: IReactorTime, upstream: str, timeout: float) -> None:
         self._clock = clock
@@ -388,7 +423,12 @@ class BodyReader(TwistedProtocol):
         self.finished: Deferred[Any] = Deferred(self._cancelled)
 
     def connectionMade(self) -> None:
-        self._silence = Silence(self._clock, self._timeout, self._silent)
+        silence = self.silence
+        if silence is not None and silence.active():
+            silence.handTo(self._silent)
+            self._silence = silence
+        else:
+            self._silence = Silence(self._clock, self._timeout, self._silent)
 
     def heard(self) -> None:
         """Some of the body arrived: the silence starts over."""

@@ -361,23 +361,33 @@ class Dispatcher:
         says so), or the failure as a `ProxyError`."""
         plan, upstream = hop.plan, hop.upstream
         api = apiOf(upstream)
-        response = await self.client.post(upstream, hop.body, hop.callerKey, plan.clientHeaders)
-        if not 200 <= response.code < 300:
-            raw = await self.client.readBody(upstream, response, MAX_ERROR_BYTES, truncate=True)
-            error = api.error(upstream.name, response.code, raw, responseHeaders(response))
-            raise await self._overflowOr(error, hop, raw)
-        message = None
-        verbatim = None
-        if plan.readsWhole(isEventStream(response)):
-            raw = await self.client.readBody(upstream, response, plan.maxResponseBytes)
-            try:
-                message = plan.rendering.message(upstream, raw)
-            except ProxyError as e:
-                if e.upstreamStatus is None:  # ours: an answer we cannot read
-                    raise
-                raise await self._overflowOr(e, hop, raw) from None  # its error object
-            if not api.translates:
-                verbatim = raw
+        client = self.client
+        response, silence = await client.send(
+            upstream, hop.body, hop.callerKey, plan.clientHeaders, None
+        )
+        try:
+            if not 200 <= response.code < 300:
+                raw = await client.readBody(
+                    upstream, response, MAX_ERROR_BYTES, truncate=True, silence=silence
+                )
+                error = api.error(upstream.name, response.code, raw, responseHeaders(response))
+                raise await self._overflowOr(error, hop, raw)
+            message = None
+            verbatim = None
+            if plan.readsWhole(isEventStream(response)):
+                raw = await client.readBody(
+                    upstream, response, plan.maxResponseBytes, silence=silence
+                )
+                try:
+                    message = plan.rendering.message(upstream, raw)
+                except ProxyError as e:
+                    if e.upstreamStatus is None:  # ours: an answer we cannot read
+                        raise
+                    raise await self._overflowOr(e, hop, raw) from None  # its error object
+                if not api.translates:
+                    verbatim = raw
+        finally:
+            silence.cancel()  # a stream's reader makes its own
         answer = Answer(hop.gate, upstream, hop.target, response, message, plan.rendering)
         answer.raw = verbatim
         answer.searches = plan.searchesFor(upstream)
