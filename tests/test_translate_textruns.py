@@ -170,3 +170,67 @@ def test_aRunThatFailsLeavesRunsOffAndReadsAsThePlainPath() -> None:
     assert [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"] == [
         "firstabcd"
     ]
+
+
+NEAR = [
+    PREFIX + b'"x"',  # the prefix, not the suffix
+    PREFIX + b'"x"}',
+    PREFIX[:-2] + b"X:" + b'"x"' + SUFFIX,  # the prefix's last byte, another prefix
+    PREFIX.replace(b'"content"', b'"contenx"') + b'"x"' + SUFFIX,  # ... JSON
+    b"{" + PREFIX[2:] + b'"x"' + SUFFIX,  # ... one byte short
+    PREFIX + b'"x"' + SUFFIX[:-1] + b"X",
+    PREFIX + b'"x"' + SUFFIX[1:],
+    PREFIX + SUFFIX,
+    PREFIX[:-1] + SUFFIX,
+    b"{}",  # too short to tell where a prefix would end
+    b"",
+    orjson.dumps(C({}, "stop")),
+]
+
+
+@pytest.mark.parametrize("other", NEAR)
+def test_payloadsNearTheShapeAmidRunsReadAsThePlainPath(other: bytes) -> None:
+    """A run's end is first guessed from each payload's byte where the prefix
+    ends, then the run checked whole: a payload with that byte but not the
+    shape ends the run where the plain path would, and later runs still go."""
+    x, y = shaped(b'"x"'), shaped(b'"y"')
+    same([BASE, x, other, y, x, other, x, y, other])
+    same([BASE, x, y, other, other, x, y])
+    same([BASE, other, x, y])
+    translator = make()
+    try:
+        translator.feedPayloads([BASE, x, y, other, x, y, other, y, x], [])
+    except ProxyError:
+        pass  # (`other` is not JSON: the read stops there, as the plain path's)
+    assert translator._shapes is not None
+    assert translator._shapes.runs is (other != PREFIX + SUFFIX)
+
+
+def test_marksTellEachPayloadsByteWhereThePrefixEnds() -> None:
+    from ccproxy.translate.stream import _marks
+
+    x = shaped(b'"x"')
+    other = orjson.dumps(C({}, "stop"))
+    assert other[len(PREFIX) - 1] != PREFIX[-1]
+    assert _marks([x, other, NEAR[3], x], PREFIX) == b"\x01\x00\x01\x01"
+    assert _marks([x, b"{}"], PREFIX) is None
+
+
+def test_marksThatToldARunWrongAreNotAskedAgainInThatRead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each check of a run its marks tell reads on to where they end: after one
+    told wrong, the read's other runs are found payload by payload."""
+    from ccproxy.translate import stream
+
+    given: list[bool] = []
+    real = stream._run
+
+    def spy(*args: Any) -> Any:
+        given.append(args[2] is not None)
+        return real(*args)
+
+    monkeypatch.setattr(stream, "_run", spy)
+    x, wrong = shaped(b'"x"'), NEAR[3]  # (its byte where the prefix ends is the mark)
+    make().feedPayloads([BASE, *[x, x, wrong] * 4], [])
+    assert given == [True, False, False, False]

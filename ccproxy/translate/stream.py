@@ -353,21 +353,19 @@ class StreamTranslator:
         argsPrefix, argsSuffix, argsIndex = args or (b"", b"", 0)
         count = len(payloads)
         at = 0
+        marks: bytes | None = None  # (`_marks`, once `marked`)
+        marked = False
         while at < count:
             data = payloads[at]
             at += 1
             if shape is not None and data.startswith(prefix) and data.endswith(suffix):
                 if at < count and shapes.runs:  # (`shape`: `shapes` is not None)
                     # A run of such chunks: their texts parsed at once (`_textRun`)
-                    end = at
-                    while (
-                        end < count
-                        and payloads[end].startswith(prefix)
-                        and payloads[end].endswith(suffix)
-                    ):
-                        end += 1
+                    if not marked:
+                        marks, marked = _marks(payloads, prefix), True
+                    end, texts, marks = _run(payloads, at - 1, marks, prefix, suffix)
                     if end > at:
-                        if self._textRun(payloads[at - 1 : end], prefix, suffix, events):
+                        if self._textRun(texts, events):
                             at = end
                             continue
                         shapes.runs = False  # read one by one, below, from now on
@@ -421,29 +419,29 @@ class StreamTranslator:
                                 argsPrefix, argsSuffix, argsIndex = args or (b"", b"", 0)
             feed(chunk, events)
 
-    def _textRun(self, run: list[bytes], prefix: bytes, suffix: bytes, events: list[Event]) -> bool:
-        """Consecutive payloads of the learned text shape (`run`, at least two) fed
-        as `feedPayloads` feeds each, their texts parsed by one `orjson.loads`;
+    def _textRun(self, texts: list[bytes], events: list[Event]) -> bool:
+        """Consecutive payloads of the learned text shape (`_run`: at least two,
+        `texts` their parts between the prefix and the suffix) fed as
+        `feedPayloads` feeds each, their texts parsed by one `orjson.loads`;
         False, nothing done, when any is not a JSON string alone (they are then
         read one by one, as before).
 
-        Each payload's part between the prefix and the suffix (what `feedPayloads`
-        parses of one) goes in one JSON array, `\\n,` between them: a raw
-        newline is never inside a JSON string, so each comma put there is
-        outside every string, and an array of as many strings as payloads has
-        each part as one of them, the string its own parse gives."""
-        cut = itemgetter(slice(len(prefix), -len(suffix)))  # (each ends with `suffix`)
+        Each part (what `feedPayloads` parses of one) goes in one JSON array,
+        `\\n,` between them: a raw newline is never inside a JSON string, so
+        each comma put there is outside every string, and an array of as many
+        strings as payloads has each part as one of them, the string its own
+        parse gives."""
         try:
-            texts = orjson.loads(b"[" + b"\n,".join(map(cut, run)) + b"]")
+            strings = orjson.loads(b"[" + b"\n,".join(texts) + b"]")
         except orjson.JSONDecodeError:
             return False
-        if len(texts) != len(run):
+        if len(strings) != len(texts):
             return False
         try:
-            whole = "".join(texts)  # (a TypeError for any that is not a str)
+            whole = "".join(strings)  # (a TypeError for any that is not a str)
         except TypeError:
             return False
-        self._texts(texts, whole, events)
+        self._texts(strings, whole, events)
         return True
 
     def _texts(self, texts: list[str], whole: str, events: list[Event]) -> None:
@@ -865,6 +863,47 @@ class StreamTranslator:
             if waiting is None:
                 return
             self._startCall(waiting, events)
+
+
+def _marks(payloads: list[bytes], prefix: bytes) -> bytes | None:
+    """For each payload, whether its byte where `prefix` ends is `prefix`'s last
+    (b"\\x01", else b"\\x00"): where a run of text chunks may end, told of a
+    read's payloads at once in C (a `startswith` and an `endswith` per chunk
+    cost twice as much); None when a payload is too short to tell."""
+    try:
+        found = bytes(map(itemgetter(len(prefix) - 1), payloads))
+    except IndexError:
+        return None
+    mark = prefix[-1]
+    return found.translate(bytes(mark) + b"\x01" + bytes(255 - mark))
+
+
+def _run(
+    payloads: list[bytes], first: int, marks: bytes | None, prefix: bytes, suffix: bytes
+) -> tuple[int, list[bytes], bytes | None]:
+    """The run of payloads of the text shape from `first` (which has it): where
+    it ends, each one's part between `prefix` and `suffix`, and `marks` for the
+    read's next run (None once they failed).
+
+    Its end is found by `marks` and the run checked whole: the payloads joined
+    are the prefix, their parts and the suffix joined, byte for byte (as long,
+    so each payload is its own prefix, part and suffix). Without `marks`, or a
+    run they tell wrong (then not asked again in this read: each check would
+    read on to their end), it is found payload by payload."""
+    cut = itemgetter(slice(len(prefix), -len(suffix)))
+    if marks is not None:
+        end = marks.find(b"\x00", first + 1)
+        end = len(payloads) if end == -1 else end
+        run = payloads[first:end]
+        texts = list(map(cut, run))
+        if b"".join(run) == prefix + (suffix + prefix).join(texts) + suffix:
+            return end, texts, marks
+    end = first + 1
+    while (
+        end < len(payloads) and payloads[end].startswith(prefix) and payloads[end].endswith(suffix)
+    ):
+        end += 1
+    return end, list(map(cut, payloads[first:end])), None
 
 
 _SHAPE_TRIES = 3
