@@ -896,7 +896,8 @@ def _run(
         end = len(payloads) if end == -1 else end
         run = payloads[first:end]
         texts = list(map(cut, run))
-        if b"".join(run) == prefix + (suffix + prefix).join(texts) + suffix:
+        # (one join, not two `+`: each a copy of the whole read's texts)
+        if b"".join(run) == b"".join([prefix, (suffix + prefix).join(texts), suffix]):
             return end, texts, marks
     end = first + 1
     while (
