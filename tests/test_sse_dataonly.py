@@ -109,6 +109,13 @@ SHAPES = [
     event(b'{"a":1}') + b'data: {"b":2}\nid: 1\ndata: {"c":3}',
     b"\n\n" + event(b'{"a":1}') + b"data: [DONE]\n\n",
     event('{"é":"✓😀"}'.encode()) + b"data: {\xff\x00}\n\n",
+    # [DONE] in a payload: the loop's [DONE] only when it is that, stripped
+    event(b'{"a":"[DONE]"}') + event(b"[DONE]x") + event(b"x [DONE]") + b"data: [DONE]\n\n",
+    event(b"\t[DONE]\x0c") + event(b'{"a":1}'),
+    event(b'{"a":1}') + event(b"[DONE] "),
+    event(b"[DONE][DONE]") + event(b"[DONE] [DONE]") + event(b'{"[DONE]":"[DONE]"}'),
+    event(b"[DONE]") + event(b"[DONE]"),
+    event(b"{[DONE]}") + event(b" {") + event(b"") + b"data: [DONE]\n\n",
 ]
 
 
@@ -189,17 +196,34 @@ def test_theUsualReadSkipsTheLineLoop() -> None:
         event(b'{"a":1}\r'),  # a \r anywhere
         event(b'{"a":1}') + b"\n",  # a blank line more
         b'data:{"a":1}\n\n',  # no space after the colon
-        event(b'{"a":1}') + event(b"[1]"),  # a payload not an object
-        event(b'{"a":1}') + event(b"|"),  # ... nor starting with "{"
-        event(b'{"a":1}') + event(b"}"),
         event(b"[DONE]") + event(b'{"a":1}'),  # [DONE] before an event
+        event(b'{"a":1}') + event(b" [DONE]"),  # ... or the loop's, stripped
+        event(b'{"a":1}') + event(b"[DONE]\t") + b"data: [DONE]\n\n",
     ],
 )
 def test_otherReadsTakeTheLineLoop(read: bytes) -> None:
+    assert loops(read) == 1
+
+
+def loops(read: bytes) -> int:
+    """How many times the line loop ran for `read`."""
     parser = Counting(lambda data: None, Clock(), 30.0, "up")
     parser.makeConnection(StringTransport())
     parser.dataReceived(read)
-    assert parser.loops == 1
+    return parser.loops
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        event(b'{"a":1}') + event(b"[1]"),  # a payload not an object: handed over
+        event(b'{"a":1}') + event(b"|") + event(b"}") + event(b""),  # as the loop does
+        event(b'{"a":"[DONE]"}') + event(b"x[DONE]") + b"data: [DONE]\n\n",
+    ],
+)
+def test_readsOfAnyPayloadsSkipTheLineLoop(read: bytes) -> None:
+    assert loops(read) == 0
+    same([read])
 
 
 def test_aReadOverTheLimitTakesTheLineLoop() -> None:

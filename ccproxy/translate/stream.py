@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -337,8 +338,9 @@ class StreamTranslator:
         the garbage collector). And an upstream sends them all alike but for
         their text: once one has shown its bytes around its text (`_Shapes`),
         a payload with the same bytes around a JSON string is that string's
-        chunk, its string alone parsed; the same for the usual fragment of a
-        tool call's arguments."""
+        chunk, its string alone parsed (a run of them, their strings parsed at
+        once: `_textRun`); the same for the usual fragment of a tool call's
+        arguments."""
         loads = orjson.loads
         feed = self.feedInto
         # None: every chunk through `feedInto` (<think> tags to split, or another
@@ -349,8 +351,24 @@ class StreamTranslator:
         prefix, suffix = shape or (b"", b"")
         args = shapes.arguments if shapes is not None else None
         argsPrefix, argsSuffix, argsIndex = args or (b"", b"", 0)
-        for data in payloads:
+        count = len(payloads)
+        at = 0
+        marks: bytes | None = None  # (`_marks`, once `marked`)
+        marked = False
+        while at < count:
+            data = payloads[at]
+            at += 1
             if shape is not None and data.startswith(prefix) and data.endswith(suffix):
+                if at < count and shapes.runs:  # (`shape`: `shapes` is not None)
+                    # A run of such chunks: their texts parsed at once (`_textRun`)
+                    if not marked:
+                        marks, marked = _marks(payloads, prefix), True
+                    end, texts, marks = _run(payloads, at - 1, marks, prefix, suffix)
+                    if end > at:
+                        if self._textRun(texts, events):
+                            at = end
+                            continue
+                        shapes.runs = False  # read one by one, below, from now on
                 try:  # the text alone: a JSON string (`_shapeOf`), or parsed whole
                     content = loads(data[len(prefix) : len(data) - len(suffix)])
                 except orjson.JSONDecodeError:
@@ -400,6 +418,56 @@ class StreamTranslator:
                                 args = shapes.learnArguments(data, chunk, delta)
                                 argsPrefix, argsSuffix, argsIndex = args or (b"", b"", 0)
             feed(chunk, events)
+
+    def _textRun(self, texts: list[bytes], events: list[Event]) -> bool:
+        """Consecutive payloads of the learned text shape (`_run`: at least two,
+        `texts` their parts between the prefix and the suffix) fed as
+        `feedPayloads` feeds each, their texts parsed by one `orjson.loads`;
+        False, nothing done, when any is not a JSON string alone (they are then
+        read one by one, as before).
+
+        Each part (what `feedPayloads` parses of one) goes in one JSON array,
+        `\\n,` between them: a raw newline is never inside a JSON string, so
+        each comma put there is outside every string, and an array of as many
+        strings as payloads has each part as one of them, the string its own
+        parse gives."""
+        try:
+            strings = orjson.loads(b"[" + b"\n,".join(texts) + b"]")
+        except orjson.JSONDecodeError:
+            return False
+        if len(strings) != len(texts):
+            return False
+        try:
+            whole = "".join(strings)  # (a TypeError for any that is not a str)
+        except TypeError:
+            return False
+        self._texts(strings, whole, events)
+        return True
+
+    def _texts(self, texts: list[str], whole: str, events: list[Event]) -> None:
+        """`_text` of each of `texts` that is not empty, in turn (`whole`: them
+        joined). Once the text block is open and its last delta still last in
+        `events`, the rest are joined into that delta at once when `_text`
+        would join each (it stays under `_JOIN_LIMIT` before the last)."""
+        text = self._text
+        done = 0
+        for at, piece in enumerate(texts):
+            last = self._lastDelta
+            if self._open == "text" and last is not None and events and events[-1] is last:
+                delta = last["delta"]
+                rest = whole[done:] if done else whole
+                if len(delta["text"]) + len(rest) - len(texts[-1]) < _JOIN_LIMIT:
+                    delta["text"] += rest
+                    if self.stopSequences:
+                        self._textTail = (self._textTail + rest)[-256:]
+                    return
+                for piece in texts[at:]:
+                    if piece:
+                        text(piece, events)
+                return
+            if piece:
+                text(piece, events)
+            done += len(piece)
 
     _chatChunks = True
     """Whether `feedPayloads` may read chunks as this class's `feedInto` does (a
@@ -797,6 +865,48 @@ class StreamTranslator:
             self._startCall(waiting, events)
 
 
+def _marks(payloads: list[bytes], prefix: bytes) -> bytes | None:
+    """For each payload, whether its byte where `prefix` ends is `prefix`'s last
+    (b"\\x01", else b"\\x00"): where a run of text chunks may end, told of a
+    read's payloads at once in C (a `startswith` and an `endswith` per chunk
+    cost twice as much); None when a payload is too short to tell."""
+    try:
+        found = bytes(map(itemgetter(len(prefix) - 1), payloads))
+    except IndexError:
+        return None
+    mark = prefix[-1]
+    return found.translate(bytes(mark) + b"\x01" + bytes(255 - mark))
+
+
+def _run(
+    payloads: list[bytes], first: int, marks: bytes | None, prefix: bytes, suffix: bytes
+) -> tuple[int, list[bytes], bytes | None]:
+    """The run of payloads of the text shape from `first` (which has it): where
+    it ends, each one's part between `prefix` and `suffix`, and `marks` for the
+    read's next run (None once they failed).
+
+    Its end is found by `marks` and the run checked whole: the payloads joined
+    are the prefix, their parts and the suffix joined, byte for byte (as long,
+    so each payload is its own prefix, part and suffix). Without `marks`, or a
+    run they tell wrong (then not asked again in this read: each check would
+    read on to their end), it is found payload by payload."""
+    cut = itemgetter(slice(len(prefix), -len(suffix)))
+    if marks is not None:
+        end = marks.find(b"\x00", first + 1)
+        end = len(payloads) if end == -1 else end
+        run = payloads[first:end]
+        texts = list(map(cut, run))
+        # (one join, not two `+`: each a copy of the whole read's texts)
+        if b"".join(run) == b"".join([prefix, (suffix + prefix).join(texts), suffix]):
+            return end, texts, marks
+    end = first + 1
+    while (
+        end < len(payloads) and payloads[end].startswith(prefix) and payloads[end].endswith(suffix)
+    ):
+        end += 1
+    return end, list(map(cut, payloads[first:end])), None
+
+
 _SHAPE_TRIES = 3
 """Chunks read for a shape before giving up: a stream whose chunks differ in more
 than their text (a timestamp or a random pad in each) has none."""
@@ -818,9 +928,12 @@ class _Shapes:
     timestamp or a random pad in each) has none, and after `_SHAPE_TRIES` of
     each kind, no more is tried."""
 
-    __slots__ = ("argumentTries", "arguments", "text", "textTries")
+    __slots__ = ("argumentTries", "arguments", "runs", "text", "textTries")
 
     def __init__(self) -> None:
+        self.runs = True
+        """Whether runs of text chunks are parsed at once (`_textRun`): no more
+        after a run that could not be, which is then read chunk by chunk."""
         self.text: tuple[bytes, bytes] | None = None
         self.textTries = 0
         self.arguments: tuple[bytes, bytes, int] | None = None
