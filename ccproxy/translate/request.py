@@ -671,29 +671,44 @@ def _tools(
                 serverTools.append(str(kind))
                 continue
         name = tool.get("name")
-        if not isinstance(name, str):
-            _require(tool, "name", str, "a string", f"tools.{_indexOf(tools, tool)}")
+        # A name the request's names hold is a string: checked only when it is not
+        # there (a subscript, not .get and a test for None).
+        try:
+            upstreamName = up[name]
+        except (KeyError, TypeError):
+            if not isinstance(name, str):
+                _require(tool, "name", str, "a string", f"tools.{_indexOf(tools, tool)}")
+            upstreamName = toUpstream(name)
         if tool.get("defer_loading") is True and name not in loaded and name not in chosen:
             continue  # its schema waits until a tool search finds it
         schema = tool.get("input_schema")
-        if schema is None:
+        if not isinstance(schema, dict):  # (one check for the usual schema, not two)
+            if schema is not None:
+                raise invalidRequest(
+                    f"tools.{_indexOf(tools, tool)}.input_schema: must be an object"
+                )
             schema = {"type": "object", "properties": {}}
-        elif not isinstance(schema, dict):
-            raise invalidRequest(f"tools.{_indexOf(tools, tool)}.input_schema: must be an object")
         if budget is not None:
             try:
                 schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
-        upstreamName = up.get(name)
-        if upstreamName is None:
-            upstreamName = toUpstream(name)
         description = tool.get("description")
         if isinstance(description, str) and description:
-            function = {"name": upstreamName, "description": description, "parameters": schema}
+            out.append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": upstreamName,
+                        "description": description,
+                        "parameters": schema,
+                    },
+                }
+            )
         else:
-            function = {"name": upstreamName, "parameters": schema}
-        out.append({"type": "function", "function": function})
+            out.append(
+                {"type": "function", "function": {"name": upstreamName, "parameters": schema}}
+            )
     return out, serverTools
 
 
