@@ -433,6 +433,8 @@ class _MessageWriter:
             if content.strip():
                 self.out.append({"role": "user", "content": content})
             return
+        if len(content) == 1 and len(self._openCalls) == 1 and self._oneResult(content[0]):
+            return
         results: dict[str, str] = {}
         parts: list[dict[str, Any]] = []
         resultParts: list[dict[str, Any]] = []
@@ -484,6 +486,26 @@ class _MessageWriter:
             self._userMessage(resultParts + parts)
         elif parts:  # else results alone (most turns): no message of the user's
             self._userMessage(parts)
+
+    def _oneResult(self, block: Any) -> bool:
+        """The usual turn after one call: its one result, a string without error,
+        as the call's tool message (what the loop of `_user` and `_closeCalls`
+        make of it, without their lists and dict); False for any other block."""
+        try:
+            if block.get("type") != "tool_result":
+                return False
+        except AttributeError:
+            return False
+        callId = self._openCalls[0]
+        text, isError = block.get("content"), block.get("is_error")
+        if block.get("tool_use_id") != callId or not isinstance(text, str):
+            return False
+        if isError is not None and isError is not False:
+            return False
+        self.out.append({"role": "tool", "tool_call_id": callId, "content": text})
+        self._openCalls = _NO_CALLS
+        self._openIds = _NONE_OPEN
+        return True
 
     def _reference(self, block: dict[str, Any], path: str) -> str:
         """A `tool_reference` (a tool search's find): that tool is loaded, and the
