@@ -406,18 +406,20 @@ class _MessageWriter:
             text = texts[0] if texts[0].strip() else ""
         else:
             text = "\n\n".join(t for t in texts if t.strip())
-        if not text and not calls:
+        message: dict[str, Any]
+        if calls:  # (each message made whole: no key added or replaced after)
+            content = text or self.profile.assistantEmptyContent
+            message = {"role": "assistant", "content": content, "tool_calls": calls}
+        elif text:
+            message = {"role": "assistant", "content": text}
+        else:
             return
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls:
-            message["tool_calls"] = calls
-            if not text:
-                message["content"] = self.profile.assistantEmptyContent
-        if thinking and self.profile.reasoning == "deepseek":
-            # DeepSeek's thinking mode answers 400 unless its reasoning comes back.
-            message["reasoning_content"] = "".join(b["thinking"] for b in thinking)
-        if thinking and self.keepThinking:
-            message[THINKING_BLOCKS] = thinking
+        if thinking:
+            if self.profile.reasoning == "deepseek":
+                # DeepSeek's thinking mode answers 400 unless its reasoning comes back.
+                message["reasoning_content"] = "".join(b["thinking"] for b in thinking)
+            if self.keepThinking:
+                message[THINKING_BLOCKS] = thinking
         self.out.append(message)
         if len(calls) == 1:  # the usual turn: one call, its id alone (`in` a list of one)
             self._openCalls = self._openIds = [calls[0]["id"]]
