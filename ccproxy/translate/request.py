@@ -490,9 +490,10 @@ class _MessageWriter:
             self._userMessage(parts)
 
     def _oneResult(self, block: Any) -> bool:
-        """The usual turn after one call: its one result, a string without error,
-        as the call's tool message (what the loop of `_user` and `_closeCalls`
-        make of it, without their lists and dict); False for any other block."""
+        """The usual turn after one call: its one result, without error, its
+        content a string or one text block, as the call's tool message (what the
+        loops of `_user`, `_toolResult` and `_closeCalls` make of it, without
+        their lists and dict); False for any other block."""
         try:
             if block.get("type") != "tool_result":
                 return False
@@ -500,8 +501,20 @@ class _MessageWriter:
             return False
         callId = self._openCalls[0]
         text, isError = block.get("content"), block.get("is_error")
-        if block.get("tool_use_id") != callId or not isinstance(text, str):
+        if block.get("tool_use_id") != callId:
             return False
+        if not isinstance(text, str):
+            if not isinstance(text, list) or len(text) != 1:
+                return False
+            inner = text[0]  # (Claude Code sends many results as one text block)
+            try:
+                if inner.get("type") != "text":
+                    return False
+            except AttributeError:
+                return False
+            text = inner.get("text")
+            if not isinstance(text, str):
+                return False
         if isError is not None and isError is not False:
             return False
         self.out.append({"role": "tool", "tool_call_id": callId, "content": text})
