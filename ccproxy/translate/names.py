@@ -79,6 +79,8 @@ class ToolNames:
     request translator's loops (a `toUpstream` call per tool and per call cost
     more than the lookup); `toUpstream` answers for any name."""
     _down: Mapping[str, str] = field(factory=dict)
+    same: bool = False
+    """Known to send every name as it is (all of them valid): nothing to rename."""
 
     @classmethod
     def of(cls, names: Iterable[str]) -> ToolNames:
@@ -101,7 +103,7 @@ class ToolNames:
     def _made(cls, unique: frozenset[str]) -> ToolNames:
         up = {name: name for name in unique if isValidName(name)}
         if len(up) == len(unique):  # every name valid (Claude Code's own tools): as they are
-            return cls(up=up, down=up)
+            return cls(up=up, down=up, same=True)
         taken = set(up)
         for name in sorted(unique - taken):
             salt = 0
@@ -153,15 +155,7 @@ def _requestNames(body: Any) -> set[str]:
     names: set[str] = set()
     if not isinstance(body, dict):
         return names
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            try:
-                name = tool.get("name")
-            except AttributeError:  # no object (cheaper than an isinstance per tool)
-                continue
-            if isinstance(name, str):
-                names.add(name)
+    addDefinedNames(body, names)
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
@@ -180,8 +174,57 @@ def _requestNames(body: Any) -> set[str]:
                 name = block.get("name")
                 if isinstance(name, str):
                     names.add(name)
+    return names
+
+
+def addDefinedNames(body: dict[str, Any], names: set[str]) -> None:
+    """Add to `names` those a request defines or asks for outside its history: its
+    tools' and its tool_choice's. The history's are its `tool_use` blocks' names
+    (a request translator walking it finds them as it goes: `PendingNames`)."""
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            try:
+                name = tool.get("name")
+            except AttributeError:  # no object (cheaper than an isinstance per tool)
+                continue
+            if isinstance(name, str):
+                names.add(name)
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "tool":
         if isinstance(choice.get("name"), str):
             names.add(choice["name"])
-    return names
+
+
+class PendingNames:
+    """One request's `ToolNames`, found once, then kept: handed over by the
+    request's first translation (`found`), whose walk over the history meets
+    every `tool_use` anyway, so that the history is not walked a second time just
+    for its names; or found from the body (`ToolNames.fromRequest`) when asked
+    before that (`names`). Either way the same mapping: the same set of names
+    (so two finding it at once, a translation in a thread and a reader, agree)."""
+
+    __slots__ = ("_body", "_names")
+
+    def __init__(self, body: Any) -> None:
+        self._body: Any = body
+        self._names: ToolNames | None = None
+
+    @property
+    def names(self) -> ToolNames:
+        """The mapping, found from the body now if no translation handed it over."""
+        if self._names is None:
+            self._names = ToolNames.fromRequest(self._body)
+            self._body = None
+        return self._names
+
+    @property
+    def known(self) -> ToolNames | None:
+        """The mapping if it is found already (None: a translation may find it)."""
+        return self._names
+
+    def found(self, names: ToolNames) -> None:
+        """A translation's walk found the request's names (its body is let go)."""
+        if self._names is None:
+            self._names = names
+            self._body = None

@@ -32,7 +32,7 @@ import orjson
 
 from ccproxy.errors import invalidRequest
 from ccproxy.translate.dialect import MAX_TOKENS_CEILING, Profile
-from ccproxy.translate.names import ToolNames
+from ccproxy.translate.names import PendingNames, ToolNames, addDefinedNames
 from ccproxy.translate.schema import GeminiSchemas, SchemaBudget, SchemaTooComplex
 from ccproxy.translate.toolsearch import ToolSearch, loadedLine, resultText, searchKind
 from ccproxy.translate.values import isInt, isNumber
@@ -60,7 +60,7 @@ def toOpenAI(
     model: str,
     profile: Profile,
     defaultMaxTokens: int,
-    names: ToolNames | None = None,
+    names: ToolNames | PendingNames | None = None,
     cacheKey: str | None = None,
     keepThinking: bool = False,
 ) -> dict[str, Any]:
@@ -69,7 +69,9 @@ def toOpenAI(
     `model` is the upstream's model name, chosen by the router; `names` maps tool
     names the upstream would reject (over 64 characters, or outside
     `[a-zA-Z0-9_-]`) to ones it takes, the same way in the tools, the history and
-    `tool_choice` (made from the body when not given). `cacheKey` (the client's
+    `tool_choice` (found from the body when not given, in the walk over its
+    history that translating it is: a `PendingNames` not yet filled is handed
+    the names found). `cacheKey` (the client's
     session, `sessionKey`) goes as `prompt_cache_key` where the profile says the
     upstream takes it. `keepThinking`: each assistant message keeps its turn's
     thinking blocks under `THINKING_BLOCKS`, for a translator built on this one
@@ -87,12 +89,20 @@ def toOpenAI(
     if not messages:
         raise invalidRequest("messages: must hold at least one message")
 
-    if names is None:
-        names = ToolNames.fromRequest(body)
-    writer = _MessageWriter(profile, names, keepThinking)
+    pending = None
+    if isinstance(names, PendingNames):
+        pending, names = names, names.known
+    writer = _MessageWriter(profile, names, keepThinking, body)
     writer.addSystem(body.get("system"), "system")
     writer.addAll(messages)
     out: dict[str, Any] = {"model": model, "messages": writer.finish()}
+    names = writer.names
+    if names is None:  # the history's names are all met: with the tools', the mapping
+        defined = writer.historyNames()
+        addDefinedNames(body, defined)
+        names = writer.named(ToolNames.of(defined))
+    if pending is not None:
+        pending.found(names)
 
     maxTokens = body.get("max_tokens")
     if maxTokens is None:
@@ -217,10 +227,23 @@ def stopSequences(body: dict[str, Any]) -> list[str]:
 class _MessageWriter:
     """Builds the OpenAI message list, keeping tool messages next to their calls."""
 
-    def __init__(self, profile: Profile, names: ToolNames, keepThinking: bool = False) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        names: ToolNames | None,
+        keepThinking: bool = False,
+        body: Any = None,
+    ) -> None:
         self.profile = profile
         self.names = names
+        """The request's tool names; None while the walk finds them (see `named`)."""
         self.keepThinking = keepThinking
+        self.body = body
+        self.seen: set[str] = set()
+        """The names of `tool_use` blocks in user turns (sent nowhere, but named)."""
+        self.unnamed: list[dict[str, Any]] = []
+        """The calls made while `names` is None, named as the client names them
+        until the names are known (`named`)."""
         self.system: list[dict[str, Any]] = []
         """System texts as text parts (with their cache_control when passed through)."""
         self.out: list[dict[str, Any]] = []
@@ -232,6 +255,31 @@ class _MessageWriter:
         self.loaded: set[str] = set()
         """Tools the conversation has loaded: named by a `tool_reference` in a
         tool_result, or called in an assistant turn (deferred ones are then sent)."""
+
+    def named(self, names: ToolNames) -> ToolNames:
+        """The request's names are known: each call made without them gets its
+        upstream name (a name valid as it is, Claude Code's, keeps it)."""
+        self.names = names
+        if not names.same:
+            up = names.up
+            for call in self.unnamed:
+                function = call["function"]
+                function["name"] = up[function["name"]]
+        self.unnamed = []
+        return names
+
+    def historyNames(self) -> set[str]:
+        """The names of the history's `tool_use` blocks, once the walk is over with
+        `names` still None: those the assistant turns called (`loaded`: only a
+        tool search adds others, and its names are found before) and the user's."""
+        return self.loaded | self.seen
+
+    def _namesNow(self) -> ToolNames:
+        """The request's names for a part that needs them before the walk's end
+        (ccproxy's tool search): found from the body now, as `ToolNames.fromRequest`."""
+        if self.names is None:
+            return self.named(ToolNames.fromRequest(self.body))
+        return self.names
 
     def addAll(self, messages: list[Any]) -> None:
         """Add the request's messages, in one loop (not a call per message). Each
@@ -323,8 +371,11 @@ class _MessageWriter:
                         _blockText(block, _blockPath(i, j))
                     texts.append(text)
                 elif kind == "tool_use":
-                    calls.append(_toolCall(block, i, j, self.names))
+                    call = _toolCall(block, i, j, self.names)
+                    calls.append(call)
                     self.loaded.add(block["name"])
+                    if self.names is None:  # its upstream name once all are known
+                        self.unnamed.append(call)
                 elif kind == "thinking" and isinstance(block.get("thinking"), str):
                     if thinking is _NO_THINKING:
                         thinking = []
@@ -332,7 +383,7 @@ class _MessageWriter:
                 elif kind == "server_tool_use" and str(block.get("name")).startswith(
                     "tool_search_tool"
                 ):
-                    calls.append(_toolCall(block, i, j, self.names))
+                    calls.append(_toolCall(block, i, j, self._namesNow()))
                 elif kind == "tool_search_tool_result":
                     # ccproxy's own tool search (or Anthropic's) answered inside the
                     # turn: the call and its answer, then the turn goes on.
@@ -340,7 +391,7 @@ class _MessageWriter:
                     texts, thinking, calls = [], _NO_THINKING, []
                     where = _blockPath(i, j)
                     callId = _require(block, "tool_use_id", str, "a string", where)
-                    text, found = resultText(block, self.names.toUpstream)
+                    text, found = resultText(block, self._namesNow().toUpstream)
                     self.loaded.update(found)
                     self._closeCalls({callId: text})
                 elif not isinstance(kind, str):
@@ -355,18 +406,20 @@ class _MessageWriter:
             text = texts[0] if texts[0].strip() else ""
         else:
             text = "\n\n".join(t for t in texts if t.strip())
-        if not text and not calls:
+        message: dict[str, Any]
+        if calls:  # (each message made whole: no key added or replaced after)
+            content = text or self.profile.assistantEmptyContent
+            message = {"role": "assistant", "content": content, "tool_calls": calls}
+        elif text:
+            message = {"role": "assistant", "content": text}
+        else:
             return
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls:
-            message["tool_calls"] = calls
-            if not text:
-                message["content"] = self.profile.assistantEmptyContent
-        if thinking and self.profile.reasoning == "deepseek":
-            # DeepSeek's thinking mode answers 400 unless its reasoning comes back.
-            message["reasoning_content"] = "".join(b["thinking"] for b in thinking)
-        if thinking and self.keepThinking:
-            message[THINKING_BLOCKS] = thinking
+        if thinking:
+            if self.profile.reasoning == "deepseek":
+                # DeepSeek's thinking mode answers 400 unless its reasoning comes back.
+                message["reasoning_content"] = "".join(b["thinking"] for b in thinking)
+            if self.keepThinking:
+                message[THINKING_BLOCKS] = thinking
         self.out.append(message)
         if len(calls) == 1:  # the usual turn: one call, its id alone (`in` a list of one)
             self._openCalls = self._openIds = [calls[0]["id"]]
@@ -381,6 +434,8 @@ class _MessageWriter:
             self._closeCalls(None)
             if content.strip():
                 self.out.append({"role": "user", "content": content})
+            return
+        if len(content) == 1 and len(self._openCalls) == 1 and self._oneResult(content[0]):
             return
         results: dict[str, str] = {}
         parts: list[dict[str, Any]] = []
@@ -419,6 +474,10 @@ class _MessageWriter:
                 parts.append(part)
             else:
                 kind = _kindOf(block, i, j)  # not a block: a 400 naming it
+                if kind == "tool_use":  # the upstream gets none, but its name counts
+                    name = block.get("name")
+                    if isinstance(name, str):
+                        self.seen.add(name)
                 other = _contentPart(kind, block, _blockPath(i, j))
                 if other is not None:
                     parts.append(self._part(other, block))
@@ -430,12 +489,45 @@ class _MessageWriter:
         elif parts:  # else results alone (most turns): no message of the user's
             self._userMessage(parts)
 
+    def _oneResult(self, block: Any) -> bool:
+        """The usual turn after one call: its one result, without error, its
+        content a string or one text block, as the call's tool message (what the
+        loops of `_user`, `_toolResult` and `_closeCalls` make of it, without
+        their lists and dict); False for any other block."""
+        try:
+            if block.get("type") != "tool_result":
+                return False
+        except AttributeError:
+            return False
+        callId = self._openCalls[0]
+        text, isError = block.get("content"), block.get("is_error")
+        if block.get("tool_use_id") != callId:
+            return False
+        if not isinstance(text, str):
+            if not isinstance(text, list) or len(text) != 1:
+                return False
+            inner = text[0]  # (Claude Code sends many results as one text block)
+            try:
+                if inner.get("type") != "text":
+                    return False
+            except AttributeError:
+                return False
+            text = inner.get("text")
+            if not isinstance(text, str):
+                return False
+        if isError is not None and isError is not False:
+            return False
+        self.out.append({"role": "tool", "tool_call_id": callId, "content": text})
+        self._openCalls = _NO_CALLS
+        self._openIds = _NONE_OPEN
+        return True
+
     def _reference(self, block: dict[str, Any], path: str) -> str:
         """A `tool_reference` (a tool search's find): that tool is loaded, and the
         model reads that it may call it, by the name the upstream knows it by."""
         name = _require(block, "tool_name", str, "a string", path)
         self.loaded.add(name)
-        return loadedLine(self.names.toUpstream(name))
+        return loadedLine(self._namesNow().toUpstream(name))
 
     def _closeCalls(self, results: dict[str, str] | None) -> None:
         """Answer every open call, in call order; a missing result gets a placeholder
@@ -524,8 +616,9 @@ def _documentPart(block: dict[str, Any], path: str) -> dict[str, Any] | None:
     raise invalidRequest(f"{path}.source.type: must be 'base64', 'text', 'content' or 'url'")
 
 
-def _toolCall(block: dict[str, Any], i: int, j: int, names: ToolNames) -> dict[str, Any]:
-    """`messages.{i}.content.{j}`, a tool_use block, as an OpenAI tool call."""
+def _toolCall(block: dict[str, Any], i: int, j: int, names: ToolNames | None) -> dict[str, Any]:
+    """`messages.{i}.content.{j}`, a tool_use block, as an OpenAI tool call (named
+    as the client names it when `names` is not known yet)."""
     callId = block.get("id")
     name = block.get("name")
     if not isinstance(callId, str) or not isinstance(name, str):
@@ -538,9 +631,12 @@ def _toolCall(block: dict[str, Any], i: int, j: int, names: ToolNames) -> dict[s
         encoded = orjson.dumps(arguments).decode()
     except orjson.JSONEncodeError:
         raise invalidRequest(f"{_blockPath(i, j)}.input: nested too deeply to forward") from None
-    upstreamName = names.up.get(name)
-    if upstreamName is None:
-        upstreamName = names.toUpstream(name)
+    if names is None:
+        upstreamName = name
+    else:
+        upstreamName = names.up.get(name)
+        if upstreamName is None:
+            upstreamName = names.toUpstream(name)
     return {
         "id": callId,
         "type": "function",
@@ -671,29 +767,44 @@ def _tools(
                 serverTools.append(str(kind))
                 continue
         name = tool.get("name")
-        if not isinstance(name, str):
-            _require(tool, "name", str, "a string", f"tools.{_indexOf(tools, tool)}")
+        # A name the request's names hold is a string: checked only when it is not
+        # there (a subscript, not .get and a test for None).
+        try:
+            upstreamName = up[name]
+        except (KeyError, TypeError):
+            if not isinstance(name, str):
+                _require(tool, "name", str, "a string", f"tools.{_indexOf(tools, tool)}")
+            upstreamName = toUpstream(name)
         if tool.get("defer_loading") is True and name not in loaded and name not in chosen:
             continue  # its schema waits until a tool search finds it
         schema = tool.get("input_schema")
-        if schema is None:
+        if not isinstance(schema, dict):  # (one check for the usual schema, not two)
+            if schema is not None:
+                raise invalidRequest(
+                    f"tools.{_indexOf(tools, tool)}.input_schema: must be an object"
+                )
             schema = {"type": "object", "properties": {}}
-        elif not isinstance(schema, dict):
-            raise invalidRequest(f"tools.{_indexOf(tools, tool)}.input_schema: must be an object")
         if budget is not None:
             try:
                 schema = _GEMINI_SCHEMAS.reduce(schema, budget)
             except SchemaTooComplex as e:
                 raise invalidRequest(f"tools: {e}") from None
-        upstreamName = up.get(name)
-        if upstreamName is None:
-            upstreamName = toUpstream(name)
         description = tool.get("description")
         if isinstance(description, str) and description:
-            function = {"name": upstreamName, "description": description, "parameters": schema}
+            out.append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": upstreamName,
+                        "description": description,
+                        "parameters": schema,
+                    },
+                }
+            )
         else:
-            function = {"name": upstreamName, "parameters": schema}
-        out.append({"type": "function", "function": function})
+            out.append(
+                {"type": "function", "function": {"name": upstreamName, "parameters": schema}}
+            )
     return out, serverTools
 
 

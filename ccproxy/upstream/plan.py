@@ -26,7 +26,7 @@ from ccproxy.errors import (
     statusInBody,
     upstreamError,
 )
-from ccproxy.translate.names import ToolNames
+from ccproxy.translate.names import PendingNames, ToolNames
 from ccproxy.translate.passthrough import MessageStream, wholeMessage
 from ccproxy.translate.request import refuseSafeguards, stopSequences, toOpenAI
 from ccproxy.translate.response import fromOpenAI
@@ -45,9 +45,23 @@ class Rendering:
     messageId: str
     model: str
     stops: Sequence[str] = ()
-    names: ToolNames = field(factory=ToolNames)
+    toolNames: ToolNames | PendingNames = field(factory=ToolNames, alias="names")
+    """The request's tool names, or where they will be: the request's first
+    translation finds them in its walk (`PendingNames`), not a walk of their own."""
     serverTools: frozenset[str] = frozenset()
     """Upstream names of the functions ccproxy runs itself (its tool search)."""
+
+    @property
+    def names(self) -> ToolNames:
+        """The request's tool names, both ways (client <-> upstream)."""
+        names = self.toolNames
+        return names.names if isinstance(names, PendingNames) else names
+
+    def keepNames(self) -> None:
+        """The request is about to be emptied: its tool names are found now if no
+        translation found them (a route whose upstreams take the body as it is)."""
+        if isinstance(self.toolNames, PendingNames):
+            self.toolNames.names  # noqa: B018 (a property that finds and keeps them)
 
     def message(self, upstream: Upstream, raw: bytes) -> dict[str, Any]:
         """A whole JSON answer as an Anthropic message (a 502 when it is none)."""
@@ -102,9 +116,13 @@ class Plan:
         # (The targets are asked only when the field is there: most bodies lack it.)
         if "safeguards" in body and any(apiOf(upstreams[t.upstream]).translates for t in targets):
             refuseSafeguards(body)
-        names = ToolNames.fromRequest(body)
         search = ToolSearch.fromRequest(body)
-        server = frozenset({names.toUpstream(search.name)}) if search is not None else frozenset()
+        if search is None:  # the names: found by the first translation's walk
+            names: ToolNames | PendingNames = PendingNames(body)
+            server: frozenset[str] = frozenset()
+        else:
+            names = ToolNames.fromRequest(body)
+            server = frozenset({names.toUpstream(search.name)})
         rendering = Rendering(messageId, model, stopSequences(body), names, server)
         return cls(body, rendering, search=search, stream=body.get("stream") is True, **kwargs)
 
@@ -130,6 +148,7 @@ class Plan:
         then holds its body's bytes, not some 100 KB of objects per 50 KB
         request: thousands of streams opening at once wait that way."""
         if self.search is None:
+            self.rendering.keepNames()
             self.request.clear()
 
     def bodyFor(self, upstream: Upstream, target: Target) -> bytes:
@@ -162,8 +181,11 @@ class ChatAPI:
             raise nestedTooDeep() from None
 
     def translated(self, plan: Plan, upstream: Upstream, target: Target) -> dict[str, Any]:
-        """The request in this API's words, for `upstream` serving `target`."""
-        return toOpenAI(plan.request, **_translating(plan, upstream, target))
+        """The request in this API's words, for `upstream` serving `target` (the
+        first finds the request's tool names: see `Rendering.toolNames`)."""
+        return toOpenAI(
+            plan.request, names=plan.rendering.toolNames, **_translating(plan, upstream, target)
+        )
 
     def message(self, rendering: Rendering, upstream: Upstream, raw: bytes) -> dict[str, Any]:
         data = _json(upstream, raw)
@@ -235,7 +257,10 @@ class ResponsesAPI(ChatAPI):
         """The request as Responses input items; its thinking goes back only to the
         upstream that signed it (`upstream`)."""
         return toResponses(
-            plan.request, upstream=upstream.name, **_translating(plan, upstream, target)
+            plan.request,
+            upstream=upstream.name,
+            names=plan.rendering.names,
+            **_translating(plan, upstream, target),
         )
 
     def message(self, rendering: Rendering, upstream: Upstream, raw: bytes) -> dict[str, Any]:
@@ -291,12 +316,12 @@ _MODEL_KEY = re.compile(
 
 def _translating(plan: Plan, upstream: Upstream, target: Target) -> dict[str, Any]:
     """What every translator is told: the model per the target, the upstream's
-    profile, the defaults, the request's tool names and its cache key."""
+    profile, the defaults and the cache key (the request's tool names: each API's
+    own way, see `ChatAPI.translated`)."""
     return {
         "model": target.modelFor(plan.rendering.model),
         "profile": upstream.profile,
         "defaultMaxTokens": plan.defaultMaxTokens,
-        "names": plan.rendering.names,
         "cacheKey": plan.cacheKey,
     }
 
