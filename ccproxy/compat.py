@@ -17,7 +17,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import tcp
 from twisted.internet.base import ReactorBase
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
@@ -29,6 +29,8 @@ from twisted.web._newclient import (
     BadHeaders,
     HTTP11ClientProtocol,
     HTTPClientParser,
+    RequestGenerationFailed,
+    TransportProxyProducer,
     _ensureValidURI,
 )
 from twisted.web._newclient import Request as _ClientRequest
@@ -225,6 +227,13 @@ class ClientProtocol(HeadSplitClientProtocol):
     _pauses: _PauseOnNextRead | None = None
 
     def request(self, request: Any) -> Deferred[IResponse]:
+        if self._state == "QUIESCENT" and type(request) is WrittenWhole:
+            try:
+                lines = request.wholeLines()
+            except BaseException:
+                lines = None  # Twisted's own `request` fails it as it does
+            if lines is not None:
+                return self._sendWhole(request, lines)
         before = self._transportProxy
         with SendTogether(self.transport):
             requested: Deferred[IResponse] = super().request(request)
@@ -232,6 +241,51 @@ class ClientProtocol(HeadSplitClientProtocol):
         if proxy is not before and proxy is not None and proxy._producer is self.transport:
             self._pauses = proxy._producer = _PauseOnNextRead(self.transport)
         return requested  # (refused, `RequestNotSent`: the answer being read is left be)
+
+    def _sendWhole(self, request: WrittenWhole, lines: list[bytes]) -> Deferred[IResponse]:
+        """`request`, written whole (`lines`), sent as `HTTP11ClientProtocol.request`
+        sends it, its answer's Deferred the response parser's own.
+
+        Relies on: what `request` does for a request written within `writeTo`:
+        `_state` "TRANSMITTING" while writing (a write that raises: "GENERATION_FAILED",
+        the connection aborted, `RequestGenerationFailed`), then "WAITING";
+        `_finishedRequest`, whose canceller (the state no longer "TRANSMITTING")
+        aborts the connection and disconnects the parser with a `CancelledError`;
+        `_currentRequest`; `_transportProxy` (here over `_PauseOnNextRead`, as
+        `request` above sets it); `_parser`, an `HTTPClientParser(request,
+        _finishResponse)` connected to that proxy, firing or failing its
+        `_responseDeferred` once (`allHeadersReceived`, `connectionLost`) and
+        dropping it, which `request` chains to `_finishedRequest` and keeps as
+        `_responseDeferred`; both forgotten by `_disconnectParser`. Why: for a
+        request written within the call, Twisted makes a fired Deferred for the
+        write, three closures, and a second Deferred the parser's fires through
+        (`chainDeferred`): here the parser fires the request's Deferred itself,
+        one Deferred and one run of callbacks fewer per request."""
+        transport = self.transport
+        self._state = "TRANSMITTING"
+        try:
+            with SendTogether(transport):
+                transport.writeSequence(lines)
+        except BaseException:
+            self._state = "GENERATION_FAILED"
+            transport.abortConnection()
+            return fail(RequestGenerationFailed([Failure()]))
+        self._state = "WAITING"
+        finished: Deferred[IResponse] = Deferred(self._cancelWaiting)
+        self._finishedRequest = self._responseDeferred = finished
+        self._currentRequest = request
+        self._pauses = pauses = _PauseOnNextRead(transport)
+        proxy = self._transportProxy = TransportProxyProducer(pauses)
+        parser = self._parser = HTTPClientParser(request, self._finishResponse)
+        parser._responseDeferred = finished
+        parser.makeConnection(proxy)
+        return finished
+
+    def _cancelWaiting(self, finished: Deferred[IResponse]) -> None:
+        """A request written whole (`_sendWhole`) cancelled before its answer's head:
+        as Twisted's canceller does once the request is written."""
+        self.transport.abortConnection()
+        self._disconnectParser(Failure(CancelledError()))
 
     def _finishResponse_WAITING(self, rest: bytes) -> None:
         """A response read whole on a kept-alive connection: the connection made
@@ -1020,9 +1074,20 @@ class WrittenWhole(_ClientRequest):
     """
 
     def writeTo(self, transport: Any) -> Deferred[None]:
+        lines = self.wholeLines()
+        if lines is None:
+            return super().writeTo(transport)  # type: ignore[no-any-return]
+        transport.writeSequence(lines)
+        flushNow(transport)
+        return succeed(None)
+
+    def wholeLines(self) -> list[bytes] | None:
+        """The request's head and body as `writeTo` writes them, or None for a
+        body it leaves to Twisted's own `writeTo` (`BadHeaders` without exactly
+        one Host header)."""
         content = getattr(self.bodyProducer, "content", None)
         if type(content) is not bytes or len(content) != self.bodyProducer.length:
-            return super().writeTo(transport)  # type: ignore[no-any-return]
+            return None
         if len(self.headers._rawHeaders.get(b"Host", ())) != 1:
             raise BadHeaders("Exactly one Host header required")
         lines = [b"%b %b HTTP/1.1\r\n" % (self.method, self.uri)]
@@ -1034,9 +1099,7 @@ class WrittenWhole(_ClientRequest):
                 lines.append(b"%b: %b\r\n" % (name, value))
         lines.append(b"\r\n")
         lines.append(content)
-        transport.writeSequence(lines)
-        flushNow(transport)
-        return succeed(None)
+        return lines
 
 
 def poolRequest(
