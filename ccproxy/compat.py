@@ -276,8 +276,7 @@ class ClientProtocol(HeadSplitClientProtocol):
         self._currentRequest = request
         self._pauses = pauses = _PauseOnNextRead(transport)
         proxy = self._transportProxy = TransportProxyProducer(pauses)
-        parser = self._parser = HTTPClientParser(request, self._finishResponse)
-        parser._responseDeferred = finished
+        parser = self._parser = _parserFor(request, self._finishResponse, finished)
         parser.makeConnection(proxy)
         return finished
 
@@ -325,6 +324,24 @@ class ClientProtocol(HeadSplitClientProtocol):
                 pauses.pauseNow()
             self._pauses = None
         super().dataReceived(bytes)
+
+
+def _parserFor(
+    request: Any, finisher: Callable[[bytes], None], answered: Deferred[IResponse]
+) -> HTTPClientParser:
+    """`HTTPClientParser(request, finisher)` whose `_responseDeferred` is `answered`.
+
+    Relies on: `HTTPClientParser.__init__` setting `request`, `finisher`,
+    `_responseDeferred` (a new Deferred) and `_everReceivedData` (False), and
+    nothing else (tests/test_client_whole.py compares the two). Why: the Deferred
+    it makes would be dropped at once for `answered` (`ClientProtocol._sendWhole`):
+    a Deferred made for nothing costs some 3,000 instructions."""
+    parser: HTTPClientParser = HTTPClientParser.__new__(HTTPClientParser)
+    parser.request = request
+    parser.finisher = finisher
+    parser._responseDeferred = answered
+    parser._everReceivedData = False
+    return parser
 
 
 class QuietClientFactory(_HTTP11ClientFactory):

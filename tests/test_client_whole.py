@@ -187,3 +187,17 @@ def test_a_request_written_whole_leaves_in_one_send_within_the_call() -> None:
     protocol.request(_request(compat.WrittenWhole, body=b"{}" * 5000))
     assert len(socket.sent) == 1 and socket.sent[0].endswith(b"{}" * 5000)
     assert socket.sent[0].startswith(b"POST /v1/chat HTTP/1.1\r\n")
+
+
+def test_the_parser_is_made_as_twisted_makes_it_with_the_requests_deferred() -> None:
+    from twisted.web._newclient import HTTPClientParser
+
+    request, finisher, answered = _request(compat.WrittenWhole), (lambda rest: None), Deferred()
+    made = compat._parserFor(request, finisher, answered)
+    twisteds = HTTPClientParser(request, finisher)
+    assert type(made) is HTTPClientParser
+    assert set(vars(made)) == set(vars(twisteds)), "HTTPClientParser.__init__ changed"
+    for name, value in vars(twisteds).items():
+        if name != "_responseDeferred":
+            assert getattr(made, name) is value or getattr(made, name) == value, name
+    assert made._responseDeferred is answered
