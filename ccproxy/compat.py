@@ -292,7 +292,8 @@ class ClientProtocol(HeadSplitClientProtocol):
 
         Relies on: `HTTP11ClientProtocol._finishResponse_WAITING`'s steps for a
         request written whole (`_state` "WAITING"), persistent, answered without
-        `Connection: close` (the parser's `connHeaders`): `_state` made
+        `Connection: close` (the parser's `connHeaders`, read in its
+        `_rawHeaders` by the name `_nameEncoder` makes of it): `_state` made
         "QUIESCENT", the transport resumed, `_quiescentCallback(self)` called (an
         exception from it logged on `_newclient`'s logger, the connection then
         closed), and `_disconnectParser` given a synthetic `ConnectionDone`. Why:
@@ -304,7 +305,8 @@ class ClientProtocol(HeadSplitClientProtocol):
             self._state != "WAITING"
             or parser is None
             or not self._currentRequest.persistent
-            or b"close" in parser.connHeaders.getRawHeaders(b"Connection", ())
+            # `getRawHeaders(b"Connection", ())`, read where it keeps it (`keepOnlyHeaders`)
+            or b"close" in parser.connHeaders._rawHeaders.get(b"Connection", ())
         ):
             HTTP11ClientProtocol._finishResponse_WAITING(self, rest)
             return

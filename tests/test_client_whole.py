@@ -201,3 +201,44 @@ def test_the_parser_is_made_as_twisted_makes_it_with_the_requests_deferred() -> 
         if name != "_responseDeferred":
             assert getattr(made, name) is value or getattr(made, name) == value, name
     assert made._responseDeferred is answered
+
+
+def test_every_answer_is_read_as_twisted_reads_it_for_a_request_written_whole() -> None:
+    """The answers `tests/test_compat.py` reads through Twisted's own connection
+    (broken ones, `Connection: close` in either case, no length...), each in one
+    read, to a request sent by `_sendWhole` and to the same request sent by
+    Twisted's `HTTP11ClientProtocol`: the same answer, body, end and state."""
+    from twisted.web._newclient import HTTP11ClientProtocol
+
+    from tests.test_compat import ANSWERS
+
+    class Body(Collect):
+        end: Any = None
+
+        def connectionLost(self, reason: Any = None) -> None:
+            self.end = reason.type
+
+    answers = {**ANSWERS, "lower-close": ANSWERS["close"].replace(b"Connection", b"connection")}
+
+    def read(kind: type, raw: bytes, persistent: bool) -> tuple[Any, ...]:
+        pooled: list[Any] = []
+        protocol, transport = kind(pooled.append), _Recording()
+        protocol.makeConnection(transport)
+        request = _request(compat.WrittenWhole)
+        request.persistent = persistent
+        seen: list[Any] = []
+        body = Body()
+        protocol.request(request).addCallbacks(
+            lambda r: (
+                seen.append((r.code, list(r.headers.getAllRawHeaders()))) or r.deliverBody(body)
+            ),
+            lambda f: seen.append(f.type),
+        )
+        protocol.dataReceived(raw)
+        state = (protocol._state, protocol._parser is None, len(pooled))
+        return seen, b"".join(body.parts), body.end, state, transport.disconnecting
+
+    for name, raw in answers.items():
+        for persistent in (True, False):
+            fast = read(compat.ClientProtocol, raw, persistent)
+            assert fast == read(HTTP11ClientProtocol, raw, persistent), (name, persistent)
