@@ -430,21 +430,33 @@ class ConnectionPool(HTTPConnectionPool):
         return self._newConnection(key, endpoint)
 
     def request(
-        self, key: Hashable, endpoint: IStreamClientEndpoint, request: Any
+        self,
+        key: Hashable,
+        endpoint: IStreamClientEndpoint,
+        request: Any,
+        answered: Callable[[IResponse], IResponse] | None = None,
     ) -> Deferred[IResponse]:
         """`request` sent on an idle connection for `key` (`sendOnIdle`), else on a
         new one: what `getConnection(key, endpoint)` and the connection's `request`
-        do, without a Deferred made and chained for a connection already at hand."""
+        do, without a Deferred made and chained for a connection already at hand.
+        `answered`: what the answer goes through before the caller has it."""
         idle = self.takeIdleConnection(key)
         if idle is not None:
-            return self.sendOnIdle(idle, key, endpoint, request)
-        return self.newConnection(key, endpoint).addCallback(_send, request)
+            return self.sendOnIdle(idle, key, endpoint, request, answered)
+        sent = self.newConnection(key, endpoint).addCallback(_send, request)
+        return sent if answered is None else sent.addCallback(answered)
 
     def sendOnIdle(
-        self, connection: Any, key: Hashable, endpoint: IStreamClientEndpoint, request: Any
+        self,
+        connection: Any,
+        key: Hashable,
+        endpoint: IStreamClientEndpoint,
+        request: Any,
+        answered: Callable[[IResponse], IResponse] | None = None,
     ) -> Deferred[IResponse]:
         """`request` on `connection`, a cached one taken for it."""
-        return connection.request(request)  # type: ignore[no-any-return]
+        sent: Deferred[IResponse] = connection.request(request)
+        return sent if answered is None else sent.addCallback(answered)
 
 
 def _send(connection: Any, request: Any) -> Deferred[IResponse]:
@@ -1167,6 +1179,7 @@ def poolRequest(
     path: bytes,
     headers: Headers,
     body: IBodyProducer | None,
+    answered: Callable[[IResponse], IResponse] | None = None,
 ) -> Deferred[IResponse]:
     """`method` `uri` on a connection of `pool` (`key`, reached through `endpoint`),
     `path` its `originForm` (a property that formats it anew at each reading),
@@ -1182,14 +1195,16 @@ def poolRequest(
     `Agent.request` parses the URL, builds an endpoint and copies the headers on
     every request (a tenth of a non-streaming request's CPU with
     `ContentDecoderAgent`), for an upstream whose URL, endpoint and pool key never
-    change between reloads."""
+    change between reloads. `answered`: what the answer goes through before the
+    caller has it (`decoded`), in the callbacks the pool adds anyway."""
 
     request = WrittenWhole._construct(
         method, path, headers, body, persistent=pool.persistent, parsedURI=uri
     )
     if isinstance(pool, ConnectionPool):
-        return pool.request(key, endpoint, request)
-    return pool.getConnection(key, endpoint).addCallback(_send, request)
+        return pool.request(key, endpoint, request, answered)
+    sent = pool.getConnection(key, endpoint).addCallback(_send, request)
+    return sent if answered is None else sent.addCallback(answered)
 
 
 def decoded(response: IResponse) -> IResponse:
