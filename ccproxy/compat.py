@@ -379,51 +379,14 @@ class ConnectionPool(HTTPConnectionPool):
 
     def takeIdleConnection(self, key: Hashable) -> Any | None:
         """Take the first cached connection for `key` that is still idle, or None;
-        dead ones met on the way are dropped, as Twisted does. The idle timer of
-        the one taken is held (`_putConnection`), not cancelled."""
+        dead ones met on the way are dropped, as Twisted does."""
         connections = self._connections.get(key)
         while connections:
             connection = connections.pop(0)
+            self._timeouts.pop(connection).cancel()
             if connection.state == "QUIESCENT":
                 return connection
-            self._timeouts.pop(connection).cancel()
         return None
-
-    def _putConnection(self, key: Hashable, connection: Any) -> None:
-        """A connection back in the pool, idle: as Twisted's `_putConnection`, its
-        idle timer the one it held since it was taken, pushed to
-        `cachedConnectionTimeout` from now (`DelayedCall.reset`) rather than
-        cancelled at the taking and made anew here.
-
-        Relies on: `HTTPConnectionPool._putConnection` (refusing a connection that
-        is not "QUIESCENT", dropping the oldest of a full list with its timer,
-        appending the connection and keeping its timer, which calls
-        `_removeConnection(key, connection)`, in `_timeouts`); every entry of
-        `_timeouts` active (a fired one leaves it in `_removeConnection`). Why: a
-        reactor timer made and cancelled per upstream request costs some 15,000
-        instructions; pushing one later costs a tenth, and the reactor moves it
-        once when it comes due (`DelayedCall.delayed_time`)."""
-        held = self._timeouts.get(connection)
-        if held is None or connection.state != "QUIESCENT":
-            HTTPConnectionPool._putConnection(self, key, connection)
-            return
-        connections = self._connections.setdefault(key, [])
-        if len(connections) == self.maxPersistentPerHost:
-            dropped = connections.pop(0)
-            dropped.transport.loseConnection()
-            self._timeouts.pop(dropped).cancel()
-        connections.append(connection)
-        held.reset(self.cachedConnectionTimeout)
-
-    def _removeConnection(self, key: Hashable, connection: Any) -> None:
-        """A connection's idle timer ran out: closed and dropped as Twisted does
-        when it is idle; when it is serving a request (taken since, its timer
-        held), only the timer is let go (the connection gets a new one when it is
-        put back)."""
-        if connection in self._connections.get(key, ()):
-            HTTPConnectionPool._removeConnection(self, key, connection)
-        else:
-            del self._timeouts[connection]
 
     def newConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
         """A new connection for `key`, cached by the pool when its request is done."""

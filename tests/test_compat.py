@@ -208,9 +208,7 @@ def test_an_idle_connection_is_taken_from_twisteds_own_cache() -> None:
         "HTTPConnectionPool._connections no longer maps a key to its cached "
         "connections, or their `state` is no longer QUIESCENT when idle"
     )
-    assert len(clock.getDelayedCalls()) == 1, (
-        "taking a connection holds its idle timeout (tests/test_pool_idle_timer.py)"
-    )
+    assert clock.getDelayedCalls() == [], "taking a connection must cancel its idle timeout"
 
 
 def test_the_pool_hands_out_a_cached_connection_wrapped_for_replay() -> None:
