@@ -17,7 +17,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import tcp
 from twisted.internet.base import ReactorBase
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IWriteDescriptor
 from twisted.logger import Logger, LogLevel
@@ -29,6 +29,8 @@ from twisted.web._newclient import (
     BadHeaders,
     HTTP11ClientProtocol,
     HTTPClientParser,
+    RequestGenerationFailed,
+    TransportProxyProducer,
     _ensureValidURI,
 )
 from twisted.web._newclient import Request as _ClientRequest
@@ -225,6 +227,13 @@ class ClientProtocol(HeadSplitClientProtocol):
     _pauses: _PauseOnNextRead | None = None
 
     def request(self, request: Any) -> Deferred[IResponse]:
+        if self._state == "QUIESCENT" and type(request) is WrittenWhole:
+            try:
+                lines = request.wholeLines()
+            except BaseException:
+                lines = None  # Twisted's own `request` fails it as it does
+            if lines is not None:
+                return self._sendWhole(request, lines)
         before = self._transportProxy
         with SendTogether(self.transport):
             requested: Deferred[IResponse] = super().request(request)
@@ -233,13 +242,58 @@ class ClientProtocol(HeadSplitClientProtocol):
             self._pauses = proxy._producer = _PauseOnNextRead(self.transport)
         return requested  # (refused, `RequestNotSent`: the answer being read is left be)
 
+    def _sendWhole(self, request: WrittenWhole, lines: list[bytes]) -> Deferred[IResponse]:
+        """`request`, written whole (`lines`), sent as `HTTP11ClientProtocol.request`
+        sends it, its answer's Deferred the response parser's own.
+
+        Relies on: what `request` does for a request written within `writeTo`:
+        `_state` "TRANSMITTING" while writing (a write that raises: "GENERATION_FAILED",
+        the connection aborted, `RequestGenerationFailed`), then "WAITING";
+        `_finishedRequest`, whose canceller (the state no longer "TRANSMITTING")
+        aborts the connection and disconnects the parser with a `CancelledError`;
+        `_currentRequest`; `_transportProxy` (here over `_PauseOnNextRead`, as
+        `request` above sets it); `_parser`, an `HTTPClientParser(request,
+        _finishResponse)` connected to that proxy, firing or failing its
+        `_responseDeferred` once (`allHeadersReceived`, `connectionLost`) and
+        dropping it, which `request` chains to `_finishedRequest` and keeps as
+        `_responseDeferred`; both forgotten by `_disconnectParser`. Why: for a
+        request written within the call, Twisted makes a fired Deferred for the
+        write, three closures, and a second Deferred the parser's fires through
+        (`chainDeferred`): here the parser fires the request's Deferred itself,
+        one Deferred and one run of callbacks fewer per request."""
+        transport = self.transport
+        self._state = "TRANSMITTING"
+        try:
+            with SendTogether(transport):
+                transport.writeSequence(lines)
+        except BaseException:
+            self._state = "GENERATION_FAILED"
+            transport.abortConnection()
+            return fail(RequestGenerationFailed([Failure()]))
+        self._state = "WAITING"
+        finished: Deferred[IResponse] = Deferred(self._cancelWaiting)
+        self._finishedRequest = self._responseDeferred = finished
+        self._currentRequest = request
+        self._pauses = pauses = _PauseOnNextRead(transport)
+        proxy = self._transportProxy = TransportProxyProducer(pauses)
+        parser = self._parser = _parserFor(request, self._finishResponse, finished)
+        parser.makeConnection(proxy)
+        return finished
+
+    def _cancelWaiting(self, finished: Deferred[IResponse]) -> None:
+        """A request written whole (`_sendWhole`) cancelled before its answer's head:
+        as Twisted's canceller does once the request is written."""
+        self.transport.abortConnection()
+        self._disconnectParser(Failure(CancelledError()))
+
     def _finishResponse_WAITING(self, rest: bytes) -> None:
         """A response read whole on a kept-alive connection: the connection made
         quiescent, resumed and handed to the pool, then the parser let go.
 
         Relies on: `HTTP11ClientProtocol._finishResponse_WAITING`'s steps for a
         request written whole (`_state` "WAITING"), persistent, answered without
-        `Connection: close` (the parser's `connHeaders`): `_state` made
+        `Connection: close` (the parser's `connHeaders`, read in its
+        `_rawHeaders` by the name `_nameEncoder` makes of it): `_state` made
         "QUIESCENT", the transport resumed, `_quiescentCallback(self)` called (an
         exception from it logged on `_newclient`'s logger, the connection then
         closed), and `_disconnectParser` given a synthetic `ConnectionDone`. Why:
@@ -251,7 +305,8 @@ class ClientProtocol(HeadSplitClientProtocol):
             self._state != "WAITING"
             or parser is None
             or not self._currentRequest.persistent
-            or b"close" in parser.connHeaders.getRawHeaders(b"Connection", ())
+            # `getRawHeaders(b"Connection", ())`, read where it keeps it (`keepOnlyHeaders`)
+            or b"close" in parser.connHeaders._rawHeaders.get(b"Connection", ())
         ):
             HTTP11ClientProtocol._finishResponse_WAITING(self, rest)
             return
@@ -271,6 +326,24 @@ class ClientProtocol(HeadSplitClientProtocol):
                 pauses.pauseNow()
             self._pauses = None
         super().dataReceived(bytes)
+
+
+def _parserFor(
+    request: Any, finisher: Callable[[bytes], None], answered: Deferred[IResponse]
+) -> HTTPClientParser:
+    """`HTTPClientParser(request, finisher)` whose `_responseDeferred` is `answered`.
+
+    Relies on: `HTTPClientParser.__init__` setting `request`, `finisher`,
+    `_responseDeferred` (a new Deferred) and `_everReceivedData` (False), and
+    nothing else (tests/test_client_whole.py compares the two). Why: the Deferred
+    it makes would be dropped at once for `answered` (`ClientProtocol._sendWhole`):
+    a Deferred made for nothing costs some 3,000 instructions."""
+    parser: HTTPClientParser = HTTPClientParser.__new__(HTTPClientParser)
+    parser.request = request
+    parser.finisher = finisher
+    parser._responseDeferred = answered
+    parser._everReceivedData = False
+    return parser
 
 
 class QuietClientFactory(_HTTP11ClientFactory):
@@ -320,21 +393,33 @@ class ConnectionPool(HTTPConnectionPool):
         return self._newConnection(key, endpoint)
 
     def request(
-        self, key: Hashable, endpoint: IStreamClientEndpoint, request: Any
+        self,
+        key: Hashable,
+        endpoint: IStreamClientEndpoint,
+        request: Any,
+        answered: Callable[[IResponse], IResponse] | None = None,
     ) -> Deferred[IResponse]:
         """`request` sent on an idle connection for `key` (`sendOnIdle`), else on a
         new one: what `getConnection(key, endpoint)` and the connection's `request`
-        do, without a Deferred made and chained for a connection already at hand."""
+        do, without a Deferred made and chained for a connection already at hand.
+        `answered`: what the answer goes through before the caller has it."""
         idle = self.takeIdleConnection(key)
         if idle is not None:
-            return self.sendOnIdle(idle, key, endpoint, request)
-        return self.newConnection(key, endpoint).addCallback(_send, request)
+            return self.sendOnIdle(idle, key, endpoint, request, answered)
+        sent = self.newConnection(key, endpoint).addCallback(_send, request)
+        return sent if answered is None else sent.addCallback(answered)
 
     def sendOnIdle(
-        self, connection: Any, key: Hashable, endpoint: IStreamClientEndpoint, request: Any
+        self,
+        connection: Any,
+        key: Hashable,
+        endpoint: IStreamClientEndpoint,
+        request: Any,
+        answered: Callable[[IResponse], IResponse] | None = None,
     ) -> Deferred[IResponse]:
         """`request` on `connection`, a cached one taken for it."""
-        return connection.request(request)  # type: ignore[no-any-return]
+        sent: Deferred[IResponse] = connection.request(request)
+        return sent if answered is None else sent.addCallback(answered)
 
 
 def _send(connection: Any, request: Any) -> Deferred[IResponse]:
@@ -1020,9 +1105,20 @@ class WrittenWhole(_ClientRequest):
     """
 
     def writeTo(self, transport: Any) -> Deferred[None]:
+        lines = self.wholeLines()
+        if lines is None:
+            return super().writeTo(transport)  # type: ignore[no-any-return]
+        transport.writeSequence(lines)
+        flushNow(transport)
+        return succeed(None)
+
+    def wholeLines(self) -> list[bytes] | None:
+        """The request's head and body as `writeTo` writes them, or None for a
+        body it leaves to Twisted's own `writeTo` (`BadHeaders` without exactly
+        one Host header)."""
         content = getattr(self.bodyProducer, "content", None)
         if type(content) is not bytes or len(content) != self.bodyProducer.length:
-            return super().writeTo(transport)  # type: ignore[no-any-return]
+            return None
         if len(self.headers._rawHeaders.get(b"Host", ())) != 1:
             raise BadHeaders("Exactly one Host header required")
         lines = [b"%b %b HTTP/1.1\r\n" % (self.method, self.uri)]
@@ -1034,9 +1130,7 @@ class WrittenWhole(_ClientRequest):
                 lines.append(b"%b: %b\r\n" % (name, value))
         lines.append(b"\r\n")
         lines.append(content)
-        transport.writeSequence(lines)
-        flushNow(transport)
-        return succeed(None)
+        return lines
 
 
 def poolRequest(
@@ -1048,6 +1142,7 @@ def poolRequest(
     path: bytes,
     headers: Headers,
     body: IBodyProducer | None,
+    answered: Callable[[IResponse], IResponse] | None = None,
 ) -> Deferred[IResponse]:
     """`method` `uri` on a connection of `pool` (`key`, reached through `endpoint`),
     `path` its `originForm` (a property that formats it anew at each reading),
@@ -1063,14 +1158,16 @@ def poolRequest(
     `Agent.request` parses the URL, builds an endpoint and copies the headers on
     every request (a tenth of a non-streaming request's CPU with
     `ContentDecoderAgent`), for an upstream whose URL, endpoint and pool key never
-    change between reloads."""
+    change between reloads. `answered`: what the answer goes through before the
+    caller has it (`decoded`), in the callbacks the pool adds anyway."""
 
     request = WrittenWhole._construct(
         method, path, headers, body, persistent=pool.persistent, parsedURI=uri
     )
     if isinstance(pool, ConnectionPool):
-        return pool.request(key, endpoint, request)
-    return pool.getConnection(key, endpoint).addCallback(_send, request)
+        return pool.request(key, endpoint, request, answered)
+    sent = pool.getConnection(key, endpoint).addCallback(_send, request)
+    return sent if answered is None else sent.addCallback(answered)
 
 
 def decoded(response: IResponse) -> IResponse:

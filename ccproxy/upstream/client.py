@@ -144,7 +144,7 @@ class PooledClient:
         sent.addRawHeader(b"Host", target.host)
         sent.addRawHeader(b"Accept-Encoding", b"gzip")
         body = BytesProducer(data) if data is not None else None
-        requested = poolRequest(
+        return poolRequest(
             self._pool,
             target.key,
             target.endpoint,
@@ -153,8 +153,8 @@ class PooledClient:
             target.path,
             sent,
             body,
+            decoded,  # gzip decoded in the pool's own callbacks, not one more
         )
-        return requested.addCallback(decoded)
 
     def _prepare(self, url: str) -> _Target:
         uri = requestURI(url.encode("ascii"))
