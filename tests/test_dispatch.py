@@ -14,9 +14,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 
 from ccproxy.config.model import Config
+from ccproxy.config.policy import Policy
 from ccproxy.errors import ProxyError
 from ccproxy.observe.accesslog import Attempt
-from ccproxy.state.breaker import CLOSED, OPEN
+from ccproxy.state.breaker import CLOSED, OPEN, LocalBreaker
 from ccproxy.upstream.client import UpstreamClient
 from ccproxy.upstream.dispatch import Answer, Dispatcher, UpstreamState
 from ccproxy.upstream.plan import Plan
@@ -230,3 +231,43 @@ def test_a_clients_mistake_is_a_400_before_any_attempt() -> None:
         resultOf(rig.run(rig.plan(messages=[])))
     assert e.value.status == 400
     assert rig.upstream.received == [] and rig.attempts == []
+
+
+def test_a_retry_is_not_sent_when_the_breaker_opened_during_its_wait() -> None:
+    rig = Rig(retries=1)
+    rig.upstream.queue(jsonReply({"error": {"message": "busy"}}, 429))
+    d = rig.run(rig.plan())
+    rig.dispatcher.state.gate(rig.config.upstreams["main"]).breaker.failed()  # 2 of 2: open
+    rig.clock.advance(0.375)
+    rig.flush()
+    with pytest.raises(ProxyError) as e:
+        resultOf(d)
+    assert e.value.status == 429
+    assert [a.status for a in rig.attempts] == [429]
+
+
+class WaitedBreaker(LocalBreaker):
+    """A breaker whose `allow` answers later, as a shared backend's does."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock.seconds, Policy())
+        self.asked: list[Deferred[bool]] = []
+
+    def allow(self) -> Deferred[bool]:  # type: ignore[override]
+        self.asked.append(Deferred())
+        return self.asked[-1]
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_breaker_answering_later_is_waited_for(allowed: bool) -> None:
+    rig = Rig()
+    breaker = WaitedBreaker(rig.clock)
+    rig.dispatcher.state.gate(rig.config.upstreams["main"]).breaker = breaker
+    d = rig.run(rig.plan("pair"))
+    assert not d.called and len(breaker.asked) == 1 and rig.attempts == []
+    breaker.asked[0].callback(allowed)
+    rig.flush()
+    answer = resultOf(d)
+    assert answer.upstream.name == ("main" if allowed else "backup")
+    if not allowed:
+        assert rig.attempts[0] == Attempt("main", None, note="skipped, circuit open")

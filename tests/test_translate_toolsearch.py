@@ -462,3 +462,34 @@ def test_fixture_the_tool_called_stays_defined() -> None:
 def test_fixture_tool_search_off_sends_every_mcp_schema() -> None:
     out = translate(requestBody("073"))
     assert len([n for n in offered(out) if n.startswith("mcp__")]) == 100
+
+
+@pytest.mark.parametrize(
+    ("tools", "expected"),
+    [
+        ([], None),
+        ([{"name": "Bash"}, {"name": "Read", "type": None}], None),  # Claude Code's tools
+        ([{"name": "x", "type": ""}, {"name": "y", "type": 0}, {"type": False}], None),
+        ([{"name": "w", "type": "web_search_20250305"}], None),
+        ([{"type": "tool_search_tool_regex_20251119"}], None),  # no name: no search
+        ([{"name": "s", "type": "tool_search_tool_bm25_20251119"}], ("s", "bm25")),
+        # a tool that is no object is skipped (the translation refuses it), the
+        # search after it still found
+        (
+            ["Bash", None, [1], {"name": "s", "type": "tool_search_tool_regex_20251119"}],
+            ("s", "regex"),
+        ),
+        (
+            [
+                {"name": "a", "type": "tool_search_tool_regex_20251119"},
+                {"name": "b", "type": "tool_search_tool_bm25_20251119"},
+            ],
+            ("a", "regex"),
+        ),
+    ],
+)
+def test_from_request_finds_the_first_search_tool(tools: list[Any], expected: Any) -> None:
+    found = ToolSearch.fromRequest({"tools": [*tools, CATALOG[0]]})
+    assert (found if found is None else (found.name, found.kind)) == expected
+    if found is not None:
+        assert [e.name for e in found.catalog] == ["get_weather"]

@@ -11,7 +11,7 @@ for several processes (`ccproxy.state.shared`), with a `Breaker` as its fallback
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -95,8 +95,8 @@ class LocalBreaker:
     def failures(self) -> int:
         return self.breaker.failures
 
-    def allow(self) -> Deferred[bool]:
-        return succeed(self.breaker.allow())
+    def allow(self) -> bool | Awaitable[bool]:
+        return self.breaker.allow()  # a plain bool: see `UpstreamBreaker.allow`
 
     def succeeded(self) -> None:
         self.breaker.succeeded()

@@ -187,9 +187,10 @@ class UpstreamBreaker(Protocol):
     """As last seen (for /healthz and /metrics)."""
     openedAt: float
 
-    def allow(self) -> Awaitable[bool]:
+    def allow(self) -> bool | Awaitable[bool]:
         """Whether a request may go to this upstream now (claiming the one trial
-        of a half-open breaker)."""
+        of a half-open breaker): this process's answer as a bool at once (no
+        Deferred per request), a shared backend's to be awaited."""
         ...
 
     def succeeded(self) -> None: ...

@@ -94,8 +94,13 @@ class ToolSearch:
             return None
         found = None
         for tool in tools:
-            if not isinstance(tool, dict) or tool.get("type") is None:
-                continue  # Claude Code's own tools, every request: no search
+            # (try: a JSON value that is no object has no .get; cheaper than an
+            # isinstance per tool, every request: this is a walk of all its tools.)
+            try:
+                if tool.get("type") is None:
+                    continue  # Claude Code's own tools, every request: no search
+            except AttributeError:
+                continue  # no object: the translation refuses it
             kind = searchKind(tool)
             if kind is not None and found is None and isinstance(tool.get("name"), str):
                 found = (tool["name"], kind)

@@ -295,7 +295,10 @@ class Dispatcher:
             if target is plan.targets[-1]:
                 plan.letGo()  # retries and the panic's try resend the bodies made
             hop = _Hop(plan, upstream, target, gate, body, callerKey)
-            if not await gate.breaker.allow():
+            allowed = gate.breaker.allow()
+            if not isinstance(allowed, bool):  # a shared backend's answer, to await
+                allowed = await allowed
+            if not allowed:
                 attempts.append(Attempt(upstream.name, None, note="skipped, circuit open"))
                 skipped.append(hop)
                 continue
@@ -353,7 +356,10 @@ class Dispatcher:
                 raise error
             tries += 1
             await deferLater(self.clock, delay)
-            if not await gate.breaker.allow():
+            allowed = gate.breaker.allow()
+            if not isinstance(allowed, bool):
+                allowed = await allowed
+            if not allowed:
                 raise error
 
     async def _try(self, hop: _Hop) -> Answer:
