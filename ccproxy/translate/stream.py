@@ -340,7 +340,7 @@ class StreamTranslator:
         a payload with the same bytes around a JSON string is that string's
         chunk, its string alone parsed (a run of them, their strings parsed at
         once: `_textRun`); the same for the usual fragment of a tool call's
-        arguments."""
+        arguments (`_argumentRun`)."""
         loads = orjson.loads
         feed = self.feedInto
         # None: every chunk through `feedInto` (<think> tags to split, or another
@@ -378,6 +378,15 @@ class StreamTranslator:
                         text(content, events)
                     continue
             if args is not None and data.startswith(argsPrefix) and data.endswith(argsSuffix):
+                if at < count and shapes.argumentRuns and argsIndex in self._byIndex:
+                    # A run of such fragments of a known call: their arguments parsed
+                    # at once (`_argumentRun`)
+                    end = _argumentRunEnd(payloads, at, args, shape)
+                    if end > at:
+                        if self._argumentRun(argsIndex, payloads[at - 1 : end], args, events):
+                            at = end
+                            continue
+                        shapes.argumentRuns = False  # one by one, below, from now on
                 try:  # the arguments alone, as the text above
                     arguments = loads(data[len(argsPrefix) : len(data) - len(argsSuffix)])
                 except orjson.JSONDecodeError:
@@ -442,6 +451,34 @@ class StreamTranslator:
         except TypeError:
             return False
         self._texts(strings, whole, events)
+        return True
+
+    def _argumentRun(
+        self,
+        index: int,
+        run: list[bytes],
+        shape: tuple[bytes, bytes, int],
+        events: list[Event],
+    ) -> bool:
+        """Consecutive payloads of the learned fragment shape (`_argumentRunEnd`:
+        at least two), the call `index` names known, fed as `feedPayloads` feeds
+        each (`_moreArguments`, in turn: each fragment added and placed as it
+        would be alone, cumulative snapshots and delta cuts the same), their
+        arguments parsed by one `orjson.loads` as `_textRun` parses texts;
+        False, nothing done, when any is not a JSON string alone."""
+        prefix, suffix, _ = shape
+        cut = itemgetter(slice(len(prefix), -len(suffix)))
+        try:  # (each part a JSON string alone: see `_textRun`)
+            strings = orjson.loads(b"[" + b"\n,".join(map(cut, run)) + b"]")
+        except orjson.JSONDecodeError:
+            return False
+        if len(strings) != len(run) or not all(type(s) is str for s in strings):
+            return False
+        call = self._byIndex[index]  # (placing never changes which call an index names)
+        advance = self._advance
+        for arguments in strings:
+            call.add(arguments)
+            advance(events)
         return True
 
     def _texts(self, texts: list[str], whole: str, events: list[Event]) -> None:
@@ -907,6 +944,27 @@ def _run(
     return end, list(map(cut, payloads[first:end])), None
 
 
+def _argumentRunEnd(
+    payloads: list[bytes],
+    at: int,
+    shape: tuple[bytes, bytes, int],
+    textShape: tuple[bytes, bytes] | None,
+) -> int:
+    """Where the run of payloads of the fragment `shape` that goes on at `at`
+    (the one before it has the shape) ends: before the first without it, or
+    with the text shape too (which `feedPayloads` reads as text first)."""
+    prefix, suffix, _ = shape
+    end = at
+    while end < len(payloads):
+        data = payloads[end]
+        if not (data.startswith(prefix) and data.endswith(suffix)) or (
+            textShape is not None and data.startswith(textShape[0]) and data.endswith(textShape[1])
+        ):
+            break
+        end += 1
+    return end
+
+
 _SHAPE_TRIES = 3
 """Chunks read for a shape before giving up: a stream whose chunks differ in more
 than their text (a timestamp or a random pad in each) has none."""
@@ -928,12 +986,14 @@ class _Shapes:
     timestamp or a random pad in each) has none, and after `_SHAPE_TRIES` of
     each kind, no more is tried."""
 
-    __slots__ = ("argumentTries", "arguments", "runs", "text", "textTries")
+    __slots__ = ("argumentRuns", "argumentTries", "arguments", "runs", "text", "textTries")
 
     def __init__(self) -> None:
         self.runs = True
         """Whether runs of text chunks are parsed at once (`_textRun`): no more
         after a run that could not be, which is then read chunk by chunk."""
+        self.argumentRuns = True
+        """The same for runs of argument fragments (`_argumentRun`)."""
         self.text: tuple[bytes, bytes] | None = None
         self.textTries = 0
         self.arguments: tuple[bytes, bytes, int] | None = None
