@@ -45,9 +45,29 @@ CALLED = [orjson.dumps(CALL), ARGS]
 """A call begun, and its usual fragment (the shape learned)."""
 
 
+def oldSteps(self: StreamTranslator, call: Any, arguments: str, events: list[Any]) -> None:
+    """A fragment's steps before `_addArguments`' shortcut: added, then placed."""
+    call.add(arguments)
+    self._advance(events)
+
+
+def plainOld(reads: list[list[bytes]], flushed: bool, **kwargs: Any) -> list[Any]:
+    """The plain path, with each fragment's steps as before the shortcut."""
+    from tests.test_translate_payloads import feedEach
+
+    real = StreamTranslator._addArguments
+    StreamTranslator._addArguments = oldSteps  # type: ignore[method-assign]
+    try:
+        return outcome(reads, feedEach, flushed, **kwargs)
+    finally:
+        StreamTranslator._addArguments = real  # type: ignore[method-assign]
+
+
 def same(payloads: list[bytes]) -> None:
     """Fed as one read, one per read, in two reads and in reads of three, events
-    flushed after each read or kept, with and without stop sequences."""
+    flushed after each read or kept, with and without stop sequences: by
+    `feedPayloads` and by the plain path, as by the plain path before
+    `_addArguments`' shortcut."""
     from tests.test_translate_payloads import feedEach
 
     cuts = [
@@ -62,6 +82,7 @@ def same(payloads: list[bytes]) -> None:
                 fed = outcome(reads, StreamTranslator.feedPayloads, flushed, **kwargs)
                 plain = outcome(reads, feedEach, flushed, **kwargs)
                 assert fed == plain, (payloads, reads, kwargs, flushed)
+                assert fed == plainOld(reads, flushed, **kwargs), (payloads, reads, kwargs)
 
 
 @pytest.mark.parametrize("token", TOKENS)
@@ -158,3 +179,56 @@ def test_theBenchStreamsArgumentsAreReadAsOneRun(monkeypatch: pytest.MonkeyPatch
     assert runs and sum(runs) >= 19
     monkeypatch.undo()
     same(payloads)
+
+
+_ARGUMENT = st.sampled_from(
+    ["", "{", "}", '"a"', ":", "1", '{"a"', '{"a": 1', '{"a": 1}', "x" * 40]
+)
+
+
+@settings(max_examples=examples(400), deadline=None, derandomize=True, database=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from([0, 1]), _ARGUMENT),
+            st.sampled_from(["text", "call0", "call1", "call2", "finish"]),
+        ),
+        max_size=14,
+    )
+)
+def test_anyFragmentsOfAnyCallsReadAsBeforeTheShortcut(steps: list[Any]) -> None:
+    """Fragments of one call or two (the live one, a waiting one), cumulative
+    snapshots or pieces, empty ones, whole JSON values, between text, new
+    calls (a new id at an index already used) and a finish."""
+    payloads = [orjson.dumps(CALL)]
+    for step in steps:
+        if step == "text":
+            payloads.append(orjson.dumps(T("t")))
+        elif step == "finish":
+            payloads.append(orjson.dumps(C({}, "tool_calls")))
+        elif isinstance(step, str):
+            n = int(step[-1])
+            payloads.append(started(min(n, 1), f"call_{n}{len(payloads)}", "RW"[n % 2]))
+        else:
+            payloads.append(args(step[1], step[0]))
+    same(payloads)
+
+
+def test_addSentTakesOnlyAPlainPieceOfAnOpenCallWithNothingUnsent() -> None:
+    """What `_Call.addSent` refuses (then `add` and `_advance` do the work):
+    an empty fragment, one as long as the text so far (maybe a cumulative
+    snapshot), a closed call's, and one behind pieces not sent yet."""
+    from ccproxy.translate.stream import _Call
+
+    call = _Call("call_1")
+    assert not call.addSent("{")  # (nothing so far: as long)
+    call.add('{"a": ')
+    assert call.unsent() == '{"a": '
+    assert not call.addSent("")
+    assert not call.addSent('{"a": 1')
+    assert call.addSent("1") and call.arguments() == '{"a": 1' and call.unsent() == ""
+    call.add(",")
+    assert not call.addSent(" ")  # ("," unsent)
+    assert call.unsent() == "," and call.addSent(" ") and call.length == len('{"a": 1, ')
+    call.closed = True
+    assert not call.addSent('"b"') and call.arguments() == '{"a": 1, '

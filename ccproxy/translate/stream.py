@@ -100,6 +100,18 @@ class _Call:
             self._unfed.append(fragment)
             self.length += len(fragment)
 
+    def addSent(self, fragment: str) -> bool:
+        """`add` of a fragment that goes out at once, when it is a plain piece
+        (not empty, shorter than the text so far: no cumulative snapshot;
+        the call open, nothing left unsent): `add`'s steps for it, then counted
+        as sent as `unsent` would; False, nothing done, for any other."""
+        if not fragment or len(fragment) >= self.length or self.closed or self._unsent:
+            return False
+        self._parts.append(fragment)
+        self._unfed.append(fragment)
+        self.length += len(fragment)
+        return True
+
     def arguments(self) -> str:
         """The arguments so far, as one text (joined once, then kept whole)."""
         if len(self._parts) > 1:
@@ -475,10 +487,9 @@ class StreamTranslator:
         if len(strings) != len(run) or not all(type(s) is str for s in strings):
             return False
         call = self._byIndex[index]  # (placing never changes which call an index names)
-        advance = self._advance
+        more = self._addArguments
         for arguments in strings:
-            call.add(arguments)
-            advance(events)
+            more(call, arguments, events)
         return True
 
     def _texts(self, texts: list[str], whole: str, events: list[Event]) -> None:
@@ -773,9 +784,18 @@ class StreamTranslator:
         call = self._byIndex.get(index)
         if call is None:
             return False
+        self._addArguments(call, arguments, events)
+        return True
+
+    def _addArguments(self, call: _Call, arguments: str, events: list[Event]) -> None:
+        """`call.add(arguments)`, then `_advance`; for a plain piece of the live
+        call with no later call waiting (most fragments), their steps at once:
+        `_advance` would send it alone (`_sendArguments`)."""
+        if call is self._liveCall and self._placed == len(self._calls) and call.addSent(arguments):
+            self._delta(events, call.block, "input_json_delta", "partial_json", arguments)
+            return
         call.add(arguments)
         self._advance(events)
-        return True
 
     def _callFor(
         self, fragment: dict[str, Any], function: dict[str, Any], position: int, count: int
