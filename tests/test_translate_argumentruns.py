@@ -232,3 +232,25 @@ def test_addSentTakesOnlyAPlainPieceOfAnOpenCallWithNothingUnsent() -> None:
     assert call.unsent() == "," and call.addSent(" ") and call.length == len('{"a": 1, ')
     call.closed = True
     assert not call.addSent('"b"') and call.arguments() == '{"a": 1, '
+
+
+def test_runsAreCutAtTheirMostAndReadAsThePlainPath(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long run of fragments goes in runs of at most `_RUN_MOST` (a failing
+    one wastes no more than that), read as the plain path, a failure past
+    the first runs included."""
+    from ccproxy.translate import stream
+
+    sizes: list[int] = []
+    real = StreamTranslator._argumentRun
+
+    def spy(self: Any, index: int, run: list[bytes], *rest: Any) -> Any:
+        sizes.append(len(run))
+        return real(self, index, run, *rest)
+
+    monkeypatch.setattr(StreamTranslator, "_argumentRun", spy)
+    many = [args(str(n % 10)) for n in range(2 * stream._RUN_MOST + 5)]
+    make().feedPayloads([*CALLED, *many], [])
+    assert sizes == [stream._RUN_MOST, stream._RUN_MOST, 5]
+    monkeypatch.undo()
+    same([*CALLED, *many])
+    same([*CALLED, *many[:200], shaped(b'"\\ud83d"'), *many[:10]])

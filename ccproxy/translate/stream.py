@@ -480,8 +480,12 @@ class StreamTranslator:
         False, nothing done, when any is not a JSON string alone."""
         prefix, suffix, _ = shape
         cut = itemgetter(slice(len(prefix), -len(suffix)))
+        parts = list(map(cut, run))
+        # (the brackets put on the first and last parts, two at least: the run is copied
+        # once, by the join, not again by a `+` on each side)
+        parts[0], parts[-1] = b"[" + parts[0], parts[-1] + b"]"
         try:  # (each part a JSON string alone: see `_textRun`)
-            strings = orjson.loads(b"[" + b"\n,".join(map(cut, run)) + b"]")
+            strings = orjson.loads(b"\n,".join(parts))
         except orjson.JSONDecodeError:
             return False
         if len(strings) != len(run) or not all(type(s) is str for s in strings):
@@ -964,6 +968,13 @@ def _run(
     return end, list(map(cut, payloads[first:end])), None
 
 
+_RUN_MOST = 128
+"""The most payloads in one `_argumentRun`: a run that fails (a part not a JSON
+string alone, where the payload-by-payload read would stop or go on) has
+then cost its parse and scan for at most that many before the read goes on
+one by one, as before runs."""
+
+
 def _argumentRunEnd(
     payloads: list[bytes],
     at: int,
@@ -972,10 +983,12 @@ def _argumentRunEnd(
 ) -> int:
     """Where the run of payloads of the fragment `shape` that goes on at `at`
     (the one before it has the shape) ends: before the first without it, or
-    with the text shape too (which `feedPayloads` reads as text first)."""
+    with the text shape too (which `feedPayloads` reads as text first), or
+    after `_RUN_MOST` payloads."""
     prefix, suffix, _ = shape
     end = at
-    while end < len(payloads):
+    most = min(len(payloads), at - 1 + _RUN_MOST)
+    while end < most:
         data = payloads[end]
         if not (data.startswith(prefix) and data.endswith(suffix)) or (
             textShape is not None and data.startswith(textShape[0]) and data.endswith(textShape[1])
