@@ -246,9 +246,11 @@ def test_theBenchStreamsTextIsReadByItsShape(monkeypatch: pytest.MonkeyPatch) ->
     translator.feedPayloads(payloads, [])
     assert translator._shapes is not None and translator._shapes.text is not None
     texts = [p for p in parsed if p.startswith(b'"')]
-    runs = [orjson.loads(p) for p in parsed if p.startswith(b"[")]  # (`_textRun`)
+    # (`_textRun`, then `_argumentRun`)
+    runs = [orjson.loads(p) for p in parsed if p.startswith(b"[")]
     assert len(texts) + sum(map(len, runs)) >= 190 and len(parsed) <= len(payloads)
-    assert len(runs) == 1 and len(parsed) < 40  # the rest of the read's texts at once
+    # the rest of the read's texts at once, then its call's arguments at once
+    assert len(runs) == 2 and len(parsed) < 40 and len(runs[1]) >= 19
 
 
 @pytest.mark.parametrize(

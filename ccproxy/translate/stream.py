@@ -100,6 +100,18 @@ class _Call:
             self._unfed.append(fragment)
             self.length += len(fragment)
 
+    def addSent(self, fragment: str) -> bool:
+        """`add` of a fragment that goes out at once, when it is a plain piece
+        (not empty, shorter than the text so far: no cumulative snapshot;
+        the call open, nothing left unsent): `add`'s steps for it, then counted
+        as sent as `unsent` would; False, nothing done, for any other."""
+        if not fragment or len(fragment) >= self.length or self.closed or self._unsent:
+            return False
+        self._parts.append(fragment)
+        self._unfed.append(fragment)
+        self.length += len(fragment)
+        return True
+
     def arguments(self) -> str:
         """The arguments so far, as one text (joined once, then kept whole)."""
         if len(self._parts) > 1:
@@ -340,7 +352,7 @@ class StreamTranslator:
         a payload with the same bytes around a JSON string is that string's
         chunk, its string alone parsed (a run of them, their strings parsed at
         once: `_textRun`); the same for the usual fragment of a tool call's
-        arguments."""
+        arguments (`_argumentRun`)."""
         loads = orjson.loads
         feed = self.feedInto
         # None: every chunk through `feedInto` (<think> tags to split, or another
@@ -378,6 +390,15 @@ class StreamTranslator:
                         text(content, events)
                     continue
             if args is not None and data.startswith(argsPrefix) and data.endswith(argsSuffix):
+                if at < count and shapes.argumentRuns and argsIndex in self._byIndex:
+                    # A run of such fragments of a known call: their arguments parsed
+                    # at once (`_argumentRun`)
+                    end = _argumentRunEnd(payloads, at, args, shape)
+                    if end > at:
+                        if self._argumentRun(argsIndex, payloads[at - 1 : end], args, events):
+                            at = end
+                            continue
+                        shapes.argumentRuns = False  # one by one, below, from now on
                 try:  # the arguments alone, as the text above
                     arguments = loads(data[len(argsPrefix) : len(data) - len(argsSuffix)])
                 except orjson.JSONDecodeError:
@@ -442,6 +463,37 @@ class StreamTranslator:
         except TypeError:
             return False
         self._texts(strings, whole, events)
+        return True
+
+    def _argumentRun(
+        self,
+        index: int,
+        run: list[bytes],
+        shape: tuple[bytes, bytes, int],
+        events: list[Event],
+    ) -> bool:
+        """Consecutive payloads of the learned fragment shape (`_argumentRunEnd`:
+        at least two), the call `index` names known, fed as `feedPayloads` feeds
+        each (`_moreArguments`, in turn: each fragment added and placed as it
+        would be alone, cumulative snapshots and delta cuts the same), their
+        arguments parsed by one `orjson.loads` as `_textRun` parses texts;
+        False, nothing done, when any is not a JSON string alone."""
+        prefix, suffix, _ = shape
+        cut = itemgetter(slice(len(prefix), -len(suffix)))
+        parts = list(map(cut, run))
+        # (the brackets put on the first and last parts, two at least: the run is copied
+        # once, by the join, not again by a `+` on each side)
+        parts[0], parts[-1] = b"[" + parts[0], parts[-1] + b"]"
+        try:  # (each part a JSON string alone: see `_textRun`)
+            strings = orjson.loads(b"\n,".join(parts))
+        except orjson.JSONDecodeError:
+            return False
+        if len(strings) != len(run) or not all(type(s) is str for s in strings):
+            return False
+        call = self._byIndex[index]  # (placing never changes which call an index names)
+        more = self._addArguments
+        for arguments in strings:
+            more(call, arguments, events)
         return True
 
     def _texts(self, texts: list[str], whole: str, events: list[Event]) -> None:
@@ -736,9 +788,18 @@ class StreamTranslator:
         call = self._byIndex.get(index)
         if call is None:
             return False
+        self._addArguments(call, arguments, events)
+        return True
+
+    def _addArguments(self, call: _Call, arguments: str, events: list[Event]) -> None:
+        """`call.add(arguments)`, then `_advance`; for a plain piece of the live
+        call with no later call waiting (most fragments), their steps at once:
+        `_advance` would send it alone (`_sendArguments`)."""
+        if call is self._liveCall and self._placed == len(self._calls) and call.addSent(arguments):
+            self._delta(events, call.block, "input_json_delta", "partial_json", arguments)
+            return
         call.add(arguments)
         self._advance(events)
-        return True
 
     def _callFor(
         self, fragment: dict[str, Any], function: dict[str, Any], position: int, count: int
@@ -907,6 +968,36 @@ def _run(
     return end, list(map(cut, payloads[first:end])), None
 
 
+_RUN_MOST = 128
+"""The most payloads in one `_argumentRun`: a run that fails (a part not a JSON
+string alone, where the payload-by-payload read would stop or go on) has
+then cost its parse and scan for at most that many before the read goes on
+one by one, as before runs."""
+
+
+def _argumentRunEnd(
+    payloads: list[bytes],
+    at: int,
+    shape: tuple[bytes, bytes, int],
+    textShape: tuple[bytes, bytes] | None,
+) -> int:
+    """Where the run of payloads of the fragment `shape` that goes on at `at`
+    (the one before it has the shape) ends: before the first without it, or
+    with the text shape too (which `feedPayloads` reads as text first), or
+    after `_RUN_MOST` payloads."""
+    prefix, suffix, _ = shape
+    end = at
+    most = min(len(payloads), at - 1 + _RUN_MOST)
+    while end < most:
+        data = payloads[end]
+        if not (data.startswith(prefix) and data.endswith(suffix)) or (
+            textShape is not None and data.startswith(textShape[0]) and data.endswith(textShape[1])
+        ):
+            break
+        end += 1
+    return end
+
+
 _SHAPE_TRIES = 3
 """Chunks read for a shape before giving up: a stream whose chunks differ in more
 than their text (a timestamp or a random pad in each) has none."""
@@ -928,12 +1019,14 @@ class _Shapes:
     timestamp or a random pad in each) has none, and after `_SHAPE_TRIES` of
     each kind, no more is tried."""
 
-    __slots__ = ("argumentTries", "arguments", "runs", "text", "textTries")
+    __slots__ = ("argumentRuns", "argumentTries", "arguments", "runs", "text", "textTries")
 
     def __init__(self) -> None:
         self.runs = True
         """Whether runs of text chunks are parsed at once (`_textRun`): no more
         after a run that could not be, which is then read chunk by chunk."""
+        self.argumentRuns = True
+        """The same for runs of argument fragments (`_argumentRun`)."""
         self.text: tuple[bytes, bytes] | None = None
         self.textTries = 0
         self.arguments: tuple[bytes, bytes, int] | None = None
