@@ -30,7 +30,8 @@ from tests.test_translate_payloads import (
     make,
     started,
 )
-from tests.test_translate_textruns import PIECES, outcome
+from tests.test_translate_textruns import PIECE, PIECES, outcome
+from tests.test_translate_textruns import same as textRunsSame
 
 
 def shaped(token: bytes) -> bytes:
@@ -64,25 +65,9 @@ def plainOld(reads: list[list[bytes]], flushed: bool, **kwargs: Any) -> list[Any
 
 
 def same(payloads: list[bytes]) -> None:
-    """Fed as one read, one per read, in two reads and in reads of three, events
-    flushed after each read or kept, with and without stop sequences: by
-    `feedPayloads` and by the plain path, as by the plain path before
-    `_addArguments`' shortcut."""
-    from tests.test_translate_payloads import feedEach
-
-    cuts = [
-        [payloads],
-        [[p] for p in payloads],
-        [payloads[: len(payloads) // 2], payloads[len(payloads) // 2 :]],
-        [payloads[i : i + 3] for i in range(0, len(payloads), 3)],
-    ]
-    for kwargs in ({}, {"stopSequences": ("STOP", "\n\n")}, {"thinkTags": True}):
-        for reads in cuts:
-            for flushed in (False, True):
-                fed = outcome(reads, StreamTranslator.feedPayloads, flushed, **kwargs)
-                plain = outcome(reads, feedEach, flushed, **kwargs)
-                assert fed == plain, (payloads, reads, kwargs, flushed)
-                assert fed == plainOld(reads, flushed, **kwargs), (payloads, reads, kwargs)
+    """Read in every cut of `tests.test_translate_textruns.same`, by `feedPayloads`,
+    by the plain path, and by the plain path before `_addArguments`' shortcut."""
+    textRunsSame(payloads, also=plainOld)
 
 
 @pytest.mark.parametrize("token", TOKENS)
@@ -104,15 +89,8 @@ def test_everyPairAndTripleOfHostilePiecesReadsAsThePlainPath() -> None:
         same([*CALLED, shaped(b'"x"'), *map(shaped, triple)])
 
 
-_PIECE = st.one_of(
-    st.sampled_from(PIECES),
-    st.text(max_size=6).map(orjson.dumps),
-    st.binary(max_size=6).map(lambda b: b'"' + b + b'"'),
-)
-
-
 @settings(max_examples=examples(400), deadline=None, derandomize=True, database=None)
-@given(st.lists(st.one_of(_PIECE, _PIECE.map(lambda b: b" " + b + b"\t")), max_size=12))
+@given(st.lists(st.one_of(PIECE, PIECE.map(lambda b: b" " + b + b"\t")), max_size=12))
 def test_anyRunReadsAsThePlainPath(pieces: list[bytes]) -> None:
     same([*CALLED, *map(shaped, pieces), orjson.dumps(T("end"))])
 

@@ -20,28 +20,14 @@ from ccproxy.config.routing import Target
 from ccproxy.errors import ProxyError
 from ccproxy.translate.names import PendingNames, ToolNames
 from ccproxy.translate.request import toOpenAI
-from ccproxy.upstream.plan import Plan
-from tests.translatecases import PROFILES, requestBodies, variants
+from tests.translatecases import PROFILES, planFor, requestBodies, variants
 
 LONG = "mcp__" + "a" * 70
 
 
-def _plan(body: Any, upstream: Upstream, target: Target) -> Plan:
-    return Plan.forRequest(
-        body,
-        "client-model",
-        "msg_1",
-        targets=(target,),
-        upstreams={"u": upstream},
-        defaultMaxTokens=4096,
-        maxResponseBytes=1 << 20,
-        cacheKey="session-1",
-    )
-
-
 def _outcome(body: Any, upstream: Upstream, target: Target, namesFirst: bool) -> bytes:
     try:
-        plan = _plan(body, upstream, target)
+        plan = planFor(body, upstream, target)
         names = plan.rendering.names if namesFirst else None
         made = plan.bodyFor(upstream, target)
         names = plan.rendering.names
@@ -148,7 +134,7 @@ def test_names_asked_after_the_request_is_let_go() -> None:
         "tools": [{"name": LONG}],
     }
     upstream = Upstream(name="u", url="http://127.0.0.1:9/v1", apiKey="k", timeout=60)
-    plan = _plan(dict(body), upstream, Target("u", "up-model"))
+    plan = planFor(dict(body), upstream, Target("u", "up-model"))
     plan.letGo()
     assert plan.rendering.names == ToolNames.fromRequest(body)
 

@@ -53,9 +53,11 @@ def outcome(reads: list[list[bytes]], feedRead: Any, flushed: bool, **kwargs: An
     return [sent, error, end, translator.usage, translator.finishReason, translator._textTail]
 
 
-def same(payloads: list[bytes]) -> None:
+def same(payloads: list[bytes], also: Any = None) -> None:
     """Fed as one read, one per read, in two reads and in reads of three, events
-    flushed after each read or kept, with and without stop sequences."""
+    flushed after each read or kept, with and without stop sequences: by
+    `feedPayloads` and by the plain path (and by `also(reads, flushed, **kwargs)`
+    when given, another path that must read them the same)."""
     cuts = [
         [payloads],
         [[p] for p in payloads],
@@ -68,6 +70,8 @@ def same(payloads: list[bytes]) -> None:
                 fed = outcome(reads, StreamTranslator.feedPayloads, flushed, **kwargs)
                 plain = outcome(reads, feedEach, flushed, **kwargs)
                 assert fed == plain, (payloads, reads, kwargs, flushed)
+                if also is not None:
+                    assert fed == also(reads, flushed, **kwargs), (payloads, reads, kwargs)
 
 
 @pytest.mark.parametrize("token", TOKENS)
@@ -124,7 +128,7 @@ def test_everyPairAndTripleOfHostilePiecesReadsAsThePlainPath() -> None:
         same([BASE, shaped(b'"x"'), *map(shaped, triple)])
 
 
-_PIECE = st.one_of(
+PIECE = st.one_of(
     st.sampled_from(PIECES),
     st.text(max_size=6).map(orjson.dumps),
     st.binary(max_size=6).map(lambda b: b'"' + b + b'"'),
@@ -132,7 +136,7 @@ _PIECE = st.one_of(
 
 
 @settings(max_examples=examples(400), deadline=None, derandomize=True, database=None)
-@given(st.lists(st.one_of(_PIECE, _PIECE.map(lambda b: b" " + b + b"\t")), max_size=12))
+@given(st.lists(st.one_of(PIECE, PIECE.map(lambda b: b" " + b + b"\t")), max_size=12))
 def test_anyRunReadsAsThePlainPath(pieces: list[bytes]) -> None:
     same([BASE, *map(shaped, pieces), text("end")])
 

@@ -242,6 +242,20 @@ def _with(body: dict[str, Any], i: int, message: Any) -> dict[str, Any]:
     return {**body, "messages": messages}
 
 
+def planFor(body: Any, upstream: Upstream, target: Target) -> Plan:
+    """The plan every sameness case is made with: `body` for `target` on `upstream`."""
+    return Plan.forRequest(
+        body,
+        "client-model",
+        "msg_1",
+        targets=(target,),
+        upstreams={"u": upstream},
+        defaultMaxTokens=4096,
+        maxResponseBytes=1 << 20,
+        cacheKey="session-1",
+    )
+
+
 def outcome(body: Any) -> bytes:
     """What each API and profile makes of `body`, as bytes to digest."""
     parts: list[bytes] = []
@@ -257,16 +271,7 @@ def outcome(body: Any) -> bytes:
             )
             target = Target("u", "up-model")
             try:
-                plan = Plan.forRequest(
-                    body,  # translating reads a body, never changes it
-                    "client-model",
-                    "msg_1",
-                    targets=(target,),
-                    upstreams={"u": upstream},
-                    defaultMaxTokens=4096,
-                    maxResponseBytes=1 << 20,
-                    cacheKey="session-1",
-                )
+                plan = planFor(body, upstream, target)  # (reads a body, never changes it)
                 names = plan.rendering.names
                 made = plan.bodyFor(upstream, target)
                 mapping = sorted(names.up.items())
