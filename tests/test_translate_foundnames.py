@@ -145,3 +145,30 @@ def test_same_only_when_every_name_goes_as_it_is() -> None:
     assert not ToolNames.of(["Bash", LONG]).same
     assert not ToolNames.of(["Bash", "Ä tool"]).same
     assert not ToolNames().same
+
+
+def test_names_handed_over_between_the_check_and_the_body_read_are_kept() -> None:
+    """A translation in a thread may hand its names over (`found`) just after
+    `names` saw none: the names it handed over are the answer, not a mapping
+    found from the body it let go."""
+    handed = ToolNames.of(["Bash", "mcp__x__y"])
+    reads: list[Any] = []
+
+    class Racing(PendingNames):
+        __slots__ = ()
+
+        @property  # type: ignore[override]
+        def _names(self) -> ToolNames | None:
+            value = PendingNames._names.__get__(self)  # type: ignore[attr-defined]
+            if value is None and not reads:
+                reads.append(value)
+                self.found(handed)  # the thread, between this read and the next
+            return value  # type: ignore[no-any-return]
+
+        @_names.setter
+        def _names(self, value: ToolNames | None) -> None:
+            PendingNames._names.__set__(self, value)  # type: ignore[attr-defined]
+
+    pending = Racing({"messages": [], "tools": [{"name": "Other"}]})
+    assert pending.names is handed
+    assert pending.names is handed

@@ -213,10 +213,15 @@ class PendingNames:
     @property
     def names(self) -> ToolNames:
         """The mapping, found from the body now if no translation handed it over."""
-        if self._names is None:
-            self._names = ToolNames.fromRequest(self._body)
-            self._body = None
-        return self._names
+        names = self._names
+        if names is None:
+            body = self._body
+            # None: a translation in a thread handed its names over since the line
+            # above (`found` sets them before it lets the body go)
+            handed = self._names if body is None else None
+            names = handed if handed is not None else ToolNames.fromRequest(body)
+            self._names, self._body = names, None
+        return names
 
     @property
     def known(self) -> ToolNames | None:
