@@ -442,27 +442,14 @@ class StreamTranslator:
 
     def _textRun(self, texts: list[bytes], events: list[Event]) -> bool:
         """Consecutive payloads of the learned text shape (`_run`: at least two,
-        `texts` their parts between the prefix and the suffix) fed as
-        `feedPayloads` feeds each, their texts parsed by one `orjson.loads`;
-        False, nothing done, when any is not a JSON string alone (they are then
-        read one by one, as before).
-
-        Each part (what `feedPayloads` parses of one) goes in one JSON array,
-        `\\n,` between them: a raw newline is never inside a JSON string, so
-        each comma put there is outside every string, and an array of as many
-        strings as payloads has each part as one of them, the string its own
-        parse gives."""
-        try:
-            strings = orjson.loads(b"[" + b"\n,".join(texts) + b"]")
-        except orjson.JSONDecodeError:
+        `texts` their parts between the prefix and the suffix, given up to
+        `_stringsOf`) fed as `feedPayloads` feeds each, their texts parsed by one
+        `orjson.loads`; False, nothing done, when any is not a JSON string alone
+        (they are then read one by one, as before)."""
+        parsed = _stringsOf(texts)
+        if parsed is None:
             return False
-        if len(strings) != len(texts):
-            return False
-        try:
-            whole = "".join(strings)  # (a TypeError for any that is not a str)
-        except TypeError:
-            return False
-        self._texts(strings, whole, events)
+        self._texts(*parsed, events)
         return True
 
     def _argumentRun(
@@ -476,20 +463,13 @@ class StreamTranslator:
         at least two), the call `index` names known, fed as `feedPayloads` feeds
         each (`_moreArguments`, in turn: each fragment added and placed as it
         would be alone, cumulative snapshots and delta cuts the same), their
-        arguments parsed by one `orjson.loads` as `_textRun` parses texts;
-        False, nothing done, when any is not a JSON string alone."""
+        arguments parsed by one `orjson.loads` (`_stringsOf`), as `_textRun`'s
+        texts; False, nothing done, when any is not a JSON string alone."""
         prefix, suffix, _ = shape
-        cut = itemgetter(slice(len(prefix), -len(suffix)))
-        parts = list(map(cut, run))
-        # (the brackets put on the first and last parts, two at least: the run is copied
-        # once, by the join, not again by a `+` on each side)
-        parts[0], parts[-1] = b"[" + parts[0], parts[-1] + b"]"
-        try:  # (each part a JSON string alone: see `_textRun`)
-            strings = orjson.loads(b"\n,".join(parts))
-        except orjson.JSONDecodeError:
+        parsed = _stringsOf(list(map(itemgetter(slice(len(prefix), -len(suffix))), run)))
+        if parsed is None:
             return False
-        if len(strings) != len(run) or not all(type(s) is str for s in strings):
-            return False
+        strings, _ = parsed
         call = self._byIndex[index]  # (placing never changes which call an index names)
         more = self._addArguments
         for arguments in strings:
@@ -924,6 +904,31 @@ class StreamTranslator:
             if waiting is None:
                 return
             self._startCall(waiting, events)
+
+
+def _stringsOf(parts: list[bytes]) -> tuple[list[str], str] | None:
+    """Each of `parts` parsed as one JSON string alone, all by one
+    `orjson.loads`, and those strings joined; None when any part is not a JSON
+    string alone. `parts` is given up: its first and last get the brackets.
+
+    The parts go in one JSON array, `\\n,` between them: a raw newline is never
+    inside a JSON string, so each comma put there is outside every string, and
+    an array of as many strings as parts has each part as one of them, the
+    string its own parse gives. (The brackets go on the first and last parts:
+    the parts are copied once, by the join, not again by a `+` on each side.)"""
+    count = len(parts)
+    parts[0] = b"[" + parts[0]
+    parts[-1] += b"]"
+    try:
+        strings = orjson.loads(b"\n,".join(parts))
+    except orjson.JSONDecodeError:
+        return None
+    if len(strings) != count:
+        return None
+    try:
+        return strings, "".join(strings)  # (a TypeError for any that is not a str)
+    except TypeError:
+        return None
 
 
 def _marks(payloads: list[bytes], prefix: bytes) -> bytes | None:
