@@ -135,9 +135,16 @@ class Procs:
         self.children.clear()
 
 
-def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], logpath: str, what: str) -> None:
+def wait_http(
+    port: int,
+    path: str,
+    proc: subprocess.Popen[bytes],
+    logpath: str,
+    what: str,
+    seconds: float = 30,
+) -> None:
     """Wait until GET path answers 200; exit with the log's tail if it never does."""
-    end = time.monotonic() + 30
+    end = time.monotonic() + seconds
     while time.monotonic() < end and proc.poll() is None:
         with contextlib.suppress(OSError):
             if http_get(port, path, 1.0)[0] == 200:
