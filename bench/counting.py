@@ -3,12 +3,15 @@ ccproxy` on free ports, driven at concurrency 1 with the bench's corpus.
 
 Shared by `bench.syscalls` (strace) and `bench.instructions` (valgrind), whose
 counts, unlike times, do not move with the host's load. ccproxy runs on CPU 0 and
-the mock on CPU 1, as in `python -m bench`; the daemon keeps a SQLite ledger in a
-temp dir, as a daemon keeps one by default.
+the mock (and Redis) on CPU 1, as in `python -m bench`; the daemon keeps a SQLite
+ledger in a temp dir, as a daemon keeps one by default. `features` adds the
+options `python -m bench` measures with a feature on and off (`--ledger`,
+`--routes`, `--state`), the same config blocks.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -20,8 +23,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bench import client, corpus, payloads, validate
-from bench.procs import free_port, proxy_config, wait_http
-from bench.runner import PROXY_MODEL, PROXY_PATH, proxy_headers, twistd_command
+from bench.procs import (
+    add_features,
+    free_port,
+    ledger_setting,
+    proxy_config,
+    redis_command,
+    wait_http,
+    wait_redis,
+)
+from bench.runner import CLIENT_KEY, PROXY_MODEL, PROXY_PATH, proxy_headers, twistd_command
 
 
 def _pinned(cpu: int) -> list[str]:
@@ -47,16 +58,24 @@ class Daemon:
         return sum(1 for r in results if r.problems)
 
 
+def features(parser: argparse.ArgumentParser) -> None:
+    """The feature switches, as `python -m bench` names them."""
+    parser.add_argument("--ledger", choices=("sqlite", "off"), default="sqlite")
+    parser.add_argument("--routes", choices=("off", "on"), default="off")
+    parser.add_argument("--state", choices=("none", "local", "redis"), default="none")
+
+
 @contextmanager
 def daemon(
     kind: str,
-    ccproxyRoot: str = "",
+    args: argparse.Namespace,
     wrap: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     startSeconds: float = 30,
 ) -> Iterator[Daemon]:
     """The mock and ccproxy (its Python run under `wrap`, e.g. valgrind), for `lat`
-    (non-streaming) or `stream` requests; both stopped on leaving."""
+    (non-streaming) or `stream` requests, with `args`' features (`features`) and
+    `ccproxy_root`; all stopped on leaving."""
     work = tempfile.mkdtemp(prefix=f"ccproxy-bench-{kind}-")
     mockPort, proxyPort = free_port(), free_port()
     with open(os.path.join(work, "mock.out"), "w") as mockOut:
@@ -65,13 +84,31 @@ def daemon(
             stdout=mockOut,
             stderr=subprocess.STDOUT,
         )
+    helpers = [mock]
     config = proxy_config(mockPort, f"tcp:{proxyPort}:interface=127.0.0.1", 10, 20, False)
-    config["ledger"] = f"sqlite:///{work}/ccproxy.db"
+    ledger = ledger_setting(args.ledger, work, sys.executable, args.ccproxy_root)
+    if ledger is not None:
+        config["ledger"] = ledger
+    redisURL = ""
+    if args.state == "redis":
+        redisPort = free_port()
+        with open(os.path.join(work, "redis.log"), "w") as redisOut:
+            redis = subprocess.Popen(
+                [*_pinned(1)[:-1], *redis_command(redisPort, work)],
+                stdout=redisOut,
+                stderr=subprocess.STDOUT,
+            )
+        helpers.append(redis)
+        wait_redis(redisPort, redis, os.path.join(work, "redis.log"))
+        redisURL = f"redis://127.0.0.1:{redisPort}/0"
+    add_features(config, args.routes, args.state, redisURL, CLIENT_KEY)
     path = os.path.join(work, "ccproxy.yaml")
     with open(path, "w") as f:
         json.dump(config, f)  # JSON is YAML
     out = os.path.join(work, "ccproxy.out")
-    command = twistd_command(sys.executable, path, os.path.join(work, "ccproxy.log"), ccproxyRoot)
+    command = twistd_command(
+        sys.executable, path, os.path.join(work, "ccproxy.log"), args.ccproxy_root
+    )
     pinned = _pinned(0)
     command = [*pinned[:-1], *wrap, pinned[-1], *command[1:]]
     with open(out, "w") as proxyOut:
@@ -95,6 +132,8 @@ def daemon(
         yield Daemon(work, proxy.pid, target)
     finally:
         proxy.send_signal(signal.SIGTERM)
-        mock.terminate()
+        for helper in helpers:
+            helper.terminate()
         proxy.wait(60)
-        mock.wait(10)
+        for helper in helpers:
+            helper.wait(10)

@@ -1,6 +1,7 @@
 """Instructions per request or per stream of a running ccproxy, counted by valgrind.
 
     python -m bench.instructions [lat|stream] [-n N] [--ccproxy-root DIR]
+        [--ledger sqlite|off] [--routes off|on] [--state none|local|redis]
 
 Starts the bench's mock and `twistd -n ccproxy` under valgrind's callgrind
 (`bench.counting`; `PYTHONHASHSEED=0`), warms up with 30 requests, zeroes the
@@ -11,7 +12,8 @@ space is counted, sockets and timers and logging included; the kernel's side of
 a syscall is not (`bench.syscalls` counts those). The count moves by well under
 1% between runs and not at all with the host's load, where CPU time moves by a
 quarter: it is the figure to judge a change of a few percent by, two checkouts
-side by side (`--ccproxy-root` for the other one). Needs valgrind (`apt-get
+side by side (`--ccproxy-root` for the other one), or a feature on and off (as
+`python -m bench` names them). Needs valgrind (`apt-get
 install valgrind`); takes about a minute (the daemon runs some 50 times slower).
 """
 
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from bench.counting import daemon
+from bench.counting import daemon, features
 
 _WARM = 30
 
@@ -51,13 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", nargs="?", choices=("lat", "stream"), default="lat")
     parser.add_argument("-n", type=int, default=300, help="requests counted [300]")
     parser.add_argument("--ccproxy-root", default="", help="another checkout's ccproxy")
+    features(parser)
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("bench.instructions: valgrind is not installed", file=sys.stderr)
         return 2
     out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ccproxy-callgrind-{os.getpid()}")
     wrap = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p")
-    with daemon(args.kind, args.ccproxy_root, wrap, {"PYTHONHASHSEED": "0"}, 300) as proxy:
+    with daemon(args.kind, args, wrap, {"PYTHONHASHSEED": "0"}, 300) as proxy:
         invalid = proxy.run(_WARM)
         time.sleep(3)  # the warm-up's last ledger batch (slower under valgrind)
         _control("-z", proxy.pid)

@@ -1,6 +1,7 @@
 """Syscalls per request or per stream of a running ccproxy, counted by strace.
 
     python -m bench.syscalls [lat|stream] [-n N] [--ccproxy-root DIR]
+        [--ledger sqlite|off] [--routes off|on] [--state none|local|redis]
 
 Starts the bench's mock and `twistd -n ccproxy` (`bench.counting`), warms up with
 300 requests, then attaches `strace -f -c` (both threads: the reactor's and the
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from bench.counting import daemon
+from bench.counting import daemon, features
 
 _LINE = re.compile(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$")
 """A row of `strace -c`'s table: its calls and its syscall's name."""
@@ -33,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", nargs="?", choices=("lat", "stream"), default="lat")
     parser.add_argument("-n", type=int, default=1000, help="requests counted [1000]")
     parser.add_argument("--ccproxy-root", default="", help="another checkout's ccproxy")
+    features(parser)
     args = parser.parse_args(argv)
     if shutil.which("strace") is None:
         print("bench.syscalls: strace is not installed", file=sys.stderr)
         return 2
-    with daemon(args.kind, args.ccproxy_root) as proxy:
+    with daemon(args.kind, args) as proxy:
         invalid = proxy.run(300)
         time.sleep(1.5)  # the warm-up's last ledger batch
         counts = os.path.join(proxy.work, "strace.txt")
