@@ -35,6 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ccproxy.compat import SendTogether
 from ccproxy.config.model import RedisAddress
 from ccproxy.config.policy import Policy
 from ccproxy.state import model
@@ -247,9 +248,10 @@ class RedisLink:
         )
         self._factory = factory
 
-    def _handler(self) -> Any:
+    def _connection(self) -> Any | None:
         """The connection itself once there is one (a call through txredisapi's
-        handler costs some 20 µs more CPU); the handler, which waits for it, before."""
+        handler costs some 20 µs more CPU); None before the first, when the
+        handler waits for it."""
         factory = self._factory
         if factory is None:  # not connected yet, or disconnected: a late call fails
             raise txredisapi.ConnectionError("there is no connection to Redis")
@@ -258,19 +260,26 @@ class RedisLink:
             return factory.pool[0]
         if self._connected:
             raise txredisapi.ConnectionError("the connection to Redis is lost")
-        return factory.handler
+        return None
+
+    def _send(self, command: str, *args: Any) -> Deferred[Any]:
+        """`command` of txredisapi's protocol called with `args`, its bytes sent at
+        once, in one send, without the reactor asked to watch the socket for room
+        and then to stop (two epoll_ctl and a reactor turn a call)."""
+        try:
+            connection = self._connection()
+        except txredisapi.ConnectionError as e:
+            return fail(e)
+        if connection is None:
+            return getattr(self._factory.handler, command)(*args)  # type: ignore[union-attr,no-any-return]
+        with SendTogether(connection.transport):
+            return getattr(connection, command)(*args)  # type: ignore[no-any-return]
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
-        try:
-            return self._handler().eval(script, list(keys), list(args))  # type: ignore[no-any-return]
-        except txredisapi.ConnectionError as e:
-            return fail(e)
+        return self._send("eval", script, list(keys), list(args))
 
     def ping(self) -> Deferred[Any]:
-        try:
-            return self._handler().ping()  # type: ignore[no-any-return]
-        except txredisapi.ConnectionError as e:
-            return fail(e)
+        return self._send("ping")
 
     def disconnect(self) -> Deferred[Any]:
         factory, self._factory = self._factory, None
