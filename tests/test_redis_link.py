@@ -66,3 +66,30 @@ async def test_a_call_leaves_at_once_and_the_reactor_never_watches_for_room(
     assert transport not in reactor.getWriters()
     assert type(transport.reactor) is type(reactor)  # given back
     assert [await within(d) for d in calls] == ["PONG", "x"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_are_read_by_hiredis_in_one_go(link: RedisLink) -> None:
+    """txredisapi reads replies with hiredis when it is installed (a dependency of
+    ccproxy's): its own Python reader stops reading the socket and waits a reactor
+    turn after each bulk string that more bytes follow, twice a breaker's answer."""
+    import txredisapi
+
+    assert txredisapi.RedisFactory.protocol is txredisapi.HiredisProtocol
+    connection = _connection(link)
+    assert isinstance(connection, txredisapi.HiredisProtocol)
+    transport = connection.transport
+    paused: list[Any] = []
+    real = reactor.removeReader
+
+    def removeReader(reader: Any) -> None:
+        paused.append(reader)
+        real(reader)
+
+    reactor.removeReader = removeReader  # type: ignore[method-assign]
+    try:
+        reply = await within(link.eval("return {1, 'closed', '0', '2'}", [], []))
+    finally:
+        del reactor.removeReader
+    assert reply == [1, "closed", "0", "2"]
+    assert transport not in paused
