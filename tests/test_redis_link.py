@@ -1,6 +1,8 @@
 """What `RedisLink` relies on in txredisapi and Twisted to make a Redis call cheap,
 pinned against a real Redis (started by the tests): a call's bytes leave at once,
-without the reactor asked to watch the socket for room.
+without the reactor asked to watch the socket for room; hiredis reads the replies;
+a script runs by its hash once the connection ran it, by its text again when Redis
+forgot it; a call sets no timer of its own.
 """
 
 from __future__ import annotations
@@ -8,11 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_twisted
+import txredisapi
 from twisted.internet import reactor
 
 from ccproxy.config import Config
-from ccproxy.state.shared import RedisLink
+from ccproxy.state.shared import RedisLink, Script
 from tests.support.faultkit import waitUntil, within
 from tests.support.redisserver import RedisServer, redisServerFixture
 
@@ -58,7 +62,7 @@ async def test_a_call_leaves_at_once_and_the_reactor_never_watches_for_room(
 
     reactor.addWriter = addWriter  # type: ignore[method-assign]
     try:
-        calls = [link.ping(), link.eval("return ARGV[1]", [], ["x"])]
+        calls = [link.ping(), link.run(Script.of("return ARGV[1]"), [], ["x"])]
         assert not (transport._tempDataBuffer or transport.dataBuffer)  # sent already
     finally:
         del reactor.addWriter
@@ -73,8 +77,6 @@ async def test_replies_are_read_by_hiredis_in_one_go(link: RedisLink) -> None:
     """txredisapi reads replies with hiredis when it is installed (a dependency of
     ccproxy's): its own Python reader stops reading the socket and waits a reactor
     turn after each bulk string that more bytes follow, twice a breaker's answer."""
-    import txredisapi
-
     assert txredisapi.RedisFactory.protocol is txredisapi.HiredisProtocol
     connection = _connection(link)
     assert isinstance(connection, txredisapi.HiredisProtocol)
@@ -88,8 +90,53 @@ async def test_replies_are_read_by_hiredis_in_one_go(link: RedisLink) -> None:
 
     reactor.removeReader = removeReader  # type: ignore[method-assign]
     try:
-        reply = await within(link.eval("return {1, 'closed', '0', '2'}", [], []))
+        reply = await within(link.run(Script.of("return {1, 'closed', '0', '2'}"), [], []))
     finally:
         del reactor.removeReader
     assert reply == [1, "closed", "0", "2"]
     assert transport not in paused
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_script_runs_by_its_hash_once_run_and_by_its_text_when_forgotten(
+    link: RedisLink, redisServer: RedisServer
+) -> None:
+    script = Script.of("return 'ran ' .. ARGV[1]")
+    connection = _connection(link)
+    sent: list[bytes] = []
+    real = connection.transport.write
+
+    def write(data: bytes) -> None:
+        sent.append(data)
+        real(data)
+
+    connection.transport.write = write
+    try:
+        assert await within(link.run(script, [], ["1"])) == "ran 1"
+        assert script.sha in connection.script_hashes
+        assert await within(link.run(script, [], ["2"])) == "ran 2"
+        assert redisServer.command("SCRIPT", "FLUSH") == "OK"  # Redis forgets it
+        assert await within(link.run(script, [], ["3"])) == "ran 3"
+        assert await within(link.run(script, [], ["4"])) == "ran 4"
+    finally:
+        del connection.transport.write
+    commands = [data.split(b"\r\n")[2] for data in sent]
+    assert commands == [b"EVAL", b"EVALSHA", b"EVALSHA", b"EVAL", b"EVALSHA"]
+    assert script.text in sent[0] and script.sha.encode() in sent[1]
+    # Another script's error is the caller's, not a retry by text.
+    broken = Script.of("return redis.call('NOSUCHCOMMAND')")
+    with pytest.raises(txredisapi.ResponseError):
+        await within(link.run(broken, [], []))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_sets_no_timer_of_its_own(link: RedisLink) -> None:
+    """txredisapi's reply timer (`replyTimeout`) is made and cancelled per command;
+    the state bounds its calls itself (`RedisState.timeout`, shorter), so the link's
+    scripts and ZREM are sent without it."""
+    script = Script.of("return 1")
+    assert await within(link.run(script, [], [])) == 1  # known by its hash from now on
+    before = len(reactor.getDelayedCalls())
+    calls = [link.run(script, [], []), link.zrem("ccproxy:{x}:leases", "lease")]
+    assert len(reactor.getDelayedCalls()) == before
+    assert [await within(d) for d in calls] == [1, 0]

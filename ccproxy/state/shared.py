@@ -24,11 +24,13 @@ charges made meanwhile are added, and shared counting resumes.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import txredisapi
+from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
@@ -55,12 +57,27 @@ MAX_PENDING_CHARGES = 100_000
 """Charges kept while Redis is away, to add when it is back; older ones are dropped."""
 PREFIX = "ccproxy:"
 
+
+@frozen
+class Script:
+    """A Lua script with its SHA1, computed once (txredisapi's `eval` encodes and
+    hashes the whole text on every call)."""
+
+    text: bytes
+    sha: str
+
+    @classmethod
+    def of(cls, text: str) -> Script:
+        encoded = text.encode()
+        return cls(encoded, hashlib.sha1(encoded).hexdigest())
+
+
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-ADMIT = (
+ADMIT = Script.of(
     _NOW
     + """
 -- KEYS: leases, rate window, then one budget counter per window
@@ -107,7 +124,7 @@ return used
 """
 )
 
-RENEW = (
+RENEW = Script.of(
     _NOW
     + """
 -- KEYS: one client's leases; ARGV: ttl, then the ids of its live leases
@@ -118,7 +135,8 @@ return #ARGV - 1
 """
 )
 
-SEED = """
+SEED = Script.of(
+    """
 -- KEYS: a budget counter; ARGV: tokens, cost, when it expires (Unix seconds)
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'tokens', ARGV[1], 'cost', ARGV[2])
@@ -127,8 +145,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 return 0
 """
+)
 
-CHARGE = """
+CHARGE = Script.of(
+    """
 -- KEYS: budget counters; ARGV: tokens, cost. A counter not seeded yet is left
 -- alone: its seed, from the ledger, will hold this request.
 for i = 1, #KEYS do
@@ -139,8 +159,9 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
+)
 
-BREAKER_ALLOW = (
+BREAKER_ALLOW = Script.of(
     _NOW
     + """
 -- KEYS: a breaker; ARGV: cooldown, trial ttl.
@@ -163,7 +184,7 @@ return {0, state, opened, b[4] or '0'}
 """
 )
 
-BREAKER_REPORT = (
+BREAKER_REPORT = Script.of(
     _NOW
     + """
 -- KEYS: a breaker; ARGV: succeeded, failed or released, failures that open it.
@@ -238,7 +259,9 @@ class RedisLink:
             isLazy=True,
             password=address.password,
             username=address.username,
-            replyTimeout=2,  # a connection silent this long is dropped and made again
+            # A connection silent this long is dropped and made again (the state's
+            # scripts and ZREM go without it: `run`).
+            replyTimeout=2,
             convertNumbers=False,
         )
         factory.initialDelay = 0.1
@@ -262,7 +285,7 @@ class RedisLink:
             raise txredisapi.ConnectionError("the connection to Redis is lost")
         return None
 
-    def _send(self, command: str, *args: Any) -> Deferred[Any]:
+    def _send(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """`command` of txredisapi's protocol called with `args`, its bytes sent at
         once, in one send, without the reactor asked to watch the socket for room
         and then to stop (two epoll_ctl and a reactor turn a call)."""
@@ -271,12 +294,70 @@ class RedisLink:
         except txredisapi.ConnectionError as e:
             return fail(e)
         if connection is None:
-            return getattr(self._factory.handler, command)(*args)  # type: ignore[union-attr,no-any-return]
+            return getattr(self._factory.handler, command)(*args, **kwargs)  # type: ignore[union-attr,no-any-return]
         with SendTogether(connection.transport):
-            return getattr(connection, command)(*args)  # type: ignore[no-any-return]
+            return getattr(connection, command)(*args, **kwargs)  # type: ignore[no-any-return]
 
-    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
-        return self._send("eval", script, list(keys), list(args))
+    def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
+        """`script` run in Redis: by its hash once this connection has run it
+        (EVALSHA), by its text before (EVAL) and when Redis forgot it (NOSCRIPT).
+
+        Relies on txredisapi's protocol: `execute_command` (a command's parts
+        encoded and sent, a Deferred of its reply), its `apply_timeout=False`, and
+        the `script_hashes` set of the scripts this connection ran (emptied when
+        it is lost), as its own `eval` keeps it. Why: `eval` encodes and hashes the
+        script's text on every call and adds two callbacks; and its reply timer
+        (`replyTimeout`, a reactor timer made and cancelled per command) never
+        fires for these calls, which the caller gives up on sooner (`timeout`,
+        and cancelling the call cancels that timer)."""
+        try:
+            connection = self._connection()
+        except txredisapi.ConnectionError as e:
+            return fail(e)
+        if connection is None:  # before the first connection: the handler waits for it
+            return self._factory.handler.eval(script.text, list(keys), list(args))  # type: ignore[union-attr,no-any-return]
+        if script.sha in connection.script_hashes:
+            with SendTogether(connection.transport):
+                d = connection.execute_command(
+                    "EVALSHA", script.sha, len(keys), *keys, *args, apply_timeout=False
+                )
+            return d.addErrback(self._forgotten, connection, script, keys, args)
+        return self._eval(connection, script, keys, args)
+
+    def _eval(
+        self, connection: Any, script: Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Deferred[Any]:
+        with SendTogether(connection.transport):
+            d = connection.execute_command(
+                "EVAL", script.text, len(keys), *keys, *args, apply_timeout=False
+            )
+
+        def known(reply: Any) -> Any:
+            connection.script_hashes.add(script.sha)
+            return reply
+
+        return d.addCallback(known)  # type: ignore[no-any-return]
+
+    def _forgotten(
+        self,
+        failure: Failure,
+        connection: Any,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+    ) -> Any:
+        """NOSCRIPT (SCRIPT FLUSH, a failover): run it by its text again."""
+        if not (
+            failure.check(txredisapi.ResponseError)
+            and str(failure.value).startswith("NOSCRIPT")
+            and connection.connected
+        ):
+            return failure
+        connection.script_hashes.discard(script.sha)
+        return self._eval(connection, script, keys, args)
+
+    def zrem(self, key: str, member: str) -> Deferred[Any]:
+        return self._send("execute_command", "ZREM", key, member, apply_timeout=False)
 
     def ping(self) -> Deferred[Any]:
         return self._send("ping")
@@ -348,11 +429,13 @@ class RedisState:
 
     # -- calls ----------------------------------------------------------------------
 
-    def _call(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
+    def _call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
         """A script run in Redis, given up after `timeout` seconds."""
-        d = self.link.eval(script, keys, args)
-        d.addTimeout(self.timeout, self.reactor)
-        return d
+        return self._bounded(self.link.run(script, keys, args))
+
+    def _bounded(self, d: Deferred[Any]) -> Deferred[Any]:
+        """`d`, given up after `timeout` seconds."""
+        return d.addTimeout(self.timeout, self.reactor)
 
     def _fire(self, d: Deferred[Any], onLost: Callable[[], None] = lambda: None) -> None:
         """A write nobody waits for: a failure marks Redis down and runs `onLost`."""
@@ -415,9 +498,7 @@ class RedisState:
         self._renewAll()
 
     def _zrem(self, client: str, leaseId: str) -> Deferred[Any]:
-        return self._call(
-            "return redis.call('ZREM', KEYS[1], ARGV[1])", [leasesKey(client)], [leaseId]
-        )
+        return self._bounded(self.link.zrem(leasesKey(client), leaseId))
 
     # -- client limits and budgets --------------------------------------------------
 
