@@ -1,8 +1,9 @@
 """What `RedisLink` relies on in txredisapi and Twisted to make a Redis call cheap,
 pinned against a real Redis (started by the tests): a call's bytes leave at once,
-without the reactor asked to watch the socket for room; hiredis reads the replies;
-a script runs by its hash once the connection ran it, by its text again when Redis
-forgot it; a call sets no timer of its own.
+without the reactor asked to watch the socket for room; hiredis reads the replies
+and packs the commands (as txredisapi would); a script runs by its hash once the
+connection ran it, by its text again when Redis forgot it; a call sets no timer of
+its own; a cancelled call keeps its place in txredisapi's reply queue.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import pytest_twisted
 import txredisapi
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError
 
 from ccproxy.config import Config
 from ccproxy.state.shared import RedisLink, Script
@@ -140,3 +142,35 @@ async def test_a_call_sets_no_timer_of_its_own(link: RedisLink) -> None:
     calls = [link.run(script, [], []), link.zrem("ccproxy:{x}:leases", "lease")]
     assert len(reactor.getDelayedCalls()) == before
     assert [await within(d) for d in calls] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("EVALSHA", "0" * 40, 2, "ccproxy:{alice}:leases", "ccproxy:{alice}:rate", "p:1", "30.0"),
+        ("EVAL", b"return 1", 0),
+        ("EVALSHA", "0" * 40, 1, "ccproxy:{b\u00e9atrice \u2603}:budget:day", 100, "", "0.25"),
+        ("ZREM", "ccproxy:{x}:leases", "abc:12"),
+        ("EVALSHA", "0" * 40, 1, "k", -3, 0, 2**40, "succeeded"),
+        ("PING",),
+    ],
+)
+def test_hiredis_packs_a_command_as_txredisapi_does(parts: tuple[Any, ...]) -> None:
+    """`RedisLink._command` writes hiredis's `pack_command` where txredisapi wrote
+    its own `_build_command`: the same bytes for the str, bytes and int parts the
+    state sends (it sends no float: txredisapi writes those with six decimals)."""
+    from hiredis import pack_command
+
+    assert pack_command(parts) == txredisapi.BaseRedisProtocol()._build_command(*parts)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_call_keeps_its_place_for_its_reply(link: RedisLink) -> None:
+    """A call given up (the caller left, or Redis was slow) still has a reply to
+    come: the next call gets its own reply, not that one."""
+    slow = link.run(Script.of("return 'first'"), [], [])
+    slow.addErrback(lambda f: f.trap(CancelledError))
+    slow.cancel()
+    assert await within(link.run(Script.of("return 'second'"), [], [])) == "second"
+    assert await within(link.zrem("ccproxy:{x}:leases", "y")) == 0
+    assert await within(link.ping()) == "PONG"

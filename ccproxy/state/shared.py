@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import txredisapi
 from attrs import frozen
+from hiredis import pack_command
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
@@ -260,7 +261,7 @@ class RedisLink:
             password=address.password,
             username=address.username,
             # A connection silent this long is dropped and made again (the state's
-            # scripts and ZREM go without it: `run`).
+            # own commands go without it: `_command`).
             replyTimeout=2,
             convertNumbers=False,
         )
@@ -285,31 +286,37 @@ class RedisLink:
             raise txredisapi.ConnectionError("the connection to Redis is lost")
         return None
 
-    def _send(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        """`command` of txredisapi's protocol called with `args`, its bytes sent at
-        once, in one send, without the reactor asked to watch the socket for room
-        and then to stop (two epoll_ctl and a reactor turn a call)."""
-        try:
-            connection = self._connection()
-        except txredisapi.ConnectionError as e:
-            return fail(e)
-        if connection is None:
-            return getattr(self._factory.handler, command)(*args, **kwargs)  # type: ignore[union-attr,no-any-return]
-        with SendTogether(connection.transport):
-            return getattr(connection, command)(*args, **kwargs)  # type: ignore[no-any-return]
+    def _command(self, connection: Any, parts: tuple[Any, ...]) -> Deferred[Any]:
+        """One command on `connection`, its bytes sent at once, in one send, without
+        the reactor asked to watch the socket for room and then to stop (two
+        epoll_ctl and a reactor turn a call); a Deferred of its reply.
+
+        Relies on txredisapi's protocol: each reply goes, in the order the commands
+        were sent, to the oldest `replyQueue.get()` (a `ReplyQueue`, whose
+        cancelled get keeps its place for the reply still to come), `handle_reply`
+        raises an error reply, `connected` says whether it can send; and on
+        hiredis's `pack_command` writing the bytes that txredisapi's
+        `_build_command` writes for str, bytes and int parts (no float is passed:
+        callers `repr` theirs). Why: `execute_command` encodes each part and its
+        length through chains of isinstance and bytearray extends, some 100k
+        instructions for one script's call, and adds a second Deferred; nor is its
+        reply timer wanted (`run`)."""
+        if not connection.connected:
+            return fail(txredisapi.ConnectionError("Not connected"))
+        transport = connection.transport
+        with SendTogether(transport):
+            transport.write(pack_command(parts))
+        return connection.replyQueue.get().addCallback(connection.handle_reply)  # type: ignore[no-any-return]
 
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
         """`script` run in Redis: by its hash once this connection has run it
-        (EVALSHA), by its text before (EVAL) and when Redis forgot it (NOSCRIPT).
-
-        Relies on txredisapi's protocol: `execute_command` (a command's parts
-        encoded and sent, a Deferred of its reply), its `apply_timeout=False`, and
-        the `script_hashes` set of the scripts this connection ran (emptied when
-        it is lost), as its own `eval` keeps it. Why: `eval` encodes and hashes the
-        script's text on every call and adds two callbacks; and its reply timer
+        (EVALSHA), by its text before (EVAL) and when Redis forgot it (NOSCRIPT),
+        keeping the connection's `script_hashes` as txredisapi's own `eval` keeps
+        them (emptied when the connection is lost). Why not `eval`: it encodes and
+        hashes the script's text on every call; and its reply timer
         (`replyTimeout`, a reactor timer made and cancelled per command) never
-        fires for these calls, which the caller gives up on sooner (`timeout`,
-        and cancelling the call cancels that timer)."""
+        fires for the state's calls, which the state gives up on sooner (`timeout`;
+        cancelling a call cancelled that timer)."""
         try:
             connection = self._connection()
         except txredisapi.ConnectionError as e:
@@ -317,26 +324,20 @@ class RedisLink:
         if connection is None:  # before the first connection: the handler waits for it
             return self._factory.handler.eval(script.text, list(keys), list(args))  # type: ignore[union-attr,no-any-return]
         if script.sha in connection.script_hashes:
-            with SendTogether(connection.transport):
-                d = connection.execute_command(
-                    "EVALSHA", script.sha, len(keys), *keys, *args, apply_timeout=False
-                )
+            d = self._command(connection, ("EVALSHA", script.sha, len(keys), *keys, *args))
             return d.addErrback(self._forgotten, connection, script, keys, args)
         return self._eval(connection, script, keys, args)
 
     def _eval(
         self, connection: Any, script: Script, keys: Sequence[str], args: Sequence[Any]
     ) -> Deferred[Any]:
-        with SendTogether(connection.transport):
-            d = connection.execute_command(
-                "EVAL", script.text, len(keys), *keys, *args, apply_timeout=False
-            )
+        d = self._command(connection, ("EVAL", script.text, len(keys), *keys, *args))
 
         def known(reply: Any) -> Any:
             connection.script_hashes.add(script.sha)
             return reply
 
-        return d.addCallback(known)  # type: ignore[no-any-return]
+        return d.addCallback(known)
 
     def _forgotten(
         self,
@@ -357,10 +358,21 @@ class RedisLink:
         return self._eval(connection, script, keys, args)
 
     def zrem(self, key: str, member: str) -> Deferred[Any]:
-        return self._send("execute_command", "ZREM", key, member, apply_timeout=False)
+        return self._plain("zrem", "ZREM", key, member)
 
     def ping(self) -> Deferred[Any]:
-        return self._send("ping")
+        return self._plain("ping", "PING")
+
+    def _plain(self, method: str, *parts: Any) -> Deferred[Any]:
+        """A command without a script: txredisapi's `method` of the same name
+        before the first connection (its handler waits for one)."""
+        try:
+            connection = self._connection()
+        except txredisapi.ConnectionError as e:
+            return fail(e)
+        if connection is None:
+            return getattr(self._factory.handler, method)(*parts[1:])  # type: ignore[union-attr,no-any-return]
+        return self._command(connection, parts)
 
     def disconnect(self) -> Deferred[Any]:
         factory, self._factory = self._factory, None
