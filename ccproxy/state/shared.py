@@ -238,7 +238,12 @@ class RedisLink:
     """One pipelined connection to Redis through txredisapi, reconnecting on its own
     (within a second once Redis is back). A call made while the connection is
     lost fails at once (txredisapi would keep it until Redis is back); one made
-    before the first connection waits for it, bounded by the caller."""
+    before the first connection waits for it, bounded by the caller.
+
+    The one place that leans on txredisapi's and hiredis's lower layers
+    (`_command`, `run`), pinned by tests/test_redis_link.py: a call's command is
+    packed by hiredis and leaves at once; its reply, read by hiredis, comes back
+    through txredisapi's reply queue."""
 
     def __init__(self, address: RedisAddress, reactor: Any) -> None:
         self.address = address
