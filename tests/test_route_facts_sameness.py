@@ -214,3 +214,11 @@ def test_the_rules_kept_by_model_choose_as_every_rule_tried() -> None:
         assert route is not None
         assert route.pattern == everyRule(model, RequestFacts(body, 10), client)
         assert len(router._taking) <= FOUND_MEMO
+
+
+def test_the_bench_counts_the_path_it_times() -> None:
+    """`python -m bench.routing --instructions` runs this under callgrind."""
+    from bench.routing import main as bench
+
+    assert bench(["--count", "find", "1"]) == 0
+    assert bench(["--count", "choose", "1"]) == 0
