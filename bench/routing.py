@@ -15,13 +15,25 @@ way ``MessagesAPI`` does (``RequestFacts`` read from the parsed body, then
   input (which is not walked): linear work gives a ratio of about 10.
 
 Each figure is the best of ``--runs`` runs of ``--n`` evaluations (per request:
-the total divided by n). Exit status: 0.
+the total divided by n). A tight loop over six bodies runs hotter than a daemon
+does (its caches hold nothing else), so these times are some 2-3 times under
+what the daemon pays for the same work; ``--instructions`` adds the count of
+the first two rows' work under valgrind's callgrind, which does not move with
+the host and is what ``python -m bench.instructions --routes on`` finds in the
+daemon (its delta over ``--routes off``: the same path, and nothing else).
+Exit status: 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -93,11 +105,66 @@ def best(runs: int, n: int, work: Callable[[], object]) -> float:
     return min(times)
 
 
+def _counted(work: str, rounds: int) -> None:
+    """`rounds` rounds over the corpus of `work` (`find` alone, or `choose`), after
+    a warm-up: what `_instructions` runs under callgrind."""
+    config = Config.fromYAML(CONFIG, {})
+    corpus = [(orjson.loads(raw), len(raw)) for raw in bodies()]
+    router = config.router
+    for i in range(5 + rounds):
+        if i == 5:
+            gc.collect()
+            gc.freeze()  # as the daemon does after its start
+        for body, size in corpus:
+            if work == "find":
+                router.find(body["model"])
+            else:
+                choose(config, body, size, "carol")
+
+
+def _instructions(work: str) -> float:
+    """Instructions per request of `work`: the difference of two runs of
+    `_counted` under callgrind (10 and 60 rounds) over the requests between."""
+    totals = []
+    for rounds in (10, 60):
+        with tempfile.TemporaryDirectory() as tmp:
+            done = subprocess.run(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={os.path.join(tmp, 'out')}",
+                    sys.executable,
+                    "-m",
+                    "bench.routing",
+                    "--count",
+                    work,
+                    str(rounds),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONHASHSEED": "0"},
+            )
+        found = re.search(r"refs:\s+([\d,]+)", done.stderr)
+        if done.returncode or found is None:
+            raise SystemExit(f"bench.routing: callgrind failed: {done.stderr[-500:]}")
+        totals.append(int(found.group(1).replace(",", "")))
+    return (totals[1] - totals[0]) / (50 * len(bodies()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="evaluations per run")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the first rows' instructions with valgrind (about a minute)",
+    )
+    parser.add_argument("--count", nargs=2, metavar=("WORK", "ROUNDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.count:
+        _counted(args.count[0], int(args.count[1]))
+        return 0
     config = Config.fromYAML(CONFIG, {})
     corpus = [(orjson.loads(raw), len(raw)) for raw in bodies()]
     rows: list[tuple[str, str]] = []
@@ -120,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{after * 1e3:.4f} ms (**+{(after - before) * 1e3:.4f} ms**, target ≤ +0.05 ms)",
         )
     )
+
+    if args.instructions:
+        found, chosen = _instructions("find"), _instructions("choose")
+        rows.append(
+            (
+                "instructions: models: lookup alone / 6 rules tried + models:",
+                f"{found:,.0f} / {chosen:,.0f} (**+{chosen - found:,.0f}**)",
+            )
+        )
 
     raw = large_body(500_000, "claude-sonnet-4-5")
     long = orjson.loads(raw)

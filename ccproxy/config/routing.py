@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from fnmatch import fnmatchcase, translate
+from itertools import repeat
 
 from attrs import field, frozen
 
@@ -67,6 +68,38 @@ def globs(patterns: Iterable[str]) -> re.Pattern[str]:
 
 
 @frozen
+class ToolGlobs:
+    """A rule's tool globs, each matched the cheapest way that gives `fnmatchcase`'s
+    answer: a name without glob characters by equality, `NAME*` by `startswith`,
+    only the rest by their regular expression. A request offers some 15-50 tools:
+    one regular expression match per name cost more than the rest of its rules."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+    others: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, patterns: Iterable[str]) -> ToolGlobs:
+        exact, prefixes, others = set(), [], []
+        for pattern in patterns:
+            if GLOB_CHARS.isdisjoint(pattern):
+                exact.add(pattern)
+            elif pattern.endswith("*") and GLOB_CHARS.isdisjoint(pattern[:-1]):
+                prefixes.append(pattern[:-1])
+            else:
+                others.append(pattern)
+        return cls(frozenset(exact), tuple(prefixes), globs(others) if others else None)
+
+    def anyOf(self, names: tuple[str, ...]) -> bool:
+        """Whether any of `names` matches one of the globs (the loops run in C)."""
+        if not self.exact.isdisjoint(names):
+            return True
+        if self.prefixes and any(map(str.startswith, names, repeat(self.prefixes))):
+            return True
+        return self.others is not None and any(map(self.others.match, names))
+
+
+@frozen
 class When:
     """A rule's conditions (`routes[].when`); those not None must all hold."""
 
@@ -86,23 +119,34 @@ class When:
     """Names of the clients (`clients[].name`) it applies to."""
     _model: re.Pattern[str] | None = field(init=False, repr=False, eq=False)
     _tools: re.Pattern[str] | None = field(init=False, repr=False, eq=False)
+    _toolGlobs: ToolGlobs | None = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_model", None if self.model is None else globs(self.model))
         object.__setattr__(self, "_tools", None if self.tools is None else globs(self.tools))
+        toolGlobs = None if self.tools is None else ToolGlobs.of(self.tools)
+        object.__setattr__(self, "_toolGlobs", toolGlobs)
 
     def holds(self, model: str, facts: RequestFacts, client: str | None) -> bool | None:
         """Whether every condition holds; None when that turns on the token estimate
         alone and `facts` has none yet. The cheap conditions go first."""
-        if self._model is not None and self._model.match(model) is None:
+        if not self.takes(model):
             return False
+        return self.holdsBeyondModel(facts, client)
+
+    def takes(self, model: str) -> bool:
+        """Whether the `model` condition holds (or there is none)."""
+        return self._model is None or self._model.match(model) is not None
+
+    def holdsBeyondModel(self, facts: RequestFacts, client: str | None) -> bool | None:
+        """`holds` for a model `takes` says holds: the other conditions."""
         if self.client is not None and client not in self.client:
             return False
         if self.background is not None and facts.background != self.background:
             return False
         if self.thinking is not None and facts.thinking != self.thinking:
             return False
-        if self._tools is not None and not any(map(self._tools.match, facts.tools)):
+        if self._toolGlobs is not None and not self._toolGlobs.anyOf(facts.tools):
             return False
         if self.images is not None and (facts.images > 0) != self.images:
             return False
@@ -215,11 +259,15 @@ class ModelRouter:
     _found: dict[str, Route | None] = field(init=False, repr=False, eq=False)
     """`find`'s answers by model name (`FOUND_MEMO`): the globs are tried once per
     name, not once per request."""
+    _taking: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, eq=False)
+    """The rules whose `model` condition holds, by model name (`FOUND_MEMO`): their
+    globs too are tried once per name, and a rule for other models costs nothing."""
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_exact", {r.pattern: r for r in self.routes if not r.isGlob})
         object.__setattr__(self, "_globs", tuple(r for r in self.routes if r.isGlob))
         object.__setattr__(self, "_found", {})
+        object.__setattr__(self, "_taking", {})
 
     @classmethod
     def fromRoutes(cls, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> ModelRouter:
@@ -228,13 +276,24 @@ class ModelRouter:
     def choose(self, model: str, facts: RequestFacts, client: str | None) -> Route | None:
         """The first rule that holds, else `model`'s entry (`find`); `NEEDS_TOKENS`
         when that turns on an estimate `facts` does not hold yet."""
-        for rule in self.rules:
-            held = rule.when.holds(model, facts, client)
+        taking = self._taking.get(model)
+        if taking is None:
+            taking = self._rulesTaking(model)
+        for rule in taking:
+            held = rule.when.holdsBeyondModel(facts, client)
             if held is None:
                 return NEEDS_TOKENS
             if held:
                 return rule.route
         return self.find(model)
+
+    def _rulesTaking(self, model: str) -> tuple[Rule, ...]:
+        """The rules whose `model` condition `model` meets, in file order, kept."""
+        taking = tuple(rule for rule in self.rules if rule.when.takes(model))
+        if len(self._taking) >= FOUND_MEMO:
+            self._taking.clear()  # many distinct names: start again, bounded
+        self._taking[model] = taking
+        return taking
 
     def needsTokens(self) -> bool:
         """Whether a rule may ask for the token estimate."""
