@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 
@@ -18,6 +20,10 @@ from ccproxy.errors import ProxyError
 from ccproxy.state.local import LocalState
 from ccproxy.state.model import Admitted, Ask, Decision, Lease, Used, Window
 from ccproxy.web.admission import Admission, Standing
+from ccproxy.web.site import ProxySite
+from tests.support.fakes import completion, jsonReply, stallReply
+from tests.support.harness import Harness, message
+from tests.test_site import Conn, _oneRead
 
 CONFIG = """
 upstreams:
@@ -51,6 +57,13 @@ def run(coroutine: Any) -> Deferred[Any]:
     return Deferred.fromCoroutine(coroutine)
 
 
+def failed(d: Deferred[Any]) -> Any:
+    """The exception `d` failed with (handled)."""
+    failure = d.result
+    d.addErrback(lambda _: None)
+    return failure.value
+
+
 def test_a_place_is_held_for_the_block_and_given_back_after_it() -> None:
     config, _clock, state, admission = setup()
     alice = client(config, "alice")
@@ -79,13 +92,11 @@ def test_a_second_request_over_max_concurrent_is_429_and_holds_nothing() -> None
             raise AssertionError("let in past max_concurrent")
 
     first = run(holding())
-    refused = run(second())
-    failure = refused.result
-    refused.addErrback(lambda _: None)
-    assert isinstance(failure.value, ProxyError)
-    assert failure.value.status == 429
-    assert failure.value.errorType == "rate_limit_error"
-    assert failure.value.headers == {"retry-after": "1"}
+    error = failed(run(second()))
+    assert isinstance(error, ProxyError)
+    assert error.status == 429
+    assert error.errorType == "rate_limit_error"
+    assert error.headers == {"retry-after": "1"}
     assert state.limits["alice"].active == 1  # the first one's only
     gate.callback(None)
     assert first.called
@@ -100,10 +111,8 @@ def test_the_place_is_given_back_when_the_block_fails() -> None:
         async with admission.admitted(alice, config):
             raise ProxyError(502, "upstream broke", "api_error")
 
-    d = run(failing())
-    failure = d.result
-    d.addErrback(lambda _: None)
-    assert isinstance(failure.value, ProxyError) and failure.value.status == 502
+    error = failed(run(failing()))
+    assert isinstance(error, ProxyError) and error.status == 502
     assert state.limits["alice"].active == 0
 
 
@@ -119,8 +128,7 @@ def test_the_place_is_given_back_when_the_request_is_cancelled() -> None:
     d = run(waiting())
     assert state.limits["alice"].active == 1
     d.cancel()
-    assert isinstance(d.result.value, CancelledError)
-    d.addErrback(lambda _: None)
+    assert isinstance(failed(d), CancelledError)
     assert state.limits["alice"].active == 0
 
 
@@ -135,10 +143,9 @@ def test_requests_per_minute_counts_only_those_let_in() -> None:
     for _ in range(5):
         run(once())
         clock.advance(1)
-    refused = run(once())
-    assert refused.result.value.status == 429
-    assert refused.result.value.headers == {"retry-after": "55"}
-    refused.addErrback(lambda _: None)
+    refused = failed(run(once()))
+    assert refused.status == 429
+    assert refused.headers == {"retry-after": "55"}
     clock.advance(55)
     assert run(once()).result is None
 
@@ -193,8 +200,7 @@ def test_a_cancel_while_the_backend_decides_holds_no_place() -> None:
 
     d = run(once())
     d.cancel()
-    assert isinstance(d.result.value, CancelledError)
-    d.addErrback(lambda _: None)
+    assert isinstance(failed(d), CancelledError)
     assert backend.released == []
 
 
@@ -282,9 +288,7 @@ def test_over_budget_is_the_billing_error_and_holds_nothing() -> None:
             admission.charge(config, standing, None)
 
     run(once())
-    refused = run(once())
-    error = refused.result.value
-    refused.addErrback(lambda _: None)
+    error = failed(run(once()))
     assert error.status == 429 and error.errorType == "billing_error"
     assert error.headers["x-should-retry"] == "false"
     assert error.headers["anthropic-ratelimit-unified-status"] == "rejected"
@@ -300,3 +304,101 @@ def test_this_process_s_state_answers_at_once() -> None:
     assert local.limits["carol"].active == 0
     local.release(decision.lease)  # once only
     assert local.limits["carol"].active == 0
+
+
+# -- through the site and the app: the place comes back however the request ends ----------
+
+APP = """
+upstreams:
+  up: {url: "http://upstream.test/v1", api_key: sk-up, retries: 0}
+models:
+  "*": up
+max_duration: 30
+clients:
+  - {name: alice, key: alice-key, max_concurrent: 1}
+"""
+
+
+def _app() -> tuple[Harness, ProxySite, LocalState]:
+    h = Harness.build(APP)
+    state = h.app.messagesAPI.admission.state
+    assert isinstance(state, LocalState)
+    return h, ProxySite.serving(h.app, h.clock, maxConnections=5), state
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_gives_its_place_back(stream: bool) -> None:
+    h, site, state = _app()
+    h.upstream.queue(stallReply(), jsonReply(completion("hi")))
+    conn = Conn(site).send(_oneRead(orjson.dumps(message(stream=stream))))
+    h.flush()
+    assert state.limits["alice"].active == 1
+    conn.close()
+    h.flush()
+    assert state.limits["alice"].active == 0
+    again = Conn(site).send(_oneRead(orjson.dumps(message())))
+    h.flush()
+    assert again.status() == 200
+    assert state.limits["alice"].active == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_over_its_max_duration_gives_its_place_back(stream: bool) -> None:
+    h, site, state = _app()
+    h.upstream.queue(stallReply())
+    conn = Conn(site).send(_oneRead(orjson.dumps(message(stream=stream))))
+    h.flush()
+    assert state.limits["alice"].active == 1
+    h.clock.advance(30)
+    h.flush()
+    assert conn.status() == 504 if not stream else conn.status() == 200
+    assert state.limits["alice"].active == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failed_answer_gives_its_place_back(stream: bool) -> None:
+    h, site, state = _app()
+    h.upstream.queue(jsonReply({"error": {"message": "down"}}, status=500))
+    conn = Conn(site).send(_oneRead(orjson.dumps(message(stream=stream))))
+    h.flush()
+    assert conn.status() >= 500
+    assert state.limits["alice"].active == 0
+
+
+def test_an_answer_gives_its_place_back_and_a_second_one_waits_for_it() -> None:
+    h, site, state = _app()
+    h.upstream.queue(stallReply())
+    first = Conn(site).send(_oneRead(orjson.dumps(message())))
+    h.flush()
+    second = Conn(site, port=40001).send(_oneRead(orjson.dumps(message())))
+    h.flush()
+    assert second.status() == 429
+    assert b"retry-after: 1" in second.written.lower()
+    assert state.limits["alice"].active == 1
+    first.close()
+    h.flush()
+    h.upstream.queue(jsonReply(completion("hi")))
+    third = Conn(site, port=40002).send(_oneRead(orjson.dumps(message())))
+    h.flush()
+    assert third.status() == 200
+    assert state.limits["alice"].active == 0
+
+
+def test_a_client_without_a_budget_asks_what_a_fresh_ask_holds() -> None:
+    """`Admission._ask` keeps the `Ask` of a client without a budget for its config:
+    equal to a fresh one at any time, made afresh under a reloaded config."""
+    config, clock, _state, admission = setup()
+    alice = client(config, "alice")
+    kept = admission._ask(alice, config, clock.seconds(), True)
+    for now, budgets in [(0.0, True), (86400.0 * 40, True), (5.0, False)]:
+        assert admission._ask(alice, config, now, budgets) is kept
+        assert kept == Ask.of(alice, now, budgets)
+    reloaded = Config.fromYAML(CONFIG.replace("max_concurrent: 1,", "max_concurrent: 3,"), {})
+    fresh = admission._ask(client(reloaded, "alice"), reloaded, clock.seconds(), True)
+    assert fresh.maxConcurrent == 3 and fresh == Ask.of(client(reloaded, "alice"), 0.0)
+    assert admission._asks == {"alice": fresh}  # the old config's are gone
+    bob = client(config, "bob")  # a budget: its windows are the day's and month's
+    day1 = admission._ask(bob, config, 10 * 3600, True)
+    day2 = admission._ask(bob, config, 86400 + 10 * 3600, True)
+    assert day1 == Ask.of(bob, 10 * 3600) and day2 == Ask.of(bob, 86400 + 10 * 3600)
+    assert day1.windows != day2.windows

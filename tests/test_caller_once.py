@@ -14,24 +14,8 @@ from ccproxy.web import auth
 from ccproxy.web.site import ProxySite
 from tests.support.fakes import completion, jsonReply
 from tests.support.harness import Harness, message
+from tests.test_admission_leases import CONFIG, client
 from tests.test_site import Conn, _oneRead
-
-CONFIG = """
-upstreams:
-  up: {url: "http://upstream.test/v1", api_key: sk-up}
-models:
-  "*": up
-clients:
-  - {name: alice, key: alice-key}
-  - {name: bob, key: bob-key}
-  - {name: carol, key: carol-key}
-"""
-
-
-def client(config: Config, name: str) -> object:
-    found = config.clientNamed(name)
-    assert found is not None
-    return found
 
 
 def test_a_caller_found_once_is_the_answer_again_under_the_same_config(

@@ -170,9 +170,9 @@ class LocalState:
             limits = self.limits[client] = ClientLimits()
         return limits
 
-    def admit(self, ask: Ask, now: float) -> Decision:
-        """`decide`, as the `State`: a plain `Decision`, no Deferred per request."""
-        return self.decide(ask, now)
+    admit = decide
+    """`decide`, as the `State`: a plain `Decision`, no Deferred (nor another call)
+    per request."""
 
     def release(self, lease: Lease) -> None:
         if not lease.released:

@@ -102,7 +102,7 @@ class Ask:
             client.name,
             client.maxConcurrent,
             client.requestsPerMinute,
-            windowsFor(client, now) if budgets else (),
+            windowsFor(client, now) if budgets and client.budget is not None else (),
         )
 
     @property

@@ -42,7 +42,7 @@ _UNIFIED = "anthropic-ratelimit-unified-"
 
 def mayUse(client: Client | None, model: str) -> None:
     """A 400 naming the model when the client may not ask for it (`clients[].models`)."""
-    if client is None or client.mayUse(model):
+    if client is None or client.models is None or client.mayUse(model):
         return
     allowed = ", ".join(client.models or ())
     raise invalidRequest(
@@ -130,17 +130,18 @@ def overBudget(
     )
 
 
+Entry = tuple[Lease | None, "Standing | None"]
+"""An admitted request (`Admission.enter`): the place it holds, to give back with
+`Admission.leave` however it ends, and its budget `Standing` (None: the client has
+no budget windows to show or charge). `(None, None)`: no clients, nothing held."""
+
+_NOBODY: Entry = (None, None)
 _NO_STANDING: AbstractAsyncContextManager[Standing | None] = nullcontext(None)
 """`Admission.admitted` without clients (stateless: shared by every request)."""
 
 
 class _Admitted(AbstractAsyncContextManager["Standing | None"]):
-    """One request's place for the length of an `async with` block (see
-    `Admission.admitted`).
-
-    A plain class rather than an `asynccontextmanager`: the generator, its
-    helper object and their two `anext` steps cost some 10,000 instructions a
-    request, paid by every caller with `clients:` (issue 18)."""
+    """`Admission.enter` and `leave` around an `async with` block."""
 
     __slots__ = ("_admission", "_budgets", "_client", "_config", "_lease")
 
@@ -152,29 +153,15 @@ class _Admitted(AbstractAsyncContextManager["Standing | None"]):
         self._lease: Lease | None = None
 
     async def __aenter__(self) -> Standing | None:
-        admission, client = self._admission, self._client
-        now = admission.clock.seconds()
-        ask = Ask.of(client, now, self._budgets)
-        decision = admission.state.admit(ask, now)
-        if type(decision) is not model.Admitted:  # refused, unseeded, or still coming
-            decision = await admission._decide(ask, now, decision)
-            if isinstance(decision, model.Limited):
-                raise decision.error(client.name)
-            if isinstance(decision, model.OverBudget):
-                raise overBudget(self._config, ask.windows, decision.used, now)
-            assert isinstance(decision, model.Admitted), decision
-        self._lease = decision.lease
-        if not ask.windows:
-            # Nothing to show nor to charge: a `Standing` without windows has no
-            # headers and is charged nothing, so none is made.
-            return None
-        return Standing(decision.lease, ask.windows, decision.used)
+        entry = self._admission.enter(self._client, self._config, self._budgets)
+        if type(entry) is not tuple:
+            entry = await entry
+        self._lease, standing = entry
+        return standing
 
     async def __aexit__(self, *exc_info: object) -> bool:
-        lease = self._lease
-        if lease is not None:
-            self._lease = None
-            self._admission.state.release(lease)
+        lease, self._lease = self._lease, None
+        self._admission.leave(lease)
         return False
 
 
@@ -188,20 +175,76 @@ class Admission:
     ledger: Ledger | None = None
     seedTimeout: float = SEED_TIMEOUT
     _ledgerQuietUntil: float = field(default=0.0, init=False)
+    _asks: dict[str, Ask] = field(factory=dict, init=False)
+    """The `Ask` of each client without a budget, under `_asksOf` (see `_ask`)."""
+    _asksOf: Config | None = field(default=None, init=False)
 
     log: ClassVar[Logger] = Logger()
+
+    def enter(
+        self, client: Client | None, config: Config, budgets: bool = True
+    ) -> Entry | Awaitable[Entry]:
+        """A place for one request of `client` (none without clients), 429 when it
+        is over a limit or (with `budgets`) a budget; a refused request holds none.
+        The caller gives the place back with `leave`, however the request ends
+        (`try`/`finally`). The `Entry` comes at once when the state answers at once
+        (this process's), else to be awaited (Redis, or a budget window to seed).
+
+        Not an `async with` block: its context object and two coroutines cost some
+        10,000 instructions a request, paid by every caller with `clients:`
+        (issue 18); `admitted` is that block, for the paths that are not hot."""
+        if client is None:
+            return _NOBODY
+        now = self.clock.seconds()
+        ask = self._ask(client, config, now, budgets)
+        decision = self.state.admit(ask, now)
+        if type(decision) is model.Admitted:
+            return _entry(decision, ask)
+        return self._entering(client, config, ask, now, decision)
+
+    async def _entering(
+        self,
+        client: Client,
+        config: Config,
+        ask: Ask,
+        now: float,
+        first: model.Decision | Awaitable[model.Decision],
+    ) -> Entry:
+        decision = await self._decide(ask, now, first)
+        if isinstance(decision, model.Limited):
+            raise decision.error(client.name)
+        if isinstance(decision, model.OverBudget):
+            raise overBudget(config, ask.windows, decision.used, now)
+        assert isinstance(decision, model.Admitted), decision
+        return _entry(decision, ask)
+
+    def leave(self, lease: Lease | None) -> None:
+        """Give an entered request's place back (None: it held none)."""
+        if lease is not None:
+            self.state.release(lease)
 
     def admitted(
         self, client: Client | None, config: Config, budgets: bool = True
     ) -> AbstractAsyncContextManager[Standing | None]:
-        """The client's place for the length of the block; 429 when it is over a
-        limit or (with `budgets`) a budget. A refused request holds no place. It
-        gives the request's budget `Standing`, or None: without clients (one shared
-        context then: nothing is made per request, nor kept while a stream lasts),
-        or when the client has no budget windows to show or charge."""
+        """`enter` and `leave` around an `async with` block, which gets the
+        request's budget `Standing` (or None). Without clients, one shared context:
+        nothing is made per request, nor kept while a stream lasts."""
         if client is None:
             return _NO_STANDING
         return _Admitted(self, client, config, budgets)
+
+    def _ask(self, client: Client, config: Config, now: float, budgets: bool) -> Ask:
+        """What admitting a request of `client` checks. A client without a budget
+        asks the same every time under one config: its `Ask` is made once per
+        config (a reload's requests make them afresh, and drop the old ones)."""
+        if client.budget is not None:
+            return Ask.of(client, now, budgets)
+        if self._asksOf is not config:
+            self._asks, self._asksOf = {}, config
+        ask = self._asks.get(client.name)
+        if ask is None:
+            ask = self._asks[client.name] = Ask.of(client, now, budgets)
+        return ask
 
     async def _decide(
         self, ask: Ask, now: float, first: model.Decision | Awaitable[model.Decision]
@@ -265,6 +308,14 @@ class Admission:
         used = Used(inputTokens + outputTokens + cacheWrite, cost)
         if used != Used():
             self.state.charge(standing.lease.client, standing.windows, used)
+
+
+def _entry(decision: model.Admitted, ask: Ask) -> Entry:
+    """An admitted request's place and, when it has budget windows, its standing
+    (a `Standing` without windows would show no headers and be charged nothing)."""
+    if not ask.windows:
+        return (decision.lease, None)
+    return (decision.lease, Standing(decision.lease, ask.windows, decision.used))
 
 
 def _count(value: Any) -> int:
