@@ -142,24 +142,37 @@ class LocalState:
 
     def decide(self, ask: Ask, now: float, lease: Lease | None = None) -> Decision:
         """Admit within this process's own counters (at once)."""
-        limits = self.limits.setdefault(ask.client, ClientLimits())
-        checked = self.budgets.check(ask.client, ask.windows)
-        if not isinstance(checked, tuple):
-            return checked
+        limits = self._limitsOf(ask.client)
+        checked: tuple[Used, ...] = ()
+        if ask.windows:  # (a client without a budget has nothing to check)
+            found = self.budgets.check(ask.client, ask.windows)
+            if not isinstance(found, tuple):
+                return found
+            checked = found
         refusal = limits.refusal(now, ask.maxConcurrent, ask.perMinute)
         if refusal is not None:
             return refusal
-        lease = lease or self.newLease(ask)
-        self.count(ask, now, lease)
+        if lease is None:
+            lease = self.newLease(ask)
+        limits.take(now, ask.perMinute is not None)  # as `count` does
         return Admitted(lease, checked)
 
     def count(self, ask: Ask, now: float, lease: Lease) -> None:
         """Count a request admitted elsewhere (by Redis) here too, so that a fall
         back to this process's counters starts from what it has in flight."""
-        self.limits.setdefault(ask.client, ClientLimits()).take(now, ask.perMinute is not None)
+        self._limitsOf(ask.client).take(now, ask.perMinute is not None)
 
-    def admit(self, ask: Ask, now: float) -> Deferred[Decision]:
-        return succeed(self.decide(ask, now))
+    def _limitsOf(self, client: str) -> ClientLimits:
+        # Not `setdefault(client, ClientLimits())`: that makes a ClientLimits (and
+        # its deque) per request only to drop it.
+        limits = self.limits.get(client)
+        if limits is None:
+            limits = self.limits[client] = ClientLimits()
+        return limits
+
+    admit = decide
+    """`decide`, as the `State`: a plain `Decision`, no Deferred (nor another call)
+    per request."""
 
     def release(self, lease: Lease) -> None:
         if not lease.released:

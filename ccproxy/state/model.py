@@ -102,7 +102,7 @@ class Ask:
             client.name,
             client.maxConcurrent,
             client.requestsPerMinute,
-            windowsFor(client, now) if budgets else (),
+            windowsFor(client, now) if budgets and client.budget is not None else (),
         )
 
     @property
@@ -212,9 +212,11 @@ class State(Protocol):
         process counts on its own until it answers)."""
         ...
 
-    def admit(self, ask: Ask, now: float) -> Awaitable[Decision]:
+    def admit(self, ask: Ask, now: float) -> Decision | Awaitable[Decision]:
         """A place for one request within `ask`, or why not; a refused request
-        takes no place and counts against no rate."""
+        takes no place and counts against no rate. This process's answer comes
+        as the plain `Decision` (no Deferred per request), a shared backend's to
+        be awaited."""
         ...
 
     def release(self, lease: Lease) -> None:

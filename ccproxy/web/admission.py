@@ -16,8 +16,8 @@ between them.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import Awaitable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, ClassVar
 
 from attrs import define, evolve, field
@@ -42,7 +42,7 @@ _UNIFIED = "anthropic-ratelimit-unified-"
 
 def mayUse(client: Client | None, model: str) -> None:
     """A 400 naming the model when the client may not ask for it (`clients[].models`)."""
-    if client is None or client.mayUse(model):
+    if client is None or client.models is None or client.mayUse(model):
         return
     allowed = ", ".join(client.models or ())
     raise invalidRequest(
@@ -130,8 +130,39 @@ def overBudget(
     )
 
 
+Entry = tuple[Lease | None, "Standing | None"]
+"""An admitted request (`Admission.enter`): the place it holds, to give back with
+`Admission.leave` however it ends, and its budget `Standing` (None: the client has
+no budget windows to show or charge). `(None, None)`: no clients, nothing held."""
+
+_NOBODY: Entry = (None, None)
 _NO_STANDING: AbstractAsyncContextManager[Standing | None] = nullcontext(None)
 """`Admission.admitted` without clients (stateless: shared by every request)."""
+
+
+class _Admitted(AbstractAsyncContextManager["Standing | None"]):
+    """`Admission.enter` and `leave` around an `async with` block."""
+
+    __slots__ = ("_admission", "_budgets", "_client", "_config", "_lease")
+
+    def __init__(self, admission: Admission, client: Client, config: Config, budgets: bool):
+        self._admission = admission
+        self._client = client
+        self._config = config
+        self._budgets = budgets
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Standing | None:
+        entry = self._admission.enter(self._client, self._config, self._budgets)
+        if type(entry) is not tuple:
+            entry = await entry
+        self._lease, standing = entry
+        return standing
+
+    async def __aexit__(self, *exc_info: object) -> bool:
+        lease, self._lease = self._lease, None
+        self._admission.leave(lease)
+        return False
 
 
 @define
@@ -144,43 +175,87 @@ class Admission:
     ledger: Ledger | None = None
     seedTimeout: float = SEED_TIMEOUT
     _ledgerQuietUntil: float = field(default=0.0, init=False)
+    _asks: dict[str, Ask] = field(factory=dict, init=False)
+    """The `Ask` of each client without a budget, under `_asksOf` (see `_ask`)."""
+    _asksOf: Config | None = field(default=None, init=False)
 
     log: ClassVar[Logger] = Logger()
 
-    def admitted(
+    def enter(
         self, client: Client | None, config: Config, budgets: bool = True
-    ) -> AbstractAsyncContextManager[Standing | None]:
-        """The client's place for the length of the block (None without clients);
-        429 when it is over a limit or (with `budgets`) a budget. A refused request
-        holds no place. Without clients, one shared context: nothing is made per
-        request, nor kept while a stream lasts."""
-        if client is None:
-            return _NO_STANDING
-        return self._admitted(client, config, budgets)
+    ) -> Entry | Awaitable[Entry]:
+        """A place for one request of `client` (none without clients), 429 when it
+        is over a limit or (with `budgets`) a budget; a refused request holds none.
+        The caller gives the place back with `leave`, however the request ends
+        (`try`/`finally`). The `Entry` comes at once when the state answers at once
+        (this process's), else to be awaited (Redis, or a budget window to seed).
 
-    @asynccontextmanager
-    async def _admitted(
-        self, client: Client, config: Config, budgets: bool
-    ) -> AsyncIterator[Standing | None]:
+        Not an `async with` block: its context object and two coroutines cost some
+        10,000 instructions a request, paid by every caller with `clients:`
+        (issue 18); `admitted` is that block, for the paths that are not hot."""
+        if client is None:
+            return _NOBODY
         now = self.clock.seconds()
-        ask = Ask.of(client, now, budgets)
-        decision = await self._decide(ask, now)
+        ask = self._ask(client, config, now, budgets)
+        decision = self.state.admit(ask, now)
+        if type(decision) is model.Admitted:
+            return _entry(decision, ask)
+        return self._entering(client, config, ask, now, decision)
+
+    async def _entering(
+        self,
+        client: Client,
+        config: Config,
+        ask: Ask,
+        now: float,
+        first: model.Decision | Awaitable[model.Decision],
+    ) -> Entry:
+        decision = await self._decide(ask, now, first)
         if isinstance(decision, model.Limited):
             raise decision.error(client.name)
         if isinstance(decision, model.OverBudget):
             raise overBudget(config, ask.windows, decision.used, now)
         assert isinstance(decision, model.Admitted), decision
-        standing = Standing(decision.lease, ask.windows, decision.used)
-        try:
-            yield standing
-        finally:
-            self.state.release(decision.lease)
+        return _entry(decision, ask)
 
-    async def _decide(self, ask: Ask, now: float) -> model.Decision:
-        """The state's decision, each window seeded from the ledger when the state
-        has no counter for it yet."""
-        for _ in range(len(ask.windows) + 1):
-            decision = await self.state.admit(ask, now)
+    def leave(self, lease: Lease | None) -> None:
+        """Give an entered request's place back (None: it held none)."""
+        if lease is not None:
+            self.state.release(lease)
+
+    def admitted(
+        self, client: Client | None, config: Config, budgets: bool = True
+    ) -> AbstractAsyncContextManager[Standing | None]:
+        """`enter` and `leave` around an `async with` block, which gets the
+        request's budget `Standing` (or None). Without clients, one shared context:
+        nothing is made per request, nor kept while a stream lasts."""
+        if client is None:
+            return _NO_STANDING
+        return _Admitted(self, client, config, budgets)
+
+    def _ask(self, client: Client, config: Config, now: float, budgets: bool) -> Ask:
+        """What admitting a request of `client` checks. A client without a budget
+        asks the same every time under one config: its `Ask` is made once per
+        config (a reload's requests make them afresh, and drop the old ones)."""
+        if client.budget is not None:
+            return Ask.of(client, now, budgets)
+        if self._asksOf is not config:
+            self._asks, self._asksOf = {}, config
+        ask = self._asks.get(client.name)
+        if ask is None:
+            ask = self._asks[client.name] = Ask.of(client, now, budgets)
+        return ask
+
+    async def _decide(
+        self, ask: Ask, now: float, first: model.Decision | Awaitable[model.Decision]
+    ) -> model.Decision:
+        """The state's decision (`first`: its answer to `ask`, at once from this
+        process's counters, or to be awaited), each window seeded from the ledger
+        when the state has no counter for it yet."""
+        for attempt in range(len(ask.windows) + 1):
+            decision = self.state.admit(ask, now) if attempt else first
+            if not isinstance(decision, model.Decision):  # a backend that waits
+                decision = await decision
             if not isinstance(decision, model.Unseeded):
                 return decision
             used = await self._spent(ask.client, decision.window, now)
@@ -188,7 +263,10 @@ class Admission:
                 break
             await self.state.seed(ask.client, decision.window, used)
         # The ledger did not answer: the limits still hold, the budgets wait.
-        return await self.state.admit(evolve(ask, windows=()), now)
+        decision = self.state.admit(evolve(ask, windows=()), now)
+        if not isinstance(decision, model.Decision):
+            decision = await decision
+        return decision
 
     async def _spent(self, client: str, window: Window, now: float) -> Used | None:
         """What `client` spent in `window` by the ledger; None when it cannot say."""
@@ -230,6 +308,14 @@ class Admission:
         used = Used(inputTokens + outputTokens + cacheWrite, cost)
         if used != Used():
             self.state.charge(standing.lease.client, standing.windows, used)
+
+
+def _entry(decision: model.Admitted, ask: Ask) -> Entry:
+    """An admitted request's place and, when it has budget windows, its standing
+    (a `Standing` without windows would show no headers and be charged nothing)."""
+    if not ask.windows:
+        return (decision.lease, None)
+    return (decision.lease, Standing(decision.lease, ask.windows, decision.used))
 
 
 def _count(value: Any) -> int:

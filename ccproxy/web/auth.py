@@ -26,15 +26,26 @@ def callerKey(request: IRequest) -> str | None:
 
 
 def authenticate(request: IRequest, config: Config) -> Client | None:
-    """The calling client when `clients` is set (None when it is not); 401 otherwise."""
+    """The calling client when `clients` is set (None when it is not); 401 otherwise.
+
+    A request is judged twice, by the site before its body is read and by its
+    route: the client found the first time is kept on the request
+    (`knownCaller`, with the config it was found in) and is the answer the second
+    time under the same config, rather than reading the key, hashing it and
+    comparing it with every client's again (issue 18). A reload in between
+    (another config) finds it afresh."""
     if not config.clients:
         return None
+    known: tuple[Config, Client] | None = getattr(request, "knownCaller", None)
+    if known is not None and known[0] is config:
+        return known[1]
     key = callerKey(request)
     if not key:
         raise ProxyError(401, "no API key: send it as x-api-key or Authorization: Bearer")
     found = clientForKey(key, config)
     if found is None:
         raise ProxyError(401, "invalid API key")
+    request.knownCaller = (config, found)  # type: ignore[attr-defined]
     return found
 
 

@@ -90,7 +90,11 @@ class MessagesAPI:
         body = parseJSON(raw)
         model = record.model = modelName(body)
         mayUse(call.client, model)
-        async with self.admission.admitted(call.client, config) as standing:
+        entry = self.admission.enter(call.client, config)
+        if type(entry) is not tuple:  # a state that answers later (Redis)
+            entry = await entry
+        lease, standing = entry
+        try:  # (not `async with admission.admitted`: see `Admission.enter`)
             route, _ = await self._route(call, body, model)
             if route is None:
                 raise notRouted(model)
@@ -153,6 +157,8 @@ class MessagesAPI:
                     relay.close()
                 if standing is not None:
                     self.admission.charge(config, standing, record.upstreamModel)
+        finally:
+            self.admission.leave(lease)
 
     async def countTokens(self, call: Call) -> bytes:
         """`POST /v1/messages/count_tokens`: estimated on the request as the route's

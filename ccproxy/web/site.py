@@ -45,7 +45,7 @@ from ccproxy.compat import (
     shareInstanceKeys,
     shareTwistedKeys,
 )
-from ccproxy.config.model import Config
+from ccproxy.config.model import Client, Config
 from ccproxy.errors import ProxyError, invalidRequest
 from ccproxy.observe.accesslog import AccessRecord
 from ccproxy.web.app import ProxyApp
@@ -98,6 +98,7 @@ class LimitedRequest(QuickProcessRequest):
         "_reserved",
         "_routed",
         "_site",
+        "knownCaller",
     )
     channel: ProxyChannel
     _site: ProxySite
@@ -107,8 +108,11 @@ class LimitedRequest(QuickProcessRequest):
     _received: int
     _bodyTimer: IDelayedCall | None
     _bodyDue: float | None
+    knownCaller: tuple[Config, Client] | None
+    """The client its key named, and in which config (`authenticate`'s)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.knownCaller = None
         self._refused = self._routed = False
         self._reserved = self._received = 0
         self._bodyTimer = self._bodyDue = None
