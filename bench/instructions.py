@@ -9,12 +9,13 @@ counters, sends N more at concurrency 1 (default 300) and waits for the ledger's
 batch of them, then prints the instructions the whole process (the reactor's
 thread and the ledger's) ran per request. Everything the daemon does in user
 space is counted, sockets and timers and logging included; the kernel's side of
-a syscall is not (`bench.syscalls` counts those). The count moves by well under
-1% between runs and not at all with the host's load, where CPU time moves by a
-quarter: it is the figure to judge a change of a few percent by, two checkouts
-side by side (`--ccproxy-root` for the other one), or a feature on and off (as
-`python -m bench` names them). Needs valgrind (`apt-get
-install valgrind`); takes about a minute (the daemon runs some 50 times slower).
+a syscall is not (`bench.syscalls` counts those). Two runs of one checkout
+differ by up to half a percent (how many timers fire and how the ledger's rows
+fall into batches follow the run's timing), where CPU time moves by a quarter
+with the host's load: it is the figure to judge a change of a few percent by,
+two checkouts side by side (`--ccproxy-root` for the other one), or a feature on
+and off (as `python -m bench` names them). Needs valgrind (`apt-get install
+valgrind`); takes about a minute (the daemon runs some 50 times slower).
 """
 
 from __future__ import annotations
