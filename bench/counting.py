@@ -4,7 +4,7 @@ ccproxy` on free ports, driven at concurrency 1 with the bench's corpus.
 Shared by `bench.syscalls` (strace) and `bench.instructions` (valgrind), whose
 counts, unlike times, do not move with the host's load. ccproxy runs on CPU 0 and
 the mock (and Redis) on CPU 1, as in `python -m bench`; the daemon keeps a SQLite
-ledger in a temp dir, as a daemon keeps one by default. `features` adds the
+ledger in a temp dir, as a daemon keeps one by default. `arguments` gives the
 options `python -m bench` measures with a feature on and off (`--ledger`,
 `--routes`, `--state`), the same config blocks.
 """
@@ -58,11 +58,18 @@ class Daemon:
         return sum(1 for r in results if r.problems)
 
 
-def features(parser: argparse.ArgumentParser) -> None:
-    """The feature switches, as `python -m bench` names them."""
+def arguments(prog: str, doc: str | None, count: int) -> argparse.ArgumentParser:
+    """A counting bench's options: the kind of request, how many are counted
+    (`count` by default), another checkout, and the feature switches, as `python
+    -m bench` names them."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("kind", nargs="?", choices=("lat", "stream"), default="lat")
+    parser.add_argument("-n", type=int, default=count, help=f"requests counted [{count}]")
+    parser.add_argument("--ccproxy-root", default="", help="another checkout's ccproxy")
     parser.add_argument("--ledger", choices=("sqlite", "off"), default="sqlite")
     parser.add_argument("--routes", choices=("off", "on"), default="off")
     parser.add_argument("--state", choices=("none", "local", "redis"), default="none")
+    return parser
 
 
 @contextmanager
@@ -74,7 +81,7 @@ def daemon(
     startSeconds: float = 30,
 ) -> Iterator[Daemon]:
     """The mock and ccproxy (its Python run under `wrap`, e.g. valgrind), for `lat`
-    (non-streaming) or `stream` requests, with `args`' features (`features`) and
+    (non-streaming) or `stream` requests, with `args`' features (`arguments`) and
     `ccproxy_root`; all stopped on leaving."""
     work = tempfile.mkdtemp(prefix=f"ccproxy-bench-{kind}-")
     mockPort, proxyPort = free_port(), free_port()

@@ -20,7 +20,6 @@ valgrind`); takes about a minute (the daemon runs some 50 times slower).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import shutil
@@ -28,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from bench.counting import daemon, features
+from bench.counting import arguments, daemon
 
 _WARM = 30
 
@@ -50,12 +49,7 @@ def _control(command: str, pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("kind", nargs="?", choices=("lat", "stream"), default="lat")
-    parser.add_argument("-n", type=int, default=300, help="requests counted [300]")
-    parser.add_argument("--ccproxy-root", default="", help="another checkout's ccproxy")
-    features(parser)
-    args = parser.parse_args(argv)
+    args = arguments("python -m bench.instructions", __doc__, 300).parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("bench.instructions: valgrind is not installed", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ install strace`) and the right to trace a child (root, or ptrace_scope 0).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -23,19 +22,14 @@ import subprocess
 import sys
 import time
 
-from bench.counting import daemon, features
+from bench.counting import arguments, daemon
 
 _LINE = re.compile(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$")
 """A row of `strace -c`'s table: its calls and its syscall's name."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.syscalls", description=__doc__)
-    parser.add_argument("kind", nargs="?", choices=("lat", "stream"), default="lat")
-    parser.add_argument("-n", type=int, default=1000, help="requests counted [1000]")
-    parser.add_argument("--ccproxy-root", default="", help="another checkout's ccproxy")
-    features(parser)
-    args = parser.parse_args(argv)
+    args = arguments("python -m bench.syscalls", __doc__, 1000).parse_args(argv)
     if shutil.which("strace") is None:
         print("bench.syscalls: strace is not installed", file=sys.stderr)
         return 2

@@ -47,6 +47,12 @@ def setup() -> tuple[Config, Clock, LocalState, Admission]:
     return config, clock, state, Admission(state, clock)
 
 
+def forAlice() -> tuple[Config, LocalState, Admission, Any]:
+    """`setup`'s, for alice (`max_concurrent: 1`, five requests a minute, no budget)."""
+    config, _clock, state, admission = setup()
+    return config, state, admission, client(config, "alice")
+
+
 def client(config: Config, name: str) -> Any:
     found = config.clientNamed(name)
     assert found is not None
@@ -64,9 +70,18 @@ def failed(d: Deferred[Any]) -> Any:
     return failure.value
 
 
+async def block(admission: Admission, who: Any, config: Config, inside: Any = None) -> None:
+    """A request's block within `admission.admitted`: `inside` awaited there (a
+    Deferred), or raised (an exception)."""
+    async with admission.admitted(who, config):
+        if isinstance(inside, BaseException):
+            raise inside
+        if inside is not None:
+            await inside
+
+
 def test_a_place_is_held_for_the_block_and_given_back_after_it() -> None:
-    config, _clock, state, admission = setup()
-    alice = client(config, "alice")
+    config, state, admission, alice = forAlice()
     seen: list[Any] = []
 
     async def once() -> None:
@@ -79,20 +94,10 @@ def test_a_place_is_held_for_the_block_and_given_back_after_it() -> None:
 
 
 def test_a_second_request_over_max_concurrent_is_429_and_holds_nothing() -> None:
-    config, _clock, state, admission = setup()
-    alice = client(config, "alice")
+    config, state, admission, alice = forAlice()
     gate: Deferred[None] = Deferred()
-
-    async def holding() -> None:
-        async with admission.admitted(alice, config):
-            await gate
-
-    async def second() -> None:
-        async with admission.admitted(alice, config):
-            raise AssertionError("let in past max_concurrent")
-
-    first = run(holding())
-    error = failed(run(second()))
+    first = run(block(admission, alice, config, gate))
+    error = failed(run(block(admission, alice, config, AssertionError("let in past the limit"))))
     assert isinstance(error, ProxyError)
     assert error.status == 429
     assert error.errorType == "rate_limit_error"
@@ -104,28 +109,16 @@ def test_a_second_request_over_max_concurrent_is_429_and_holds_nothing() -> None
 
 
 def test_the_place_is_given_back_when_the_block_fails() -> None:
-    config, _clock, state, admission = setup()
-    alice = client(config, "alice")
-
-    async def failing() -> None:
-        async with admission.admitted(alice, config):
-            raise ProxyError(502, "upstream broke", "api_error")
-
-    error = failed(run(failing()))
+    config, state, admission, alice = forAlice()
+    error = failed(run(block(admission, alice, config, ProxyError(502, "broke", "api_error"))))
     assert isinstance(error, ProxyError) and error.status == 502
     assert state.limits["alice"].active == 0
 
 
 def test_the_place_is_given_back_when_the_request_is_cancelled() -> None:
-    config, _clock, state, admission = setup()
-    alice = client(config, "alice")
+    config, state, admission, alice = forAlice()
     upstream: Deferred[None] = Deferred()
-
-    async def waiting() -> None:
-        async with admission.admitted(alice, config):
-            await upstream
-
-    d = run(waiting())
+    d = run(block(admission, alice, config, upstream))
     assert state.limits["alice"].active == 1
     d.cancel()
     assert isinstance(failed(d), CancelledError)
@@ -135,19 +128,14 @@ def test_the_place_is_given_back_when_the_request_is_cancelled() -> None:
 def test_requests_per_minute_counts_only_those_let_in() -> None:
     config, clock, _state, admission = setup()
     alice = client(config, "alice")
-
-    async def once() -> None:
-        async with admission.admitted(alice, config):
-            pass
-
     for _ in range(5):
-        run(once())
+        run(block(admission, alice, config))
         clock.advance(1)
-    refused = failed(run(once()))
+    refused = failed(run(block(admission, alice, config)))
     assert refused.status == 429
     assert refused.headers == {"retry-after": "55"}
     clock.advance(55)
-    assert run(once()).result is None
+    assert run(block(admission, alice, config)).result is None
 
 
 class Waiting:
@@ -234,10 +222,12 @@ class Spend:
     cost = 0.5
 
 
-def test_budget_windows_are_seeded_one_by_one_then_admitted() -> None:
+def forBob(spent: Any) -> tuple[Counting, LocalState, list[Any], Any]:
+    """Bob's request (two budget windows), admitted with a ledger that answers
+    `spent`, through a state that keeps its questions: what `once` saw."""
     config, clock, local, _ = setup()
     counting = Counting(local)
-    admission = Admission(counting, clock, Ledger(Spend()))  # type: ignore[arg-type]
+    admission = Admission(counting, clock, Ledger(spent))  # type: ignore[arg-type]
     bob = client(config, "bob")
     seen: list[Any] = []
 
@@ -245,6 +235,11 @@ def test_budget_windows_are_seeded_one_by_one_then_admitted() -> None:
         async with admission.admitted(bob, config) as standing:
             seen.append(standing)
 
+    return counting, local, seen, once
+
+
+def test_budget_windows_are_seeded_one_by_one_then_admitted() -> None:
+    counting, local, seen, once = forBob(Spend())
     run(once())
     # Two windows unseeded: two answers `Unseeded`, then the one that admits.
     assert [len(w) for w in counting.asked] == [2, 2, 2]
@@ -259,16 +254,7 @@ def test_budget_windows_are_seeded_one_by_one_then_admitted() -> None:
 
 
 def test_a_ledger_that_fails_leaves_the_budget_unchecked_but_the_windows_kept() -> None:
-    config, clock, local, _ = setup()
-    counting = Counting(local)
-    admission = Admission(counting, clock, Ledger(OSError("down")))  # type: ignore[arg-type]
-    bob = client(config, "bob")
-    seen: list[Any] = []
-
-    async def once() -> None:
-        async with admission.admitted(bob, config) as standing:
-            seen.append(standing)
-
+    counting, _local, seen, once = forBob(OSError("down"))
     run(once())
     assert [len(w) for w in counting.asked] == [2, 0]
     [standing] = seen

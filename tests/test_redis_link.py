@@ -8,7 +8,8 @@ its own; a cancelled call keeps its place in txredisapi's reply queue.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -49,25 +50,33 @@ def _connection(link: RedisLink) -> Any:
     return connection
 
 
+@contextmanager
+def _asked(method: str) -> Iterator[list[Any]]:
+    """What the global reactor's `method` (`addWriter`, `removeReader`) is asked
+    for within the block, each still passed on."""
+    seen: list[Any] = []
+    real = getattr(reactor, method)
+
+    def recording(selectable: Any) -> None:
+        seen.append(selectable)
+        real(selectable)
+
+    setattr(reactor, method, recording)
+    try:
+        yield seen
+    finally:
+        delattr(reactor, method)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_call_leaves_at_once_and_the_reactor_never_watches_for_room(
     link: RedisLink,
 ) -> None:
     transport = _connection(link).transport
     assert type(transport.reactor) is type(reactor)  # a plain TCP connection, not held
-    watched: list[Any] = []
-    real = reactor.addWriter
-
-    def addWriter(writer: Any) -> None:
-        watched.append(writer)
-        real(writer)
-
-    reactor.addWriter = addWriter  # type: ignore[method-assign]
-    try:
+    with _asked("addWriter") as watched:
         calls = [link.ping(), link.run(Script.of("return ARGV[1]"), [], ["x"])]
         assert not (transport._tempDataBuffer or transport.dataBuffer)  # sent already
-    finally:
-        del reactor.addWriter
     assert transport not in watched
     assert transport not in reactor.getWriters()
     assert type(transport.reactor) is type(reactor)  # given back
@@ -83,18 +92,8 @@ async def test_replies_are_read_by_hiredis_in_one_go(link: RedisLink) -> None:
     connection = _connection(link)
     assert isinstance(connection, txredisapi.HiredisProtocol)
     transport = connection.transport
-    paused: list[Any] = []
-    real = reactor.removeReader
-
-    def removeReader(reader: Any) -> None:
-        paused.append(reader)
-        real(reader)
-
-    reactor.removeReader = removeReader  # type: ignore[method-assign]
-    try:
+    with _asked("removeReader") as paused:
         reply = await within(link.run(Script.of("return {1, 'closed', '0', '2'}"), [], []))
-    finally:
-        del reactor.removeReader
     assert reply == [1, "closed", "0", "2"]
     assert transport not in paused
 
