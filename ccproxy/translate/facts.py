@@ -125,21 +125,15 @@ def _walkedImages(messages: list[Any]) -> int:
             if not isinstance(block, dict):
                 continue
             kind = block.get("type")
-            if _isImage(kind):
+            if _isOneOf(kind, IMAGE_BLOCKS):
                 found += 1
             elif kind == "tool_result":
                 inner = block.get("content")
                 if isinstance(inner, list):
                     for part in inner:
-                        if isinstance(part, dict) and _isImage(part.get("type")):
+                        if isinstance(part, dict) and _isOneOf(part.get("type"), IMAGE_BLOCKS):
                             found += 1
     return found
-
-
-def _isImage(kind: object) -> bool:
-    """Whether a block's `type` names an image or a document (any other value,
-    unhashable ones included, does not)."""
-    return isinstance(kind, str) and kind in IMAGE_BLOCKS
 
 
 def _thinking(body: dict[str, Any]) -> bool:
@@ -153,6 +147,8 @@ def _thinking(body: dict[str, Any]) -> bool:
 
 
 def _isOneOf(value: object, names: frozenset[str]) -> bool:
+    """Whether `value` is one of `names` (any other value, unhashable ones
+    included, is not: a list or an object where a name goes counts as nothing)."""
     return isinstance(value, str) and value in names
 
 
