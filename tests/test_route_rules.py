@@ -12,7 +12,7 @@ from twisted.logger import LogLevel, formatEvent
 
 from ccproxy.__main__ import main
 from ccproxy.config import Config, ConfigError
-from ccproxy.config.routing import NEEDS_TOKENS
+from ccproxy.config.routing import NEEDS_TOKENS, When
 from ccproxy.translate.dialect import Profile
 from ccproxy.translate.facts import RequestFacts
 from ccproxy.translate.tokens import tokensAtMost
@@ -386,6 +386,23 @@ def test_a_model_only_a_rule_serves_is_served_and_else_404() -> None:
     h.upstream.queue(jsonReply({"error": {"message": "never asked"}}, 500))
     reply = h.post(message(model="gpt-4o"), headers=alice)
     assert reply.status == 404 and "'gpt-4o'" in reply.json()["error"]["message"]
+
+
+def test_explain_names_the_offered_tools_the_globs_match() -> None:
+    when = When(tools=("Read", "mcp__search__*", "web_?earch*"))
+    offered = [{"name": n} for n in ("Bash", "Read", "mcp__search__q", "mcp__other__q")]
+    facts = RequestFacts({"tools": [*offered, {"type": "web_search_20250305"}]}, 100)
+    assert list(when.explain("m", facts, None)) == [
+        (
+            "tools ['Read', 'mcp__search__*', 'web_?earch*']",
+            "Read, mcp__search__q, web_search_20250305",
+            True,
+        )
+    ]
+    none = RequestFacts({"tools": offered[:1]}, 100)
+    assert list(when.explain("m", none, None)) == [
+        ("tools ['Read', 'mcp__search__*', 'web_?earch*']", "none of 1 offered", False)
+    ]
 
 
 # -- python -m ccproxy route ----------------------------------------------------------

@@ -118,12 +118,10 @@ class When:
     client: tuple[str, ...] | None = None
     """Names of the clients (`clients[].name`) it applies to."""
     _model: re.Pattern[str] | None = field(init=False, repr=False, eq=False)
-    _tools: re.Pattern[str] | None = field(init=False, repr=False, eq=False)
     _toolGlobs: ToolGlobs | None = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_model", None if self.model is None else globs(self.model))
-        object.__setattr__(self, "_tools", None if self.tools is None else globs(self.tools))
         toolGlobs = None if self.tools is None else ToolGlobs.of(self.tools)
         object.__setattr__(self, "_toolGlobs", toolGlobs)
 
@@ -199,8 +197,9 @@ class When:
                 f"thinking {_yaml(facts.thinking)}",
                 facts.thinking == self.thinking,
             )
-        if self._tools is not None:
-            matched = [t for t in facts.tools if self._tools.match(t)]
+        if self._toolGlobs is not None:
+            toolGlobs = self._toolGlobs
+            matched = [t for t in facts.tools if toolGlobs.anyOf((t,))]
             shown = ", ".join(matched) if matched else f"none of {len(facts.tools)} offered"
             yield f"tools {list(self.tools or ())}", shown, bool(matched)
         if self.images is not None:
